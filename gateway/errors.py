@@ -1,0 +1,121 @@
+"""One exception tree. Each error carries an HTTP status and a websocket close code.
+
+Errors are raised deep inside the service layer and the byte path and are turned into a
+response (HTTP page, JSON body or websocket close frame) only at the edge.
+"""
+
+from __future__ import annotations
+
+# Websocket close codes. 1000-1015 are defined by RFC 6455; 4000-4999 are private use.
+WS_NORMAL = 1000
+WS_GOING_AWAY = 1001
+WS_POLICY = 1008
+WS_INTERNAL = 1011
+WS_UNAUTHORIZED = 4001
+WS_FORBIDDEN = 4003
+WS_NOT_FOUND = 4004
+WS_UPSTREAM_UNREACHABLE = 4010
+WS_UPSTREAM_AUTH = 4011
+WS_UPSTREAM_CLOSED = 4012
+WS_PROTOCOL = 4013
+WS_IDLE = 4020
+WS_ADMIN_DISCONNECT = 4030
+
+
+class GatewayError(Exception):
+    """Base of every error Deskgate raises on purpose.
+
+    ``reason`` is safe to show to the person on the other end; it never holds a secret.
+    """
+
+    http_status = 500
+    ws_code = WS_INTERNAL
+    reason = "internal error"
+
+    def __init__(self, reason: str | None = None) -> None:
+        if reason is not None:
+            self.reason = reason
+        super().__init__(self.reason)
+
+
+class BadRequest(GatewayError):
+    http_status = 400
+    ws_code = WS_POLICY
+    reason = "bad request"
+
+
+class Unauthorized(GatewayError):
+    http_status = 401
+    ws_code = WS_UNAUTHORIZED
+    reason = "not signed in"
+
+
+class Forbidden(GatewayError):
+    http_status = 403
+    ws_code = WS_FORBIDDEN
+    reason = "forbidden"
+
+
+class NotFound(GatewayError):
+    http_status = 404
+    ws_code = WS_NOT_FOUND
+    reason = "not found"
+
+
+class Conflict(GatewayError):
+    http_status = 409
+    ws_code = WS_POLICY
+    reason = "conflict"
+
+
+class TooManyRequests(GatewayError):
+    http_status = 429
+    ws_code = WS_POLICY
+    reason = "too many attempts, try again later"
+
+
+class CsrfError(Forbidden):
+    reason = "the form has expired; reload the page and try again"
+
+
+class TicketError(Unauthorized):
+    reason = "connection ticket invalid or expired"
+
+
+class AuthenticationFailed(Unauthorized):
+    reason = "wrong user name or password"
+
+
+class AccountLocked(TooManyRequests):
+    reason = "account temporarily locked after repeated failures"
+
+
+class SecondFactorFailed(Unauthorized):
+    reason = "wrong or already used code"
+
+
+class DesktopUnavailable(GatewayError):
+    http_status = 503
+    ws_code = WS_UPSTREAM_UNREACHABLE
+    reason = "the desktop cannot be reached"
+
+
+class UpstreamAuthFailed(DesktopUnavailable):
+    ws_code = WS_UPSTREAM_AUTH
+    reason = "the desktop refused the gateway's credentials"
+
+
+class UpstreamClosed(GatewayError):
+    http_status = 502
+    ws_code = WS_UPSTREAM_CLOSED
+    reason = "the desktop closed the connection"
+
+
+class ProtocolError(GatewayError):
+    http_status = 400
+    ws_code = WS_PROTOCOL
+    reason = "protocol error"
+
+
+class ConfigError(GatewayError):
+    reason = "configuration error"

@@ -1,0 +1,139 @@
+"""Domain types shared by every layer. No I/O in here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+class WebSessionState(enum.StrEnum):
+    PASSWORD_OK = "password_ok"  # half signed in: the second factor is still missing
+    AUTHENTICATED = "authenticated"
+
+
+class SessionState(enum.StrEnum):
+    STARTING = "starting"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    is_admin: bool
+    disabled: bool
+    totp_enrolled: bool
+    failed_attempts: int = 0
+    locked_until: float = 0.0
+
+
+@dataclass(frozen=True)
+class Desktop:
+    id: int
+    name: str
+    provider: str
+    host: str = ""
+    port: int = 0
+    protocol: str = "vnc"
+    has_password: bool = False
+
+
+@dataclass(frozen=True)
+class WebSession:
+    id: str  # the cookie value's hash, never the cookie itself
+    user_id: int
+    state: WebSessionState
+    csrf_token: str
+    created_at: float
+    last_seen: float
+    client_ip: str
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    user_id: int
+    desktop_id: int
+    web_session_id: str
+    state: SessionState
+    started_at: float
+    ended_at: float | None = None
+    close_reason: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    client_ip: str = ""
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: int
+    at: float
+    kind: str
+    user: str | None
+    desktop: str | None
+    client_ip: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the gateway reaches a desktop, and with what credentials.
+
+    Exactly one of ``port`` (TCP to ``host``) or ``unix_path`` is used.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    unix_path: str | None = None
+    password: Secret | None = None
+    protocol: str = "vnc"
+
+
+@dataclass
+class RelayCounters:
+    """Live figures of one relayed connection, updated by the byte path."""
+
+    bytes_up: int = 0  # browser -> desktop
+    bytes_down: int = 0  # desktop -> browser
+    last_input: float = 0.0  # wall clock of the last key or pointer event
+    messages_dropped: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RelayPolicy:
+    """What the byte path lets through from the browser to the desktop."""
+
+    view_only: bool = False
+    clipboard_to_desktop: bool = True
+    clipboard_from_desktop: bool = True
+    max_clipboard_bytes: int = 1 << 20
