@@ -1,0 +1,182 @@
+"""Settings: one frozen object, loaded from a TOML file and ``DESKGATE_*`` environment overrides.
+
+Every key lives in a section of the TOML file; the environment variable for ``[section] key`` is
+``DESKGATE_SECTION_KEY`` (for example ``DESKGATE_SERVER_PORT=9000``). Secrets are wrapped in
+:class:`~gateway.model.Secret` so that they never print.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .model import Secret
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    # [server]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    # [database]
+    database: str = ""  # a path to the SQLite file; empty means data_dir/deskgate.db
+    # [security]
+    secret_key: Secret = Secret("")
+    session_idle_minutes: int = 30
+    session_lifetime_hours: int = 12
+    ticket_ttl_seconds: int = 30
+    lockout_threshold: int = 5
+    lockout_minutes: int = 15
+    ip_throttle_per_minute: int = 30
+    trust_proxy_headers: bool = False
+    # [desktops]
+    run_as_user: str = "deskgate-desktop"
+    display_base: int = 20
+    desktop_geometry: str = "1280x800"
+    # [relay]
+    connect_timeout_seconds: float = 10.0
+    max_clipboard_bytes: int = 1 << 20
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database) if self.database else self.data_dir / "deskgate.db"
+
+    @property
+    def public_origin(self) -> str:
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def cookie_secure(self) -> bool:
+        return urlsplit(self.public_url).scheme == "https"
+
+    def __repr__(self) -> str:  # dataclass repr already hides Secret values; keep it short
+        return f"Settings(data_dir={self.data_dir!s}, host={self.host}, port={self.port})"
+
+
+# Which TOML section each setting lives in. The order here is the order `deskgate init` writes.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "server": ("host", "port", "public_url", "data_dir"),
+    "database": ("database",),
+    "security": (
+        "secret_key",
+        "session_idle_minutes",
+        "session_lifetime_hours",
+        "ticket_ttl_seconds",
+        "lockout_threshold",
+        "lockout_minutes",
+        "ip_throttle_per_minute",
+        "trust_proxy_headers",
+    ),
+    "desktops": ("run_as_user", "display_base", "desktop_geometry"),
+    "relay": ("connect_timeout_seconds", "max_clipboard_bytes"),
+}
+_SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
+_SECRET_KEYS = {"secret_key"}
+
+
+def new_secret_key() -> str:
+    """A fresh key for encrypting secrets at rest (Fernet: 32 random bytes, url-safe base64)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    try:
+        if name in _SECRET_KEYS:
+            return value if isinstance(value, Secret) else Secret(str(value))
+        if kind in ("int", int):
+            return int(value)
+        if kind in ("float", float):
+            return float(value)
+        if kind in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            return str(value).strip().lower() in ("1", "true", "yes", "on")
+        if kind in ("Path", Path):
+            return Path(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {value!r}") from exc
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply ``DESKGATE_*`` overrides, check, and freeze."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"no configuration file at {path}; run `deskgate init` first") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        for section, table in doc.items():
+            if section not in SECTIONS or not isinstance(table, dict):
+                raise ConfigError(f"{path}: unknown section [{section}]")
+            for key, value in table.items():
+                if _SECTION_OF.get(key) != section:
+                    raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
+                raw[key] = value
+    for key, section in _SECTION_OF.items():
+        env_name = f"DESKGATE_{section}_{key}".upper()
+        if env_name in env:
+            raw[key] = env[env_name]
+    if "data_dir" not in raw:
+        raw["data_dir"] = path.parent if path is not None else Path("data")
+    kinds = {f.name: f.type for f in fields(Settings)}
+    values = {name: _coerce(name, value, kinds[name]) for name, value in raw.items()}
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if not s.secret_key:
+        raise ConfigError("security.secret_key is empty; run `deskgate init` to generate one")
+    try:
+        if len(base64.urlsafe_b64decode(s.secret_key.reveal())) != 32:
+            raise ValueError
+    except ValueError as exc:
+        raise ConfigError("security.secret_key must be 32 bytes in url-safe base64") from exc
+    if urlsplit(s.public_url).scheme not in ("http", "https"):
+        raise ConfigError("server.public_url must start with http:// or https://")
+    if not 0 < s.port < 65536:
+        raise ConfigError("server.port must be between 1 and 65535")
+    for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",
+                 "lockout_threshold", "lockout_minutes", "ip_throttle_per_minute"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+
+
+def render_toml(values: Mapping[str, Any]) -> str:
+    """Write settings as a TOML document, section by section (used by `deskgate init`)."""
+    lines: list[str] = ["# Deskgate configuration. Environment variables DESKGATE_<SECTION>_<KEY>",
+                        "# override any value here. Keep this file private: it holds the secret key."]
+    for section, keys in SECTIONS.items():
+        present = [k for k in keys if k in values]
+        if not present:
+            continue
+        lines.append(f"\n[{section}]")
+        for key in present:
+            value = values[key]
+            if isinstance(value, Secret):
+                value = value.reveal()
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int | float):
+                text = str(value)
+            else:
+                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"

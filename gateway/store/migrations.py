@@ -1,0 +1,78 @@
+"""Versioned schema migrations. Portable SQL: it runs on SQLite and on PostgreSQL.
+
+Append new steps; never edit a released one. Step N brings the schema to version N.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            password_hash TEXT,
+            is_admin BOOLEAN NOT NULL DEFAULT FALSE,
+            disabled BOOLEAN NOT NULL DEFAULT FALSE,
+            failed_attempts INTEGER NOT NULL DEFAULT 0,
+            locked_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            totp_secret_enc TEXT,
+            totp_enrolled BOOLEAN NOT NULL DEFAULT FALSE,
+            totp_last_step BIGINT NOT NULL DEFAULT -1,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE recovery_codes (
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            code_hash TEXT NOT NULL,
+            PRIMARY KEY (user_id, code_hash)
+        )""",
+        """CREATE TABLE web_sessions (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            state TEXT NOT NULL,
+            csrf_token TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL,
+            client_ip TEXT NOT NULL,
+            user_agent TEXT NOT NULL
+        )""",
+        """CREATE TABLE desktops (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            provider TEXT NOT NULL,
+            protocol TEXT NOT NULL DEFAULT 'vnc',
+            host TEXT NOT NULL DEFAULT '',
+            port INTEGER NOT NULL DEFAULT 0,
+            password_enc TEXT,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE assignments (
+            desktop_id INTEGER NOT NULL REFERENCES desktops(id) ON DELETE CASCADE,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            PRIMARY KEY (desktop_id, user_id)
+        )""",
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            desktop_id INTEGER NOT NULL REFERENCES desktops(id),
+            web_session_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            ended_at DOUBLE PRECISION,
+            close_reason TEXT,
+            bytes_up BIGINT NOT NULL DEFAULT 0,
+            bytes_down BIGINT NOT NULL DEFAULT 0,
+            client_ip TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX sessions_by_state ON sessions(state)",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            kind TEXT NOT NULL,
+            user_name TEXT,
+            desktop_name TEXT,
+            client_ip TEXT,
+            detail TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX audit_by_time ON audit(at)",
+    ],
+]

@@ -1,0 +1,318 @@
+"""SQLite store (aiosqlite): the embedded default."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..errors import Conflict
+from ..model import AuditEvent, Desktop, Session, SessionState, User, WebSession, WebSessionState
+from .migrations import MIGRATIONS
+
+_USER_COLUMNS = "id, name, is_admin, disabled, totp_enrolled, failed_attempts, locked_until"
+_DESKTOP_COLUMNS = "id, name, provider, host, port, protocol, password_enc IS NOT NULL"
+_SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
+                    " close_reason, bytes_up, bytes_down, client_ip")
+
+
+def _user(row: Iterable[Any]) -> User:
+    uid, name, admin, disabled, enrolled, failed, locked = row
+    return User(int(uid), str(name), bool(admin), bool(disabled), bool(enrolled), int(failed),
+                float(locked))
+
+
+def _desktop(row: Iterable[Any]) -> Desktop:
+    did, name, provider, host, port, protocol, has_pw = row
+    return Desktop(int(did), str(name), str(provider), str(host), int(port), str(protocol),
+                   bool(has_pw))
+
+
+def _session(row: Sequence[Any]) -> Session:
+    return Session(row[0], int(row[1]), int(row[2]), row[3], SessionState(row[4]), float(row[5]),
+                   None if row[6] is None else float(row[6]), row[7], int(row[8]), int(row[9]),
+                   row[10])
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA foreign_keys=ON")
+        await self.db.execute("PRAGMA busy_timeout=5000")
+        self.path.chmod(0o600)
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _migrate(self) -> None:
+        await self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        version = await self.schema_version()
+        for number, steps in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in steps:
+                    await self.db.execute(sql)
+                await self.db.execute("DELETE FROM schema_version")
+                await self.db.execute("INSERT INTO schema_version VALUES (?)", (number,))
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    async def schema_version(self) -> int:
+        row = await self._one("SELECT MAX(version) FROM schema_version")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        async with self.db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async with self.db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
+        async with self.db.execute(sql, args) as cur:
+            return int(cur.rowcount)
+
+    # users ---------------------------------------------------------------------------------
+    async def create_user(self, name: str, password_hash: str | None, is_admin: bool) -> User:
+        try:
+            await self._exec(
+                "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
+                (name, password_hash, is_admin, time.time()))
+        except aiosqlite.IntegrityError as exc:
+            raise Conflict(f"user {name!r} already exists") from exc
+        user = await self.get_user_by_name(name)
+        assert user is not None
+        return user
+
+    async def get_user(self, user_id: int) -> User | None:
+        row = await self._one(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        return _user(row) if row else None
+
+    async def get_user_by_name(self, name: str) -> User | None:
+        row = await self._one(f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,))
+        return _user(row) if row else None
+
+    async def list_users(self) -> list[User]:
+        return [_user(r) for r in await self._all(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name")]
+
+    async def get_password_hash(self, user_id: int) -> str | None:
+        row = await self._one("SELECT password_hash FROM users WHERE id = ?", (user_id,))
+        return row[0] if row else None
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        await self._exec("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+    async def set_disabled(self, user_id: int, disabled: bool) -> None:
+        await self._exec("UPDATE users SET disabled = ? WHERE id = ?", (disabled, user_id))
+
+    async def record_failure(self, user_id: int, lock_threshold: int, lock_until: float) -> int:
+        """Count one failure; lock the account when the count reaches the threshold."""
+        await self._exec(
+            "UPDATE users SET failed_attempts = failed_attempts + 1,"
+            " locked_until = CASE WHEN failed_attempts + 1 >= ? THEN ? ELSE locked_until END"
+            " WHERE id = ?", (lock_threshold, lock_until, user_id))
+        row = await self._one("SELECT failed_attempts FROM users WHERE id = ?", (user_id,))
+        return int(row[0]) if row else 0
+
+    async def clear_failures(self, user_id: int) -> None:
+        await self._exec("UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE id = ?",
+                         (user_id,))
+
+    # second factor ---------------------------------------------------------------------------
+    async def get_totp(self, user_id: int) -> tuple[str | None, bool, int]:
+        row = await self._one(
+            "SELECT totp_secret_enc, totp_enrolled, totp_last_step FROM users WHERE id = ?",
+            (user_id,))
+        if not row:
+            return None, False, -1
+        return row[0], bool(row[1]), int(row[2])
+
+    async def set_totp_secret(self, user_id: int, secret_enc: str) -> None:
+        await self._exec(
+            "UPDATE users SET totp_secret_enc = ?, totp_enrolled = FALSE, totp_last_step = -1"
+            " WHERE id = ?", (secret_enc, user_id))
+
+    async def mark_totp_enrolled(self, user_id: int, step: int) -> None:
+        await self._exec("UPDATE users SET totp_enrolled = TRUE, totp_last_step = ? WHERE id = ?",
+                         (step, user_id))
+
+    async def advance_totp_step(self, user_id: int, step: int) -> bool:
+        """Accept ``step`` only if it is newer than the last accepted one (replay guard)."""
+        changed = await self._exec(
+            "UPDATE users SET totp_last_step = ? WHERE id = ? AND totp_last_step < ?",
+            (step, user_id, step))
+        return changed == 1
+
+    async def reset_totp(self, user_id: int) -> None:
+        await self._exec(
+            "UPDATE users SET totp_secret_enc = NULL, totp_enrolled = FALSE, totp_last_step = -1"
+            " WHERE id = ?", (user_id,))
+        await self._exec("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+
+    async def replace_recovery_codes(self, user_id: int, code_hashes: Sequence[str]) -> None:
+        await self._exec("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+        for code_hash in code_hashes:
+            await self._exec("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)",
+                             (user_id, code_hash))
+
+    async def use_recovery_code(self, user_id: int, code_hash: str) -> bool:
+        changed = await self._exec(
+            "DELETE FROM recovery_codes WHERE user_id = ? AND code_hash = ?", (user_id, code_hash))
+        return changed == 1
+
+    async def count_recovery_codes(self, user_id: int) -> int:
+        row = await self._one("SELECT COUNT(*) FROM recovery_codes WHERE user_id = ?", (user_id,))
+        return int(row[0])
+
+    # web sessions ------------------------------------------------------------------------------
+    async def create_web_session(self, ws: WebSession) -> None:
+        await self._exec(
+            "INSERT INTO web_sessions (id, user_id, state, csrf_token, created_at, last_seen,"
+            " client_ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ws.id, ws.user_id, ws.state.value, ws.csrf_token, ws.created_at, ws.last_seen,
+             ws.client_ip, ws.user_agent))
+
+    async def get_web_session(self, ws_id: str) -> WebSession | None:
+        row = await self._one(
+            "SELECT id, user_id, state, csrf_token, created_at, last_seen, client_ip, user_agent"
+            " FROM web_sessions WHERE id = ?", (ws_id,))
+        if not row:
+            return None
+        return WebSession(row[0], int(row[1]), WebSessionState(row[2]), row[3], float(row[4]),
+                          float(row[5]), row[6], row[7])
+
+    async def set_web_session_state(self, ws_id: str, state: WebSessionState) -> None:
+        await self._exec("UPDATE web_sessions SET state = ? WHERE id = ?", (state.value, ws_id))
+
+    async def touch_web_session(self, ws_id: str, now: float) -> None:
+        await self._exec("UPDATE web_sessions SET last_seen = ? WHERE id = ?", (now, ws_id))
+
+    async def delete_web_session(self, ws_id: str) -> None:
+        await self._exec("DELETE FROM web_sessions WHERE id = ?", (ws_id,))
+
+    async def delete_user_web_sessions(self, user_id: int) -> None:
+        await self._exec("DELETE FROM web_sessions WHERE user_id = ?", (user_id,))
+
+    # desktops -----------------------------------------------------------------------------------
+    async def create_desktop(self, name: str, provider: str, host: str, port: int,
+                             password_enc: str | None) -> Desktop:
+        try:
+            await self._exec(
+                "INSERT INTO desktops (name, provider, host, port, password_enc, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (name, provider, host, port, password_enc, time.time()))
+        except aiosqlite.IntegrityError as exc:
+            raise Conflict(f"desktop {name!r} already exists") from exc
+        desktop = await self.get_desktop_by_name(name)
+        assert desktop is not None
+        return desktop
+
+    async def get_desktop(self, desktop_id: int) -> Desktop | None:
+        row = await self._one(f"SELECT {_DESKTOP_COLUMNS} FROM desktops WHERE id = ?",
+                              (desktop_id,))
+        return _desktop(row) if row else None
+
+    async def get_desktop_by_name(self, name: str) -> Desktop | None:
+        row = await self._one(f"SELECT {_DESKTOP_COLUMNS} FROM desktops WHERE name = ?", (name,))
+        return _desktop(row) if row else None
+
+    async def get_desktop_password(self, desktop_id: int) -> str | None:
+        row = await self._one("SELECT password_enc FROM desktops WHERE id = ?", (desktop_id,))
+        return row[0] if row else None
+
+    async def list_desktops(self) -> list[Desktop]:
+        return [_desktop(r) for r in
+                await self._all(f"SELECT {_DESKTOP_COLUMNS} FROM desktops ORDER BY name")]
+
+    async def assign(self, desktop_id: int, user_id: int) -> None:
+        await self._exec(
+            "INSERT INTO assignments (desktop_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (desktop_id, user_id))
+
+    async def is_assigned(self, desktop_id: int, user_id: int) -> bool:
+        row = await self._one("SELECT 1 FROM assignments WHERE desktop_id = ? AND user_id = ?",
+                              (desktop_id, user_id))
+        return row is not None
+
+    async def desktops_for_user(self, user_id: int) -> list[Desktop]:
+        rows = await self._all(
+            f"SELECT {_DESKTOP_COLUMNS} FROM desktops"
+            " WHERE id IN (SELECT desktop_id FROM assignments WHERE user_id = ?) ORDER BY name",
+            (user_id,))
+        return [_desktop(r) for r in rows]
+
+    # connection sessions -----------------------------------------------------------------------
+    async def create_session(self, session: Session) -> None:
+        await self._exec(
+            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (session.id, session.user_id, session.desktop_id, session.web_session_id,
+             session.state.value, session.started_at, session.ended_at, session.close_reason,
+             session.bytes_up, session.bytes_down, session.client_ip))
+
+    async def get_session(self, session_id: str) -> Session | None:
+        row = await self._one(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?",
+                              (session_id,))
+        return _session(row) if row else None
+
+    async def set_session_state(self, session_id: str, state: SessionState) -> None:
+        await self._exec("UPDATE sessions SET state = ? WHERE id = ? AND state != 'closed'",
+                         (state.value, session_id))
+
+    async def close_session(self, session_id: str, ended_at: float, reason: str,
+                            bytes_up: int, bytes_down: int) -> None:
+        await self._exec(
+            "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?, bytes_up = ?,"
+            " bytes_down = ? WHERE id = ? AND state != 'closed'",
+            (ended_at, reason, bytes_up, bytes_down, session_id))
+
+    async def close_open_sessions(self, ended_at: float, reason: str) -> int:
+        return await self._exec(
+            "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?"
+            " WHERE state != 'closed'", (ended_at, reason))
+
+    async def list_sessions(self, *, active_only: bool = False, limit: int = 100) -> list[Session]:
+        where = "WHERE state != 'closed'" if active_only else ""
+        rows = await self._all(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY started_at DESC LIMIT ?",
+            (limit,))
+        return [_session(r) for r in rows]
+
+    # audit --------------------------------------------------------------------------------------
+    async def append_audit(self, at: float, kind: str, user: str | None, desktop: str | None,
+                           client_ip: str | None, detail: str) -> None:
+        await self._exec(
+            "INSERT INTO audit (at, kind, user_name, desktop_name, client_ip, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (at, kind, user, desktop, client_ip, detail))
+
+    async def list_audit(self, *, limit: int = 100, kind: str | None = None) -> list[AuditEvent]:
+        where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
+        rows = await self._all(
+            "SELECT id, at, kind, user_name, desktop_name, client_ip, detail FROM audit"
+            f" {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [AuditEvent(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+
+STORES = {"sqlite": SQLiteStore}
