@@ -1,0 +1,117 @@
+"""The DesktopProvider seam: what the broker asks of every desktop driver.
+
+A provider makes a desktop reachable (starting it when it is stopped), says where the gateway
+connects to it and with which credentials, and stops what it started. Drivers are chosen by name
+(see ``gateway.providers.PROVIDERS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.model import Endpoint, Secret
+
+RFB_BANNER_PREFIX = b"RFB 003."
+RFB_BANNER_LEN = 12
+
+
+@dataclass(frozen=True)
+class DesktopSpec:
+    """One desktop as a provider needs to see it."""
+
+    id: int
+    name: str
+    provider: str  # "static" | "local"
+    host: str = ""  # static: VNC host
+    port: int = 0  # static: VNC port
+    password: Secret | None = None  # static: the desktop's VNC password, already decrypted
+    geometry: str = "1280x800"
+    protocol: str = "vnc"  # static: "vnc" (banner checked) or another TCP protocol (connect only)
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What every provider may use from the application."""
+
+    data_dir: Path  # the local provider keeps state under data_dir/"desktops"/str(id)
+    run_as_user: str = "deskgate-desktop"  # used only when the gateway runs as root
+    display_base: int = 20  # first X display number the local provider may use
+
+
+class DesktopProvider(Protocol):
+    async def ensure_running(self, spec: DesktopSpec) -> None:
+        """Make the desktop reachable, starting it if needed.
+
+        Raises ``DesktopUnavailable`` with a reason that is safe to show to the user.
+        """
+        ...
+
+    async def endpoint(self, spec: DesktopSpec) -> Endpoint:
+        """Where the gateway connects, with the credentials it uses."""
+        ...
+
+    async def state(self, spec: DesktopSpec) -> str:
+        """``"running"``, ``"stopped"`` or ``"unknown"``."""
+        ...
+
+    async def stop(self, spec: DesktopSpec) -> None: ...
+
+    async def close(self) -> None:
+        """Application shutdown: stop every process this provider started."""
+        ...
+
+
+class DesktopLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with ``[desktop=<name>]``."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        return f"[desktop={extra.get('desktop', '?')}] {msg}", kwargs
+
+
+def desktop_log(logger: logging.Logger, name: str) -> DesktopLog:
+    return DesktopLog(logger, {"desktop": name})
+
+
+async def probe_rfb(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    unix_path: str | Path | None = None,
+    timeout: float = 5.0,
+    banner_required: bool = True,
+) -> bool:
+    """True when the server accepts a connection and (if required) sends an RFB 3.x banner.
+
+    The connection is closed right after the banner: no security handshake is attempted, so
+    a probe never counts as a failed login. Bounded by ``timeout`` seconds in total.
+    """
+
+    async def attempt() -> bool:
+        if unix_path is not None:
+            reader, writer = await asyncio.open_unix_connection(str(unix_path))
+        else:
+            reader, writer = await asyncio.open_connection(host, port)
+        try:
+            if not banner_required:
+                return True
+            banner = await reader.readexactly(RFB_BANNER_LEN)
+            return banner.startswith(RFB_BANNER_PREFIX) and banner.endswith(b"\n")
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    try:
+        return await asyncio.wait_for(attempt(), timeout)
+    except (OSError, asyncio.IncompleteReadError, TimeoutError):
+        return False

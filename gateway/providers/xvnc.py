@@ -1,0 +1,577 @@
+"""Start and stop a TigerVNC ``Xvnc`` display with openbox and an xterm.
+
+Used by the local provider and by test fixtures. Every process is started in its own process
+group and stopped by its PID; nothing here looks processes up by name.
+
+Readiness is observed, never slept for: the RFB banner on the VNC socket, then the window
+manager's ``_NET_SUPPORTING_WM_CHECK`` on the root window (an xterm started before openbox is up
+may never appear), then the xterm window mapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from gateway.errors import DesktopUnavailable
+from gateway.model import Secret
+from gateway.providers.base import probe_rfb
+
+log = logging.getLogger(__name__)
+
+GEOMETRY_RE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+X11_UNIX_DIR = Path("/tmp/.X11-unix")  # noqa: S108 - fixed by the X11 protocol
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
+STOP_TIMEOUT = 5.0
+_FONT_DIRS = (Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts/opentype"))
+
+
+class XvncStartError(DesktopUnavailable):
+    """The display did not come up; ``reason`` says which step failed (never a password)."""
+
+    reason = "the desktop could not be started"
+
+
+def lock_file(display: int) -> Path:
+    return Path(f"/tmp/.X{display}-lock")  # noqa: S108 - fixed by the X11 protocol
+
+
+def free_display(start: int) -> int:
+    """The first display number >= ``start`` with neither a lock file nor an X socket.
+
+    Another process may take it before Xvnc starts; ``start_display`` retries on that race.
+    """
+    n = start
+    while lock_file(n).exists() or (X11_UNIX_DIR / f"X{n}").exists():
+        n += 1
+    return n
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def random_vnc_password() -> str:
+    """8 random characters: the most VncAuth uses."""
+    alphabet = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def xterm_font_args() -> list[str]:
+    """A big, readable TrueType font when one is installed, else a large core font."""
+    for d in _FONT_DIRS:
+        if d.is_dir() and any(d.rglob("*Mono*.[ot]tf")):
+            return ["-fa", "Monospace", "-fs", "14"]
+    return ["-fn", "10x20"]
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the parenthesised command name, which may itself hold spaces.
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "")
+
+
+@dataclass(frozen=True)
+class _RunAs:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    switch: bool  # True when we are root and must drop to uid/gid
+
+    @classmethod
+    def resolve(cls, user: str | None) -> _RunAs:
+        me = os.geteuid()
+        entry = pwd.getpwuid(me) if user is None else pwd.getpwnam(user)
+        if entry.pw_uid != me and me != 0:
+            raise XvncStartError(f"cannot run the desktop as {entry.pw_name}: not root")
+        return cls(
+            name=entry.pw_name,
+            uid=entry.pw_uid,
+            gid=entry.pw_gid,
+            home=Path(entry.pw_dir),
+            switch=entry.pw_uid != me,
+        )
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) for files the desktop processes must read, None when no switch."""
+        return (self.uid, self.gid) if self.switch else None
+
+    def chown(self, path: Path) -> None:
+        if self.switch:
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+
+
+def write_xauthority(path: Path, display: int, owner: tuple[int, int] | None = None) -> None:
+    """An Xauthority file with one fresh MIT-MAGIC-COOKIE-1 for ``display`` (mode 0600)."""
+
+    def field_(b: bytes) -> bytes:
+        return struct.pack(">H", len(b)) + b
+
+    family_wild = 0xFFFF
+    entry = (
+        struct.pack(">H", family_wild)
+        + field_(b"")
+        + field_(str(display).encode())
+        + field_(b"MIT-MAGIC-COOKIE-1")
+        + field_(secrets.token_bytes(16))
+    )
+    with os.fdopen(create_private_file(path, owner), "wb") as f:
+        f.write(entry)
+
+
+def create_private_file(path: Path, owner: tuple[int, int] | None = None) -> int:
+    """A new file (mode 0600) opened for writing; returns the descriptor.
+
+    The folder may belong to the desktop user, who could plant a symlink there to make a root
+    gateway write or chown another file: whatever is at ``path`` is unlinked, the file is
+    created with O_EXCL|O_NOFOLLOW, and ownership is changed through the descriptor.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+async def write_vnc_password_file(
+    path: Path, password: str, owner: tuple[int, int] | None = None
+) -> None:
+    """``vncpasswd -f`` from stdin into ``path`` (mode 0600); the password never hits argv."""
+    if not 1 <= len(password) <= 8:
+        raise ValueError("a VncAuth password has 1 to 8 characters")
+    fd = create_private_file(path, owner)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "vncpasswd",
+            "-f",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=fd,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    finally:
+        os.close(fd)
+    await asyncio.wait_for(proc.communicate(f"{password}\n".encode()), 10)
+    if proc.returncode != 0 or path.stat().st_size == 0:
+        raise XvncStartError("vncpasswd failed")
+
+
+async def _run_quiet(argv: Sequence[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run a short X client; (exit status, stdout). Killed if it outlives ``timeout``."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return -1, ""
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+@dataclass
+class XvncDisplay:
+    """A running Xvnc display and the clients started on it.
+
+    ``pids`` lists Xvnc first, then openbox and xterm when they were started. Use as
+    ``async with await start_display(...) as d:`` or call ``await d.stop()``.
+    """
+
+    display: int
+    rfbport: int | None
+    unix_path: Path | None
+    pids: list[int]
+    state_dir: Path
+    password: Secret | None = field(default=None, repr=False)
+    xauthority: Path | None = None
+    password_file: Path | None = None
+    _procs: list[asyncio.subprocess.Process] = field(default_factory=list, repr=False)
+    _owns_state_dir: bool = field(default=False, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def xvnc_pid(self) -> int:
+        return self.pids[0]
+
+    def env(self) -> dict[str, str]:
+        """Environment for an X client on this display (DISPLAY, XAUTHORITY when used)."""
+        env = dict(os.environ)
+        env["DISPLAY"] = f":{self.display}"
+        if self.xauthority is not None:
+            env["XAUTHORITY"] = str(self.xauthority)
+        else:
+            env.pop("XAUTHORITY", None)
+        return env
+
+    def alive(self) -> bool:
+        """True while the Xvnc process runs (cheap: no connection is made)."""
+        return not self._stopped and _pid_alive(self.xvnc_pid)
+
+    async def answers(self, timeout: float = 2.0) -> bool:
+        """True when the VNC socket answers with an RFB banner."""
+        if not self.alive():
+            return False
+        if self.unix_path is not None:
+            return await probe_rfb(unix_path=self.unix_path, timeout=timeout)
+        assert self.rfbport is not None
+        return await probe_rfb(port=self.rfbport, timeout=timeout)
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM every process group (clients first), SIGKILL after ``timeout``, clean up."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await _terminate(list(reversed(self._procs)), timeout)
+        self._cleanup_files()
+
+    def _cleanup_files(self) -> None:
+        paths = [self.password_file, self.xauthority, self.unix_path]
+        for p in paths:
+            if p is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        # Xvnc removes its lock and X socket on SIGTERM; after SIGKILL they stay behind.
+        lock = lock_file(self.display)
+        try:
+            owner = int(lock.read_text().strip())
+        except (OSError, ValueError):
+            owner = -1
+        if owner == self.xvnc_pid and not _pid_alive(owner):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (X11_UNIX_DIR / f"X{self.display}").unlink()
+        if self._owns_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    async def __aenter__(self) -> XvncDisplay:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def _terminate(procs: Sequence[asyncio.subprocess.Process], timeout: float) -> None:
+    """Stop each process group led by one of ``procs``: SIGTERM, wait, then SIGKILL."""
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    waits = [asyncio.ensure_future(proc.wait()) for proc in procs]
+    if not waits:
+        return
+    _, pending = await asyncio.wait(waits, timeout=timeout)
+    if pending:
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.wait(pending, timeout=timeout)
+    for w in pending:
+        w.cancel()
+
+
+def _fatal_error(path: Path) -> str:
+    """The lines after "Fatal server error:" in an X server log (or its last lines)."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln and ln != "(EE)"]
+    for i, line in enumerate(lines):
+        if "Fatal server error" in line:
+            return " ".join(lines[i + 1 : i + 3]).removeprefix("(EE) ")
+    return " ".join(lines[-2:])
+
+
+def _ensure_x11_unix_dir() -> None:
+    """Unprivileged X servers need /tmp/.X11-unix to exist with mode 1777."""
+    if not X11_UNIX_DIR.exists() and os.geteuid() == 0:
+        with contextlib.suppress(FileExistsError):
+            X11_UNIX_DIR.mkdir()
+            os.chmod(X11_UNIX_DIR, 0o1777)  # noqa: S103 - sticky /tmp-like dir, as X11 wants
+
+
+async def start_display(
+    *,
+    display: int | None = None,
+    rfbport: int | None = None,
+    unix_path: Path | None = None,
+    password: str | None = None,
+    geometry: str = "1024x768",
+    name: str = "desktop",
+    user: str | None = None,
+    home: Path | None = None,
+    window_manager: bool = True,
+    xterm: bool = True,
+    xterm_args: Sequence[str] = (),
+    ready_timeout: float = 15.0,
+    display_base: int = 20,
+    state_dir: Path | None = None,
+    xauth: bool = False,
+) -> XvncDisplay:
+    """Start Xvnc (+ openbox, + xterm) and return once each is ready.
+
+    - ``rfbport``: VNC over TCP on 127.0.0.1 only; ``unix_path``: VNC on a unix socket (mode
+      0600, owned by the desktop user). At least one of them is required.
+    - ``password`` None: security type None; else VncAuth with a ``vncpasswd -f`` file.
+    - ``display`` None: the first free display >= ``display_base`` (retried on a race).
+    - ``user``: when we are root, every process runs as this user (and its primary group, no
+      supplementary groups); ``home`` becomes their HOME (default: the user's home).
+    - ``state_dir``: where the password file, Xauthority and xvnc.log go; a private
+      temporary folder (removed by ``stop``) when None.
+    - ``xauth``: require an MIT-MAGIC-COOKIE (``-auth``); X clients then need ``d.env()``.
+      Without it any local user can open the X display, which only suits tests.
+
+    Raises ``XvncStartError`` (a ``DesktopUnavailable``) naming the step that failed; every
+    process already started is stopped first.
+    """
+    if rfbport is None and unix_path is None:
+        raise ValueError("start_display needs rfbport or unix_path")
+    if not GEOMETRY_RE.match(geometry):
+        raise ValueError(f"bad geometry {geometry!r}, expected WIDTHxHEIGHT")
+    if unix_path is not None and len(os.fsencode(unix_path)) > UNIX_PATH_MAX:
+        raise ValueError(f"unix socket path too long ({unix_path})")
+    run_as = _RunAs.resolve(user)
+    owns_state_dir = state_dir is None
+    if state_dir is None:
+        state_dir = Path(tempfile.mkdtemp(prefix="deskgate-xvnc-"))
+        run_as.chown(state_dir)
+    _ensure_x11_unix_dir()
+
+    attempts = 1 if display is not None else 5
+    number = display if display is not None else free_display(display_base)
+    deadline = time.monotonic() + ready_timeout
+    try:
+        for attempt in range(attempts):
+            try:
+                return await _start_once(
+                    number=number,
+                    rfbport=rfbport,
+                    unix_path=unix_path,
+                    password=password,
+                    geometry=geometry,
+                    name=name,
+                    run_as=run_as,
+                    home=home or run_as.home,
+                    window_manager=window_manager,
+                    xterm=xterm,
+                    xterm_args=xterm_args,
+                    deadline=deadline,
+                    state_dir=state_dir,
+                    owns_state_dir=owns_state_dir,
+                    xauth=xauth,
+                )
+            except _DisplayTaken:
+                if attempt + 1 == attempts:
+                    raise XvncStartError(f"display :{number} is in use") from None
+                number = free_display(number + 1)
+        raise AssertionError("unreachable")
+    except BaseException:
+        if owns_state_dir:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        raise
+
+
+class _DisplayTaken(Exception):
+    pass
+
+
+async def _start_once(
+    *,
+    number: int,
+    rfbport: int | None,
+    unix_path: Path | None,
+    password: str | None,
+    geometry: str,
+    name: str,
+    run_as: _RunAs,
+    home: Path,
+    window_manager: bool,
+    xterm: bool,
+    xterm_args: Sequence[str],
+    deadline: float,
+    state_dir: Path,
+    owns_state_dir: bool,
+    xauth: bool,
+) -> XvncDisplay:
+    d = XvncDisplay(
+        display=number,
+        rfbport=rfbport,
+        unix_path=unix_path,
+        pids=[],
+        state_dir=state_dir,
+        password=Secret(password) if password is not None else None,
+        _owns_state_dir=False,  # start_display removes it on failure; set below on success
+    )
+    argv = [
+        "Xvnc",
+        f":{number}",
+        "-geometry",
+        geometry,
+        "-depth",
+        "24",
+        "-nolisten",
+        "tcp",
+        "-AlwaysShared",
+        "-desktop",
+        name,
+    ]
+    if rfbport is not None:
+        argv += ["-localhost", "-interface", "127.0.0.1", "-rfbport", str(rfbport)]
+    else:
+        argv += ["-rfbport", "-1"]
+    if unix_path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            unix_path.unlink()  # a stale socket from a killed server
+        argv += ["-rfbunixpath", str(unix_path), "-rfbunixmode", "0600"]
+    if password is None:
+        argv += ["-SecurityTypes", "None"]
+    else:
+        d.password_file = state_dir / "vnc.passwd"
+        await write_vnc_password_file(d.password_file, password, run_as.owner)
+        argv += ["-SecurityTypes", "VncAuth", "-PasswordFile", str(d.password_file)]
+    if xauth:
+        d.xauthority = state_dir / "Xauthority"
+        write_xauthority(d.xauthority, number, run_as.owner)
+        argv += ["-auth", str(d.xauthority)]
+
+    child_env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+        "USER": run_as.name,
+        "LOGNAME": run_as.name,
+        "SHELL": "/bin/bash",  # a system user's login shell is nologin: xterm needs a real one
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "DISPLAY": f":{number}",
+    }
+    if d.xauthority is not None:
+        child_env["XAUTHORITY"] = str(d.xauthority)
+    tool_env = d.env()
+
+    async def spawn(args: Sequence[str], stderr: int) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            env=child_env,
+            cwd=str(home),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,  # own process group: stopped by killpg(pid)
+            user=run_as.uid if run_as.switch else None,
+            group=run_as.gid if run_as.switch else None,
+            extra_groups=[] if run_as.switch else None,
+            umask=0o077,
+        )
+        d._procs.append(proc)
+        d.pids.append(proc.pid)
+        return proc
+
+    log_path = state_dir / "xvnc.log"
+    try:
+        log_fd = create_private_file(log_path)
+        try:
+            xvnc = await spawn(argv, log_fd)
+        finally:
+            os.close(log_fd)
+        log.debug("Xvnc :%d pid %d started", number, xvnc.pid)
+
+        # 1. The VNC socket answers with an RFB banner.
+        while True:
+            if xvnc.returncode is not None or not _pid_alive(xvnc.pid):
+                await xvnc.wait()
+                detail = _fatal_error(log_path)
+                if "already active" in detail or "already running" in detail:
+                    raise _DisplayTaken()
+                raise XvncStartError(f"Xvnc :{number} exited ({xvnc.returncode}): {detail}")
+            if await d.answers(timeout=0.5):
+                break
+            if time.monotonic() > deadline:
+                raise XvncStartError(f"Xvnc :{number} did not answer in time")
+            await asyncio.sleep(0.05)
+
+        # 2. The window manager owns the root window before any client starts.
+        if window_manager:
+            wm = await spawn(["openbox"], asyncio.subprocess.DEVNULL)
+            while True:
+                if wm.returncode is not None or not _pid_alive(wm.pid):
+                    raise XvncStartError(f"openbox on :{number} exited")
+                rc, out = await _run_quiet(
+                    ["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"], tool_env, 2.0
+                )
+                if rc == 0 and "window id #" in out:
+                    break
+                if time.monotonic() > deadline:
+                    raise XvncStartError(f"openbox on :{number} did not come up in time")
+                await asyncio.sleep(0.05)
+
+        # 3. The xterm window is mapped.
+        if xterm:
+            args = [
+                "xterm",
+                *xterm_font_args(),
+                "-geometry",
+                "80x24+10+10",
+                "-bg",
+                "white",
+                "-fg",
+                "black",
+                *xterm_args,
+            ]
+            term = await spawn(args, asyncio.subprocess.DEVNULL)
+            while True:
+                if term.returncode is not None or not _pid_alive(term.pid):
+                    raise XvncStartError(f"xterm on :{number} exited")
+                rc, out = await _run_quiet(
+                    ["xdotool", "search", "--onlyvisible", "--pid", str(term.pid)], tool_env, 2.0
+                )
+                if rc == 0 and out.strip():
+                    break
+                if time.monotonic() > deadline:
+                    raise XvncStartError(f"the xterm on :{number} did not appear in time")
+                await asyncio.sleep(0.05)
+    except BaseException:
+        await d.stop()
+        raise
+    d._owns_state_dir = owns_state_dir
+    return d
