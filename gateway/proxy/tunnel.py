@@ -1,0 +1,265 @@
+"""The VNC byte path: one browser channel, one desktop socket, the RFB machines between them.
+
+``relay_vnc`` connects to the desktop, authenticates to it with the credentials the gateway
+holds, offers the browser security type None, and relays until either side ends:
+
+- desktop -> browser: raw bytes, read into one reused buffer (``_DesktopStream``, a
+  ``BufferedProtocol``). Reading pauses while a chunk is being sent to the browser, so a slow
+  browser slows the desktop down instead of filling memory. This direction is not parsed, so
+  ``RelayPolicy.clipboard_from_desktop`` is not enforced here: ServerCutText passes unchanged.
+- browser -> desktop: every message goes through ``rfb.ClientMessageParser``, which drops what the
+  policy forbids and raises ``ProtocolError`` on anything it cannot frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
+
+from gateway.errors import DesktopUnavailable, UpstreamClosed
+from gateway.model import Endpoint, RelayCounters, RelayPolicy
+from gateway.proxy.rfb import BrowserHandshake, ClientMessageParser, DesktopHandshake
+
+READ_BUFFER_SIZE = 64 * 1024
+
+
+class ClientChannel(Protocol):
+    """The browser's side of the relay: binary messages, for instance over a websocket."""
+
+    async def receive(self) -> bytes | None:
+        """The next binary message from the browser; None once the browser closed."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary message to the browser; awaiting it is the backpressure."""
+        ...
+
+
+class _DesktopStream(asyncio.BufferedProtocol):
+    """The desktop socket, read into one reused buffer.
+
+    After each read the transport stops reading until ``consumed()`` says the bytes were used,
+    so the buffer is never overwritten while a view of it is in use.
+    """
+
+    def __init__(self, size: int = READ_BUFFER_SIZE) -> None:
+        self._view = memoryview(bytearray(size))
+        self._filled = 0
+        self._eof = False
+        self._wakeup: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._transport: asyncio.Transport | None = None
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled = nbytes
+        assert self._transport is not None
+        self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    # used by the relay
+    async def read(self) -> memoryview | None:
+        """The bytes received, valid until ``consumed()``; None once the desktop closed."""
+        while self._filled == 0:
+            if self._eof:
+                return None
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+        return self._view[: self._filled]
+
+    def consumed(self) -> None:
+        self._filled = 0
+        if self._transport is not None and not self._eof:
+            self._transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        if self._drained is not None:
+            await asyncio.shield(self._drained)
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def relay_vnc(
+    channel: ClientChannel,
+    endpoint: Endpoint,
+    policy: RelayPolicy,
+    counters: RelayCounters,
+    *,
+    connect_timeout: float = 10.0,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Relay one browser channel to one VNC desktop until either side ends.
+
+    Returns normally when the browser closes. Raises ``DesktopUnavailable`` (cannot connect, or
+    no handshake within ``connect_timeout``), ``UpstreamAuthFailed`` (credentials refused, or no
+    usable security type), ``UpstreamClosed`` (the desktop ended the session) and
+    ``ProtocolError`` (the browser or the desktop broke RFB). ``on_ready`` gets the desktop name
+    once ServerInit has been forwarded. Whatever happens, cancellation included, the desktop
+    socket is closed on the way out; ``CancelledError`` propagates.
+
+    ``counters.bytes_down`` counts the bytes forwarded to the browser from ServerInit on;
+    ``counters.bytes_up`` the client messages forwarded to the desktop after ClientInit.
+    """
+    stream = await _connect(endpoint, connect_timeout)
+    try:
+        desktop = DesktopHandshake(endpoint.password)
+        await _desktop_until(stream, desktop, lambda: desktop.authenticated, connect_timeout)
+
+        browser = BrowserHandshake()
+        await channel.send(BrowserHandshake.GREETING)
+        while not browser.done:
+            data = await channel.receive()
+            if data is None:
+                return
+            reply = browser.feed(data)
+            if reply:
+                await channel.send(reply)
+
+        stream.write(desktop.client_init())
+        await _desktop_until(stream, desktop, lambda: desktop.done, connect_timeout)
+        assert desktop.server_init is not None
+        first = desktop.server_init.raw + desktop.remainder()
+        await channel.send(first)
+        counters.bytes_down += len(first)
+        if on_ready is not None:
+            on_ready(desktop.server_init.name)
+
+        parser = ClientMessageParser(policy)
+        await _relay(
+            _pump_down(stream, channel, counters),
+            _pump_up(channel, stream, parser, counters, browser.remainder()),
+        )
+    finally:
+        stream.abort()
+
+
+async def _connect(endpoint: Endpoint, timeout: float) -> _DesktopStream:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            if endpoint.unix_path:
+                _, stream = await loop.create_unix_connection(_DesktopStream, endpoint.unix_path)
+            else:
+                _, stream = await loop.create_connection(
+                    _DesktopStream, endpoint.host, endpoint.port
+                )
+    except TimeoutError:
+        raise DesktopUnavailable(f"the desktop did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        detail = exc.strerror or type(exc).__name__
+        raise DesktopUnavailable(f"the desktop cannot be reached ({detail})") from None
+    return stream
+
+
+async def _desktop_until(
+    stream: _DesktopStream,
+    machine: DesktopHandshake,
+    finished: Callable[[], bool],
+    timeout: float,
+) -> None:
+    """Feed the desktop's bytes to the handshake machine until ``finished()``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not finished():
+                view = await stream.read()
+                if view is None:
+                    raise machine.eof_error()
+                reply = machine.feed(bytes(view))
+                stream.consumed()
+                if reply:
+                    stream.write(reply)
+    except TimeoutError:
+        raise DesktopUnavailable(
+            f"the desktop did not complete the RFB handshake within {timeout:g} s"
+        ) from None
+
+
+async def _pump_down(
+    stream: _DesktopStream, channel: ClientChannel, counters: RelayCounters
+) -> None:
+    while True:
+        view = await stream.read()
+        if view is None:
+            raise UpstreamClosed()
+        size = len(view)
+        await channel.send(bytes(view))  # the one copy: channel messages are bytes
+        counters.bytes_down += size
+        stream.consumed()
+
+
+async def _pump_up(
+    channel: ClientChannel,
+    stream: _DesktopStream,
+    parser: ClientMessageParser,
+    counters: RelayCounters,
+    data: bytes | None,
+) -> None:
+    while data is not None:
+        forward = []
+        for message in parser.feed(data):
+            if not message.forward:
+                counters.messages_dropped += 1
+                continue
+            forward.append(message.data)
+            if message.is_input:
+                counters.last_input = time.time()
+        if forward:
+            payload = b"".join(forward)
+            stream.write(payload)
+            counters.bytes_up += len(payload)
+            await stream.drain()
+        data = await channel.receive()
+
+
+async def _relay(*pumps: Coroutine[Any, Any, None]) -> None:
+    """Run the pumps until the first ends; cancel the others; re-raise the first one's error."""
+    tasks = [asyncio.create_task(pump) for pump in pumps]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if task in done and not task.cancelled() and (error := task.exception()) is not None:
+            raise error
