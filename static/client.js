@@ -1,0 +1,384 @@
+// Deskgate browser client: one desktop session in a full-window noVNC canvas.
+//
+// Life of a connection:
+//   connecting --connect--> connected --drop--> reconnecting --connect--> connected
+//        \                      |                    |
+//         `----- error ---------+---- user / final --+--> disconnected
+// "disconnected" is final for this connection: only the user's Reconnect button
+// starts a new one. Each attempt (first or re-) asks the gateway for a fresh
+// one-time ticket; tickets are never reused.
+
+import RFB from '/novnc/core/rfb.js';
+
+const BACKOFF_FIRST_S = 1;
+const BACKOFF_MAX_S = 30;
+const BACKOFF_JITTER = 0.2; // up to +/-10 % of the delay
+
+const TRANSITIONS = {
+    connecting: ['connected', 'reconnecting', 'disconnected'],
+    connected: ['reconnecting', 'disconnected'],
+    reconnecting: ['connecting', 'connected', 'disconnected'],
+    disconnected: ['connecting'],
+};
+
+// An error that ends the connection for good (no automatic retry).
+class FinalError extends Error {}
+// The browser is being sent elsewhere (sign-in page): stop doing anything.
+class Redirecting extends Error {}
+
+const root = document.getElementById('deskgate-client');
+const screenEl = document.getElementById('screen');
+const statusEl = document.getElementById('status');
+const statusText = document.getElementById('status-text');
+const statusDetail = document.getElementById('status-detail');
+const reconnectButton = document.getElementById('reconnect');
+const backLink = document.getElementById('back-to-portal');
+const cadButton = document.getElementById('ctrl-alt-del');
+const clipboardToggle = document.getElementById('clipboard-toggle');
+const clipboardPanel = document.getElementById('clipboard-panel');
+const clipboardText = document.getElementById('clipboard-text');
+const clipboardSend = document.getElementById('clipboard-send');
+const clipboardClose = document.getElementById('clipboard-close');
+const fullscreenButton = document.getElementById('fullscreen');
+const disconnectButton = document.getElementById('disconnect');
+
+const connectUrl = root.dataset.connectUrl;
+const csrfToken = root.dataset.csrf;
+
+let state = root.dataset.state || 'connecting';
+let rfb = null;
+let sessionId = null;
+let attempt = 0;            // failed attempts since the last successful connect
+let retryTimer = null;
+let countdownTimer = null;
+let userDisconnect = false;
+let securityFailure = null; // reason of the last 'securityfailure' event
+let generation = 0;         // bumps on every user (re)start; stale async work checks it
+
+function setState(next) {
+    if (next !== state && !TRANSITIONS[state].includes(next)) {
+        console.warn(`deskgate: ignoring transition ${state} -> ${next}`);
+        return false;
+    }
+    state = next;
+    root.dataset.state = next;
+    const connected = next === 'connected';
+    cadButton.disabled = !connected;
+    clipboardSend.disabled = !connected;
+    disconnectButton.disabled = next === 'disconnected';
+    return true;
+}
+
+function showStatus(text, {detail = null, final = false} = {}) {
+    statusText.textContent = text;
+    statusDetail.textContent = detail || '';
+    statusDetail.hidden = !detail;
+    reconnectButton.hidden = !final;
+    backLink.hidden = !final;
+    statusEl.classList.toggle('status-final', final);
+    statusEl.hidden = false;
+}
+
+function hideStatus() {
+    statusEl.hidden = true;
+}
+
+function goToLogin() {
+    window.location.assign('/login');
+    throw new Redirecting();
+}
+
+async function readError(resp) {
+    try {
+        const body = await resp.json();
+        if (body && typeof body.error === 'string' && body.error) {
+            return body.error;
+        }
+    } catch {
+        // not JSON: fall through
+    }
+    return `${resp.status} ${resp.statusText}`.trim();
+}
+
+// Step 1: a fresh session ticket from the gateway.
+async function requestTicket() {
+    let resp;
+    try {
+        resp = await fetch(connectUrl, {
+            method: 'POST',
+            credentials: 'same-origin',
+            headers: {'X-CSRF-Token': csrfToken, 'Accept': 'application/json'},
+        });
+    } catch {
+        throw new Error('The gateway cannot be reached.');
+    }
+    if (resp.status === 401) {
+        goToLogin();
+    }
+    if (!resp.ok) {
+        const reason = await readError(resp);
+        // Server-side trouble may pass; a refusal (4xx) will not.
+        if (resp.status >= 500 || resp.status === 408 || resp.status === 429) {
+            throw new Error(reason);
+        }
+        throw new FinalError(reason);
+    }
+    const body = await resp.json();
+    if (!body || typeof body.ws_url !== 'string' || typeof body.session_id !== 'string') {
+        throw new FinalError('The gateway sent an unexpected answer.');
+    }
+    return body;
+}
+
+function websocketUrl(relative) {
+    const url = new URL(relative, window.location.href);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    return url.href;
+}
+
+// Asks whether the dropped session may be resumed. Returns {reconnect, reason}.
+async function sessionStatus(sid) {
+    let resp;
+    try {
+        resp = await fetch(`/sessions/${encodeURIComponent(sid)}`, {
+            credentials: 'same-origin',
+            headers: {'Accept': 'application/json'},
+        });
+    } catch {
+        return {reconnect: true, reason: null}; // gateway unreachable: keep trying
+    }
+    if (resp.status === 401) {
+        goToLogin();
+    }
+    if (resp.status === 403 || resp.status === 404) {
+        return {reconnect: false, reason: await readError(resp)};
+    }
+    if (!resp.ok) {
+        return {reconnect: true, reason: null};
+    }
+    try {
+        const body = await resp.json();
+        return {reconnect: body.reconnect !== false, reason: body.close_reason || null};
+    } catch {
+        return {reconnect: true, reason: null};
+    }
+}
+
+function clearTimers() {
+    clearTimeout(retryTimer);
+    clearInterval(countdownTimer);
+    retryTimer = null;
+    countdownTimer = null;
+}
+
+function finish(text, detail = null) {
+    clearTimers();
+    setState('disconnected');
+    showStatus(text, {detail, final: true});
+}
+
+async function connect(gen) {
+    securityFailure = null;
+    let ticket;
+    try {
+        ticket = await requestTicket();
+    } catch (err) {
+        if (err instanceof Redirecting || gen !== generation) {
+            return;
+        }
+        if (err instanceof FinalError || state === 'connecting') {
+            finish('Could not connect', err.message);
+        } else {
+            scheduleReconnect(gen, err.message);
+        }
+        return;
+    }
+    if (gen !== generation) {
+        return;
+    }
+    sessionId = ticket.session_id;
+    root.dataset.sessionId = sessionId;
+    try {
+        rfb = new RFB(screenEl, websocketUrl(ticket.ws_url), {shared: true});
+    } catch (err) {
+        finish('Could not connect', err.message);
+        return;
+    }
+    rfb.scaleViewport = true;
+    rfb.resizeSession = true;
+    rfb.clipViewport = false;
+    rfb.background = '#1b1f24';
+    const own = rfb;
+    own.addEventListener('connect', () => onConnect(own));
+    own.addEventListener('disconnect', (e) => onDisconnect(own, gen, e.detail));
+    own.addEventListener('securityfailure', (e) => {
+        securityFailure = e.detail.reason || `security failure (status ${e.detail.status})`;
+    });
+    own.addEventListener('credentialsrequired', () => {
+        // The gateway holds the desktop's credentials; it never asks the browser.
+        securityFailure = 'The desktop asked the browser for credentials.';
+        own.disconnect();
+    });
+    own.addEventListener('clipboard', (e) => {
+        clipboardText.value = e.detail.text;
+    });
+    own.addEventListener('desktopname', (e) => {
+        if (e.detail.name) {
+            root.dataset.remoteName = e.detail.name;
+        }
+    });
+}
+
+function onConnect(own) {
+    if (own !== rfb) {
+        return;
+    }
+    attempt = 0;
+    clearTimers();
+    setState('connected');
+    hideStatus();
+    own.focus();
+}
+
+async function onDisconnect(own, gen, detail) {
+    if (own !== rfb) {
+        return;
+    }
+    rfb = null;
+    if (gen !== generation) {
+        return;
+    }
+    if (userDisconnect) {
+        finish('Disconnected', 'You closed the connection.');
+        return;
+    }
+    if (securityFailure) {
+        finish('Connection refused', securityFailure);
+        return;
+    }
+    setState('reconnecting');
+    showStatus('Connection lost', {detail: 'Checking the session…'});
+    let verdict;
+    try {
+        verdict = sessionId ? await sessionStatus(sessionId) : {reconnect: true, reason: null};
+    } catch (err) {
+        if (err instanceof Redirecting) {
+            return;
+        }
+        verdict = {reconnect: true, reason: null};
+    }
+    if (gen !== generation || state !== 'reconnecting') {
+        return;
+    }
+    if (!verdict.reconnect) {
+        finish('Disconnected', verdict.reason || 'The session has ended.');
+        return;
+    }
+    scheduleReconnect(gen, verdict.reason || (detail && detail.clean ? null : 'The connection dropped.'));
+}
+
+function backoffSeconds(n) {
+    const base = Math.min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (n - 1));
+    const jitter = 1 + (Math.random() - 0.5) * BACKOFF_JITTER;
+    return Math.min(BACKOFF_MAX_S, base * jitter);
+}
+
+function scheduleReconnect(gen, reason) {
+    attempt += 1;
+    setState('reconnecting');
+    const delayMs = Math.round(backoffSeconds(attempt) * 1000);
+    const due = Date.now() + delayMs;
+    const tick = () => {
+        const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+        showStatus(`Reconnecting in ${left} s (attempt ${attempt})`, {detail: reason});
+    };
+    clearTimers();
+    tick();
+    countdownTimer = setInterval(tick, 250);
+    retryTimer = setTimeout(() => {
+        clearTimers();
+        if (gen !== generation || state !== 'reconnecting') {
+            return;
+        }
+        showStatus(`Reconnecting (attempt ${attempt})…`, {detail: reason});
+        connect(gen);
+    }, delayMs);
+}
+
+function start() {
+    generation += 1;
+    userDisconnect = false;
+    attempt = 0;
+    sessionId = null;
+    clearTimers();
+    setState('connecting');
+    showStatus('Connecting…');
+    connect(generation);
+}
+
+function userDisconnects() {
+    userDisconnect = true;
+    clearTimers();
+    if (rfb) {
+        rfb.disconnect(); // its 'disconnect' event shows the final overlay
+    } else {
+        generation += 1; // abandon a pending ticket request or retry
+        finish('Disconnected', 'You closed the connection.');
+    }
+}
+
+// Toolbar
+
+cadButton.addEventListener('click', () => {
+    if (rfb) {
+        rfb.sendCtrlAltDel();
+        rfb.focus();
+    }
+});
+
+function setClipboardOpen(open) {
+    clipboardPanel.hidden = !open;
+    clipboardToggle.setAttribute('aria-expanded', String(open));
+    if (open) {
+        clipboardText.focus();
+    } else if (rfb) {
+        rfb.focus();
+    }
+}
+
+clipboardToggle.addEventListener('click', () => setClipboardOpen(clipboardPanel.hidden));
+clipboardClose.addEventListener('click', () => setClipboardOpen(false));
+clipboardSend.addEventListener('click', () => {
+    if (rfb && state === 'connected') {
+        rfb.clipboardPasteFrom(clipboardText.value);
+        rfb.focus();
+    }
+});
+
+function updateFullscreenLabel() {
+    fullscreenButton.textContent = document.fullscreenElement ? 'Exit full screen' : 'Full screen';
+}
+
+fullscreenButton.addEventListener('click', async () => {
+    try {
+        if (document.fullscreenElement) {
+            await document.exitFullscreen();
+        } else {
+            await root.requestFullscreen();
+        }
+    } catch (err) {
+        console.warn('deskgate: full screen unavailable:', err.message);
+    }
+    if (rfb) {
+        rfb.focus();
+    }
+});
+document.addEventListener('fullscreenchange', updateFullscreenLabel);
+if (!document.fullscreenEnabled) {
+    fullscreenButton.hidden = true;
+}
+
+disconnectButton.addEventListener('click', userDisconnects);
+reconnectButton.addEventListener('click', start);
+
+start();
