@@ -88,6 +88,7 @@ class Session:
     started_at: float
     ended_at: float | None = None
     close_reason: str | None = None
+    close_final: bool = False  # True: the client must not reconnect by itself
     bytes_up: int = 0
     bytes_down: int = 0
     client_ip: str = ""

@@ -59,6 +59,7 @@ MIGRATIONS: list[list[str]] = [
             started_at DOUBLE PRECISION NOT NULL,
             ended_at DOUBLE PRECISION,
             close_reason TEXT,
+            close_final BOOLEAN NOT NULL DEFAULT FALSE,
             bytes_up BIGINT NOT NULL DEFAULT 0,
             bytes_down BIGINT NOT NULL DEFAULT 0,
             client_ip TEXT NOT NULL DEFAULT ''

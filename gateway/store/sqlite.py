@@ -16,7 +16,7 @@ from .migrations import MIGRATIONS
 _USER_COLUMNS = "id, name, is_admin, disabled, totp_enrolled, failed_attempts, locked_until"
 _DESKTOP_COLUMNS = "id, name, provider, host, port, protocol, password_enc IS NOT NULL"
 _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
-                    " close_reason, bytes_up, bytes_down, client_ip")
+                    " close_reason, close_final, bytes_up, bytes_down, client_ip")
 
 
 def _user(row: Iterable[Any]) -> User:
@@ -33,8 +33,8 @@ def _desktop(row: Iterable[Any]) -> Desktop:
 
 def _session(row: Sequence[Any]) -> Session:
     return Session(row[0], int(row[1]), int(row[2]), row[3], SessionState(row[4]), float(row[5]),
-                   None if row[6] is None else float(row[6]), row[7], int(row[8]), int(row[9]),
-                   row[10])
+                   None if row[6] is None else float(row[6]), row[7], bool(row[8]), int(row[9]),
+                   int(row[10]), row[11])
 
 
 class SQLiteStore:
@@ -267,10 +267,10 @@ class SQLiteStore:
     # connection sessions -----------------------------------------------------------------------
     async def create_session(self, session: Session) -> None:
         await self._exec(
-            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (session.id, session.user_id, session.desktop_id, session.web_session_id,
              session.state.value, session.started_at, session.ended_at, session.close_reason,
-             session.bytes_up, session.bytes_down, session.client_ip))
+             session.close_final, session.bytes_up, session.bytes_down, session.client_ip))
 
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._one(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?",
@@ -281,12 +281,12 @@ class SQLiteStore:
         await self._exec("UPDATE sessions SET state = ? WHERE id = ? AND state != 'closed'",
                          (state.value, session_id))
 
-    async def close_session(self, session_id: str, ended_at: float, reason: str,
+    async def close_session(self, session_id: str, ended_at: float, reason: str, final: bool,
                             bytes_up: int, bytes_down: int) -> None:
         await self._exec(
-            "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?, bytes_up = ?,"
-            " bytes_down = ? WHERE id = ? AND state != 'closed'",
-            (ended_at, reason, bytes_up, bytes_down, session_id))
+            "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?, close_final = ?,"
+            " bytes_up = ?, bytes_down = ? WHERE id = ? AND state != 'closed'",
+            (ended_at, reason, final, bytes_up, bytes_down, session_id))
 
     async def close_open_sessions(self, ended_at: float, reason: str) -> int:
         return await self._exec(

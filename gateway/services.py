@@ -1,0 +1,206 @@
+"""Use cases shared by the web pages, the REST API and the CLI: one service layer."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from .audit import Audit, AuditKind
+from .auth.guard import LoginGuard
+from .auth.local import LocalAccounts
+from .auth.sessions import WebSessions
+from .auth.totp import Enrolment, TotpFactor
+from .crypto import SecretBox, hash_password, new_password
+from .errors import (
+    AccountLocked,
+    AuthenticationFailed,
+    BadRequest,
+    NotFound,
+    SecondFactorFailed,
+    TooManyRequests,
+)
+from .model import AuditEvent, Desktop, User, WebSession, WebSessionState
+from .store import Store
+
+PROVIDER_NAMES = ("static", "local")
+
+
+@dataclass(frozen=True)
+class SecondFactorResult:
+    cookie: str
+    web_session: WebSession
+    recovery_codes: list[str] | None  # set once, right after enrolment
+
+
+class Services:
+    def __init__(self, store: Store, box: SecretBox, audit: Audit, accounts: LocalAccounts,
+                 totp: TotpFactor, guard: LoginGuard, sessions: WebSessions) -> None:
+        self.store = store
+        self.box = box
+        self.audit = audit
+        self.accounts = accounts
+        self.totp = totp
+        self.guard = guard
+        self.sessions = sessions
+
+    # signing in --------------------------------------------------------------------------------
+    async def sign_in_password(self, username: str, password: str, ip: str,
+                               user_agent: str) -> tuple[str, WebSession, User]:
+        try:
+            self.guard.check_ip(ip)
+        except TooManyRequests:
+            await self.audit.record(AuditKind.THROTTLED, user=username[:64], client_ip=ip)
+            raise
+        user = await self.store.get_user_by_name(username)
+        if user is not None:
+            try:
+                self.guard.check_user(user)
+            except AccountLocked:
+                await self.audit.record(AuditKind.SIGNIN_FAILED, user=user.name, client_ip=ip,
+                                        detail="account locked")
+                raise
+        try:
+            user = await self.accounts.authenticate(username, password)
+            if user.disabled:
+                raise AuthenticationFailed()
+        except AuthenticationFailed:
+            reason = ("unknown user" if user is None else
+                      "account disabled" if user.disabled else "wrong password")
+            await self.audit.record(AuditKind.SIGNIN_FAILED, user=username[:64], client_ip=ip,
+                                    detail=reason)
+            if await self.guard.failure(user, ip):
+                await self.audit.record(AuditKind.LOCKOUT, user=username[:64], client_ip=ip)
+            raise
+        cookie, ws = await self.sessions.create(user, WebSessionState.PASSWORD_OK, ip, user_agent)
+        await self.audit.record(AuditKind.SIGNIN_OK, user=user.name, client_ip=ip,
+                                detail="password")
+        return cookie, ws, user
+
+    async def enrolment(self, user: User) -> Enrolment:
+        return await self.totp.enrolment(user)
+
+    async def second_factor(self, ws: WebSession, code: str, ip: str) -> SecondFactorResult:
+        user = await self.store.get_user(ws.user_id)
+        if user is None or user.disabled:
+            raise AuthenticationFailed()
+        try:
+            self.guard.check_ip(ip)
+            self.guard.check_user(user)
+        except (TooManyRequests, AccountLocked) as exc:
+            await self.audit.record(AuditKind.SECOND_FACTOR_FAILED, user=user.name, client_ip=ip,
+                                    detail=exc.reason)
+            raise
+        codes: list[str] | None = None
+        how = "totp"
+        if not user.totp_enrolled:
+            codes = await self.totp.confirm_enrolment(user, code)
+            ok = codes is not None
+            how = "totp enrolment"
+        else:
+            ok = await self.totp.verify(user, code)
+            if not ok and await self.totp.use_recovery_code(user, code):
+                ok, how = True, "recovery code"
+        if not ok:
+            await self.audit.record(AuditKind.SECOND_FACTOR_FAILED, user=user.name, client_ip=ip,
+                                    detail="wrong or reused code")
+            if await self.guard.failure(user, ip):
+                await self.audit.record(AuditKind.LOCKOUT, user=user.name, client_ip=ip)
+            raise SecondFactorFailed()
+        await self.guard.success(user)
+        if codes is not None:
+            await self.audit.record(AuditKind.SECOND_FACTOR_ENROLLED, user=user.name, client_ip=ip)
+        if how == "recovery code":
+            await self.audit.record(AuditKind.RECOVERY_CODE_USED, user=user.name, client_ip=ip)
+        await self.audit.record(AuditKind.SECOND_FACTOR_OK, user=user.name, client_ip=ip,
+                                detail=how)
+        cookie, new_ws = await self.sessions.promote(ws, user)
+        return SecondFactorResult(cookie, new_ws, codes)
+
+    async def sign_out(self, ws: WebSession, ip: str) -> None:
+        user = await self.store.get_user(ws.user_id)
+        await self.sessions.destroy(ws)
+        await self.audit.record(AuditKind.SIGNOUT, user=user.name if user else None, client_ip=ip)
+
+    # administration (CLI today, admin pages and API later) -------------------------------------
+    async def add_user(self, name: str, *, admin: bool = False,
+                       password: str | None = None) -> tuple[User, str | None]:
+        """Create a local account. Returns the generated password when none was given."""
+        name = name.strip()
+        if not name or len(name) > 64 or not name.isprintable():
+            raise BadRequest("user names are 1-64 printable characters")
+        generated = None
+        if password is None:
+            password = generated = new_password()
+        self._check_password(password)
+        pw_hash = await asyncio.to_thread(hash_password, password)
+        user = await self.store.create_user(name, pw_hash, admin)
+        await self.audit.record(AuditKind.ADMIN, user=name,
+                                detail=f"user created{' (admin)' if admin else ''}")
+        return user, generated
+
+    @staticmethod
+    def _check_password(password: str) -> None:
+        if len(password) < 8:
+            raise BadRequest("passwords need at least 8 characters")
+
+    async def user(self, name: str) -> User:
+        user = await self.store.get_user_by_name(name)
+        if user is None:
+            raise NotFound(f"no user named {name!r}")
+        return user
+
+    async def set_password(self, name: str, password: str | None) -> str | None:
+        user = await self.user(name)
+        generated = None
+        if password is None:
+            password = generated = new_password()
+        self._check_password(password)
+        await self.store.set_password_hash(user.id, await asyncio.to_thread(hash_password,
+                                                                            password))
+        await self.store.clear_failures(user.id)
+        await self.audit.record(AuditKind.ADMIN, user=name, detail="password changed")
+        return generated
+
+    async def set_disabled(self, name: str, disabled: bool) -> None:
+        user = await self.user(name)
+        await self.store.set_disabled(user.id, disabled)
+        if disabled:
+            await self.store.delete_user_web_sessions(user.id)
+        await self.audit.record(AuditKind.ADMIN, user=name,
+                                detail="user disabled" if disabled else "user enabled")
+
+    async def reset_totp(self, name: str) -> None:
+        user = await self.user(name)
+        await self.store.reset_totp(user.id)
+        await self.store.delete_user_web_sessions(user.id)
+        await self.audit.record(AuditKind.ADMIN, user=name, detail="second factor reset")
+
+    async def add_desktop(self, name: str, provider: str, *, host: str = "", port: int = 0,
+                          password: str | None = None) -> Desktop:
+        name = name.strip()
+        if not name or len(name) > 64 or not name.isprintable():
+            raise BadRequest("desktop names are 1-64 printable characters")
+        if provider not in PROVIDER_NAMES:
+            raise BadRequest(f"unknown provider {provider!r}; use one of {', '.join(PROVIDER_NAMES)}")
+        if provider == "static" and not (host and 0 < port < 65536):
+            raise BadRequest("a static desktop needs --vnc HOST:PORT")
+        enc = self.box.encrypt(password) if password else None
+        desktop = await self.store.create_desktop(name, provider, host, port, enc)
+        await self.audit.record(AuditKind.ADMIN, desktop=name, detail=f"desktop created ({provider})")
+        return desktop
+
+    async def desktop(self, name: str) -> Desktop:
+        desktop = await self.store.get_desktop_by_name(name)
+        if desktop is None:
+            raise NotFound(f"no desktop named {name!r}")
+        return desktop
+
+    async def assign(self, desktop_name: str, user_name: str) -> None:
+        desktop = await self.desktop(desktop_name)
+        user = await self.user(user_name)
+        await self.store.assign(desktop.id, user.id)
+        await self.audit.record(AuditKind.ADMIN, user=user_name, desktop=desktop_name,
+                                detail="desktop assigned")
+
+    async def audit_events(self, limit: int = 100) -> list[AuditEvent]:
+        return await self.store.list_audit(limit=limit)
