@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import needs_xvnc, pid_gone
+
+from gateway.providers.base import probe_rfb
+from gateway.providers.xvnc import (
+    XvncDisplay,
+    XvncStartError,
+    free_display,
+    free_tcp_port,
+    lock_file,
+    start_display,
+)
+
+pytestmark = [needs_xvnc, pytest.mark.timeout(60)]
+
+
+async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.readexactly(12), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def xterm_windows(d: XvncDisplay) -> list[str]:
+    out = subprocess.run(
+        ["xdotool", "search", "--onlyvisible", "--class", "xterm"],
+        env=d.env(),
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return out.stdout.split()
+
+
+def assert_stopped(d: XvncDisplay) -> None:
+    assert all(pid_gone(pid) for pid in d.pids), d.pids
+    assert not lock_file(d.display).exists()
+    assert not Path(f"/tmp/.X11-unix/X{d.display}").exists()
+
+
+async def test_tcp_vncauth_display() -> None:
+    port = free_tcp_port()
+    d = await start_display(rfbport=port, password="secret12", name="tcp-test")
+    try:
+        assert d.rfbport == port and len(d.pids) == 3
+        assert await banner(*await asyncio.open_connection("127.0.0.1", port)) in (
+            b"RFB 003.008\n",
+            b"RFB 003.007\n",
+        )
+        # VncAuth is offered (security type 2), not None (1).
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readexactly(12)
+        writer.write(b"RFB 003.008\n")
+        n = (await reader.readexactly(1))[0]
+        types = await reader.readexactly(n)
+        writer.close()
+        assert types == b"\x02"
+        assert xterm_windows(d)
+        assert d.password_file is not None
+        assert stat.S_IMODE(d.password_file.stat().st_mode) == 0o600
+        for pid in d.pids:
+            assert b"secret12" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        await d.stop()
+    assert_stopped(d)
+    assert not d.state_dir.exists()  # temporary state folder removed
+
+
+async def test_unix_socket_display_without_password(tmp_path: Path) -> None:
+    sock = tmp_path / "vnc.sock"
+    async with await start_display(unix_path=sock, geometry="800x600") as d:
+        assert d.rfbport is None
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        assert (await reader.readexactly(12)).startswith(b"RFB 003.")
+        writer.write(b"RFB 003.008\n")
+        n = (await reader.readexactly(1))[0]
+        assert await reader.readexactly(n) == b"\x01"  # security type None
+        writer.close()
+        assert xterm_windows(d)
+    assert_stopped(d)
+    assert not sock.exists()
+
+
+async def test_xauth_cookie_required(tmp_path: Path) -> None:
+    async with await start_display(unix_path=tmp_path / "s", xauth=True, window_manager=False) as d:
+        assert xterm_windows(d)  # with the cookie
+        env = d.env()
+        env["XAUTHORITY"] = str(tmp_path / "none")
+        out = subprocess.run(
+            ["xprop", "-root"], env=env, capture_output=True, timeout=10, check=False
+        )
+        assert out.returncode != 0  # without it the display refuses
+    assert_stopped(d)
+
+
+async def test_busy_display_is_skipped() -> None:
+    async with await start_display(rfbport=free_tcp_port(), xterm=False, window_manager=False) as a:
+        # Ask for the busy number explicitly: a clear error.
+        with pytest.raises(XvncStartError):
+            await start_display(display=a.display, rfbport=free_tcp_port(), xterm=False)
+        # Automatic choice starting at the busy number moves on.
+        async with await start_display(
+            rfbport=free_tcp_port(), display_base=a.display, xterm=False, window_manager=False
+        ) as b:
+            assert b.display > a.display
+            assert free_display(a.display) > b.display
+
+
+async def test_sigkilled_display_cleans_its_lock() -> None:
+    d = await start_display(rfbport=free_tcp_port(), xterm=False, window_manager=False)
+    os.kill(d.xvnc_pid, 9)
+    for _ in range(100):
+        if not d.alive():
+            break
+        await asyncio.sleep(0.05)
+    assert not d.alive()
+    assert not await probe_rfb(port=d.rfbport or 0, timeout=1)
+    await d.stop()
+    assert_stopped(d)
+
+
+async def test_fixture_display(vnc_tcp: XvncDisplay) -> None:
+    assert await vnc_tcp.answers()
