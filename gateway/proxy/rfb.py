@@ -394,6 +394,7 @@ _FIXED_LENGTH = {
 }
 # Extended clipboard actions (high byte of the flags) that carry clipboard data to the desktop.
 # Caps, Request and Peek only negotiate or ask for the desktop's clipboard.
+_CLIPBOARD_CAPS = 1 << 24
 _CLIPBOARD_NOTIFY = 1 << 27
 _CLIPBOARD_PROVIDE = 1 << 28
 
@@ -517,6 +518,8 @@ def _carries_text(cut_text: bytes) -> bool:
     if length >= 0:
         return True
     (flags,) = struct.unpack_from(">I", cut_text, 8)
+    if flags & _CLIPBOARD_CAPS:  # lists the actions the client supports; carries no text
+        return False
     return bool(flags & (_CLIPBOARD_NOTIFY | _CLIPBOARD_PROVIDE))
 
 
