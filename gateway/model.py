@@ -34,7 +34,7 @@ class Secret:
 
 
 class WebSessionState(enum.StrEnum):
-    PASSWORD_OK = "password_ok"  # half signed in: the second factor is still missing
+    PASSWORD_OK = "password_ok"  # noqa: S105 (a state name)  # half signed in: the second factor is still missing
     AUTHENTICATED = "authenticated"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..crypto import DUMMY_PASSWORD_HASH, verify_password
+from ..crypto import dummy_password_hash, verify_password
 from ..errors import AuthenticationFailed
 from ..model import User
 from ..store import Store
@@ -24,7 +24,7 @@ class LocalAccounts:
         """
         user = await self._store.get_user_by_name(username)
         stored = await self._store.get_password_hash(user.id) if user else None
-        ok = await asyncio.to_thread(verify_password, password, stored or DUMMY_PASSWORD_HASH)
+        ok = await asyncio.to_thread(verify_password, password, stored or dummy_password_hash())
         if user is None or stored is None or not ok:
             raise AuthenticationFailed()
         return user

@@ -155,8 +155,7 @@ class LocalProvider:
         home.mkdir(mode=0o700, exist_ok=True)
         if user is not None:
             # Others may pass through "desktops" (not list it) to reach their own folder.
-            mode = stat.S_IMODE(desktops.stat().st_mode)
-            os.chmod(desktops, (mode | 0o111) & ~0o022)
+            os.chmod(desktops, 0o711)  # noqa: S103 - traverse only: no listing, no writing
             os.chown(home, user.pw_uid, user.pw_gid)
             for parent in [desktops, *desktops.parents]:
                 if not _can_traverse(parent, user):

@@ -118,6 +118,10 @@ class _DesktopStream(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
 
 async def relay_vnc(
     channel: ClientChannel,
@@ -142,35 +146,49 @@ async def relay_vnc(
     """
     stream = await _connect(endpoint, connect_timeout)
     try:
-        desktop = DesktopHandshake(endpoint.password)
-        await _desktop_until(stream, desktop, lambda: desktop.authenticated, connect_timeout)
+        await _session(channel, stream, endpoint, policy, counters, connect_timeout, on_ready)
+    except BaseException:
+        stream.abort()  # errors and cancellation: drop the desktop connection at once
+        raise
+    stream.close()  # the browser left: flush what it sent last, then close
 
-        browser = BrowserHandshake()
-        await channel.send(BrowserHandshake.GREETING)
-        while not browser.done:
-            data = await channel.receive()
-            if data is None:
-                return
-            reply = browser.feed(data)
-            if reply:
-                await channel.send(reply)
 
-        stream.write(desktop.client_init())
-        await _desktop_until(stream, desktop, lambda: desktop.done, connect_timeout)
-        assert desktop.server_init is not None
-        first = desktop.server_init.raw + desktop.remainder()
-        await channel.send(first)
-        counters.bytes_down += len(first)
-        if on_ready is not None:
-            on_ready(desktop.server_init.name)
+async def _session(
+    channel: ClientChannel,
+    stream: _DesktopStream,
+    endpoint: Endpoint,
+    policy: RelayPolicy,
+    counters: RelayCounters,
+    timeout: float,
+    on_ready: Callable[[str], None] | None,
+) -> None:
+    desktop = DesktopHandshake(endpoint.password)
+    await _desktop_until(stream, desktop, lambda: desktop.authenticated, timeout)
 
-        parser = ClientMessageParser(policy)
-        await _relay(
-            _pump_down(stream, channel, counters),
-            _pump_up(channel, stream, parser, counters, browser.remainder()),
-        )
-    finally:
-        stream.abort()
+    browser = BrowserHandshake()
+    await channel.send(BrowserHandshake.GREETING)
+    while not browser.done:
+        data = await channel.receive()
+        if data is None:
+            return
+        reply = browser.feed(data)
+        if reply:
+            await channel.send(reply)
+
+    stream.write(desktop.client_init())
+    await _desktop_until(stream, desktop, lambda: desktop.done, timeout)
+    assert desktop.server_init is not None
+    first = desktop.server_init.raw + desktop.remainder()
+    await channel.send(first)
+    counters.bytes_down += len(first)
+    if on_ready is not None:
+        on_ready(desktop.server_init.name)
+
+    parser = ClientMessageParser(policy)
+    await _relay(
+        _pump_down(stream, channel, counters),
+        _pump_up(channel, stream, parser, counters, browser.remainder()),
+    )
 
 
 async def _connect(endpoint: Endpoint, timeout: float) -> _DesktopStream:
@@ -180,9 +198,7 @@ async def _connect(endpoint: Endpoint, timeout: float) -> _DesktopStream:
             if endpoint.unix_path:
                 _, stream = await loop.create_unix_connection(_DesktopStream, endpoint.unix_path)
             else:
-                _, stream = await loop.create_connection(
-                    _DesktopStream, endpoint.host, endpoint.port
-                )
+                _, stream = await loop.create_connection(_DesktopStream, endpoint.host, endpoint.port)
     except TimeoutError:
         raise DesktopUnavailable(f"the desktop did not answer within {timeout:g} s") from None
     except OSError as exc:
@@ -214,9 +230,7 @@ async def _desktop_until(
         ) from None
 
 
-async def _pump_down(
-    stream: _DesktopStream, channel: ClientChannel, counters: RelayCounters
-) -> None:
+async def _pump_down(stream: _DesktopStream, channel: ClientChannel, counters: RelayCounters) -> None:
     while True:
         view = await stream.read()
         if view is None:

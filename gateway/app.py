@@ -1,0 +1,126 @@
+"""create_app(settings): wiring only. Every stateful piece is opened and closed by a cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jinja2
+from aiohttp import web
+
+from .audit import Audit
+from .auth.guard import IpThrottle, LoginGuard
+from .auth.local import LocalAccounts
+from .auth.sessions import WebSessions
+from .auth.totp import TotpFactor
+from .broker import Broker, Providers
+from .config import Settings
+from .crypto import SecretBox
+from .errors import WS_GOING_AWAY
+from .keys import (
+    AUDIT,
+    BROKER,
+    PROVIDERS,
+    SERVICES,
+    SETTINGS,
+    STORE,
+    TEMPLATES,
+    TICKETS,
+    WEBSOCKETS,
+)
+from .providers import ProviderContext
+from .services import Services
+from .store.sqlite import SQLiteStore
+from .tickets import TicketBook
+from .web import client, login, middleware, portal
+
+log = logging.getLogger("deskgate")
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DIR = ROOT / "templates"
+STATIC_DIR = ROOT / "static"
+NOVNC_DIR = ROOT / "node_modules" / "@novnc" / "novnc"
+
+
+def build_services(settings: Settings, store: SQLiteStore) -> Services:
+    box = SecretBox(settings.secret_key)
+    audit = Audit(store)
+    guard = LoginGuard(store, IpThrottle(settings.ip_throttle_per_minute),
+                       settings.lockout_threshold, settings.lockout_minutes * 60.0)
+    return Services(store, box, audit, LocalAccounts(store), TotpFactor(store, box), guard,
+                    WebSessions(store, settings))
+
+
+async def _state(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = SQLiteStore(settings.database_path)
+    await store.open()
+    closed = await store.close_open_sessions(time.time(), "the gateway restarted")
+    if closed:
+        log.info("closed %d sessions left open by a previous run", closed)
+    services = build_services(settings, store)
+    providers = Providers(ProviderContext(settings.data_dir, settings.run_as_user,
+                                          settings.display_base))
+    tickets = TicketBook(settings.ticket_ttl_seconds)
+    app[STORE] = store
+    app[AUDIT] = services.audit
+    app[SERVICES] = services
+    app[PROVIDERS] = providers
+    app[TICKETS] = tickets
+    app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings)
+    try:
+        yield
+    finally:
+        await providers.close()
+        await store.close()
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(5)
+            try:
+                await app[BROKER].expire_unused_tickets()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _close_websockets(app: web.Application) -> None:
+    sockets = app[WEBSOCKETS]
+    for ws in [*sockets]:
+        await ws.close(code=WS_GOING_AWAY, message=b"the gateway is shutting down")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[middleware.errors, middleware.web_session],
+                          client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    app[WEBSOCKETS] = sockets
+    app[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+                                        autoescape=True, undefined=jinja2.StrictUndefined)
+    app.cleanup_ctx.append(_state)
+    app.cleanup_ctx.append(_housekeeping)
+    app.on_shutdown.append(_close_websockets)
+    app.on_response_prepare.append(middleware.security_headers)
+    for module in (login, portal, client):
+        app.add_routes(module.routes)
+    app.router.add_static("/static/", STATIC_DIR)
+    if NOVNC_DIR.is_dir():
+        app.router.add_static("/novnc/", NOVNC_DIR)
+    else:
+        log.warning("noVNC is not installed at %s: run `npm ci`", NOVNC_DIR)
+    return app

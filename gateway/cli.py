@@ -1,0 +1,255 @@
+"""Command line: builds Settings and runs the server, or runs one admin command.
+
+Admin commands use the same service layer as the web pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .config import Settings, load_settings, new_secret_key, render_toml
+from .errors import GatewayError
+from .services import Services
+from .store.sqlite import SQLiteStore
+
+DEFAULT_CONFIG = "data/deskgate.toml"
+DEMO_DESKTOP = "Demo desktop"
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if not getattr(args, "password_stdin", False):
+        return None
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise GatewayError("no password on standard input")
+    return line
+
+
+async def _with_services(settings: Settings,
+                         action: Callable[[Services], Awaitable[int]]) -> int:
+    from .app import build_services
+
+    store = SQLiteStore(settings.database_path)
+    await store.open()
+    try:
+        return await action(build_services(settings, store))
+    finally:
+        await store.close()
+
+
+# init ------------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    data = Path(args.data).resolve()
+    config_path = data / "deskgate.toml"
+    if config_path.exists():
+        print(f"Deskgate is already initialised: {config_path}", file=sys.stderr)
+        return 1
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    public_url = args.public_url or f"http://{args.host}:{args.port}"
+    values = {"host": args.host, "port": args.port, "public_url": public_url,
+              "data_dir": str(data), "secret_key": new_secret_key()}
+    config_path.write_text(render_toml(values))
+    config_path.chmod(0o600)
+    settings = load_settings(config_path, env={})
+
+    async def populate(services: Services) -> int:
+        _, password = await services.add_user(args.admin, admin=True)
+        if not args.no_demo:
+            await services.add_desktop(DEMO_DESKTOP, "local")
+            await services.assign(DEMO_DESKTOP, args.admin)
+        print(f"Configuration: {config_path}")
+        print(f"URL: {public_url}")
+        print(f"User: {args.admin}")
+        print(f"Password: {password}")
+        print("The password is shown only now. You will enrol a TOTP app at first sign-in.")
+        return 0
+
+    return asyncio.run(_with_services(settings, populate))
+
+
+# serve -----------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    settings = _settings(args)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    logging.getLogger("deskgate").info("Deskgate on %s (listening on %s:%d)",
+                                       settings.public_url, host, port)
+    web.run_app(create_app(settings), host=host, port=port, print=None,
+                access_log=None, shutdown_timeout=5)
+    return 0
+
+
+# users -----------------------------------------------------------------------------------------
+def cmd_user(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    password = _read_password(args)
+
+    async def run(services: Services) -> int:
+        if args.user_cmd == "add":
+            user, generated = await services.add_user(args.name, admin=args.admin,
+                                                      password=password)
+            print(f"User {user.id} {user.name}{' (admin)' if user.is_admin else ''}")
+            if generated:
+                print(f"Password: {generated}")
+        elif args.user_cmd == "passwd":
+            generated = await services.set_password(args.name, password)
+            print(f"Password changed for {args.name}")
+            if generated:
+                print(f"Password: {generated}")
+        elif args.user_cmd in ("disable", "enable"):
+            await services.set_disabled(args.name, args.user_cmd == "disable")
+            print(f"User {args.name} {args.user_cmd}d")
+        elif args.user_cmd == "reset-totp":
+            await services.reset_totp(args.name)
+            print(f"Second factor reset for {args.name}: they enrol again at next sign-in")
+        else:  # list
+            for u in await services.store.list_users():
+                flags = [f for f, on in (("admin", u.is_admin), ("disabled", u.disabled),
+                                         ("totp", u.totp_enrolled)) if on]
+                print(f"{u.id:4d}  {u.name:24s} {' '.join(flags)}")
+        return 0
+
+    return asyncio.run(_with_services(settings, run))
+
+
+# desktops --------------------------------------------------------------------------------------
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def cmd_desktop(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    password = _read_password(args)
+
+    async def run(services: Services) -> int:
+        if args.desktop_cmd == "add":
+            host, port = args.vnc if args.vnc else ("", 0)
+            desktop = await services.add_desktop(args.name, args.provider, host=host, port=port,
+                                                 password=password)
+            print(f"Desktop {desktop.id} {desktop.name}")
+        else:
+            for d in await services.store.list_desktops():
+                where = f"{d.host}:{d.port}" if d.provider == "static" else "on this host"
+                secret = " (password set)" if d.has_password else ""
+                print(f"{d.id:4d}  {d.name:24s} {d.provider:8s} {d.protocol} {where}{secret}")
+        return 0
+
+    return asyncio.run(_with_services(settings, run))
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.assign(args.desktop, args.user)
+        print(f"Desktop {args.desktop} assigned to {args.user}")
+        return 0
+
+    return asyncio.run(_with_services(_settings(args), run))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        for e in reversed(await services.audit_events(args.limit)):
+            when = datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{when}  {e.kind:34s} user={e.user or '-'} desktop={e.desktop or '-'}"
+                  f" ip={e.client_ip or '-'}  {e.detail}")
+        return 0
+
+    return asyncio.run(_with_services(_settings(args), run))
+
+
+# parser ----------------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deskgate", description="Browser desktop gateway")
+    parser.add_argument("--config", default=os.environ.get("DESKGATE_CONFIG", DEFAULT_CONFIG),
+                        help="configuration file (default: $DESKGATE_CONFIG or %(default)s)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO for"
+                        " serve, WARNING for the other commands)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create a data folder, configuration, first admin and demo")
+    p.add_argument("--data", default="data", help="data folder (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--public-url", help="URL people use (default: http://HOST:PORT)")
+    p.add_argument("--admin", default="admin", help="first admin's user name")
+    p.add_argument("--no-demo", action="store_true", help="do not create the demo desktop")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--host", help="override server.host")
+    p.add_argument("--port", type=int, help="override server.port")
+    p.set_defaults(func=cmd_serve)
+
+    user = sub.add_parser("user", help="local accounts")
+    usub = user.add_subparsers(dest="user_cmd", required=True)
+    p = usub.add_parser("add", help="create a user (password generated unless --password-stdin)")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true")
+    p.add_argument("--password-stdin", action="store_true")
+    p = usub.add_parser("passwd", help="set a new password")
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true")
+    for name, text in (("disable", "disable a user and end their web sessions"),
+                       ("enable", "enable a user"),
+                       ("reset-totp", "forget a user's TOTP secret and recovery codes")):
+        usub.add_parser(name, help=text).add_argument("name")
+    usub.add_parser("list", help="list users")
+    user.set_defaults(func=cmd_user)
+
+    desk = sub.add_parser("desktop", help="desktops")
+    dsub = desk.add_subparsers(dest="desktop_cmd", required=True)
+    p = dsub.add_parser("add", help="add a desktop")
+    p.add_argument("name")
+    p.add_argument("--provider", choices=("static", "local"), required=True)
+    p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT", help="static: VNC server")
+    p.add_argument("--password-stdin", action="store_true", help="static: VNC password on stdin")
+    dsub.add_parser("list", help="list desktops")
+    desk.set_defaults(func=cmd_desktop)
+
+    p = sub.add_parser("assign", help="assign a desktop to a user")
+    p.add_argument("desktop")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_assign)
+
+    p = sub.add_parser("audit", help="print the audit trail")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+        return result
+    except GatewayError as exc:
+        print(f"deskgate: {exc.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Every ``web.AppKey`` in one place: the application's state, typed, with no globals."""
+
+from __future__ import annotations
+
+import weakref
+
+import jinja2
+from aiohttp import web
+
+from .audit import Audit
+from .broker import Broker, Providers
+from .config import Settings
+from .services import Services
+from .store import Store
+from .tickets import TicketBook
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+AUDIT = web.AppKey("audit", Audit)
+SERVICES = web.AppKey("services", Services)
+PROVIDERS = web.AppKey("providers", Providers)
+TICKETS = web.AppKey("tickets", TicketBook)
+BROKER = web.AppKey("broker", Broker)
+TEMPLATES = web.AppKey("templates", jinja2.Environment)
+WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")

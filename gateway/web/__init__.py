@@ -1,0 +1,1 @@
+"""HTTP edge: request handlers by area. Errors become responses only here."""

@@ -1,0 +1,77 @@
+"""What every handler shares: the signed-in context, rendering, CSRF and client address."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME, csrf_ok
+from ..errors import CsrfError, Unauthorized
+from ..keys import SETTINGS, STORE, TEMPLATES
+from ..model import User, WebSession, WebSessionState
+
+WEB_SESSION = "deskgate.web_session"
+USER = "deskgate.user"
+PRE_TOKEN = "deskgate.pre_token"  # noqa: S105 (a request key)
+
+
+def client_ip(request: web.Request) -> str:
+    if request.app[SETTINGS].trust_proxy_headers:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip()[:64]
+    return request.remote or "unknown"
+
+
+def current(request: web.Request) -> tuple[WebSession | None, User | None]:
+    return request.get(WEB_SESSION), request.get(USER)
+
+
+def require_signed_in(request: web.Request) -> tuple[WebSession, User]:
+    """The fully authenticated web session (both factors), or Unauthorized."""
+    ws, user = current(request)
+    if ws is None or user is None or ws.state is not WebSessionState.AUTHENTICATED:
+        raise Unauthorized()
+    return ws, user
+
+
+def check_csrf(request: web.Request, supplied: str | None) -> None:
+    ws, _ = current(request)
+    expected = ws.csrf_token if ws is not None else request.cookies.get(PRE_COOKIE_NAME)
+    if not csrf_ok(expected, supplied):
+        raise CsrfError()
+
+
+async def check_form_csrf(request: web.Request) -> dict[str, str]:
+    form = await request.post()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    check_csrf(request, fields.get("_csrf"))
+    return fields
+
+
+def render(request: web.Request, template: str, *, http_status: int = 200,
+           error: str | None = None, info: str | None = None, **context: Any) -> web.Response:
+    ws, user = current(request)
+    csrf = ws.csrf_token if ws is not None else request.get(PRE_TOKEN)
+    if user is not None and (ws is None or ws.state is not WebSessionState.AUTHENTICATED):
+        user = None  # half signed in: do not present the account as signed in
+    html = request.app[TEMPLATES].get_template(template).render(
+        user=user, csrf_token=csrf or "", error=error, info=info, **context)
+    return web.Response(text=html, status=http_status, content_type="text/html")
+
+
+def set_session_cookie(request: web.Request, response: web.StreamResponse, token: str) -> None:
+    settings = request.app[SETTINGS]
+    response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="Lax",
+                        secure=settings.cookie_secure, path="/",
+                        max_age=settings.session_lifetime_hours * 3600)
+
+
+def clear_session_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(COOKIE_NAME, path="/")
+
+
+async def load_user(request: web.Request, ws: WebSession) -> User | None:
+    user = await request.app[STORE].get_user(ws.user_id)
+    return None if user is None or user.disabled else user

@@ -1,0 +1,101 @@
+"""Sign-in pages: password, then the second factor (enrolment on first use), and sign-out."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import GatewayError
+from ..keys import SERVICES
+from ..model import WebSessionState
+from .common import (
+    WEB_SESSION,
+    check_form_csrf,
+    clear_session_cookie,
+    client_ip,
+    current,
+    render,
+    set_session_cookie,
+)
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/login")
+async def login_page(request: web.Request) -> web.StreamResponse:
+    ws, _ = current(request)
+    if ws is not None:
+        raise web.HTTPSeeOther("/" if ws.state is WebSessionState.AUTHENTICATED else "/login/totp")
+    return render(request, "login.html")
+
+
+@routes.post("/login")
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    form = await check_form_csrf(request)
+    username = form.get("username", "")[:200]
+    password = form.get("password", "")[:1000]
+    try:
+        cookie, _, _ = await request.app[SERVICES].sign_in_password(
+            username, password, client_ip(request), request.headers.get("User-Agent", ""))
+    except GatewayError as exc:
+        return render(request, "login.html", http_status=exc.http_status, error=exc.reason)
+    response = web.HTTPSeeOther("/login/totp")
+    set_session_cookie(request, response, cookie)
+    return response
+
+
+def _half_signed_in(request: web.Request) -> None:
+    ws, user = current(request)
+    if ws is None or user is None:
+        raise web.HTTPSeeOther("/login")
+    if ws.state is WebSessionState.AUTHENTICATED:
+        raise web.HTTPSeeOther("/")
+
+
+async def _second_factor_page(request: web.Request, *, http_status: int = 200,
+                              error: str | None = None) -> web.Response:
+    _, user = current(request)
+    assert user is not None
+    if user.totp_enrolled:
+        return render(request, "totp_verify.html", http_status=http_status, error=error)
+    enrolment = await request.app[SERVICES].enrolment(user)
+    return render(request, "totp_enrol.html", http_status=http_status, error=error,
+                  secret=enrolment.secret, otpauth_uri=enrolment.uri, qr_svg=enrolment.qr_svg)
+
+
+@routes.get("/login/totp")
+async def totp_page(request: web.Request) -> web.StreamResponse:
+    _half_signed_in(request)
+    return await _second_factor_page(request)
+
+
+@routes.post("/login/totp")
+async def totp_submit(request: web.Request) -> web.StreamResponse:
+    _half_signed_in(request)
+    form = await check_form_csrf(request)
+    ws, _ = current(request)
+    assert ws is not None
+    try:
+        result = await request.app[SERVICES].second_factor(ws, form.get("code", "")[:64],
+                                                           client_ip(request))
+    except GatewayError as exc:
+        return await _second_factor_page(request, http_status=exc.http_status, error=exc.reason)
+    response: web.StreamResponse
+    if result.recovery_codes is not None:
+        # Shown exactly once, in the response to the confirming code; only hashes are stored.
+        request[WEB_SESSION] = result.web_session
+        response = render(request, "recovery.html", codes=result.recovery_codes)
+    else:
+        response = web.HTTPSeeOther("/")
+    set_session_cookie(request, response, result.cookie)
+    return response
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.StreamResponse:
+    ws, _ = current(request)
+    if ws is not None:
+        await check_form_csrf(request)
+        await request.app[SERVICES].sign_out(ws, client_ip(request))
+    response = web.HTTPSeeOther("/login")
+    clear_session_cookie(response)
+    return response

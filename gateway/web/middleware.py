@@ -1,0 +1,90 @@
+"""Middlewares: errors to responses, the web session, and security headers."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME
+from ..errors import GatewayError, Unauthorized
+from ..keys import SERVICES, SETTINGS
+from .common import PRE_TOKEN, USER, WEB_SESSION, load_user, render
+
+log = logging.getLogger("deskgate.web")
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+       "object-src 'none'")
+
+
+def wants_json(request: web.Request) -> bool:
+    return ("application/json" in request.headers.get("Accept", "")
+            or request.path.startswith("/api/"))
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404 and not wants_json(request):
+            return render(request, "error.html", http_status=404, status=404,
+                          message="There is nothing at this address.")
+        raise
+    except GatewayError as exc:
+        if wants_json(request):
+            return web.json_response({"error": exc.reason}, status=exc.http_status)
+        if isinstance(exc, Unauthorized):
+            raise web.HTTPSeeOther("/login") from None
+        return render(request, "error.html", http_status=exc.http_status, status=exc.http_status,
+                      message=exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        if wants_json(request):
+            return web.json_response({"error": "internal error"}, status=500)
+        return render(request, "error.html", http_status=500, status=500,
+                      message="Something went wrong on our side. Try again in a moment.")
+
+
+@web.middleware
+async def web_session(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Load the server-side session behind the cookie; give anonymous visitors a CSRF token."""
+    if request.path.startswith(("/static/", "/novnc/")) or request.path == "/healthz":
+        return await handler(request)
+    services = request.app[SERVICES]
+    ws = await services.sessions.load(request.cookies.get(COOKIE_NAME))
+    if ws is not None:
+        user = await load_user(request, ws)
+        if user is None:  # disabled or deleted since the session started
+            await services.sessions.destroy(ws)
+        else:
+            request[WEB_SESSION] = ws
+            request[USER] = user
+    new_pre = None
+    if WEB_SESSION not in request:
+        pre = request.cookies.get(PRE_COOKIE_NAME)
+        if not pre or len(pre) > 100:
+            pre = new_pre = secrets.token_urlsafe(24)
+        request[PRE_TOKEN] = pre
+    response = await handler(request)
+    if new_pre is not None:
+        settings = request.app[SETTINGS]
+        response.set_cookie(PRE_COOKIE_NAME, new_pre, httponly=True, samesite="Lax",
+                            secure=settings.cookie_secure, path="/")
+    return response
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if request.app[SETTINGS].cookie_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if not request.path.startswith(("/static/", "/novnc/")):
+        headers.setdefault("Cache-Control", "no-store")
