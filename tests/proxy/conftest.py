@@ -10,7 +10,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,12 +154,28 @@ def start_xvnc(workdir: Path, password: str | None, name: str = "deskgate test")
 
 
 @pytest.fixture
-def xvnc_factory(tmp_path: Path) -> Iterator[list[Desktop]]:
-    """Desktops started by the test itself (append start_xvnc(...) results); stopped after it."""
+def start_desktop(tmp_path: Path) -> Iterator[Callable[..., Desktop]]:
+    """``start_desktop(password, name=...)``: an Xvnc of the test's own, stopped after it."""
     started: list[Desktop] = []
-    yield started
+
+    def start(password: str | None, name: str = "deskgate test") -> Desktop:
+        desktop = start_xvnc(tmp_path / f"xvnc{len(started)}", password, name)
+        started.append(desktop)
+        return desktop
+
+    yield start
     for desktop in started:
         desktop.stop()
+
+
+@pytest.fixture
+def new_channel() -> Callable[[], MemoryChannel]:
+    return MemoryChannel
+
+
+@pytest.fixture
+def free_port() -> int:
+    return _free_port()
 
 
 @pytest.fixture(scope="module")

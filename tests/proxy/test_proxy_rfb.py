@@ -178,9 +178,7 @@ def test_desktop_refuses_the_connection_with_a_reason() -> None:
 
 
 def test_desktop_security_failure_with_reason() -> None:
-    stream = (
-        b"RFB 003.008\n\x01\x02" + CHALLENGE + b"\0\0\0\x01" + reason(b"Authentication failure")
-    )
+    stream = b"RFB 003.008\n\x01\x02" + CHALLENGE + b"\0\0\0\x01" + reason(b"Authentication failure")
     for chunks in splits(stream):
         machine = DesktopHandshake(Secret("wrong"))
         with pytest.raises(UpstreamAuthFailed) as caught:
@@ -307,8 +305,7 @@ MESSAGES = {
     "ClientFence": b"\xf8\0\0\0\x80\x00\x00\x03\x04abcd",
     "ClientFence empty": b"\xf8\0\0\0\x00\x00\x00\x00\x00",
     "xvp": b"\xfa\x00\x01\x02",
-    "SetDesktopSize": b"\xfb\x00\x04\x00\x03\x00\x01\x00"
-    + struct.pack(">IHHHHI", 0, 0, 0, 1024, 768, 0),
+    "SetDesktopSize": b"\xfb\x00\x04\x00\x03\x00\x01\x00" + struct.pack(">IHHHHI", 0, 0, 0, 1024, 768, 0),
     "QEMU extended key": b"\xff\x00\x00\x01\x00\x00\x00\x61\x00\x00\x00\x1e",
     "QEMU audio enable": b"\xff\x01\x00\x00",
     "QEMU audio format": b"\xff\x01\x00\x02\x03\x02\x00\x00\xac\x44",

@@ -72,9 +72,7 @@ def free_port() -> int:
         return port
 
 
-async def test_relay_both_ways_with_counters(
-    fake_desktop: FakeDesktop, channel: MemoryChannel
-) -> None:
+async def test_relay_both_ways_with_counters(fake_desktop: FakeDesktop, channel: MemoryChannel) -> None:
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"\x02")  # a Bell
         await writer.drain()
@@ -110,9 +108,7 @@ async def test_relay_both_ways_with_counters(
 async def test_view_only_drops_input(fake_desktop: FakeDesktop, channel: MemoryChannel) -> None:
     counters = RelayCounters()
     policy = RelayPolicy(view_only=True)
-    relay = asyncio.create_task(
-        relay_vnc(channel, Endpoint(port=fake_desktop.port), policy, counters)
-    )
+    relay = asyncio.create_task(relay_vnc(channel, Endpoint(port=fake_desktop.port), policy, counters))
     await channel.handshake()
     update_request = b"\x03\x01\x00\x00\x00\x00\x00\x10\x00\x10"
     channel.push(KEY_EVENT + POINTER_EVENT + update_request)
@@ -213,9 +209,7 @@ async def test_cancellation_during_the_desktop_handshake(channel: MemoryChannel)
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     async with server:
         port = server.sockets[0].getsockname()[1]
-        relay = asyncio.create_task(
-            relay_vnc(channel, Endpoint(port=port), RelayPolicy(), RelayCounters())
-        )
+        relay = asyncio.create_task(relay_vnc(channel, Endpoint(port=port), RelayPolicy(), RelayCounters()))
         await asyncio.wait_for(accepted.wait(), 5)
         relay.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -234,9 +228,7 @@ async def test_silent_desktop_times_out(channel: MemoryChannel) -> None:
     async with server:
         port = server.sockets[0].getsockname()[1]
         with pytest.raises(DesktopUnavailable, match="did not complete the RFB handshake"):
-            await relay_vnc(
-                channel, Endpoint(port=port), RelayPolicy(), RelayCounters(), connect_timeout=0.3
-            )
+            await relay_vnc(channel, Endpoint(port=port), RelayPolicy(), RelayCounters(), connect_timeout=0.3)
 
 
 async def test_nothing_listening_is_desktop_unavailable(channel: MemoryChannel) -> None:
@@ -245,9 +237,7 @@ async def test_nothing_listening_is_desktop_unavailable(channel: MemoryChannel) 
     assert channel.sent == []
 
 
-async def test_missing_unix_socket_is_desktop_unavailable(
-    channel: MemoryChannel, tmp_path: Path
-) -> None:
+async def test_missing_unix_socket_is_desktop_unavailable(channel: MemoryChannel, tmp_path: Path) -> None:
     endpoint = Endpoint(unix_path=str(tmp_path / "absent.sock"))
     with pytest.raises(DesktopUnavailable):
         await relay_vnc(channel, endpoint, RelayPolicy(), RelayCounters())
@@ -305,9 +295,7 @@ async def test_a_stuck_browser_stops_reading_from_the_desktop(
     fake_desktop.session = flood
     channel: Any = stuck_channel
     counters = RelayCounters()
-    relay = asyncio.create_task(
-        relay_vnc(channel, Endpoint(port=fake_desktop.port), RelayPolicy(), counters)
-    )
+    relay = asyncio.create_task(relay_vnc(channel, Endpoint(port=fake_desktop.port), RelayPolicy(), counters))
     await channel.handshake()
     channel.stuck = True
     await asyncio.wait_for(blocked.wait(), 30)
