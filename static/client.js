@@ -31,6 +31,7 @@ const screenEl = document.getElementById('screen');
 const statusEl = document.getElementById('status');
 const statusText = document.getElementById('status-text');
 const statusDetail = document.getElementById('status-detail');
+const statusActions = document.getElementById('status-actions');
 const reconnectButton = document.getElementById('reconnect');
 const backLink = document.getElementById('back-to-portal');
 const cadButton = document.getElementById('ctrl-alt-del');
@@ -75,6 +76,7 @@ function showStatus(text, {detail = null, final = false} = {}) {
     statusDetail.hidden = !detail;
     reconnectButton.hidden = !final;
     backLink.hidden = !final;
+    statusActions.hidden = !final;
     statusEl.classList.toggle('status-final', final);
     statusEl.hidden = false;
 }

@@ -1,0 +1,345 @@
+"""The user's journey in Chromium against a real gateway and real Xvnc desktops.
+
+Pixels are the primary evidence: a test that says "the desktop is visible" looks at the
+browser's screenshot, and typing into the xterm must change its colour there.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import (
+    LOCAL_DESKTOP,
+    STATIC_DESKTOP,
+    STATIC_VNC_PASSWORD,
+    Desktop,
+    Gateway,
+    Relay,
+    Watched,
+    sign_in,
+    wait_until,
+)
+from pngpixels import Image, bounding_box, count, decode, distinct_colours, is_dark, is_white
+
+pytestmark = pytest.mark.e2e
+
+CONNECT_TIMEOUT_MS = 30_000
+
+
+def shot(page: Any, path: Path | None = None) -> Image:
+    return decode(page.screenshot(path=str(path) if path else None))
+
+
+def screen_box(page: Any) -> tuple[int, int, int, int]:
+    """The desktop area of the client page (below the toolbar), in screenshot pixels."""
+    b = page.locator("#screen").bounding_box()
+    assert b, "no #screen element"
+    return int(b["x"]), int(b["y"]), int(b["x"] + b["width"]), int(b["y"] + b["height"])
+
+
+def wait_state(page: Any, state: str, timeout_ms: int = CONNECT_TIMEOUT_MS) -> None:
+    page.wait_for_function(
+        "s => document.getElementById('deskgate-client').dataset.state === s",
+        arg=state,
+        timeout=timeout_ms,
+    )
+
+
+def wait_for_xterm(page: Any, timeout: float = 20) -> tuple[Image, tuple[int, int, int, int]]:
+    """Screenshots until a white xterm with dark text shows in the desktop area."""
+    area = screen_box(page)
+    last: list[Image] = []
+
+    def xterm_visible() -> tuple[int, int, int, int] | None:
+        img = shot(page)
+        last[:] = [img]
+        box = bounding_box(img, is_white, area, step=4)
+        if not box:
+            return None
+        left, top, right, bottom = box
+        big = (right - left) > 300 and (bottom - top) > 200
+        has_text = count(img, is_dark, box, step=2) > 50
+        return box if big and has_text else None
+
+    try:
+        box = wait_until(xterm_visible, timeout, "the xterm to show in the browser", 0.3)
+    except AssertionError:
+        if last:
+            Path("test-artifacts").mkdir(exist_ok=True)
+            (Path("test-artifacts") / "xterm-missing.png").write_bytes(page.screenshot())
+        raise
+    return last[0], box
+
+
+def type_into_xterm(page: Any, box: tuple[int, int, int, int], text: str) -> None:
+    left, top, right, bottom = box
+    page.mouse.click((left + right) / 2, (top + bottom) / 2)
+    page.keyboard.type(text, delay=15)
+    page.keyboard.press("Enter")
+
+
+def wait_for_colour(
+    page: Any,
+    pred: Callable[[tuple[int, int, int]], bool],
+    min_pixels: int,
+    what: str,
+    timeout: float = 15,
+) -> Image:
+    area = screen_box(page)
+    found: list[Image] = []
+
+    def coloured() -> bool:
+        img = shot(page)
+        found[:] = [img]
+        return count(img, pred, area, step=4) >= min_pixels
+
+    wait_until(coloured, timeout, what, 0.3)
+    return found[0]
+
+
+def assert_no_secret(w: Watched, secret: str) -> None:
+    needle = secret.encode()
+    bodies = w.received_bodies()
+    assert bodies, "no response bodies were recorded"
+    for url, body in bodies:
+        assert needle not in body, f"the desktop's VNC password appears in the response of {url}"
+    for frame in w.ws_frames:
+        assert needle not in frame, "the desktop's VNC password appears in a websocket frame"
+
+
+def desktop_url(gw: Gateway, name: str) -> str:
+    return f"{gw.base_url}/desktops/{gw.desktop_ids[name]}"
+
+
+def is_green(p: tuple[int, int, int]) -> bool:
+    r, g, b = p
+    return g > 150 and r < 90 and b < 90
+
+
+def is_blue(p: tuple[int, int, int]) -> bool:
+    r, g, b = p
+    return b > 170 and r < 80 and g < 80
+
+
+# -- 1. the full journey ---------------------------------------------------------------------
+
+
+def test_full_journey_sign_in_enrol_connect_type(
+    gateway: Gateway, new_page: Callable[..., Watched], artifacts: Path
+) -> None:
+    w = new_page()
+    page = w.page
+    alice = gateway.accounts["alice"]
+
+    sign_in(page, gateway, alice, shots=artifacts)
+    assert alice.totp_secret
+    assert len(alice.recovery_codes) >= 4, alice.recovery_codes
+    assert all(alice.recovery_codes), alice.recovery_codes
+
+    # Portal: both of alice's desktops as cards, her name and a sign-out button in the header.
+    page.screenshot(path=str(artifacts / "portal.png"), full_page=True)
+    assert page.locator("header").get_by_text("alice").count() >= 1
+    assert page.get_by_role("button", name="Sign out").is_visible()
+    links = page.locator("a.desktop-connect")
+    assert links.count() == 2
+    static_id = gateway.desktop_ids[STATIC_DESKTOP]
+    link = page.locator(f'a.desktop-connect[data-desktop-id="{static_id}"]')
+    assert link.get_attribute("href") == f"/desktops/{static_id}"
+
+    link.click()
+    page.wait_for_url(re.compile(rf"/desktops/{static_id}$"))
+    wait_state(page, "connected")
+    assert page.locator("#status").is_hidden()
+
+    img, box = wait_for_xterm(page)
+    page.screenshot(path=str(artifacts / "journey-desktop.png"))
+    area = screen_box(page)
+    # A desktop, not a blank or error page: many colours, the window manager's decorations.
+    assert distinct_colours(img, area) >= 8, "the desktop area looks blank"
+
+    # The canvas has keyboard focus after clicking it; typing reaches the xterm.
+    type_into_xterm(page, box, r"printf '\033[42m'; clear")
+    green = wait_for_colour(page, is_green, 100_000, "the xterm to turn green")
+    page.screenshot(path=str(artifacts / "journey-xterm-green.png"))
+    assert count(green, is_green, box, step=4) > 0.5 * (box[2] - box[0]) * (box[3] - box[1])
+
+    assert_no_secret(w, STATIC_VNC_PASSWORD)
+    assert w.ws_urls and all("/ws/sessions/" in u for u in w.ws_urls), w.ws_urls
+    assert w.real_console_errors() == []
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
+def test_typed_text_is_readable(
+    gateway: Gateway, dave_state: dict[str, Any], new_page: Callable[..., Watched], artifacts: Path
+) -> None:
+    page = new_page(dave_state).page
+    page.goto(desktop_url(gateway, STATIC_DESKTOP))
+    wait_state(page, "connected")
+    _, box = wait_for_xterm(page)
+    type_into_xterm(page, box, "printf '\\033[0m'; clear; echo DESKGATE OCR CHECK")
+    time.sleep(1.5)
+    path = artifacts / "ocr.png"
+    page.screenshot(path=str(path))
+    text = subprocess.run(["tesseract", str(path), "-"], capture_output=True, text=True, timeout=60).stdout
+    assert "DESKGATE OCR CHECK" in text, text
+
+
+# -- 2. clipboard both ways --------------------------------------------------------------------
+
+
+def xclip_out(desktop: Desktop) -> str:
+    proc = subprocess.run(
+        ["xclip", "-o", "-selection", "clipboard"],
+        env=desktop.env,
+        capture_output=True,
+        text=True,
+        timeout=5,
+    )
+    return proc.stdout
+
+
+def test_clipboard_both_ways(
+    gateway: Gateway,
+    static_xvnc: Desktop,
+    dave_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+    artifacts: Path,
+) -> None:
+    if shutil.which("xclip") is None:
+        pytest.skip("xclip is not installed")
+    page = new_page(dave_state).page
+    page.goto(desktop_url(gateway, STATIC_DESKTOP))
+    wait_state(page, "connected")
+    wait_for_xterm(page)
+
+    # Browser -> desktop
+    page.locator("#clipboard-toggle").click()
+    to_desktop = f"from the browser {time.time_ns()}"
+    page.fill("#clipboard-text", to_desktop)
+    page.locator("#clipboard-send").click()
+    wait_until(lambda: xclip_out(static_xvnc) == to_desktop, 10, "the desktop's clipboard")
+
+    # Desktop -> browser: xclip owns the selection until we stop it (by PID).
+    to_browser = f"from the desktop {time.time_ns()}"
+    owner = subprocess.Popen(
+        ["xclip", "-quiet", "-i", "-selection", "clipboard"],
+        env=static_xvnc.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert owner.stdin is not None
+        owner.stdin.write(to_browser.encode())
+        owner.stdin.close()
+        page.wait_for_function(
+            "t => document.getElementById('clipboard-text').value === t",
+            arg=to_browser,
+            timeout=10_000,
+        )
+        page.screenshot(path=str(artifacts / "clipboard.png"))
+    finally:
+        owner.terminate()
+        owner.wait(5)
+
+
+# -- 3. automatic reconnect --------------------------------------------------------------------
+
+
+def test_reconnects_after_upstream_drop(
+    gateway: Gateway,
+    relay: Relay,
+    dave_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+    artifacts: Path,
+) -> None:
+    page = new_page(dave_state).page
+    page.goto(desktop_url(gateway, STATIC_DESKTOP))
+    wait_state(page, "connected")
+    wait_for_xterm(page)
+    first_session = page.locator("#deskgate-client").get_attribute("data-session-id")
+    page.evaluate(
+        """() => {
+            const root = document.getElementById('deskgate-client');
+            window.__states = [];
+            window.__texts = [];
+            new MutationObserver(() => window.__states.push(root.dataset.state))
+                .observe(root, {attributes: true, attributeFilter: ['data-state']});
+            new MutationObserver(() => window.__texts.push(
+                    document.getElementById('status-text').textContent))
+                .observe(document.getElementById('status'),
+                         {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    accepted = relay.accepted
+    assert relay.cut() >= 1, "the browser's connection did not go through the relay"
+
+    wait_state(page, "reconnecting", 10_000)
+    page.screenshot(path=str(artifacts / "reconnecting.png"))
+    wait_state(page, "connected", 40_000)
+    _, box = wait_for_xterm(page)
+    page.screenshot(path=str(artifacts / "reconnected.png"))
+
+    states = page.evaluate("window.__states")
+    texts = page.evaluate("window.__texts")
+    assert states[0] == "reconnecting" and states[-1] == "connected", states
+    assert "disconnected" not in states, states
+    assert any(re.search(r"Reconnecting in \d+ s \(attempt 1\)", t) for t in texts), texts
+    assert relay.accepted > accepted, "no new upstream connection was made"
+    second_session = page.locator("#deskgate-client").get_attribute("data-session-id")
+    assert second_session, "no session id after the reconnect"
+    assert first_session, "no session id before the drop"
+    # The reconnected desktop takes input again.
+    type_into_xterm(page, box, r"printf '\033[42m'; clear")
+    wait_for_colour(page, is_green, 100_000, "the xterm to turn green after the reconnect")
+
+
+def test_user_disconnect_is_final_until_reconnect_clicked(
+    gateway: Gateway,
+    dave_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+    artifacts: Path,
+) -> None:
+    page = new_page(dave_state).page
+    page.goto(desktop_url(gateway, STATIC_DESKTOP))
+    wait_state(page, "connected")
+    page.locator("#disconnect").click()
+    wait_state(page, "disconnected", 10_000)
+    assert page.locator("#status-text").text_content() == "Disconnected"
+    assert page.locator("#reconnect").is_visible()
+    assert page.locator("#back-to-portal").get_attribute("href") == "/"
+    page.screenshot(path=str(artifacts / "disconnected.png"))
+    time.sleep(2.5)  # longer than the first backoff: nothing reconnects by itself
+    assert page.locator("#deskgate-client").get_attribute("data-state") == "disconnected"
+    page.locator("#reconnect").click()
+    wait_state(page, "connected")
+    wait_for_xterm(page)
+
+
+# -- 4. a local-provider desktop ---------------------------------------------------------------
+
+
+def test_local_desktop_shows_its_xterm(
+    gateway: Gateway,
+    dave_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+    artifacts: Path,
+) -> None:
+    w = new_page(dave_state)
+    page = w.page
+    page.goto(desktop_url(gateway, LOCAL_DESKTOP))
+    wait_state(page, "connected", 45_000)
+    img, box = wait_for_xterm(page, timeout=30)
+    page.screenshot(path=str(artifacts / "local-desktop.png"))
+    assert distinct_colours(img, screen_box(page)) >= 8
+    type_into_xterm(page, box, r"printf '\033[44m'; clear")
+    wait_for_colour(page, is_blue, 100_000, "the local xterm to turn blue")
+    page.screenshot(path=str(artifacts / "local-desktop-blue.png"))
+    assert w.real_console_errors() == []
