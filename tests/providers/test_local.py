@@ -147,6 +147,17 @@ async def test_idempotent_restart_and_close(provider: LocalProvider) -> None:
 
 
 @needs_root
+async def test_concurrent_desktops_get_distinct_displays(provider: LocalProvider) -> None:
+    specs = [spec(n) for n in (10, 11, 12)]
+    await asyncio.gather(*(provider.ensure_running(s) for s in specs))
+    displays = {provider._displays[s.id].display for s in specs}
+    assert len(displays) == 3
+    assert all([await provider.state(s) == "running" for s in specs])
+    parent = provider.desktop_dir(specs[0]).parent
+    assert stat.S_IMODE(parent.stat().st_mode) == 0o711
+
+
+@needs_root
 async def test_stop(provider: LocalProvider) -> None:
     s = spec(4)
     await provider.ensure_running(s)
