@@ -69,9 +69,7 @@ class DesktopProvider(Protocol):
 class DesktopLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes every line with ``[desktop=<name>]``."""
 
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         extra = self.extra or {}
         return f"[desktop={extra.get('desktop', '?')}] {msg}", kwargs
 

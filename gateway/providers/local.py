@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "vnc.sock"
 READY_TIMEOUT = 20.0
+PROBE_TIMEOUT = 5.0
 NOLOGIN = "/usr/sbin/nologin"
 
 
@@ -67,7 +68,9 @@ class LocalProvider:
             dlog = desktop_log(log, spec.name)
             current = self._displays.get(spec.id)
             if current is not None:
-                if await current.answers():
+                # A busy server may be slow to accept: restarting it would end the user's work,
+                # so a live process gets a generous probe before it is replaced.
+                if await current.answers(timeout=PROBE_TIMEOUT):
                     return
                 dlog.warning("display :%d no longer answers; restarting", current.display)
                 del self._displays[spec.id]
@@ -103,7 +106,8 @@ class LocalProvider:
                 if d is not None:
                     await d.stop()
 
-        await asyncio.gather(*(stop_one(i) for i in list(self._displays)))
+        # Every id that ever had a lock: a start still in progress finishes, then is stopped.
+        await asyncio.gather(*(stop_one(i) for i in list(self._locks)))
 
     # -- internals -------------------------------------------------------------------------
 

@@ -36,15 +36,11 @@ class StaticProvider:
 
     async def ensure_running(self, spec: DesktopSpec) -> None:
         if not await self._answers(spec):
-            desktop_log(log, spec.name).warning(
-                "not answering at %s:%d", spec.host or "?", spec.port
-            )
+            desktop_log(log, spec.name).warning("not answering at %s:%d", spec.host or "?", spec.port)
             raise DesktopUnavailable(f"desktop {spec.name} is not answering")
 
     async def endpoint(self, spec: DesktopSpec) -> Endpoint:
-        return Endpoint(
-            host=spec.host, port=spec.port, password=spec.password, protocol=spec.protocol
-        )
+        return Endpoint(host=spec.host, port=spec.port, password=spec.password, protocol=spec.protocol)
 
     async def state(self, spec: DesktopSpec) -> str:
         return "running" if await self._answers(spec) else "stopped"

@@ -105,7 +105,10 @@ class _RunAs:
     @classmethod
     def resolve(cls, user: str | None) -> _RunAs:
         me = os.geteuid()
-        entry = pwd.getpwuid(me) if user is None else pwd.getpwnam(user)
+        try:
+            entry = pwd.getpwuid(me) if user is None else pwd.getpwnam(user)
+        except KeyError:
+            raise XvncStartError(f"no such user {user}") from None
         if entry.pw_uid != me and me != 0:
             raise XvncStartError(f"cannot run the desktop as {entry.pw_name}: not root")
         return cls(
@@ -163,9 +166,7 @@ def create_private_file(path: Path, owner: tuple[int, int] | None = None) -> int
     return fd
 
 
-async def write_vnc_password_file(
-    path: Path, password: str, owner: tuple[int, int] | None = None
-) -> None:
+async def write_vnc_password_file(path: Path, password: str, owner: tuple[int, int] | None = None) -> None:
     """``vncpasswd -f`` from stdin into ``path`` (mode 0600); the password never hits argv."""
     if not 1 <= len(password) <= 8:
         raise ValueError("a VncAuth password has 1 to 8 characters")
@@ -536,9 +537,7 @@ async def _start_once(
             while True:
                 if wm.returncode is not None or not _pid_alive(wm.pid):
                     raise XvncStartError(f"openbox on :{number} exited")
-                rc, out = await _run_quiet(
-                    ["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"], tool_env, 2.0
-                )
+                rc, out = await _run_quiet(["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"], tool_env, 2.0)
                 if rc == 0 and "window id #" in out:
                     break
                 if time.monotonic() > deadline:

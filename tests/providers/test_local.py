@@ -87,11 +87,7 @@ async def test_runs_unprivileged_on_private_socket(provider: LocalProvider) -> N
     assert await probe_rfb(unix_path=sock)
 
     # No TCP listener for VNC or X11 belongs to these processes.
-    inodes = {
-        os.readlink(f"/proc/{pid}/fd/{fd}")
-        for pid in d.pids
-        for fd in os.listdir(f"/proc/{pid}/fd")
-    }
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for pid in d.pids for fd in os.listdir(f"/proc/{pid}/fd")}
     tcp = (
         Path("/proc/net/tcp").read_text().splitlines()[1:]
         + Path("/proc/net/tcp6").read_text().splitlines()[1:]

@@ -16,9 +16,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def static(port: int, password: Secret | None = None) -> DesktopSpec:
-    return DesktopSpec(
-        id=1, name="fixed", provider="static", host="127.0.0.1", port=port, password=password
-    )
+    return DesktopSpec(id=1, name="fixed", provider="static", host="127.0.0.1", port=port, password=password)
 
 
 def test_registry(tmp_path: Path) -> None:

@@ -98,9 +98,7 @@ async def test_xauth_cookie_required(tmp_path: Path) -> None:
         assert xterm_windows(d)  # with the cookie
         env = d.env()
         env["XAUTHORITY"] = str(tmp_path / "none")
-        out = subprocess.run(
-            ["xprop", "-root"], env=env, capture_output=True, timeout=10, check=False
-        )
+        out = subprocess.run(["xprop", "-root"], env=env, capture_output=True, timeout=10, check=False)
         assert out.returncode != 0  # without it the display refuses
     assert_stopped(d)
 
