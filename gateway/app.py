@@ -64,8 +64,11 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     if closed:
         log.info("closed %d sessions left open by a previous run", closed)
     services = build_services(settings, store)
-    providers = Providers(ProviderContext(settings.data_dir, settings.run_as_user,
-                                          settings.display_base))
+    runtime = settings.desktop_runtime_dir
+    if runtime != settings.data_dir:
+        runtime.mkdir(parents=True, exist_ok=True)
+        runtime.chmod(0o711)  # traverse-only: each desktop's own folder below is private
+    providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base))
     tickets = TicketBook(settings.ticket_ttl_seconds)
     app[STORE] = store
     app[AUDIT] = services.audit

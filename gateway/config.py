@@ -43,6 +43,7 @@ class Settings:
     run_as_user: str = "deskgate-desktop"
     display_base: int = 20
     desktop_geometry: str = "1280x800"
+    runtime_dir: str = ""  # local desktops' sockets and homes; see desktop_runtime_dir
     # [relay]
     connect_timeout_seconds: float = 10.0
     max_clipboard_bytes: int = 1 << 20
@@ -50,6 +51,17 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return Path(self.database) if self.database else self.data_dir / "deskgate.db"
+
+    @property
+    def desktop_runtime_dir(self) -> Path:
+        """Where local desktops keep their sockets and private homes.
+
+        As root the desktops run as an unprivileged user that must be able to reach this folder,
+        so it defaults to /run/deskgate rather than the (private) data folder.
+        """
+        if self.runtime_dir:
+            return Path(self.runtime_dir)
+        return Path("/run/deskgate") if os.geteuid() == 0 else self.data_dir
 
     @property
     def public_origin(self) -> str:
@@ -78,7 +90,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "ip_throttle_per_minute",
         "trust_proxy_headers",
     ),
-    "desktops": ("run_as_user", "display_base", "desktop_geometry"),
+    "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from ..errors import (
@@ -141,6 +142,8 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     except GatewayError as exc:
         reason, code = exc.reason, exc.ws_code
         final = isinstance(exc, _FINAL_ERRORS)
+    except (ConnectionError, aiohttp.ClientError):
+        reason = "the connection to the browser was lost"
     except asyncio.CancelledError:
         reason, code = "the gateway is shutting down", WS_GOING_AWAY
         raise
