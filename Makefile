@@ -1,0 +1,78 @@
+# Deskgate set-up. Two commands do everything on a fresh Debian 12 machine:
+#   make run    install what is missing, initialise ./data once, serve on http://127.0.0.1:8080
+#   make test   install what the tests need, then lint, type-check and run the whole suite
+# Installing Debian packages needs root; everything else does not.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA   ?= data
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+# The gateway and its local demo desktop.
+RUN_PACKAGES  := python3-venv tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
+                 xdotool fonts-dejavu-core
+# Real parts the tests drive: a browser, clipboard tools, a plain TCP relay for the benchmark.
+TEST_PACKAGES := chromium xclip socat
+
+.PHONY: run test lint typecheck pytest bench system-packages test-packages clean
+
+run: system-packages $(VENV)/.run novnc
+	@test -f $(DATA)/deskgate.toml || $(BIN)/deskgate init --data $(DATA) --host $(HOST) --port $(PORT)
+	$(BIN)/deskgate --config $(DATA)/deskgate.toml serve
+
+test: system-packages test-packages $(VENV)/.test novnc lint typecheck pytest
+
+lint:
+	$(BIN)/ruff check gateway tests bench
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest
+
+bench: $(VENV)/.test novnc
+	$(BIN)/python bench/relay.py
+
+# Debian packages: installed only when missing; needs root (or run the printed apt-get line).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if ! command -v npm >/dev/null 2>&1; then missing="$$missing npm"; fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "Run as root first: apt-get update && apt-get install -y --no-install-recommends$$missing"; \
+	    exit 1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+system-packages:
+	$(call apt_install,$(RUN_PACKAGES))
+
+test-packages:
+	$(call apt_install,$(TEST_PACKAGES))
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.test: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@ $(VENV)/.run
+
+# noVNC comes from npm at set-up time, pinned by package-lock.json; it is never committed.
+novnc: node_modules/@novnc/novnc/core/rfb.js
+node_modules/@novnc/novnc/core/rfb.js: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+clean:
+	rm -rf $(VENV) node_modules
