@@ -7,8 +7,8 @@ holds, offers the browser security type None, and relays until either side ends:
   ``BufferedProtocol``). Reading pauses while a chunk is being sent to the browser, so a slow
   browser slows the desktop down instead of filling memory. This direction is not parsed, so
   ``RelayPolicy.clipboard_from_desktop`` is not enforced here: ServerCutText passes unchanged.
-- browser -> desktop: every message goes through ``rfb.ClientMessageParser``, which drops what the
-  policy forbids and raises ``ProtocolError`` on anything it cannot frame.
+- browser -> desktop: every message goes through ``rfb_messages.ClientMessageParser``, which
+  drops what the policy forbids and raises ``ProtocolError`` on anything it cannot frame.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any, Protocol, cast
 
 from gateway.errors import DesktopUnavailable, UpstreamClosed
 from gateway.model import Endpoint, RelayCounters, RelayPolicy
-from gateway.proxy.rfb import BrowserHandshake, ClientMessageParser, DesktopHandshake
+from gateway.proxy.rfb import BrowserHandshake, DesktopHandshake
+from gateway.proxy.rfb_messages import ClientMessageParser
 
 READ_BUFFER_SIZE = 64 * 1024
 

@@ -9,15 +9,8 @@ import pytest
 
 from gateway.errors import DesktopUnavailable, ProtocolError, UpstreamAuthFailed
 from gateway.model import RelayPolicy, Secret
-from gateway.proxy.rfb import (
-    EXTENDED_MOUSE_BUTTONS,
-    BrowserHandshake,
-    ClientMessage,
-    ClientMessageParser,
-    DesktopHandshake,
-    DesktopStep,
-    vnc_auth_response,
-)
+from gateway.proxy.rfb import BrowserHandshake, DesktopHandshake, DesktopStep, vnc_auth_response
+from gateway.proxy.rfb_messages import EXTENDED_MOUSE_BUTTONS, ClientMessage, ClientMessageParser
 
 CHALLENGE = bytes(range(16))
 PIXEL_FORMAT = bytes([32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0])
