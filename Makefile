@@ -16,7 +16,7 @@ RUN_PACKAGES  := python3-venv tigervnc-standalone-server tigervnc-tools openbox 
 # Real parts the tests drive: a browser, clipboard tools, a plain TCP relay for the benchmark.
 TEST_PACKAGES := chromium xclip socat
 
-.PHONY: run test lint typecheck pytest bench system-packages test-packages clean
+.PHONY: run test lint typecheck pytest bench novnc system-packages test-packages clean
 
 run: system-packages $(VENV)/.run novnc
 	@test -f $(DATA)/deskgate.toml || $(BIN)/deskgate init --data $(DATA) --host $(HOST) --port $(PORT)

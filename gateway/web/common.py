@@ -11,9 +11,9 @@ from ..errors import CsrfError, Unauthorized
 from ..keys import SETTINGS, STORE, TEMPLATES
 from ..model import User, WebSession, WebSessionState
 
-WEB_SESSION = "deskgate.web_session"
-USER = "deskgate.user"
-PRE_TOKEN = "deskgate.pre_token"  # noqa: S105 (a request key)
+WEB_SESSION = web.RequestKey("web_session", WebSession)
+USER = web.RequestKey("user", User)
+PRE_TOKEN = web.RequestKey("pre_token", str)
 
 
 def client_ip(request: web.Request) -> str:
@@ -59,6 +59,11 @@ def render(request: web.Request, template: str, *, http_status: int = 200,
     html = request.app[TEMPLATES].get_template(template).render(
         user=user, csrf_token=csrf or "", error=error, info=info, **context)
     return web.Response(text=html, status=http_status, content_type="text/html")
+
+
+def redirect(location: str) -> web.Response:
+    """A 303 response that handlers return (not raise) when they also set cookies."""
+    return web.Response(status=303, headers={"Location": location})
 
 
 def set_session_cookie(request: web.Request, response: web.StreamResponse, token: str) -> None:

@@ -13,6 +13,7 @@ from .common import (
     clear_session_cookie,
     client_ip,
     current,
+    redirect,
     render,
     set_session_cookie,
 )
@@ -38,7 +39,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             username, password, client_ip(request), request.headers.get("User-Agent", ""))
     except GatewayError as exc:
         return render(request, "login.html", http_status=exc.http_status, error=exc.reason)
-    response = web.HTTPSeeOther("/login/totp")
+    response = redirect("/login/totp")
     set_session_cookie(request, response, cookie)
     return response
 
@@ -85,7 +86,7 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
         request[WEB_SESSION] = result.web_session
         response = render(request, "recovery.html", codes=result.recovery_codes)
     else:
-        response = web.HTTPSeeOther("/")
+        response = redirect("/")
     set_session_cookie(request, response, result.cookie)
     return response
 
@@ -96,6 +97,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
     if ws is not None:
         await check_form_csrf(request)
         await request.app[SERVICES].sign_out(ws, client_ip(request))
-    response = web.HTTPSeeOther("/login")
+    response = redirect("/login")
     clear_session_cookie(response)
     return response

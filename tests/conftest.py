@@ -1,0 +1,39 @@
+"""Shared fixtures: a bare configuration, then a store and the service layer built on it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.app import build_services
+from gateway.config import Settings, load_settings, new_secret_key, render_toml
+from gateway.services import Services
+from gateway.store.sqlite import SQLiteStore
+
+
+def write_config(directory: Path, **values: object) -> Path:
+    path = directory / "deskgate.toml"
+    base: dict[str, object] = {"data_dir": str(directory), "secret_key": new_secret_key()}
+    base.update(values)
+    path.write_text(render_toml(base))
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(write_config(tmp_path), env={})
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(settings.database_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def services(settings: Settings, store: SQLiteStore) -> Services:
+    return build_services(settings, store)
