@@ -1,0 +1,59 @@
+"""The command line, run as a real process, as an admin would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def deskgate(*args: str, stdin: str | None = None, config: Path | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "gateway.cli"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.run([*cmd, *args], input=stdin, capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_init_users_desktops_assign_audit(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    out = deskgate("init", "--data", str(data), "--port", "8123").stdout
+    assert "URL: http://127.0.0.1:8123" in out and "User: admin" in out
+    password = out.split("Password: ")[1].split()[0]
+    config = data / "deskgate.toml"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert password not in config.read_text()
+    again = deskgate("init", "--data", str(data), check=False)
+    assert again.returncode == 1 and "already initialised" in again.stderr
+
+    out = deskgate("user", "add", "alice", "--password-stdin", stdin="alice-password\n",
+                   config=config).stdout
+    assert "alice" in out and "Password:" not in out
+    dup = deskgate("user", "add", "alice", "--password-stdin", stdin="alice-password\n",
+                   config=config, check=False)
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+
+    out = deskgate("desktop", "add", "Lab", "--provider", "static", "--vnc", "127.0.0.1:5999",
+                   "--password-stdin", stdin="vncpass1\n", config=config).stdout
+    assert out.startswith("Desktop ")
+    listing = deskgate("desktop", "list", config=config).stdout
+    assert "Lab" in listing and "password set" in listing and "vncpass1" not in listing
+    assert "Demo desktop" in listing
+
+    deskgate("assign", "Lab", "alice", config=config)
+    missing = deskgate("assign", "Nope", "alice", config=config, check=False)
+    assert missing.returncode == 1 and "no desktop named" in missing.stderr
+    deskgate("user", "disable", "alice", config=config)
+    users = deskgate("user", "list", config=config).stdout
+    assert "disabled" in users.split("alice")[1].splitlines()[0]
+    audit = deskgate("audit", config=config).stdout
+    for fragment in ("user created", "desktop created (static)", "desktop assigned",
+                     "user disabled"):
+        assert fragment in audit
+    assert "vncpass1" not in audit and "alice-password" not in audit and password not in audit
+
+    bad = deskgate("desktop", "add", "X", "--provider", "static", config=config, check=False)
+    assert bad.returncode == 1 and "--vnc HOST:PORT" in bad.stderr
