@@ -21,18 +21,21 @@ from .auth.totp import TotpFactor
 from .broker import Broker, Providers
 from .config import Settings
 from .crypto import SecretBox
-from .errors import WS_GOING_AWAY
+from .errors import WS_GOING_AWAY, WS_SIGNED_OUT
 from .keys import (
     AUDIT,
     BROKER,
+    LIVE,
     PROVIDERS,
     SERVICES,
     SETTINGS,
+    SHUTTING_DOWN,
     STORE,
     TEMPLATES,
     TICKETS,
     WEBSOCKETS,
 )
+from .live import LiveSessions
 from .providers import ProviderContext
 from .services import Services
 from .store.sqlite import SQLiteStore
@@ -89,6 +92,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(5)
             try:
                 await app[BROKER].expire_unused_tickets()
+                await app[LIVE].sweep(app[STORE], WS_SIGNED_OUT, time.time())
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -102,6 +106,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_websockets(app: web.Application) -> None:
+    app[SHUTTING_DOWN].set()
     sockets = app[WEBSOCKETS]
     for ws in [*sockets]:
         await ws.close(code=WS_GOING_AWAY, message=b"the gateway is shutting down")
@@ -113,6 +118,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
     app[WEBSOCKETS] = sockets
+    app[LIVE] = LiveSessions()
+    app[SHUTTING_DOWN] = asyncio.Event()
     app[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
                                         autoescape=True, undefined=jinja2.StrictUndefined)
     app.cleanup_ctx.append(_state)

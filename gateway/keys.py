@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 
 import jinja2
@@ -10,6 +11,7 @@ from aiohttp import web
 from .audit import Audit
 from .broker import Broker, Providers
 from .config import Settings
+from .live import LiveSessions
 from .services import Services
 from .store import Store
 from .tickets import TicketBook
@@ -20,6 +22,8 @@ AUDIT = web.AppKey("audit", Audit)
 SERVICES = web.AppKey("services", Services)
 PROVIDERS = web.AppKey("providers", Providers)
 TICKETS = web.AppKey("tickets", TicketBook)
+LIVE = web.AppKey("live", LiveSessions)
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 BROKER = web.AppKey("broker", Broker)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")

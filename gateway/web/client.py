@@ -20,7 +20,8 @@ from ..errors import (
     Unauthorized,
     UpstreamAuthFailed,
 )
-from ..keys import BROKER, SERVICES, SETTINGS, STORE, WEBSOCKETS
+from ..keys import BROKER, LIVE, SERVICES, SETTINGS, SHUTTING_DOWN, STORE, WEBSOCKETS
+from ..live import LiveSession
 from ..model import RelayCounters, WebSessionState
 from ..proxy.tunnel import relay_vnc
 from .common import check_csrf, client_ip, load_user, render, require_signed_in
@@ -133,6 +134,9 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     started: list[asyncio.Task[None]] = []
     reason, final, code = "closed by the user", False, WS_NORMAL
     context = f"[user={user.name} session={admission.session.id} desktop={admission.desktop.name}]"
+    live = LiveSession(admission.session.id, web_session.id, user.name, admission.desktop.name,
+                       counters, lambda c, r: _close(ws, c, r))
+    request.app[LIVE].add(live)
     try:
         await relay_vnc(
             WebSocketChannel(ws), admission.endpoint, admission.policy, counters,
@@ -145,9 +149,16 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     except (ConnectionError, aiohttp.ClientError):
         reason = "the connection to the browser was lost"
     except asyncio.CancelledError:
-        reason, code = "the gateway is shutting down", WS_GOING_AWAY
+        # aiohttp cancels the handler when the browser's TCP connection goes away.
+        if request.app[SHUTTING_DOWN].is_set():
+            reason, code = "the gateway is shutting down", WS_GOING_AWAY
+        elif ws.close_code is None:
+            reason = "the connection to the browser was lost"
         raise
     finally:
+        request.app[LIVE].remove(live.session_id)
+        if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin
+            reason, final = live.end_reason, live.end_final
         log.info("%s closed: %s (%d B up, %d B down)", context, reason, counters.bytes_up,
                  counters.bytes_down)
         for task in started:

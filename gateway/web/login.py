@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import GatewayError
-from ..keys import SERVICES
+from ..errors import WS_SIGNED_OUT, GatewayError
+from ..keys import LIVE, SERVICES
 from ..model import WebSessionState
 from .common import (
     WEB_SESSION,
@@ -97,6 +97,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     if ws is not None:
         await check_form_csrf(request)
         await request.app[SERVICES].sign_out(ws, client_ip(request))
+        await request.app[LIVE].end_for_web_session(ws.id, WS_SIGNED_OUT, "you signed out")
     response = redirect("/login")
     clear_session_cookie(response)
     return response
