@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from .store import Store
 from .tickets import TicketBook
 
 log = logging.getLogger("deskgate.broker")
+# The portal waits at most this long for a desktop to say whether it runs.
+_STATE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -65,16 +68,20 @@ class Broker:
                            geometry=self._settings.desktop_geometry, protocol=desktop.protocol)
 
     async def desktops_for(self, user: User) -> list[tuple[Desktop, str]]:
-        """The user's desktops with their state as the provider sees it."""
-        result = []
-        for desktop in await self._store.desktops_for_user(user.id):
-            try:
-                state = await self._providers.get(desktop.provider).state(await self.spec(desktop))
-            except Exception:  # a broken provider must not break the portal
-                log.exception("[desktop=%s] state query failed", desktop.name)
-                state = "unknown"
-            result.append((desktop, state))
-        return result
+        """The user's desktops with their state as the provider sees it (asked concurrently)."""
+        desktops = await self._store.desktops_for_user(user.id)
+        states = await asyncio.gather(*(self._state(d) for d in desktops))
+        return list(zip(desktops, states, strict=True))
+
+    async def _state(self, desktop: Desktop) -> str:
+        try:
+            async with asyncio.timeout(_STATE_TIMEOUT):
+                return await self._providers.get(desktop.provider).state(await self.spec(desktop))
+        except TimeoutError:
+            return "unknown"
+        except Exception:  # a broken provider must not break the portal
+            log.exception("[desktop=%s] state query failed", desktop.name)
+            return "unknown"
 
     async def check_access(self, user: User, desktop_id: int, client_ip: str) -> Desktop:
         desktop = await self._store.get_desktop(desktop_id)
