@@ -67,6 +67,8 @@ def static_xvnc(loop_thread: LoopThread) -> Iterator[Desktop]:
             password=STATIC_VNC_PASSWORD,
             name="static-e2e",
             geometry="1024x768",
+            # This host's root ~/.bashrc stalls an interactive shell; keep the test shell plain.
+            xterm_args=("-e", "/bin/bash", "--noprofile", "--norc"),
         )
     )
     try:

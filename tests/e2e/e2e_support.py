@@ -267,7 +267,9 @@ def sign_in(page: Any, gw: Gateway, account: Account, shots: Path | None = None)
             page.screenshot(path=str(shots / "totp-enrol.png"), full_page=True)
         page.fill("#totp-code", pyotp.TOTP(secret).now())
         page.get_by_role("button", name="Confirm").click()
-        page.wait_for_url(re.compile(r"/login/recovery"))
+        # The codes come in the answer to the confirming code (at /login/totp or after a
+        # redirect to /login/recovery): wait for the page, not for a URL.
+        page.locator("#continue").wait_for()
         account.recovery_codes = [c.strip() for c in page.locator(".recovery-code").all_text_contents()]
         if shots:
             page.screenshot(path=str(shots / "recovery.png"), full_page=True)
@@ -321,7 +323,7 @@ def watch(page: Any) -> Watched:
         lambda msg: w.console_errors.append(f"{msg.text} @ {msg.location}") if msg.type == "error" else None,
     )
     page.on("pageerror", lambda exc: w.console_errors.append(f"pageerror: {exc}"))
-    page.on("response", w.responses.append)
+    page.on("response", lambda r: w.responses.append(r))
 
     def on_ws(ws: Any) -> None:
         w.ws_urls.append(ws.url)

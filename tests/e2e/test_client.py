@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from e2e_support import (
+    ARTIFACTS,
     LOCAL_DESKTOP,
     STATIC_DESKTOP,
     STATIC_VNC_PASSWORD,
@@ -71,9 +72,8 @@ def wait_for_xterm(page: Any, timeout: float = 20) -> tuple[Image, tuple[int, in
     try:
         box = wait_until(xterm_visible, timeout, "the xterm to show in the browser", 0.3)
     except AssertionError:
-        if last:
-            Path("test-artifacts").mkdir(exist_ok=True)
-            (Path("test-artifacts") / "xterm-missing.png").write_bytes(page.screenshot())
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "failed-xterm-missing.png").write_bytes(page.screenshot())
         raise
     return last[0], box
 
@@ -100,7 +100,12 @@ def wait_for_colour(
         found[:] = [img]
         return count(img, pred, area, step=4) >= min_pixels
 
-    wait_until(coloured, timeout, what, 0.3)
+    try:
+        wait_until(coloured, timeout, what, 0.3)
+    except AssertionError:
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / f"failed-{re.sub(r'[^a-z]+', '-', what)}.png").write_bytes(page.screenshot())
+        raise
     return found[0]
 
 

@@ -177,3 +177,24 @@ def test_vnc_password_never_reaches_the_browser(gateway: Gateway, dave_page: Wat
     # The browser is offered no VNC authentication: security type None only (RFB 3.8).
     assert w.ws_frames[0].startswith(b"RFB 003.008"), w.ws_frames[0][:12]
     assert w.ws_frames[1][:2] == b"\x01\x01", w.ws_frames[1]
+
+
+def test_portal_visits_do_not_get_the_gateway_blacklisted(
+    gateway: Gateway, dave_state: dict[str, Any], new_page: Callable[..., Watched]
+) -> None:
+    """TigerVNC blacklists a host after 5 connections that end before authentication
+    (BlacklistThreshold), banner-only probes included. Showing the portal must not use up
+    that allowance, or a few page views lock everyone out of a VncAuth desktop."""
+    page = new_page(dave_state).page
+    for _ in range(6):
+        page.goto(gateway.base_url + "/")
+        assert page.locator("a.desktop-connect").count() == 2
+    page.goto(f"{gateway.base_url}/desktops/{gateway.desktop_ids[STATIC_DESKTOP]}")
+    page.wait_for_function(
+        """() => ['connected', 'disconnected'].includes(
+            document.getElementById('deskgate-client').dataset.state)""",
+        timeout=30_000,
+    )
+    state = page.locator("#deskgate-client").get_attribute("data-state")
+    detail = page.locator("#status-detail").text_content()
+    assert state == "connected", f"after 6 portal views the desktop refused: {detail}"
