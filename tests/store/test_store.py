@@ -1,0 +1,88 @@
+"""The Store contract. Written against the Protocol so that every implementation runs it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.errors import Conflict
+from gateway.model import Session, SessionState, WebSession, WebSessionState
+from gateway.store.migrations import MIGRATIONS
+from gateway.store.sqlite import SQLiteStore
+
+
+async def test_migrations_are_idempotent(store: SQLiteStore) -> None:
+    assert await store.schema_version() == len(MIGRATIONS)
+    again = SQLiteStore(store.path)
+    await again.open()
+    try:
+        assert await again.schema_version() == len(MIGRATIONS)
+    finally:
+        await again.close()
+
+
+async def test_users_are_unique_and_failures_lock(store: SQLiteStore) -> None:
+    user = await store.create_user("ann", "hash", False)
+    with pytest.raises(Conflict):
+        await store.create_user("ann", "hash", True)
+    assert await store.record_failure(user.id, 3, 500.0) == 1
+    assert await store.record_failure(user.id, 3, 500.0) == 2
+    assert (await store.get_user(user.id)).locked_until == 0  # type: ignore[union-attr]
+    assert await store.record_failure(user.id, 3, 500.0) == 3
+    assert (await store.get_user(user.id)).locked_until == 500.0  # type: ignore[union-attr]
+    await store.clear_failures(user.id)
+    cleared = await store.get_user(user.id)
+    assert cleared is not None and (cleared.failed_attempts, cleared.locked_until) == (0, 0)
+
+
+async def test_totp_step_advances_once_under_concurrency(store: SQLiteStore) -> None:
+    user = await store.create_user("ben", None, False)
+    await store.set_totp_secret(user.id, "enc")
+    await store.mark_totp_enrolled(user.id, 10)
+    results = await asyncio.gather(*(store.advance_totp_step(user.id, 11) for _ in range(5)))
+    assert results.count(True) == 1
+    assert not await store.advance_totp_step(user.id, 11)
+    assert not await store.advance_totp_step(user.id, 5)
+    await store.reset_totp(user.id)
+    assert await store.get_totp(user.id) == (None, False, -1)
+
+
+async def test_recovery_codes_are_consumed_once_under_concurrency(store: SQLiteStore) -> None:
+    user = await store.create_user("cat", None, False)
+    await store.replace_recovery_codes(user.id, ["h1", "h2"])
+    results = await asyncio.gather(*(store.use_recovery_code(user.id, "h1") for _ in range(4)))
+    assert results.count(True) == 1 and await store.count_recovery_codes(user.id) == 1
+
+
+async def test_web_sessions_and_connection_sessions(store: SQLiteStore) -> None:
+    user = await store.create_user("dan", None, False)
+    desk = await store.create_desktop("D", "static", "127.0.0.1", 5900, None)
+    ws = WebSession("h", user.id, WebSessionState.PASSWORD_OK, "csrf", 1.0, 1.0, "ip", "ua")
+    await store.create_web_session(ws)
+    await store.set_web_session_state("h", WebSessionState.AUTHENTICATED)
+    assert (await store.get_web_session("h")).state is WebSessionState.AUTHENTICATED  # type: ignore[union-attr]
+    await store.assign(desk.id, user.id)
+    await store.assign(desk.id, user.id)  # idempotent
+    assert [d.name for d in await store.desktops_for_user(user.id)] == ["D"]
+    session = Session("s1", user.id, desk.id, "h", SessionState.STARTING, 2.0, client_ip="ip")
+    await store.create_session(session)
+    await store.set_session_state("s1", SessionState.ACTIVE)
+    assert [s.id for s in await store.list_sessions(active_only=True)] == ["s1"]
+    await store.close_session("s1", 3.0, "done", True, 10, 20)
+    await store.close_session("s1", 4.0, "again", False, 0, 0)  # a closed session stays closed
+    closed = await store.get_session("s1")
+    assert closed is not None
+    assert (closed.state, closed.close_reason, closed.close_final, closed.bytes_up,
+            closed.bytes_down, closed.ended_at) == (SessionState.CLOSED, "done", True, 10, 20, 3.0)
+    await store.create_session(Session("s2", user.id, desk.id, "h", SessionState.ACTIVE, 5.0))
+    assert await store.close_open_sessions(6.0, "restart") == 1
+    await store.delete_user_web_sessions(user.id)
+    assert await store.get_web_session("h") is None
+
+
+async def test_audit_is_listed_newest_first_and_filtered(store: SQLiteStore) -> None:
+    for i in range(3):
+        await store.append_audit(float(i), "a" if i % 2 else "b", "u", None, "ip", f"d{i}")
+    assert [e.detail for e in await store.list_audit()] == ["d2", "d1", "d0"]
+    assert [e.detail for e in await store.list_audit(kind="a")] == ["d1"]
