@@ -312,9 +312,21 @@ def test_user_disconnect_is_final_until_reconnect_clicked(
     new_page: Callable[..., Watched],
     artifacts: Path,
 ) -> None:
-    page = new_page(dave_state).page
+    w = new_page(dave_state)
+    page = w.page
     page.goto(desktop_url(gateway, STATIC_DESKTOP))
     wait_state(page, "connected")
+
+    # Toolbar: full screen on and off, Ctrl+Alt+Del reaches the desktop without errors.
+    page.locator("#fullscreen").click()
+    page.wait_for_function("() => document.fullscreenElement?.id === 'deskgate-client'")
+    assert page.locator("#fullscreen").text_content() == "Exit full screen"
+    page.locator("#fullscreen").click()
+    page.wait_for_function("() => document.fullscreenElement === null")
+    assert page.locator("#fullscreen").text_content() == "Full screen"
+    page.locator("#ctrl-alt-del").click()
+    assert page.evaluate("() => document.activeElement.tagName") == "CANVAS"
+
     page.locator("#disconnect").click()
     wait_state(page, "disconnected", 10_000)
     assert page.locator("#status-text").text_content() == "Disconnected"
@@ -326,6 +338,41 @@ def test_user_disconnect_is_final_until_reconnect_clicked(
     page.locator("#reconnect").click()
     wait_state(page, "connected")
     wait_for_xterm(page)
+    assert w.real_console_errors() == []
+
+
+def test_signed_out_client_goes_to_sign_in(
+    gateway: Gateway, relay: Relay, new_page: Callable[..., Watched], artifacts: Path
+) -> None:
+    """Sign in with a recovery code, sign out in another tab: after the next drop the
+    client asks about its session, gets 401 and goes to the sign-in page."""
+    alice = gateway.accounts["alice"]
+    w = new_page()
+    page = w.page
+    if not alice.recovery_codes:
+        sign_in(page, gateway, alice)
+    else:
+        page.goto(gateway.base_url + "/login")
+        page.fill("#username", alice.name)
+        page.fill("#password", alice.password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(re.compile(r"/login/totp"))
+        assert page.locator("#totp-secret").count() == 0, "enrolment shown again"
+        page.fill("#totp-code", alice.recovery_codes.pop())
+        page.get_by_role("button", name="Verify").click()
+        page.wait_for_url(gateway.base_url + "/")
+    page.goto(desktop_url(gateway, STATIC_DESKTOP))
+    wait_state(page, "connected")
+
+    other = page.context.new_page()
+    other.goto(gateway.base_url + "/")
+    other.get_by_role("button", name="Sign out").click()
+    other.wait_for_url(re.compile(r"/login"))
+    other.close()
+
+    relay.cut()
+    page.wait_for_url(re.compile(r"/login(\?.*)?$"), timeout=20_000)
+    page.screenshot(path=str(artifacts / "signed-out.png"))
 
 
 # -- 4. a local-provider desktop ---------------------------------------------------------------

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from e2e_support import STATIC_DESKTOP, STATIC_VNC_PASSWORD, Gateway, Watched
+from e2e_support import ARTIFACTS, STATIC_DESKTOP, STATIC_VNC_PASSWORD, Gateway, Watched
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -103,6 +103,13 @@ def test_unassigned_desktop_is_refused(
     assert bob.locator("a.desktop-connect").count() == 0
     assert bob.get_by_text(STATIC_DESKTOP).count() == 0
 
+    resp = bob.goto(f"{gateway.base_url}/desktops/{static_id}")
+    assert resp is not None and resp.status in (403, 404), resp and resp.status
+    assert bob.locator("#deskgate-client").count() == 0
+    assert bob.locator('a[href="/"]').count() >= 1
+    bob.screenshot(path=str(ARTIFACTS / "error-page.png"))
+
+    bob.goto(gateway.base_url + "/")
     status, body = post_connect(bob, gateway, static_id)
     assert status == 403, (status, body)
     assert "ws_url" not in body and "session_id" not in body
