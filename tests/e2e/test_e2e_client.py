@@ -319,11 +319,15 @@ def test_user_disconnect_is_final_until_reconnect_clicked(
 
     # Toolbar: full screen on and off, Ctrl+Alt+Del reaches the desktop without errors.
     page.locator("#fullscreen").click()
-    page.wait_for_function("() => document.fullscreenElement?.id === 'deskgate-client'")
-    assert page.locator("#fullscreen").text_content() == "Exit full screen"
+    page.wait_for_function(
+        """() => document.fullscreenElement?.id === 'deskgate-client'
+            && document.getElementById('fullscreen').textContent === 'Exit full screen'"""
+    )
     page.locator("#fullscreen").click()
-    page.wait_for_function("() => document.fullscreenElement === null")
-    assert page.locator("#fullscreen").text_content() == "Full screen"
+    page.wait_for_function(
+        """() => document.fullscreenElement === null
+            && document.getElementById('fullscreen').textContent === 'Full screen'"""
+    )
     page.locator("#ctrl-alt-del").click()
     assert page.evaluate("() => document.activeElement.tagName") == "CANVAS"
 
