@@ -59,6 +59,8 @@ class Broker:
         self._tickets = tickets
         self._audit = audit
         self._settings = settings
+        # What the last session to each desktop saw, for providers that cannot tell by themselves.
+        self._seen: dict[int, str] = {}
 
     async def spec(self, desktop: Desktop) -> DesktopSpec:
         enc = await self._store.get_desktop_password(desktop.id) if desktop.has_password else None
@@ -76,12 +78,13 @@ class Broker:
     async def _state(self, desktop: Desktop) -> str:
         try:
             async with asyncio.timeout(_STATE_TIMEOUT):
-                return await self._providers.get(desktop.provider).state(await self.spec(desktop))
+                state = await self._providers.get(desktop.provider).state(await self.spec(desktop))
         except TimeoutError:
-            return "unknown"
+            state = "unknown"
         except Exception:  # a broken provider must not break the portal
             log.exception("[desktop=%s] state query failed", desktop.name)
-            return "unknown"
+            state = "unknown"
+        return self._seen.get(desktop.id, state) if state == "unknown" else state
 
     async def check_access(self, user: User, desktop_id: int, client_ip: str) -> Desktop:
         desktop = await self._store.get_desktop(desktop_id)
@@ -128,7 +131,11 @@ class Broker:
         return Admission(session, user, desktop, endpoint, policy)
 
     async def started(self, session: Session) -> None:
+        self._seen[session.desktop_id] = "running"
         await self._store.set_session_state(session.id, SessionState.ACTIVE)
+
+    def unreachable(self, desktop_id: int) -> None:
+        self._seen[desktop_id] = "stopped"
 
     async def finish(self, admission: Admission, reason: str, *, final: bool, bytes_up: int,
                      bytes_down: int, client_ip: str) -> None:

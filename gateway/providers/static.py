@@ -16,8 +16,11 @@ PROBE_TIMEOUT = 5.0
 class StaticProvider:
     """A desktop at ``spec.host:spec.port``. Nothing is started or stopped.
 
-    ``ensure_running`` connects and, for VNC, reads the 12-byte ``RFB 003.00x`` banner, bounded by
-    ``PROBE_TIMEOUT`` seconds; it raises ``DesktopUnavailable`` when the desktop does not answer.
+    VNC desktops are never probed: TigerVNC (and others) count every connection that does not
+    finish a login towards blacklisting the peer, so probes from portal views would lock the
+    gateway out of the desktop. Their state is ``"unknown"`` here (the broker remembers what the
+    last session saw) and an unreachable desktop is reported by the relay's own handshake.
+    Desktops of other protocols get a bounded TCP connect check.
     """
 
     def __init__(self, ctx: ProviderContext, *, probe_timeout: float = PROBE_TIMEOUT) -> None:
@@ -35,6 +38,8 @@ class StaticProvider:
         )
 
     async def ensure_running(self, spec: DesktopSpec) -> None:
+        if spec.protocol == "vnc":
+            return
         if not await self._answers(spec):
             desktop_log(log, spec.name).warning("not answering at %s:%d", spec.host or "?", spec.port)
             raise DesktopUnavailable(f"desktop {spec.name} is not answering")
@@ -43,6 +48,8 @@ class StaticProvider:
         return Endpoint(host=spec.host, port=spec.port, password=spec.password, protocol=spec.protocol)
 
     async def state(self, spec: DesktopSpec) -> str:
+        if spec.protocol == "vnc":
+            return "unknown"
         return "running" if await self._answers(spec) else "stopped"
 
     async def stop(self, spec: DesktopSpec) -> None:

@@ -465,7 +465,10 @@ async def _start_once(
     if unix_path is not None:
         with contextlib.suppress(FileNotFoundError):
             unix_path.unlink()  # a stale socket from a killed server
-        argv += ["-rfbunixpath", str(unix_path), "-rfbunixmode", "0600"]
+        # Only the socket's owner (the gateway) can connect, so TigerVNC's blacklist, which
+        # counts every connection that does not finish a login (state probes included), could
+        # only ever lock the gateway itself out.
+        argv += ["-rfbunixpath", str(unix_path), "-rfbunixmode", "0600", "-UseBlacklist=0"]
     if password is None:
         argv += ["-SecurityTypes", "None"]
     else:

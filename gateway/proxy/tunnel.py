@@ -15,6 +15,7 @@ holds, offers the browser security type None, and relays until either side ends:
 from __future__ import annotations
 
 import asyncio
+import logging
 import mmap
 import time
 from collections.abc import Callable, Coroutine
@@ -27,6 +28,8 @@ from gateway.proxy.rfb_messages import ClientMessageParser
 
 # Bigger reads mean fewer websocket messages and event-loop turns per byte: bench/relay.py measured
 # the gateway's CPU per GB at 64 KiB 1.1 s, 128 KiB 0.83 s, 256 KiB 0.48 s, 512 KiB 0.44 s.
+log = logging.getLogger("deskgate.relay")
+
 READ_BUFFER_SIZE = 256 * 1024
 
 
@@ -216,8 +219,9 @@ async def _connect(endpoint: Endpoint, timeout: float) -> _DesktopStream:
     except TimeoutError:
         raise DesktopUnavailable(f"the desktop did not answer within {timeout:g} s") from None
     except OSError as exc:
-        detail = exc.strerror or type(exc).__name__
-        raise DesktopUnavailable(f"the desktop cannot be reached ({detail})") from None
+        # The reason reaches the person; the desktop's address on the private network does not.
+        log.warning("desktop connect failed: %s", exc)
+        raise DesktopUnavailable("the desktop cannot be reached") from None
     return stream
 
 

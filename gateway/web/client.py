@@ -13,6 +13,7 @@ from ..errors import (
     WS_GOING_AWAY,
     WS_NORMAL,
     BadRequest,
+    DesktopUnavailable,
     Forbidden,
     GatewayError,
     NotFound,
@@ -146,6 +147,8 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     except GatewayError as exc:
         reason, code = exc.reason, exc.ws_code
         final = isinstance(exc, _FINAL_ERRORS)
+        if isinstance(exc, DesktopUnavailable) and not isinstance(exc, UpstreamAuthFailed):
+            broker.unreachable(admission.desktop.id)
     except (ConnectionError, aiohttp.ClientError):
         reason = "the connection to the browser was lost"
     except asyncio.CancelledError:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pyotp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.keys import SETTINGS
 from gateway.services import Services
 from gateway.store.sqlite import SQLiteStore
 
@@ -151,8 +153,16 @@ async def test_unreachable_desktop_is_a_clear_error(client: TestClient) -> None:
     page = await (await client.get("/desktops/1")).text()
     resp = await client.post("/desktops/1/connect", headers={
         "Accept": "application/json", "X-CSRF-Token": csrf_of(page)})
-    assert resp.status == 503
-    assert "not answering" in (await resp.json())["error"]
+    assert resp.status == 200
+    conn = await resp.json()
+    origin = client.server.app[SETTINGS].public_origin
+    async with client.ws_connect(conn["ws_url"], headers={"Origin": origin}) as ws:
+        msg = await ws.receive(timeout=15)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4010
+    assert msg.extra == "the desktop cannot be reached"
+    status = await (await client.get(f"/sessions/{conn['session_id']}")).json()
+    assert status["close_reason"] == "the desktop cannot be reached" and status["reconnect"]
+    assert "stopped" in await (await client.get("/")).text()
 
 
 async def test_idle_timeout_ends_the_web_session(settings: Settings,
