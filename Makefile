@@ -13,8 +13,9 @@ PORT   ?= 8080
 # The gateway and its local demo desktop.
 RUN_PACKAGES  := python3-venv tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
                  xdotool fonts-dejavu-core
-# Real parts the tests drive: a browser, clipboard tools, a plain TCP relay for the benchmark.
-TEST_PACKAGES := chromium xclip socat
+# Real parts the tests drive: a browser, clipboard tools, OCR to read text off screenshots,
+# a plain TCP relay as the benchmark's baseline.
+TEST_PACKAGES := chromium xclip socat tesseract-ocr
 
 .PHONY: run test lint typecheck pytest bench novnc system-packages test-packages clean
 
