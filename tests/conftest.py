@@ -37,3 +37,9 @@ async def store(settings: Settings) -> AsyncIterator[SQLiteStore]:
 @pytest.fixture
 def services(settings: Settings, store: SQLiteStore) -> Services:
     return build_services(settings, store)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests run last: Playwright's sync API keeps an event loop running on the main
+    thread for as long as its session-scoped browser lives, which async tests cannot share."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
