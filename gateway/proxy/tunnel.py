@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
-from gateway.errors import DesktopUnavailable, UpstreamClosed
+from gateway.errors import DesktopUnavailable, ProtocolError, UpstreamClosed
 from gateway.model import Endpoint, RelayCounters, RelayPolicy
 from gateway.proxy.rfb import BrowserHandshake, DesktopHandshake
 from gateway.proxy.rfb_messages import ClientMessageParser
@@ -184,13 +184,18 @@ async def _session(
 
     browser = BrowserHandshake()
     await channel.send(BrowserHandshake.GREETING)
-    while not browser.done:
-        data = await channel.receive()
-        if data is None:
-            return
-        reply = browser.feed(data)
-        if reply:
-            await channel.send(reply)
+    try:
+        # A browser that never finishes its handshake must not hold the desktop connection.
+        async with asyncio.timeout(timeout):
+            while not browser.done:
+                data = await channel.receive()
+                if data is None:
+                    return
+                reply = browser.feed(data)
+                if reply:
+                    await channel.send(reply)
+    except TimeoutError:
+        raise ProtocolError("the browser did not finish the RFB handshake in time") from None
 
     stream.write(desktop.client_init())
     await _desktop_until(stream, desktop, lambda: desktop.done, timeout)

@@ -32,6 +32,8 @@ routes = web.RouteTableDef()
 
 # Largest websocket message accepted from a browser: a capped clipboard plus framing.
 _MAX_WS_MESSAGE = (1 << 20) + 4096
+# Pings find browsers that vanished without closing (a laptop lid, a dead network).
+_HEARTBEAT = 30.0
 # Reasons after which the client must not reconnect by itself.
 _FINAL_ERRORS = (UpstreamAuthFailed, ProtocolError, Forbidden, Unauthorized)
 
@@ -105,7 +107,7 @@ async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
 async def session_socket(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(compress=False, max_msg_size=_MAX_WS_MESSAGE,
-                               protocols=("binary",), autoping=True)
+                               protocols=("binary",), autoping=True, heartbeat=_HEARTBEAT)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
     ip = client_ip(request)

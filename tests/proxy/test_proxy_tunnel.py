@@ -162,6 +162,19 @@ async def test_browser_leaving_during_its_handshake_returns(
     await asyncio.wait_for(relay, 5)
 
 
+async def test_silent_browser_does_not_hold_the_desktop(
+    fake_desktop: FakeDesktop, channel: MemoryChannel
+) -> None:
+    relay = asyncio.create_task(
+        relay_vnc(channel, Endpoint(port=fake_desktop.port), RelayPolicy(), RelayCounters(),
+                  connect_timeout=0.3)
+    )
+    assert await channel.read(12) == b"RFB 003.008\n"  # and then the browser says nothing
+    with pytest.raises(ProtocolError, match="did not finish the RFB handshake"):
+        await asyncio.wait_for(relay, 5)
+    await asyncio.wait_for(fake_desktop.closed.wait(), 5)
+
+
 async def test_browser_garbage_during_its_handshake(
     fake_desktop: FakeDesktop, channel: MemoryChannel
 ) -> None:
