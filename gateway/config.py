@@ -8,6 +8,7 @@ Every key lives in a section of the TOML file; the environment variable for ``[s
 from __future__ import annotations
 
 import base64
+import re
 import os
 import secrets
 import tomllib
@@ -19,6 +20,30 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .model import Secret
+
+
+@dataclass(frozen=True)
+class OidcProviderConfig:
+    """One OpenID Connect identity provider: a ``[oidc.<id>]`` table in the TOML file."""
+
+    id: str
+    issuer: str
+    client_id: str
+    client_secret: Secret
+    display_name: str = ""
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    admin_group: str = ""
+    require_totp: bool = True  # our TOTP after the IdP, unless trust_idp_mfa and amr shows MFA
+    trust_idp_mfa: bool = False
+    use_userinfo: bool = False
+    leeway_seconds: int = 60
+    jwks_min_refresh_seconds: int = 60
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.id
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,9 @@ class Settings:
     # [relay]
     connect_timeout_seconds: float = 10.0
     max_clipboard_bytes: int = 1 << 20
+    # [security] local_accounts: show the password form; [oidc.<id>] tables: identity providers
+    local_accounts: bool = True
+    oidc: tuple[OidcProviderConfig, ...] = ()
 
     @property
     def database_path(self) -> Path:
@@ -89,12 +117,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "lockout_minutes",
         "ip_throttle_per_minute",
         "trust_proxy_headers",
+        "local_accounts",
     ),
     "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
-_SECRET_KEYS = {"secret_key"}
+_SECRET_KEYS = {"secret_key", "client_secret"}
+_OIDC_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 def new_secret_key() -> str:
@@ -134,6 +164,9 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         for section, table in doc.items():
+            if section == "oidc" and isinstance(table, dict):
+                raw["oidc"] = _oidc_providers(path, table)
+                continue
             if section not in SECTIONS or not isinstance(table, dict):
                 raise ConfigError(f"{path}: unknown section [{section}]")
             for key, value in table.items():
@@ -147,10 +180,39 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     if "data_dir" not in raw:
         raw["data_dir"] = path.parent if path is not None else Path("data")
     kinds = {f.name: f.type for f in fields(Settings)}
-    values = {name: _coerce(name, value, kinds[name]) for name, value in raw.items()}
+    values = {name: value if name == "oidc" else _coerce(name, value, kinds[name])
+              for name, value in raw.items()}
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+def _oidc_providers(path: Path, tables: dict[str, Any]) -> tuple[OidcProviderConfig, ...]:
+    kinds = {f.name: f.type for f in fields(OidcProviderConfig)}
+    providers = []
+    for pid, table in tables.items():
+        where = f"{path}: [oidc.{pid}]"
+        if not _OIDC_ID.match(pid) or not isinstance(table, dict):
+            raise ConfigError(f"{where}: provider ids are 1-32 of a-z, 0-9, - and _")
+        unknown = set(table) - set(kinds) | ({"id"} & set(table))
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
+        missing = [k for k in ("issuer", "client_id", "client_secret") if not table.get(k)]
+        if missing:
+            raise ConfigError(f"{where}: {missing[0]} is required")
+        values: dict[str, Any] = {"id": pid}
+        for key, value in table.items():
+            if key == "scopes":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{where}: scopes is a list of strings")
+                values[key] = tuple(value) if "openid" in value else ("openid", *value)
+            else:
+                values[key] = _coerce(key, value, kinds[key])
+        issuer = urlsplit(values["issuer"])
+        if issuer.scheme != "https" and issuer.hostname not in ("localhost", "127.0.0.1", "::1"):
+            raise ConfigError(f"{where}: issuer must be an https:// URL")
+        providers.append(OidcProviderConfig(**values))
+    return tuple(providers)
 
 
 def _check(s: Settings) -> None:
@@ -161,6 +223,9 @@ def _check(s: Settings) -> None:
             raise ValueError
     except ValueError as exc:
         raise ConfigError("security.secret_key must be 32 bytes in url-safe base64") from exc
+    if not s.local_accounts and not s.oidc:
+        raise ConfigError("security.local_accounts is off and no [oidc.<id>] provider is set:"
+                          " nobody could sign in")
     if urlsplit(s.public_url).scheme not in ("http", "https"):
         raise ConfigError("server.public_url must start with http:// or https://")
     if not 0 < s.port < 65536:
