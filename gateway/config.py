@@ -8,8 +8,8 @@ Every key lives in a section of the TOML file; the environment variable for ``[s
 from __future__ import annotations
 
 import base64
-import re
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping

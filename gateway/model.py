@@ -53,6 +53,7 @@ class User:
     totp_enrolled: bool
     failed_attempts: int = 0
     locked_until: float = 0.0
+    source: str = "local"  # "local", or the id of the OIDC provider that provisioned the account
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,19 @@ class WebSession:
     last_seen: float
     client_ip: str
     user_agent: str
+    idp: str | None = None  # the OIDC provider this sign-in came through
+    id_token_enc: str | None = None  # encrypted; only for RP-initiated logout's id_token_hint
+
+
+@dataclass(frozen=True)
+class OidcLogin:
+    """A sign-in started at an identity provider, waiting for its callback (single use)."""
+
+    provider: str
+    browser_hash: str
+    nonce_enc: str
+    verifier_enc: str
+    created_at: float
 
 
 @dataclass(frozen=True)

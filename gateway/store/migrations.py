@@ -76,4 +76,34 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX audit_by_time ON audit(at)",
     ],
+    [
+        # Single sign-on: identities by (provider, subject), never by e-mail; IdP groups.
+        """CREATE TABLE identities (
+            provider TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            PRIMARY KEY (provider, subject)
+        )""",
+        """CREATE TABLE user_groups (
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            group_name TEXT NOT NULL,
+            PRIMARY KEY (user_id, group_name)
+        )""",
+        """CREATE TABLE group_assignments (
+            desktop_id INTEGER NOT NULL REFERENCES desktops(id) ON DELETE CASCADE,
+            group_name TEXT NOT NULL,
+            PRIMARY KEY (desktop_id, group_name)
+        )""",
+        """CREATE TABLE oidc_logins (
+            state_hash TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            browser_hash TEXT NOT NULL,
+            nonce_enc TEXT NOT NULL,
+            verifier_enc TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "ALTER TABLE web_sessions ADD COLUMN idp TEXT",
+        "ALTER TABLE web_sessions ADD COLUMN id_token_enc TEXT",
+        "ALTER TABLE users ADD COLUMN source TEXT NOT NULL DEFAULT 'local'",
+    ],
 ]

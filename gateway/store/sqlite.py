@@ -10,19 +10,33 @@ from typing import Any
 import aiosqlite
 
 from ..errors import Conflict
-from ..model import AuditEvent, Desktop, Session, SessionState, User, WebSession, WebSessionState
+from ..model import (
+    AuditEvent,
+    Desktop,
+    OidcLogin,
+    Session,
+    SessionState,
+    User,
+    WebSession,
+    WebSessionState,
+)
 from .migrations import MIGRATIONS
 
-_USER_COLUMNS = "id, name, is_admin, disabled, totp_enrolled, failed_attempts, locked_until"
+_USER_COLUMNS = ("id, name, is_admin, disabled, totp_enrolled, failed_attempts, locked_until,"
+                 " source")
+# A user reaches a desktop assigned to them, or to one of their groups.
+_ASSIGNED_TO_USER = ("SELECT desktop_id FROM assignments WHERE user_id = ? UNION"
+                     " SELECT g.desktop_id FROM group_assignments g JOIN user_groups u"
+                     " ON u.group_name = g.group_name WHERE u.user_id = ?")
 _DESKTOP_COLUMNS = "id, name, provider, host, port, protocol, password_enc IS NOT NULL"
 _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
                     " close_reason, close_final, bytes_up, bytes_down, client_ip")
 
 
 def _user(row: Iterable[Any]) -> User:
-    uid, name, admin, disabled, enrolled, failed, locked = row
+    uid, name, admin, disabled, enrolled, failed, locked, source = row
     return User(int(uid), str(name), bool(admin), bool(disabled), bool(enrolled), int(failed),
-                float(locked))
+                float(locked), str(source))
 
 
 def _desktop(row: Iterable[Any]) -> Desktop:
@@ -97,11 +111,12 @@ class SQLiteStore:
             return int(cur.rowcount)
 
     # users ---------------------------------------------------------------------------------
-    async def create_user(self, name: str, password_hash: str | None, is_admin: bool) -> User:
+    async def create_user(self, name: str, password_hash: str | None, is_admin: bool,
+                          source: str = "local") -> User:
         try:
             await self._exec(
-                "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
-                (name, password_hash, is_admin, time.time()))
+                "INSERT INTO users (name, password_hash, is_admin, created_at, source)"
+                " VALUES (?, ?, ?, ?, ?)", (name, password_hash, is_admin, time.time(), source))
         except aiosqlite.IntegrityError as exc:
             raise Conflict(f"user {name!r} already exists") from exc
         user = await self.get_user_by_name(name)
@@ -125,6 +140,32 @@ class SQLiteStore:
 
     async def set_password_hash(self, user_id: int, password_hash: str) -> None:
         await self._exec("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+    async def set_admin(self, user_id: int, is_admin: bool) -> None:
+        await self._exec("UPDATE users SET is_admin = ? WHERE id = ?", (is_admin, user_id))
+
+    async def link_identity(self, provider: str, subject: str, user_id: int) -> None:
+        try:
+            await self._exec("INSERT INTO identities (provider, subject, user_id) VALUES (?, ?, ?)",
+                             (provider, subject, user_id))
+        except aiosqlite.IntegrityError as exc:
+            raise Conflict("this identity is already linked to an account") from exc
+
+    async def identity_user(self, provider: str, subject: str) -> int | None:
+        row = await self._one("SELECT user_id FROM identities WHERE provider = ? AND subject = ?",
+                              (provider, subject))
+        return int(row[0]) if row else None
+
+    async def set_user_groups(self, user_id: int, groups: Sequence[str]) -> None:
+        await self._exec("DELETE FROM user_groups WHERE user_id = ?", (user_id,))
+        for group in sorted(set(groups)):
+            await self._exec("INSERT INTO user_groups (user_id, group_name) VALUES (?, ?)",
+                             (user_id, group))
+
+    async def user_groups(self, user_id: int) -> list[str]:
+        rows = await self._all(
+            "SELECT group_name FROM user_groups WHERE user_id = ? ORDER BY group_name", (user_id,))
+        return [r[0] for r in rows]
 
     async def set_disabled(self, user_id: int, disabled: bool) -> None:
         await self._exec("UPDATE users SET disabled = ? WHERE id = ?", (disabled, user_id))
@@ -192,18 +233,18 @@ class SQLiteStore:
     async def create_web_session(self, ws: WebSession) -> None:
         await self._exec(
             "INSERT INTO web_sessions (id, user_id, state, csrf_token, created_at, last_seen,"
-            " client_ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " client_ip, user_agent, idp, id_token_enc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (ws.id, ws.user_id, ws.state.value, ws.csrf_token, ws.created_at, ws.last_seen,
-             ws.client_ip, ws.user_agent))
+             ws.client_ip, ws.user_agent, ws.idp, ws.id_token_enc))
 
     async def get_web_session(self, ws_id: str) -> WebSession | None:
         row = await self._one(
-            "SELECT id, user_id, state, csrf_token, created_at, last_seen, client_ip, user_agent"
-            " FROM web_sessions WHERE id = ?", (ws_id,))
+            "SELECT id, user_id, state, csrf_token, created_at, last_seen, client_ip, user_agent,"
+            " idp, id_token_enc FROM web_sessions WHERE id = ?", (ws_id,))
         if not row:
             return None
         return WebSession(row[0], int(row[1]), WebSessionState(row[2]), row[3], float(row[4]),
-                          float(row[5]), row[6], row[7])
+                          float(row[5]), row[6], row[7], row[8], row[9])
 
     async def set_web_session_state(self, ws_id: str, state: WebSessionState) -> None:
         await self._exec("UPDATE web_sessions SET state = ? WHERE id = ?", (state.value, ws_id))
@@ -247,22 +288,48 @@ class SQLiteStore:
         return [_desktop(r) for r in
                 await self._all(f"SELECT {_DESKTOP_COLUMNS} FROM desktops ORDER BY name")]
 
+    async def assign_group(self, desktop_id: int, group: str) -> None:
+        await self._exec(
+            "INSERT INTO group_assignments (desktop_id, group_name) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING", (desktop_id, group))
+
     async def assign(self, desktop_id: int, user_id: int) -> None:
         await self._exec(
             "INSERT INTO assignments (desktop_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (desktop_id, user_id))
 
     async def is_assigned(self, desktop_id: int, user_id: int) -> bool:
-        row = await self._one("SELECT 1 FROM assignments WHERE desktop_id = ? AND user_id = ?",
-                              (desktop_id, user_id))
+        row = await self._one(f"SELECT 1 FROM ({_ASSIGNED_TO_USER}) a WHERE a.desktop_id = ?",
+                              (user_id, user_id, desktop_id))
         return row is not None
 
     async def desktops_for_user(self, user_id: int) -> list[Desktop]:
         rows = await self._all(
-            f"SELECT {_DESKTOP_COLUMNS} FROM desktops"
-            " WHERE id IN (SELECT desktop_id FROM assignments WHERE user_id = ?) ORDER BY name",
-            (user_id,))
+            f"SELECT {_DESKTOP_COLUMNS} FROM desktops WHERE id IN ({_ASSIGNED_TO_USER}) ORDER BY name",
+            (user_id, user_id))
         return [_desktop(r) for r in rows]
+
+    # sign-ins waiting for an identity provider's callback ----------------------------------
+    async def save_oidc_login(self, state_hash: str, login: OidcLogin) -> None:
+        await self._exec(
+            "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc, verifier_enc,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (state_hash, login.provider, login.browser_hash, login.nonce_enc, login.verifier_enc,
+             login.created_at))
+
+    async def take_oidc_login(self, state_hash: str) -> OidcLogin | None:
+        """Return and delete the record: a state is good for one callback only."""
+        row = await self._one(
+            "SELECT provider, browser_hash, nonce_enc, verifier_enc, created_at FROM oidc_logins"
+            " WHERE state_hash = ?", (state_hash,))
+        if row is None:
+            return None
+        if await self._exec("DELETE FROM oidc_logins WHERE state_hash = ?", (state_hash,)) != 1:
+            return None  # another request took it first
+        return OidcLogin(row[0], row[1], row[2], row[3], float(row[4]))
+
+    async def purge_oidc_logins(self, before: float) -> int:
+        return await self._exec("DELETE FROM oidc_logins WHERE created_at < ?", (before,))
 
     # connection sessions -----------------------------------------------------------------------
     async def create_session(self, session: Session) -> None:

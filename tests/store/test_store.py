@@ -86,3 +86,37 @@ async def test_audit_is_listed_newest_first_and_filtered(store: SQLiteStore) -> 
         await store.append_audit(float(i), "a" if i % 2 else "b", "u", None, "ip", f"d{i}")
     assert [e.detail for e in await store.list_audit()] == ["d2", "d1", "d0"]
     assert [e.detail for e in await store.list_audit(kind="a")] == ["d1"]
+
+
+async def test_identities_groups_and_group_assignments(store: SQLiteStore) -> None:
+    user = await store.create_user("eve", None, False, source="corp")
+    other = await store.create_user("fay", None, False)
+    await store.link_identity("corp", "sub-1", user.id)
+    with pytest.raises(Conflict):
+        await store.link_identity("corp", "sub-1", other.id)
+    assert await store.identity_user("corp", "sub-1") == user.id
+    assert await store.identity_user("other", "sub-1") is None
+    d1 = await store.create_desktop("by-user", "static", "h", 1, None)
+    d2 = await store.create_desktop("by-group", "static", "h", 2, None)
+    await store.assign(d1.id, user.id)
+    await store.assign_group(d2.id, "engineers")
+    await store.assign_group(d2.id, "engineers")  # idempotent
+    assert [d.name for d in await store.desktops_for_user(user.id)] == ["by-user"]
+    await store.set_user_groups(user.id, ["engineers", "staff", "engineers"])
+    assert await store.user_groups(user.id) == ["engineers", "staff"]
+    assert [d.name for d in await store.desktops_for_user(user.id)] == ["by-group", "by-user"]
+    assert await store.is_assigned(d2.id, user.id) and not await store.is_assigned(d2.id, other.id)
+    await store.set_user_groups(user.id, ["staff"])
+    assert not await store.is_assigned(d2.id, user.id)
+    assert (await store.get_user(user.id)).source == "corp"  # type: ignore[union-attr]
+
+
+async def test_oidc_login_records_are_single_use(store: SQLiteStore) -> None:
+    from gateway.model import OidcLogin
+
+    login = OidcLogin("corp", "browser", "nonce-enc", "verifier-enc", 10.0)
+    await store.save_oidc_login("state-hash", login)
+    results = await asyncio.gather(*(store.take_oidc_login("state-hash") for _ in range(3)))
+    assert [r for r in results if r is not None] == [login]
+    await store.save_oidc_login("old", OidcLogin("corp", "b", "n", "v", 1.0))
+    assert await store.purge_oidc_logins(before=5.0) == 1
