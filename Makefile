@@ -17,13 +17,13 @@ RUN_PACKAGES  := python3-venv tigervnc-standalone-server tigervnc-tools openbox 
 # a plain TCP relay as the benchmark's baseline.
 TEST_PACKAGES := chromium xclip socat tesseract-ocr
 
-.PHONY: run test lint typecheck pytest bench novnc system-packages test-packages clean
+.PHONY: run test lint typecheck pytest bench novnc oidc-mock system-packages test-packages clean
 
 run: system-packages $(VENV)/.run novnc
 	@test -f $(DATA)/deskgate.toml || $(BIN)/deskgate init --data $(DATA) --host $(HOST) --port $(PORT)
 	$(BIN)/deskgate --config $(DATA)/deskgate.toml serve
 
-test: system-packages test-packages $(VENV)/.test novnc lint typecheck pytest
+test: system-packages test-packages $(VENV)/.test novnc oidc-mock lint typecheck pytest
 
 lint:
 	$(BIN)/ruff check gateway tests bench
@@ -75,5 +75,19 @@ node_modules/@novnc/novnc/core/rfb.js: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
+# The tests' OpenID Connect provider runs as its own process from its own virtualenv: it is a
+# test peer, not a dependency. Its 0.4 releases need Python >= 3.12; 0.3.4 runs on 3.11.
+OIDC_VENV := .venv-oidc
+oidc-mock: $(OIDC_VENV)/bin/oidc-provider-mock
+$(OIDC_VENV)/bin/oidc-provider-mock:
+	@py=""; for c in $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3 python3.13 python3.12; do \
+	  if "$$c" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then py=$$c; break; fi; \
+	done; \
+	if [ -n "$$py" ]; then \
+	  "$$py" -m venv $(OIDC_VENV) && $(OIDC_VENV)/bin/pip install -q 'oidc-provider-mock>=0.4,<0.5'; \
+	else \
+	  $(PYTHON) -m venv $(OIDC_VENV) && $(OIDC_VENV)/bin/pip install -q 'oidc-provider-mock==0.3.4'; \
+	fi
+
 clean:
-	rm -rf $(VENV) node_modules
+	rm -rf $(VENV) $(OIDC_VENV) node_modules

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Settings, load_settings, new_secret_key, render_toml
-from .errors import GatewayError
+from .errors import BadRequest, GatewayError
 from .services import Services
 from .store.sqlite import SQLiteStore
 
@@ -154,8 +154,14 @@ def cmd_desktop(args: argparse.Namespace) -> int:
 
 def cmd_assign(args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        await services.assign(args.desktop, args.user)
-        print(f"Desktop {args.desktop} assigned to {args.user}")
+        if (args.user is None) == (args.group is None):
+            raise BadRequest("name a user, or a group with --group, not both")
+        if args.group is not None:
+            await services.assign_group(args.desktop, args.group)
+            print(f"Desktop {args.desktop} assigned to group {args.group}")
+        else:
+            await services.assign(args.desktop, args.user)
+            print(f"Desktop {args.desktop} assigned to {args.user}")
         return 0
 
     return asyncio.run(_with_services(_settings(args), run))
@@ -225,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("list", help="list desktops")
     desk.set_defaults(func=cmd_desktop)
 
-    p = sub.add_parser("assign", help="assign a desktop to a user")
+    p = sub.add_parser("assign", help="assign a desktop to a user or to an IdP group")
     p.add_argument("desktop")
-    p.add_argument("user")
+    p.add_argument("user", nargs="?")
+    p.add_argument("--group", help="an identity provider group instead of a user")
     p.set_defaults(func=cmd_assign)
 
     p = sub.add_parser("audit", help="print the audit trail")

@@ -202,5 +202,15 @@ class Services:
         await self.audit.record(AuditKind.ADMIN, user=user_name, desktop=desktop_name,
                                 detail="desktop assigned")
 
+    async def assign_group(self, desktop_name: str, group: str) -> None:
+        """Give a desktop to everyone in an identity provider's group."""
+        group = group.strip()
+        if not group or len(group) > 256:
+            raise BadRequest("group names are 1-256 characters")
+        desktop = await self.desktop(desktop_name)
+        await self.store.assign_group(desktop.id, group)
+        await self.audit.record(AuditKind.ADMIN, desktop=desktop_name,
+                                detail=f"desktop assigned to group {group}")
+
     async def audit_events(self, limit: int = 100) -> list[AuditEvent]:
         return await self.store.list_audit(limit=limit)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import build_parser
-from gateway.config import SECTIONS
+from gateway.config import SECTIONS, OidcProviderConfig
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -16,6 +17,12 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 @pytest.mark.parametrize("section,key", [(s, k) for s, keys in SECTIONS.items() for k in keys])
 def test_setting_is_documented(section: str, key: str) -> None:
     assert f"| {section} | `{key}` |" in README
+
+
+@pytest.mark.parametrize("key", [f.name for f in dataclasses.fields(OidcProviderConfig)
+                                 if f.name != "id"])
+def test_oidc_setting_is_documented(key: str) -> None:
+    assert f"| oidc.ID | `{key}` |" in README
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = "deskgate") -> list[str]:
