@@ -10,12 +10,14 @@ import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import jinja2
 from aiohttp import web
 
 from .audit import Audit
 from .auth.guard import IpThrottle, LoginGuard
 from .auth.local import LocalAccounts
+from .auth.oidc import OidcClient
 from .auth.sessions import WebSessions
 from .auth.totp import TotpFactor
 from .broker import Broker, Providers
@@ -30,6 +32,7 @@ from .keys import (
     SERVICES,
     SETTINGS,
     SHUTTING_DOWN,
+    SSO,
     STORE,
     TEMPLATES,
     TICKETS,
@@ -38,9 +41,11 @@ from .keys import (
 from .live import LiveSessions
 from .providers import ProviderContext
 from .services import Services
+from .sso import SsoService
 from .store.sqlite import SQLiteStore
 from .tickets import TicketBook
-from .web import client, login, middleware, portal
+from .web import client, login, middleware, portal, sso
+from .web.sso import CALLBACK_PATH
 
 log = logging.getLogger("deskgate")
 
@@ -86,6 +91,18 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
+async def _single_sign_on(app: web.Application) -> AsyncIterator[None]:
+    """One HTTP client for all identity providers, and an OIDC client per provider."""
+    settings = app[SETTINGS]
+    redirect_uri = settings.public_url.rstrip("/") + CALLBACK_PATH
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        clients = {p.id: OidcClient(p, http, redirect_uri) for p in settings.oidc}
+        services = app[SERVICES]
+        app[SSO] = SsoService(app[STORE], services.box, services.audit, services.sessions,
+                              clients, {p.id: p for p in settings.oidc}, redirect_uri)
+        yield
+
+
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
@@ -123,10 +140,11 @@ def create_app(settings: Settings) -> web.Application:
     app[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
                                         autoescape=True, undefined=jinja2.StrictUndefined)
     app.cleanup_ctx.append(_state)
+    app.cleanup_ctx.append(_single_sign_on)
     app.cleanup_ctx.append(_housekeeping)
     app.on_shutdown.append(_close_websockets)
     app.on_response_prepare.append(middleware.security_headers)
-    for module in (login, portal, client):
+    for module in (login, sso, portal, client):
         app.add_routes(module.routes)
     app.router.add_static("/static/", STATIC_DIR)
     if NOVNC_DIR.is_dir():

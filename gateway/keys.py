@@ -13,6 +13,7 @@ from .broker import Broker, Providers
 from .config import Settings
 from .live import LiveSessions
 from .services import Services
+from .sso import SsoService
 from .store import Store
 from .tickets import TicketBook
 
@@ -20,6 +21,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 AUDIT = web.AppKey("audit", Audit)
 SERVICES = web.AppKey("services", Services)
+SSO = web.AppKey("sso", SsoService)
 PROVIDERS = web.AppKey("providers", Providers)
 TICKETS = web.AppKey("tickets", TicketBook)
 LIVE = web.AppKey("live", LiveSessions)

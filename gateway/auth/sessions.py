@@ -37,11 +37,12 @@ class WebSessions:
         self._clock = clock
 
     async def create(self, user: User, state: WebSessionState, client_ip: str,
-                     user_agent: str) -> tuple[str, WebSession]:
+                     user_agent: str, *, idp: str | None = None,
+                     id_token_enc: str | None = None) -> tuple[str, WebSession]:
         token = new_token()
         now = self._clock()
         ws = WebSession(token_hash(token), user.id, state, new_token(24), now, now, client_ip,
-                        user_agent[:300])
+                        user_agent[:300], idp, id_token_enc)
         await self._store.create_web_session(ws)
         return token, ws
 
@@ -63,7 +64,8 @@ class WebSessions:
     async def promote(self, ws: WebSession, user: User) -> tuple[str, WebSession]:
         """Second factor done: replace the half-signed-in session with a fresh authenticated one."""
         await self._store.delete_web_session(ws.id)
-        return await self.create(user, WebSessionState.AUTHENTICATED, ws.client_ip, ws.user_agent)
+        return await self.create(user, WebSessionState.AUTHENTICATED, ws.client_ip, ws.user_agent,
+                                 idp=ws.idp, id_token_enc=ws.id_token_enc)
 
     async def destroy(self, ws: WebSession) -> None:
         await self._store.delete_web_session(ws.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import WS_SIGNED_OUT, GatewayError
-from ..keys import LIVE, SERVICES
+from ..keys import LIVE, SERVICES, SETTINGS, SSO
 from ..model import WebSessionState
 from .common import (
     WEB_SESSION,
@@ -26,19 +26,29 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     ws, _ = current(request)
     if ws is not None:
         raise web.HTTPSeeOther("/" if ws.state is WebSessionState.AUTHENTICATED else "/login/totp")
-    return render(request, "login.html")
+    return _login_page(request)
+
+
+def _login_page(request: web.Request, *, http_status: int = 200,
+                error: str | None = None) -> web.Response:
+    settings = request.app[SETTINGS]
+    return render(request, "login.html", http_status=http_status, error=error,
+                  providers=[{"id": p.id, "label": p.label} for p in settings.oidc],
+                  local_accounts=settings.local_accounts)
 
 
 @routes.post("/login")
 async def login_submit(request: web.Request) -> web.StreamResponse:
     form = await check_form_csrf(request)
+    if not request.app[SETTINGS].local_accounts:
+        return _login_page(request, http_status=403, error="local accounts are turned off here")
     username = form.get("username", "")[:200]
     password = form.get("password", "")[:1000]
     try:
         cookie, _, _ = await request.app[SERVICES].sign_in_password(
             username, password, client_ip(request), request.headers.get("User-Agent", ""))
     except GatewayError as exc:
-        return render(request, "login.html", http_status=exc.http_status, error=exc.reason)
+        return _login_page(request, http_status=exc.http_status, error=exc.reason)
     response = redirect("/login/totp")
     set_session_cookie(request, response, cookie)
     return response
@@ -98,6 +108,13 @@ async def logout(request: web.Request) -> web.StreamResponse:
         await check_form_csrf(request)
         await request.app[SERVICES].sign_out(ws, client_ip(request))
         await request.app[LIVE].end_for_web_session(ws.id, WS_SIGNED_OUT, "you signed out")
+        # RP-initiated logout: also end the session at the identity provider, when it can.
+        login_url = request.app[SETTINGS].public_url.rstrip("/") + "/login"
+        idp_url = await request.app[SSO].logout_url(ws, login_url)
+        if idp_url:
+            response = redirect(idp_url)
+            clear_session_cookie(response)
+            return response
     response = redirect("/login")
     clear_session_cookie(response)
     return response

@@ -1,0 +1,53 @@
+"""Single sign-on pages: start at an identity provider, come back to the callback."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..crypto import new_token
+from ..errors import GatewayError
+from ..keys import SETTINGS, SSO
+from .common import client_ip, current, redirect, render, set_session_cookie
+
+routes = web.RouteTableDef()
+
+# Binds a pre-login record to the browser that started it (login CSRF, state injection).
+BROWSER_COOKIE = "deskgate_oidc"
+CALLBACK_PATH = "/login/oidc/callback"
+
+
+@routes.get(r"/login/oidc/{provider_id}")
+async def start(request: web.Request) -> web.StreamResponse:
+    """A link, not a form: the page's CSP allows forms to post only to ourselves, and a forged
+    start is harmless (the callback must come back to the browser that started it)."""
+    ws, _ = current(request)
+    if ws is not None:
+        raise web.HTTPSeeOther("/")
+    browser = new_token()
+    url = await request.app[SSO].begin(request.match_info["provider_id"][:32], browser,
+                                       client_ip(request))
+    response = redirect(url)
+    response.set_cookie(BROWSER_COOKIE, browser, httponly=True, samesite="Lax",
+                        secure=request.app[SETTINGS].cookie_secure, path="/login/oidc/",
+                        max_age=600)
+    return response
+
+
+@routes.get(CALLBACK_PATH)
+async def callback(request: web.Request) -> web.StreamResponse:
+    query = request.query
+    try:
+        result = await request.app[SSO].complete(
+            state=query.get("state", "")[:200], code=query.get("code", "")[:2000] or None,
+            error=query.get("error", "")[:64] or None,
+            browser_token=request.cookies.get(BROWSER_COOKIE), ip=client_ip(request),
+            user_agent=request.headers.get("User-Agent", ""))
+    except GatewayError as exc:
+        response = render(request, "error.html", http_status=exc.http_status,
+                          status=exc.http_status, message=exc.reason, retry_url="/login")
+        response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
+        return response
+    response = redirect("/login/totp" if result.needs_totp else "/")
+    response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
+    set_session_cookie(request, response, result.cookie)
+    return response
