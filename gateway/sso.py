@@ -18,7 +18,7 @@ from .audit import Audit, AuditKind
 from .auth.oidc import OidcClient, OidcError, OidcIdentity
 from .auth.sessions import WebSessions
 from .config import OidcProviderConfig
-from .crypto import SecretBox, new_token, token_hash
+from .crypto import SecretBox, token_hash
 from .errors import AuthenticationFailed, Conflict, NotFound
 from .model import OidcLogin, User, WebSession, WebSessionState
 from .store import Store
