@@ -24,12 +24,23 @@ async def start(request: web.Request) -> web.StreamResponse:
     if ws is not None:
         raise web.HTTPSeeOther("/")
     browser = new_token()
-    url = await request.app[SSO].begin(request.match_info["provider_id"][:32], browser,
-                                       client_ip(request))
+    try:
+        url = await request.app[SSO].begin(request.match_info["provider_id"][:32], browser,
+                                           client_ip(request))
+    except GatewayError as exc:
+        return _failure(request, exc)
     response = redirect(url)
     response.set_cookie(BROWSER_COOKIE, browser, httponly=True, samesite="Lax",
                         secure=request.app[SETTINGS].cookie_secure, path="/login/oidc/",
                         max_age=600)
+    return response
+
+
+def _failure(request: web.Request, exc: GatewayError) -> web.Response:
+    """A page a person understands, with the way back to sign-in; never a stack trace."""
+    response = render(request, "error.html", http_status=exc.http_status, status=exc.http_status,
+                      message=exc.reason, retry_url="/login")
+    response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
     return response
 
 
@@ -43,10 +54,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
             browser_token=request.cookies.get(BROWSER_COOKIE), ip=client_ip(request),
             user_agent=request.headers.get("User-Agent", ""))
     except GatewayError as exc:
-        response = render(request, "error.html", http_status=exc.http_status,
-                          status=exc.http_status, message=exc.reason, retry_url="/login")
-        response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
-        return response
+        return _failure(request, exc)
     response = redirect("/login/totp" if result.needs_totp else "/")
     response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
     set_session_cookie(request, response, result.cookie)
