@@ -176,7 +176,7 @@ class SsoService:
             id_token_enc=self._box.encrypt(identity.id_token))
         await self._audit.record(
             AuditKind.SIGNIN_OK, user=user.name, client_ip=ip,
-            detail=f"idp {config.id}; groups: {', '.join(groups) or '-'}; second factor: "
+            detail=f"idp {config.id}; groups: {', '.join(sorted(groups)) or '-'}; second factor: "
                    f"{by or 'our TOTP follows'}")
         if by:
             await self._audit.record(AuditKind.SECOND_FACTOR_OK, user=user.name, client_ip=ip,

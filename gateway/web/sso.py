@@ -7,6 +7,7 @@ from aiohttp import web
 from ..crypto import new_token
 from ..errors import GatewayError
 from ..keys import SETTINGS, SSO
+from ..model import WebSessionState
 from .common import client_ip, current, redirect, render, set_session_cookie
 
 routes = web.RouteTableDef()
@@ -21,7 +22,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     """A link, not a form: the page's CSP allows forms to post only to ourselves, and a forged
     start is harmless (the callback must come back to the browser that started it)."""
     ws, _ = current(request)
-    if ws is not None:
+    if ws is not None and ws.state is WebSessionState.AUTHENTICATED:
         raise web.HTTPSeeOther("/")
     browser = new_token()
     try:
