@@ -278,3 +278,17 @@ async def test_sign_out_ends_the_session_at_the_idp(make_client: Callable[..., A
     assert "id_token_hint=" in location
     assert "post_logout_redirect_uri=http%3A%2F%2F127.0.0.1%3A8080%2Flogin" in location
     assert (await client.get("/", allow_redirects=False)).headers["Location"] == "/login"
+
+
+async def test_local_accounts_can_be_turned_off(settings: Settings,
+                                                hostile_idp: HostileIdp) -> None:
+    s = dataclasses.replace(settings, oidc=(hostile_idp.config(),), local_accounts=False)
+    async with TestClient(TestServer(create_app(s))) as client:
+        page = await (await client.get("/login")).text()
+        assert "Sign in with Hostile IdP" in page and 'name="password"' not in page
+        assert 'name="_csrf"' not in page  # no form at all: the buttons are links
+        token = client.session.cookie_jar.filter_cookies(client.make_url("/")).get("deskgate_pre")
+        assert token is not None
+        resp = await client.post("/login", data={"username": "x", "password": "y" * 10,
+                                                 "_csrf": token.value})
+        assert resp.status == 403 and "local accounts are turned off" in await resp.text()
