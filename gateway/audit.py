@@ -6,6 +6,7 @@ import enum
 import logging
 import time
 
+from .model import AUDIT_GENESIS, AuditEvent
 from .store import Store
 
 log = logging.getLogger("deskgate.audit")
@@ -25,6 +26,40 @@ class AuditKind(enum.StrEnum):
     CONNECT_DENIED = "session.denied"
     DISCONNECT = "session.disconnect"
     ADMIN = "admin"
+
+
+def first_broken_link(rows: list[AuditEvent], prev_hash: str) -> tuple[str | None, str]:
+    """Check rows (oldest first) against the chain that ended in ``prev_hash``.
+
+    Returns (problem or None, the last good hash). An edited row no longer matches its own hash;
+    a deleted or reordered row breaks the next row's link to its predecessor.
+    """
+    for row in rows:
+        if row.row_hash is None:
+            if prev_hash != AUDIT_GENESIS:
+                return f"row {row.id} has no hash (written outside the chain)", prev_hash
+            continue  # rows written before the chain existed
+        if row.prev_hash != prev_hash:
+            return (f"row {row.id} does not follow the row before it"
+                    " (a row was deleted, inserted or reordered)"), prev_hash
+        if row.expected_hash(prev_hash) != row.row_hash:
+            return f"row {row.id} was edited (its content no longer matches its hash)", prev_hash
+        prev_hash = row.row_hash
+    return None, prev_hash
+
+
+async def verify_chain(store: Store) -> tuple[str | None, int]:
+    """(first problem or None, rows checked)."""
+    prev, after, checked = AUDIT_GENESIS, 0, 0
+    while True:
+        rows = await store.audit_chain(after_id=after)
+        if not rows:
+            return None, checked
+        problem, prev = first_broken_link(rows, prev)
+        if problem:
+            return problem, checked
+        checked += len(rows)
+        after = rows[-1].id
 
 
 class Audit:

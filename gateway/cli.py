@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .audit import verify_chain
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .errors import BadRequest, GatewayError
 from .services import Services
@@ -169,6 +170,13 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
+        if args.audit_cmd == "verify":
+            problem, checked = await verify_chain(services.store)
+            if problem:
+                print(f"audit trail BROKEN: {problem}")
+                return 2
+            print(f"audit trail intact: {checked} rows checked")
+            return 0
         for e in reversed(await services.audit_events(args.limit)):
             when = datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             print(f"{when}  {e.kind:34s} user={e.user or '-'} desktop={e.desktop or '-'}"
@@ -237,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", help="an identity provider group instead of a user")
     p.set_defaults(func=cmd_assign)
 
-    p = sub.add_parser("audit", help="print the audit trail")
+    p = sub.add_parser("audit", help="print the audit trail, or verify its hash chain")
+    p.add_argument("audit_cmd", nargs="?", choices=("list", "verify"), default="list",
+                   help="list (default) or verify")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_audit)
     return parser

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 
@@ -117,6 +119,17 @@ class AuditEvent:
     desktop: str | None
     client_ip: str | None
     detail: str
+    prev_hash: str | None = None
+    row_hash: str | None = None
+
+    def expected_hash(self, prev_hash: str) -> str:
+        """The chain hash of this row's content after ``prev_hash`` (see ``deskgate audit verify``)."""
+        content = [prev_hash, repr(self.at), self.kind, self.user, self.desktop, self.client_ip,
+                   self.detail]
+        return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+
+
+AUDIT_GENESIS = "0" * 64  # the "previous hash" of the first row in the chain
 
 
 @dataclass(frozen=True)

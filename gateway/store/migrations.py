@@ -106,4 +106,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE web_sessions ADD COLUMN id_token_enc TEXT",
         "ALTER TABLE users ADD COLUMN source TEXT NOT NULL DEFAULT 'local'",
     ],
+    [
+        # A tamper-evident audit trail: each row stores the hash of the previous row and its own.
+        "ALTER TABLE audit ADD COLUMN prev_hash TEXT",
+        "ALTER TABLE audit ADD COLUMN row_hash TEXT",
+    ],
 ]

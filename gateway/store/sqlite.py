@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import aiosqlite
 
 from ..errors import Conflict
 from ..model import (
+    AUDIT_GENESIS,
     AuditEvent,
     Desktop,
     OidcLogin,
@@ -39,6 +41,14 @@ def _user(row: Iterable[Any]) -> User:
                 float(locked), str(source))
 
 
+_AUDIT_COLUMNS = ("id, at, kind, user_name, desktop_name, client_ip, detail, prev_hash,"
+                  " row_hash")
+
+
+def _audit(r: Sequence[Any]) -> AuditEvent:
+    return AuditEvent(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+
+
 def _desktop(row: Iterable[Any]) -> Desktop:
     did, name, provider, host, port, protocol, has_pw = row
     return Desktop(int(did), str(name), str(provider), str(host), int(port), str(protocol),
@@ -55,6 +65,8 @@ class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._audit_db: aiosqlite.Connection | None = None
+        self._audit_lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -72,6 +84,9 @@ class SQLiteStore:
         await self._migrate()
 
     async def close(self) -> None:
+        if self._audit_db is not None:
+            await self._audit_db.close()
+            self._audit_db = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -370,16 +385,45 @@ class SQLiteStore:
     # audit --------------------------------------------------------------------------------------
     async def append_audit(self, at: float, kind: str, user: str | None, desktop: str | None,
                            client_ip: str | None, detail: str) -> None:
-        await self._exec(
-            "INSERT INTO audit (at, kind, user_name, desktop_name, client_ip, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?)", (at, kind, user, desktop, client_ip, detail))
+        """Append one row to the hash chain.
+
+        Its own connection and an IMMEDIATE transaction make "read the last hash, insert the next"
+        atomic, also against other processes (the CLI) writing to the same database.
+        """
+        async with self._audit_lock:
+            if self._audit_db is None:
+                self._audit_db = await aiosqlite.connect(self.path, isolation_level=None)
+                await self._audit_db.execute("PRAGMA busy_timeout=5000")
+            db = self._audit_db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                async with db.execute(
+                        "SELECT row_hash FROM audit WHERE row_hash IS NOT NULL"
+                        " ORDER BY id DESC LIMIT 1") as cur:
+                    last = await cur.fetchone()
+                prev = last[0] if last else AUDIT_GENESIS
+                row = AuditEvent(0, at, kind, user, desktop, client_ip, detail)
+                await db.execute(
+                    "INSERT INTO audit (at, kind, user_name, desktop_name, client_ip, detail,"
+                    " prev_hash, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (at, kind, user, desktop, client_ip, detail, prev, row.expected_hash(prev)))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
 
     async def list_audit(self, *, limit: int = 100, kind: str | None = None) -> list[AuditEvent]:
         where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
         rows = await self._all(
-            "SELECT id, at, kind, user_name, desktop_name, client_ip, detail FROM audit"
-            f" {where} ORDER BY id DESC LIMIT ?", (*args, limit))
-        return [AuditEvent(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [_audit(r) for r in rows]
+
+    async def audit_chain(self, after_id: int = 0, limit: int = 10_000) -> list[AuditEvent]:
+        """Rows in chain order (oldest first), for verification in batches."""
+        rows = await self._all(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit))
+        return [_audit(r) for r in rows]
 
 
 STORES = {"sqlite": SQLiteStore}
