@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME
+from ..config import Settings
 from ..errors import GatewayError, Unauthorized
 from ..keys import SERVICES, SETTINGS
 from .common import PRE_TOKEN, USER, WEB_SESSION, load_user, render
@@ -16,8 +19,17 @@ from .common import PRE_TOKEN, USER, WEB_SESSION, load_user, render
 log = logging.getLogger("deskgate.web")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action {form_action}; "
        "object-src 'none'")
+
+
+@functools.cache
+def csp_for(settings: Settings) -> str:
+    """The page policy. Forms post only to us, but browsers apply form-action to redirects too:
+    signing out redirects to the identity provider's end-session endpoint, so its origin is let
+    through as well."""
+    origins = sorted({f"{u.scheme}://{u.netloc}" for u in (urlsplit(p.issuer) for p in settings.oidc)})
+    return CSP.format(form_action=" ".join(["'self'", *origins]))
 
 
 def wants_json(request: web.Request) -> bool:
@@ -79,7 +91,7 @@ async def web_session(request: web.Request, handler: Handler) -> web.StreamRespo
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("Content-Security-Policy", csp_for(request.app[SETTINGS]))
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("X-Frame-Options", "DENY")

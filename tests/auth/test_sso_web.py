@@ -273,6 +273,8 @@ async def test_sign_out_ends_the_session_at_the_idp(make_client: Callable[..., A
     csrf = re.search(r'name="_csrf" value="([^"]+)"', portal)
     assert csrf
     resp = await client.post("/logout", data={"_csrf": csrf.group(1)}, allow_redirects=False)
+    # Browsers apply form-action to the redirect after a form post: the IdP must be allowed.
+    assert f"form-action 'self' {hostile_idp.issuer};" in resp.headers["Content-Security-Policy"]
     location = resp.headers["Location"]
     assert location.startswith(hostile_idp.issuer + "/end_session?")
     assert "id_token_hint=" in location
