@@ -14,6 +14,7 @@ import aiohttp
 import jinja2
 from aiohttp import web
 
+from .admin import AdminService
 from .audit import Audit
 from .auth.guard import IpThrottle, LoginGuard
 from .auth.local import LocalAccounts
@@ -24,9 +25,12 @@ from .broker import Broker, Providers
 from .config import Settings
 from .crypto import SecretBox
 from .errors import WS_GOING_AWAY, WS_SIGNED_OUT
+from .events import EventBus
 from .keys import (
+    ADMIN,
     AUDIT,
     BROKER,
+    EVENTS,
     LIVE,
     PROVIDERS,
     SERVICES,
@@ -84,6 +88,8 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[PROVIDERS] = providers
     app[TICKETS] = tickets
     app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings)
+    app[ADMIN] = AdminService(store, services.box, services.audit, providers, app[LIVE],
+                              app[EVENTS], settings.desktop_geometry)
     try:
         yield
     finally:
@@ -105,11 +111,17 @@ async def _single_sign_on(app: web.Application) -> AsyncIterator[None]:
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
+        tick = 0
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(1)
+            tick += 1
             try:
-                await app[BROKER].expire_unused_tickets()
-                await app[LIVE].sweep(app[STORE], WS_SIGNED_OUT, time.time())
+                now = time.time()
+                for live in app[LIVE]:
+                    live.sample(now)
+                if tick % 5 == 0:
+                    await app[BROKER].expire_unused_tickets()
+                    await app[LIVE].sweep(app[STORE], WS_SIGNED_OUT, now)
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -136,6 +148,7 @@ def create_app(settings: Settings) -> web.Application:
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
     app[WEBSOCKETS] = sockets
     app[LIVE] = LiveSessions()
+    app[EVENTS] = EventBus()
     app[SHUTTING_DOWN] = asyncio.Event()
     app[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
                                         autoescape=True, undefined=jinja2.StrictUndefined)

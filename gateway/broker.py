@@ -98,9 +98,14 @@ class Broker:
         return desktop
 
     async def connect(self, user: User, web_session: WebSession, desktop_id: int,
-                      client_ip: str) -> tuple[Session, str]:
+                      client_ip: str, user_agent: str = "") -> tuple[Session, str]:
         """Policy check, make the desktop reachable, record a session, mint a ticket."""
         desktop = await self.check_access(user, desktop_id, client_ip)
+        if desktop.maintenance:
+            await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
+                                     desktop=desktop.name, client_ip=client_ip,
+                                     detail="maintenance")
+            raise DesktopUnavailable("this desktop is under maintenance; try again later")
         try:
             await self._providers.get(desktop.provider).ensure_running(await self.spec(desktop))
         except DesktopUnavailable as exc:
@@ -109,7 +114,8 @@ class Broker:
             raise
         session = Session(id=new_token(12), user_id=user.id, desktop_id=desktop.id,
                           web_session_id=web_session.id, state=SessionState.STARTING,
-                          started_at=time.time(), client_ip=client_ip)
+                          started_at=time.time(), client_ip=client_ip,
+                          user_agent=user_agent[:300])
         await self._store.create_session(session)
         ticket = self._tickets.mint(user_id=user.id, web_session_id=web_session.id,
                                     desktop_id=desktop.id, session_id=session.id)

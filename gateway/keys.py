@@ -8,9 +8,11 @@ import weakref
 import jinja2
 from aiohttp import web
 
+from .admin import AdminService
 from .audit import Audit
 from .broker import Broker, Providers
 from .config import Settings
+from .events import EventBus
 from .live import LiveSessions
 from .services import Services
 from .sso import SsoService
@@ -21,6 +23,8 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 AUDIT = web.AppKey("audit", Audit)
 SERVICES = web.AppKey("services", Services)
+ADMIN = web.AppKey("admin", AdminService)
+EVENTS = web.AppKey("events", EventBus)
 SSO = web.AppKey("sso", SsoService)
 PROVIDERS = web.AppKey("providers", Providers)
 TICKETS = web.AppKey("tickets", TicketBook)

@@ -6,9 +6,12 @@ later, by an admin. While a person works in a desktop, their web session is kept
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .model import RelayCounters
 from .store import Store
@@ -26,11 +29,61 @@ class LiveSession:
     close: Callable[[int, str], Awaitable[None]]  # (websocket close code, reason)
     end_reason: str | None = None
     end_final: bool = False
+    client_ip: str = ""
+    user_agent: str = ""
+    protocol: str = "vnc"
+    started_at: float = field(default_factory=time.time)
+    watch_of: str | None = None  # set on an admin's view-only watch of another session
+    watchers: int = 0  # admins watching this session now
+    rtt_ms: float | None = None  # round trip gateway <-> browser, when measured
+    rate_down: float = 0.0  # bytes per second to the browser, over the last sample
+    rate_up: float = 0.0
+    _last_sample: tuple[float, int, int] | None = None
+    _listeners: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
 
     async def end(self, code: int, reason: str, *, final: bool) -> None:
         if self.end_reason is None:
             self.end_reason, self.end_final = reason, final
             await self.close(code, reason)
+
+    def notify(self, event: dict[str, Any]) -> None:
+        """Tell the person's client something (an admin message, "being watched")."""
+        for queue in self._listeners:
+            if queue.qsize() < 100:
+                queue.put_nowait(event)
+
+    def listen(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._listeners.add(queue)
+        return queue
+
+    def unlisten(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._listeners.discard(queue)
+
+    def sample(self, now: float) -> None:
+        """Update the throughput figures from the byte counters."""
+        up, down = self.counters.bytes_up, self.counters.bytes_down
+        if self._last_sample is not None:
+            then, last_up, last_down = self._last_sample
+            if now > then:
+                self.rate_up = (up - last_up) / (now - then)
+                self.rate_down = (down - last_down) / (now - then)
+        self._last_sample = (now, up, down)
+
+    def figures(self, now: float) -> dict[str, Any]:
+        """What the admin dashboard shows of a live session."""
+        last_input = self.counters.last_input
+        return {
+            "id": self.session_id, "user": self.user_name, "desktop": self.desktop_name,
+            "protocol": self.protocol, "client_ip": self.client_ip,
+            "user_agent": self.user_agent, "started_at": self.started_at,
+            "duration_s": round(now - self.started_at, 1),
+            "bytes_up": self.counters.bytes_up, "bytes_down": self.counters.bytes_down,
+            "rate_up_bps": round(self.rate_up), "rate_down_bps": round(self.rate_down),
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 1),
+            "idle_s": None if not last_input else round(now - last_input, 1),
+            "watchers": self.watchers, "watch_of": self.watch_of,
+        }
 
 
 class LiveSessions:
@@ -42,6 +95,9 @@ class LiveSessions:
 
     def remove(self, session_id: str) -> None:
         self._live.pop(session_id, None)
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return self._live.get(session_id)
 
     def __iter__(self) -> Iterator[LiveSession]:
         return iter(list(self._live.values()))

@@ -67,6 +67,7 @@ class Desktop:
     port: int = 0
     protocol: str = "vnc"
     has_password: bool = False
+    maintenance: bool = False  # no new connections; existing ones are warned
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,18 @@ class Session:
     bytes_up: int = 0
     bytes_down: int = 0
     client_ip: str = ""
+    user_agent: str = ""
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    id: int
+    name: str
+    user_id: int
+    read_only: bool
+    created_at: float
+    expires_at: float
+    last_used: float | None = None
 
 
 @dataclass(frozen=True)

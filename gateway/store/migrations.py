@@ -53,7 +53,7 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE sessions (
             id TEXT PRIMARY KEY,
             user_id INTEGER NOT NULL REFERENCES users(id),
-            desktop_id INTEGER NOT NULL REFERENCES desktops(id),
+            desktop_id INTEGER NOT NULL,  -- no reference: history outlives a deleted desktop
             web_session_id TEXT NOT NULL,
             state TEXT NOT NULL,
             started_at DOUBLE PRECISION NOT NULL,
@@ -110,5 +110,21 @@ MIGRATIONS: list[list[str]] = [
         # A tamper-evident audit trail: each row stores the hash of the previous row and its own.
         "ALTER TABLE audit ADD COLUMN prev_hash TEXT",
         "ALTER TABLE audit ADD COLUMN row_hash TEXT",
+    ],
+    [
+        # Administration: API tokens (hashed), desktops in maintenance, who connected from where.
+        """CREATE TABLE api_tokens (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            read_only BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            last_used DOUBLE PRECISION
+        )""",
+        "ALTER TABLE desktops ADD COLUMN maintenance BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE sessions ADD COLUMN user_agent TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX audit_by_kind ON audit(kind)",
     ],
 ]

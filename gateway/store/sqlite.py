@@ -13,6 +13,7 @@ import aiosqlite
 from ..errors import Conflict
 from ..model import (
     AUDIT_GENESIS,
+    ApiToken,
     AuditEvent,
     Desktop,
     OidcLogin,
@@ -30,9 +31,11 @@ _USER_COLUMNS = ("id, name, is_admin, disabled, totp_enrolled, failed_attempts, 
 _ASSIGNED_TO_USER = ("SELECT desktop_id FROM assignments WHERE user_id = ? UNION"
                      " SELECT g.desktop_id FROM group_assignments g JOIN user_groups u"
                      " ON u.group_name = g.group_name WHERE u.user_id = ?")
-_DESKTOP_COLUMNS = "id, name, provider, host, port, protocol, password_enc IS NOT NULL"
+_DESKTOP_COLUMNS = ("id, name, provider, host, port, protocol, password_enc IS NOT NULL,"
+                    " maintenance")
+_TOKEN_COLUMNS = "id, name, user_id, read_only, created_at, expires_at, last_used"  # noqa: S105
 _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
-                    " close_reason, close_final, bytes_up, bytes_down, client_ip")
+                    " close_reason, close_final, bytes_up, bytes_down, client_ip, user_agent")
 
 
 def _user(row: Iterable[Any]) -> User:
@@ -50,15 +53,20 @@ def _audit(r: Sequence[Any]) -> AuditEvent:
 
 
 def _desktop(row: Iterable[Any]) -> Desktop:
-    did, name, provider, host, port, protocol, has_pw = row
+    did, name, provider, host, port, protocol, has_pw, maintenance = row
     return Desktop(int(did), str(name), str(provider), str(host), int(port), str(protocol),
-                   bool(has_pw))
+                   bool(has_pw), bool(maintenance))
+
+
+def _token(r: Sequence[Any]) -> ApiToken:
+    return ApiToken(int(r[0]), r[1], int(r[2]), bool(r[3]), float(r[4]), float(r[5]),
+                    None if r[6] is None else float(r[6]))
 
 
 def _session(row: Sequence[Any]) -> Session:
     return Session(row[0], int(row[1]), int(row[2]), row[3], SessionState(row[4]), float(row[5]),
                    None if row[6] is None else float(row[6]), row[7], bool(row[8]), int(row[9]),
-                   int(row[10]), row[11])
+                   int(row[10]), row[11], row[12])
 
 
 class SQLiteStore:
@@ -308,6 +316,43 @@ class SQLiteStore:
             "INSERT INTO group_assignments (desktop_id, group_name) VALUES (?, ?)"
             " ON CONFLICT DO NOTHING", (desktop_id, group))
 
+    async def update_desktop(self, desktop_id: int, *, name: str, host: str, port: int,
+                             maintenance: bool) -> None:
+        try:
+            await self._exec(
+                "UPDATE desktops SET name = ?, host = ?, port = ?, maintenance = ? WHERE id = ?",
+                (name, host, port, maintenance, desktop_id))
+        except aiosqlite.IntegrityError as exc:
+            raise Conflict(f"desktop {name!r} already exists") from exc
+
+    async def set_desktop_password(self, desktop_id: int, password_enc: str | None) -> None:
+        await self._exec("UPDATE desktops SET password_enc = ? WHERE id = ?",
+                         (password_enc, desktop_id))
+
+    async def delete_desktop(self, desktop_id: int) -> bool:
+        """Delete a desktop with its assignments; its past sessions keep their rows."""
+        await self._exec("DELETE FROM assignments WHERE desktop_id = ?", (desktop_id,))
+        await self._exec("DELETE FROM group_assignments WHERE desktop_id = ?", (desktop_id,))
+        return await self._exec("DELETE FROM desktops WHERE id = ?", (desktop_id,)) == 1
+
+    async def desktop_assignments(self, desktop_id: int) -> tuple[list[str], list[str]]:
+        """(user names, group names) the desktop is assigned to."""
+        users = await self._all(
+            "SELECT u.name FROM assignments a JOIN users u ON u.id = a.user_id"
+            " WHERE a.desktop_id = ? ORDER BY u.name", (desktop_id,))
+        groups = await self._all(
+            "SELECT group_name FROM group_assignments WHERE desktop_id = ? ORDER BY group_name",
+            (desktop_id,))
+        return [r[0] for r in users], [r[0] for r in groups]
+
+    async def unassign(self, desktop_id: int, user_id: int) -> None:
+        await self._exec("DELETE FROM assignments WHERE desktop_id = ? AND user_id = ?",
+                         (desktop_id, user_id))
+
+    async def unassign_group(self, desktop_id: int, group: str) -> None:
+        await self._exec("DELETE FROM group_assignments WHERE desktop_id = ? AND group_name = ?",
+                         (desktop_id, group))
+
     async def assign(self, desktop_id: int, user_id: int) -> None:
         await self._exec(
             "INSERT INTO assignments (desktop_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -349,10 +394,11 @@ class SQLiteStore:
     # connection sessions -----------------------------------------------------------------------
     async def create_session(self, session: Session) -> None:
         await self._exec(
-            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (session.id, session.user_id, session.desktop_id, session.web_session_id,
              session.state.value, session.started_at, session.ended_at, session.close_reason,
-             session.close_final, session.bytes_up, session.bytes_down, session.client_ip))
+             session.close_final, session.bytes_up, session.bytes_down, session.client_ip,
+             session.user_agent))
 
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._one(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?",
@@ -375,12 +421,50 @@ class SQLiteStore:
             "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?"
             " WHERE state != 'closed'", (ended_at, reason))
 
-    async def list_sessions(self, *, active_only: bool = False, limit: int = 100) -> list[Session]:
-        where = "WHERE state != 'closed'" if active_only else ""
+    async def list_sessions(self, *, active_only: bool = False, limit: int = 100,
+                            user_id: int | None = None,
+                            desktop_id: int | None = None) -> list[Session]:
+        conditions: list[str] = []
+        args: list[Any] = []
+        if active_only:
+            conditions.append("state != 'closed'")
+        if user_id is not None:
+            conditions.append("user_id = ?")
+            args.append(user_id)
+        if desktop_id is not None:
+            conditions.append("desktop_id = ?")
+            args.append(desktop_id)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self._all(
             f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY started_at DESC LIMIT ?",
-            (limit,))
+            (*args, limit))
         return [_session(r) for r in rows]
+
+    # API tokens -----------------------------------------------------------------------------
+    async def create_api_token(self, name: str, token_hash_: str, user_id: int, read_only: bool,
+                               created_at: float, expires_at: float) -> ApiToken:
+        await self._exec(
+            "INSERT INTO api_tokens (name, token_hash, user_id, read_only, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, token_hash_, user_id, read_only, created_at, expires_at))
+        row = await self._one(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?",
+                              (token_hash_,))
+        return _token(row)
+
+    async def api_token_by_hash(self, token_hash_: str) -> ApiToken | None:
+        row = await self._one(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?",
+                              (token_hash_,))
+        return _token(row) if row else None
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        rows = await self._all(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY id")
+        return [_token(r) for r in rows]
+
+    async def touch_api_token(self, token_id: int, now: float) -> None:
+        await self._exec("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, token_id))
+
+    async def delete_api_token(self, token_id: int) -> bool:
+        return await self._exec("DELETE FROM api_tokens WHERE id = ?", (token_id,)) == 1
 
     # audit --------------------------------------------------------------------------------------
     async def append_audit(self, at: float, kind: str, user: str | None, desktop: str | None,
@@ -412,8 +496,32 @@ class SQLiteStore:
                 await db.execute("ROLLBACK")
                 raise
 
-    async def list_audit(self, *, limit: int = 100, kind: str | None = None) -> list[AuditEvent]:
-        where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
+    async def list_audit(self, *, limit: int = 100, kind: str | None = None,
+                         user: str | None = None, desktop: str | None = None,
+                         since: float | None = None, until: float | None = None,
+                         before_id: int | None = None) -> list[AuditEvent]:
+        """Newest first, filtered; ``kind`` ending in "." matches a prefix (e.g. "session.")."""
+        conditions: list[str] = []
+        args: list[Any] = []
+        if kind:
+            if kind.endswith("."):
+                conditions.append("substr(kind, 1, length(?)) = ?")
+                args += [kind, kind]
+            else:
+                conditions.append("kind = ?")
+                args.append(kind)
+        for column, value in (("user_name", user), ("desktop_name", desktop)):
+            if value:
+                conditions.append(f"{column} = ?")
+                args.append(value)
+        for op, bound in ((">=", since), ("<", until)):
+            if bound is not None:
+                conditions.append(f"at {op} ?")
+                args.append(bound)
+        if before_id is not None:
+            conditions.append("id < ?")
+            args.append(before_id)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self._all(
             f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id DESC LIMIT ?", (*args, limit))
         return [_audit(r) for r in rows]

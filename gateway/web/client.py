@@ -21,7 +21,7 @@ from ..errors import (
     Unauthorized,
     UpstreamAuthFailed,
 )
-from ..keys import BROKER, LIVE, SERVICES, SETTINGS, SHUTTING_DOWN, STORE, WEBSOCKETS
+from ..keys import BROKER, EVENTS, LIVE, SERVICES, SETTINGS, SHUTTING_DOWN, STORE, WEBSOCKETS
 from ..live import LiveSession
 from ..model import RelayCounters, WebSessionState
 from ..proxy.tunnel import relay_vnc
@@ -57,8 +57,8 @@ async def client_page(request: web.Request) -> web.StreamResponse:
 async def connect(request: web.Request) -> web.StreamResponse:
     ws, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    session, ticket = await request.app[BROKER].connect(user, ws, _desktop_id(request),
-                                                        client_ip(request))
+    session, ticket = await request.app[BROKER].connect(
+        user, ws, _desktop_id(request), client_ip(request), request.headers.get("User-Agent", ""))
     return web.json_response({
         "session_id": session.id,
         "ws_url": f"/ws/sessions/{session.id}?ticket={quote(ticket)}",
@@ -138,8 +138,12 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     reason, final, code = "closed by the user", False, WS_NORMAL
     context = f"[user={user.name} session={admission.session.id} desktop={admission.desktop.name}]"
     live = LiveSession(admission.session.id, web_session.id, user.name, admission.desktop.name,
-                       counters, lambda c, r: _close(ws, c, r))
+                       counters, lambda c, r: _close(ws, c, r), client_ip=ip,
+                       user_agent=admission.session.user_agent,
+                       protocol=admission.desktop.protocol)
     request.app[LIVE].add(live)
+    events = request.app[EVENTS]
+    events.publish("session.started", session=live.figures(live.started_at))
     try:
         await relay_vnc(
             WebSocketChannel(ws), admission.endpoint, admission.policy, counters,
@@ -164,6 +168,7 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
         request.app[LIVE].remove(live.session_id)
         if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin
             reason, final = live.end_reason, live.end_final
+        events.publish("session.closed", id=live.session_id, reason=reason)
         log.info("%s closed: %s (%d B up, %d B down)", context, reason, counters.bytes_up,
                  counters.bytes_down)
         for task in started:
