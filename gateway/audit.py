@@ -26,6 +26,7 @@ class AuditKind(enum.StrEnum):
     CONNECT_DENIED = "session.denied"
     DISCONNECT = "session.disconnect"
     ADMIN = "admin"
+    ADMIN_DENIED = "admin.denied"
 
 
 def first_broken_link(rows: list[AuditEvent], prev_hash: str) -> tuple[str | None, str]:

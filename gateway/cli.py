@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .audit import verify_chain
 from .config import Settings, load_settings, new_secret_key, render_toml
+from .crypto import new_token
 from .errors import BadRequest, GatewayError
 from .services import Services
 from .store.sqlite import SQLiteStore
@@ -56,7 +57,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     data.chmod(0o700)
     public_url = args.public_url or f"http://{args.host}:{args.port}"
     values = {"host": args.host, "port": args.port, "public_url": public_url,
-              "data_dir": str(data), "secret_key": new_secret_key()}
+              "data_dir": str(data), "secret_key": new_secret_key(),
+              "metrics_token": new_token(32)}
     config_path.write_text(render_toml(values))
     config_path.chmod(0o600)
     settings = load_settings(config_path, env={})

@@ -72,6 +72,10 @@ class Settings:
     # [relay]
     connect_timeout_seconds: float = 10.0
     max_clipboard_bytes: int = 1 << 20
+    # [metrics]
+    metrics_token: Secret = Secret("")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     # [security] local_accounts: show the password form; [oidc.<id>] tables: identity providers
     local_accounts: bool = True
     oidc: tuple[OidcProviderConfig, ...] = ()
@@ -121,9 +125,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes"),
+    "metrics": ("metrics_token", "metrics_host", "metrics_port"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
-_SECRET_KEYS = {"secret_key", "client_secret"}
+_SECRET_KEYS = {"secret_key", "client_secret", "metrics_token"}
 _OIDC_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -230,6 +235,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("server.public_url must start with http:// or https://")
     if not 0 < s.port < 65536:
         raise ConfigError("server.port must be between 1 and 65535")
+    if not 0 <= s.metrics_port < 65536:
+        raise ConfigError("metrics.metrics_port must be between 0 (off) and 65535")
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",
                  "lockout_threshold", "lockout_minutes", "ip_throttle_per_minute"):
         if getattr(s, name) <= 0:

@@ -6,9 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..audit import AuditKind
 from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME, csrf_ok
-from ..errors import CsrfError, Unauthorized
-from ..keys import SETTINGS, STORE, TEMPLATES
+from ..errors import CsrfError, Forbidden, Unauthorized
+from ..keys import AUDIT, SETTINGS, STORE, TEMPLATES
 from ..model import User, WebSession, WebSessionState
 
 WEB_SESSION = web.RequestKey("web_session", WebSession)
@@ -33,6 +34,17 @@ def require_signed_in(request: web.Request) -> tuple[WebSession, User]:
     ws, user = current(request)
     if ws is None or user is None or ws.state is not WebSessionState.AUTHENTICATED:
         raise Unauthorized()
+    return ws, user
+
+
+async def require_admin(request: web.Request) -> tuple[WebSession, User]:
+    """A fully signed-in admin, or Forbidden (and an audit event). Deny by default."""
+    ws, user = require_signed_in(request)
+    if not user.is_admin:
+        await request.app[AUDIT].record(AuditKind.ADMIN_DENIED, user=user.name,
+                                        client_ip=client_ip(request),
+                                        detail=f"{request.method} {request.path}")
+        raise Forbidden("this page is for administrators")
     return ws, user
 
 
