@@ -269,3 +269,7 @@ class AdminService:
             raise Unauthorized("this token's account may not use the API")
         await self.store.touch_api_token(token.id, now)
         return token, user
+
+    async def tokens(self) -> list[ApiToken]:
+        """Every API token (never the secret: only its hash is stored), oldest first."""
+        return await self.store.list_api_tokens()
