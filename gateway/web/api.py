@@ -1,0 +1,477 @@
+"""The admin REST API under /api/v1: JSON in and out, the use cases of ``AdminService``.
+
+Every operation is declared once in ``API`` (gateway/web/openapi.py), which both registers it and
+documents it. Every operation but the OpenAPI document itself passes ``_guard``: deny by default.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..admin import DesktopView
+from ..audit import AuditKind
+from ..errors import BadRequest, Forbidden, GatewayError, Unauthorized
+from ..keys import ADMIN, AUDIT, SERVICES
+from ..model import ApiToken, AuditEvent, Desktop, Session, User
+from .common import check_csrf, client_ip, require_admin
+from .openapi import (
+    BOOLEAN,
+    CSRF_HEADER,
+    INTEGER,
+    NUMBER,
+    STRING,
+    TIMESTAMP,
+    ApiTable,
+    Handler,
+    Operation,
+    Param,
+    array,
+    nullable,
+    obj,
+    ref,
+)
+
+PREFIX = "/api/v1"
+API_ADMIN = web.RequestKey("api_admin", User)
+MAX_AUDIT_LIMIT = 1000
+
+# schemas ------------------------------------------------------------------------------------------
+_DESKTOP = obj(
+    ("id", "name", "provider", "host", "port", "protocol", "has_password", "maintenance", "users",
+     "groups", "state"),
+    id=INTEGER, name=STRING, provider={"type": "string", "enum": ["static", "local"]},
+    host=STRING, port=INTEGER, protocol=STRING,
+    has_password={**BOOLEAN, "description": "the password itself is write-only"},
+    maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
+    state={**STRING, "description": "running, stopped or unknown"})
+_USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "locked_until"),
+            id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
+            source=STRING, locked_until=TIMESTAMP)
+_SESSION = obj(("id", "user_id", "desktop_id", "state", "started_at"),
+               id=STRING, user_id=INTEGER, desktop_id=INTEGER, state=STRING,
+               started_at=TIMESTAMP, ended_at=nullable(NUMBER), close_reason=nullable(STRING),
+               bytes_up=INTEGER, bytes_down=INTEGER, client_ip=STRING, user_agent=STRING)
+_USER_DETAIL = {"allOf": [ref("User"), {"type": "object", "properties": {
+    "groups": array(STRING),
+    "desktops": array(obj(("id", "name"), id=INTEGER, name=STRING)),
+    "sessions": array(ref("Session"))}}]}
+_LIVE = {"type": "object", "description": "live figures of a relayed session on this gateway",
+         "properties": {"id": STRING, "user": STRING, "desktop": STRING}}
+_TOKEN = obj(("id", "name", "user_id", "user", "read_only", "created_at", "expires_at"),
+             id=INTEGER, name=STRING, user_id=INTEGER, user=nullable(STRING), read_only=BOOLEAN,
+             created_at=TIMESTAMP, expires_at=TIMESTAMP, last_used=nullable(NUMBER),
+             expired=BOOLEAN)
+_AUDIT_EVENT = obj(("id", "at", "kind", "detail"),
+                   id=INTEGER, at=TIMESTAMP, kind=STRING, user=nullable(STRING),
+                   desktop=nullable(STRING), client_ip=nullable(STRING), detail=STRING)
+
+API = ApiTable("Deskgate admin API", "1", {
+    "Desktop": _DESKTOP, "User": _USER, "Session": _SESSION, "LiveSession": _LIVE,
+    "ApiToken": _TOKEN, "AuditEvent": _AUDIT_EVENT})
+_ASSIGNMENT = {**obj(user_id=INTEGER, group=STRING), "description": "exactly one of the two"}
+
+
+# authentication ---------------------------------------------------------------------------------
+async def _refuse(request: web.Request, user: User, why: str) -> None:
+    await request.app[AUDIT].record(AuditKind.ADMIN_DENIED, user=user.name,
+                                    client_ip=client_ip(request),
+                                    detail=f"{request.method} {request.path}: {why}")
+
+
+async def authenticate(request: web.Request, op: Operation) -> User:
+    """The admin behind this request, or Unauthorized / Forbidden. Deny by default.
+
+    A bearer token is used alone (no CSRF needed: browsers never add it by themselves); without one,
+    the request needs a fully signed-in admin's web session, and the CSRF header on writes.
+    """
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, secret = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthorized("use Authorization: Bearer <token>")
+        token, user = await request.app[ADMIN].authenticate_token(secret.strip())
+        if op.writes and token.read_only:
+            await _refuse(request, user, f"read-only token {token.id}")
+            raise Forbidden("this token is read-only")
+        if not op.tokens:
+            await _refuse(request, user, f"token {token.id} on a session-only operation")
+            raise Forbidden("this needs a signed-in admin session, not an API token")
+        return user
+    try:
+        ws, user = await require_admin(request)
+    except Unauthorized:
+        raise Unauthorized("send an API token (Authorization: Bearer) or sign in as an admin"
+                           ) from None
+    if op.writes:
+        check_csrf(request, request.headers.get(CSRF_HEADER))
+    return user
+
+
+def _guard(op: Operation) -> Handler:
+    if op.public:
+        return op.handler
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            request[API_ADMIN] = await authenticate(request, op)
+        except Unauthorized as exc:
+            return web.json_response({"error": exc.reason}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="deskgate"'})
+        return await op.handler(request)
+
+    guarded.__name__ = op.handler.__name__
+    return guarded
+
+
+# input ------------------------------------------------------------------------------------------
+async def _body(request: web.Request, op_fields: set[str]) -> dict[str, Any]:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - op_fields)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    return body
+
+
+def _typed(body: dict[str, Any], key: str, kind: type, required: bool = False) -> Any:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"{key} is required")
+        return None
+    # bool is an int in Python, not in JSON
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"{key} must be a{'n' if kind is int else ''} {_TYPE_NAMES[kind]}")
+    return value
+
+
+_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean"}
+
+
+def _id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise BadRequest("ids are integers") from None
+
+
+def _query_int(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+
+
+def parse_time(raw: str, name: str) -> float:
+    """Seconds since the epoch, or an ISO 8601 date or time (UTC unless it says otherwise)."""
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be ISO 8601 or seconds since the epoch") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _admin(request: web.Request) -> User:
+    return request[API_ADMIN]
+
+
+# output: explicit builders, never a secret --------------------------------------------------------
+def desktop_json(view: DesktopView, state: str) -> dict[str, Any]:
+    d = view.desktop
+    return {"id": d.id, "name": d.name, "provider": d.provider, "host": d.host, "port": d.port,
+            "protocol": d.protocol, "has_password": d.has_password, "maintenance": d.maintenance,
+            "users": view.users, "groups": view.groups, "state": state}
+
+
+def user_json(u: User) -> dict[str, Any]:
+    return {"id": u.id, "name": u.name, "is_admin": u.is_admin, "disabled": u.disabled,
+            "totp_enrolled": u.totp_enrolled, "source": u.source, "locked_until": u.locked_until}
+
+
+def session_json(s: Session) -> dict[str, Any]:
+    return {"id": s.id, "user_id": s.user_id, "desktop_id": s.desktop_id, "state": str(s.state),
+            "started_at": s.started_at, "ended_at": s.ended_at, "close_reason": s.close_reason,
+            "bytes_up": s.bytes_up, "bytes_down": s.bytes_down, "client_ip": s.client_ip,
+            "user_agent": s.user_agent}
+
+
+def token_json(t: ApiToken, owner: str | None, now: float) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "user_id": t.user_id, "user": owner,
+            "read_only": t.read_only, "created_at": t.created_at, "expires_at": t.expires_at,
+            "last_used": t.last_used, "expired": t.expires_at <= now}
+
+
+def audit_json(e: AuditEvent) -> dict[str, Any]:
+    return {"id": e.id, "at": e.at, "kind": e.kind, "user": e.user, "desktop": e.desktop,
+            "client_ip": e.client_ip, "detail": e.detail}
+
+
+async def _desktop_out(request: web.Request, view: DesktopView) -> dict[str, Any]:
+    try:
+        state = await request.app[ADMIN].state(view.desktop.id)
+    except GatewayError:
+        state = "unknown"
+    return desktop_json(view, state)
+
+
+# the document -----------------------------------------------------------------------------------
+@API.operation("GET", f"{PREFIX}/openapi.json", "This document (OpenAPI 3.1)", tag="meta",
+               response={"type": "object"}, public=True)
+async def openapi_document(request: web.Request) -> web.StreamResponse:
+    return web.json_response(API.document())
+
+
+# sessions ---------------------------------------------------------------------------------------
+@API.operation("GET", f"{PREFIX}/sessions", "Live sessions on this gateway and recent ones",
+               tag="sessions", query=(Param("limit", INTEGER, "recent sessions (default 50)"),),
+               response=obj(("live", "recent"), live=array(ref("LiveSession")),
+                            recent=array(ref("Session"))))
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    limit = _query_int(request, "limit") or 50
+    if not 0 < limit <= MAX_AUDIT_LIMIT:
+        raise BadRequest(f"limit is 1-{MAX_AUDIT_LIMIT}")
+    admin = request.app[ADMIN]
+    return web.json_response({"live": admin.live_figures(),
+                              "recent": [session_json(s) for s in
+                                         await admin.recent_sessions(limit)]})
+
+
+@API.operation("POST", f"{PREFIX}/sessions/{{id}}/disconnect", "End a live session for good",
+               tag="sessions", path_types={"id": STRING}, request=obj(reason=STRING))
+async def disconnect_session(request: web.Request) -> web.StreamResponse:
+    body = await _body(request, {"reason"})
+    await request.app[ADMIN].disconnect(_admin(request), request.match_info["id"],
+                                        _typed(body, "reason", str) or "")
+    return web.Response(status=204)
+
+
+@API.operation("POST", f"{PREFIX}/sessions/{{id}}/message", "Show a message in a live session",
+               tag="sessions", path_types={"id": STRING}, request=obj(("text",), text=STRING))
+async def message_session(request: web.Request) -> web.StreamResponse:
+    body = await _body(request, {"text"})
+    await request.app[ADMIN].message(_admin(request), request.match_info["id"],
+                                     _typed(body, "text", str, required=True))
+    return web.Response(status=204)
+
+
+# desktops ---------------------------------------------------------------------------------------
+@API.operation("GET", f"{PREFIX}/desktops", "All desktops", tag="desktops",
+               response=obj(("desktops",), desktops=array(ref("Desktop"))))
+async def list_desktops(request: web.Request) -> web.StreamResponse:
+    views = await request.app[ADMIN].desktop_views()
+    return web.json_response({"desktops": [await _desktop_out(request, v) for v in views]})
+
+
+@API.operation("POST", f"{PREFIX}/desktops", "Add a desktop", tag="desktops", status=201,
+               request=obj(("name", "provider"), name=STRING,
+                           provider={"type": "string", "enum": ["static", "local"]},
+                           host=STRING, port=INTEGER,
+                           password={**STRING, "writeOnly": True}),
+               response=ref("Desktop"))
+async def create_desktop(request: web.Request) -> web.StreamResponse:
+    body = await _body(request, {"name", "provider", "host", "port", "password"})
+    desktop: Desktop = await request.app[SERVICES].add_desktop(
+        _typed(body, "name", str, required=True), _typed(body, "provider", str, required=True),
+        host=_typed(body, "host", str) or "", port=_typed(body, "port", int) or 0,
+        password=_typed(body, "password", str) or None)
+    # Services.add_desktop records the creation; this names who did it.
+    await request.app[AUDIT].record(AuditKind.ADMIN, desktop=desktop.name,
+                                    detail=f"desktop {desktop.id} created through the API"
+                                           f" (by {_admin(request).name})")
+    view = await request.app[ADMIN].desktop_view(desktop.id)
+    return web.json_response(await _desktop_out(request, view), status=201)
+
+
+@API.operation("GET", f"{PREFIX}/desktops/{{id}}", "One desktop, its assignments and state",
+               tag="desktops", response=ref("Desktop"))
+async def get_desktop(request: web.Request) -> web.StreamResponse:
+    view = await request.app[ADMIN].desktop_view(_id(request))
+    return web.json_response(await _desktop_out(request, view))
+
+
+@API.operation("PATCH", f"{PREFIX}/desktops/{{id}}", "Change a desktop (only the fields given)",
+               tag="desktops", response=ref("Desktop"),
+               request=obj(name=STRING, host=STRING, port=INTEGER,
+                           password={**STRING, "writeOnly": True}, clear_password=BOOLEAN,
+                           maintenance=BOOLEAN))
+async def update_desktop(request: web.Request) -> web.StreamResponse:
+    body = await _body(request, {"name", "host", "port", "password", "clear_password",
+                                 "maintenance"})
+    desktop_id = _id(request)
+    await request.app[ADMIN].update_desktop(
+        _admin(request), desktop_id, name=_typed(body, "name", str),
+        host=_typed(body, "host", str), port=_typed(body, "port", int),
+        password=_typed(body, "password", str), clear_password=bool(
+            _typed(body, "clear_password", bool)), maintenance=_typed(body, "maintenance", bool))
+    view = await request.app[ADMIN].desktop_view(desktop_id)
+    return web.json_response(await _desktop_out(request, view))
+
+
+@API.operation("DELETE", f"{PREFIX}/desktops/{{id}}", "Delete a desktop (stops it first)",
+               tag="desktops")
+async def delete_desktop(request: web.Request) -> web.StreamResponse:
+    await request.app[ADMIN].delete_desktop(_admin(request), _id(request))
+    return web.Response(status=204)
+
+
+async def _assignment(request: web.Request, remove: bool) -> web.StreamResponse:
+    body = await _body(request, {"user_id", "group"})
+    user_id, group = _typed(body, "user_id", int), _typed(body, "group", str)
+    if remove and not body:  # DELETE bodies are unusual: query parameters work as well
+        user_id, group = _query_int(request, "user_id"), request.query.get("group")
+    view = await request.app[ADMIN].assign(_admin(request), _id(request), user_id=user_id,
+                                           group=group, remove=remove)
+    return web.json_response(await _desktop_out(request, view))
+
+
+@API.operation("POST", f"{PREFIX}/desktops/{{id}}/assignments",
+               "Assign the desktop to a user or to an identity provider group", tag="desktops",
+               request=_ASSIGNMENT, response=ref("Desktop"))
+async def assign_desktop(request: web.Request) -> web.StreamResponse:
+    return await _assignment(request, remove=False)
+
+
+@API.operation("DELETE", f"{PREFIX}/desktops/{{id}}/assignments",
+               "Remove a user's or a group's assignment (JSON body or query parameters)",
+               tag="desktops", request=_ASSIGNMENT, response=ref("Desktop"),
+               query=(Param("user_id", INTEGER), Param("group", STRING)))
+async def unassign_desktop(request: web.Request) -> web.StreamResponse:
+    return await _assignment(request, remove=True)
+
+
+@API.operation("POST", f"{PREFIX}/desktops/{{id}}/power", "Start, stop or restart a local desktop",
+               tag="desktops",
+               request=obj(("action",), action={"type": "string",
+                                                "enum": ["start", "stop", "restart"]}),
+               response=obj(("state",), state=STRING))
+async def power_desktop(request: web.Request) -> web.StreamResponse:
+    body = await _body(request, {"action"})
+    state = await request.app[ADMIN].power(_admin(request), _id(request),
+                                           _typed(body, "action", str, required=True))
+    return web.json_response({"state": state})
+
+
+# users ------------------------------------------------------------------------------------------
+@API.operation("GET", f"{PREFIX}/users", "Users, optionally those whose name contains a text",
+               tag="users", query=(Param("search", STRING),),
+               response=obj(("users",), users=array(ref("User"))))
+async def list_users(request: web.Request) -> web.StreamResponse:
+    users = await request.app[ADMIN].users(request.query.get("search", ""))
+    return web.json_response({"users": [user_json(u) for u in users]})
+
+
+@API.operation("GET", f"{PREFIX}/users/{{id}}", "A user with groups, desktops, recent sessions",
+               tag="users", response=_USER_DETAIL)
+async def get_user(request: web.Request) -> web.StreamResponse:
+    view = await request.app[ADMIN].user_view(_id(request))
+    return web.json_response({**user_json(view.user), "groups": view.groups,
+                              "desktops": [{"id": d.id, "name": d.name} for d in view.desktops],
+                              "sessions": [session_json(s) for s in view.sessions]})
+
+
+async def _set_disabled(request: web.Request, disabled: bool) -> web.StreamResponse:
+    user = await request.app[ADMIN].set_disabled(_admin(request), _id(request), disabled)
+    return web.json_response(user_json(user))
+
+
+@API.operation("POST", f"{PREFIX}/users/{{id}}/disable",
+               "Disable a user: their web sessions and desktop connections end", tag="users",
+               response=ref("User"))
+async def disable_user(request: web.Request) -> web.StreamResponse:
+    return await _set_disabled(request, True)
+
+
+@API.operation("POST", f"{PREFIX}/users/{{id}}/enable", "Enable a user", tag="users",
+               response=ref("User"))
+async def enable_user(request: web.Request) -> web.StreamResponse:
+    return await _set_disabled(request, False)
+
+
+@API.operation("POST", f"{PREFIX}/users/{{id}}/reset-totp",
+               "Forget a user's TOTP secret and recovery codes; they enrol again", tag="users",
+               response=ref("User"))
+async def reset_totp(request: web.Request) -> web.StreamResponse:
+    admin = request.app[ADMIN]
+    user_id = _id(request)
+    await admin.reset_totp(_admin(request), user_id)
+    return web.json_response(user_json(await admin.user(user_id)))
+
+
+# audit ------------------------------------------------------------------------------------------
+_TIME = {"type": "string", "description": "ISO 8601, or seconds since the epoch"}
+
+
+@API.operation("GET", f"{PREFIX}/audit", "The audit trail, newest first, filtered", tag="audit",
+               query=(Param("user", STRING), Param("desktop", STRING),
+                      Param("kind", STRING, 'an event kind; ending in "." matches a prefix'),
+                      Param("since", _TIME), Param("until", _TIME),
+                      Param("limit", INTEGER, f"1-{MAX_AUDIT_LIMIT}, default 100"),
+                      Param("before_id", INTEGER, "the next page: the last id seen")),
+               response=obj(("events", "next_before_id"), events=array(ref("AuditEvent")),
+                            next_before_id=nullable(INTEGER)))
+async def query_audit(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    limit = _query_int(request, "limit") or 100
+    if not 0 < limit <= MAX_AUDIT_LIMIT:
+        raise BadRequest(f"limit is 1-{MAX_AUDIT_LIMIT}")
+    events = await request.app[ADMIN].audit(
+        limit=limit, user=q.get("user") or None, desktop=q.get("desktop") or None,
+        kind=q.get("kind") or None,
+        since=parse_time(q["since"], "since") if q.get("since") else None,
+        until=parse_time(q["until"], "until") if q.get("until") else None,
+        before_id=_query_int(request, "before_id"))
+    return web.json_response({"events": [audit_json(e) for e in events],
+                              "next_before_id": events[-1].id if len(events) == limit else None})
+
+
+# tokens -----------------------------------------------------------------------------------------
+@API.operation("GET", f"{PREFIX}/tokens", "API tokens (never their secrets)", tag="tokens",
+               response=obj(("tokens",), tokens=array(ref("ApiToken"))))
+async def list_tokens(request: web.Request) -> web.StreamResponse:
+    admin = request.app[ADMIN]
+    names = {u.id: u.name for u in await admin.users()}
+    now = time.time()
+    return web.json_response({"tokens": [token_json(t, names.get(t.user_id), now)
+                                         for t in await admin.tokens()]})
+
+
+@API.operation("POST", f"{PREFIX}/tokens",
+               "Create a token for the signed-in admin; the secret is in this response only",
+               tag="tokens", status=201, tokens=False,
+               request=obj(("name",), name=STRING, days={**INTEGER, "default": 30},
+                           read_only={**BOOLEAN, "default": False}),
+               response={"allOf": [ref("ApiToken"), {"type": "object", "required": ["secret"],
+                                                     "properties": {"secret": STRING}}]})
+async def create_token(request: web.Request) -> web.StreamResponse:
+    body = await _body(request, {"name", "days", "read_only"})
+    admin = _admin(request)
+    days = _typed(body, "days", int)
+    token, secret = await request.app[ADMIN].create_token(
+        admin, _typed(body, "name", str, required=True), days=30 if days is None else days,
+        read_only=bool(_typed(body, "read_only", bool)))
+    return web.json_response({**token_json(token, admin.name, time.time()), "secret": secret},
+                             status=201)
+
+
+@API.operation("DELETE", f"{PREFIX}/tokens/{{id}}", "Revoke a token", tag="tokens")
+async def revoke_token(request: web.Request) -> web.StreamResponse:
+    await request.app[ADMIN].revoke_token(_admin(request), _id(request))
+    return web.Response(status=204)
+
+
+routes = API.routes(_guard)
