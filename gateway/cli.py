@@ -10,14 +10,21 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .admin import AdminService
 from .audit import verify_chain
+from .broker import Providers
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .crypto import new_token
 from .errors import BadRequest, GatewayError
+from .events import EventBus
+from .live import LiveSessions
+from .model import User
+from .providers import ProviderContext
 from .services import Services
 from .store.sqlite import SQLiteStore
 
@@ -188,6 +195,55 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(_settings(args), run))
 
 
+# API tokens ------------------------------------------------------------------------------------
+CLI_ACTOR = User(id=0, name="the command line", is_admin=True, disabled=False,
+                 totp_enrolled=False)  # names who revoked a token in the audit trail
+
+
+def _admin_service(services: Services, settings: Settings) -> AdminService:
+    """The admin use cases for one command: no live sessions or providers are touched here."""
+    ctx = ProviderContext(settings.desktop_runtime_dir, settings.run_as_user, settings.display_base)
+    return AdminService(services.store, services.box, services.audit, Providers(ctx),
+                        LiveSessions(), EventBus(), settings.desktop_geometry)
+
+
+def _when(at: float | None) -> str:
+    return "-" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run(services: Services) -> int:
+        admin = _admin_service(services, settings)
+        if args.token_cmd == "create":  # noqa: S105 (a subcommand name)
+            owner = await services.user(args.admin_user)
+            if not owner.is_admin or owner.disabled:
+                raise BadRequest(f"{owner.name} is not an enabled admin: tokens act as an admin")
+            token, secret = await admin.create_token(owner, args.name, days=args.days,
+                                                     read_only=args.read_only)
+            print(f"Token {token.id} {token.name} for {owner.name}"
+                  f"{' (read-only)' if token.read_only else ''}, expires {_when(token.expires_at)}"
+                  " UTC")
+            print(f"Secret: {secret}")
+            print("The secret is shown only now. Send it as: Authorization: Bearer <secret>")
+        elif args.token_cmd == "revoke":  # noqa: S105 (a subcommand name)
+            await admin.revoke_token(CLI_ACTOR, args.id)
+            print(f"Token {args.id} revoked")
+        else:  # list
+            names = {u.id: u.name for u in await services.store.list_users()}
+            now = time.time()
+            for t in await admin.tokens():
+                flags = [f for f, on in (("read-only", t.read_only),
+                                         ("expired", t.expires_at <= now)) if on]
+                print(f"{t.id:4d}  {t.name:24s} {names.get(t.user_id, '?'):16s}"
+                      f" expires {_when(t.expires_at)}  last used {_when(t.last_used)}"
+                      f"  {' '.join(flags)}".rstrip())
+        return 0
+
+    return asyncio.run(_with_services(settings, run))
+
+
 # parser ----------------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(Path(args.config))
@@ -246,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", nargs="?")
     p.add_argument("--group", help="an identity provider group instead of a user")
     p.set_defaults(func=cmd_assign)
+
+    token = sub.add_parser("token", help="REST API tokens")
+    tsub = token.add_subparsers(dest="token_cmd", required=True)
+    p = tsub.add_parser("create", help="create a token for an admin; the secret is printed once")
+    p.add_argument("name")
+    p.add_argument("--admin-user", required=True, metavar="NAME",
+                   help="the admin the token acts as")
+    p.add_argument("--days", type=int, default=30, help="lifetime (default: %(default)s)")
+    p.add_argument("--read-only", action="store_true", help="GET requests only")
+    tsub.add_parser("list", help="list tokens (never their secrets)")
+    p = tsub.add_parser("revoke", help="revoke a token")
+    p.add_argument("id", type=int)
+    token.set_defaults(func=cmd_token)
 
     p = sub.add_parser("audit", help="print the audit trail, or verify its hash chain")
     p.add_argument("audit_cmd", nargs="?", choices=("list", "verify"), default="list",
