@@ -43,12 +43,13 @@ from .keys import (
     WEBSOCKETS,
 )
 from .live import LiveSessions
+from .metrics import install as install_metrics
 from .providers import ProviderContext
 from .services import Services
 from .sso import SsoService
 from .store.sqlite import SQLiteStore
 from .tickets import TicketBook
-from .web import admin_pages, api, client, login, middleware, portal, sso
+from .web import admin_pages, admin_sessions, api, client, login, middleware, portal, sso
 from .web.sso import CALLBACK_PATH
 
 log = logging.getLogger("deskgate")
@@ -157,7 +158,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_housekeeping)
     app.on_shutdown.append(_close_websockets)
     app.on_response_prepare.append(middleware.security_headers)
-    for module in (login, sso, portal, client, api, admin_pages):
+    install_metrics(app)  # after _state: it counts through the audit writer
+    for module in (login, sso, portal, client, api, admin_pages, admin_sessions):
         app.add_routes(module.routes)
     app.router.add_static("/static/", STATIC_DIR)
     if NOVNC_DIR.is_dir():

@@ -11,6 +11,7 @@ from .audit import Audit, AuditKind
 from .config import Settings
 from .crypto import SecretBox, new_token
 from .errors import DesktopUnavailable, Forbidden, NotFound, TicketError
+from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Session, SessionState, User, WebSession
 from .providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from .store import Store
@@ -30,6 +31,18 @@ class Admission:
     desktop: Desktop
     endpoint: Endpoint
     policy: RelayPolicy
+    watch_of: str | None = None  # an admin's view-only watch of this live session
+
+
+@dataclass(frozen=True)
+class _PendingWatch:
+    """A watch ticket minted and not yet used: what ``admit_watch`` needs."""
+
+    target: Session
+    owner: str
+    client_ip: str
+    user_agent: str
+    minted_at: float
 
 
 class Providers:
@@ -61,6 +74,8 @@ class Broker:
         self._settings = settings
         # What the last session to each desktop saw, for providers that cannot tell by themselves.
         self._seen: dict[int, str] = {}
+        # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
+        self._watches: dict[str, _PendingWatch] = {}
 
     async def spec(self, desktop: Desktop) -> DesktopSpec:
         enc = await self._store.get_desktop_password(desktop.id) if desktop.has_password else None
@@ -136,6 +151,53 @@ class Broker:
         policy = RelayPolicy(max_clipboard_bytes=self._settings.max_clipboard_bytes)
         return Admission(session, user, desktop, endpoint, policy)
 
+    async def watch(self, admin: User, web_session: WebSession, target_id: str,
+                    live: LiveSessions, client_ip: str, user_agent: str = "") -> tuple[str, str]:
+        """A ticket for an admin's view-only watch of a live session: (watch id, ticket).
+
+        Deny by default: only an enabled admin, only a session relaying now on this gateway.
+        """
+        if not admin.is_admin or admin.disabled:
+            raise Forbidden("only administrators may watch sessions")
+        target = await self._store.get_session(target_id)
+        running = live.get(target_id)
+        if target is None or running is None or running.watch_of is not None:
+            raise NotFound("no such live session on this gateway")
+        watch_id = "w" + new_token(12)
+        self._watches[watch_id] = _PendingWatch(target, running.user_name, client_ip,
+                                                user_agent[:300], time.time())
+        ticket = self._tickets.mint(user_id=admin.id, web_session_id=web_session.id,
+                                    desktop_id=target.desktop_id, session_id=watch_id)
+        await self._audit.record(AuditKind.ADMIN, user=running.user_name,
+                                 desktop=running.desktop_name, client_ip=client_ip,
+                                 detail=f"session {target_id} watched (by {admin.name})")
+        return watch_id, ticket
+
+    async def admit_watch(self, ticket: str, *, watch_id: str, user: User,
+                          web_session: WebSession, live: LiveSessions) -> Admission:
+        """Consume a watch ticket: a view-only admission to the watched session's desktop."""
+        self._tickets.consume(ticket, user_id=user.id, web_session_id=web_session.id,
+                              session_id=watch_id)
+        pending = self._watches.pop(watch_id, None)
+        if pending is None:
+            raise TicketError("this watch is no longer open")
+        if not user.is_admin or user.disabled:
+            raise Forbidden("only administrators may watch sessions")
+        if live.get(pending.target.id) is None:
+            raise NotFound("the watched session has ended")
+        desktop = await self._store.get_desktop(pending.target.desktop_id)
+        if desktop is None:
+            raise NotFound("no such desktop")
+        endpoint = await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
+        # Enforced by the byte path: no keys, pointer, clipboard, resize or power from a watcher.
+        policy = RelayPolicy(view_only=True, clipboard_to_desktop=False,
+                             max_clipboard_bytes=self._settings.max_clipboard_bytes)
+        session = Session(id=watch_id, user_id=user.id, desktop_id=desktop.id,
+                          web_session_id=web_session.id, state=SessionState.ACTIVE,
+                          started_at=pending.minted_at, client_ip=pending.client_ip,
+                          user_agent=pending.user_agent)
+        return Admission(session, user, desktop, endpoint, policy, watch_of=pending.target.id)
+
     async def started(self, session: Session) -> None:
         self._seen[session.desktop_id] = "running"
         await self._store.set_session_state(session.id, SessionState.ACTIVE)
@@ -145,6 +207,12 @@ class Broker:
 
     async def finish(self, admission: Admission, reason: str, *, final: bool, bytes_up: int,
                      bytes_down: int, client_ip: str) -> None:
+        if admission.watch_of is not None:
+            await self._audit.record(
+                AuditKind.ADMIN, desktop=admission.desktop.name, client_ip=client_ip,
+                detail=f"watch of session {admission.watch_of} ended: {reason}"
+                       f" (by {admission.user.name})")
+            return
         await self._store.close_session(admission.session.id, time.time(), reason, final,
                                         bytes_up, bytes_down)
         await self._audit.record(
@@ -154,5 +222,7 @@ class Broker:
 
     async def expire_unused_tickets(self) -> None:
         for session_id in self._tickets.expired_sessions():
+            if self._watches.pop(session_id, None) is not None:
+                continue
             await self._store.close_session(session_id, time.time(), "connection ticket not used",
                                             False, 0, 0)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from ..broker import Admission
 from ..errors import (
     WS_GOING_AWAY,
     WS_NORMAL,
@@ -23,9 +28,11 @@ from ..errors import (
 )
 from ..keys import BROKER, EVENTS, LIVE, SERVICES, SETTINGS, SHUTTING_DOWN, STORE, WEBSOCKETS
 from ..live import LiveSession
-from ..model import RelayCounters, WebSessionState
+from ..metrics import METRICS
+from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
 from .common import check_csrf, client_ip, load_user, render, require_signed_in
+from .sse import EventStream
 
 log = logging.getLogger("deskgate.session")
 routes = web.RouteTableDef()
@@ -34,6 +41,8 @@ routes = web.RouteTableDef()
 _MAX_WS_MESSAGE = (1 << 20) + 4096
 # Pings find browsers that vanished without closing (a laptop lid, a dead network).
 _HEARTBEAT = 30.0
+# Round-trip measurement: a timestamped websocket PING this often.
+RTT_INTERVAL = 5.0
 # Reasons after which the client must not reconnect by itself.
 _FINAL_ERRORS = (UpstreamAuthFailed, ProtocolError, Forbidden, Unauthorized)
 
@@ -71,6 +80,12 @@ async def session_status(request: web.Request) -> web.StreamResponse:
     session = await request.app[STORE].get_session(request.match_info["session_id"][:64])
     if session is None or session.user_id != user.id:
         raise NotFound("no such session")
+    live = request.app[LIVE].get(session.id)
+    if live is not None and live.end_reason is not None:
+        # Ended from outside and still closing: the stored row is written a moment later.
+        return web.json_response({"id": session.id, "state": "closed",
+                                  "close_reason": live.end_reason,
+                                  "reconnect": not live.end_final})
     return web.json_response({
         "id": session.id,
         "state": session.state.value,
@@ -79,23 +94,85 @@ async def session_status(request: web.Request) -> web.StreamResponse:
     })
 
 
-class WebSocketChannel:
-    """The browser's websocket as the byte path's ClientChannel."""
+@routes.get(r"/sessions/{session_id}/events")
+async def session_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events for the person in a session: admin messages, "being watched"."""
+    _, user = require_signed_in(request)
+    session_id = request.match_info["session_id"][:64]
+    session = await request.app[STORE].get_session(session_id)
+    live = request.app[LIVE].get(session_id)
+    if session is None or session.user_id != user.id or live is None or live.watch_of:
+        raise NotFound("no such live session")
+    stream = await EventStream.open(request)
+    queue = live.listen()
+    try:
+        await stream.send({"type": "watched", "watchers": live.watchers})
+        while stream.open_for(request.app[SHUTTING_DOWN]) and request.app[LIVE].get(
+                session_id) is live:
+            try:
+                async with asyncio.timeout(1.0):
+                    event = await queue.get()
+            except TimeoutError:
+                await stream.heartbeat()
+                continue
+            await stream.send(event)
+    except ConnectionError:
+        pass  # the browser went away
+    finally:
+        live.unlisten(queue)
+    return stream.response
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+
+class WebSocketChannel:
+    """The browser's websocket as the byte path's ClientChannel, measuring the round trip.
+
+    The websocket runs with ``autoping=False``: PINGs from the browser are answered here, and
+    PONGs that echo our timestamped PINGs give the round-trip time. aiohttp's heartbeat (empty
+    PINGs) still finds browsers that vanished; its PONGs are ignored here.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse,
+                 on_rtt: Callable[[float], None] | None = None) -> None:
         self._ws = ws
+        self._on_rtt = on_rtt
+        self._outstanding: bytes | None = None
+        self._sent_at = 0.0
 
     async def receive(self) -> bytes | None:
-        msg = await self._ws.receive()
-        if msg.type is WSMsgType.BINARY:
-            data: bytes = msg.data
-            return data
-        if msg.type is WSMsgType.TEXT:
-            raise ProtocolError("text websocket messages are not RFB")
-        return None  # close, closing, closed or error: the browser is gone
+        while True:
+            msg = await self._ws.receive()
+            if msg.type is WSMsgType.BINARY:
+                data: bytes = msg.data
+                return data
+            if msg.type is WSMsgType.PING:
+                await self._ws.pong(msg.data)
+                continue
+            if msg.type is WSMsgType.PONG:
+                self._pong(msg.data)
+                continue
+            if msg.type is WSMsgType.TEXT:
+                raise ProtocolError("text websocket messages are not RFB")
+            return None  # close, closing, closed or error: the browser is gone
 
     async def send(self, data: bytes) -> None:
         await self._ws.send_bytes(data)
+
+    def _pong(self, data: bytes) -> None:
+        if self._outstanding is not None and data == self._outstanding:
+            self._outstanding = None
+            if self._on_rtt is not None:
+                self._on_rtt((time.monotonic() - self._sent_at) * 1000.0)
+
+    async def measure_rtt(self, interval: float = RTT_INTERVAL) -> None:
+        """Send a PING with an unguessable payload every ``interval`` s until the socket closes."""
+        while not self._ws.closed:
+            self._outstanding = os.urandom(8) + struct.pack(">d", time.time())
+            self._sent_at = time.monotonic()
+            try:
+                await self._ws.ping(self._outstanding)
+            except (ConnectionError, RuntimeError):
+                return
+            await asyncio.sleep(interval)
 
 
 async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
@@ -103,19 +180,40 @@ async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
     await ws.close(code=code, message=reason.encode()[:120])
 
 
+# How a relay websocket's ticket is turned into an admission: the person's own session, or an
+# admin's watch of someone else's. (request, user, web session, ticket) -> Admission.
+Admit = Callable[[web.Request, User, WebSession, str], Awaitable[Admission]]
+
+
+async def _admit_own(request: web.Request, user: User, web_session: WebSession,
+                     ticket: str) -> Admission:
+    return await request.app[BROKER].admit(
+        ticket, session_id=request.match_info["session_id"][:64], user=user,
+        web_session=web_session)
+
+
 @routes.get(r"/ws/sessions/{session_id}")
 async def session_socket(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+    return await relay_socket(request, _admit_own)
+
+
+async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse:
+    """The relay websocket: check origin, web session and ticket, then relay until the end.
+
+    Shared by the person's own sessions and admins' view-only watches (``Admission.watch_of``):
+    a watch counts as a watcher of the watched session and ends with it.
+    """
+    app = request.app
+    settings = app[SETTINGS]
     ws = web.WebSocketResponse(compress=False, max_msg_size=_MAX_WS_MESSAGE,
-                               protocols=("binary",), autoping=True, heartbeat=_HEARTBEAT)
+                               protocols=("binary",), autoping=False, heartbeat=_HEARTBEAT)
     await ws.prepare(request)
-    request.app[WEBSOCKETS].add(ws)
+    app[WEBSOCKETS].add(ws)
     ip = client_ip(request)
     try:
         if request.headers.get("Origin") != settings.public_origin:
             raise Forbidden("websocket origin not allowed")
-        web_session = await request.app[SERVICES].sessions.load(
-            request.cookies.get("deskgate_session"))
+        web_session = await app[SERVICES].sessions.load(request.cookies.get("deskgate_session"))
         if web_session is None or web_session.state is not WebSessionState.AUTHENTICATED:
             raise Unauthorized("not signed in")
         user = await load_user(request, web_session)
@@ -124,32 +222,50 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
         ticket = request.query.get("ticket", "")
         if len(ticket) > 200:
             raise BadRequest("malformed ticket")
-        admission = await request.app[BROKER].admit(
-            ticket, session_id=request.match_info["session_id"][:64], user=user,
-            web_session=web_session)
+        admission = await admit(request, user, web_session, ticket)
+        watched = app[LIVE].get(admission.watch_of) if admission.watch_of else None
+        if admission.watch_of and watched is None:
+            raise NotFound("the watched session has ended")
     except GatewayError as exc:
         log.info("websocket refused [ip=%s]: %s", ip, exc.reason)
         await _close(ws, exc.ws_code, exc.reason)
         return ws
 
-    broker = request.app[BROKER]
+    broker = app[BROKER]
+    metrics = app[METRICS]
     counters = RelayCounters()
     started: list[asyncio.Task[None]] = []
     reason, final, code = "closed by the user", False, WS_NORMAL
-    context = f"[user={user.name} session={admission.session.id} desktop={admission.desktop.name}]"
-    live = LiveSession(admission.session.id, web_session.id, user.name, admission.desktop.name,
-                       counters, lambda c, r: _close(ws, c, r), client_ip=ip,
-                       user_agent=admission.session.user_agent,
-                       protocol=admission.desktop.protocol)
-    request.app[LIVE].add(live)
-    events = request.app[EVENTS]
+    session = admission.session
+    context = f"[user={user.name} session={session.id} desktop={admission.desktop.name}]"
+    ended_code = [WS_NORMAL]
+
+    async def close_from_outside(c: int, r: str) -> None:
+        ended_code[0] = c
+        await _close(ws, c, r)
+
+    live = LiveSession(session.id, web_session.id, user.name, admission.desktop.name,
+                       counters, close_from_outside, client_ip=ip, user_agent=session.user_agent,
+                       protocol=admission.desktop.protocol, watch_of=admission.watch_of)
+    channel = WebSocketChannel(ws, on_rtt=lambda ms: setattr(live, "rtt_ms", ms))
+
+    def on_ready(_name: str) -> None:
+        if watched is None:
+            metrics.connect_latency(time.time() - session.started_at)
+            started.append(asyncio.ensure_future(broker.started(session)))
+
+    app[LIVE].add(live)
+    if watched is not None:
+        watched.watchers += 1
+        watched.notify({"type": "watched", "watchers": watched.watchers})
+    else:
+        metrics.session_started()
+    events = app[EVENTS]
     events.publish("session.started", session=live.figures(live.started_at))
+    pinger = asyncio.create_task(channel.measure_rtt())
     try:
-        await relay_vnc(
-            WebSocketChannel(ws), admission.endpoint, admission.policy, counters,
-            connect_timeout=settings.connect_timeout_seconds,
-            on_ready=lambda _name: started.append(
-                asyncio.ensure_future(broker.started(admission.session))))
+        await relay_vnc(channel, admission.endpoint, admission.policy, counters,
+                        connect_timeout=settings.connect_timeout_seconds, on_ready=on_ready)
     except GatewayError as exc:
         reason, code = exc.reason, exc.ws_code
         final = isinstance(exc, _FINAL_ERRORS)
@@ -159,23 +275,37 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
         reason = "the connection to the browser was lost"
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the browser's TCP connection goes away.
-        if request.app[SHUTTING_DOWN].is_set():
+        if app[SHUTTING_DOWN].is_set():
             reason, code = "the gateway is shutting down", WS_GOING_AWAY
         elif ws.close_code is None:
             reason = "the connection to the browser was lost"
         raise
     finally:
-        request.app[LIVE].remove(live.session_id)
+        pinger.cancel()
         if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin
-            reason, final = live.end_reason, live.end_final
-        events.publish("session.closed", id=live.session_id, reason=reason)
+            reason, final, code = live.end_reason, live.end_final, ended_code[0]
         log.info("%s closed: %s (%d B up, %d B down)", context, reason, counters.bytes_up,
                  counters.bytes_down)
         for task in started:
             await asyncio.shield(task)
+        # The stored row first, so that the client's status check after the close and the
+        # dashboard's next snapshot both see the session closed, with its reason.
         await asyncio.shield(broker.finish(admission, reason, final=final,
                                            bytes_up=counters.bytes_up,
                                            bytes_down=counters.bytes_down, client_ip=ip))
+        app[LIVE].remove(live.session_id)
+        if watched is not None:
+            watched.watchers = max(0, watched.watchers - 1)
+            watched.notify({"type": "watched", "watchers": watched.watchers})
+            metrics.relay_closed(counters.bytes_up, counters.bytes_down)
+        else:
+            metrics.session_closed(code, reason, counters.bytes_up, counters.bytes_down)
+            for watch in app[LIVE]:
+                if watch.watch_of == live.session_id:
+                    await asyncio.shield(watch.end(WS_NORMAL, "the watched session ended",
+                                                   final=True))
+        events.publish("session.closed", id=live.session_id, reason=reason,
+                       watch_of=admission.watch_of)
         if not ws.closed:
             await asyncio.shield(_close(ws, code, reason))
     return ws

@@ -1,0 +1,253 @@
+"""Prometheus metrics: one registry per application, counters fed where things happen.
+
+The relay handler calls ``session_started`` / ``session_closed`` / ``connect_latency``; sign-in
+failures are counted from the audit writer (every failure is an audit event already); live
+figures (active sessions, relayed bytes, desktops by state) are read when scraped. Labels come
+from small fixed sets, so that no reason text or user input can grow the series count.
+
+Served at ``GET /metrics`` on the main site with ``Authorization: Bearer <metrics_token>``
+(404 when no token is set), and without a token on ``metrics_host:metrics_port`` when that port
+is not 0 (a site meant for a private scrape network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from .audit import Audit, AuditKind
+from .errors import (
+    WS_ADMIN_DISCONNECT,
+    WS_FORBIDDEN,
+    WS_GOING_AWAY,
+    WS_NORMAL,
+    WS_POLICY,
+    WS_PROTOCOL,
+    WS_SIGNED_OUT,
+    WS_UNAUTHORIZED,
+    WS_UPSTREAM_AUTH,
+    WS_UPSTREAM_CLOSED,
+    WS_UPSTREAM_UNREACHABLE,
+)
+from .keys import ADMIN, AUDIT, LIVE, SETTINGS
+from .live import LiveSessions
+
+log = logging.getLogger("deskgate.metrics")
+
+CLOSE_REASONS = ("user", "browser_lost", "admin", "signed_out", "desktop", "refused", "error",
+                 "shutdown", "other")
+SIGNIN_FAILURES = ("password", "unknown_user", "disabled", "locked", "throttled", "second_factor",
+                   "sso", "other")
+DESKTOP_STATES = ("running", "stopped", "unknown", "maintenance")
+BROWSER_LOST = "the connection to the browser was lost"
+_STATE_TIMEOUT = 2.0
+
+
+def close_category(code: int, reason: str) -> str:
+    """A close (websocket code and reason text) as one of ``CLOSE_REASONS``."""
+    if code == WS_NORMAL:
+        return "browser_lost" if reason == BROWSER_LOST else "user"
+    return {
+        WS_ADMIN_DISCONNECT: "admin", WS_SIGNED_OUT: "signed_out", WS_GOING_AWAY: "shutdown",
+        WS_UPSTREAM_UNREACHABLE: "desktop", WS_UPSTREAM_AUTH: "desktop",
+        WS_UPSTREAM_CLOSED: "desktop", WS_UNAUTHORIZED: "refused", WS_FORBIDDEN: "refused",
+        WS_PROTOCOL: "error", WS_POLICY: "error",
+    }.get(code, "other")
+
+
+def signin_failure_category(kind: AuditKind, detail: str) -> str | None:
+    """A failed sign-in audit event as one of ``SIGNIN_FAILURES``; None if not a failure."""
+    if kind is AuditKind.THROTTLED:
+        return "throttled"
+    if kind is AuditKind.SECOND_FACTOR_FAILED:
+        return "second_factor"
+    if kind is not AuditKind.SIGNIN_FAILED:
+        return None
+    if detail.startswith("idp"):
+        return "sso"
+    return {"wrong password": "password", "unknown user": "unknown_user",
+            "account disabled": "disabled", "account locked": "locked"}.get(detail, "other")
+
+
+class _LiveCollector(Collector):
+    """Figures read from the live sessions when scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        m = self._metrics
+        active = GaugeMetricFamily("deskgate_sessions_active",
+                                   "Desktop sessions relaying now (admin watches not counted)")
+        active.add_metric([], sum(1 for s in m.live if s.watch_of is None))
+        yield active
+        relayed = CounterMetricFamily("deskgate_relay_bytes",
+                                      "Bytes relayed between browsers and desktops",
+                                      labels=["direction"])
+        up, down = m.closed_bytes_up, m.closed_bytes_down
+        for s in m.live:
+            up += s.counters.bytes_up
+            down += s.counters.bytes_down
+        relayed.add_metric(["up"], up)
+        relayed.add_metric(["down"], down)
+        yield relayed
+
+
+class Metrics:
+    """The application's registry and the few calls that feed it."""
+
+    def __init__(self, live: LiveSessions) -> None:
+        self.live = live
+        self.registry = CollectorRegistry()
+        self.closed_bytes_up = 0
+        self.closed_bytes_down = 0
+        r = self.registry
+        self.started = Counter("deskgate_sessions_started", "Desktop sessions started",
+                               registry=r)
+        self.closed = Counter("deskgate_sessions_closed", "Desktop sessions closed, by reason",
+                              ["reason"], registry=r)
+        self.latency = Histogram(
+            "deskgate_connect_latency_seconds",
+            "From the connect click (POST connect) to the desktop's first frame forwarded",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60), registry=r)
+        self.signin_failures = Counter("deskgate_signin_failures", "Failed sign-ins, by reason",
+                                       ["reason"], registry=r)
+        self.desktops = Gauge("deskgate_desktops", "Desktops by state (as of the last scrape)",
+                              ["state"], registry=r)
+        for reason in CLOSE_REASONS:
+            self.closed.labels(reason)
+        for reason in SIGNIN_FAILURES:
+            self.signin_failures.labels(reason)
+        r.register(_LiveCollector(self))
+
+    def session_started(self) -> None:
+        self.started.inc()
+
+    def session_closed(self, code: int, reason: str, bytes_up: int, bytes_down: int) -> None:
+        self.closed.labels(close_category(code, reason)).inc()
+        self.relay_closed(bytes_up, bytes_down)
+
+    def relay_closed(self, bytes_up: int, bytes_down: int) -> None:
+        """Keep the bytes of a relay that ended (live ones are read at scrape time)."""
+        self.closed_bytes_up += bytes_up
+        self.closed_bytes_down += bytes_down
+
+    def connect_latency(self, seconds: float) -> None:
+        self.latency.observe(max(0.0, seconds))
+
+    def audit_event(self, kind: AuditKind, detail: str) -> None:
+        category = signin_failure_category(kind, detail)
+        if category is not None:
+            self.signin_failures.labels(category).inc()
+
+    def set_desktop_states(self, states: Iterable[str]) -> None:
+        counts = dict.fromkeys(DESKTOP_STATES, 0)
+        for state in states:
+            counts[state if state in counts else "unknown"] += 1
+        for state, n in counts.items():
+            self.desktops.labels(state).set(n)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def count_audit(audit: Audit, metrics: Metrics) -> Callable[[], None]:
+    """Count sign-in failures as the audit writer records them; returns the undo.
+
+    The audit writer is the one place every failure passes through. It has no listener seam, so
+    this wraps its ``record`` on the instance (only this app's instance, never the class).
+    """
+    original = audit.record
+
+    async def record(kind: AuditKind, **fields: Any) -> None:
+        await original(kind, **fields)
+        metrics.audit_event(kind, str(fields.get("detail", "")))
+
+    setattr(audit, "record", record)  # noqa: B010 (an instance attribute on purpose)
+
+    def undo() -> None:
+        audit.__dict__.pop("record", None)
+
+    return undo
+
+
+async def desktop_states(app: web.Application) -> list[str]:
+    admin = app[ADMIN]
+    desktops = await admin.store.list_desktops()
+
+    async def one(desktop_id: int, maintenance: bool) -> str:
+        if maintenance:
+            return "maintenance"
+        try:
+            async with asyncio.timeout(_STATE_TIMEOUT):
+                return await admin.state(desktop_id)
+        except TimeoutError:
+            return "unknown"
+        except Exception:  # a broken provider must not break the scrape
+            log.exception("desktop state query failed")
+            return "unknown"
+
+    return list(await asyncio.gather(*(one(d.id, d.maintenance) for d in desktops)))
+
+
+def _exposition_handler(app: web.Application, *, token: bool) -> Callable[
+        [web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if token:
+            expected = app[SETTINGS].metrics_token.reveal()
+            if not expected:
+                raise web.HTTPNotFound()
+            supplied = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(supplied.encode(), f"Bearer {expected}".encode()):
+                return web.Response(status=401, text="metrics need the bearer token\n",
+                                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        app[METRICS].set_desktop_states(await desktop_states(app))
+        return web.Response(body=app[METRICS].exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return handler
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", _exposition_handler(app, token=True))
+
+
+async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Sign-in failure counting and the tokenless site when a port is set.
+
+    Runs after the state context (it needs the audit writer and the admin service)."""
+    metrics = app[METRICS]
+    undo = count_audit(app[AUDIT], metrics)
+    settings = app[SETTINGS]
+    runner: web.AppRunner | None = None
+    if settings.metrics_port > 0:
+        site_app = web.Application()
+        site_app.router.add_get("/metrics", _exposition_handler(app, token=False))
+        runner = web.AppRunner(site_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    try:
+        yield
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        undo()
+
+
+def install(app: web.Application) -> None:
+    """Wire metrics into ``app``: the registry under ``METRICS``, the route, the lifetime."""
+    app[METRICS] = Metrics(app[LIVE])
+    add_routes(app)
+    app.cleanup_ctx.append(metrics_ctx)

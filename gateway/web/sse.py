@@ -1,0 +1,51 @@
+"""Server-sent events: one open ``text/event-stream`` response and what is written to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+# A comment line at least this often, so that proxies keep the stream open.
+HEARTBEAT_SECONDS = 10.0
+
+
+class EventStream:
+    """Write ``send`` / ``heartbeat``; both raise ConnectionError once the browser has gone."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self._request = request
+        self.response = response
+        self._last_write = time.monotonic()
+
+    @classmethod
+    async def open(cls, request: web.Request) -> EventStream:
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+        })
+        await response.prepare(request)
+        return cls(request, response)
+
+    def open_for(self, shutting_down: asyncio.Event) -> bool:
+        """Keep streaming: the app is not shutting down and the connection is still there."""
+        transport = self._request.transport
+        return not shutting_down.is_set() and transport is not None and not transport.is_closing()
+
+    async def send(self, data: dict[str, Any], event: str | None = None) -> None:
+        lines = f"event: {event}\n" if event else ""
+        lines += f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+        await self._write(lines)
+
+    async def heartbeat(self) -> None:
+        """A comment line, if nothing was written for ``HEARTBEAT_SECONDS``."""
+        if time.monotonic() - self._last_write >= HEARTBEAT_SECONDS:
+            await self._write(": keep-alive\n\n")
+
+    async def _write(self, text: str) -> None:
+        await self.response.write(text.encode())
+        self._last_write = time.monotonic()
