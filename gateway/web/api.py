@@ -37,7 +37,7 @@ from .openapi import (
 
 PREFIX = "/api/v1"
 API_ADMIN = web.RequestKey("api_admin", User)
-MAX_AUDIT_LIMIT = 1000
+MAX_LIMIT = 1000
 
 # schemas ------------------------------------------------------------------------------------------
 _DESKTOP = obj(
@@ -173,6 +173,15 @@ def _query_int(request: web.Request, name: str) -> int | None:
         raise BadRequest(f"{name} must be an integer") from None
 
 
+def _limit(request: web.Request, default: int) -> int:
+    limit = _query_int(request, "limit")
+    if limit is None:
+        return default
+    if not 0 < limit <= MAX_LIMIT:
+        raise BadRequest(f"limit is 1-{MAX_LIMIT}")
+    return limit
+
+
 def parse_time(raw: str, name: str) -> float:
     """Seconds since the epoch, or an ISO 8601 date or time (UTC unless it says otherwise)."""
     try:
@@ -242,9 +251,7 @@ async def openapi_document(request: web.Request) -> web.StreamResponse:
                response=obj(("live", "recent"), live=array(ref("LiveSession")),
                             recent=array(ref("Session"))))
 async def list_sessions(request: web.Request) -> web.StreamResponse:
-    limit = _query_int(request, "limit") or 50
-    if not 0 < limit <= MAX_AUDIT_LIMIT:
-        raise BadRequest(f"limit is 1-{MAX_AUDIT_LIMIT}")
+    limit = _limit(request, 50)
     admin = request.app[ADMIN]
     return web.json_response({"live": admin.live_figures(),
                               "recent": [session_json(s) for s in
@@ -420,15 +427,13 @@ _TIME = {"type": "string", "description": "ISO 8601, or seconds since the epoch"
                query=(Param("user", STRING), Param("desktop", STRING),
                       Param("kind", STRING, 'an event kind; ending in "." matches a prefix'),
                       Param("since", _TIME), Param("until", _TIME),
-                      Param("limit", INTEGER, f"1-{MAX_AUDIT_LIMIT}, default 100"),
+                      Param("limit", INTEGER, f"1-{MAX_LIMIT}, default 100"),
                       Param("before_id", INTEGER, "the next page: the last id seen")),
                response=obj(("events", "next_before_id"), events=array(ref("AuditEvent")),
                             next_before_id=nullable(INTEGER)))
 async def query_audit(request: web.Request) -> web.StreamResponse:
     q = request.query
-    limit = _query_int(request, "limit") or 100
-    if not 0 < limit <= MAX_AUDIT_LIMIT:
-        raise BadRequest(f"limit is 1-{MAX_AUDIT_LIMIT}")
+    limit = _limit(request, 100)
     events = await request.app[ADMIN].audit(
         limit=limit, user=q.get("user") or None, desktop=q.get("desktop") or None,
         kind=q.get("kind") or None,
