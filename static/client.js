@@ -42,6 +42,11 @@ const clipboardSend = document.getElementById('clipboard-send');
 const clipboardClose = document.getElementById('clipboard-close');
 const fullscreenButton = document.getElementById('fullscreen');
 const disconnectButton = document.getElementById('disconnect');
+const watchedIndicator = document.getElementById('watched-indicator');
+const adminMessage = document.getElementById('admin-message');
+const adminMessageFrom = document.getElementById('admin-message-from');
+const adminMessageText = document.getElementById('admin-message-text');
+const adminMessageDismiss = document.getElementById('admin-message-dismiss');
 
 const connectUrl = root.dataset.connectUrl;
 const csrfToken = root.dataset.csrf;
@@ -55,6 +60,7 @@ let countdownTimer = null;
 let userDisconnect = false;
 let securityFailure = null; // reason of the last 'securityfailure' event
 let generation = 0;         // bumps on every user (re)start; stale async work checks it
+let notifications = null;   // EventSource of the connected session's notifications
 
 function setState(next) {
     if (next !== state && !TRANSITIONS[state].includes(next)) {
@@ -240,13 +246,73 @@ function onConnect(own) {
     setState('connected');
     hideStatus();
     own.focus();
+    listenForNotifications(sessionId);
 }
+
+// Notifications from the gateway while connected: admin messages, "being watched".
+
+function setWatched(watchers) {
+    watchedIndicator.hidden = !(watchers > 0);
+    root.dataset.watchers = String(watchers || 0);
+}
+
+function showAdminMessage(from, text) {
+    adminMessageFrom.textContent = from ? `Message from ${from}:` : 'Message from an administrator:';
+    adminMessageText.textContent = text;
+    adminMessage.hidden = false;
+}
+
+function stopNotifications() {
+    if (notifications) {
+        notifications.close();
+        notifications = null;
+    }
+    setWatched(0);
+}
+
+function listenForNotifications(sid) {
+    stopNotifications();
+    if (!sid) {
+        return;
+    }
+    const source = new EventSource(`/sessions/${encodeURIComponent(sid)}/events`);
+    notifications = source;
+    source.addEventListener('message', (e) => {
+        let event;
+        try {
+            event = JSON.parse(e.data);
+        } catch {
+            return;
+        }
+        if (event.type === 'message' && typeof event.text === 'string') {
+            showAdminMessage(event.from, event.text);
+        } else if (event.type === 'watched') {
+            setWatched(Number(event.watchers) || 0);
+        }
+    });
+    source.addEventListener('error', () => {
+        // The session ended (404) or the gateway went away: the relay's own events say what
+        // happens next; only a still-open stream is retried by the browser.
+        if (source.readyState === EventSource.CLOSED && notifications === source) {
+            notifications = null;
+            setWatched(0);
+        }
+    });
+}
+
+adminMessageDismiss.addEventListener('click', () => {
+    adminMessage.hidden = true;
+    if (rfb) {
+        rfb.focus();
+    }
+});
 
 async function onDisconnect(own, gen, detail) {
     if (own !== rfb) {
         return;
     }
     rfb = null;
+    stopNotifications();
     if (gen !== generation) {
         return;
     }
