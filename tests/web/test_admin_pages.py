@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import build_services, create_app
 from gateway.config import Settings
 from gateway.keys import STORE
+from gateway.model import Session, SessionState
 from gateway.store.sqlite import SQLiteStore
 
 PASSWORD = "a long enough password"
@@ -343,6 +344,22 @@ async def test_user_page_lists_groups_desktops_and_sessions(client: Client,
     assert re.search(r">Direct</a>\s*<span[^>]*>assigned directly", desktops.group(1))
     assert re.search(r">Through group</a>\s*<span[^>]*>via ops team", desktops.group(1))
     assert "No sessions yet" in html
+
+    ws_id = "w" * 20
+    for sid, desktop_id in (("s-open", direct), ("s-gone", via)):
+        await store.create_session(Session(id=sid, user_id=bob, desktop_id=desktop_id,
+                                           web_session_id=ws_id, state=SessionState.ACTIVE,
+                                           started_at=T0, client_ip="192.0.2.9"))
+    await store.close_session("s-gone", T0 + 90, "closed by the user", False, 2048, 3 * 1024 ** 2)
+    await post(client, f"/admin/desktops/{via}/delete", csrf, confirm="yes")
+    html = await (await client.get(f"/admin/users/{bob}")).text()
+    sessions = re.search(r'id="user-sessions">(.*?)</table>', html, re.S)
+    assert sessions
+    rows = re.findall(r"<tr>(.*?)</tr>", sessions.group(1), re.S)[1:]
+    text = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", r)).strip() for r in rows]
+    assert "2025-03-01 12:00:00 active Direct 0 B 0 B 192.0.2.9" in text
+    assert (f"2025-03-01 12:00:00 2025-03-01 12:01:30 deleted desktop #{via} 2.0 KB 3.0 MB"
+            " 192.0.2.9 closed by the user") in text
 
 
 # audit -----------------------------------------------------------------------------------------
