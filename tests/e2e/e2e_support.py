@@ -309,6 +309,8 @@ class Watched:
     def received_bodies(self) -> list[tuple[str, bytes]]:
         bodies = []
         for r in self.responses:
+            if r.headers.get("content-type", "").startswith("text/event-stream"):
+                continue  # server-sent events never end: their body would never arrive
             try:
                 bodies.append((r.url, r.body()))
             except Exception:  # noqa: BLE001, S112 - redirects and evicted bodies have none
