@@ -141,6 +141,9 @@ async def test_watch_is_view_only_at_the_rfb_level(
             assert await next_event() == {"type": "watched", "watchers": 1}
             live = client.server.app[LIVE]
             assert live.get(sid).watchers == 1  # type: ignore[union-attr]
+            # The gateway timed a websocket PING to the user's client.
+            rtt = live.get(sid).rtt_ms  # type: ignore[union-attr]
+            assert rtt is not None and 0 <= rtt < 1000, rtt
             assert live.get(watch["watch_id"]).watch_of == sid  # type: ignore[union-attr]
 
             # Keys and pointer from the watch are dropped by the gateway.
