@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 
 from .model import AUDIT_GENESIS, AuditEvent
 from .store import Store
@@ -63,11 +64,24 @@ async def verify_chain(store: Store) -> tuple[str | None, int]:
         after = rows[-1].id
 
 
+AuditListener = Callable[[AuditKind, str], None]
+
+
 class Audit:
-    """Writes audit rows. ``detail`` must never hold a secret (password, code, token)."""
+    """Writes audit rows. ``detail`` must never hold a secret (password, code, token).
+
+    Listeners (metrics, for one) hear every event after it is stored: the audit writer is the one
+    place every sign-in failure and admin action passes through.
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._listeners: list[AuditListener] = []
+
+    def listen(self, listener: AuditListener) -> Callable[[], None]:
+        """Add a listener; returns the function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     async def record(self, kind: AuditKind, *, user: str | None = None,
                      desktop: str | None = None, client_ip: str | None = None,
@@ -75,3 +89,5 @@ class Audit:
         await self._store.append_audit(time.time(), kind.value, user, desktop, client_ip, detail)
         log.info("audit %s [user=%s desktop=%s ip=%s] %s", kind.value, user, desktop, client_ip,
                  detail)
+        for listener in self._listeners:
+            listener(kind, detail)

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from .audit import Audit, AuditKind
+from .audit import AuditKind
 from .errors import (
     WS_ADMIN_DISCONNECT,
     WS_FORBIDDEN,
@@ -160,27 +160,10 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+
+
+# Declared here, beside its type: gateway/keys.py cannot import this module (it imports keys).
 METRICS = web.AppKey("metrics", Metrics)
-
-
-def count_audit(audit: Audit, metrics: Metrics) -> Callable[[], None]:
-    """Count sign-in failures as the audit writer records them; returns the undo.
-
-    The audit writer is the one place every failure passes through. It has no listener seam, so
-    this wraps its ``record`` on the instance (only this app's instance, never the class).
-    """
-    original = audit.record
-
-    async def record(kind: AuditKind, **fields: Any) -> None:
-        await original(kind, **fields)
-        metrics.audit_event(kind, str(fields.get("detail", "")))
-
-    setattr(audit, "record", record)  # noqa: B010 (an instance attribute on purpose)
-
-    def undo() -> None:
-        audit.__dict__.pop("record", None)
-
-    return undo
 
 
 async def desktop_states(app: web.Application) -> list[str]:
@@ -228,7 +211,7 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 
     Runs after the state context (it needs the audit writer and the admin service)."""
     metrics = app[METRICS]
-    undo = count_audit(app[AUDIT], metrics)
+    undo = app[AUDIT].listen(metrics.audit_event)
     settings = app[SETTINGS]
     runner: web.AppRunner | None = None
     if settings.metrics_port > 0:
