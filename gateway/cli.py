@@ -119,10 +119,13 @@ def cmd_user(args: argparse.Namespace) -> int:
             if generated:
                 print(f"Password: {generated}")
         elif args.user_cmd in ("disable", "enable"):
-            await services.set_disabled(args.name, args.user_cmd == "disable")
+            admin = _admin_service(services, settings)
+            user = await services.user(args.name)
+            await admin.set_disabled(CLI_ACTOR, user.id, args.user_cmd == "disable")
             print(f"User {args.name} {args.user_cmd}d")
         elif args.user_cmd == "reset-totp":
-            await services.reset_totp(args.name)
+            admin = _admin_service(services, settings)
+            await admin.reset_totp(CLI_ACTOR, (await services.user(args.name)).id)
             print(f"Second factor reset for {args.name}: they enrol again at next sign-in")
         else:  # list
             for u in await services.store.list_users():
@@ -197,7 +200,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 # API tokens ------------------------------------------------------------------------------------
 CLI_ACTOR = User(id=0, name="the command line", is_admin=True, disabled=False,
-                 totp_enrolled=False)  # names who revoked a token in the audit trail
+                 totp_enrolled=False)  # names the command line as the actor in the audit trail
 
 
 def _admin_service(services: Services, settings: Settings) -> AdminService:

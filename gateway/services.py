@@ -161,20 +161,6 @@ class Services:
         await self.audit.record(AuditKind.ADMIN, user=name, detail="password changed")
         return generated
 
-    async def set_disabled(self, name: str, disabled: bool) -> None:
-        user = await self.user(name)
-        await self.store.set_disabled(user.id, disabled)
-        if disabled:
-            await self.store.delete_user_web_sessions(user.id)
-        await self.audit.record(AuditKind.ADMIN, user=name,
-                                detail="user disabled" if disabled else "user enabled")
-
-    async def reset_totp(self, name: str) -> None:
-        user = await self.user(name)
-        await self.store.reset_totp(user.id)
-        await self.store.delete_user_web_sessions(user.id)
-        await self.audit.record(AuditKind.ADMIN, user=name, detail="second factor reset")
-
     async def add_desktop(self, name: str, provider: str, *, host: str = "", port: int = 0,
                           password: str | None = None) -> Desktop:
         name = name.strip()

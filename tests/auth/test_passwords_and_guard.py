@@ -31,7 +31,9 @@ async def test_sign_in_failures_are_generic_and_audited(services: Services,
     with pytest.raises(AuthenticationFailed) as wrong:
         await services.sign_in_password("erin", "not it at all", "10.0.0.2", "ua")
     assert unknown.value.reason == wrong.value.reason  # no hint which names exist
-    await services.set_disabled("erin", True)
+    erin = await store.get_user_by_name("erin")
+    assert erin is not None
+    await store.set_disabled(erin.id, True)
     with pytest.raises(AuthenticationFailed):
         await services.sign_in_password("erin", "long enough pw", "10.0.0.2", "ua")
     details = [e.detail for e in await store.list_audit(kind="signin.failed")]
