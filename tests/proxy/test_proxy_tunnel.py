@@ -319,3 +319,20 @@ async def test_a_stuck_browser_stops_reading_from_the_desktop(
     relay.cancel()
     with pytest.raises(asyncio.CancelledError):
         await relay
+
+
+async def test_set_desktop_size_is_reported(fake_desktop: FakeDesktop, channel: MemoryChannel) -> None:
+    sizes: list[tuple[int, int]] = []
+    relay = asyncio.create_task(
+        relay_vnc(channel, Endpoint(port=fake_desktop.port), RelayPolicy(), RelayCounters(),
+                  on_resize=lambda w, h: sizes.append((w, h)))
+    )
+    await channel.handshake()
+    screen = struct.pack(">IHHHHI", 0, 0, 0, 1600, 900, 0)
+    resize = struct.pack(">BxHHBx", 251, 1600, 900, 1) + screen
+    channel.push(resize)
+    channel.close()
+    await asyncio.wait_for(relay, 5)
+    await asyncio.wait_for(fake_desktop.closed.wait(), 5)
+    assert sizes == [(1600, 900)]
+    assert bytes(fake_desktop.received) == resize  # forwarded unchanged
