@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import struct
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from live_support import (
-    PASSWORD,
-    VNC_PASSWORD,
+from aiohttp.test_utils import TestClient
+from websupport import (
+    app_client,
     base_url,
     connect,
     eventually,
@@ -25,39 +23,16 @@ from live_support import (
     sign_in,
 )
 
-from gateway.app import build_services, create_app
 from gateway.config import Settings
 from gateway.keys import LIVE, STORE
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display
-from gateway.store.sqlite import SQLiteStore
+from gateway.providers.xvnc import XvncDisplay
 
 SHIFT_L = 0xFFE1
 
 
 @pytest.fixture
-async def desktop() -> AsyncIterator[XvncDisplay]:
-    d = await start_display(rfbport=free_tcp_port(), password=VNC_PASSWORD, name="watch-test",
-                            geometry="640x480", window_manager=False, xterm=False)
-    try:
-        yield d
-    finally:
-        await d.stop()
-
-
-@pytest.fixture
 async def client(settings: Settings, desktop: XvncDisplay) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    port = free_tcp_port()
-    settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{port}")
-    store = SQLiteStore(settings.database_path)
-    await store.open()
-    services = build_services(settings, store)
-    await services.add_user("alice", password=PASSWORD)
-    await services.add_user("boss", password=PASSWORD, admin=True)
-    await services.add_desktop("VM", "static", host="127.0.0.1", port=desktop.rfbport or 0,
-                               password=VNC_PASSWORD)
-    await services.assign("VM", "alice")
-    await store.close()
-    async with TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port)) as c:
+    async with await app_client(settings, {"alice": False, "boss": True}, desktop) as c:
         yield c
 
 
@@ -65,14 +40,14 @@ async def client(settings: Settings, desktop: XvncDisplay) -> AsyncIterator[Test
 async def admin_http(client: TestClient) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:  # type: ignore[type-arg]
     """A second browser: the admin, signed in with both factors; (session, CSRF token)."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        csrf = await sign_in(http, base_url(client), "boss")
+        csrf = await sign_in(http, "boss", base=base_url(client))
         yield http, csrf
 
 
 async def test_non_admins_are_refused_everywhere(client: TestClient) -> None:  # type: ignore[type-arg]
     base = base_url(client)
-    csrf = await sign_in(client.session, base, "alice")
-    conn = await connect(client.session, base, csrf)
+    csrf = await sign_in(client.session, "alice", base=base)
+    conn = await connect(client.session, csrf, base=base)
     async with client.ws_connect(conn["ws_url"], origin=base) as ws:
         await rfb_handshake(ws)
         sid = conn["session_id"]
@@ -104,8 +79,8 @@ async def test_watch_is_view_only_at_the_rfb_level(
 ) -> None:
     base = base_url(client)
     admin, admin_csrf = admin_http
-    csrf = await sign_in(client.session, base, "alice")
-    conn = await connect(client.session, base, csrf)
+    csrf = await sign_in(client.session, "alice", base=base)
+    conn = await connect(client.session, csrf, base=base)
     sid = conn["session_id"]
     async with client.ws_connect(conn["ws_url"], origin=base) as user_ws:
         user_init = await rfb_handshake(user_ws)
@@ -201,8 +176,8 @@ async def test_dashboard_stream_pushes_a_new_session(
 
     first = await snapshot()
     assert first["live"] == []
-    csrf = await sign_in(client.session, base, "alice")
-    conn = await connect(client.session, base, csrf)
+    csrf = await sign_in(client.session, "alice", base=base)
+    conn = await connect(client.session, csrf, base=base)
     async with client.ws_connect(conn["ws_url"], origin=base) as ws:
         await rfb_handshake(ws)
         while True:

@@ -3,51 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from live_support import PASSWORD, VNC_PASSWORD, base_url, connect, rfb_handshake, sign_in
+from websupport import (
+    VNC_PASSWORD,
+    app_client,
+    base_url,
+    connect,
+    password_step,
+    rfb_handshake,
+    sign_in,
+)
 
-from gateway.app import build_services, create_app
 from gateway.audit import AuditKind
 from gateway.config import Settings
 from gateway.keys import STORE
 from gateway.metrics import close_category, signin_failure_category
 from gateway.model import Secret
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display
-from gateway.store.sqlite import SQLiteStore
+from gateway.providers.xvnc import XvncDisplay, free_tcp_port
 
 TOKEN = "metrics-token-for-tests-0123456789"
-
-
-@pytest.fixture
-async def desktop() -> AsyncIterator[XvncDisplay]:
-    d = await start_display(rfbport=free_tcp_port(), password=VNC_PASSWORD, name="metrics-test",
-                            geometry="640x480", window_manager=False, xterm=False)
-    try:
-        yield d
-    finally:
-        await d.stop()
-
-
-async def _app_client(settings: Settings, desktop: XvncDisplay | None, **changes: object
-                      ) -> TestClient:  # type: ignore[type-arg]
-    port = free_tcp_port()
-    settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{port}", **changes)
-    store = SQLiteStore(settings.database_path)
-    await store.open()
-    services = build_services(settings, store)
-    await services.add_user("alice", password=PASSWORD)
-    if desktop is not None:
-        await services.add_desktop("VM", "static", host="127.0.0.1", port=desktop.rfbport or 0,
-                                   password=VNC_PASSWORD)
-        await services.assign("VM", "alice")
-    await store.close()
-    return TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port))
 
 
 def value(text: str, name: str) -> float:
@@ -57,7 +33,7 @@ def value(text: str, name: str) -> float:
 
 
 async def test_token_is_required_and_compared(settings: Settings) -> None:
-    async with await _app_client(settings, None, metrics_token=Secret(TOKEN)) as client:
+    async with await app_client(settings, metrics_token=Secret(TOKEN)) as client:
         assert (await client.get("/metrics")).status == 401
         wrong = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}x"})
         assert wrong.status == 401
@@ -69,14 +45,14 @@ async def test_token_is_required_and_compared(settings: Settings) -> None:
 
 
 async def test_no_token_means_no_metrics_on_the_main_port(settings: Settings) -> None:
-    async with await _app_client(settings, None, metrics_token=Secret("")) as client:
+    async with await app_client(settings, metrics_token=Secret("")) as client:
         assert (await client.get("/metrics", headers={"Authorization": "Bearer "})).status == 404
         assert (await client.get("/metrics")).status == 404
 
 
 async def test_separate_site_without_token(settings: Settings) -> None:
     port = free_tcp_port()
-    async with await _app_client(settings, None, metrics_token=Secret(""), metrics_port=port,
+    async with await app_client(settings, metrics_token=Secret(""), metrics_port=port,
                                  metrics_host="127.0.0.1"):
         async with aiohttp.ClientSession() as http, \
                 http.get(f"http://127.0.0.1:{port}/metrics") as resp:
@@ -87,7 +63,7 @@ async def test_separate_site_without_token(settings: Settings) -> None:
 async def test_counters_move_when_a_session_runs(settings: Settings,
                                                  desktop: XvncDisplay) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with await _app_client(settings, desktop, metrics_token=Secret(TOKEN)) as client:
+    async with await app_client(settings, desktop=desktop, metrics_token=Secret(TOKEN)) as client:
         base = base_url(client)
 
         async def scrape() -> str:
@@ -98,13 +74,9 @@ async def test_counters_move_when_a_session_runs(settings: Settings,
         before = await scrape()
         assert value(before, 'deskgate_desktops{state="unknown"}') == 1
         # A failed sign-in, counted from the audit trail.
-        page = await (await client.get("/login")).text()
-        csrf = re.search(r'name="_csrf" value="([^"]+)"', page)
-        assert csrf
-        await client.post("/login", data={"username": "alice", "password": "wrong one",
-                                          "_csrf": csrf.group(1)})
-        csrf_token = await sign_in(client.session, base, "alice")
-        conn = await connect(client.session, base, csrf_token)
+        await password_step(client, "alice", "wrong one")
+        csrf_token = await sign_in(client.session, "alice", base=base)
+        conn = await connect(client.session, csrf_token, base=base)
         async with client.ws_connect(conn["ws_url"], origin=base) as ws:
             await rfb_handshake(ws)
             await ws.send_bytes(bytes([3, 0, 0, 0, 0, 0, 2, 128, 1, 224]))  # update request
