@@ -151,13 +151,23 @@ def cmd_desktop(args: argparse.Namespace) -> int:
 
     async def run(services: Services) -> int:
         if args.desktop_cmd == "add":
-            host, port = args.vnc if args.vnc else ("", 0)
-            desktop = await services.add_desktop(args.name, args.provider, host=host, port=port,
-                                                 password=password)
+            if args.vnc and args.rdp:
+                raise BadRequest("give --vnc or --rdp, not both")
+            host, port = args.vnc or args.rdp or ("", 0)
+            options = {k: v for k, v in (("username", args.user), ("domain", args.domain),
+                                         ("security", args.security),
+                                         ("cert_policy", args.cert),
+                                         ("cert_fingerprint", args.cert_fingerprint)) if v}
+            desktop = await services.add_desktop(
+                args.name, args.provider, host=host, port=port, password=password,
+                protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None)
             print(f"Desktop {desktop.id} {desktop.name}")
         else:
             for d in await services.store.list_desktops():
                 where = f"{d.host}:{d.port}" if d.provider == "static" else "on this host"
+                if d.protocol == "rdp":
+                    where += (f" as {d.option('username')}, certificates:"
+                              f" {d.option('cert_policy')}")
                 secret = " (password set)" if d.has_password else ""
                 print(f"{d.id:4d}  {d.name:24s} {d.provider:8s} {d.protocol} {where}{secret}")
         return 0
@@ -296,7 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--provider", choices=("static", "local"), required=True)
     p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT", help="static: VNC server")
-    p.add_argument("--password-stdin", action="store_true", help="static: VNC password on stdin")
+    p.add_argument("--rdp", type=_host_port, metavar="HOST:PORT", help="static: RDP server")
+    p.add_argument("--user", help="rdp: the account to sign in with")
+    p.add_argument("--domain", help="rdp: the account's domain")
+    p.add_argument("--security", choices=("negotiate", "nla", "tls", "rdp"),
+                   help="rdp: security mode (default: negotiate)")
+    p.add_argument("--cert", choices=("ignore", "fingerprint"),
+                   help="rdp: server certificate policy (default: ignore, or fingerprint when"
+                        " --cert-fingerprint is given)")
+    p.add_argument("--cert-fingerprint", metavar="SHA256", help="rdp: pinned certificate")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="static: the VNC or RDP password on stdin")
     dsub.add_parser("list", help="list desktops")
     desk.set_defaults(func=cmd_desktop)
 

@@ -68,6 +68,10 @@ class Desktop:
     protocol: str = "vnc"
     has_password: bool = False
     maintenance: bool = False  # no new connections; existing ones are warned
+    options: tuple[tuple[str, str], ...] = ()  # protocol options (RDP user, domain, security, ...)
+
+    def option(self, key: str, default: str = "") -> str:
+        return dict(self.options).get(key, default)
 
 
 @dataclass(frozen=True)

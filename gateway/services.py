@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .audit import Audit, AuditKind
@@ -23,6 +24,37 @@ from .model import AuditEvent, Desktop, User, WebSession, WebSessionState
 from .store import Store
 
 PROVIDER_NAMES = ("static", "local")
+RDP_SECURITY = ("negotiate", "nla", "tls", "rdp")
+RDP_CERT_POLICIES = ("ignore", "fingerprint")
+
+
+def rdp_options(options: Mapping[str, str]) -> dict[str, str]:
+    """Checked RDP options: username (required), domain, security, cert_policy, cert_fingerprint.
+
+    A new desktop's certificate policy is "ignore" unless a fingerprint is pinned; the admin
+    pages show it, so the choice is never silent.
+    """
+    unknown = set(options) - {"username", "domain", "security", "cert_policy", "cert_fingerprint"}
+    if unknown:
+        raise BadRequest(f"unknown RDP option {sorted(unknown)[0]!r}")
+    username = options.get("username", "").strip()
+    if not username or len(username) > 104 or not username.isprintable():
+        raise BadRequest("an RDP desktop needs a user name (--user)")
+    security = options.get("security", "negotiate")
+    if security not in RDP_SECURITY:
+        raise BadRequest(f"RDP security is one of {', '.join(RDP_SECURITY)}")
+    fingerprint = options.get("cert_fingerprint", "").replace(":", "").strip().lower()
+    policy = options.get("cert_policy", "fingerprint" if fingerprint else "ignore")
+    if policy not in RDP_CERT_POLICIES:
+        raise BadRequest(f"RDP certificate policy is one of {', '.join(RDP_CERT_POLICIES)}")
+    if policy == "fingerprint" and not (len(fingerprint) == 64
+                                        and all(c in "0123456789abcdef" for c in fingerprint)):
+        raise BadRequest("a pinned certificate needs its SHA-256 fingerprint (64 hex digits)")
+    domain = options.get("domain", "").strip()
+    if len(domain) > 64 or not domain.isprintable():
+        raise BadRequest("the RDP domain is at most 64 printable characters")
+    return {"username": username, "domain": domain, "security": security,
+            "cert_policy": policy, "cert_fingerprint": fingerprint}
 
 
 @dataclass(frozen=True)
@@ -162,17 +194,24 @@ class Services:
         return generated
 
     async def add_desktop(self, name: str, provider: str, *, host: str = "", port: int = 0,
-                          password: str | None = None) -> Desktop:
+                          password: str | None = None, protocol: str = "vnc",
+                          options: Mapping[str, str] | None = None) -> Desktop:
         name = name.strip()
         if not name or len(name) > 64 or not name.isprintable():
             raise BadRequest("desktop names are 1-64 printable characters")
         if provider not in PROVIDER_NAMES:
             raise BadRequest(f"unknown provider {provider!r}; use one of {', '.join(PROVIDER_NAMES)}")
+        if protocol not in ("vnc", "rdp") or (protocol == "rdp" and provider != "static"):
+            raise BadRequest("protocol is vnc, or rdp for a static desktop")
         if provider == "static" and not (host and 0 < port < 65536):
-            raise BadRequest("a static desktop needs --vnc HOST:PORT")
+            raise BadRequest(f"a static desktop needs --{protocol} HOST:PORT")
+        checked = rdp_options(options or {}) if protocol == "rdp" else {}
         enc = self.box.encrypt(password) if password else None
-        desktop = await self.store.create_desktop(name, provider, host, port, enc)
-        await self.audit.record(AuditKind.ADMIN, desktop=name, detail=f"desktop created ({provider})")
+        desktop = await self.store.create_desktop(name, provider, host, port, enc, protocol,
+                                                  checked)
+        extra = f", certificates: {checked['cert_policy']}" if protocol == "rdp" else ""
+        await self.audit.record(AuditKind.ADMIN, desktop=name,
+                                detail=f"desktop created ({provider}, {protocol}{extra})")
         return desktop
 
     async def desktop(self, name: str) -> Desktop:

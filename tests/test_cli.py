@@ -50,10 +50,28 @@ def test_init_users_desktops_assign_audit(tmp_path: Path) -> None:
     users = deskgate("user", "list", config=config).stdout
     assert "disabled" in users.split("alice")[1].splitlines()[0]
     audit = deskgate("audit", config=config).stdout
-    for fragment in ("user created", "desktop created (static)", "desktop assigned",
+    for fragment in ("user created", "desktop created (static, vnc)", "desktop assigned",
                      "user disabled"):
         assert fragment in audit
     assert "vncpass1" not in audit and "alice-password" not in audit and password not in audit
 
     bad = deskgate("desktop", "add", "X", "--provider", "static", config=config, check=False)
     assert bad.returncode == 1 and "--vnc HOST:PORT" in bad.stderr
+
+
+def test_rdp_desktops_need_an_account_and_say_their_certificate_policy(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    deskgate("init", "--data", str(data), "--no-demo")
+    config = data / "deskgate.toml"
+    missing = deskgate("desktop", "add", "Win", "--provider", "static", "--rdp", "10.1.2.3:3389",
+                       config=config, check=False)
+    assert missing.returncode == 1 and "user name" in missing.stderr
+    bad_pin = deskgate("desktop", "add", "Win", "--provider", "static", "--rdp", "10.1.2.3:3389",
+                       "--user", "bob", "--cert-fingerprint", "abc", config=config, check=False)
+    assert bad_pin.returncode == 1 and "64 hex digits" in bad_pin.stderr
+    deskgate("desktop", "add", "Win", "--provider", "static", "--rdp", "10.1.2.3:3389",
+             "--user", "bob", "--domain", "CORP", "--security", "nla", "--password-stdin",
+             stdin="rdp-secret\n", config=config)
+    listing = deskgate("desktop", "list", config=config).stdout
+    assert "rdp 10.1.2.3:3389 as bob, certificates: ignore" in listing
+    assert "rdp-secret" not in listing + deskgate("audit", config=config).stdout

@@ -5,7 +5,7 @@ The SQLite implementation is the embedded default; a PostgreSQL one sits behind 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from ..model import (
@@ -68,7 +68,9 @@ class Store(Protocol):
 
     # desktops and assignments
     async def create_desktop(self, name: str, provider: str, host: str, port: int,
-                             password_enc: str | None) -> Desktop: ...
+                             password_enc: str | None, protocol: str = "vnc",
+                             options: Mapping[str, str] | None = None) -> Desktop: ...
+    async def set_desktop_options(self, desktop_id: int, options: Mapping[str, str]) -> None: ...
     async def get_desktop(self, desktop_id: int) -> Desktop | None: ...
     async def get_desktop_by_name(self, name: str) -> Desktop | None: ...
     async def get_desktop_password(self, desktop_id: int) -> str | None: ...

@@ -127,4 +127,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE sessions ADD COLUMN user_agent TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX audit_by_kind ON audit(kind)",
     ],
+    [
+        # Protocol options of a desktop (RDP: user name, domain, security mode, certificate
+        # policy), as a JSON object; its password stays in password_enc.
+        "ALTER TABLE desktops ADD COLUMN options TEXT NOT NULL DEFAULT '{}'",
+    ],
 ]

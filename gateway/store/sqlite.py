@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ _ASSIGNED_TO_USER = ("SELECT desktop_id FROM assignments WHERE user_id = ? UNION
                      " SELECT g.desktop_id FROM group_assignments g JOIN user_groups u"
                      " ON u.group_name = g.group_name WHERE u.user_id = ?")
 _DESKTOP_COLUMNS = ("id, name, provider, host, port, protocol, password_enc IS NOT NULL,"
-                    " maintenance")
+                    " maintenance, options")
 _TOKEN_COLUMNS = "id, name, user_id, read_only, created_at, expires_at, last_used"  # noqa: S105
 _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
                     " close_reason, close_final, bytes_up, bytes_down, client_ip, user_agent")
@@ -53,9 +54,11 @@ def _audit(r: Sequence[Any]) -> AuditEvent:
 
 
 def _desktop(row: Iterable[Any]) -> Desktop:
-    did, name, provider, host, port, protocol, has_pw, maintenance = row
+    did, name, provider, host, port, protocol, has_pw, maintenance, options = row
+    parsed = json.loads(options or "{}")
     return Desktop(int(did), str(name), str(provider), str(host), int(port), str(protocol),
-                   bool(has_pw), bool(maintenance))
+                   bool(has_pw), bool(maintenance),
+                   tuple(sorted((str(k), str(v)) for k, v in parsed.items())))
 
 
 def _token(r: Sequence[Any]) -> ApiToken:
@@ -283,11 +286,14 @@ class SQLiteStore:
 
     # desktops -----------------------------------------------------------------------------------
     async def create_desktop(self, name: str, provider: str, host: str, port: int,
-                             password_enc: str | None) -> Desktop:
+                             password_enc: str | None, protocol: str = "vnc",
+                             options: Mapping[str, str] | None = None) -> Desktop:
         try:
             await self._exec(
-                "INSERT INTO desktops (name, provider, host, port, password_enc, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)", (name, provider, host, port, password_enc, time.time()))
+                "INSERT INTO desktops (name, provider, host, port, password_enc, created_at,"
+                " protocol, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, provider, host, port, password_enc, time.time(), protocol,
+                 json.dumps(dict(options or {}), sort_keys=True)))
         except aiosqlite.IntegrityError as exc:
             raise Conflict(f"desktop {name!r} already exists") from exc
         desktop = await self.get_desktop_by_name(name)
@@ -324,6 +330,10 @@ class SQLiteStore:
                 (name, host, port, maintenance, desktop_id))
         except aiosqlite.IntegrityError as exc:
             raise Conflict(f"desktop {name!r} already exists") from exc
+
+    async def set_desktop_options(self, desktop_id: int, options: Mapping[str, str]) -> None:
+        await self._exec("UPDATE desktops SET options = ? WHERE id = ?",
+                         (json.dumps(dict(options), sort_keys=True), desktop_id))
 
     async def set_desktop_password(self, desktop_id: int, password_enc: str | None) -> None:
         await self._exec("UPDATE desktops SET password_enc = ? WHERE id = ?",
