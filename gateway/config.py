@@ -72,6 +72,9 @@ class Settings:
     # [relay]
     connect_timeout_seconds: float = 10.0
     max_clipboard_bytes: int = 1 << 20
+    # [rdp]
+    rdp_max_bridges: int = 20
+    rdp_grace_seconds: float = 60.0
     # [metrics]
     metrics_token: Secret = Secret("")
     metrics_host: str = "127.0.0.1"
@@ -125,6 +128,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes"),
+    "rdp": ("rdp_max_bridges", "rdp_grace_seconds"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
@@ -235,6 +239,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("server.public_url must start with http:// or https://")
     if not 0 < s.port < 65536:
         raise ConfigError("server.port must be between 1 and 65535")
+    if s.rdp_max_bridges < 0 or s.rdp_grace_seconds < 0:
+        raise ConfigError("rdp.rdp_max_bridges and rdp.rdp_grace_seconds cannot be negative")
     if not 0 <= s.metrics_port < 65536:
         raise ConfigError("metrics.metrics_port must be between 0 (off) and 65535")
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",
