@@ -5,74 +5,23 @@ from __future__ import annotations
 import csv
 import io
 import re
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
-import pyotp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from websupport import Client, app_client, password_step, secret_of, sign_in
 
-from gateway.app import build_services, create_app
 from gateway.config import Settings
 from gateway.keys import STORE
 from gateway.model import Session, SessionState
-from gateway.store.sqlite import SQLiteStore
 
-PASSWORD = "a long enough password"
 VNC_PASSWORD = "vnc-Secret-4711"  # must never appear in any page once given
-
-Client = TestClient  # type: ignore[type-arg]
-Browser = Client | aiohttp.ClientSession
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="_csrf" value="([^"]+)"', html)
-    assert match, "no CSRF token in page"
-    return match.group(1)
-
-
-def secret_of(html: str) -> str:
-    match = re.search(r'id="totp-secret"[^>]*>(.*?)</code>', html, re.S)
-    assert match, "enrolment page shows the secret as text"
-    return re.sub(r"<[^>]+>|\s", "", match.group(1))
-
-
-async def password_step(browser: Browser, user: str) -> aiohttp.ClientResponse:
-    page = await (await browser.get("/login")).text()
-    return await browser.post("/login", data={"username": user, "password": PASSWORD,
-                                              "_csrf": csrf_of(page)}, allow_redirects=False)
-
-
-async def sign_in(browser: Browser, user: str, secrets: dict[str, str]) -> str:
-    """Both factors (enrolling on first use); returns a page's CSRF token.
-
-    A code is good once, so a second sign-in within 30 seconds uses the next step's code."""
-    resp = await password_step(browser, user)
-    assert resp.status == 303, await resp.text()
-    page = await (await browser.get("/login/totp")).text()
-    if 'id="totp-secret"' in page:
-        secrets[user] = secret_of(page)
-        secrets.pop(f"{user} signed in", None)
-    ahead = 30 if f"{user} signed in" in secrets else 0
-    secrets[f"{user} signed in"] = "yes"
-    code = pyotp.TOTP(secrets[user]).at(time.time() + ahead)
-    resp = await browser.post("/login/totp", data={"code": code, "_csrf": csrf_of(page)})
-    assert resp.status == 200
-    return csrf_of(await (await browser.get("/")).text())
 
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[Client]:
-    store = SQLiteStore(settings.database_path)
-    await store.open()
-    services = build_services(settings, store)
-    await services.add_user("alice", admin=True, password=PASSWORD)
-    await services.add_user("bob", password=PASSWORD)
-    await services.add_user("carol", password=PASSWORD)
-    await store.close()
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with await app_client(settings, {"alice": True, "bob": False, "carol": False}) as c:
         yield c
 
 

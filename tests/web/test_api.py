@@ -11,63 +11,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyotp
 import pytest
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from websupport import Client, app_client, password_step, sign_in
 
-from gateway.app import build_services, create_app
+from gateway.app import create_app
 from gateway.audit import AuditKind
 from gateway.config import Settings, load_settings
 from gateway.crypto import new_token, token_hash
 from gateway.keys import ADMIN, STORE
 from gateway.model import User
-from gateway.store.sqlite import SQLiteStore
 
-PASSWORD = "a long enough password"
 VNC_PASSWORD = "vnc-secret-42"
 API = "/api/v1"
 PUBLIC = {f"{API}/openapi.json"}
 
-Client = TestClient  # type: ignore[type-arg]
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="_csrf" value="([^"]+)"', html) or re.search(
-        r'data-csrf="([^"]+)"', html)
-    assert match, "no CSRF token in page"
-    return match.group(1)
-
-
-async def password_step(client: Client, user: str) -> ClientResponse:
-    page = await (await client.get("/login")).text()
-    return await client.post("/login", data={"username": user, "password": PASSWORD,
-                                              "_csrf": csrf_of(page)}, allow_redirects=False)
-
-
-async def sign_in(client: Client, user: str) -> str:
-    """Both factors (enrolling on first use); returns the web session's CSRF token."""
-    client.session.cookie_jar.clear()
-    assert (await password_step(client, user)).status == 303
-    page = await (await client.get("/login/totp")).text()
-    secret = re.search(r'id="totp-secret"[^>]*>(.*?)</code>', page, re.S)
-    assert secret
-    code = pyotp.TOTP(re.sub(r"<[^>]+>|\s", "", secret.group(1))).now()
-    resp = await client.post("/login/totp", data={"code": code, "_csrf": csrf_of(page)})
-    assert resp.status == 200
-    return csrf_of(await (await client.get("/")).text())
-
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[Client]:
-    store = SQLiteStore(settings.database_path)
-    await store.open()
-    services = build_services(settings, store)
-    await services.add_user("root", admin=True, password=PASSWORD)
-    await services.add_user("alice", password=PASSWORD)
-    await services.add_user("bob", password=PASSWORD)
-    await store.close()
-    async with TestClient(TestServer(create_app(settings))) as c:
+    async with await app_client(settings, {"root": True, "alice": False, "bob": False}) as c:
         yield c
 
 

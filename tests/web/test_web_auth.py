@@ -9,6 +9,7 @@ import aiohttp
 import pyotp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from websupport import csrf_of, password_step, secret_of
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -17,19 +18,6 @@ from gateway.services import Services
 from gateway.store.sqlite import SQLiteStore
 
 PASSWORD = "alice's long password"
-
-
-def secret_of(html: str) -> str:
-    match = re.search(r'id="totp-secret"[^>]*>(.*?)</code>', html, re.S)
-    assert match, "enrolment page shows the secret as text"
-    return re.sub(r"<[^>]+>|\s", "", match.group(1))
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="_csrf" value="([^"]+)"', html) or re.search(
-        r'data-csrf="([^"]+)"', html)
-    assert match, "no CSRF token in page"
-    return match.group(1)
 
 
 @pytest.fixture
@@ -48,17 +36,15 @@ async def client(settings: Settings) -> AsyncIterator[TestClient]:  # type: igno
         yield c
 
 
-async def password_step(client: TestClient, user: str = "alice",  # type: ignore[type-arg]
-                        password: str = PASSWORD) -> str:
-    page = await (await client.get("/login")).text()
-    resp = await client.post("/login", data={"username": user, "password": password,
-                                             "_csrf": csrf_of(page)}, allow_redirects=False)
+async def second_factor_page(client: TestClient, user: str = "alice",  # type: ignore[type-arg]
+                             password: str = PASSWORD) -> str:
+    resp = await password_step(client, user, password)
     assert resp.status == 303 and resp.headers["Location"] == "/login/totp"
     return await (await client.get("/login/totp")).text()
 
 
 async def full_sign_in(client: TestClient, user: str = "alice") -> str:  # type: ignore[type-arg]
-    page = await password_step(client, user)
+    page = await second_factor_page(client, user)
     secret = secret_of(page)
     resp = await client.post("/login/totp", data={"code": pyotp.TOTP(secret).now(),
                                                   "_csrf": csrf_of(page)})
@@ -95,7 +81,7 @@ async def test_login_form_needs_csrf(client: TestClient) -> None:  # type: ignor
 
 
 async def test_half_signed_in_reaches_nothing(client: TestClient) -> None:  # type: ignore[type-arg]
-    page = await password_step(client)
+    page = await second_factor_page(client)
     assert 'id="totp-secret"' in page
     resp = await client.get("/", allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/login"
@@ -115,9 +101,7 @@ async def test_full_sign_in_then_portal_and_logout(client: TestClient) -> None: 
 
 
 async def test_session_cookie_flags_and_rotation(client: TestClient) -> None:  # type: ignore[type-arg]
-    page = await (await client.get("/login")).text()
-    resp = await client.post("/login", data={"username": "alice", "password": PASSWORD,
-                                             "_csrf": csrf_of(page)}, allow_redirects=False)
+    resp = await password_step(client, "alice", PASSWORD)
     cookie = resp.cookies["deskgate_session"]
     assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/"
     half = cookie.value
@@ -128,7 +112,7 @@ async def test_session_cookie_flags_and_rotation(client: TestClient) -> None:  #
 
 
 async def test_wrong_totp_code_keeps_user_out(client: TestClient) -> None:  # type: ignore[type-arg]
-    page = await password_step(client)
+    page = await second_factor_page(client)
     resp = await client.post("/login/totp", data={"code": "000000", "_csrf": csrf_of(page)})
     assert resp.status == 401 and "wrong or already used code" in await resp.text()
     assert (await client.get("/", allow_redirects=False)).status == 303
