@@ -36,6 +36,15 @@ async def client(settings: Settings, desktop: XvncDisplay) -> AsyncIterator[Test
         yield c
 
 
+async def next_event(stream: aiohttp.ClientResponse) -> dict[str, object]:
+    """The data of the next event on a server-sent event stream."""
+    while True:
+        line = (await asyncio.wait_for(stream.content.readline(), 10)).decode()
+        if line.startswith("data: "):
+            data: dict[str, object] = json.loads(line[6:])
+            return data
+
+
 @pytest.fixture
 async def admin_http(client: TestClient) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:  # type: ignore[type-arg]
     """A second browser: the admin, signed in with both factors; (session, CSRF token)."""
@@ -97,14 +106,7 @@ async def test_watch_is_view_only_at_the_rfb_level(
         events = await client.session.get(f"{base}/sessions/{sid}/events")
         assert events.status == 200 and events.content_type == "text/event-stream"
 
-        async def next_event() -> dict[str, object]:
-            while True:
-                line = (await asyncio.wait_for(events.content.readline(), 10)).decode()
-                if line.startswith("data: "):
-                    data: dict[str, object] = json.loads(line[6:])
-                    return data
-
-        assert await next_event() == {"type": "watched", "watchers": 0}
+        assert await next_event(events) == {"type": "watched", "watchers": 0}
 
         resp = await admin.post(f"{base}/admin/sessions/{sid}/watch/connect",
                                 headers={"X-CSRF-Token": admin_csrf, "Accept": "application/json"})
@@ -113,7 +115,7 @@ async def test_watch_is_view_only_at_the_rfb_level(
         async with admin.ws_connect(base + watch["ws_url"], origin=base) as watch_ws:
             watch_init = await rfb_handshake(watch_ws)
             assert watch_init == user_init  # the same desktop, a second shared connection
-            assert await next_event() == {"type": "watched", "watchers": 1}
+            assert await next_event(events) == {"type": "watched", "watchers": 1}
             live = client.server.app[LIVE]
             assert live.get(sid).watchers == 1  # type: ignore[union-attr]
             # The gateway timed a websocket PING to the user's client.
@@ -137,8 +139,8 @@ async def test_watch_is_view_only_at_the_rfb_level(
                                     json={"text": "please save your work"},
                                     headers={"X-CSRF-Token": admin_csrf})
             assert resp.status == 200, await resp.text()
-            assert await next_event() == {"type": "message", "from": "boss",
-                                          "text": "please save your work"}
+            assert await next_event(events) == {"type": "message", "from": "boss",
+                                                "text": "please save your work"}
 
             # Disconnecting the watched session ends the watch too, and is final.
             resp = await admin.post(f"{base}/admin/sessions/{sid}/disconnect",
@@ -167,21 +169,14 @@ async def test_dashboard_stream_pushes_a_new_session(
     stream = await admin.get(f"{base}/admin/sessions/events")
     assert stream.headers["Content-Type"].startswith("text/event-stream")
 
-    async def snapshot() -> dict[str, object]:
-        while True:
-            line = (await asyncio.wait_for(stream.content.readline(), 10)).decode()
-            if line.startswith("data: "):
-                data: dict[str, object] = json.loads(line[6:])
-                return data
-
-    first = await snapshot()
+    first = await next_event(stream)
     assert first["live"] == []
     csrf = await sign_in(client.session, "alice", base=base)
     conn = await connect(client.session, csrf, base=base)
     async with client.ws_connect(conn["ws_url"], origin=base) as ws:
         await rfb_handshake(ws)
         while True:
-            snap = await snapshot()
+            snap = await next_event(stream)
             live = snap["live"]
             assert isinstance(live, list)
             if live:
@@ -190,7 +185,7 @@ async def test_dashboard_stream_pushes_a_new_session(
         assert row["id"] == conn["session_id"] and row["user"] == "alice"
         assert row["desktop"] == "VM" and row["watchers"] == 0
     while True:
-        snap = await snapshot()
+        snap = await next_event(stream)
         recent = snap["recent"]
         assert isinstance(recent, list)
         if recent and not snap["live"]:
