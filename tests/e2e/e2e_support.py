@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import pyotp
 import pytest
+from pngpixels import Image, bounding_box, count, decode, is_dark, is_white
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -41,6 +42,7 @@ VIEWPORT = {"width": 1280, "height": 800}
 STATIC_VNC_PASSWORD = "Qz7vKp3w"
 STATIC_DESKTOP = "Static desktop"
 LOCAL_DESKTOP = "Local desktop"
+CONNECT_TIMEOUT_MS = 30_000
 
 T = TypeVar("T")
 
@@ -336,3 +338,99 @@ def watch(page: Any) -> Watched:
 
     page.on("websocket", on_ws)
     return w
+
+
+# -- the desktop in the browser: client state and screenshots ------------------------------------
+
+
+def shot_to(page: Any, name: str) -> Path:
+    """A full-page screenshot into the artifacts directory."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def shot(page: Any, path: Path | None = None) -> Image:
+    return decode(page.screenshot(path=str(path) if path else None))
+
+
+def desktop_url(gw: Gateway, name: str) -> str:
+    return f"{gw.base_url}/desktops/{gw.desktop_ids[name]}"
+
+
+def wait_state(page: Any, state: str, timeout_ms: int = CONNECT_TIMEOUT_MS) -> None:
+    page.wait_for_function(
+        "s => document.getElementById('deskgate-client').dataset.state === s",
+        arg=state,
+        timeout=timeout_ms,
+    )
+
+
+def open_desktop(page: Any, gw: Gateway, name: str, timeout_ms: int = CONNECT_TIMEOUT_MS) -> None:
+    """Opens the named desktop's client page and waits until it is connected."""
+    page.goto(desktop_url(gw, name))
+    wait_state(page, "connected", timeout_ms)
+
+
+def screen_box(page: Any) -> tuple[int, int, int, int]:
+    """The desktop area of the client page (below the toolbar), in screenshot pixels."""
+    b = page.locator("#screen").bounding_box()
+    assert b, "no #screen element"
+    return int(b["x"]), int(b["y"]), int(b["x"] + b["width"]), int(b["y"] + b["height"])
+
+
+def wait_for_xterm(page: Any, timeout: float = 20, failed_shot: str = "failed-xterm-missing.png"
+                   ) -> tuple[Image, tuple[int, int, int, int]]:
+    """Screenshots until a white xterm with dark text shows in the desktop area."""
+    area = screen_box(page)
+    last: list[Image] = []
+
+    def xterm_visible() -> tuple[int, int, int, int] | None:
+        img = shot(page)
+        last[:] = [img]
+        box = bounding_box(img, is_white, area, step=4)
+        if not box:
+            return None
+        left, top, right, bottom = box
+        big = (right - left) > 300 and (bottom - top) > 200
+        has_text = count(img, is_dark, box, step=2) > 50
+        return box if big and has_text else None
+
+    try:
+        box = wait_until(xterm_visible, timeout, "the xterm to show in the browser", 0.3)
+    except AssertionError:
+        shot_to(page, failed_shot)
+        raise
+    return last[0], box
+
+
+def type_into_xterm(page: Any, box: tuple[int, int, int, int], text: str) -> None:
+    left, top, right, bottom = box
+    page.mouse.click((left + right) / 2, (top + bottom) / 2)
+    page.keyboard.type(text, delay=15)
+    page.keyboard.press("Enter")
+
+
+def wait_for_colour(
+    page: Any,
+    pred: Callable[[tuple[int, int, int]], bool],
+    min_pixels: int,
+    what: str,
+    timeout: float = 15,
+) -> Image:
+    """Screenshots until at least ``min_pixels`` of the desktop area match ``pred``."""
+    area = screen_box(page)
+    found: list[Image] = []
+
+    def coloured() -> bool:
+        img = shot(page)
+        found[:] = [img]
+        return count(img, pred, area, step=4) >= min_pixels
+
+    try:
+        wait_until(coloured, timeout, what, 0.3)
+    except AssertionError:
+        shot_to(page, f"failed-{re.sub(r'[^a-z]+', '-', what)}.png")
+        raise
+    return found[0]

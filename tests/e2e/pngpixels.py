@@ -41,6 +41,18 @@ def is_green(p: Pixel) -> bool:
     return g > 140 and r < 90 and b < 90
 
 
+def is_ansi_green(p: Pixel) -> bool:
+    """The xterm's ANSI green background (stricter than is_green)."""
+    r, g, b = p
+    return g > 150 and r < 90 and b < 90
+
+
+def is_ansi_blue(p: Pixel) -> bool:
+    """The xterm's ANSI blue background."""
+    r, g, b = p
+    return b > 170 and r < 80 and g < 80
+
+
 def is_white(p: Pixel) -> bool:
     return min(p) > 235
 

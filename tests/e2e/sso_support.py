@@ -19,7 +19,6 @@ from typing import Any
 import pyotp
 import pytest
 from e2e_support import (
-    ARTIFACTS,
     REPO,
     Account,
     Gateway,
@@ -27,10 +26,10 @@ from e2e_support import (
     free_port,
     healthy,
     run_cli,
+    shot_to,
     stop_pid,
     wait_until,
 )
-from pngpixels import Image, bounding_box, count, decode, is_dark, is_white
 
 OIDC_MOCK = REPO / ".venv-oidc" / "bin" / "oidc-provider-mock"
 PROVIDER_ID = "mock"
@@ -38,7 +37,6 @@ PROVIDER_LABEL = "Mock IdP"
 CLIENT_ID = "deskgate"
 CLIENT_SECRET = "s3cret-client"
 ADMIN_GROUP = "deskgate-admins"
-CONNECT_TIMEOUT_MS = 30_000
 
 
 # -- the identity provider ------------------------------------------------------------------------
@@ -188,13 +186,6 @@ class SsoAccount:
     callback_urls: list[str] = field(default_factory=list)
 
 
-def shot_to(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    return path
-
-
 def sso_button(page: Any) -> Any:
     return page.locator(f'.sso-button[data-provider="{PROVIDER_ID}"]')
 
@@ -321,43 +312,3 @@ def fetch_status(page: Any, url: str, method: str = "GET", headers: dict[str, st
         [url, method, headers or {}],
     )
     return status
-
-
-# -- the desktop in the browser (as in test_e2e_client.py) ----------------------------------------
-
-
-def wait_state(page: Any, state: str, timeout_ms: int = CONNECT_TIMEOUT_MS) -> None:
-    page.wait_for_function(
-        "s => document.getElementById('deskgate-client').dataset.state === s",
-        arg=state,
-        timeout=timeout_ms,
-    )
-
-
-def screen_box(page: Any) -> tuple[int, int, int, int]:
-    b = page.locator("#screen").bounding_box()
-    assert b, "no #screen element"
-    return int(b["x"]), int(b["y"]), int(b["x"] + b["width"]), int(b["y"] + b["height"])
-
-
-def wait_for_xterm(page: Any, timeout: float = 20) -> tuple[Image, tuple[int, int, int, int]]:
-    """Screenshots until a white xterm with dark text shows in the desktop area."""
-    area = screen_box(page)
-    last: list[Image] = []
-
-    def xterm_visible() -> tuple[int, int, int, int] | None:
-        img = decode(page.screenshot())
-        last[:] = [img]
-        box = bounding_box(img, is_white, area, step=4)
-        if not box:
-            return None
-        left, top, right, bottom = box
-        big = (right - left) > 300 and (bottom - top) > 200
-        return box if big and count(img, is_dark, box, step=2) > 50 else None
-
-    try:
-        box = wait_until(xterm_visible, timeout, "the xterm to show in the browser", 0.3)
-    except AssertionError:
-        shot_to(page, "failed-sso-xterm-missing.png")
-        raise
-    return last[0], box

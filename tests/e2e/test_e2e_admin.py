@@ -10,18 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import STATIC_DESKTOP, VIEWPORT, Account, Gateway, Watched, sign_in, wait_until
-from pngpixels import count, decode
-from test_e2e_client import (
-    desktop_url,
-    is_blue,
-    is_green,
+from e2e_support import (
+    STATIC_DESKTOP,
+    VIEWPORT,
+    Account,
+    Gateway,
+    Watched,
+    open_desktop,
     screen_box,
+    sign_in,
     type_into_xterm,
     wait_for_colour,
     wait_for_xterm,
     wait_state,
+    wait_until,
 )
+from pngpixels import count, decode, is_ansi_blue, is_ansi_green
 
 pytestmark = pytest.mark.e2e
 
@@ -78,8 +82,7 @@ def _open_user_session(new_page: Callable[..., Watched], gw: Gateway, state: dic
     dashboard shows the session, printing how long that took."""
     user = new_page(state)
     clicked = time.time()
-    user.page.goto(desktop_url(gw, STATIC_DESKTOP))
-    wait_state(user.page, "connected")
+    open_desktop(user.page, gw, STATIC_DESKTOP)
     connected = time.time()
     sid = user.page.evaluate("() => document.getElementById('deskgate-client').dataset.sessionId")
     dashboard.wait_for_selector(f'#live-sessions tr[data-session-id="{sid}"]', timeout=5_000)
@@ -120,7 +123,7 @@ def test_message_and_watch_view_only(
 
         # The user's xterm turns green.
         type_into_xterm(page, box, r"printf '\033[42m'; clear")
-        wait_for_colour(page, is_green, 100_000, "the user's xterm to turn green")
+        wait_for_colour(page, is_ansi_green, 100_000, "the user's xterm to turn green")
 
         # The admin watches: the same pixels, and the user sees that they are watched.
         watch = new_page(admin_state)
@@ -129,14 +132,14 @@ def test_message_and_watch_view_only(
         wpage.wait_for_function(
             "() => document.getElementById('deskgate-watch').dataset.state === 'connected'",
             timeout=15_000)
-        wait_for_colour(wpage, is_green, 100_000, "the watched xterm to show green")
+        wait_for_colour(wpage, is_ansi_green, 100_000, "the watched xterm to show green")
         page.locator("#watched-indicator").wait_for(state="visible", timeout=5_000)
         wait_until(lambda: _row(dashboard, sid).locator('[data-col="watchers"]').inner_text() == "1",
                    5, "the dashboard to count one watcher")
         user_img = decode(page.screenshot(path=str(artifacts / "watched-user.png")))
         admin_img = decode(wpage.screenshot(path=str(artifacts / "watched-admin.png")))
-        user_green = count(user_img, is_green, screen_box(page), step=4)
-        admin_green = count(admin_img, is_green, screen_box(wpage), step=4)
+        user_green = count(user_img, is_ansi_green, screen_box(page), step=4)
+        admin_green = count(admin_img, is_ansi_green, screen_box(wpage), step=4)
         assert abs(user_green - admin_green) < 0.1 * user_green, (user_green, admin_green)
 
         # Keys typed in the admin's view never reach the desktop: the xterm stays green.
@@ -146,8 +149,8 @@ def test_message_and_watch_view_only(
         wpage.keyboard.press("Enter")
         time.sleep(2)
         after = decode(page.screenshot(path=str(artifacts / "watched-after-admin-typed.png")))
-        assert count(after, is_blue, screen_box(page), step=4) < 1_000
-        assert count(after, is_green, screen_box(page), step=4) >= 0.9 * user_green
+        assert count(after, is_ansi_blue, screen_box(page), step=4) < 1_000
+        assert count(after, is_ansi_green, screen_box(page), step=4) >= 0.9 * user_green
 
         # Closing the watch clears the indicator.
         watch.page.close()

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from e2e_support import (
-    ARTIFACTS,
     LOCAL_DESKTOP,
     STATIC_DESKTOP,
     STATIC_VNC_PASSWORD,
@@ -24,89 +23,18 @@ from e2e_support import (
     Gateway,
     Relay,
     Watched,
+    open_desktop,
+    screen_box,
     sign_in,
+    type_into_xterm,
+    wait_for_colour,
+    wait_for_xterm,
+    wait_state,
     wait_until,
 )
-from pngpixels import Image, bounding_box, count, decode, distinct_colours, is_dark, is_white
+from pngpixels import count, distinct_colours, is_ansi_blue, is_ansi_green
 
 pytestmark = pytest.mark.e2e
-
-CONNECT_TIMEOUT_MS = 30_000
-
-
-def shot(page: Any, path: Path | None = None) -> Image:
-    return decode(page.screenshot(path=str(path) if path else None))
-
-
-def screen_box(page: Any) -> tuple[int, int, int, int]:
-    """The desktop area of the client page (below the toolbar), in screenshot pixels."""
-    b = page.locator("#screen").bounding_box()
-    assert b, "no #screen element"
-    return int(b["x"]), int(b["y"]), int(b["x"] + b["width"]), int(b["y"] + b["height"])
-
-
-def wait_state(page: Any, state: str, timeout_ms: int = CONNECT_TIMEOUT_MS) -> None:
-    page.wait_for_function(
-        "s => document.getElementById('deskgate-client').dataset.state === s",
-        arg=state,
-        timeout=timeout_ms,
-    )
-
-
-def wait_for_xterm(page: Any, timeout: float = 20) -> tuple[Image, tuple[int, int, int, int]]:
-    """Screenshots until a white xterm with dark text shows in the desktop area."""
-    area = screen_box(page)
-    last: list[Image] = []
-
-    def xterm_visible() -> tuple[int, int, int, int] | None:
-        img = shot(page)
-        last[:] = [img]
-        box = bounding_box(img, is_white, area, step=4)
-        if not box:
-            return None
-        left, top, right, bottom = box
-        big = (right - left) > 300 and (bottom - top) > 200
-        has_text = count(img, is_dark, box, step=2) > 50
-        return box if big and has_text else None
-
-    try:
-        box = wait_until(xterm_visible, timeout, "the xterm to show in the browser", 0.3)
-    except AssertionError:
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "failed-xterm-missing.png").write_bytes(page.screenshot())
-        raise
-    return last[0], box
-
-
-def type_into_xterm(page: Any, box: tuple[int, int, int, int], text: str) -> None:
-    left, top, right, bottom = box
-    page.mouse.click((left + right) / 2, (top + bottom) / 2)
-    page.keyboard.type(text, delay=15)
-    page.keyboard.press("Enter")
-
-
-def wait_for_colour(
-    page: Any,
-    pred: Callable[[tuple[int, int, int]], bool],
-    min_pixels: int,
-    what: str,
-    timeout: float = 15,
-) -> Image:
-    area = screen_box(page)
-    found: list[Image] = []
-
-    def coloured() -> bool:
-        img = shot(page)
-        found[:] = [img]
-        return count(img, pred, area, step=4) >= min_pixels
-
-    try:
-        wait_until(coloured, timeout, what, 0.3)
-    except AssertionError:
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / f"failed-{re.sub(r'[^a-z]+', '-', what)}.png").write_bytes(page.screenshot())
-        raise
-    return found[0]
 
 
 def assert_no_secret(w: Watched, secret: str) -> None:
@@ -117,20 +45,6 @@ def assert_no_secret(w: Watched, secret: str) -> None:
         assert needle not in body, f"the desktop's VNC password appears in the response of {url}"
     for frame in w.ws_frames:
         assert needle not in frame, "the desktop's VNC password appears in a websocket frame"
-
-
-def desktop_url(gw: Gateway, name: str) -> str:
-    return f"{gw.base_url}/desktops/{gw.desktop_ids[name]}"
-
-
-def is_green(p: tuple[int, int, int]) -> bool:
-    r, g, b = p
-    return g > 150 and r < 90 and b < 90
-
-
-def is_blue(p: tuple[int, int, int]) -> bool:
-    r, g, b = p
-    return b > 170 and r < 80 and g < 80
 
 
 # -- 1. the full journey ---------------------------------------------------------------------
@@ -171,9 +85,9 @@ def test_full_journey_sign_in_enrol_connect_type(
 
     # The canvas has keyboard focus after clicking it; typing reaches the xterm.
     type_into_xterm(page, box, r"printf '\033[42m'; clear")
-    green = wait_for_colour(page, is_green, 100_000, "the xterm to turn green")
+    green = wait_for_colour(page, is_ansi_green, 100_000, "the xterm to turn green")
     page.screenshot(path=str(artifacts / "journey-xterm-green.png"))
-    assert count(green, is_green, box, step=4) > 0.5 * (box[2] - box[0]) * (box[3] - box[1])
+    assert count(green, is_ansi_green, box, step=4) > 0.5 * (box[2] - box[0]) * (box[3] - box[1])
 
     assert_no_secret(w, STATIC_VNC_PASSWORD)
     assert w.ws_urls and all("/ws/sessions/" in u for u in w.ws_urls), w.ws_urls
@@ -184,8 +98,7 @@ def test_typed_text_is_readable(
     gateway: Gateway, dave_state: dict[str, Any], new_page: Callable[..., Watched], artifacts: Path
 ) -> None:
     page = new_page(dave_state).page
-    page.goto(desktop_url(gateway, STATIC_DESKTOP))
-    wait_state(page, "connected")
+    open_desktop(page, gateway, STATIC_DESKTOP)
     _, box = wait_for_xterm(page)
     type_into_xterm(page, box, "printf '\\033[0m'; clear; echo DESKGATE OCR CHECK")
     path = artifacts / "ocr.png"
@@ -223,8 +136,7 @@ def test_clipboard_both_ways(
     if shutil.which("xclip") is None:
         pytest.skip("xclip is not installed")
     page = new_page(dave_state).page
-    page.goto(desktop_url(gateway, STATIC_DESKTOP))
-    wait_state(page, "connected")
+    open_desktop(page, gateway, STATIC_DESKTOP)
     wait_for_xterm(page)
 
     # Browser -> desktop
@@ -269,8 +181,7 @@ def test_reconnects_after_upstream_drop(
     artifacts: Path,
 ) -> None:
     page = new_page(dave_state).page
-    page.goto(desktop_url(gateway, STATIC_DESKTOP))
-    wait_state(page, "connected")
+    open_desktop(page, gateway, STATIC_DESKTOP)
     wait_for_xterm(page)
     first_session = page.locator("#deskgate-client").get_attribute("data-session-id")
     page.evaluate(
@@ -306,7 +217,7 @@ def test_reconnects_after_upstream_drop(
     assert first_session, "no session id before the drop"
     # The reconnected desktop takes input again.
     type_into_xterm(page, box, r"printf '\033[42m'; clear")
-    wait_for_colour(page, is_green, 100_000, "the xterm to turn green after the reconnect")
+    wait_for_colour(page, is_ansi_green, 100_000, "the xterm to turn green after the reconnect")
 
 
 def test_user_disconnect_is_final_until_reconnect_clicked(
@@ -317,8 +228,7 @@ def test_user_disconnect_is_final_until_reconnect_clicked(
 ) -> None:
     w = new_page(dave_state)
     page = w.page
-    page.goto(desktop_url(gateway, STATIC_DESKTOP))
-    wait_state(page, "connected")
+    open_desktop(page, gateway, STATIC_DESKTOP)
 
     # Toolbar: full screen on and off, Ctrl+Alt+Del reaches the desktop without errors.
     page.locator("#fullscreen").click()
@@ -368,8 +278,7 @@ def test_signed_out_client_goes_to_sign_in(
         page.fill("#totp-code", alice.recovery_codes.pop())
         page.get_by_role("button", name="Verify").click()
         page.wait_for_url(gateway.base_url + "/")
-    page.goto(desktop_url(gateway, STATIC_DESKTOP))
-    wait_state(page, "connected")
+    open_desktop(page, gateway, STATIC_DESKTOP)
 
     other = page.context.new_page()
     other.goto(gateway.base_url + "/")
@@ -393,12 +302,11 @@ def test_local_desktop_shows_its_xterm(
 ) -> None:
     w = new_page(dave_state)
     page = w.page
-    page.goto(desktop_url(gateway, LOCAL_DESKTOP))
-    wait_state(page, "connected", 45_000)
+    open_desktop(page, gateway, LOCAL_DESKTOP, 45_000)
     img, box = wait_for_xterm(page, timeout=30)
     page.screenshot(path=str(artifacts / "local-desktop.png"))
     assert distinct_colours(img, screen_box(page)) >= 8
     type_into_xterm(page, box, r"printf '\033[44m'; clear")
-    wait_for_colour(page, is_blue, 100_000, "the local xterm to turn blue")
+    wait_for_colour(page, is_ansi_blue, 100_000, "the local xterm to turn blue")
     page.screenshot(path=str(artifacts / "local-desktop-blue.png"))
     assert w.real_console_errors() == []

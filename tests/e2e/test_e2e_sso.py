@@ -16,8 +16,20 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from e2e_support import STATIC_VNC_PASSWORD, Gateway, Relay, Watched, stop_pid, wait_until
-from pngpixels import count, decode, distinct_colours, is_green
+from e2e_support import (
+    STATIC_VNC_PASSWORD,
+    Gateway,
+    Relay,
+    Watched,
+    screen_box,
+    shot_to,
+    stop_pid,
+    type_into_xterm,
+    wait_for_colour,
+    wait_for_xterm,
+    wait_state,
+)
+from pngpixels import distinct_colours, is_green
 from sso_support import (
     ADMIN_GROUP,
     CLIENT_ID,
@@ -30,16 +42,12 @@ from sso_support import (
     complete_second_factor,
     csrf_token,
     fetch_status,
-    screen_box,
-    shot_to,
     sso_button,
     sso_sign_in,
     start_at_idp,
     start_mock_idp,
     start_sso_gateway,
     user_claims,
-    wait_for_xterm,
-    wait_state,
 )
 
 pytestmark = pytest.mark.e2e
@@ -139,20 +147,13 @@ def test_sso_sign_in_enrol_and_connect_through_group(
     page.locator(f'a.desktop-connect[data-desktop-id="{desktop_id}"]').click()
     page.wait_for_url(re.compile(rf"/desktops/{desktop_id}$"))
     wait_state(page, "connected")
-    img, box = wait_for_xterm(page)
+    img, box = wait_for_xterm(page, failed_shot="failed-sso-xterm-missing.png")
     page.screenshot(path=str(artifacts / "sso-desktop.png"))
     assert distinct_colours(img, screen_box(page)) >= 8, "the desktop area looks blank"
 
     # Input reaches the desktop too.
-    left, top, right, bottom = box
-    page.mouse.click((left + right) / 2, (top + bottom) / 2)
-    page.keyboard.type(r"printf '\033[42m'; clear", delay=15)
-    page.keyboard.press("Enter")
-
-    def green() -> bool:
-        return count(decode(page.screenshot()), is_green, screen_box(page), step=4) >= 100_000
-
-    wait_until(green, 15, "the xterm to turn green", 0.3)
+    type_into_xterm(page, box, r"printf '\033[42m'; clear")
+    wait_for_colour(page, is_green, 100_000, "the xterm to turn green")
     page.screenshot(path=str(artifacts / "sso-desktop-green.png"))
     assert real_errors(w) == []
 
