@@ -577,3 +577,58 @@ async def _start_once(
         raise
     d._owns_state_dir = owns_state_dir
     return d
+
+
+async def spawn_on_display(
+    d: XvncDisplay,
+    argv: Sequence[str],
+    *,
+    user: str | None = None,
+    home: Path,
+    extra_env: dict[str, str] | None = None,
+    stdin: int | None = asyncio.subprocess.DEVNULL,
+    stdout: int | None = asyncio.subprocess.DEVNULL,
+    stderr: int | None = asyncio.subprocess.DEVNULL,
+) -> asyncio.subprocess.Process:
+    """Start an X client on ``d`` the way ``start_display`` starts its own clients.
+
+    It runs as ``user`` when we are root (primary group only), in its own process group, with
+    a minimal environment (HOME=``home``, DISPLAY, XAUTHORITY when the display uses one, plus
+    ``extra_env``) and umask 077. It joins ``d``'s processes: ``d.stop()`` stops it (before
+    Xvnc) and reaps it, and its PID is appended to ``d.pids``.
+    """
+    run_as = _RunAs.resolve(user)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+        "USER": run_as.name,
+        "LOGNAME": run_as.name,
+        "SHELL": "/bin/bash",
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "DISPLAY": f":{d.display}",
+    }
+    if d.xauthority is not None:
+        env["XAUTHORITY"] = str(d.xauthority)
+    env.update(extra_env or {})
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        cwd=str(home),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+        user=run_as.uid if run_as.switch else None,
+        group=run_as.gid if run_as.switch else None,
+        extra_groups=[] if run_as.switch else None,
+        umask=0o077,
+    )
+    d._procs.append(proc)
+    d.pids.append(proc.pid)
+    return proc
+
+
+async def x_client_output(d: XvncDisplay, argv: Sequence[str], timeout: float = 3.0) -> tuple[int, str]:
+    """Run a short X tool (xdotool, xprop, ...) against ``d`` as the gateway user: (status,
+    stdout); status -1 when it outlived ``timeout`` (it is killed and reaped)."""
+    return await _run_quiet(argv, d.env(), timeout)

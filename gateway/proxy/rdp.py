@@ -1,0 +1,685 @@
+"""The RDP bridge: per session, FreeRDP's ``xfreerdp`` full screen inside a private ``Xvnc``.
+
+The gateway serves an RDP desktop through the same RFB adapter as a VNC desktop (``relay_vnc``):
+``RdpBridges.acquire`` starts a TigerVNC ``Xvnc`` that listens on a unix socket only (mode 0600,
+fresh random VncAuth password, X cookie required) and an ``xfreerdp`` that fills it, and returns
+that socket as an ``Endpoint``.
+
+- Credentials reach FreeRDP on stdin (``/from-stdin:force``), never on its command line, in its
+  environment or in a log line. Every process runs as ``run_as_user`` when the gateway is root,
+  with a private HOME (0700) removed when the bridge stops.
+- ``acquire`` returns once ``xfreerdp`` has mapped its window and is still running a moment later,
+  or raises ``BridgeError`` with a reason for the person (wrong credentials, unreachable,
+  certificate refused, busy). FreeRDP 2.11 exits 147 both for a closed port and for a refused NLA
+  login; a TCP probe of the server tells them apart.
+- ``release`` starts a grace period: a browser that reconnects within it gets the same bridge and
+  so the same remote session. ``watch_exit`` reports an ``xfreerdp`` that ended on its own.
+- Processes are stopped by PID (their process groups: TERM, wait, KILL) and reaped.
+
+Known limits: a frozen server keeps ``xfreerdp`` running (no no-update timer here); against xrdp
+over TLS (no NLA) a wrong password does not end ``xfreerdp`` (xrdp shows its own login dialog), so
+``acquire`` succeeds and the person sees that dialog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import logging
+import os
+import pwd
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import WS_UPSTREAM_AUTH, ConfigError, DesktopUnavailable
+from gateway.model import Endpoint, Secret
+from gateway.providers.base import ProviderContext
+from gateway.providers.local import LocalProvider, _can_traverse, _checked_user
+from gateway.providers.xvnc import (
+    UNIX_PATH_MAX,
+    XvncDisplay,
+    XvncStartError,
+    random_vnc_password,
+    spawn_on_display,
+    start_display,
+    x_client_output,
+)
+
+log = logging.getLogger(__name__)
+
+SECURITY_MODES = ("negotiate", "nla", "tls", "rdp")
+CERT_POLICIES = ("ignore", "tofu", "fingerprint")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})$")
+_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+
+CONNECT_TIMEOUT = 30.0  # start of xfreerdp to its window mapped
+SETTLE_SECONDS = 0.4  # the window must stay with a running xfreerdp this long
+PROBE_TIMEOUT = 3.0
+STOP_TIMEOUT = 5.0
+OUTPUT_LINES = 80  # xfreerdp output kept per bridge for classifying its exit
+
+# Reasons shown to the person (never a password, never the private address).
+REASON_CREDENTIALS = "the remote desktop refused the user name or password"
+REASON_UNREACHABLE = "the remote desktop cannot be reached"
+REASON_CERTIFICATE = "the remote desktop's certificate was refused"
+REASON_SECURITY = "the remote desktop refused the connection's security settings"
+REASON_BUSY = "the gateway is busy: too many RDP sessions on this node"
+REASON_ENDED = "the remote desktop ended the session"
+REASON_LOST = "the connection to the remote desktop was lost"
+REASON_LOGGED_OFF = "the remote desktop session was logged off"
+REASON_TIMEOUT = "the remote desktop did not answer in time"
+REASON_START = "the remote desktop bridge could not be started"
+REASON_SHUTDOWN = "the gateway is shutting down"
+
+# FreeRDP 2.11 exit codes (client/X11/xf_client.h) and the error-info codes it passes through.
+_EXIT_LOGOFF_BY_USER = 12  # ERRINFO_LOGOFF_BY_USER
+_EXIT_CONN_FAILED = 131
+_EXIT_AUTH_FAILURE = 132
+_EXIT_NEGO_FAILURE = 133
+_EXIT_LOGON_FAILURE = 134
+_EXIT_ACCOUNT_LOCKED_OUT = 135
+_EXIT_DNS_ERROR = 139
+_EXIT_DNS_NAME_NOT_FOUND = 140
+_EXIT_CONNECT_FAILED = 141
+_EXIT_TLS_CONNECT_FAILED = 143
+_EXIT_TRANSPORT_FAILED = 147
+_EXIT_PASSWORD_EXPIRED = 148
+_CREDENTIAL_TEXT = (
+    "ERRCONNECT_LOGON_FAILURE",
+    "ERRCONNECT_AUTHENTICATION_FAILED",
+    "ERRCONNECT_WRONG_PASSWORD",
+    "ERRCONNECT_ACCOUNT_LOCKED_OUT",
+    "ERRCONNECT_PASSWORD_EXPIRED",
+    "ERRCONNECT_PASSWORD_CERTAINLY_EXPIRED",
+    "ERRCONNECT_ACCOUNT_DISABLED",
+    "ERRCONNECT_ACCOUNT_RESTRICTION",
+    "STATUS_LOGON_FAILURE",
+    "STATUS_WRONG_PASSWORD",
+)
+_CERTIFICATE_TEXT = ("certificate not trusted", "Host key verification failed", "HOST IDENTIFICATION")
+
+
+class BridgeError(DesktopUnavailable):
+    """The bridge could not be started or ended; ``reason`` is for the person.
+
+    ``kind``: "credentials", "unreachable", "certificate", "security", "busy", "timeout",
+    "start", "shutdown" or "failed". Refused credentials carry the upstream-auth close code.
+    """
+
+    reason = REASON_UNREACHABLE
+
+    def __init__(self, reason: str | None = None, kind: str = "failed") -> None:
+        super().__init__(reason)
+        self.kind = kind
+        if kind == "credentials":
+            self.ws_code = WS_UPSTREAM_AUTH
+
+
+@dataclass(frozen=True)
+class RdpTarget:
+    """One RDP server and the account the bridge signs in with."""
+
+    host: str
+    port: int
+    username: str
+    domain: str = ""
+    password: Secret | None = None
+    security: str = "negotiate"  # negotiate | nla | tls | rdp   (xfreerdp /sec:...; negotiate = none)
+    cert_policy: str = "ignore"  # ignore | tofu | fingerprint
+    cert_fingerprint: str = ""  # fingerprint policy: SHA-256 of the server certificate (hex, colons optional)
+
+    def __post_init__(self) -> None:
+        if not _valid_host(self.host):
+            raise ValueError("RdpTarget: bad host")
+        if not 1 <= self.port <= 65535:
+            raise ValueError("RdpTarget: bad port")
+        for name, value in (("username", self.username), ("domain", self.domain)):
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ValueError(f"RdpTarget: control characters in {name}")
+        if not self.username:
+            raise ValueError("RdpTarget: a user name is required")
+        if self.password is not None and any(c in self.password.reveal() for c in "\r\n\0"):
+            raise ValueError("RdpTarget: the password holds a line break or NUL")  # value not shown
+        if self.security not in SECURITY_MODES:
+            raise ValueError(f"RdpTarget: security must be one of {', '.join(SECURITY_MODES)}")
+        if self.cert_policy not in CERT_POLICIES:
+            raise ValueError(f"RdpTarget: cert_policy must be one of {', '.join(CERT_POLICIES)}")
+        if self.cert_policy == "fingerprint" and not _FINGERPRINT_RE.match(self.normalized_fingerprint):
+            raise ValueError("RdpTarget: cert_fingerprint must be 64 hex digits (SHA-256)")
+
+    @property
+    def normalized_fingerprint(self) -> str:
+        return re.sub(r"[\s:]", "", self.cert_fingerprint).lower()
+
+    def server_argument(self) -> str:
+        """``/v:`` value; IPv6 literals in brackets."""
+        host = self.host.strip("[]")
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host).version == 6:
+                return f"/v:[{host}]:{self.port}"
+        return f"/v:{host}:{self.port}"
+
+
+def _valid_host(host: str) -> bool:
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+        return True
+    except ValueError:
+        return bare == host and bool(_HOSTNAME_RE.match(host))
+
+
+class BridgeLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with ``[bridge=<key>]``."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        return f"[bridge={extra.get('bridge', '?')}] {msg}", kwargs
+
+
+@dataclass(eq=False)
+class _Bridge:
+    key: str
+    target: RdpTarget
+    folder: Path
+    display: XvncDisplay
+    endpoint: Endpoint
+    blog: BridgeLog
+    started_at: float = field(default_factory=time.time)
+    proc: asyncio.subprocess.Process | None = None
+    window: str = ""
+    connected: bool = False
+    stopping: bool = False
+    clients: int = 0
+    grace: asyncio.TimerHandle | None = None
+    watchers: list[Callable[[str], None]] = field(default_factory=list)
+    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES))
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self.display.pids)
+
+    def running(self) -> bool:
+        return (
+            not self.stopping
+            and self.proc is not None
+            and self.proc.returncode is None
+            and self.display.alive()
+        )
+
+
+class RdpBridges:
+    """Every RDP bridge of this node, by key (for instance the session id)."""
+
+    def __init__(
+        self,
+        runtime_dir: Path,
+        *,
+        run_as_user: str | None,
+        max_bridges: int = 20,
+        grace_seconds: float = 60.0,
+        display_base: int = 60,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        if os.geteuid() == 0 and run_as_user is None:
+            raise ConfigError("the RDP bridge needs run_as_user when the gateway runs as root")
+        self._runtime_dir = runtime_dir
+        self._run_as_user = run_as_user if os.geteuid() == 0 else None
+        self._max = max_bridges
+        self._grace = grace_seconds
+        self._display_base = display_base
+        self._connect_timeout = connect_timeout
+        self._bridges: dict[str, _Bridge] = {}
+        self._starting: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._user: pwd.struct_passwd | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._bridges)
+
+    # -- the contract ----------------------------------------------------------------------
+
+    async def acquire(self, key: str, target: RdpTarget, width: int = 1280, height: int = 800) -> Endpoint:
+        """The bridge for ``key``, started unless a live one exists (then its grace timer is
+        cancelled and the same remote session continues). Raises ``BridgeError``."""
+        if not (16 <= width <= 8192 and 16 <= height <= 8192):
+            raise ValueError("bridge size out of range")
+        self._check_open()
+        async with self._lock(key):
+            self._check_open()
+            current = self._bridges.get(key)
+            if current is not None:
+                if current.running() and current.target == target:
+                    if current.grace is not None:
+                        current.grace.cancel()
+                        current.grace = None
+                    current.clients += 1
+                    current.blog.info("reused (%d client(s))", current.clients)
+                    return current.endpoint
+                current.blog.info("replaced: %s", "target changed" if current.running() else "not running")
+                await self._stop(current)
+            if len(self._bridges) + len(self._starting) >= self._max:
+                BridgeLog(log, {"bridge": key}).warning("refused: %d bridges running", self._max)
+                raise BridgeError(REASON_BUSY, "busy")
+            self._starting.add(key)
+            try:
+                bridge = await self._start(key, target, width, height)
+            finally:
+                self._starting.discard(key)
+            if self._closed:
+                await self._stop(bridge)
+                raise BridgeError(REASON_SHUTDOWN, "shutdown")
+            bridge.clients = 1
+            self._bridges[key] = bridge
+            return bridge.endpoint
+
+    def release(self, key: str) -> None:
+        """One client left; with none left the bridge stops after ``grace_seconds``."""
+        bridge = self._bridges.get(key)
+        if bridge is None or bridge.stopping:
+            return
+        bridge.clients = max(0, bridge.clients - 1)
+        if bridge.clients > 0 or bridge.grace is not None:
+            return
+        bridge.blog.info("released: stopping in %g s unless reconnected", self._grace)
+        loop = asyncio.get_running_loop()
+        bridge.grace = loop.call_later(
+            max(0.0, self._grace), lambda: self._in_background(self._expire(key, bridge))
+        )
+
+    async def resized(self, key: str, width: int, height: int) -> None:
+        """Make the full-screen xfreerdp window follow a resized display (it keeps its old size
+        otherwise, although ``/dynamic-resolution`` has resized the remote session)."""
+        bridge = self._bridges.get(key)
+        if bridge is None or not bridge.running():
+            return
+        if not (1 <= width <= 16384 and 1 <= height <= 16384):
+            raise ValueError("bad size")
+        wid = bridge.window or await self._find_window(bridge)
+        if not wid:
+            bridge.blog.warning("resize to %dx%d: no xfreerdp window", width, height)
+            return
+        rc, _ = await x_client_output(bridge.display, ["xdotool", "windowmove", wid, "0", "0"])
+        rc2, _ = await x_client_output(
+            bridge.display, ["xdotool", "windowsize", wid, str(width), str(height)]
+        )
+        if rc or rc2:
+            bridge.blog.warning("resize to %dx%d failed (xdotool %d/%d)", width, height, rc, rc2)
+        else:
+            bridge.blog.info("window resized to %dx%d", width, height)
+
+    def watch_exit(self, key: str, callback: Callable[[str], None]) -> None:
+        """``callback(reason)`` once, when xfreerdp ends on its own (not on release/close).
+        Called soon with ``REASON_ENDED`` when no live bridge exists for ``key``."""
+        bridge = self._bridges.get(key)
+        if bridge is None or not bridge.running():
+            asyncio.get_running_loop().call_soon(callback, REASON_ENDED)
+            return
+        bridge.watchers.append(callback)
+
+    def stats(self) -> list[dict[str, Any]]:
+        out = []
+        for bridge in self._bridges.values():
+            pids = [p for p in bridge.pids if _alive(p)]
+            out.append(
+                {
+                    "key": bridge.key,
+                    "pids": pids,
+                    "display": bridge.display.display,
+                    "rss_bytes": sum(_rss_bytes(p) for p in pids),
+                    "cpu_seconds": round(sum(_cpu_seconds(p) for p in pids), 2),
+                    "started_at": bridge.started_at,
+                    "clients": bridge.clients,
+                    "connected": bridge.running(),
+                }
+            )
+        return out
+
+    async def close(self) -> None:
+        """Stop every bridge; later ``acquire`` calls fail."""
+        self._closed = True
+        bridges = list(self._bridges.values())
+        await asyncio.gather(*(self._stop(b) for b in bridges), return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        # a start still in progress finishes (and is stopped) under its lock
+        await asyncio.gather(*(self._wait_lock(k) for k in list(self._locks)))
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BridgeError(REASON_SHUTDOWN, "shutdown")
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _wait_lock(self, key: str) -> None:
+        async with self._lock(key):
+            pass
+
+    def _in_background(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _expire(self, key: str, bridge: _Bridge) -> None:
+        async with self._lock(key):
+            if self._bridges.get(key) is bridge and bridge.clients == 0 and bridge.grace is not None:
+                bridge.grace = None
+                bridge.blog.info("grace period over")
+                await self._stop(bridge)
+
+    async def _stop(self, bridge: _Bridge) -> None:
+        if self._bridges.get(bridge.key) is bridge:
+            del self._bridges[bridge.key]
+        bridge.stopping = True
+        if bridge.grace is not None:
+            bridge.grace.cancel()
+            bridge.grace = None
+        await bridge.display.stop(STOP_TIMEOUT)
+        for task in bridge.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        shutil.rmtree(bridge.folder, ignore_errors=True)
+        bridge.blog.info("stopped")
+
+    async def _desktop_user(self) -> pwd.struct_passwd | None:
+        if self._run_as_user is None:
+            return None
+        if self._user is None:
+            try:
+                self._user = _checked_user(pwd.getpwnam(self._run_as_user))
+            except KeyError:
+                # the local provider creates this system user on first use; share its code
+                ctx = ProviderContext(data_dir=self._runtime_dir, run_as_user=self._run_as_user)
+                self._user = await LocalProvider(ctx)._desktop_user()
+        return self._user
+
+    def _prepare_folder(self, user: pwd.struct_passwd | None, blog: BridgeLog) -> Path:
+        """``<runtime_dir>/rdp-XXXX`` (0700, the desktop user's) with ``home`` inside."""
+        self._runtime_dir.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            for parent in [self._runtime_dir, *self._runtime_dir.parents]:
+                if not _can_traverse(parent, user):
+                    blog.error("%s cannot enter %s: grant it o+x", user.pw_name, parent)
+                    raise BridgeError(REASON_START, "start")
+        folder = Path(tempfile.mkdtemp(prefix="rdp-", dir=self._runtime_dir))
+        home = folder / "home"
+        home.mkdir(mode=0o700)
+        if user is not None:
+            os.chown(folder, user.pw_uid, user.pw_gid)
+            os.chown(home, user.pw_uid, user.pw_gid)
+        if len(os.fsencode(folder / "vnc.sock")) > UNIX_PATH_MAX:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ConfigError("RDP bridge runtime_dir path too long for a unix socket")
+        return folder
+
+    def _tofu_store(self, user: pwd.struct_passwd | None) -> Path:
+        """The certificates accepted on first use, shared by every bridge (XDG_CONFIG_HOME)."""
+        store = self._runtime_dir / "freerdp-tofu"
+        store.mkdir(mode=0o700, exist_ok=True)
+        if user is not None:
+            os.chown(store, user.pw_uid, user.pw_gid, follow_symlinks=False)
+        return store
+
+    async def _start(self, key: str, target: RdpTarget, width: int, height: int) -> _Bridge:
+        blog = BridgeLog(log, {"bridge": key})
+        t0 = time.monotonic()
+        user = await self._desktop_user()
+        folder = self._prepare_folder(user, blog)
+        home = folder / "home"
+        vnc_password = random_vnc_password()
+        try:
+            display = await start_display(
+                unix_path=folder / "vnc.sock",
+                password=vnc_password,
+                geometry=f"{width}x{height}",
+                name="remote desktop",
+                user=user.pw_name if user is not None else None,
+                home=home,
+                state_dir=folder,
+                xauth=True,
+                window_manager=False,
+                xterm=False,
+                display_base=self._display_base,
+            )
+        except XvncStartError as e:
+            blog.error("Xvnc did not start: %s", e.reason)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise BridgeError(REASON_START, "start") from None
+        bridge = _Bridge(
+            key=key,
+            target=target,
+            folder=folder,
+            display=display,
+            endpoint=Endpoint(unix_path=str(folder / "vnc.sock"), password=Secret(vnc_password)),
+            blog=blog,
+        )
+        t_display = time.monotonic()
+        try:
+            await self._connect(bridge, user, home)
+        except BaseException:
+            await self._stop(bridge)
+            raise
+        bridge.blog.info(
+            "connected to %s:%d as %s on display :%d in %.2f s (Xvnc %.2f s); pids %s",
+            target.host,
+            target.port,
+            target.username,
+            display.display,
+            time.monotonic() - t0,
+            t_display - t0,
+            bridge.pids,
+        )
+        return bridge
+
+    def _xfreerdp_argv(self, target: RdpTarget) -> list[str]:
+        argv = ["xfreerdp", target.server_argument(), f"/u:{target.username}"]
+        if target.domain:
+            argv.append(f"/d:{target.domain}")
+        argv += ["/f", "/dynamic-resolution", "/bpp:24"]
+        if target.security != "negotiate":
+            argv.append(f"/sec:{target.security}")
+        if target.cert_policy == "ignore":
+            argv.append("/cert:ignore")
+        elif target.cert_policy == "tofu":
+            argv.append("/cert:tofu,deny")  # deny: a changed certificate ends it, no prompt
+        else:
+            fp = target.normalized_fingerprint
+            pairs = ":".join(fp[i : i + 2] for i in range(0, len(fp), 2))
+            argv.append(f"/cert:deny,fingerprint:sha256:{pairs}")
+        if target.password is not None:
+            argv.append("/from-stdin:force")
+        return argv
+
+    async def _connect(self, bridge: _Bridge, user: pwd.struct_passwd | None, home: Path) -> None:
+        target = bridge.target
+        extra_env = {"XDG_CONFIG_HOME": str(home / ".config")}
+        if target.cert_policy == "tofu":
+            extra_env["XDG_CONFIG_HOME"] = str(self._tofu_store(user))
+        argv = self._xfreerdp_argv(target)
+        proc = await spawn_on_display(
+            bridge.display,
+            argv,
+            user=user.pw_name if user is not None else None,
+            home=home,
+            extra_env=extra_env,
+            stdin=asyncio.subprocess.PIPE if target.password is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        bridge.proc = proc
+        bridge.blog.info("xfreerdp pid %d: %s", proc.pid, " ".join(argv))
+        bridge.tasks.append(asyncio.ensure_future(self._read_output(bridge, proc)))
+        if target.password is not None:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(target.password.reveal().encode() + b"\n")
+                await asyncio.wait_for(proc.stdin.drain(), 5)
+            except (ConnectionError, TimeoutError):
+                pass  # it exited already: classified below
+            finally:
+                proc.stdin.close()
+
+        deadline = time.monotonic() + self._connect_timeout
+        seen_at: float | None = None
+        while True:
+            if proc.returncode is not None:
+                await self._raise_start_failure(bridge, proc.returncode)
+            now = time.monotonic()
+            if seen_at is not None and now - seen_at >= SETTLE_SECONDS:
+                break
+            if seen_at is None:
+                if await self._find_window(bridge):
+                    seen_at = time.monotonic()
+                    continue
+            if now > deadline:
+                bridge.blog.warning("no xfreerdp window within %g s", self._connect_timeout)
+                raise BridgeError(REASON_TIMEOUT, "timeout")
+            await asyncio.sleep(0.1)
+        bridge.connected = True
+        bridge.tasks.append(asyncio.ensure_future(self._watch(bridge, proc)))
+
+    async def _find_window(self, bridge: _Bridge) -> str:
+        assert bridge.proc is not None
+        rc, out = await x_client_output(
+            bridge.display, ["xdotool", "search", "--onlyvisible", "--pid", str(bridge.proc.pid)], 2.0
+        )
+        wid = out.split()[0] if rc == 0 and out.split() else ""
+        if wid:
+            bridge.window = wid
+        return wid
+
+    async def _read_output(self, bridge: _Bridge, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            raw = await proc.stdout.readline()
+            if not raw:
+                return
+            line = raw.decode(errors="replace").rstrip()
+            line = line.removeprefix("Password: ").removeprefix("Domain: ")
+            if line:
+                bridge.output.append(line)
+                bridge.blog.debug("xfreerdp: %s", line)
+
+    async def _drain_output(self, bridge: _Bridge) -> None:
+        """Let the output reader catch up with an exited xfreerdp (bounded)."""
+        readers = [t for t in bridge.tasks if not t.done()][:1]
+        if readers:
+            await asyncio.wait(readers, timeout=1.0)
+
+    async def _raise_start_failure(self, bridge: _Bridge, code: int) -> None:
+        await self._drain_output(bridge)
+        text = "\n".join(bridge.output)
+        target = bridge.target
+        reachable: bool | None = None
+        if any(t in text for t in _CERTIFICATE_TEXT):
+            reason, kind = REASON_CERTIFICATE, "certificate"
+        elif code in (_EXIT_AUTH_FAILURE, _EXIT_LOGON_FAILURE, _EXIT_ACCOUNT_LOCKED_OUT) or any(
+            t in text for t in _CREDENTIAL_TEXT
+        ):
+            reason, kind = REASON_CREDENTIALS, "credentials"
+        elif code == _EXIT_PASSWORD_EXPIRED:
+            reason, kind = REASON_CREDENTIALS, "credentials"
+        elif code in (_EXIT_DNS_ERROR, _EXIT_DNS_NAME_NOT_FOUND):
+            reason, kind = REASON_UNREACHABLE, "unreachable"
+        elif code in (_EXIT_TRANSPORT_FAILED, _EXIT_CONN_FAILED, _EXIT_CONNECT_FAILED):
+            # FreeRDP 2.11 says the same for a closed port and a refused NLA login.
+            reachable = await tcp_reachable(target.host, target.port)
+            if reachable:
+                reason, kind = REASON_CREDENTIALS, "credentials"
+            else:
+                reason, kind = REASON_UNREACHABLE, "unreachable"
+        elif code in (_EXIT_TLS_CONNECT_FAILED, _EXIT_NEGO_FAILURE):
+            reason, kind = REASON_SECURITY, "security"
+        else:
+            reason, kind = f"the remote desktop connection failed (code {code})", "failed"
+        last = [ln for ln in bridge.output if "ERROR" in ln][-3:]
+        bridge.blog.warning(
+            "xfreerdp exited %d before connecting (%s%s): %s",
+            code,
+            kind,
+            "" if reachable is None else f", port {'open' if reachable else 'closed'}",
+            " | ".join(last) or "no error output",
+        )
+        raise BridgeError(reason, kind)
+
+    async def _watch(self, bridge: _Bridge, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if bridge.stopping:
+            return
+        await self._drain_output(bridge)
+        reason = exit_reason(code)
+        bridge.blog.warning("xfreerdp exited %d: %s", code, reason)
+        watchers, bridge.watchers = bridge.watchers, []
+        for callback in watchers:
+            try:
+                callback(reason)
+            except Exception:
+                bridge.blog.exception("exit callback failed")
+        async with self._lock(bridge.key):
+            if not bridge.stopping:
+                await self._stop(bridge)
+
+
+def exit_reason(code: int) -> str:
+    """Why an xfreerdp that was connected ended, for the person."""
+    if code == _EXIT_LOGOFF_BY_USER:
+        return REASON_LOGGED_OFF
+    if code in (_EXIT_CONN_FAILED, _EXIT_TRANSPORT_FAILED):
+        return REASON_LOST
+    return REASON_ENDED
+
+
+async def tcp_reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when a TCP connection to host:port opens within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host.strip("[]"), port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "")
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rfind(")") + 2 :].split()
+        # fields[0] is the state (field 3): utime and stime are fields 14 and 15
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
