@@ -190,3 +190,12 @@ def none_desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
     desktop = start_xvnc(tmp_path_factory.mktemp("xvnc-none"), password=None, name="open desk")
     yield desktop
     desktop.stop()
+
+
+# Real RDP servers and a runtime folder for the RDP bridge tests (see tests/rdp_servers.py).
+from rdp_servers import (  # noqa: E402, F401 - fixtures, found by pytest by name
+    rdp_runtime_dir,
+    rdp_server_factory,
+    shadow_server,
+    xrdp_server,
+)
