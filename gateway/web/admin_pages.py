@@ -131,14 +131,19 @@ async def desktops(request: web.Request) -> web.StreamResponse:
 async def desktop_create(request: web.Request) -> web.StreamResponse:
     await require_admin(request)
     form = await check_form_csrf(request)
-    kept = {k: form.get(k, "") for k in ("name", "provider", "host", "port")}  # never the password
+    fields = ("name", "provider", "host", "port", "protocol", "rdp_username", "rdp_domain",
+              "rdp_security", "rdp_cert_fingerprint")
+    kept = {k: form.get(k, "") for k in fields}  # never the password
     try:
         static = form.get("provider") == "static"
+        rdp = static and form.get("protocol") == "rdp"
+        options = {k[4:]: v for k, v in kept.items() if k.startswith("rdp_") and v} if rdp else None
         desktop = await request.app[SERVICES].add_desktop(
             form.get("name", ""), form.get("provider", ""),
             host=form.get("host", "").strip() if static else "",
             port=_int(form.get("port", ""), "port") if static else 0,
-            password=form.get("password") or None)
+            password=form.get("password") or None, protocol="rdp" if rdp else "vnc",
+            options=options)
     except GatewayError as exc:
         return await _desktops_page(request, http_status=exc.http_status, error=exc.reason,
                                     form=kept)

@@ -409,3 +409,17 @@ async def test_audit_csv_streams_every_batch(client: Client, secrets: dict[str, 
     table = list(csv.reader(io.StringIO(await (await client.get(
         "/admin/audit.csv", params={"kind": "nothing"})).text())))
     assert len(table) == 1
+
+
+async def test_rdp_desktop_shows_its_certificate_policy(client: Client,
+                                                        secrets: dict[str, str]) -> None:
+    csrf = await admin_in(client, secrets)
+    resp = await client.post("/admin/desktops", data={
+        "_csrf": csrf, "name": "Windows VM", "provider": "static", "host": "10.9.8.7",
+        "port": "3389", "protocol": "rdp", "rdp_username": "alice", "rdp_domain": "CORP",
+        "rdp_security": "nla", "password": "rdp-secret-1"}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    page = await (await client.get(resp.headers["Location"])).text()
+    assert "server certificate not verified" in page and "CORP\\alice" in page
+    listing = await (await client.get("/admin/desktops")).text()
+    assert "certificates: ignore" in listing and "rdp-secret-1" not in page + listing
