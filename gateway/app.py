@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -45,6 +46,7 @@ from .keys import (
 from .live import LiveSessions
 from .metrics import install as install_metrics
 from .providers import ProviderContext
+from .proxy.rdp import RdpBridges
 from .services import Services
 from .sso import SsoService
 from .store.sqlite import SQLiteStore
@@ -88,12 +90,19 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[SERVICES] = services
     app[PROVIDERS] = providers
     app[TICKETS] = tickets
-    app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings)
+    # RDP desktops: a private xfreerdp-in-Xvnc bridge per person and desktop.
+    bridges = RdpBridges(runtime / "rdp",
+                         run_as_user=settings.run_as_user if os.geteuid() == 0 else None,
+                         max_bridges=settings.rdp_max_bridges,
+                         grace_seconds=settings.rdp_grace_seconds)
+    app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings,
+                         bridges)
     app[ADMIN] = AdminService(store, services.box, services.audit, providers, app[LIVE],
                               app[EVENTS], settings.desktop_geometry)
     try:
         yield
     finally:
+        await bridges.close()
         await providers.close()
         await store.close()
 

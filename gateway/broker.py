@@ -14,6 +14,7 @@ from .errors import DesktopUnavailable, Forbidden, NotFound, TicketError
 from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Session, SessionState, User, WebSession
 from .providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
+from .proxy.rdp import BridgeError, RdpBridges, RdpTarget
 from .store import Store
 from .tickets import TicketBook
 
@@ -32,6 +33,7 @@ class Admission:
     endpoint: Endpoint
     policy: RelayPolicy
     watch_of: str | None = None  # an admin's view-only watch of this live session
+    bridge_key: str | None = None  # RDP: the bridge this connection holds (released at the end)
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,20 @@ class Providers:
         self._providers.clear()
 
 
+def bridge_key(user_id: int, desktop_id: int) -> str:
+    """One RDP bridge per person and desktop: reconnecting resumes the same remote session."""
+    return f"{user_id}:{desktop_id}"
+
+
+# RDP failures that retrying cannot fix: the client shows them and stops.
+_FINAL_BRIDGE_FAILURES = ("credentials", "certificate", "security")
+
+
 class Broker:
     def __init__(self, store: Store, box: SecretBox, providers: Providers, tickets: TicketBook,
-                 audit: Audit, settings: Settings) -> None:
+                 audit: Audit, settings: Settings, bridges: RdpBridges | None = None) -> None:
         self._store = store
+        self.bridges = bridges
         self._box = box
         self._providers = providers
         self._tickets = tickets
@@ -113,7 +125,8 @@ class Broker:
         return desktop
 
     async def connect(self, user: User, web_session: WebSession, desktop_id: int,
-                      client_ip: str, user_agent: str = "") -> tuple[Session, str]:
+                      client_ip: str, user_agent: str = "", width: int = 0,
+                      height: int = 0) -> tuple[Session, str]:
         """Policy check, make the desktop reachable, record a session, mint a ticket."""
         desktop = await self.check_access(user, desktop_id, client_ip)
         if desktop.maintenance:
@@ -132,6 +145,8 @@ class Broker:
                           started_at=time.time(), client_ip=client_ip,
                           user_agent=user_agent[:300])
         await self._store.create_session(session)
+        if desktop.protocol == "rdp":
+            await self._start_bridge(user, desktop, session, client_ip, width, height)
         ticket = self._tickets.mint(user_id=user.id, web_session_id=web_session.id,
                                     desktop_id=desktop.id, session_id=session.id)
         await self._audit.record(AuditKind.CONNECT, user=user.name, desktop=desktop.name,
@@ -147,9 +162,52 @@ class Broker:
         if session is None or session.state is not SessionState.STARTING:
             raise TicketError("this connection session is no longer open")
         desktop = await self.check_access(user, session.desktop_id, session.client_ip)
-        endpoint = await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
         policy = RelayPolicy(max_clipboard_bytes=self._settings.max_clipboard_bytes)
+        if desktop.protocol == "rdp":
+            # The bridge started at connect; this holds it (and resumes it after a grace stop).
+            key = bridge_key(user.id, desktop.id)
+            endpoint = await self._rdp_bridges().acquire(key, await self.rdp_target(desktop))
+            return Admission(session, user, desktop, endpoint, policy, bridge_key=key)
+        endpoint = await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
         return Admission(session, user, desktop, endpoint, policy)
+
+    def _rdp_bridges(self) -> RdpBridges:
+        if self.bridges is None:
+            raise DesktopUnavailable("this gateway does not bridge RDP")
+        return self.bridges
+
+    async def rdp_target(self, desktop: Desktop) -> RdpTarget:
+        enc = await self._store.get_desktop_password(desktop.id) if desktop.has_password else None
+        return RdpTarget(
+            host=desktop.host, port=desktop.port, username=desktop.option("username"),
+            domain=desktop.option("domain"), password=self._box.decrypt(enc) if enc else None,
+            security=desktop.option("security", "negotiate"),
+            cert_policy=desktop.option("cert_policy", "ignore"),
+            cert_fingerprint=desktop.option("cert_fingerprint"))
+
+    async def _start_bridge(self, user: User, desktop: Desktop, session: Session, client_ip: str,
+                            width: int, height: int) -> None:
+        """Start the RDP bridge before any ticket exists, so that a wrong password, an
+        unreachable server or a refused certificate is the answer to the click itself."""
+        bridges = self._rdp_bridges()
+        key = bridge_key(user.id, desktop.id)
+        geometry = self._settings.desktop_geometry.split("x")
+        w = width if 16 <= width <= 8192 else int(geometry[0])
+        h = height if 16 <= height <= 8192 else int(geometry[1])
+        try:
+            await bridges.acquire(key, await self.rdp_target(desktop), w, h)
+        except BridgeError as exc:
+            final = exc.kind in _FINAL_BRIDGE_FAILURES
+            await self._store.close_session(session.id, time.time(), exc.reason, final, 0, 0)
+            await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
+                                     desktop=desktop.name, client_ip=client_ip,
+                                     detail=f"rdp bridge: {exc.reason}")
+            if final:
+                exc.http_status = 424  # the client shows it and does not retry
+            raise
+        # The ticket's holder acquires it again at admission; until then (and if the ticket is
+        # never used) the bridge runs on the reconnect grace timer.
+        bridges.release(key)
 
     async def watch(self, admin: User, web_session: WebSession, target_id: str,
                     live: LiveSessions, client_ip: str, user_agent: str = "") -> tuple[str, str]:
@@ -188,7 +246,13 @@ class Broker:
         desktop = await self._store.get_desktop(pending.target.desktop_id)
         if desktop is None:
             raise NotFound("no such desktop")
-        endpoint = await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
+        key = None
+        if desktop.protocol == "rdp":  # watch the person's own bridge display
+            key = bridge_key(pending.target.user_id, desktop.id)
+            endpoint = await self._rdp_bridges().acquire(key, await self.rdp_target(desktop))
+        else:
+            endpoint = await self._providers.get(desktop.provider).endpoint(
+                await self.spec(desktop))
         # Enforced by the byte path: no keys, pointer, clipboard, resize or power from a watcher.
         policy = RelayPolicy(view_only=True, clipboard_to_desktop=False,
                              max_clipboard_bytes=self._settings.max_clipboard_bytes)
@@ -196,7 +260,8 @@ class Broker:
                           web_session_id=web_session.id, state=SessionState.ACTIVE,
                           started_at=pending.minted_at, client_ip=pending.client_ip,
                           user_agent=pending.user_agent)
-        return Admission(session, user, desktop, endpoint, policy, watch_of=pending.target.id)
+        return Admission(session, user, desktop, endpoint, policy, watch_of=pending.target.id,
+                         bridge_key=key)
 
     async def started(self, session: Session) -> None:
         self._seen[session.desktop_id] = "running"
@@ -207,6 +272,8 @@ class Broker:
 
     async def finish(self, admission: Admission, reason: str, *, final: bool, bytes_up: int,
                      bytes_down: int, client_ip: str) -> None:
+        if admission.bridge_key is not None and self.bridges is not None:
+            self.bridges.release(admission.bridge_key)
         if admission.watch_of is not None:
             await self._audit.record(
                 AuditKind.ADMIN, desktop=admission.desktop.name, client_ip=client_ip,

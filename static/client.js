@@ -112,10 +112,20 @@ async function readError(resp) {
 async function requestTicket() {
     let resp;
     try {
+        // The desktop area's size: an RDP bridge starts at it (VNC desktops resize later).
+        const area = screenEl.getBoundingClientRect();
         resp = await fetch(connectUrl, {
             method: 'POST',
             credentials: 'same-origin',
-            headers: {'X-CSRF-Token': csrfToken, 'Accept': 'application/json'},
+            headers: {
+                'X-CSRF-Token': csrfToken,
+                'Accept': 'application/json',
+                'Content-Type': 'application/json',
+            },
+            body: JSON.stringify({
+                width: Math.round(area.width) || window.innerWidth,
+                height: Math.round(area.height) || window.innerHeight,
+            }),
         });
     } catch {
         throw new Error('The gateway cannot be reached.');

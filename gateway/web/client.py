@@ -7,16 +7,18 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from ..broker import Admission
+from ..broker import Admission, Broker
 from ..errors import (
     WS_GOING_AWAY,
     WS_NORMAL,
+    WS_UPSTREAM_CLOSED,
     BadRequest,
     DesktopUnavailable,
     Forbidden,
@@ -62,12 +64,26 @@ async def client_page(request: web.Request) -> web.StreamResponse:
     return render(request, "session.html", desktop=desktop)
 
 
+async def _window_size(request: web.Request) -> tuple[int, int]:
+    """The browser's desktop area, when it says (RDP bridges start at that size); else 0, 0."""
+    if not request.can_read_body or request.content_type != "application/json":
+        return 0, 0
+    try:
+        body = await request.json()
+        width, height = int(body.get("width", 0)), int(body.get("height", 0))
+    except (ValueError, TypeError, AttributeError):
+        raise BadRequest("the window size must be two whole numbers") from None
+    return (width, height) if 16 <= width <= 8192 and 16 <= height <= 8192 else (0, 0)
+
+
 @routes.post(r"/desktops/{desktop_id}/connect")
 async def connect(request: web.Request) -> web.StreamResponse:
     ws, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
+    width, height = await _window_size(request)
     session, ticket = await request.app[BROKER].connect(
-        user, ws, _desktop_id(request), client_ip(request), request.headers.get("User-Agent", ""))
+        user, ws, _desktop_id(request), client_ip(request), request.headers.get("User-Agent", ""),
+        width, height)
     return web.json_response({
         "session_id": session.id,
         "ws_url": f"/ws/sessions/{session.id}?ticket={quote(ticket)}",
@@ -197,6 +213,32 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     return await relay_socket(request, _admit_own)
 
 
+def _bridge_hooks(broker: Broker, admission: Admission, live: LiveSession
+                  ) -> tuple[Callable[[int, int], None] | None, set[asyncio.Task[None]]]:
+    """For an RDP bridge: follow the browser's size, and end the connection with a clear reason
+    when the remote session ends (server closed or killed, remote logoff)."""
+    tasks: set[asyncio.Task[None]] = set()
+    key, bridges = admission.bridge_key, broker.bridges
+    if key is None or bridges is None:
+        return None, tasks
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_resize(width: int, height: int) -> None:
+        spawn(bridges.resized(key, width, height))
+
+    def on_exit(reason: str) -> None:
+        spawn(live.end(WS_UPSTREAM_CLOSED, reason, final=False))
+
+    if admission.watch_of is None:
+        bridges.watch_exit(key, on_exit)
+        return on_resize, tasks
+    return None, tasks  # a watcher never resizes the person's desktop
+
+
 async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse:
     """The relay websocket: check origin, web session and ticket, then relay until the end.
 
@@ -263,9 +305,11 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
     events = app[EVENTS]
     events.publish("session.started", session=live.figures(live.started_at))
     pinger = asyncio.create_task(channel.measure_rtt())
+    on_resize, resizes = _bridge_hooks(broker, admission, live)
     try:
         await relay_vnc(channel, admission.endpoint, admission.policy, counters,
-                        connect_timeout=settings.connect_timeout_seconds, on_ready=on_ready)
+                        connect_timeout=settings.connect_timeout_seconds, on_ready=on_ready,
+                        on_resize=on_resize)
     except GatewayError as exc:
         reason, code = exc.reason, exc.ws_code
         final = isinstance(exc, _FINAL_ERRORS)
@@ -282,6 +326,8 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
         raise
     finally:
         pinger.cancel()
+        for task in resizes:
+            task.cancel()
         if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin
             reason, final, code = live.end_reason, live.end_final, ended_code[0]
         log.info("%s closed: %s (%d B up, %d B down)", context, reason, counters.bytes_up,
