@@ -10,12 +10,14 @@ DATA   ?= data
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-# The gateway and its local demo desktop.
+# The gateway, its local demo desktop, and the RDP bridge (FreeRDP's client inside a private Xvnc).
 RUN_PACKAGES  := python3-venv tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
-                 xdotool fonts-dejavu-core
+                 xdotool fonts-dejavu-core freerdp2-x11
 # Real parts the tests drive: a browser, clipboard tools, OCR to read text off screenshots,
-# a plain TCP relay as the benchmark's baseline.
-TEST_PACKAGES := chromium xclip socat tesseract-ocr
+# a plain TCP relay as the benchmark's baseline, and real RDP servers (xrdp, FreeRDP's shadow
+# server on Xvfb) with what they need.
+TEST_PACKAGES := chromium xclip socat tesseract-ocr xrdp xorgxrdp freerdp2-shadow-x11 winpr-utils \
+                 xvfb twm xfonts-base openssl
 
 .PHONY: run test lint typecheck pytest bench novnc oidc-mock system-packages test-packages clean
 
