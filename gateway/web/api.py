@@ -44,10 +44,16 @@ _DESKTOP = obj(
     ("id", "name", "provider", "host", "port", "protocol", "has_password", "maintenance", "users",
      "groups", "state"),
     id=INTEGER, name=STRING, provider={"type": "string", "enum": ["static", "local"]},
-    host=STRING, port=INTEGER, protocol=STRING,
+    host=STRING, port=INTEGER, protocol={"type": "string", "enum": ["vnc", "rdp"]},
     has_password={**BOOLEAN, "description": "the password itself is write-only"},
     maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
-    state={**STRING, "description": "running, stopped or unknown"})
+    state={**STRING, "description": "running, stopped or unknown"},
+    rdp={"type": ["object", "null"], "description": "RDP options (null for VNC): username,"
+         " domain, security, cert_policy, cert_fingerprint",
+         "additionalProperties": STRING})
+_RDP_OPTIONS = {"type": "object", "description": "RDP: username (required), domain, security"
+                " (negotiate, nla, tls, rdp), cert_policy (ignore, fingerprint),"
+                " cert_fingerprint (SHA-256 hex)", "additionalProperties": STRING}
 _USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "locked_until"),
             id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
             source=STRING, locked_until=TIMESTAMP)
@@ -153,7 +159,7 @@ def _typed(body: dict[str, Any], key: str, kind: type, required: bool = False) -
     return value
 
 
-_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean"}
+_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", dict: "object"}
 
 
 def _id(request: web.Request) -> int:
@@ -204,7 +210,8 @@ def desktop_json(view: DesktopView, state: str) -> dict[str, Any]:
     d = view.desktop
     return {"id": d.id, "name": d.name, "provider": d.provider, "host": d.host, "port": d.port,
             "protocol": d.protocol, "has_password": d.has_password, "maintenance": d.maintenance,
-            "users": view.users, "groups": view.groups, "state": state}
+            "users": view.users, "groups": view.groups, "state": state,
+            "rdp": dict(d.options) if d.protocol == "rdp" else None}
 
 
 def user_json(u: User) -> dict[str, Any]:
@@ -288,14 +295,20 @@ async def list_desktops(request: web.Request) -> web.StreamResponse:
                request=obj(("name", "provider"), name=STRING,
                            provider={"type": "string", "enum": ["static", "local"]},
                            host=STRING, port=INTEGER,
-                           password={**STRING, "writeOnly": True}),
+                           protocol={"type": "string", "enum": ["vnc", "rdp"]},
+                           rdp=_RDP_OPTIONS, password={**STRING, "writeOnly": True}),
                response=ref("Desktop"))
 async def create_desktop(request: web.Request) -> web.StreamResponse:
-    body = await _body(request, {"name", "provider", "host", "port", "password"})
+    body = await _body(request, {"name", "provider", "host", "port", "password", "protocol",
+                                 "rdp"})
+    rdp = _typed(body, "rdp", dict)
+    if rdp is not None and not all(isinstance(v, str) for v in rdp.values()):
+        raise BadRequest("rdp options are strings")
     desktop: Desktop = await request.app[SERVICES].add_desktop(
         _typed(body, "name", str, required=True), _typed(body, "provider", str, required=True),
         host=_typed(body, "host", str) or "", port=_typed(body, "port", int) or 0,
-        password=_typed(body, "password", str) or None)
+        password=_typed(body, "password", str) or None,
+        protocol=_typed(body, "protocol", str) or "vnc", options=rdp)
     # Services.add_desktop records the creation; this names who did it.
     await request.app[AUDIT].record(AuditKind.ADMIN, desktop=desktop.name,
                                     detail=f"desktop {desktop.id} created through the API"

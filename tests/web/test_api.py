@@ -391,3 +391,19 @@ async def test_token_commands(tmp_path: Path) -> None:
 
     async with TestClient(TestServer(create_app(load_settings(config, env={})))) as c:
         assert (await c.get(f"{API}/desktops", headers=bearer(secret))).status == 401
+
+
+async def test_rdp_desktop_through_the_api(client: Client) -> None:
+    headers = bearer(await new_token_for(client))
+    resp = await client.post(f"{API}/desktops", headers=headers, json={
+        "name": "Win API", "provider": "static", "host": "10.2.3.4", "port": 3389,
+        "protocol": "rdp", "password": "rdp-api-secret",
+        "rdp": {"username": "carol", "security": "nla"}})
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert body["protocol"] == "rdp" and body["rdp"]["username"] == "carol"
+    assert body["rdp"]["cert_policy"] == "ignore" and "rdp-api-secret" not in await resp.text()
+    bad = await client.post(f"{API}/desktops", headers=headers, json={
+        "name": "Win 2", "provider": "static", "host": "10.2.3.4", "port": 3389,
+        "protocol": "rdp", "rdp": {"username": "carol", "bogus": "x"}})
+    assert bad.status == 400 and "unknown RDP option" in (await bad.json())["error"]
