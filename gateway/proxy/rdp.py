@@ -34,7 +34,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,12 @@ class BridgeLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 @dataclass(eq=False)
+class _KeyLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass(eq=False)
 class _Bridge:
     key: str
     target: RdpTarget
@@ -240,7 +246,7 @@ class RdpBridges:
         self._connect_timeout = connect_timeout
         self._bridges: dict[str, _Bridge] = {}
         self._starting: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _KeyLock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._user: pwd.struct_passwd | None = None
         self._closed = False
@@ -256,7 +262,7 @@ class RdpBridges:
         if not (16 <= width <= 8192 and 16 <= height <= 8192):
             raise ValueError("bridge size out of range")
         self._check_open()
-        async with self._lock(key):
+        async with self._keyed(key):
             self._check_open()
             current = self._bridges.get(key)
             if current is not None:
@@ -363,11 +369,21 @@ class RdpBridges:
         if self._closed:
             raise BridgeError(REASON_SHUTDOWN, "shutdown")
 
-    def _lock(self, key: str) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _keyed(self, key: str) -> AsyncIterator[None]:
+        """One start, stop or reuse at a time per key; the lock goes when nobody uses it."""
+        entry = self._locks.setdefault(key, _KeyLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._locks.get(key) is entry:
+                del self._locks[key]
 
     async def _wait_lock(self, key: str) -> None:
-        async with self._lock(key):
+        async with self._keyed(key):
             pass
 
     def _in_background(self, coro: Any) -> None:
@@ -376,7 +392,7 @@ class RdpBridges:
         task.add_done_callback(self._background.discard)
 
     async def _expire(self, key: str, bridge: _Bridge) -> None:
-        async with self._lock(key):
+        async with self._keyed(key):
             if self._bridges.get(key) is bridge and bridge.clients == 0 and bridge.grace is not None:
                 bridge.grace = None
                 bridge.blog.info("grace period over")
@@ -460,6 +476,9 @@ class RdpBridges:
             blog.error("Xvnc did not start: %s", e.reason)
             shutil.rmtree(folder, ignore_errors=True)
             raise BridgeError(REASON_START, "start") from None
+        except BaseException:  # cancelled: start_display stopped what it had started
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         bridge = _Bridge(
             key=key,
             target=target,
@@ -548,6 +567,8 @@ class RdpBridges:
                     continue
             if now > deadline:
                 bridge.blog.warning("no xfreerdp window within %g s", self._connect_timeout)
+                if not await tcp_reachable(target.host, target.port):
+                    raise BridgeError(REASON_UNREACHABLE, "unreachable")
                 raise BridgeError(REASON_TIMEOUT, "timeout")
             await asyncio.sleep(0.1)
         bridge.connected = True
@@ -630,7 +651,7 @@ class RdpBridges:
                 callback(reason)
             except Exception:
                 bridge.blog.exception("exit callback failed")
-        async with self._lock(bridge.key):
+        async with self._keyed(bridge.key):
             if not bridge.stopping:
                 await self._stop(bridge)
 

@@ -140,7 +140,12 @@ def bridge_processes(runtime_dir: Path) -> list[int]:
     return found
 
 
-def zombie_children() -> list[int]:
+BRIDGE_COMMANDS = ("Xvnc", "xfreerdp", "xdotool", "vncpasswd")
+
+
+def zombie_children() -> list[str]:
+    """Unreaped children of this test process that the bridge started (other fixtures' are
+    not ours to judge)."""
     me = os.getpid()
     out = []
     for entry in Path("/proc").iterdir():
@@ -149,10 +154,19 @@ def zombie_children() -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
+            comm = stat[stat.find("(") + 1 : stat.rfind(")")]
             fields = stat[stat.rfind(")") + 2 :].split()
-            if fields[0] == "Z" and int(fields[1]) == me:
-                out.append(int(entry.name))
+            if fields[0] == "Z" and int(fields[1]) == me and comm in BRIDGE_COMMANDS:
+                out.append(f"{entry.name} {comm}")
     return out
+
+
+async def wait_no_zombies(timeout: float = 3.0) -> None:
+    """asyncio reaps children from a watcher thread: allow it a moment."""
+    deadline = time.monotonic() + timeout
+    while zombies := zombie_children():
+        assert time.monotonic() < deadline, f"unreaped: {zombies}"
+        await asyncio.sleep(0.05)
 
 
 async def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
@@ -209,7 +223,7 @@ async def bridges(rdp_runtime_dir: Path) -> AsyncIterator[RdpBridges]:
     assert len(b) == 0
     await wait_gone(bridge_processes(rdp_runtime_dir), 10)
     assert bridge_processes(rdp_runtime_dir) == []
-    assert zombie_children() == []
+    await wait_no_zombies()
     assert [p.name for p in rdp_runtime_dir.iterdir() if p.name.startswith("rdp-")] == []
 
 
@@ -412,3 +426,31 @@ async def test_resized_follows_set_desktop_size(
     await bridges.resized("rs", 800, 600)
     assert await window_size() == "800x600"
     await relay.close()
+
+
+async def test_tofu_trusts_the_first_certificate_and_refuses_a_changed_one(
+    bridges: RdpBridges, shadow_server: RdpServer, rdp_runtime_dir: Path
+) -> None:
+    target = shadow_server.target(cert_policy="tofu")
+    await bridges.acquire("tofu", target, 800, 600)
+    pids = bridges.stats()[0]["pids"]
+    bridges.release("tofu")
+    await wait_gone(pids, 8)
+    [store] = list(rdp_runtime_dir.glob("freerdp-tofu/freerdp/known_hosts2"))
+    line = next(
+        ln for ln in store.read_text().splitlines() if ln.startswith(f"127.0.0.1 {shadow_server.port} ")
+    )
+    fingerprint = line.split(" ")[2]
+    assert len(fingerprint.split(":")) == 32
+    # the same certificate is trusted again
+    await bridges.acquire("tofu", target, 800, 600)
+    await bridges.close()
+    # a server that now shows another certificate is refused
+    forged = ("00" if not fingerprint.startswith("00") else "11") + fingerprint[2:]
+    store.write_text(store.read_text().replace(fingerprint, forged))
+    again = RdpBridges(rdp_runtime_dir, run_as_user=BRIDGE_USER if os.geteuid() == 0 else None)
+    try:
+        with pytest.raises(BridgeError, match="certificate was refused"):
+            await again.acquire("tofu", target, 800, 600)
+    finally:
+        await again.close()
