@@ -1,0 +1,388 @@
+"""RDP desktops in Chromium through a real gateway: real xrdp (TLS, pinned certificate) and
+FreeRDP's shadow server (NLA), bridged by xfreerdp in a private Xvnc.
+
+Pixels are the evidence: the remote xterm's distinctive colour in the browser's screenshot, and
+typed commands that turn it another colour. The gateway here is its own process (see
+rdp_e2e_support.rdp_gateway) with a 2 s bridge grace time and a private runtime folder, so that
+"no bridge left running" looks at this gateway's bridges only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rdp_servers
+from e2e_support import Watched, screen_box, shot, shot_to, sign_in, wait_for_colour, wait_state, wait_until
+from pngpixels import Pixel, count, is_ansi_blue, is_white
+from rdp_e2e_support import (
+    GRACE_SECONDS,
+    RdpGateway,
+    bridge_processes,
+    ps_args,
+    rdp_gateway,
+    remote_display_env,
+    type_with_shift,
+    x_tool,
+)
+from rdp_servers import RdpServer, free_port, needs_rdp
+
+# The real RDP servers' fixtures (tests/rdp_servers.py), found by pytest by name.
+xrdp_server = rdp_servers.xrdp_server
+shadow_server = rdp_servers.shadow_server
+rdp_server_factory = rdp_servers.rdp_server_factory
+
+pytestmark = [pytest.mark.e2e, needs_rdp, pytest.mark.timeout(240)]
+
+FAILURE_WITHIN = 10.0  # "a clear message within a few seconds" (measured: about 0.5-3 s)
+# Every RDP password used in this module: none may show up in the gateway's log.
+PASSWORDS: list[str] = []
+
+
+def near(colour: Pixel, slack: int = 16) -> Callable[[Pixel], bool]:
+    return lambda p: all(abs(a - b) <= slack for a, b in zip(p, colour, strict=True))
+
+
+@pytest.fixture(scope="module")
+def rdpgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RdpGateway]:
+    with rdp_gateway(tmp_path_factory.mktemp("rdp-gateway"), ("carol", "erin")) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def erin_state(browser: Any, rdpgw: RdpGateway) -> dict[str, Any]:
+    """erin, fully signed in (password + TOTP enrolment) once for the module."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        sign_in(ctx.new_page(), rdpgw.gw, rdpgw.gw.accounts["erin"])
+        state: dict[str, Any] = ctx.storage_state()
+        return state
+    finally:
+        ctx.close()
+
+
+def open_rdp(page: Any, rdpgw: RdpGateway, desktop_id: str) -> None:
+    page.goto(f"{rdpgw.gw.base_url}/desktops/{desktop_id}")
+
+
+def status_of(page: Any) -> tuple[str, str, str]:
+    """(data-state, status text, status detail) of the client page."""
+    result: tuple[str, str, str] = page.evaluate(
+        """() => [document.getElementById('deskgate-client').dataset.state,
+                  document.getElementById('status-text').textContent,
+                  document.getElementById('status-detail').textContent]"""
+    )
+    return result
+
+
+def wait_no_bridges(rdpgw: RdpGateway, within: float = GRACE_SECONDS + 3) -> float:
+    """Seconds until no xfreerdp/Xvnc of this gateway's bridges is left (bounded)."""
+    t0 = time.monotonic()
+    try:
+        wait_until(lambda: not bridge_processes(rdpgw.runtime_dir), within, "no bridge process left", 0.2)
+    except AssertionError:
+        left = bridge_processes(rdpgw.runtime_dir)
+        raise AssertionError(f"bridge processes still running: {left}") from None
+    return time.monotonic() - t0
+
+
+def assert_not_received(w: Watched, secret: str) -> None:
+    needle = secret.encode()
+    bodies = w.received_bodies()
+    assert bodies, "no response bodies were recorded"
+    for url, body in bodies:
+        assert needle not in body, f"the RDP password appears in the response of {url}"
+    assert w.ws_frames, "no websocket frames were recorded"
+    for frame in w.ws_frames:
+        assert needle not in frame, "the RDP password appears in a websocket frame"
+
+
+def connect_posts(page: Any) -> list[float]:
+    """Times of every POST .../connect the page makes (a retry loop shows up here)."""
+    posts: list[float] = []
+    page.on("request", lambda r: posts.append(time.monotonic())
+            if r.method == "POST" and r.url.endswith("/connect") else None)  # fmt: skip
+    return posts
+
+
+def wait_keys_arrive(page: Any, area: tuple[int, int, int, int], timeout: float = 20) -> None:
+    """A fresh xrdp session drops the first keys for a moment after its xterm shows: type a
+    harmless '#' until white text grows in the xterm, then erase the line (Ctrl+U)."""
+    def white() -> int:
+        return count(shot(page), is_white, area, step=2)
+
+    before = white()
+    deadline = time.monotonic() + timeout
+    while True:
+        page.keyboard.type("#")
+        try:
+            wait_until(lambda: white() > before, 1.5, "typed text", 0.2)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                shot_to(page, "failed-rdp-keys.png")
+                raise AssertionError(f"no typed key reached the remote xterm in {timeout} s") from None
+    page.keyboard.press("Control+U")
+
+
+# -- 1. xrdp (Xvnc sessions, TLS, pinned certificate) -------------------------------------------
+
+
+def test_xrdp_desktop_type_clipboard_resize(
+    rdpgw: RdpGateway, xrdp_server: RdpServer, new_page: Callable[..., Watched], artifacts: Path
+) -> None:
+    PASSWORDS.append(xrdp_server.password)
+    desktop_id = rdpgw.add_rdp_desktop(
+        "xrdp desktop", xrdp_server.port, xrdp_server.username, xrdp_server.password,
+        "--security", "tls", "--cert-fingerprint", xrdp_server.certificate_sha256(), assign=("carol",),
+    )  # fmt: skip
+    w = new_page()
+    page = w.page
+    sign_in(page, rdpgw.gw, rdpgw.gw.accounts["carol"])
+    t0 = time.monotonic()
+    page.locator(f'a.desktop-connect[data-desktop-id="{desktop_id}"]').click()
+    page.wait_for_url(re.compile(rf"/desktops/{desktop_id}$"))
+    wait_state(page, "connected", 60_000)
+    area = screen_box(page)
+    wait_for_colour(page, near(xrdp_server.colour), 200_000, "the remote xterm colour", timeout=40)
+    print(f"\nxrdp: click to remote xterm colour in the browser {time.monotonic() - t0:.1f} s")
+    shot_to(page, "rdp-xrdp-connected.png")
+
+    # The password: not on any command line while the session runs.
+    assert xrdp_server.password not in ps_args()
+    bridges = bridge_processes(rdpgw.runtime_dir)
+    assert {c.split()[0].rsplit("/", 1)[-1] for c in bridges.values()} == {"xfreerdp", "Xvnc"}, bridges
+
+    # Keys, shifted characters included (typed with Shift held, as on a keyboard): the command
+    # only turns the xterm blue when every character arrived (the remote shell checks a digest).
+    phrase = 'Hello, World! (ok) #1 <x> {y} ~$%^&*_+|:"?'
+    digest = hashlib.md5(phrase.encode()).hexdigest()[:12]  # noqa: S324 - not security
+    quoted = phrase.replace("'", "'\\''")
+    page.mouse.click((area[0] + area[2]) / 2, (area[1] + area[3]) / 2)
+    wait_keys_arrive(page, area)
+    type_with_shift(page, f"h=$(printf %s '{quoted}' | md5sum); [ \"${{h:0:12}}\" = {digest} ] "
+                          "&& printf '\\033[44m' && clear")  # fmt: skip
+    page.keyboard.press("Enter")
+    blue = wait_for_colour(page, is_ansi_blue, 200_000, "the remote xterm to turn blue", timeout=20)
+    page.screenshot(path=str(artifacts / "rdp-xrdp-typed-blue.png"))
+    box_area = (area[2] - area[0]) * (area[3] - area[1])
+    assert count(blue, is_ansi_blue, area, step=4) > 0.6 * box_area
+
+    remote = remote_display_env(xrdp_server)
+    assert remote is not None, "the xrdp session's Xvnc was not found"
+
+    # Clipboard, browser -> remote session (through the bridge's Xvnc, xfreerdp and xrdp).
+    page.locator("#clipboard-toggle").click()
+    to_remote = f"to the remote desktop {time.time_ns()} (Ünïcode-free)"
+    page.fill("#clipboard-text", to_remote)
+    page.locator("#clipboard-send").click()
+    wait_until(lambda: x_tool(remote, "xclip", "-o", "-selection", "clipboard") == to_remote, 15,
+               "the text in the remote session's clipboard", 0.3)  # fmt: skip
+
+    # Clipboard, remote session -> browser: xclip owns the remote selection until stopped.
+    to_browser = f"from the remote desktop {time.time_ns()}"
+    owner = subprocess.Popen(["xclip", "-quiet", "-i", "-selection", "clipboard"], env=remote,
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert owner.stdin is not None
+        owner.stdin.write(to_browser.encode())
+        owner.stdin.close()
+        page.wait_for_function("t => document.getElementById('clipboard-text').value === t",
+                               arg=to_browser, timeout=15_000)  # fmt: skip
+    finally:
+        owner.terminate()
+        owner.wait(5)
+    page.locator("#clipboard-close").click()
+
+    # Resize: the remote session follows the browser's desktop area.
+    def remote_size() -> tuple[int, int] | None:
+        out = x_tool(remote, "xdotool", "getdisplaygeometry").split()
+        return (int(out[0]), int(out[1])) if len(out) == 2 else None
+
+    def matches(size: tuple[int, int] | None, box: tuple[int, int, int, int]) -> bool:
+        return (size is not None and abs(size[0] - (box[2] - box[0])) <= 2
+                and abs(size[1] - (box[3] - box[1])) <= 2)
+
+    wait_until(lambda: matches(remote_size(), area), 10, f"remote size {remote_size()} ~ browser area {area}")
+    before = remote_size()
+    page.set_viewport_size({"width": 1000, "height": 700})
+    t1 = time.monotonic()
+    page.wait_for_timeout(300)
+    new_area = screen_box(page)
+    assert new_area != area
+    try:
+        wait_until(lambda: matches(remote_size(), new_area), 15, "the remote session to follow the browser")
+    except AssertionError:
+        shot_to(page, "failed-rdp-resize.png")
+        raise AssertionError(f"remote size {remote_size()} (was {before}), browser area {new_area}") from None
+    print(f"xrdp: remote session {before} -> {remote_size()} in {time.monotonic() - t1:.2f} s")
+    wait_for_colour(page, is_ansi_blue, int(0.6 * (new_area[2] - new_area[0]) * (new_area[3] - new_area[1])),
+                    "the resized remote screen to fill the browser", timeout=15)  # fmt: skip
+    page.screenshot(path=str(artifacts / "rdp-xrdp-resized.png"))
+
+    # The password: not on a command line, not in what the browser received, not in the log.
+    assert xrdp_server.password not in ps_args()
+    assert_not_received(w, xrdp_server.password)
+    assert xrdp_server.password not in rdpgw.log_text()
+    assert w.real_console_errors() == []
+
+    # Leaving: the bridge goes after the grace time, with nothing left behind.
+    page.goto(rdpgw.gw.base_url + "/")
+    took = wait_no_bridges(rdpgw)
+    print(f"xrdp: bridge gone {took:.1f} s after leaving (grace {GRACE_SECONDS:g} s)")
+
+
+# -- 2. FreeRDP shadow server with NLA -------------------------------------------------------------
+
+
+def test_shadow_nla_desktop_shows_remote_colour(
+    rdpgw: RdpGateway, shadow_server: RdpServer, erin_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+) -> None:  # fmt: skip
+    PASSWORDS.append(shadow_server.password)
+    desktop_id = rdpgw.add_rdp_desktop("shadow nla", shadow_server.port, shadow_server.username,
+                                       shadow_server.password, "--security", "nla",
+                                       assign=("erin",))  # fmt: skip
+    w = new_page(erin_state)
+    page = w.page
+    t0 = time.monotonic()
+    open_rdp(page, rdpgw, desktop_id)
+    wait_state(page, "connected", 60_000)
+    wait_for_colour(page, near(shadow_server.colour), 200_000, "the shadow xterm colour", timeout=30)
+    print(f"\nshadow+NLA: page to remote colour {time.monotonic() - t0:.1f} s")
+    shot_to(page, "rdp-shadow-connected.png")
+    assert shadow_server.password not in ps_args()
+    page.wait_for_timeout(1000)  # let a few more framebuffer updates arrive
+    assert_not_received(w, shadow_server.password)
+    assert shadow_server.password not in rdpgw.log_text()
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+
+# -- 3. failures: a clear message, no retry loop for a refusal, nothing left running ----------------
+
+
+def test_wrong_password_is_final_and_clear(
+    rdpgw: RdpGateway, shadow_server: RdpServer, erin_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+) -> None:  # fmt: skip
+    wrong = f"Wrong-{time.time_ns()}"
+    PASSWORDS.append(wrong)
+    desktop_id = rdpgw.add_rdp_desktop("shadow wrong password", shadow_server.port, shadow_server.username,
+                                       wrong, "--security", "nla", assign=("erin",))  # fmt: skip
+    w = new_page(erin_state)
+    page = w.page
+    posts = connect_posts(page)
+    t0 = time.monotonic()
+    open_rdp(page, rdpgw, desktop_id)
+    wait_state(page, "disconnected", int(FAILURE_WITHIN * 1000))
+    took = time.monotonic() - t0
+    state, text, detail = status_of(page)
+    shot_to(page, "rdp-wrong-password.png")
+    print(f"\nwrong password: {text!r} / {detail!r} after {took:.1f} s")
+    assert text == "Could not connect"
+    assert "refused the user name or password" in detail, detail
+    assert page.locator("#status").is_visible() and page.locator("#reconnect").is_visible()
+    # No retry loop: still one request and still disconnected a while later.
+    page.wait_for_timeout(3000)
+    assert status_of(page)[0] == "disconnected"
+    assert len(posts) == 1, f"{len(posts)} connect requests"
+    wait_no_bridges(rdpgw)
+    assert wrong not in ps_args()
+    assert_not_bodies(w, wrong)
+    assert wrong not in rdpgw.log_text()
+
+
+def assert_not_bodies(w: Watched, secret: str) -> None:
+    for url, body in w.received_bodies():
+        assert secret.encode() not in body, f"the RDP password appears in the response of {url}"
+    for frame in w.ws_frames:
+        assert secret.encode() not in frame
+
+
+def test_server_down_is_clear(
+    rdpgw: RdpGateway, erin_state: dict[str, Any], new_page: Callable[..., Watched]
+) -> None:
+    password = f"Down-{time.time_ns()}"
+    PASSWORDS.append(password)
+    desktop_id = rdpgw.add_rdp_desktop("rdp down", free_port(), "nobody", password, assign=("erin",))
+    page = new_page(erin_state).page
+    posts = connect_posts(page)
+    t0 = time.monotonic()
+    open_rdp(page, rdpgw, desktop_id)
+    try:
+        page.wait_for_function(
+            "() => /cannot be reached|is not answering/.test("
+            "document.getElementById('status-detail').textContent)",
+            timeout=int(FAILURE_WITHIN * 1000),
+        )
+    except Exception:
+        shot_to(page, "failed-rdp-server-down.png")
+        raise AssertionError(f"no clear message: {status_of(page)}, {len(posts)} request(s)") from None
+    took = time.monotonic() - t0
+    state, text, detail = status_of(page)
+    shot_to(page, "rdp-server-down.png")
+    print(f"\nserver down: {state} {text!r} / {detail!r} after {took:.1f} s, {len(posts)} request(s)")
+    # The static provider's port probe answers first ("desktop <name> is not answering"); the
+    # bridge's own answer for an unreachable server is "the remote desktop cannot be reached".
+    assert detail in ("desktop rdp down is not answering", "the remote desktop cannot be reached"), detail
+    assert text == "Could not connect", text
+    assert state in ("disconnected", "reconnecting"), state
+    assert len(posts) <= 2, f"{len(posts)} connect requests within {took:.1f} s"
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+
+def test_server_killed_mid_session_is_clear(
+    rdpgw: RdpGateway, rdp_server_factory: Callable[[str], RdpServer], erin_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+) -> None:  # fmt: skip
+    server = rdp_server_factory("shadow")
+    PASSWORDS.append(server.password)
+    desktop_id = rdpgw.add_rdp_desktop("shadow doomed", server.port, server.username, server.password,
+                                       "--security", "nla", assign=("erin",))  # fmt: skip
+    page = new_page(erin_state).page
+    open_rdp(page, rdpgw, desktop_id)
+    wait_state(page, "connected", 60_000)
+    wait_for_colour(page, near(server.colour), 200_000, "the doomed shadow's colour", timeout=30)
+    assert len(bridge_processes(rdpgw.runtime_dir)) >= 2
+
+    server.kill()
+    t0 = time.monotonic()
+    page.wait_for_function(
+        """() => { const s = document.getElementById('status');
+                   const t = s.textContent;
+                   return !s.hidden && /remote desktop/.test(t); }""",
+        timeout=int(FAILURE_WITHIN * 1000),
+    )
+    took = time.monotonic() - t0
+    state, text, detail = status_of(page)
+    shot_to(page, "rdp-server-killed.png")
+    print(f"\nserver killed: {state} {text!r} / {detail!r} after {took:.1f} s")
+    assert state in ("reconnecting", "disconnected"), state
+    assert re.search(r"the connection to the remote desktop was lost|the remote desktop ended the session"
+                     r"|the remote desktop cannot be reached", detail), detail  # fmt: skip
+    # Leaving the page stops the client's retries; the bridge is gone within the grace time.
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+
+# -- 4. the passwords, once more, over the whole log ------------------------------------------------
+
+
+def test_no_rdp_password_in_the_gateway_log(rdpgw: RdpGateway) -> None:
+    log = rdpgw.log_text()
+    assert "[bridge=" in log, "the bridge logged nothing: did the RDP tests run?"
+    assert PASSWORDS, "no RDP desktop was added"
+    for password in PASSWORDS:
+        assert password not in log
+    assert not [line for line in ps_args().splitlines() if any(p in line for p in PASSWORDS)]
+    assert not bridge_processes(rdpgw.runtime_dir)
+
