@@ -402,6 +402,7 @@ class RdpBridges:
         if self._bridges.get(bridge.key) is bridge:
             del self._bridges[bridge.key]
         bridge.stopping = True
+        t0 = time.monotonic()
         if bridge.grace is not None:
             bridge.grace.cancel()
             bridge.grace = None
@@ -410,7 +411,7 @@ class RdpBridges:
             if task is not asyncio.current_task():
                 task.cancel()
         shutil.rmtree(bridge.folder, ignore_errors=True)
-        bridge.blog.info("stopped")
+        bridge.blog.info("stopped in %.2f s", time.monotonic() - t0)
 
     async def _desktop_user(self) -> pwd.struct_passwd | None:
         if self._run_as_user is None:
