@@ -311,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="rdp: the account's domain")
     p.add_argument("--security", choices=("negotiate", "nla", "tls", "rdp"),
                    help="rdp: security mode (default: negotiate)")
-    p.add_argument("--cert", choices=("ignore", "fingerprint"),
-                   help="rdp: server certificate policy (default: ignore, or fingerprint when"
-                        " --cert-fingerprint is given)")
+    p.add_argument("--cert", choices=("ignore", "tofu", "fingerprint"),
+                   help="rdp: server certificate policy: ignore, tofu (trust the first"
+                        " certificate seen, refuse a changed one) or fingerprint (default:"
+                        " ignore, or fingerprint when --cert-fingerprint is given)")
     p.add_argument("--cert-fingerprint", metavar="SHA256", help="rdp: pinned certificate")
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")

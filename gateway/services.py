@@ -25,7 +25,7 @@ from .store import Store
 
 PROVIDER_NAMES = ("static", "local")
 RDP_SECURITY = ("negotiate", "nla", "tls", "rdp")
-RDP_CERT_POLICIES = ("ignore", "fingerprint")
+RDP_CERT_POLICIES = ("ignore", "tofu", "fingerprint")
 
 
 def rdp_options(options: Mapping[str, str]) -> dict[str, str]:

@@ -52,7 +52,7 @@ _DESKTOP = obj(
          " domain, security, cert_policy, cert_fingerprint",
          "additionalProperties": STRING})
 _RDP_OPTIONS = {"type": "object", "description": "RDP: username (required), domain, security"
-                " (negotiate, nla, tls, rdp), cert_policy (ignore, fingerprint),"
+                " (negotiate, nla, tls, rdp), cert_policy (ignore, tofu, fingerprint),"
                 " cert_fingerprint (SHA-256 hex)", "additionalProperties": STRING}
 _USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "locked_until"),
             id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
