@@ -38,8 +38,9 @@ from .errors import (
     WS_UPSTREAM_CLOSED,
     WS_UPSTREAM_UNREACHABLE,
 )
-from .keys import ADMIN, AUDIT, LIVE, SETTINGS
+from .keys import ADMIN, AUDIT, BROKER, LIVE, SETTINGS
 from .live import LiveSessions
+from .proxy.rdp import RdpBridges
 
 log = logging.getLogger("deskgate.metrics")
 
@@ -100,6 +101,19 @@ class _LiveCollector(Collector):
         relayed.add_metric(["up"], up)
         relayed.add_metric(["down"], down)
         yield relayed
+        if m.bridges is not None:
+            stats = m.bridges.stats()
+            count = GaugeMetricFamily("deskgate_rdp_bridges", "RDP bridges running on this node")
+            count.add_metric([], len(stats))
+            yield count
+            rss = GaugeMetricFamily("deskgate_rdp_bridge_rss_bytes",
+                                    "Resident memory of all RDP bridge processes")
+            rss.add_metric([], sum(int(b.get("rss_bytes", 0)) for b in stats))
+            yield rss
+            cpu = GaugeMetricFamily("deskgate_rdp_bridge_cpu_seconds",
+                                    "CPU time used by the running RDP bridges")
+            cpu.add_metric([], sum(float(b.get("cpu_seconds", 0.0)) for b in stats))
+            yield cpu
 
 
 class Metrics:
@@ -107,6 +121,7 @@ class Metrics:
 
     def __init__(self, live: LiveSessions) -> None:
         self.live = live
+        self.bridges: RdpBridges | None = None  # set once the app's state is open
         self.registry = CollectorRegistry()
         self.closed_bytes_up = 0
         self.closed_bytes_down = 0
@@ -211,6 +226,7 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 
     Runs after the state context (it needs the audit writer and the admin service)."""
     metrics = app[METRICS]
+    metrics.bridges = app[BROKER].bridges
     undo = app[AUDIT].listen(metrics.audit_event)
     settings = app[SETTINGS]
     runner: web.AppRunner | None = None

@@ -11,6 +11,7 @@ const recentBody = document.querySelector('#recent-sessions tbody');
 const liveEmpty = document.getElementById('live-empty');
 const recentEmpty = document.getElementById('recent-empty');
 const liveCount = document.getElementById('live-count');
+const bridgeStats = document.getElementById('bridge-stats');
 const streamState = document.getElementById('stream-state');
 const result = document.getElementById('action-result');
 const dialog = document.getElementById('action-dialog');
@@ -189,6 +190,11 @@ events.addEventListener('snapshot', (e) => {
     const data = JSON.parse(e.data);
     renderLive(data.live);
     renderRecent(data.recent);
+    if (data.bridges) {
+        const mib = (data.bridges.rss_bytes / 1048576).toFixed(0);
+        bridgeStats.textContent = `RDP bridges: ${data.bridges.count}` +
+            (data.bridges.count ? ` (${mib} MiB, ${data.bridges.cpu_seconds} s CPU)` : '');
+    }
     root.dataset.updatedAt = String(data.now);
     setStream('live', true);
 });

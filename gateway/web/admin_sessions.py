@@ -40,9 +40,14 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
     recent = [s for s in await admin.recent_sessions(100) if s.state is SessionState.CLOSED]
     users = {u.id: u.name for u in await store.list_users()} if recent else {}
     desktops = {d.id: d.name for d in await store.list_desktops()} if recent else {}
+    bridges = app[BROKER].bridges
+    stats = bridges.stats() if bridges is not None else []
     return {
         "now": time.time(),
         "live": admin.live_figures(),
+        "bridges": {"count": len(stats),
+                    "rss_bytes": sum(int(b.get("rss_bytes", 0)) for b in stats),
+                    "cpu_seconds": round(sum(float(b.get("cpu_seconds", 0.0)) for b in stats), 1)},
         "recent": [{
             "id": s.id, "user": users.get(s.user_id, f"#{s.user_id}"),
             "desktop": desktops.get(s.desktop_id, f"#{s.desktop_id}"),

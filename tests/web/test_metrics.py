@@ -41,7 +41,8 @@ async def test_token_is_required_and_compared(settings: Settings) -> None:
         assert basic.status == 401
         ok = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
         assert ok.status == 200
-        assert "deskgate_sessions_active 0.0" in await ok.text()
+        text = await ok.text()
+        assert "deskgate_sessions_active 0.0" in text and "deskgate_rdp_bridges 0.0" in text
 
 
 async def test_no_token_means_no_metrics_on_the_main_port(settings: Settings) -> None:
