@@ -410,7 +410,14 @@ class RdpBridges:
         for task in bridge.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-        shutil.rmtree(bridge.folder, ignore_errors=True)
+        # A process on its way out may still write into its home while the tree is removed.
+        for _ in range(10):
+            shutil.rmtree(bridge.folder, ignore_errors=True)
+            if not bridge.folder.exists():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            bridge.blog.warning("could not remove %s", bridge.folder)
         bridge.blog.info("stopped in %.2f s", time.monotonic() - t0)
 
     async def _desktop_user(self) -> pwd.struct_passwd | None:
