@@ -20,8 +20,8 @@ FramebufferUpdateRequest outstanding, as noVNC does. Reported:
   only, PIDs from /proc), of the gateway process, and of the desktop server side (VNC: its Xvnc;
   RDP: xrdp, sesman and the session's processes).
 
-Timings are printed, never asserted. Needs root, xrdp, xorgxrdp, freerdp2-x11, Xvnc and xterm (see
-/work/shared/TESTENV.md). Every process started here is stopped by its PID.
+Timings are printed, never asserted. Needs root, xrdp, xorgxrdp, freerdp2-x11, Xvnc and xterm (`make
+test` installs them). Every process started here is stopped by its PID.
 
     .venv/bin/python bench/rdp.py             # 8 s per desktop, about 25 s in all
     .venv/bin/python bench/rdp.py --quick     # 2 s per desktop, under 15 s in all
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     tools = ("xrdp", "xrdp-sesman", "xfreerdp", "Xvnc", "xterm", "xdotool")
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
-        print(f"missing: {', '.join(missing)} (see /work/shared/TESTENV.md)", file=sys.stderr)
+        print(f"missing: {', '.join(missing)} (make test installs them)", file=sys.stderr)
         return 2
     started = time.monotonic()
     rows = asyncio.run(run(args))
