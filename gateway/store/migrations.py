@@ -132,4 +132,16 @@ MIGRATIONS: list[list[str]] = [
         # policy), as a JSON object; its password stays in password_enc.
         "ALTER TABLE desktops ADD COLUMN options TEXT NOT NULL DEFAULT '{}'",
     ],
+    [
+        # Per-user RDP desktops: each person's own account on the desktop (password encrypted).
+        """CREATE TABLE user_credentials (
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            desktop_id INTEGER NOT NULL REFERENCES desktops(id) ON DELETE CASCADE,
+            username TEXT NOT NULL,
+            domain TEXT NOT NULL DEFAULT '',
+            password_enc TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (user_id, desktop_id)
+        )""",
+    ],
 ]

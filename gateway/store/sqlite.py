@@ -343,6 +343,7 @@ class SQLiteStore:
         """Delete a desktop with its assignments; its past sessions keep their rows."""
         await self._exec("DELETE FROM assignments WHERE desktop_id = ?", (desktop_id,))
         await self._exec("DELETE FROM group_assignments WHERE desktop_id = ?", (desktop_id,))
+        await self._exec("DELETE FROM user_credentials WHERE desktop_id = ?", (desktop_id,))
         return await self._exec("DELETE FROM desktops WHERE id = ?", (desktop_id,)) == 1
 
     async def desktop_assignments(self, desktop_id: int) -> tuple[list[str], list[str]]:
@@ -380,6 +381,28 @@ class SQLiteStore:
         return [_desktop(r) for r in rows]
 
     # sign-ins waiting for an identity provider's callback ----------------------------------
+    # per-user RDP credentials -------------------------------------------------------------------
+    async def get_user_credentials(self, user_id: int,
+                                   desktop_id: int) -> tuple[str, str, str] | None:
+        row = await self._one(
+            "SELECT username, domain, password_enc FROM user_credentials"
+            " WHERE user_id = ? AND desktop_id = ?", (user_id, desktop_id))
+        return (row[0], row[1], row[2]) if row else None
+
+    async def set_user_credentials(self, user_id: int, desktop_id: int, username: str,
+                                   domain: str, password_enc: str) -> None:
+        await self._exec(
+            "INSERT INTO user_credentials (user_id, desktop_id, username, domain, password_enc,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, desktop_id) DO UPDATE"
+            " SET username = excluded.username, domain = excluded.domain,"
+            " password_enc = excluded.password_enc, updated_at = excluded.updated_at",
+            (user_id, desktop_id, username, domain, password_enc, time.time()))
+
+    async def delete_user_credentials(self, user_id: int, desktop_id: int) -> bool:
+        return await self._exec(
+            "DELETE FROM user_credentials WHERE user_id = ? AND desktop_id = ?",
+            (user_id, desktop_id)) == 1
+
     async def save_oidc_login(self, state_hash: str, login: OidcLogin) -> None:
         await self._exec(
             "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc, verifier_enc,"
