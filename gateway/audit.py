@@ -26,6 +26,7 @@ class AuditKind(enum.StrEnum):
     CONNECT = "session.connect"
     CONNECT_DENIED = "session.denied"
     DISCONNECT = "session.disconnect"
+    CREDENTIALS = "credentials"  # a person's own account for a per-user RDP desktop
     ADMIN = "admin"
     ADMIN_DENIED = "admin.denied"
 

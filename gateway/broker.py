@@ -10,11 +10,19 @@ from dataclasses import dataclass
 from .audit import Audit, AuditKind
 from .config import Settings
 from .crypto import SecretBox, new_token
-from .errors import DesktopUnavailable, Forbidden, NotFound, TicketError
+from .errors import (
+    BadRequest,
+    CredentialsRequired,
+    DesktopUnavailable,
+    Forbidden,
+    NotFound,
+    TicketError,
+)
 from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Session, SessionState, User, WebSession
 from .providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
-from .proxy.rdp import BridgeError, RdpBridges, RdpTarget
+from .proxy.rdp import REASON_CREDENTIALS, BridgeError, RdpBridges, RdpTarget
+from .services import rdp_account
 from .store import Store
 from .tickets import TicketBook
 
@@ -69,6 +77,15 @@ def bridge_key(user_id: int, desktop_id: int) -> str:
     """One RDP bridge per person and desktop: reconnecting resumes the same remote session."""
     return f"{user_id}:{desktop_id}"
 
+
+def per_user(desktop: Desktop) -> bool:
+    """An RDP desktop where each person signs in with their own account."""
+    return desktop.protocol == "rdp" and desktop.option("credentials", "shared") == "per_user"
+
+
+# The 424 answer when a per-user desktop refused the person's stored account (now forgotten).
+REASON_OWN_CREDENTIALS = (f"{REASON_CREDENTIALS}; your saved account for this desktop was"
+                          " forgotten: enter it again")
 
 # RDP failures that retrying cannot fix: the client shows them and stops.
 _FINAL_BRIDGE_FAILURES = ("credentials", "certificate", "security")
@@ -134,6 +151,8 @@ class Broker:
                                      desktop=desktop.name, client_ip=client_ip,
                                      detail="maintenance")
             raise DesktopUnavailable("this desktop is under maintenance; try again later")
+        # A per-user desktop without this person's account: ask for it before anything starts.
+        target = await self.rdp_target(desktop, user.id) if desktop.protocol == "rdp" else None
         try:
             await self._providers.get(desktop.provider).ensure_running(await self.spec(desktop))
         except DesktopUnavailable as exc:
@@ -145,8 +164,8 @@ class Broker:
                           started_at=time.time(), client_ip=client_ip,
                           user_agent=user_agent[:300])
         await self._store.create_session(session)
-        if desktop.protocol == "rdp":
-            await self._start_bridge(user, desktop, session, client_ip, width, height)
+        if target is not None:
+            await self._start_bridge(user, desktop, target, session, client_ip, width, height)
         ticket = self._tickets.mint(user_id=user.id, web_session_id=web_session.id,
                                     desktop_id=desktop.id, session_id=session.id)
         await self._audit.record(AuditKind.CONNECT, user=user.name, desktop=desktop.name,
@@ -166,7 +185,8 @@ class Broker:
         if desktop.protocol == "rdp":
             # The bridge started at connect; this holds it (and resumes it after a grace stop).
             key = bridge_key(user.id, desktop.id)
-            endpoint = await self._rdp_bridges().acquire(key, await self.rdp_target(desktop))
+            endpoint = await self._rdp_bridges().acquire(key,
+                                                         await self.rdp_target(desktop, user.id))
             return Admission(session, user, desktop, endpoint, policy, bridge_key=key)
         endpoint = await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
         return Admission(session, user, desktop, endpoint, policy)
@@ -176,17 +196,27 @@ class Broker:
             raise DesktopUnavailable("this gateway does not bridge RDP")
         return self.bridges
 
-    async def rdp_target(self, desktop: Desktop) -> RdpTarget:
-        enc = await self._store.get_desktop_password(desktop.id) if desktop.has_password else None
+    async def rdp_target(self, desktop: Desktop, user_id: int) -> RdpTarget:
+        """The server and the account the bridge of ``user_id`` signs in with: the desktop's
+        shared account, or (per-user desktop) that person's own, else CredentialsRequired."""
+        if per_user(desktop):
+            stored = await self._store.get_user_credentials(user_id, desktop.id)
+            if stored is None:
+                raise CredentialsRequired()
+            username, domain, enc = stored
+        else:
+            username, domain = desktop.option("username"), desktop.option("domain")
+            enc = (await self._store.get_desktop_password(desktop.id) or ""
+                   if desktop.has_password else "")
         return RdpTarget(
-            host=desktop.host, port=desktop.port, username=desktop.option("username"),
-            domain=desktop.option("domain"), password=self._box.decrypt(enc) if enc else None,
+            host=desktop.host, port=desktop.port, username=username,
+            domain=domain, password=self._box.decrypt(enc) if enc else None,
             security=desktop.option("security", "negotiate"),
             cert_policy=desktop.option("cert_policy", "ignore"),
             cert_fingerprint=desktop.option("cert_fingerprint"))
 
-    async def _start_bridge(self, user: User, desktop: Desktop, session: Session, client_ip: str,
-                            width: int, height: int) -> None:
+    async def _start_bridge(self, user: User, desktop: Desktop, target: RdpTarget,
+                            session: Session, client_ip: str, width: int, height: int) -> None:
         """Start the RDP bridge before any ticket exists, so that a wrong password, an
         unreachable server or a refused certificate is the answer to the click itself."""
         bridges = self._rdp_bridges()
@@ -195,19 +225,48 @@ class Broker:
         w = width if 16 <= width <= 8192 else int(geometry[0])
         h = height if 16 <= height <= 8192 else int(geometry[1])
         try:
-            await bridges.acquire(key, await self.rdp_target(desktop), w, h)
+            await bridges.acquire(key, target, w, h)
         except BridgeError as exc:
             final = exc.kind in _FINAL_BRIDGE_FAILURES
             await self._store.close_session(session.id, time.time(), exc.reason, final, 0, 0)
             await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
                                      desktop=desktop.name, client_ip=client_ip,
                                      detail=f"rdp bridge: {exc.reason}")
+            if exc.kind == "credentials" and per_user(desktop):
+                # The next attempt asks for the account again instead of repeating this one.
+                await self._forget(user, desktop, client_ip, "refused by the desktop")
+                exc = BridgeError(REASON_OWN_CREDENTIALS, "credentials")
             if final:
                 exc.http_status = 424  # the client shows it and does not retry
-            raise
+            raise exc
         # The ticket's holder acquires it again at admission; until then (and if the ticket is
         # never used) the bridge runs on the reconnect grace timer.
         bridges.release(key)
+
+    # a person's own account on a per-user RDP desktop --------------------------------------------
+    async def save_credentials(self, user: User, desktop_id: int, client_ip: str, *,
+                               username: str, domain: str, password: str) -> None:
+        """Store (encrypted) the person's own account for a per-user desktop assigned to them."""
+        desktop = await self.check_access(user, desktop_id, client_ip)
+        if not per_user(desktop):
+            raise BadRequest("this desktop signs in with its own account")
+        username, domain, password = rdp_account(username, domain, password)
+        await self._store.set_user_credentials(user.id, desktop.id, username, domain,
+                                               self._box.encrypt(password))
+        await self._audit.record(AuditKind.CREDENTIALS, user=user.name, desktop=desktop.name,
+                                 client_ip=client_ip, detail=f"credentials saved ({username})")
+
+    async def forget_credentials(self, user: User, desktop_id: int, client_ip: str) -> bool:
+        """Forget the person's stored account for a desktop; False when none was stored."""
+        desktop = await self.check_access(user, desktop_id, client_ip)
+        return await self._forget(user, desktop, client_ip, "by the user")
+
+    async def _forget(self, user: User, desktop: Desktop, client_ip: str, why: str) -> bool:
+        if not await self._store.delete_user_credentials(user.id, desktop.id):
+            return False
+        await self._audit.record(AuditKind.CREDENTIALS, user=user.name, desktop=desktop.name,
+                                 client_ip=client_ip, detail=f"credentials forgotten ({why})")
+        return True
 
     async def watch(self, admin: User, web_session: WebSession, target_id: str,
                     live: LiveSessions, client_ip: str, user_agent: str = "") -> tuple[str, str]:
@@ -249,7 +308,9 @@ class Broker:
         key = None
         if desktop.protocol == "rdp":  # watch the person's own bridge display
             key = bridge_key(pending.target.user_id, desktop.id)
-            endpoint = await self._rdp_bridges().acquire(key, await self.rdp_target(desktop))
+            # The watched person's bridge, so (per-user desktop) the watched person's account.
+            endpoint = await self._rdp_bridges().acquire(
+                key, await self.rdp_target(desktop, pending.target.user_id))
         else:
             endpoint = await self._providers.get(desktop.provider).endpoint(
                 await self.spec(desktop))

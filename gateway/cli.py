@@ -157,7 +157,10 @@ def cmd_desktop(args: argparse.Namespace) -> int:
             options = {k: v for k, v in (("username", args.user), ("domain", args.domain),
                                          ("security", args.security),
                                          ("cert_policy", args.cert),
-                                         ("cert_fingerprint", args.cert_fingerprint)) if v}
+                                         ("cert_fingerprint", args.cert_fingerprint),
+                                         ("credentials",
+                                          "per_user" if args.per_user_credentials else None))
+                       if v}
             desktop = await services.add_desktop(
                 args.name, args.provider, host=host, port=port, password=password,
                 protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None)
@@ -165,7 +168,10 @@ def cmd_desktop(args: argparse.Namespace) -> int:
         else:
             for d in await services.store.list_desktops():
                 where = f"{d.host}:{d.port}" if d.provider == "static" else "on this host"
-                if d.protocol == "rdp":
+                if d.protocol == "rdp" and d.option("credentials") == "per_user":
+                    where += (f" as each user (credentials=per_user), certificates:"
+                              f" {d.option('cert_policy')}")
+                elif d.protocol == "rdp":
                     where += (f" as {d.option('username')}, certificates:"
                               f" {d.option('cert_policy')}")
                 secret = " (password set)" if d.has_password else ""
@@ -308,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT", help="static: VNC server")
     p.add_argument("--rdp", type=_host_port, metavar="HOST:PORT", help="static: RDP server")
     p.add_argument("--user", help="rdp: the account to sign in with")
+    p.add_argument("--per-user-credentials", action="store_true",
+                   help="rdp: each person signs in with their own account on the server"
+                        " (entered once in the browser and stored encrypted; no --user)")
     p.add_argument("--domain", help="rdp: the account's domain")
     p.add_argument("--security", choices=("negotiate", "nla", "tls", "rdp"),
                    help="rdp: security mode (default: negotiate)")

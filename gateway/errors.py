@@ -101,6 +101,14 @@ class DesktopUnavailable(GatewayError):
     reason = "the desktop cannot be reached"
 
 
+class CredentialsRequired(GatewayError):
+    """A per-user RDP desktop and no stored account of this person for it: ask for one."""
+
+    http_status = 428
+    ws_code = WS_UPSTREAM_AUTH
+    reason = "enter your account for this desktop"
+
+
 class UpstreamAuthFailed(DesktopUnavailable):
     ws_code = WS_UPSTREAM_AUTH
     reason = "the desktop refused the gateway's credentials"

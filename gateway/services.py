@@ -26,19 +26,31 @@ from .store import Store
 PROVIDER_NAMES = ("static", "local")
 RDP_SECURITY = ("negotiate", "nla", "tls", "rdp")
 RDP_CERT_POLICIES = ("ignore", "tofu", "fingerprint")
+RDP_CREDENTIALS = ("shared", "per_user")
 
 
 def rdp_options(options: Mapping[str, str]) -> dict[str, str]:
-    """Checked RDP options: username (required), domain, security, cert_policy, cert_fingerprint.
+    """Checked RDP options: username, domain, security, cert_policy, cert_fingerprint,
+    credentials.
+
+    ``credentials`` is "shared" (the default: everyone signs in with the desktop's one account,
+    so a user name is required) or "per_user" (each person signs in with their own account on
+    that server, entered once and stored encrypted, or asked at connect).
 
     A new desktop's certificate policy is "ignore" unless a fingerprint is pinned; the admin
     pages show it, so the choice is never silent.
     """
-    unknown = set(options) - {"username", "domain", "security", "cert_policy", "cert_fingerprint"}
+    unknown = set(options) - {"username", "domain", "security", "cert_policy", "cert_fingerprint",
+                              "credentials"}
     if unknown:
         raise BadRequest(f"unknown RDP option {sorted(unknown)[0]!r}")
+    credentials = options.get("credentials", "shared")
+    if credentials not in RDP_CREDENTIALS:
+        raise BadRequest(f"RDP credentials are one of {', '.join(RDP_CREDENTIALS)}")
     username = options.get("username", "").strip()
-    if not username or len(username) > 104 or not username.isprintable():
+    if credentials == "per_user":
+        username = ""  # each person's own account; the desktop has none
+    elif not username or len(username) > 104 or not username.isprintable():
         raise BadRequest("an RDP desktop needs a user name (--user)")
     security = options.get("security", "negotiate")
     if security not in RDP_SECURITY:
@@ -50,11 +62,27 @@ def rdp_options(options: Mapping[str, str]) -> dict[str, str]:
     if policy == "fingerprint" and not (len(fingerprint) == 64
                                         and all(c in "0123456789abcdef" for c in fingerprint)):
         raise BadRequest("a pinned certificate needs its SHA-256 fingerprint (64 hex digits)")
-    domain = options.get("domain", "").strip()
+    domain = _rdp_domain(options.get("domain", ""))
+    return {"username": username, "domain": domain, "security": security,
+            "cert_policy": policy, "cert_fingerprint": fingerprint, "credentials": credentials}
+
+
+def _rdp_domain(domain: str) -> str:
+    domain = domain.strip()
     if len(domain) > 64 or not domain.isprintable():
         raise BadRequest("the RDP domain is at most 64 printable characters")
-    return {"username": username, "domain": domain, "security": security,
-            "cert_policy": policy, "cert_fingerprint": fingerprint}
+    return domain
+
+
+def rdp_account(username: str, domain: str, password: str) -> tuple[str, str, str]:
+    """A person's own account on a per-user RDP desktop, checked: (username, domain, password)."""
+    username = username.strip()
+    if not username or len(username) > 104 or not username.isprintable():
+        raise BadRequest("enter the user name of your account on this desktop")
+    if not password or len(password) > 256 or any(c in password for c in "\r\n\0"):
+        raise BadRequest("enter the password of your account on this desktop"
+                         " (at most 256 characters, no line breaks)")
+    return username, _rdp_domain(domain), password
 
 
 @dataclass(frozen=True)
@@ -206,10 +234,14 @@ class Services:
         if provider == "static" and not (host and 0 < port < 65536):
             raise BadRequest(f"a static desktop needs --{protocol} HOST:PORT")
         checked = rdp_options(options or {}) if protocol == "rdp" else {}
+        if checked.get("credentials") == "per_user" and password:
+            raise BadRequest("a per-user RDP desktop has no shared password: each person"
+                             " enters their own account")
         enc = self.box.encrypt(password) if password else None
         desktop = await self.store.create_desktop(name, provider, host, port, enc, protocol,
                                                   checked)
-        extra = f", certificates: {checked['cert_policy']}" if protocol == "rdp" else ""
+        extra = (f", certificates: {checked['cert_policy']}, credentials:"
+                 f" {checked['credentials']}" if protocol == "rdp" else "")
         await self.audit.record(AuditKind.ADMIN, desktop=name,
                                 detail=f"desktop created ({provider}, {protocol}{extra})")
         return desktop

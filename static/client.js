@@ -25,6 +25,8 @@ const TRANSITIONS = {
 class FinalError extends Error {}
 // The browser is being sent elsewhere (sign-in page): stop doing anything.
 class Redirecting extends Error {}
+// A per-user RDP desktop needs the person's own account (none stored, or it was refused).
+class CredentialsNeeded extends Error {}
 
 const root = document.getElementById('deskgate-client');
 const screenEl = document.getElementById('screen');
@@ -47,9 +49,17 @@ const adminMessage = document.getElementById('admin-message');
 const adminMessageFrom = document.getElementById('admin-message-from');
 const adminMessageText = document.getElementById('admin-message-text');
 const adminMessageDismiss = document.getElementById('admin-message-dismiss');
+const credentialsForm = document.getElementById('rdp-credentials');
+const credentialsUser = document.getElementById('rdp-username');
+const credentialsDomain = document.getElementById('rdp-domain');
+const credentialsPassword = document.getElementById('rdp-password');
+const credentialsSave = document.getElementById('rdp-save');
+const credentialsError = document.getElementById('rdp-credentials-error');
 
 const connectUrl = root.dataset.connectUrl;
 const csrfToken = root.dataset.csrf;
+const credentialsUrl = root.dataset.credentialsUrl;
+const perUserCredentials = root.dataset.credentials === 'per_user';
 
 let state = root.dataset.state || 'connecting';
 let rfb = null;
@@ -85,6 +95,7 @@ function showStatus(text, {detail = null, final = false} = {}) {
     statusActions.hidden = !final;
     statusEl.classList.toggle('status-final', final);
     statusEl.hidden = false;
+    credentialsForm.hidden = true;
 }
 
 function hideStatus() {
@@ -132,6 +143,11 @@ async function requestTicket() {
     }
     if (resp.status === 401) {
         goToLogin();
+    }
+    // 428: no account of this person is stored for a per-user desktop; 424 on such a desktop:
+    // the desktop refused the stored account (the gateway has forgotten it). Ask for it.
+    if (resp.status === 428 || (resp.status === 424 && perUserCredentials)) {
+        throw new CredentialsNeeded(await readError(resp));
     }
     if (!resp.ok) {
         const reason = await readError(resp);
@@ -204,6 +220,10 @@ async function connect(gen) {
         if (err instanceof Redirecting || gen !== generation) {
             return;
         }
+        if (err instanceof CredentialsNeeded) {
+            askForCredentials(err.message);
+            return;
+        }
         if (err instanceof FinalError || state === 'connecting') {
             finish('Could not connect', err.message);
         } else {
@@ -246,6 +266,61 @@ async function connect(gen) {
         }
     });
 }
+
+// Per-user RDP desktops: the person's own account, asked in the status overlay, saved (write-only)
+// on the gateway, then the connection starts again.
+
+function askForCredentials(reason) {
+    clearTimers();
+    setState('disconnected');
+    showStatus('Sign in to this desktop', {detail: reason, final: true});
+    reconnectButton.hidden = true;
+    credentialsError.hidden = true;
+    credentialsPassword.value = '';
+    credentialsSave.disabled = false;
+    credentialsForm.hidden = false;
+    (credentialsUser.value ? credentialsPassword : credentialsUser).focus();
+}
+
+async function saveCredentials(event) {
+    event.preventDefault();
+    credentialsError.hidden = true;
+    credentialsSave.disabled = true;
+    let resp;
+    try {
+        resp = await fetch(credentialsUrl, {
+            method: 'POST',
+            credentials: 'same-origin',
+            headers: {
+                'X-CSRF-Token': csrfToken,
+                'Accept': 'application/json',
+                'Content-Type': 'application/json',
+            },
+            body: JSON.stringify({
+                username: credentialsUser.value,
+                domain: credentialsDomain.value,
+                password: credentialsPassword.value,
+            }),
+        });
+    } catch {
+        resp = null;
+    }
+    credentialsPassword.value = '';
+    credentialsSave.disabled = false;
+    if (resp && resp.status === 401) {
+        window.location.assign('/login');
+        return;
+    }
+    if (!resp || !resp.ok) {
+        credentialsError.textContent = resp ? await readError(resp) : 'The gateway cannot be reached.';
+        credentialsError.hidden = false;
+        credentialsPassword.focus();
+        return;
+    }
+    start();
+}
+
+credentialsForm.addEventListener('submit', saveCredentials);
 
 function onConnect(own) {
     if (own !== rfb) {

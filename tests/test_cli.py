@@ -75,3 +75,19 @@ def test_rdp_desktops_need_an_account_and_say_their_certificate_policy(tmp_path:
     listing = deskgate("desktop", "list", config=config).stdout
     assert "rdp 10.1.2.3:3389 as bob, certificates: ignore" in listing
     assert "rdp-secret" not in listing + deskgate("audit", config=config).stdout
+
+
+def test_rdp_desktop_with_per_user_credentials(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    deskgate("init", "--data", str(data), "--no-demo")
+    config = data / "deskgate.toml"
+    out = deskgate("desktop", "add", "Own", "--provider", "static", "--rdp", "10.1.2.4:3389",
+                   "--per-user-credentials", "--domain", "CORP", config=config).stdout
+    assert out.startswith("Desktop ")
+    shared_pw = deskgate("desktop", "add", "Own2", "--provider", "static", "--rdp",
+                         "10.1.2.4:3389", "--per-user-credentials", "--password-stdin",
+                         stdin="not-wanted\n", config=config, check=False)
+    assert shared_pw.returncode == 1 and "no shared password" in shared_pw.stderr
+    listing = deskgate("desktop", "list", config=config).stdout
+    assert "rdp 10.1.2.4:3389 as each user (credentials=per_user)" in listing
+    assert "credentials: per_user" in deskgate("audit", config=config).stdout

@@ -132,7 +132,7 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
     await require_admin(request)
     form = await check_form_csrf(request)
     fields = ("name", "provider", "host", "port", "protocol", "rdp_username", "rdp_domain",
-              "rdp_security", "rdp_cert_fingerprint")
+              "rdp_security", "rdp_cert_fingerprint", "rdp_credentials")
     kept = {k: form.get(k, "") for k in fields}  # never the password
     try:
         static = form.get("provider") == "static"

@@ -49,11 +49,14 @@ _DESKTOP = obj(
     maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
     state={**STRING, "description": "running, stopped or unknown"},
     rdp={"type": ["object", "null"], "description": "RDP options (null for VNC): username,"
-         " domain, security, cert_policy, cert_fingerprint",
+         " domain, security, cert_policy, cert_fingerprint, credentials (shared or per_user)",
          "additionalProperties": STRING})
-_RDP_OPTIONS = {"type": "object", "description": "RDP: username (required), domain, security"
-                " (negotiate, nla, tls, rdp), cert_policy (ignore, tofu, fingerprint),"
-                " cert_fingerprint (SHA-256 hex)", "additionalProperties": STRING}
+_RDP_OPTIONS = {"type": "object", "description": "RDP: username (required unless credentials is"
+                " per_user), domain, security (negotiate, nla, tls, rdp), cert_policy (ignore,"
+                " tofu, fingerprint), cert_fingerprint (SHA-256 hex), credentials (shared: the"
+                " desktop's one account, the default; per_user: each person's own account,"
+                " entered once and stored encrypted, or asked at connect)",
+                "additionalProperties": STRING}
 _USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "locked_until"),
             id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
             source=STRING, locked_until=TIMESTAMP)
@@ -211,7 +214,7 @@ def desktop_json(view: DesktopView, state: str) -> dict[str, Any]:
     return {"id": d.id, "name": d.name, "provider": d.provider, "host": d.host, "port": d.port,
             "protocol": d.protocol, "has_password": d.has_password, "maintenance": d.maintenance,
             "users": view.users, "groups": view.groups, "state": state,
-            "rdp": dict(d.options) if d.protocol == "rdp" else None}
+            "rdp": {"credentials": "shared", **dict(d.options)} if d.protocol == "rdp" else None}
 
 
 def user_json(u: User) -> dict[str, Any]:

@@ -90,6 +90,33 @@ async def connect(request: web.Request) -> web.StreamResponse:
     })
 
 
+@routes.post(r"/desktops/{desktop_id}/credentials")
+async def save_credentials(request: web.Request) -> web.StreamResponse:
+    """The person's own account for a per-user RDP desktop: stored encrypted, never returned."""
+    _, user = require_signed_in(request)
+    check_csrf(request, request.headers.get("X-CSRF-Token"))
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("expected a JSON object") from None
+    if not isinstance(body, dict) or not all(
+            isinstance(body.get(k, ""), str) for k in ("username", "domain", "password")):
+        raise BadRequest("username, domain and password are strings")
+    await request.app[BROKER].save_credentials(
+        user, _desktop_id(request), client_ip(request), username=body.get("username", ""),
+        domain=body.get("domain", ""), password=body.get("password", ""))
+    return web.json_response({"saved": True})
+
+
+@routes.delete(r"/desktops/{desktop_id}/credentials")
+async def forget_credentials(request: web.Request) -> web.StreamResponse:
+    _, user = require_signed_in(request)
+    check_csrf(request, request.headers.get("X-CSRF-Token"))
+    forgotten = await request.app[BROKER].forget_credentials(user, _desktop_id(request),
+                                                             client_ip(request))
+    return web.json_response({"forgotten": forgotten})
+
+
 @routes.get(r"/sessions/{session_id}")
 async def session_status(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
