@@ -317,6 +317,11 @@ async function saveCredentials(event) {
         credentialsPassword.focus();
         return;
     }
+    try {
+        await resp.json(); // {saved: true}; read so that the response is complete
+    } catch {
+        // nothing to read
+    }
     start();
 }
 

@@ -374,6 +374,106 @@ def test_server_killed_mid_session_is_clear(
     wait_no_bridges(rdpgw)
 
 
+# -- 3b. per-user accounts: the browser asks for the person's own account -------------------------
+
+
+def add_per_user_desktop(rdpgw: RdpGateway, name: str, port: int, *extra: str, assign: str) -> str:
+    out = rdpgw.gw.cli("desktop", "add", name, "--provider", "static", "--rdp", f"127.0.0.1:{port}",
+                       "--per-user-credentials", *extra)  # fmt: skip
+    m = re.search(r"^Desktop\s+(\S+)\s+(.+?)\s*$", out, re.M)
+    assert m, f"no 'Desktop <id> <name>' line in {out!r}"
+    rdpgw.gw.cli("assign", name, assign)
+    return m.group(1)
+
+
+def wait_account_form(page: Any, timeout: float = FAILURE_WITHIN) -> None:
+    try:
+        page.wait_for_function(
+            "() => !document.getElementById('rdp-credentials').hidden"
+            " && document.getElementById('deskgate-client').dataset.state === 'disconnected'",
+            timeout=int(timeout * 1000),
+        )
+    except Exception:
+        shot_to(page, "failed-rdp-account-form.png")
+        raise AssertionError(f"the account form did not show: {status_of(page)}") from None
+
+
+def enter_account(page: Any, username: str, password: str) -> None:
+    page.fill("#rdp-username", username)
+    page.fill("#rdp-domain", "")
+    page.fill("#rdp-password", password)
+    page.locator("#rdp-save").click()
+
+
+def test_per_user_account_is_asked_in_the_browser(
+    rdpgw: RdpGateway, rdp_server_factory: Callable[[str], RdpServer], shadow_server: RdpServer,
+    erin_state: dict[str, Any], new_page: Callable[..., Watched],
+) -> None:  # fmt: skip
+    server = rdp_server_factory("xrdp")  # a fresh xrdp session: its xterm has its own colour
+    PASSWORDS.append(server.password)
+    desktop_id = add_per_user_desktop(rdpgw, "xrdp per user", server.port, "--security", "tls",
+                                      "--cert-fingerprint", server.certificate_sha256(),
+                                      assign="erin")  # fmt: skip
+    w = new_page(erin_state)
+    page = w.page
+    posts = connect_posts(page)
+    open_rdp(page, rdpgw, desktop_id)
+    wait_account_form(page)
+    state, text, detail = status_of(page)
+    shot_to(page, "rdp-per-user-asks.png")
+    assert detail == "enter your account for this desktop", detail
+    assert not bridge_processes(rdpgw.runtime_dir), "a bridge started without an account"
+
+    t0 = time.monotonic()
+    enter_account(page, server.username, server.password)
+    wait_state(page, "connected", 60_000)
+    wait_for_colour(page, near(server.colour), 200_000, "the remote xterm colour", timeout=40)
+    print(f"\nper-user xrdp: account entered to remote xterm colour {time.monotonic() - t0:.1f} s")
+    shot_to(page, "rdp-per-user-connected.png")
+    assert len(posts) == 2, f"{len(posts)} connect requests"  # the 428, then the real one
+    assert page.locator("#rdp-credentials").is_hidden()
+    assert server.password not in ps_args()
+    page.wait_for_timeout(500)
+    assert_not_received(w, server.password)
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+    # A wrong password: refused with a clear message, forgotten, and the form shows again. (The
+    # NLA server tells a refused login at once; xrdp over TLS shows its own login dialog instead.)
+    wrong = f"Wrong-{time.time_ns()}"
+    PASSWORDS.append(wrong)
+    shadow_id = add_per_user_desktop(rdpgw, "shadow per user", shadow_server.port, "--security", "nla",
+                                     assign="erin")  # fmt: skip
+    w = new_page(erin_state)
+    page = w.page
+    open_rdp(page, rdpgw, shadow_id)
+    wait_account_form(page)
+    enter_account(page, shadow_server.username, wrong)
+    page.wait_for_function(
+        "() => /refused the user name or password/.test(document.getElementById('status-detail').textContent)"
+        " && !document.getElementById('rdp-credentials').hidden",
+        timeout=int(FAILURE_WITHIN * 1000) * 2,
+    )  # fmt: skip
+    state, text, detail = status_of(page)
+    shot_to(page, "rdp-per-user-refused.png")
+    print(f"\nper-user wrong password: {text!r} / {detail!r}")
+    assert state == "disconnected" and "enter it again" in detail, (state, detail)
+    assert page.input_value("#rdp-username") == shadow_server.username
+    assert page.input_value("#rdp-password") == ""
+    page.wait_for_timeout(2000)  # no retry loop: the form waits for the person
+    assert status_of(page)[0] == "disconnected"
+    wait_no_bridges(rdpgw)
+    assert_not_bodies(w, wrong)
+    assert wrong not in rdpgw.log_text() and wrong not in ps_args()
+
+    # The right password in the same form then connects.
+    enter_account(page, shadow_server.username, shadow_server.password)
+    wait_state(page, "connected", 60_000)
+    wait_for_colour(page, near(shadow_server.colour), 200_000, "the shadow xterm colour", timeout=30)
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+
 # -- 4. the passwords, once more, over the whole log ------------------------------------------------
 
 
