@@ -236,6 +236,7 @@ class Broker:
                 # The next attempt asks for the account again instead of repeating this one.
                 await self._forget(user, desktop, client_ip, "refused by the desktop")
                 exc = BridgeError(REASON_OWN_CREDENTIALS, "credentials")
+                exc.asks_for_credentials = True
             if final:
                 exc.http_status = 424  # the client shows it and does not retry
             raise exc

@@ -32,6 +32,9 @@ class GatewayError(Exception):
     http_status = 500
     ws_code = WS_INTERNAL
     reason = "internal error"
+    # The person's own account for a per-user RDP desktop is needed (none stored, or it was just
+    # refused and forgotten): JSON answers say "credentials": "required".
+    asks_for_credentials = False
 
     def __init__(self, reason: str | None = None) -> None:
         if reason is not None:
@@ -107,6 +110,7 @@ class CredentialsRequired(GatewayError):
     http_status = 428
     ws_code = WS_UPSTREAM_AUTH
     reason = "enter your account for this desktop"
+    asks_for_credentials = True
 
 
 class UpstreamAuthFailed(DesktopUnavailable):

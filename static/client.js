@@ -107,16 +107,20 @@ function goToLogin() {
     throw new Redirecting();
 }
 
-async function readError(resp) {
+async function readErrorBody(resp) {
     try {
         const body = await resp.json();
         if (body && typeof body.error === 'string' && body.error) {
-            return body.error;
+            return body;
         }
     } catch {
         // not JSON: fall through
     }
-    return `${resp.status} ${resp.statusText}`.trim();
+    return {error: `${resp.status} ${resp.statusText}`.trim()};
+}
+
+async function readError(resp) {
+    return (await readErrorBody(resp)).error;
 }
 
 // Step 1: a fresh session ticket from the gateway.
@@ -144,13 +148,15 @@ async function requestTicket() {
     if (resp.status === 401) {
         goToLogin();
     }
-    // 428: no account of this person is stored for a per-user desktop; 424 on such a desktop:
-    // the desktop refused the stored account (the gateway has forgotten it). Ask for it.
-    if (resp.status === 428 || (resp.status === 424 && perUserCredentials)) {
-        throw new CredentialsNeeded(await readError(resp));
-    }
     if (!resp.ok) {
-        const reason = await readError(resp);
+        const failure = await readErrorBody(resp);
+        const reason = failure.error;
+        // 428: no account of this person is stored for a per-user desktop; a 424 there that
+        // asks for it: the desktop refused the stored account (the gateway forgot it). Ask.
+        if (resp.status === 428 || (resp.status === 424 && perUserCredentials
+                                    && failure.credentials === 'required')) {
+            throw new CredentialsNeeded(reason);
+        }
         // Server-side trouble may pass; a refusal (4xx) will not.
         if (resp.status >= 500 || resp.status === 408 || resp.status === 429) {
             throw new Error(reason);

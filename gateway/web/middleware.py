@@ -48,7 +48,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except GatewayError as exc:
         if wants_json(request):
-            return web.json_response({"error": exc.reason}, status=exc.http_status)
+            body = {"error": exc.reason}
+            if exc.asks_for_credentials:
+                body["credentials"] = "required"
+            return web.json_response(body, status=exc.http_status)
         if isinstance(exc, Unauthorized):
             raise web.HTTPSeeOther("/login") from None
         return render(request, "error.html", http_status=exc.http_status, status=exc.http_status,

@@ -15,7 +15,7 @@ from websupport import Client, app_client, sign_in
 from gateway.config import Settings
 from gateway.keys import ADMIN, BROKER, SERVICES, STORE
 from gateway.model import Endpoint
-from gateway.proxy.rdp import REASON_CREDENTIALS, BridgeError, RdpTarget
+from gateway.proxy.rdp import REASON_CERTIFICATE, REASON_CREDENTIALS, BridgeError, RdpTarget
 
 SECRET = "My-Own-Windows-Pw-7"  # noqa: S105 - a test password that must never come back
 BOB_SECRET = "Bobs-Own-Pw-99"  # noqa: S105
@@ -32,6 +32,8 @@ class FakeBridges:
         self.targets.append(target)
         if target.password is not None and target.password.reveal().startswith("wrong"):
             raise BridgeError(REASON_CREDENTIALS, "credentials")
+        if target.password is not None and target.password.reveal().startswith("cert"):
+            raise BridgeError(REASON_CERTIFICATE, "certificate")
         return Endpoint(host="127.0.0.1", port=1)
 
     def release(self, key: str) -> None:
@@ -107,7 +109,8 @@ async def test_connect_asks_then_uses_the_persons_own_account(client: Client) ->
         assert 'data-credentials="per_user"' in page and 'id="rdp-username"' in page
         resp = await post_connect(s, base, csrf)
         assert resp.status == 428
-        assert (await resp.json())["error"] == "enter your account for this desktop"
+        assert await resp.json() == {"error": "enter your account for this desktop",
+                                     "credentials": "required"}
         assert fake(client).targets == []  # nothing started without an account
 
         # CSRF required; a bad body is refused.
@@ -170,13 +173,25 @@ async def test_a_refused_account_is_forgotten_and_asked_again(client: Client) ->
         assert (await save(s, base, csrf, "wrong-password-1")).status == 200
         resp = await post_connect(s, base, csrf)
         assert resp.status == 424
-        reason = (await resp.json())["error"]
+        body = await resp.json()
+        assert body["credentials"] == "required"
+        reason = body["error"]
         assert "refused the user name or password" in reason and "enter it again" in reason
         assert await client.server.app[STORE].get_user_credentials(2, 1) is None
         assert (await post_connect(s, base, csrf)).status == 428
         seen = await everything_seen(client, s, base)
         assert "credentials forgotten (refused by the desktop)" in seen
         assert "wrong-password-1" not in seen
+
+
+async def test_other_refusals_keep_the_account(client: Client) -> None:
+    s, csrf, base = await as_user(client, "alice")
+    async with s:
+        assert (await save(s, base, csrf, "cert-refused-pw")).status == 200
+        resp = await post_connect(s, base, csrf)
+        assert resp.status == 424
+        assert await resp.json() == {"error": REASON_CERTIFICATE}  # no "credentials": asked
+        assert await client.server.app[STORE].get_user_credentials(2, 1) is not None
 
 
 async def test_not_assigned_and_shared_desktops_refuse_credentials(client: Client,
