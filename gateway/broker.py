@@ -309,9 +309,9 @@ class Broker:
         key = None
         if desktop.protocol == "rdp":  # watch the person's own bridge display
             key = bridge_key(pending.target.user_id, desktop.id)
-            # The watched person's bridge, so (per-user desktop) the watched person's account.
-            endpoint = await self._rdp_bridges().acquire(
-                key, await self.rdp_target(desktop, pending.target.user_id))
+            # The watched person's running bridge as it is (per-user desktop: their account); a
+            # watch never starts or replaces a bridge, so it needs no account of its own.
+            endpoint = await self._rdp_bridges().attach(key)
         else:
             endpoint = await self._providers.get(desktop.provider).endpoint(
                 await self.spec(desktop))

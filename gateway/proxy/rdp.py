@@ -290,6 +290,22 @@ class RdpBridges:
             self._bridges[key] = bridge
             return bridge.endpoint
 
+    async def attach(self, key: str) -> Endpoint:
+        """One more client of the running bridge for ``key`` (an admin's watch): never starts
+        or replaces one, so a watch cannot sign the person in again or with another account.
+        Raises ``BridgeError`` when no bridge runs for ``key``."""
+        self._check_open()
+        async with self._keyed(key):
+            current = self._bridges.get(key)
+            if current is None or not current.running():
+                raise BridgeError(REASON_ENDED, "failed")
+            if current.grace is not None:
+                current.grace.cancel()
+                current.grace = None
+            current.clients += 1
+            current.blog.info("attached (%d client(s))", current.clients)
+            return current.endpoint
+
     def release(self, key: str) -> None:
         """One client left; with none left the bridge stops after ``grace_seconds``."""
         bridge = self._bridges.get(key)

@@ -383,6 +383,23 @@ async def test_same_key_reuses_the_bridge_until_the_grace_period_ends(
     assert len(bridges) == 0
 
 
+async def test_attach_joins_a_running_bridge_and_never_starts_one(
+    bridges: RdpBridges, shadow_server: RdpServer
+) -> None:
+    with pytest.raises(BridgeError):
+        await bridges.attach("watched")
+    assert len(bridges) == 0
+    first = await bridges.acquire("watched", shadow_server.target(), 800, 600)
+    pids = bridges.stats()[0]["pids"]
+    assert await bridges.attach("watched") == first
+    assert bridges.stats()[0]["clients"] == 2 and bridges.stats()[0]["pids"] == pids
+    bridges.release("watched")
+    bridges.release("watched")
+    await wait_gone(pids, 8)
+    with pytest.raises(BridgeError):
+        await bridges.attach("watched")
+
+
 async def test_max_bridges_makes_the_gateway_busy(rdp_runtime_dir: Path, shadow_server: RdpServer) -> None:
     bridges = RdpBridges(
         rdp_runtime_dir, run_as_user=BRIDGE_USER if os.geteuid() == 0 else None, max_bridges=1
