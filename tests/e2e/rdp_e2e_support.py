@@ -57,8 +57,8 @@ class RdpGateway:
 
 
 @contextlib.contextmanager
-def rdp_gateway(data: Path, users: tuple[str, ...]) -> Iterator[RdpGateway]:
-    """``deskgate init`` + ``serve`` (DEBUG log) with ``[rdp] rdp_grace_seconds`` = GRACE_SECONDS
+def rdp_gateway(data: Path, users: tuple[str, ...], grace: float = GRACE_SECONDS) -> Iterator[RdpGateway]:
+    """``deskgate init`` + ``serve`` (DEBUG log) with ``[rdp] rdp_grace_seconds`` = ``grace``
     and a private ``[desktops] runtime_dir`` the unprivileged bridge user can traverse."""
     runtime = Path(tempfile.mkdtemp(prefix="dg-e2e-rdp-", dir="/tmp"))
     os.chmod(runtime, 0o711)  # noqa: S103 - traverse only: the bridge user must reach its folder
@@ -70,7 +70,7 @@ def rdp_gateway(data: Path, users: tuple[str, ...]) -> Iterator[RdpGateway]:
     assert m, f"no admin password in init output: {out!r}"
     config = data / "deskgate.toml"
     with open(config, "a") as f:
-        f.write(f'\n[desktops]\nruntime_dir = "{runtime}"\n\n[rdp]\nrdp_grace_seconds = {GRACE_SECONDS}\n')
+        f.write(f'\n[desktops]\nruntime_dir = "{runtime}"\n\n[rdp]\nrdp_grace_seconds = {grace}\n')
     log_path = data / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -474,6 +474,133 @@ def test_per_user_account_is_asked_in_the_browser(
     wait_no_bridges(rdpgw)
 
 
+# -- 3c. a reload resumes the same bridge; the wheel reaches the remote desktop --------------------
+
+RESUME_GRACE_SECONDS = 15.0  # room for a page reload (the module's gateway has 2 s)
+
+
+def is_ansi_magenta(p: Pixel) -> bool:
+    """xterm's ANSI magenta background (205, 0, 205)."""
+    r, g, b = p
+    return r > 170 and b > 170 and g < 60
+
+
+def is_ansi_red(p: Pixel) -> bool:
+    """xterm's ANSI red background (205, 0, 0)."""
+    r, g, b = p
+    return r > 170 and g < 60 and b < 60
+
+
+@pytest.fixture(scope="module")
+def rdpgw_resume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RdpGateway]:
+    """A gateway of its own whose bridges outlive a closed browser connection for 15 s."""
+    with rdp_gateway(tmp_path_factory.mktemp("rdp-gateway-resume"), ("frank",),
+                     grace=RESUME_GRACE_SECONDS) as g:  # fmt: skip
+        yield g
+
+
+def test_reconnect_resumes_the_same_remote_session(
+    rdpgw_resume: RdpGateway, xrdp_server: RdpServer, new_page: Callable[..., Watched]
+) -> None:
+    rdpgw = rdpgw_resume
+    PASSWORDS.append(xrdp_server.password)
+    desktop_id = rdpgw.add_rdp_desktop(
+        "xrdp resume", xrdp_server.port, xrdp_server.username, xrdp_server.password,
+        "--security", "tls", "--cert-fingerprint", xrdp_server.certificate_sha256(), assign=("frank",),
+    )  # fmt: skip
+    page = new_page().page
+    sign_in(page, rdpgw.gw, rdpgw.gw.accounts["frank"])
+    open_rdp(page, rdpgw, desktop_id)
+    wait_state(page, "connected", 60_000)
+    area = screen_box(page)
+    box_area = (area[2] - area[0]) * (area[3] - area[1])
+    most = int(0.6 * box_area)
+    # The remote session may be fresh (green) or the one an earlier test turned blue.
+    wait_for_colour(page, lambda p: near(xrdp_server.colour)(p) or is_ansi_blue(p), box_area // 2,
+                    "the remote xterm", timeout=40)  # fmt: skip
+    page.mouse.click((area[0] + area[2]) / 2, (area[1] + area[3]) / 2)
+    wait_keys_arrive(page, area)
+    type_with_shift(page, "printf '\\033[45m' && clear")
+    page.keyboard.press("Enter")
+    wait_for_colour(page, is_ansi_magenta, most, "the remote xterm to turn magenta", timeout=20)
+    shot_to(page, "rdp-resume-before-reload.png")
+    before = bridge_processes(rdpgw.runtime_dir)
+    assert {c.split()[0].rsplit("/", 1)[-1] for c in before.values()} == {"xfreerdp", "Xvnc"}, before
+
+    # Reload: the browser's connection ends and a new one starts, well inside the grace time.
+    t0 = time.monotonic()
+    page.reload()
+    wait_state(page, "connected", 30_000)
+    took = time.monotonic() - t0
+    wait_for_colour(page, is_ansi_magenta, most, "the same magenta after the reload", timeout=15)
+    print(f"\nresume: reload to connected {took:.1f} s, to magenta {time.monotonic() - t0:.1f} s "
+          f"(grace {RESUME_GRACE_SECONDS:g} s)")  # fmt: skip
+    shot_to(page, "rdp-resume-after-reload.png")
+    assert took < RESUME_GRACE_SECONDS / 2, f"the reload took {took:.1f} s: too close to the grace time"
+    after = bridge_processes(rdpgw.runtime_dir)
+    assert set(after) == set(before), f"the bridge changed: before {before}, after {after}"
+    page.wait_for_timeout(1000)
+    assert set(bridge_processes(rdpgw.runtime_dir)) == set(before)
+    assert xrdp_server.password not in rdpgw.log_text()
+
+    # Leaving: the bridge still goes after the (longer) grace time.
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw, within=RESUME_GRACE_SECONDS + 5)
+
+
+def test_mouse_wheel_reaches_the_remote_desktop(
+    rdpgw: RdpGateway, xrdp_server: RdpServer, erin_state: dict[str, Any], new_page: Callable[..., Watched]
+) -> None:
+    PASSWORDS.append(xrdp_server.password)
+    desktop_id = rdpgw.add_rdp_desktop(
+        "xrdp wheel", xrdp_server.port, xrdp_server.username, xrdp_server.password,
+        "--security", "tls", "--cert-fingerprint", xrdp_server.certificate_sha256(), assign=("erin",),
+    )  # fmt: skip
+    page = new_page(erin_state).page
+    open_rdp(page, rdpgw, desktop_id)
+    wait_state(page, "connected", 60_000)
+    area = screen_box(page)
+    box_area = (area[2] - area[0]) * (area[3] - area[1])
+    # Any earlier test's colour will do: the remote xterm fills the desktop area.
+    wait_for_colour(page, lambda p: not is_white(p) and not is_ansi_red(p), int(0.6 * box_area),
+                    "the remote xterm", timeout=40)  # fmt: skip
+    middle = ((area[0] + area[2]) / 2, (area[1] + area[3]) / 2)
+    page.mouse.click(*middle)
+    wait_keys_arrive(page, area)
+    # A red marker line (100 columns), then 300 numbered lines push it out of view.
+    type_with_shift(page, "clear; printf '\\033[0m\\033[41m%100s\\033[0m\\n' TOP; seq 1 300")
+    page.keyboard.press("Enter")
+
+    def red() -> int:
+        return count(shot(page), is_ansi_red, area, step=2)
+
+    marker = 10 * 20 * 60  # well over half the marker line (100 columns of 10x20 pixels)
+    try:
+        wait_until(lambda: red() == 0, 15, "the red marker to scroll out of view", 0.3)
+    except AssertionError:
+        shot_to(page, "failed-rdp-wheel-marker-visible.png")
+        raise
+    page.wait_for_timeout(500)
+    assert red() == 0
+    shot_to(page, "rdp-wheel-before.png")
+
+    page.mouse.move(*middle)
+    t0 = time.monotonic()
+    clicks = 0
+    while (seen := red()) < marker:
+        if time.monotonic() - t0 > 30:
+            shot_to(page, "failed-rdp-wheel.png")
+            raise AssertionError(f"the red marker did not come back after {clicks} wheel steps up "
+                                 f"({seen} red pixels)")  # fmt: skip
+        page.mouse.wheel(0, -120)
+        clicks += 1
+        page.wait_for_timeout(150)
+    print(f"\nwheel: the marker is back after {clicks} wheel steps, {time.monotonic() - t0:.1f} s")
+    shot_to(page, "rdp-wheel-marker-back.png")
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+
 # -- 4. the passwords, once more, over the whole log ------------------------------------------------
 
 
