@@ -123,24 +123,29 @@ async function readError(resp) {
     return (await readErrorBody(resp)).error;
 }
 
+// A CSRF-protected JSON POST to the gateway, with the session cookie.
+function postJson(url, body) {
+    return fetch(url, {
+        method: 'POST',
+        credentials: 'same-origin',
+        headers: {
+            'X-CSRF-Token': csrfToken,
+            'Accept': 'application/json',
+            'Content-Type': 'application/json',
+        },
+        body: JSON.stringify(body),
+    });
+}
+
 // Step 1: a fresh session ticket from the gateway.
 async function requestTicket() {
     let resp;
     try {
         // The desktop area's size: an RDP bridge starts at it (VNC desktops resize later).
         const area = screenEl.getBoundingClientRect();
-        resp = await fetch(connectUrl, {
-            method: 'POST',
-            credentials: 'same-origin',
-            headers: {
-                'X-CSRF-Token': csrfToken,
-                'Accept': 'application/json',
-                'Content-Type': 'application/json',
-            },
-            body: JSON.stringify({
-                width: Math.round(area.width) || window.innerWidth,
-                height: Math.round(area.height) || window.innerHeight,
-            }),
+        resp = await postJson(connectUrl, {
+            width: Math.round(area.width) || window.innerWidth,
+            height: Math.round(area.height) || window.innerHeight,
         });
     } catch {
         throw new Error('The gateway cannot be reached.');
@@ -294,19 +299,10 @@ async function saveCredentials(event) {
     credentialsSave.disabled = true;
     let resp;
     try {
-        resp = await fetch(credentialsUrl, {
-            method: 'POST',
-            credentials: 'same-origin',
-            headers: {
-                'X-CSRF-Token': csrfToken,
-                'Accept': 'application/json',
-                'Content-Type': 'application/json',
-            },
-            body: JSON.stringify({
-                username: credentialsUser.value,
-                domain: credentialsDomain.value,
-                password: credentialsPassword.value,
-            }),
+        resp = await postJson(credentialsUrl, {
+            username: credentialsUser.value,
+            domain: credentialsDomain.value,
+            password: credentialsPassword.value,
         });
     } catch {
         resp = null;

@@ -333,6 +333,46 @@ def _ensure_x11_unix_dir() -> None:
             os.chmod(X11_UNIX_DIR, 0o1777)  # noqa: S103 - sticky /tmp-like dir, as X11 wants
 
 
+def _client_env(run_as: _RunAs, home: Path, display: int,
+                xauthority: Path | None) -> dict[str, str]:
+    """The minimal environment of a desktop's programs: nothing of the gateway's own."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+        "USER": run_as.name,
+        "LOGNAME": run_as.name,
+        "SHELL": "/bin/bash",  # a system user's login shell is nologin: xterm needs a real one
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "DISPLAY": f":{display}",
+    }
+    if xauthority is not None:
+        env["XAUTHORITY"] = str(xauthority)
+    return env
+
+
+async def _exec_as(d: XvncDisplay, run_as: _RunAs, argv: Sequence[str], env: dict[str, str],
+                   home: Path, stdin: int | None, stdout: int | None,
+                   stderr: int | None) -> asyncio.subprocess.Process:
+    """Start a program of display ``d`` as ``run_as`` (primary group only, umask 077), in its
+    own process group (stopped by killpg), and make it one of ``d``'s processes."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        cwd=str(home),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+        user=run_as.uid if run_as.switch else None,
+        group=run_as.gid if run_as.switch else None,
+        extra_groups=[] if run_as.switch else None,
+        umask=0o077,
+    )
+    d._procs.append(proc)
+    d.pids.append(proc.pid)
+    return proc
+
+
 async def start_display(
     *,
     display: int | None = None,
@@ -480,36 +520,12 @@ async def _start_once(
         write_xauthority(d.xauthority, number, run_as.owner)
         argv += ["-auth", str(d.xauthority)]
 
-    child_env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": str(home),
-        "USER": run_as.name,
-        "LOGNAME": run_as.name,
-        "SHELL": "/bin/bash",  # a system user's login shell is nologin: xterm needs a real one
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "DISPLAY": f":{number}",
-    }
-    if d.xauthority is not None:
-        child_env["XAUTHORITY"] = str(d.xauthority)
+    child_env = _client_env(run_as, home, number, d.xauthority)
     tool_env = d.env()
 
     async def spawn(args: Sequence[str], stderr: int) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            env=child_env,
-            cwd=str(home),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            start_new_session=True,  # own process group: stopped by killpg(pid)
-            user=run_as.uid if run_as.switch else None,
-            group=run_as.gid if run_as.switch else None,
-            extra_groups=[] if run_as.switch else None,
-            umask=0o077,
-        )
-        d._procs.append(proc)
-        d.pids.append(proc.pid)
-        return proc
+        return await _exec_as(d, run_as, args, child_env, home, asyncio.subprocess.DEVNULL,
+                              stderr, stderr)
 
     log_path = state_dir / "xvnc.log"
     try:
@@ -598,34 +614,9 @@ async def spawn_on_display(
     Xvnc) and reaps it, and its PID is appended to ``d.pids``.
     """
     run_as = _RunAs.resolve(user)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": str(home),
-        "USER": run_as.name,
-        "LOGNAME": run_as.name,
-        "SHELL": "/bin/bash",
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "DISPLAY": f":{d.display}",
-    }
-    if d.xauthority is not None:
-        env["XAUTHORITY"] = str(d.xauthority)
+    env = _client_env(run_as, home, d.display, d.xauthority)
     env.update(extra_env or {})
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        env=env,
-        cwd=str(home),
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        start_new_session=True,
-        user=run_as.uid if run_as.switch else None,
-        group=run_as.gid if run_as.switch else None,
-        extra_groups=[] if run_as.switch else None,
-        umask=0o077,
-    )
-    d._procs.append(proc)
-    d.pids.append(proc.pid)
-    return proc
+    return await _exec_as(d, run_as, argv, env, home, stdin, stdout, stderr)
 
 
 async def x_client_output(d: XvncDisplay, argv: Sequence[str], timeout: float = 3.0) -> tuple[int, str]:

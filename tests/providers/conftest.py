@@ -1,4 +1,7 @@
-"""Fixtures for the provider tests: real Xvnc displays, stopped by PID in teardown."""
+"""Fixtures for the provider tests: real Xvnc displays, stopped by PID in teardown.
+
+Marks and helpers the tests import live in provider_support.py (a module name of its own:
+every test folder has a conftest, so importing "conftest" by name is ambiguous)."""
 
 from __future__ import annotations
 
@@ -11,18 +14,6 @@ from pathlib import Path
 import pytest
 
 from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display
-
-needs_xvnc = pytest.mark.skipif(shutil.which("Xvnc") is None, reason="TigerVNC Xvnc missing")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
-
-def pid_gone(pid: int) -> bool:
-    """True when ``pid`` no longer exists (or is a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rfind(")") + 2] == "Z"
 
 
 @pytest.fixture

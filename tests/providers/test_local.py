@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, needs_xvnc, pid_gone
+from provider_support import needs_root, needs_xvnc, pid_gone
 
 from gateway.errors import DesktopUnavailable
 from gateway.providers import DesktopSpec, ProviderContext, make_provider

@@ -4,7 +4,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import needs_xvnc
+from provider_support import needs_xvnc
 
 from gateway.errors import ConfigError, DesktopUnavailable
 from gateway.model import Secret

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import needs_xvnc, pid_gone
+from provider_support import needs_xvnc, pid_gone
 
 from gateway.providers.base import probe_rfb
 from gateway.providers.xvnc import (
