@@ -44,6 +44,7 @@ const clipboardSend = document.getElementById('clipboard-send');
 const clipboardClose = document.getElementById('clipboard-close');
 const fullscreenButton = document.getElementById('fullscreen');
 const disconnectButton = document.getElementById('disconnect');
+const forgetButton = document.getElementById('forget-account');
 const watchedIndicator = document.getElementById('watched-indicator');
 const adminMessage = document.getElementById('admin-message');
 const adminMessageFrom = document.getElementById('admin-message-from');
@@ -409,7 +410,7 @@ async function onDisconnect(own, gen, detail) {
         return;
     }
     if (userDisconnect) {
-        finish('Disconnected', 'You closed the connection.');
+        finish('Disconnected', closedByUserText());
         return;
     }
     if (securityFailure) {
@@ -476,6 +477,38 @@ function start() {
     connect(generation);
 }
 
+let accountForgotten = false; // the person asked to forget their saved RDP account
+
+function closedByUserText() {
+    return accountForgotten
+        ? 'Your saved account for this desktop was forgotten: the next connection asks for it.'
+        : 'You closed the connection.';
+}
+
+// Per-user RDP desktops: forget the saved account, then end the connection that used it.
+async function forgetAccount() {
+    let resp;
+    try {
+        resp = await fetch(credentialsUrl, {
+            method: 'DELETE',
+            credentials: 'same-origin',
+            headers: {'X-CSRF-Token': csrfToken, 'Accept': 'application/json'},
+        });
+    } catch {
+        window.alert('Could not forget the account: the gateway cannot be reached.');
+        return;
+    }
+    if (resp.status === 401) {
+        goToLogin();
+    }
+    if (!resp.ok) {
+        window.alert(`Could not forget the account: ${await readError(resp)}`);
+        return;
+    }
+    accountForgotten = true;
+    userDisconnects();
+}
+
 function userDisconnects() {
     userDisconnect = true;
     clearTimers();
@@ -483,7 +516,7 @@ function userDisconnects() {
         rfb.disconnect(); // its 'disconnect' event shows the final overlay
     } else {
         generation += 1; // abandon a pending ticket request or retry
-        finish('Disconnected', 'You closed the connection.');
+        finish('Disconnected', closedByUserText());
     }
 }
 
@@ -539,6 +572,8 @@ if (!document.fullscreenEnabled) {
 }
 
 disconnectButton.addEventListener('click', userDisconnects);
+forgetButton.hidden = !perUserCredentials;
+forgetButton.addEventListener('click', forgetAccount);
 reconnectButton.addEventListener('click', start);
 
 start();

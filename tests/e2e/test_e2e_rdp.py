@@ -470,6 +470,16 @@ def test_per_user_account_is_asked_in_the_browser(
     enter_account(page, shadow_server.username, shadow_server.password)
     wait_state(page, "connected", 60_000)
     wait_for_colour(page, near(shadow_server.colour), 200_000, "the shadow xterm colour", timeout=30)
+
+    # "Forget my account" ends the connection; the next one asks for the account again.
+    forget = page.locator("#forget-account")
+    assert forget.is_visible()
+    forget.click()
+    wait_state(page, "disconnected", 15_000)
+    assert "was forgotten" in status_of(page)[2]
+    page.locator("#reconnect").click()
+    page.wait_for_selector("#rdp-username", state="visible", timeout=15_000)
+    assert page.input_value("#rdp-password") == ""  # asked again: the gateway forgot it
     page.goto(rdpgw.gw.base_url + "/")
     wait_no_bridges(rdpgw)
 
