@@ -6,6 +6,7 @@ Every change is an audit event naming the admin who made it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from .events import EventBus
 from .live import LiveSessions
 from .model import ApiToken, AuditEvent, Desktop, Session, User
 from .providers import DesktopSpec
+from .services import rdp_options
 from .store import Store
 
 TOKEN_PREFIX = "dg_"  # noqa: S105 (marks Deskgate tokens, e.g. for secret scanners)
@@ -114,9 +116,19 @@ class AdminService:
     async def update_desktop(self, admin: User, desktop_id: int, *, name: str | None = None,
                              host: str | None = None, port: int | None = None,
                              password: str | None = None, clear_password: bool = False,
-                             maintenance: bool | None = None) -> Desktop:
-        """Change what is given; a password is write-only (set or cleared, never shown)."""
+                             maintenance: bool | None = None,
+                             rdp: Mapping[str, str] | None = None) -> Desktop:
+        """Change what is given; a password is write-only (set or cleared, never shown).
+
+        ``rdp`` changes RDP options (merged with the current ones and checked again); switching
+        to per-user credentials drops the shared account's password, which nobody uses then.
+        """
         d = await self.desktop(desktop_id)
+        new_options = None
+        if rdp:
+            if d.protocol != "rdp":
+                raise BadRequest("only RDP desktops have RDP options")
+            new_options = rdp_options({**dict(d.options), **rdp})
         new_name = d.name if name is None else name.strip()
         if not new_name or len(new_name) > 64 or not new_name.isprintable():
             raise BadRequest("desktop names are 1-64 printable characters")
@@ -128,6 +140,12 @@ class AdminService:
             maintenance=d.maintenance if maintenance is None else maintenance)
         changes = [k for k, v in (("name", name), ("host", host), ("port", port),
                                   ("maintenance", maintenance)) if v is not None]
+        if new_options is not None and new_options != dict(d.options):
+            await self.store.set_desktop_options(d.id, new_options)
+            changes.append("RDP " + ", ".join(f"{k}={v}" for k, v in sorted(new_options.items())
+                                              if v != dict(d.options).get(k)))
+            if new_options["credentials"] == "per_user" and d.has_password and not password:
+                clear_password = True
         if password:
             await self.store.set_desktop_password(d.id, self._box.encrypt(password))
             changes.append("password set")

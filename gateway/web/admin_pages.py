@@ -180,7 +180,8 @@ async def _desktop_action(request: web.Request, me: User, desktop_id: int,
             host=form.get("host", "") if static else None,
             port=_int(form.get("port", ""), "port") if static else None,
             password=password or None, clear_password=clear,
-            maintenance=form.get("maintenance") == "yes")
+            maintenance=form.get("maintenance") == "yes",
+            rdp={"credentials": form["rdp_credentials"]} if form.get("rdp_credentials") else None)
         return "saved"
     if action == "assign":
         remove = form.get("op") == "remove"

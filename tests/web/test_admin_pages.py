@@ -423,3 +423,12 @@ async def test_rdp_desktop_shows_its_certificate_policy(client: Client,
     assert "server certificate not verified" in page and "CORP\\alice" in page
     listing = await (await client.get("/admin/desktops")).text()
     assert "certificates: ignore" in listing and "rdp-secret-1" not in page + listing
+    # Switching to per-user accounts drops the shared password nobody uses any more.
+    edit = await client.post(resp.headers["Location"].split("?")[0], data={
+        "_csrf": csrf, "name": "Windows VM", "host": "10.9.8.7", "port": "3389",
+        "rdp_credentials": "per_user"}, allow_redirects=False)
+    assert edit.status == 303, await edit.text()
+    page = await (await client.get(edit.headers["Location"])).text()
+    assert "credentials: per user" in page and "no password is set" in page
+    details = [e.detail for e in await client.server.app[STORE].list_audit(limit=5)]
+    assert any("RDP credentials=per_user" in d and "password cleared" in d for d in details)
