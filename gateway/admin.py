@@ -200,7 +200,7 @@ class AdminService:
 
     async def state(self, desktop_id: int) -> str:
         d = await self.desktop(desktop_id)
-        return await self._providers.get(d.provider).state(self._spec(d))
+        return await self._providers.state(self._spec(d))
 
     async def power(self, admin: User, desktop_id: int, action: str) -> str:
         """start, stop or restart, where the provider can; returns the new state."""

@@ -62,6 +62,21 @@ class Providers:
         self._ctx = ctx
         self._providers: dict[str, DesktopProvider] = {}
 
+    async def state(self, spec: DesktopSpec) -> str:
+        """The provider's answer within a couple of seconds, else "unknown".
+
+        Pages, the API and metrics all ask through here: a slow or broken provider must not
+        hold any of them up.
+        """
+        try:
+            async with asyncio.timeout(_STATE_TIMEOUT):
+                return await self.get(spec.provider).state(spec)
+        except TimeoutError:
+            return "unknown"
+        except Exception:  # a broken provider must not break the page asking
+            log.exception("[desktop=%s] state query failed", spec.name)
+            return "unknown"
+
     def get(self, name: str) -> DesktopProvider:
         if name not in self._providers:
             self._providers[name] = make_provider(name, self._ctx)
@@ -120,14 +135,7 @@ class Broker:
         return list(zip(desktops, states, strict=True))
 
     async def _state(self, desktop: Desktop) -> str:
-        try:
-            async with asyncio.timeout(_STATE_TIMEOUT):
-                state = await self._providers.get(desktop.provider).state(await self.spec(desktop))
-        except TimeoutError:
-            state = "unknown"
-        except Exception:  # a broken provider must not break the portal
-            log.exception("[desktop=%s] state query failed", desktop.name)
-            state = "unknown"
+        state = await self._providers.state(await self.spec(desktop))
         return self._seen.get(desktop.id, state) if state == "unknown" else state
 
     async def check_access(self, user: User, desktop_id: int, client_ip: str) -> Desktop:
