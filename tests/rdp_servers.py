@@ -184,12 +184,22 @@ class RdpServer:
             stop_group(p)
         if self.uid is not None:
             _kill_uid(self.uid)
+            _remove_x_files_of(self.uid)
             with contextlib.suppress(KeyError):
                 subprocess.run(["userdel", "-r", "-f", pwd.getpwuid(self.uid).pw_name],
                                capture_output=True, timeout=30)  # fmt: skip
             self.uid = None
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _remove_x_files_of(uid: int) -> None:
+    """The killed session's X server cannot remove its socket and lock: do it, or xrdp's
+    session manager runs out of free display numbers after enough test runs."""
+    for path in [*Path("/tmp/.X11-unix").glob("X*"), *Path("/tmp").glob(".X*-lock")]:
+        with contextlib.suppress(OSError):
+            if path.lstat().st_uid == uid:
+                path.unlink()
 
 
 def _kill_uid(uid: int) -> None:
