@@ -140,10 +140,10 @@ class AdminService:
             maintenance=d.maintenance if maintenance is None else maintenance)
         changes = [k for k, v in (("name", name), ("host", host), ("port", port),
                                   ("maintenance", maintenance)) if v is not None]
-        if new_options is not None and new_options != dict(d.options):
+        changed = {k: v for k, v in (new_options or {}).items() if v != d.option(k)}
+        if new_options is not None and changed:
             await self.store.set_desktop_options(d.id, new_options)
-            changes.append("RDP " + ", ".join(f"{k}={v}" for k, v in sorted(new_options.items())
-                                              if v != dict(d.options).get(k)))
+            changes.append("RDP " + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
             if new_options["credentials"] == "per_user" and d.has_password and not password:
                 clear_password = True
         if password:

@@ -18,6 +18,7 @@ from .errors import (
     NotFound,
     TicketError,
 )
+from .keyboards import layout_of
 from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Session, SessionState, User, WebSession
 from .providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
@@ -221,7 +222,8 @@ class Broker:
             domain=domain, password=self._box.decrypt(enc) if enc else None,
             security=desktop.option("security", "negotiate"),
             cert_policy=desktop.option("cert_policy", "ignore"),
-            cert_fingerprint=desktop.option("cert_fingerprint"))
+            cert_fingerprint=desktop.option("cert_fingerprint"),
+            keyboard_layout=layout_of(desktop.option("keyboard_layout")))
 
     async def _start_bridge(self, user: User, desktop: Desktop, target: RdpTarget,
                             session: Session, client_ip: str, width: int, height: int) -> None:

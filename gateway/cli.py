@@ -159,7 +159,8 @@ def cmd_desktop(args: argparse.Namespace) -> int:
                                          ("cert_policy", args.cert),
                                          ("cert_fingerprint", args.cert_fingerprint),
                                          ("credentials",
-                                          "per_user" if args.per_user_credentials else None))
+                                          "per_user" if args.per_user_credentials else None),
+                                         ("keyboard_layout", args.keyboard_layout))
                        if v}
             desktop = await services.add_desktop(
                 args.name, args.provider, host=host, port=port, password=password,
@@ -174,6 +175,8 @@ def cmd_desktop(args: argparse.Namespace) -> int:
                 elif d.protocol == "rdp":
                     where += (f" as {d.option('username')}, certificates:"
                               f" {d.option('cert_policy')}")
+                if d.protocol == "rdp" and d.option("keyboard_layout"):
+                    where += f", keyboard {d.option('keyboard_layout')}"
                 secret = " (password set)" if d.has_password else ""
                 print(f"{d.id:4d}  {d.name:24s} {d.provider:8s} {d.protocol} {where}{secret}")
         return 0
@@ -325,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                         " certificate seen, refuse a changed one) or fingerprint (default:"
                         " ignore, or fingerprint when --cert-fingerprint is given)")
     p.add_argument("--cert-fingerprint", metavar="SHA256", help="rdp: pinned certificate")
+    p.add_argument("--keyboard-layout", metavar="LAYOUT",
+                   help="rdp: the keyboard layout the server maps keys with: a name (us, gb, de,"
+                        " fr, ch-de, es, it, ...) or a layout id such as 0x00000407"
+                        " (default: us)")
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")
     dsub.add_parser("list", help="list desktops")

@@ -20,6 +20,7 @@ from .errors import (
     SecondFactorFailed,
     TooManyRequests,
 )
+from .keyboards import DEFAULT_LAYOUT, klid, parse_layout
 from .model import AuditEvent, Desktop, User, WebSession, WebSessionState
 from .store import Store
 
@@ -31,7 +32,7 @@ RDP_CREDENTIALS = ("shared", "per_user")
 
 def rdp_options(options: Mapping[str, str]) -> dict[str, str]:
     """Checked RDP options: username, domain, security, cert_policy, cert_fingerprint,
-    credentials.
+    credentials, keyboard_layout.
 
     ``credentials`` is "shared" (the default: everyone signs in with the desktop's one account,
     so a user name is required) or "per_user" (each person signs in with their own account on
@@ -39,9 +40,13 @@ def rdp_options(options: Mapping[str, str]) -> dict[str, str]:
 
     A new desktop's certificate policy is "ignore" unless a fingerprint is pinned; the admin
     pages show it, so the choice is never silent.
+
+    ``keyboard_layout`` is the layout the server maps the browser's scancodes with: a short
+    name ("de") or a hexadecimal layout id, stored as "0x00000407"; US English, the
+    default, is stored empty.
     """
     unknown = set(options) - {"username", "domain", "security", "cert_policy", "cert_fingerprint",
-                              "credentials"}
+                              "credentials", "keyboard_layout"}
     if unknown:
         raise BadRequest(f"unknown RDP option {sorted(unknown)[0]!r}")
     credentials = options.get("credentials", "shared")
@@ -63,8 +68,15 @@ def rdp_options(options: Mapping[str, str]) -> dict[str, str]:
                                         and all(c in "0123456789abcdef" for c in fingerprint)):
         raise BadRequest("a pinned certificate needs its SHA-256 fingerprint (64 hex digits)")
     domain = _rdp_domain(options.get("domain", ""))
+    layout = options.get("keyboard_layout", "").strip()
+    try:
+        code = parse_layout(layout) if layout else DEFAULT_LAYOUT
+        layout = "" if code == DEFAULT_LAYOUT else klid(code)  # one spelling of the default
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     return {"username": username, "domain": domain, "security": security,
-            "cert_policy": policy, "cert_fingerprint": fingerprint, "credentials": credentials}
+            "cert_policy": policy, "cert_fingerprint": fingerprint, "credentials": credentials,
+            "keyboard_layout": layout}
 
 
 def _rdp_domain(domain: str) -> str:

@@ -69,11 +69,14 @@ def test_rdp_desktops_need_an_account_and_say_their_certificate_policy(tmp_path:
     bad_pin = deskgate("desktop", "add", "Win", "--provider", "static", "--rdp", "10.1.2.3:3389",
                        "--user", "bob", "--cert-fingerprint", "abc", config=config, check=False)
     assert bad_pin.returncode == 1 and "64 hex digits" in bad_pin.stderr
+    bad_layout = deskgate("desktop", "add", "Win", "--provider", "static", "--rdp", "10.1.2.3:3389",
+                          "--user", "bob", "--keyboard-layout", "dvorak?", config=config, check=False)
+    assert bad_layout.returncode == 1 and "keyboard layout 'dvorak?'" in bad_layout.stderr
     deskgate("desktop", "add", "Win", "--provider", "static", "--rdp", "10.1.2.3:3389",
-             "--user", "bob", "--domain", "CORP", "--security", "nla", "--password-stdin",
-             stdin="rdp-secret\n", config=config)
+             "--user", "bob", "--domain", "CORP", "--security", "nla", "--keyboard-layout", "de",
+             "--password-stdin", stdin="rdp-secret\n", config=config)
     listing = deskgate("desktop", "list", config=config).stdout
-    assert "rdp 10.1.2.3:3389 as bob, certificates: ignore" in listing
+    assert "rdp 10.1.2.3:3389 as bob, certificates: ignore, keyboard 0x00000407" in listing
     assert "rdp-secret" not in listing + deskgate("audit", config=config).stdout
 
 

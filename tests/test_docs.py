@@ -38,3 +38,10 @@ def _commands(parser: argparse.ArgumentParser, prefix: str = "deskgate") -> list
 @pytest.mark.parametrize("command", _commands(build_parser()))
 def test_command_is_documented(command: str) -> None:
     assert f"`{command}" in README or f"{command} " in README
+
+
+def test_keyboard_layout_names_are_documented() -> None:
+    from gateway.keyboards import LAYOUTS
+
+    missing = [name for name in LAYOUTS if f"`{name}`" not in README]
+    assert missing == []

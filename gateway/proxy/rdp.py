@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import WS_UPSTREAM_AUTH, ConfigError, DesktopUnavailable
+from gateway.keyboards import DEFAULT_LAYOUT, klid
 from gateway.model import Endpoint, Secret
 from gateway.providers.base import ProviderContext
 from gateway.providers.local import LocalProvider, _can_traverse, _checked_user
@@ -135,6 +136,7 @@ class RdpTarget:
     security: str = "negotiate"  # negotiate | nla | tls | rdp   (xfreerdp /sec:...; negotiate = none)
     cert_policy: str = "ignore"  # ignore | tofu | fingerprint
     cert_fingerprint: str = ""  # fingerprint policy: SHA-256 of the server certificate (hex, colons optional)
+    keyboard_layout: int = DEFAULT_LAYOUT  # the KLID announced to the server (xfreerdp /kbd:)
 
     def __post_init__(self) -> None:
         if not _valid_host(self.host):
@@ -154,6 +156,8 @@ class RdpTarget:
             raise ValueError(f"RdpTarget: cert_policy must be one of {', '.join(CERT_POLICIES)}")
         if self.cert_policy == "fingerprint" and not _FINGERPRINT_RE.match(self.normalized_fingerprint):
             raise ValueError("RdpTarget: cert_fingerprint must be 64 hex digits (SHA-256)")
+        if not 0 < self.keyboard_layout <= 0xFFFFFFFF:
+            raise ValueError("RdpTarget: keyboard_layout must be a keyboard layout id")
 
     @property
     def normalized_fingerprint(self) -> str:
@@ -533,7 +537,8 @@ class RdpBridges:
         argv = ["xfreerdp", target.server_argument(), f"/u:{target.username}"]
         if target.domain:
             argv.append(f"/d:{target.domain}")
-        argv += ["/f", "/dynamic-resolution", "/bpp:24"]
+        # The browser sends scancodes; the server maps them with this layout (not the bridge's).
+        argv += ["/f", "/dynamic-resolution", "/bpp:24", f"/kbd:{klid(target.keyboard_layout)}"]
         if target.security != "negotiate":
             argv.append(f"/sec:{target.security}")
         if target.cert_policy == "ignore":

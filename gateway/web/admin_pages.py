@@ -23,6 +23,7 @@ from aiohttp import web
 from ..admin import DesktopView
 from ..audit import AuditKind
 from ..errors import BadRequest, GatewayError, NotFound
+from ..keyboards import LAYOUTS, describe, klid
 from ..keys import ADMIN, SERVICES
 from ..model import AuditEvent, Desktop, User
 from ..services import PROVIDER_NAMES
@@ -87,7 +88,8 @@ def size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-FORMATTERS: dict[str, Any] = {"when": when, "size": size}
+FORMATTERS: dict[str, Any] = {"when": when, "size": size, "keyboard": describe,
+                              "layouts": [(klid(c), label) for c, label in LAYOUTS.values()]}
 
 
 # desktops --------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
     await require_admin(request)
     form = await check_form_csrf(request)
     fields = ("name", "provider", "host", "port", "protocol", "rdp_username", "rdp_domain",
-              "rdp_security", "rdp_cert_fingerprint", "rdp_credentials")
+              "rdp_security", "rdp_cert_fingerprint", "rdp_credentials", "rdp_keyboard_layout")
     kept = {k: form.get(k, "") for k in fields}  # never the password
     try:
         static = form.get("provider") == "static"
@@ -173,7 +175,8 @@ async def _desktop_action(request: web.Request, me: User, desktop_id: int,
             port=_int(form.get("port", ""), "port") if static else None,
             password=password or None, clear_password=clear,
             maintenance=form.get("maintenance") == "yes",
-            rdp={"credentials": form["rdp_credentials"]} if form.get("rdp_credentials") else None)
+            rdp={k[4:]: form[k] for k in ("rdp_credentials", "rdp_keyboard_layout") if k in form}
+            or None)
         return "saved"
     if action == "assign":
         remove = form.get("op") == "remove"

@@ -49,13 +49,16 @@ _DESKTOP = obj(
     maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
     state={**STRING, "description": "running, stopped or unknown"},
     rdp={"type": ["object", "null"], "description": "RDP options (null for VNC): username,"
-         " domain, security, cert_policy, cert_fingerprint, credentials (shared or per_user)",
+         " domain, security, cert_policy, cert_fingerprint, credentials (shared or per_user),"
+         " keyboard_layout (a layout id such as 0x00000407; empty: US English)",
          "additionalProperties": STRING})
 _RDP_OPTIONS = {"type": "object", "description": "RDP: username (required unless credentials is"
                 " per_user), domain, security (negotiate, nla, tls, rdp), cert_policy (ignore,"
                 " tofu, fingerprint), cert_fingerprint (SHA-256 hex), credentials (shared: the"
                 " desktop's one account, the default; per_user: each person's own account,"
-                " entered once and stored encrypted, or asked at connect)",
+                " entered once and stored encrypted, or asked at connect), keyboard_layout (the"
+                " layout the server maps keys with: us, gb, de, fr, ... or a layout id such as"
+                " 0x00000407; default us). On PATCH, the options given replace those values only",
                 "additionalProperties": STRING}
 _USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "locked_until"),
             id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
@@ -214,7 +217,8 @@ def desktop_json(view: DesktopView, state: str) -> dict[str, Any]:
     return {"id": d.id, "name": d.name, "provider": d.provider, "host": d.host, "port": d.port,
             "protocol": d.protocol, "has_password": d.has_password, "maintenance": d.maintenance,
             "users": view.users, "groups": view.groups, "state": state,
-            "rdp": {"credentials": "shared", **dict(d.options)} if d.protocol == "rdp" else None}
+            "rdp": ({"credentials": "shared", "keyboard_layout": "", **dict(d.options)}
+                    if d.protocol == "rdp" else None)}
 
 
 def user_json(u: User) -> dict[str, Any]:
@@ -294,6 +298,15 @@ async def list_desktops(request: web.Request) -> web.StreamResponse:
     return web.json_response({"desktops": [await _desktop_out(request, v) for v in views]})
 
 
+def _rdp_body(body: dict[str, Any]) -> dict[str, str] | None:
+    rdp = _typed(body, "rdp", dict)
+    if rdp is None:
+        return None
+    if not all(isinstance(v, str) for v in rdp.values()):
+        raise BadRequest("rdp options are strings")
+    return {str(k): v for k, v in rdp.items()}
+
+
 @API.operation("POST", f"{PREFIX}/desktops", "Add a desktop", tag="desktops", status=201,
                request=obj(("name", "provider"), name=STRING,
                            provider={"type": "string", "enum": ["static", "local"]},
@@ -304,9 +317,7 @@ async def list_desktops(request: web.Request) -> web.StreamResponse:
 async def create_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "provider", "host", "port", "password", "protocol",
                                  "rdp"})
-    rdp = _typed(body, "rdp", dict)
-    if rdp is not None and not all(isinstance(v, str) for v in rdp.values()):
-        raise BadRequest("rdp options are strings")
+    rdp = _rdp_body(body)
     desktop: Desktop = await request.app[SERVICES].add_desktop(
         _typed(body, "name", str, required=True), _typed(body, "provider", str, required=True),
         host=_typed(body, "host", str) or "", port=_typed(body, "port", int) or 0,
@@ -331,16 +342,17 @@ async def get_desktop(request: web.Request) -> web.StreamResponse:
                tag="desktops", response=ref("Desktop"),
                request=obj(name=STRING, host=STRING, port=INTEGER,
                            password={**STRING, "writeOnly": True}, clear_password=BOOLEAN,
-                           maintenance=BOOLEAN))
+                           maintenance=BOOLEAN, rdp=_RDP_OPTIONS))
 async def update_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "host", "port", "password", "clear_password",
-                                 "maintenance"})
+                                 "maintenance", "rdp"})
     desktop_id = _id(request)
     await request.app[ADMIN].update_desktop(
         _admin(request), desktop_id, name=_typed(body, "name", str),
         host=_typed(body, "host", str), port=_typed(body, "port", int),
         password=_typed(body, "password", str), clear_password=bool(
-            _typed(body, "clear_password", bool)), maintenance=_typed(body, "maintenance", bool))
+            _typed(body, "clear_password", bool)), maintenance=_typed(body, "maintenance", bool),
+        rdp=_rdp_body(body))
     view = await request.app[ADMIN].desktop_view(desktop_id)
     return web.json_response(await _desktop_out(request, view))
 

@@ -9,6 +9,7 @@ rdp_e2e_support.rdp_gateway) with a 2 s bridge grace time and a private runtime 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import subprocess
@@ -611,7 +612,133 @@ def test_mouse_wheel_reaches_the_remote_desktop(
     wait_no_bridges(rdpgw)
 
 
-# -- 4. the passwords, once more, over the whole log ------------------------------------------------
+# -- 4. keyboard layouts: scancodes pass through, the server's layout applies ----------------------
+
+KEY_LOG_COLOUR = (0xC0, 0x60, 0x00)  # orange: a small xterm top left that writes keys to a file
+# Keys pressed on a US keyboard in the browser (by position), and what a German layout makes of
+# them: Y and Z swap, AltGr+Q is "@", Shift+2 is '"', the key left of 1 is a dead "^" and the key
+# left of Backspace a dead acute, so "^ e" is "ê" and "´ e" is "é". Ctrl+Alt+Del (the toolbar
+# button) reaches the xterm as the key combination, which it reports as ESC [ 3 ; 7 ~.
+GERMAN_TYPED = 'zy@"êé'
+CTRL_ALT_DEL = "\x1b[3;7~"
+
+
+@contextlib.contextmanager
+def key_log(env: dict[str, str], path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """An xterm at the top left of the remote screen whose terminal hands every key, as it
+    arrives, to ``cat >> path`` (UTF-8, so dead keys compose in the xterm)."""
+    path.touch()
+    path.chmod(0o666)
+    bg = "#{:02x}{:02x}{:02x}".format(*KEY_LOG_COLOUR)
+    proc = subprocess.Popen(
+        ["xterm", "-fn", "10x20", "-bg", bg, "-fg", "white", "-geometry", "60x6+0+0",
+         "-T", "deskgate-keys", "-e", "sh", "-c", f"stty -icanon min 1; exec cat >> '{path}'"],
+        env={**env, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        rdp_servers.stop_group(proc)
+
+
+def type_german_keys(page: Any, log: Path, at: tuple[float, float]) -> str:
+    """Point at the key log (the remote focus follows the pointer), wait until keys arrive, then
+    press the keys of GERMAN_TYPED, Ctrl+Alt+Del from the toolbar and Enter; what was logged."""
+    page.mouse.move(*at)
+    deadline = time.monotonic() + 20
+    while "x" not in log.read_text(errors="replace"):  # a fresh session drops its first keys
+        if time.monotonic() > deadline:
+            shot_to(page, "failed-rdp-layout-keys.png")
+            raise AssertionError("no key reached the remote key log in 20 s")
+        page.keyboard.press("KeyX")
+        page.wait_for_timeout(300)
+    page.wait_for_timeout(300)
+    start = len(log.read_text(errors="replace"))
+    for key in ("KeyY", "KeyZ"):
+        page.keyboard.press(key)
+    page.keyboard.down("AltRight")
+    page.keyboard.press("KeyQ")
+    page.keyboard.up("AltRight")
+    page.keyboard.down("Shift")
+    page.keyboard.press("Digit2")
+    page.keyboard.up("Shift")
+    for key in ("Backquote", "KeyE", "Equal", "KeyE"):
+        page.keyboard.press(key)
+        page.wait_for_timeout(30)
+    page.locator("#ctrl-alt-del").click()
+    page.mouse.move(*at)
+    page.keyboard.press("Enter")
+    wait_until(lambda: log.read_text(errors="replace").endswith("\n"), 10, "Enter in the key log", 0.2)
+    page.wait_for_timeout(500)  # the echo on the remote screen, for the screenshot
+    return log.read_text(errors="replace")[start:]
+
+
+def wait_key_log(page: Any, area: tuple[int, int, int, int]) -> tuple[float, float]:
+    """The key log's middle in page coordinates, once the browser shows it."""
+    wait_for_colour(page, near(KEY_LOG_COLOUR), 30_000, "the key log xterm", timeout=20)
+    return area[0] + 150, area[1] + 50
+
+
+def test_german_layout_on_xrdp_altgr_dead_keys_ctrl_alt_del(
+    rdpgw: RdpGateway, xrdp_server: RdpServer, erin_state: dict[str, Any],
+    new_page: Callable[..., Watched], tmp_path: Path,
+) -> None:  # fmt: skip
+    """xrdp maps scancodes with the layout the client announces: the desktop's keyboard_layout."""
+    PASSWORDS.append(xrdp_server.password)
+    desktop_id = rdpgw.add_rdp_desktop(
+        "xrdp german", xrdp_server.port, xrdp_server.username, xrdp_server.password,
+        "--security", "tls", "--keyboard-layout", "de", assign=("erin",),
+    )  # fmt: skip
+    page = new_page(erin_state).page
+    open_rdp(page, rdpgw, desktop_id)
+    wait_state(page, "connected", 60_000)
+    area = screen_box(page)
+    wait_for_colour(page, lambda p: not is_white(p), int(0.5 * (area[2] - area[0]) * (area[3] - area[1])),
+                    "the remote xterm", timeout=40)  # fmt: skip
+    bridges = bridge_processes(rdpgw.runtime_dir)
+    assert any("/kbd:0x00000407" in c for c in bridges.values()), bridges
+    remote = remote_display_env(xrdp_server)
+    assert remote is not None, "the xrdp session's Xvnc was not found"
+    log = tmp_path / "keys.txt"
+    with key_log(remote, log):
+        at = wait_key_log(page, area)
+        got = type_german_keys(page, log, at)
+        shot_to(page, "rdp-xrdp-german-keys.png")
+    assert got == GERMAN_TYPED + CTRL_ALT_DEL + "\n", f"the remote xterm got {got!r}"
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+
+def test_german_layout_of_the_remote_x_server_applies_through_the_shadow_server(
+    rdpgw: RdpGateway, rdp_server_factory: Callable[[str], RdpServer], erin_state: dict[str, Any],
+    new_page: Callable[..., Watched], tmp_path: Path,
+) -> None:  # fmt: skip
+    """The shadow server injects the scancodes as X keycodes: the remote X server's own layout
+    (German here, set with setxkbmap) decides the characters, and the desktop stays on 'us'."""
+    server = rdp_server_factory("shadow")
+    PASSWORDS.append(server.password)
+    display = next(a for a in server.procs[0].args if str(a).startswith(":"))
+    remote = {"PATH": "/usr/bin:/bin", "DISPLAY": str(display)}
+    subprocess.run(["setxkbmap", "de"], env=remote, check=True, timeout=10)
+    desktop_id = rdpgw.add_rdp_desktop("shadow german", server.port, server.username,
+                                       server.password, "--security", "nla", assign=("erin",))
+    page = new_page(erin_state).page
+    open_rdp(page, rdpgw, desktop_id)
+    wait_state(page, "connected", 60_000)
+    area = screen_box(page)
+    wait_for_colour(page, near(server.colour), 200_000, "the shadow xterm colour", timeout=30)
+    log = tmp_path / "keys.txt"
+    with key_log(remote, log):
+        at = wait_key_log(page, area)
+        got = type_german_keys(page, log, at)
+        shot_to(page, "rdp-shadow-german-keys.png")
+    assert got == GERMAN_TYPED + CTRL_ALT_DEL + "\n", f"the remote xterm got {got!r}"
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+
+# -- 5. the passwords, once more, over the whole log ------------------------------------------------
 
 
 def test_no_rdp_password_in_the_gateway_log(rdpgw: RdpGateway) -> None:

@@ -432,3 +432,33 @@ async def test_rdp_desktop_shows_its_certificate_policy(client: Client,
     assert "credentials: per user" in page and "no password is set" in page
     details = [e.detail for e in await client.server.app[STORE].list_audit(limit=5)]
     assert any("RDP credentials=per_user" in d and "password cleared" in d for d in details)
+
+
+async def test_rdp_keyboard_layout_is_chosen_in_the_forms(client: Client,
+                                                          secrets: dict[str, str]) -> None:
+    csrf = await admin_in(client, secrets)
+    form = await (await client.get("/admin/desktops")).text()
+    assert '<option value="0x00000409" selected>English (United States)</option>' in form
+    resp = await client.post("/admin/desktops", data={
+        "_csrf": csrf, "name": "Berlin VM", "provider": "static", "host": "10.9.8.6",
+        "port": "3389", "protocol": "rdp", "rdp_username": "anna",
+        "rdp_keyboard_layout": "0x00000407", "password": "rdp-secret-2"}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    url = resp.headers["Location"].split("?")[0]
+    page = await (await client.get(url)).text()
+    assert "keyboard German (0x00000407)" in page
+    assert '<option value="0x00000407" selected>German</option>' in page
+    # Saving the form unchanged changes nothing; choosing US English stores the default.
+    same = {"_csrf": csrf, "name": "Berlin VM", "host": "10.9.8.6", "port": "3389",
+            "rdp_credentials": "shared", "rdp_keyboard_layout": "0x00000407"}
+    assert (await client.post(url, data=same, allow_redirects=False)).status == 303
+    details = [e.detail for e in await client.server.app[STORE].list_audit(limit=1)]
+    assert "RDP" not in details[0]
+    us = await client.post(url, data={**same, "rdp_keyboard_layout": "0x00000409"},
+                           allow_redirects=False)
+    assert us.status == 303
+    assert "keyboard English (United States) (0x00000409)" in await (await client.get(url)).text()
+    details = [e.detail for e in await client.server.app[STORE].list_audit(limit=1)]
+    assert "RDP keyboard_layout=" in details[0]
+    bad = await client.post(url, data={**same, "rdp_keyboard_layout": "qwertz!"})
+    assert bad.status == 400 and "is not a known name" in await bad.text()

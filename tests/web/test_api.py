@@ -398,11 +398,22 @@ async def test_rdp_desktop_through_the_api(client: Client) -> None:
     resp = await client.post(f"{API}/desktops", headers=headers, json={
         "name": "Win API", "provider": "static", "host": "10.2.3.4", "port": 3389,
         "protocol": "rdp", "password": "rdp-api-secret",
-        "rdp": {"username": "carol", "security": "nla"}})
+        "rdp": {"username": "carol", "security": "nla", "keyboard_layout": "fr"}})
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     assert body["protocol"] == "rdp" and body["rdp"]["username"] == "carol"
     assert body["rdp"]["cert_policy"] == "ignore" and "rdp-api-secret" not in await resp.text()
+    assert body["rdp"]["keyboard_layout"] == "0x0000040C"
+    url = f"{API}/desktops/{body['id']}"
+    patched = await client.patch(url, headers=headers, json={"rdp": {"keyboard_layout": "ch-de"}})
+    assert patched.status == 200, await patched.text()
+    rdp = (await patched.json())["rdp"]
+    assert rdp["keyboard_layout"] == "0x00000807" and rdp["username"] == "carol"
+    assert rdp["security"] == "nla"
+    unknown = await client.patch(url, headers=headers, json={"rdp": {"keyboard_layout": "xx"}})
+    assert unknown.status == 400 and "keyboard layout" in (await unknown.json())["error"]
+    us = await client.patch(url, headers=headers, json={"rdp": {"keyboard_layout": "us"}})
+    assert (await us.json())["rdp"]["keyboard_layout"] == ""  # the default, stored empty
     bad = await client.post(f"{API}/desktops", headers=headers, json={
         "name": "Win 2", "provider": "static", "host": "10.2.3.4", "port": 3389,
         "protocol": "rdp", "rdp": {"username": "carol", "bogus": "x"}})
