@@ -128,7 +128,10 @@ class AdminService:
         if rdp:
             if d.protocol != "rdp":
                 raise BadRequest("only RDP desktops have RDP options")
-            new_options = rdp_options({**dict(d.options), **rdp})
+            base = dict(d.options)
+            if ({"cert_fingerprint", "cert_ca"} & set(rdp)) and "cert_policy" not in rdp:
+                base.pop("cert_policy", None)  # a new pin or CA chooses its own policy
+            new_options = rdp_options({**base, **rdp})
         new_name = d.name if name is None else name.strip()
         if not new_name or len(new_name) > 64 or not new_name.isprintable():
             raise BadRequest("desktop names are 1-64 printable characters")

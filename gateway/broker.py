@@ -223,6 +223,7 @@ class Broker:
             security=desktop.option("security", "negotiate"),
             cert_policy=desktop.option("cert_policy", "ignore"),
             cert_fingerprint=desktop.option("cert_fingerprint"),
+            cert_ca=desktop.option("cert_ca"),
             keyboard_layout=layout_of(desktop.option("keyboard_layout")))
 
     async def _start_bridge(self, user: User, desktop: Desktop, target: RdpTarget,

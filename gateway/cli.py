@@ -41,6 +41,19 @@ def _read_password(args: argparse.Namespace) -> str | None:
     return line
 
 
+def _read_text(path: str | None) -> str | None:
+    """A small text file named on the command line (a CA's PEM), or a clear error."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(64 * 1024 + 1)
+    except OSError as exc:
+        raise GatewayError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise GatewayError(f"{path} is not a text (PEM) file") from None
+
+
 async def _with_services(settings: Settings,
                          action: Callable[[Services], Awaitable[int]]) -> int:
     from .app import build_services
@@ -158,6 +171,7 @@ def cmd_desktop(args: argparse.Namespace) -> int:
                                          ("security", args.security),
                                          ("cert_policy", args.cert),
                                          ("cert_fingerprint", args.cert_fingerprint),
+                                         ("cert_ca", _read_text(args.cert_ca)),
                                          ("credentials",
                                           "per_user" if args.per_user_credentials else None),
                                          ("keyboard_layout", args.keyboard_layout))
@@ -323,11 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="rdp: the account's domain")
     p.add_argument("--security", choices=("negotiate", "nla", "tls", "rdp"),
                    help="rdp: security mode (default: negotiate)")
-    p.add_argument("--cert", choices=("ignore", "tofu", "fingerprint"),
+    p.add_argument("--cert", choices=("ignore", "tofu", "fingerprint", "ca"),
                    help="rdp: server certificate policy: ignore, tofu (trust the first"
-                        " certificate seen, refuse a changed one) or fingerprint (default:"
-                        " ignore, or fingerprint when --cert-fingerprint is given)")
+                        " certificate seen, refuse a changed one), fingerprint or ca (default:"
+                        " ignore, or fingerprint/ca when --cert-fingerprint/--cert-ca is given)")
     p.add_argument("--cert-fingerprint", metavar="SHA256", help="rdp: pinned certificate")
+    p.add_argument("--cert-ca", metavar="PEM_FILE",
+                   help="rdp: verify the server's certificate against this CA (its certificate"
+                        " in a PEM file) and the desktop's host name (policy ca)")
     p.add_argument("--keyboard-layout", metavar="LAYOUT",
                    help="rdp: the keyboard layout the server maps keys with: a name (us, gb, de,"
                         " fr, ch-de, es, it, ...) or a layout id such as 0x00000407"

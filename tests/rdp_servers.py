@@ -158,12 +158,20 @@ class RdpServer:
         values.update(overrides)
         return RdpTarget(**values)  # type: ignore[arg-type]
 
+    @property
+    def ca_pem(self) -> str:
+        """xrdp: the PEM of the test CA that issued the server's certificate (CN 127.0.0.1)."""
+        if self.kind != "xrdp":
+            raise NotImplementedError("only xrdp has a CA-issued certificate")
+        return (self.workdir / "tls" / "ca.pem").read_text()
+
     def certificate_sha256(self) -> str:
-        """The server certificate's SHA-256 as FreeRDP shows it (xrdp: /etc/xrdp/cert.pem)."""
+        """The server certificate's SHA-256 as FreeRDP shows it (xrdp: issued by ``ca_pem``)."""
         if self.kind != "xrdp":
             raise NotImplementedError("only xrdp's certificate file is known")
         out = subprocess.run(
-            ["openssl", "x509", "-in", "/etc/xrdp/cert.pem", "-noout", "-fingerprint", "-sha256"],
+            ["openssl", "x509", "-in", str(self.workdir / "tls" / "cert.pem"), "-noout",
+             "-fingerprint", "-sha256"],
             capture_output=True, check=True, text=True,
         ).stdout  # fmt: skip
         return out.strip().split("=", 1)[1].lower()
@@ -252,9 +260,33 @@ def _in_private_mounts(sesman_ini: Path, argv: list[str]) -> list[str]:
     ]
 
 
+def make_test_ca(folder: Path, common_name: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it issued for ``common_name`` (CN and DNS/IP
+    subject alternative names): (ca.pem, cert.pem, key.pem) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem"))
+    ext = folder / "server.ext"
+    san = f"DNS:{common_name}" + (f",IP:{common_name}" if re.fullmatch(r"[\d.]+", common_name) else "")
+    ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    for argv in (
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+         "-days", "2", "-subj", "/CN=Deskgate test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+         "-subj", f"/CN={common_name}"],
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)],
+    ):  # fmt: skip
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    for path in (ca_key, key):
+        path.chmod(0o600)
+    return ca, cert, key
+
+
 def start_xrdp(workdir: Path | None = None, *, colour: tuple[int, int, int] = XRDP_COLOUR) -> RdpServer:
     """xrdp + xrdp-sesman on 127.0.0.1:<free port>, Xvnc sessions, a fresh local account whose
-    ~/.xsession is a maximised xterm with background ``colour``. TLS or RDP security, no NLA."""
+    ~/.xsession is a maximised xterm with background ``colour``. TLS or RDP security, no NLA;
+    the TLS certificate (CN 127.0.0.1) is issued by a CA of its own (``ca_pem``)."""
     owns = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="dg-xrdp-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +316,9 @@ def start_xrdp(workdir: Path | None = None, *, colour: tuple[int, int, int] = XR
             Path("/etc/xrdp/xrdp.ini").read_text(), "Globals", "port", f"tcp://127.0.0.1:{server.port}"
         )
         xrdp_ini = _set_ini(xrdp_ini, "Globals", "autorun", "Xvnc")
+        _ca, cert, key = make_test_ca(workdir / "tls")
+        xrdp_ini = _set_ini(xrdp_ini, "Globals", "certificate", str(cert))
+        xrdp_ini = _set_ini(xrdp_ini, "Globals", "key_file", str(key))
         xrdp_ini = _set_ini(xrdp_ini, "Logging", "LogFile", str(workdir / "xrdp.log"))
         xrdp_ini = _set_ini(xrdp_ini, "Logging", "EnableSyslog", "false")
         (workdir / "xrdp.ini").write_text(xrdp_ini)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rdp_servers import make_test_ca
+
 
 def deskgate(*args: str, stdin: str | None = None, config: Path | None = None,
              check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -94,3 +96,24 @@ def test_rdp_desktop_with_per_user_credentials(tmp_path: Path) -> None:
     listing = deskgate("desktop", "list", config=config).stdout
     assert "rdp 10.1.2.4:3389 as each user (credentials=per_user)" in listing
     assert "credentials: per_user" in deskgate("audit", config=config).stdout
+
+
+def test_rdp_desktop_verified_against_a_ca(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    deskgate("init", "--data", str(data), "--no-demo")
+    config = data / "deskgate.toml"
+    ca, cert, _key = make_test_ca(tmp_path / "tls", "rdp.corp.example")
+    add = ("desktop", "add", "Verified", "--provider", "static", "--rdp", "rdp.corp.example:3389",
+           "--user", "bob")
+    missing = deskgate(*add, "--cert-ca", str(tmp_path / "nope.pem"), config=config, check=False)
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    bad = deskgate(*add, "--cert-ca", str(garbage), config=config, check=False)
+    assert bad.returncode == 1 and "not a PEM certificate" in bad.stderr
+    no_ca = deskgate(*add, "--cert", "ca", config=config, check=False)
+    assert no_ca.returncode == 1 and "needs the CA's certificate" in no_ca.stderr
+    deskgate(*add, "--cert-ca", str(ca), config=config)
+    listing = deskgate("desktop", "list", config=config).stdout
+    assert "as bob, certificates: ca" in listing
+    assert "certificates: ca" in deskgate("audit", config=config).stdout

@@ -57,7 +57,7 @@ from gateway.providers.xvnc import (
 log = logging.getLogger(__name__)
 
 SECURITY_MODES = ("negotiate", "nla", "tls", "rdp")
-CERT_POLICIES = ("ignore", "tofu", "fingerprint")
+CERT_POLICIES = ("ignore", "tofu", "fingerprint", "ca")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})$")
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -136,6 +136,7 @@ class RdpTarget:
     security: str = "negotiate"  # negotiate | nla | tls | rdp   (xfreerdp /sec:...; negotiate = none)
     cert_policy: str = "ignore"  # ignore | tofu | fingerprint
     cert_fingerprint: str = ""  # fingerprint policy: SHA-256 of the server certificate (hex, colons optional)
+    cert_ca: str = ""  # ca policy: the PEM certificate(s) of the CA(s) that issue the server's
     keyboard_layout: int = DEFAULT_LAYOUT  # the KLID announced to the server (xfreerdp /kbd:)
 
     def __post_init__(self) -> None:
@@ -156,6 +157,8 @@ class RdpTarget:
             raise ValueError(f"RdpTarget: cert_policy must be one of {', '.join(CERT_POLICIES)}")
         if self.cert_policy == "fingerprint" and not _FINGERPRINT_RE.match(self.normalized_fingerprint):
             raise ValueError("RdpTarget: cert_fingerprint must be 64 hex digits (SHA-256)")
+        if self.cert_policy == "ca" and "-----BEGIN CERTIFICATE-----" not in self.cert_ca:
+            raise ValueError("RdpTarget: the ca policy needs cert_ca (PEM)")
         if not 0 < self.keyboard_layout <= 0xFFFFFFFF:
             raise ValueError("RdpTarget: keyboard_layout must be a keyboard layout id")
 
@@ -471,6 +474,16 @@ class RdpBridges:
             raise ConfigError("RDP bridge runtime_dir path too long for a unix socket")
         return folder
 
+    @staticmethod
+    def _trust_only(folder: Path, ca_pem: str) -> dict[str, str]:
+        """OpenSSL's trust store for xfreerdp: ``ca_pem`` alone, not the system's CAs (and its
+        private XDG_CONFIG_HOME has no FreeRDP certificate store of its own)."""
+        ca_file, no_dir = folder / "trusted-ca.pem", folder / "no-other-cas"
+        ca_file.write_text(ca_pem)
+        ca_file.chmod(0o644)
+        no_dir.mkdir(mode=0o755, exist_ok=True)
+        return {"SSL_CERT_FILE": str(ca_file), "SSL_CERT_DIR": str(no_dir)}
+
     def _tofu_store(self, user: pwd.struct_passwd | None) -> Path:
         """The certificates accepted on first use, shared by every bridge (XDG_CONFIG_HOME)."""
         store = self._runtime_dir / "freerdp-tofu"
@@ -543,6 +556,8 @@ class RdpBridges:
             argv.append(f"/sec:{target.security}")
         if target.cert_policy == "ignore":
             argv.append("/cert:ignore")
+        elif target.cert_policy == "ca":
+            argv.append("/cert:deny")  # trusted: issued by cert_ca for this host name, else refused
         elif target.cert_policy == "tofu":
             argv.append("/cert:tofu,deny")  # deny: a changed certificate ends it, no prompt
         else:
@@ -558,6 +573,8 @@ class RdpBridges:
         extra_env = {"XDG_CONFIG_HOME": str(home / ".config")}
         if target.cert_policy == "tofu":
             extra_env["XDG_CONFIG_HOME"] = str(self._tofu_store(user))
+        elif target.cert_policy == "ca":
+            extra_env.update(self._trust_only(bridge.folder, target.cert_ca))
         argv = self._xfreerdp_argv(target)
         proc = await spawn_on_display(
             bridge.display,

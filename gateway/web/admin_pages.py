@@ -26,7 +26,7 @@ from ..errors import BadRequest, GatewayError, NotFound
 from ..keyboards import LAYOUTS, describe, klid
 from ..keys import ADMIN, SERVICES
 from ..model import AuditEvent, Desktop, User
-from ..services import PROVIDER_NAMES
+from ..services import PROVIDER_NAMES, ca_names
 from .common import check_form_csrf, redirect, render, require_admin
 
 log = logging.getLogger("deskgate.web.admin")
@@ -88,7 +88,7 @@ def size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-FORMATTERS: dict[str, Any] = {"when": when, "size": size, "keyboard": describe,
+FORMATTERS: dict[str, Any] = {"when": when, "size": size, "keyboard": describe, "ca_names": ca_names,
                               "layouts": [(klid(c), label) for c, label in LAYOUTS.values()]}
 
 
@@ -126,7 +126,7 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
     await require_admin(request)
     form = await check_form_csrf(request)
     fields = ("name", "provider", "host", "port", "protocol", "rdp_username", "rdp_domain",
-              "rdp_security", "rdp_cert_fingerprint", "rdp_credentials", "rdp_keyboard_layout")
+              "rdp_security", "rdp_cert_fingerprint", "rdp_credentials", "rdp_keyboard_layout", "rdp_cert_ca")
     kept = {k: form.get(k, "") for k in fields}  # never the password
     try:
         static = form.get("provider") == "static"

@@ -49,12 +49,14 @@ _DESKTOP = obj(
     maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
     state={**STRING, "description": "running, stopped or unknown"},
     rdp={"type": ["object", "null"], "description": "RDP options (null for VNC): username,"
-         " domain, security, cert_policy, cert_fingerprint, credentials (shared or per_user),"
+         " domain, security, cert_policy, cert_fingerprint, cert_ca, credentials (shared or"
+         " per_user),"
          " keyboard_layout (a layout id such as 0x00000407; empty: US English)",
          "additionalProperties": STRING})
 _RDP_OPTIONS = {"type": "object", "description": "RDP: username (required unless credentials is"
                 " per_user), domain, security (negotiate, nla, tls, rdp), cert_policy (ignore,"
-                " tofu, fingerprint), cert_fingerprint (SHA-256 hex), credentials (shared: the"
+                " tofu, fingerprint, ca), cert_fingerprint (SHA-256 hex), cert_ca (PEM of the"
+                " CA that must have issued the server's certificate for its host), credentials (shared: the"
                 " desktop's one account, the default; per_user: each person's own account,"
                 " entered once and stored encrypted, or asked at connect), keyboard_layout (the"
                 " layout the server maps keys with: us, gb, de, fr, ... or a layout id such as"

@@ -684,11 +684,14 @@ def test_german_layout_on_xrdp_altgr_dead_keys_ctrl_alt_del(
     rdpgw: RdpGateway, xrdp_server: RdpServer, erin_state: dict[str, Any],
     new_page: Callable[..., Watched], tmp_path: Path,
 ) -> None:  # fmt: skip
-    """xrdp maps scancodes with the layout the client announces: the desktop's keyboard_layout."""
+    """xrdp maps scancodes with the layout the client announces: the desktop's keyboard_layout.
+    The server's certificate is verified against its CA (policy ca) on the way."""
     PASSWORDS.append(xrdp_server.password)
+    ca = tmp_path / "xrdp-ca.pem"
+    ca.write_text(xrdp_server.ca_pem)
     desktop_id = rdpgw.add_rdp_desktop(
         "xrdp german", xrdp_server.port, xrdp_server.username, xrdp_server.password,
-        "--security", "tls", "--keyboard-layout", "de", assign=("erin",),
+        "--security", "tls", "--cert-ca", str(ca), "--keyboard-layout", "de", assign=("erin",),
     )  # fmt: skip
     page = new_page(erin_state).page
     open_rdp(page, rdpgw, desktop_id)
@@ -697,7 +700,7 @@ def test_german_layout_on_xrdp_altgr_dead_keys_ctrl_alt_del(
     wait_for_colour(page, lambda p: not is_white(p), int(0.5 * (area[2] - area[0]) * (area[3] - area[1])),
                     "the remote xterm", timeout=40)  # fmt: skip
     bridges = bridge_processes(rdpgw.runtime_dir)
-    assert any("/kbd:0x00000407" in c for c in bridges.values()), bridges
+    assert any("/kbd:0x00000407" in c and "/cert:deny" in c for c in bridges.values()), bridges
     remote = remote_display_env(xrdp_server)
     assert remote is not None, "the xrdp session's Xvnc was not found"
     log = tmp_path / "keys.txt"

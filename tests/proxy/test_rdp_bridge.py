@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from rdp_servers import RdpServer, free_port, needs_rdp, pid_alive
+from rdp_servers import RdpServer, free_port, make_test_ca, needs_rdp, pid_alive
 
 from gateway.errors import WS_UPSTREAM_AUTH
 from gateway.model import Endpoint, RelayCounters, RelayPolicy, Secret
@@ -332,6 +332,30 @@ async def test_wrong_certificate_fingerprint_is_refused(bridges: RdpBridges, xrd
     wrong = ("0" if right[0] != "0" else "1") + right[1:]
     with pytest.raises(BridgeError, match="certificate was refused"):
         await bridges.acquire("cert", xrdp_server.target(cert_policy="fingerprint", cert_fingerprint=wrong))
+    assert len(bridges) == 0
+
+
+async def test_ca_policy_trusts_that_ca_for_the_host_name_and_nothing_else(
+    bridges: RdpBridges, xrdp_server: RdpServer, tmp_path: Path
+) -> None:
+    target = xrdp_server.target(cert_policy="ca", cert_ca=xrdp_server.ca_pem)
+    endpoint = await bridges.acquire("ca", target, 800, 600)
+    assert endpoint.unix_path is not None
+    folder = Path(endpoint.unix_path).parent
+    assert (folder / "trusted-ca.pem").read_text() == xrdp_server.ca_pem
+    [stats] = bridges.stats()
+    cmdline = Path(f"/proc/{stats['pids'][1]}/cmdline").read_bytes().split(b"\0")
+    assert b"/cert:deny" in cmdline and not any(a.startswith(b"/cert:ignore") for a in cmdline)
+    bridges.release("ca")
+    await wait_gone(stats["pids"], 8)
+    # A certificate from another CA, or from this CA for another name, is refused.
+    other_ca, _cert, _key = make_test_ca(tmp_path / "other")
+    with pytest.raises(BridgeError, match="certificate was refused") as caught:
+        await bridges.acquire("ca-other", xrdp_server.target(cert_policy="ca", cert_ca=other_ca.read_text()))
+    assert caught.value.kind == "certificate"
+    with pytest.raises(BridgeError, match="certificate was refused"):
+        await bridges.acquire("ca-name", xrdp_server.target(host="localhost", cert_policy="ca",
+                                                            cert_ca=xrdp_server.ca_pem))
     assert len(bridges) == 0
 
 

@@ -7,9 +7,11 @@ import io
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
+from rdp_servers import make_test_ca
 from websupport import Client, app_client, password_step, secret_of, sign_in
 
 from gateway.config import Settings
@@ -462,3 +464,20 @@ async def test_rdp_keyboard_layout_is_chosen_in_the_forms(client: Client,
     assert "RDP keyboard_layout=" in details[0]
     bad = await client.post(url, data={**same, "rdp_keyboard_layout": "qwertz!"})
     assert bad.status == 400 and "is not a known name" in await bad.text()
+
+
+async def test_rdp_desktop_verified_against_a_ca_says_so(client: Client, secrets: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    csrf = await admin_in(client, secrets)
+    ca, _cert, _key = make_test_ca(tmp_path / "tls", "10.9.8.5")
+    form = {"_csrf": csrf, "name": "Verified VM", "provider": "static", "host": "10.9.8.5",
+            "port": "3389", "protocol": "rdp", "rdp_username": "anna", "password": "rdp-secret-3"}
+    bad = await client.post("/admin/desktops", data={**form, "rdp_cert_ca": "-----BEGIN nonsense"})
+    page = await bad.text()
+    assert bad.status == 400 and "not a PEM certificate" in page and "BEGIN nonsense" in page
+    resp = await client.post("/admin/desktops", data={**form, "rdp_cert_ca": ca.read_text()},
+                             allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    page = await (await client.get(resp.headers["Location"])).text()
+    assert "certificate verified: issued by Deskgate test CA for 10.9.8.5" in page
+    assert "certificates: ca" in await (await client.get("/admin/desktops")).text()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from rdp_servers import make_test_ca
 from websupport import Client, app_client, password_step, sign_in
 
 from gateway.app import create_app
@@ -393,7 +394,7 @@ async def test_token_commands(tmp_path: Path) -> None:
         assert (await c.get(f"{API}/desktops", headers=bearer(secret))).status == 401
 
 
-async def test_rdp_desktop_through_the_api(client: Client) -> None:
+async def test_rdp_desktop_through_the_api(client: Client, tmp_path: Path) -> None:
     headers = bearer(await new_token_for(client))
     resp = await client.post(f"{API}/desktops", headers=headers, json={
         "name": "Win API", "provider": "static", "host": "10.2.3.4", "port": 3389,
@@ -414,6 +415,18 @@ async def test_rdp_desktop_through_the_api(client: Client) -> None:
     assert unknown.status == 400 and "keyboard layout" in (await unknown.json())["error"]
     us = await client.patch(url, headers=headers, json={"rdp": {"keyboard_layout": "us"}})
     assert (await us.json())["rdp"]["keyboard_layout"] == ""  # the default, stored empty
+
+    # A CA given later chooses the ca policy; a pin given later replaces it.
+    ca, _cert, _key = make_test_ca(tmp_path / "tls", "10.2.3.4")
+    with_ca = await client.patch(url, headers=headers, json={"rdp": {"cert_ca": ca.read_text()}})
+    rdp = (await with_ca.json())["rdp"]
+    assert with_ca.status == 200 and rdp["cert_policy"] == "ca" and "BEGIN CERTIFICATE" in rdp["cert_ca"]
+    pinned = await client.patch(url, headers=headers, json={"rdp": {"cert_fingerprint": "ab" * 32}})
+    rdp = (await pinned.json())["rdp"]
+    assert rdp["cert_policy"] == "fingerprint" and rdp["cert_ca"] == ""
+    assert rdp["cert_fingerprint"] == "ab" * 32
+    junk = await client.patch(url, headers=headers, json={"rdp": {"cert_policy": "ca", "cert_ca": "x"}})
+    assert junk.status == 400 and "not a PEM certificate" in (await junk.json())["error"]
     bad = await client.post(f"{API}/desktops", headers=headers, json={
         "name": "Win 2", "provider": "static", "host": "10.2.3.4", "port": 3389,
         "protocol": "rdp", "rdp": {"username": "carol", "bogus": "x"}})
