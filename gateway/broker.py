@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .audit import Audit, AuditKind
 from .config import Settings
@@ -103,6 +103,21 @@ def per_user(desktop: Desktop) -> bool:
 REASON_OWN_CREDENTIALS = (f"{REASON_CREDENTIALS}; your saved account for this desktop was"
                           " forgotten: enter it again")
 
+# An account entered for one connection (not stored) waits this long for its connect; after
+# that it lives only as long as the bridge it signed in.
+ONE_CONNECTION_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class _OneConnection:
+    """A person's own account entered for one connection, kept in memory only (encrypted)."""
+
+    username: str
+    domain: str
+    enc_password: str
+    at: float
+
+
 # RDP failures that retrying cannot fix: the client shows them and stops.
 _FINAL_BRIDGE_FAILURES = ("credentials", "certificate", "security")
 
@@ -121,6 +136,7 @@ class Broker:
         self._seen: dict[int, str] = {}
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
+        self._one_connection: dict[tuple[int, int], _OneConnection] = {}
 
     async def spec(self, desktop: Desktop) -> DesktopSpec:
         enc = await self._store.get_desktop_password(desktop.id) if desktop.has_password else None
@@ -209,7 +225,9 @@ class Broker:
         """The server and the account the bridge of ``user_id`` signs in with: the desktop's
         shared account, or (per-user desktop) that person's own, else CredentialsRequired."""
         if per_user(desktop):
-            stored = await self._store.get_user_credentials(user_id, desktop.id)
+            stored = self._entered_for_one_connection(user_id, desktop.id)
+            if stored is None and self._settings.rdp_store_credentials:
+                stored = await self._store.get_user_credentials(user_id, desktop.id)
             if stored is None:
                 raise CredentialsRequired()
             username, domain, enc = stored
@@ -245,33 +263,67 @@ class Broker:
                                      detail=f"rdp bridge: {exc.reason}")
             if exc.kind == "credentials" and per_user(desktop):
                 # The next attempt asks for the account again instead of repeating this one.
+                self._one_connection.pop((user.id, desktop.id), None)
                 await self._forget(user, desktop, client_ip, "refused by the desktop")
                 exc = BridgeError(REASON_OWN_CREDENTIALS, "credentials")
                 exc.asks_for_credentials = True
             if final:
                 exc.http_status = 424  # the client shows it and does not retry
             raise exc
+        entry = self._one_connection.get((user.id, desktop.id))
+        if entry is not None:  # used: from now on it lives as long as this bridge only
+            self._one_connection[(user.id, desktop.id)] = replace(entry, at=-ONE_CONNECTION_SECONDS)
         # The ticket's holder acquires it again at admission; until then (and if the ticket is
         # never used) the bridge runs on the reconnect grace timer.
         bridges.release(key)
 
     # a person's own account on a per-user RDP desktop --------------------------------------------
     async def save_credentials(self, user: User, desktop_id: int, client_ip: str, *,
-                               username: str, domain: str, password: str) -> None:
-        """Store (encrypted) the person's own account for a per-user desktop assigned to them."""
+                               username: str, domain: str, password: str,
+                               remember: bool = True) -> bool:
+        """The person's own account for a per-user desktop assigned to them: stored (encrypted)
+        when ``remember`` and ``[rdp] rdp_store_credentials`` allow, else kept in memory for
+        the next connection only (and its bridge's life). Returns whether it was stored."""
         desktop = await self.check_access(user, desktop_id, client_ip)
         if not per_user(desktop):
             raise BadRequest("this desktop signs in with its own account")
         username, domain, password = rdp_account(username, domain, password)
-        await self._store.set_user_credentials(user.id, desktop.id, username, domain,
-                                               self._box.encrypt(password))
+        enc = self._box.encrypt(password)
+        if remember and self._settings.rdp_store_credentials:
+            self._one_connection.pop((user.id, desktop.id), None)
+            await self._store.set_user_credentials(user.id, desktop.id, username, domain, enc)
+            await self._audit.record(AuditKind.CREDENTIALS, user=user.name, desktop=desktop.name,
+                                     client_ip=client_ip, detail=f"credentials saved ({username})")
+            return True
+        for k in list(self._one_connection):  # bounded: drop the unused and the ended ones
+            self._entered_for_one_connection(*k)
+        self._one_connection[(user.id, desktop.id)] = _OneConnection(username, domain, enc,
+                                                                     time.monotonic())
+        await self._forget(user, desktop, client_ip, "not to be remembered")
         await self._audit.record(AuditKind.CREDENTIALS, user=user.name, desktop=desktop.name,
-                                 client_ip=client_ip, detail=f"credentials saved ({username})")
+                                 client_ip=client_ip,
+                                 detail=f"credentials entered for one connection ({username}),"
+                                        " not stored")
+        return False
+
+    def _entered_for_one_connection(self, user_id: int,
+                                     desktop_id: int) -> tuple[str, str, str] | None:
+        """An account entered for one connection: fresh, or its bridge still runs; else gone."""
+        entry = self._one_connection.get((user_id, desktop_id))
+        if entry is None:
+            return None
+        fresh = time.monotonic() - entry.at < ONE_CONNECTION_SECONDS
+        if fresh or (self.bridges is not None
+                     and self.bridges.running(bridge_key(user_id, desktop_id))):
+            return entry.username, entry.domain, entry.enc_password
+        del self._one_connection[(user_id, desktop_id)]
+        return None
 
     async def forget_credentials(self, user: User, desktop_id: int, client_ip: str) -> bool:
         """Forget the person's stored account for a desktop; False when none was stored."""
         desktop = await self.check_access(user, desktop_id, client_ip)
-        return await self._forget(user, desktop, client_ip, "by the user")
+        in_memory = self._one_connection.pop((user.id, desktop.id), None) is not None
+        return await self._forget(user, desktop, client_ip, "by the user") or in_memory
 
     async def _forget(self, user: User, desktop: Desktop, client_ip: str, why: str) -> bool:
         if not await self._store.delete_user_credentials(user.id, desktop.id):

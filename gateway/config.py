@@ -75,6 +75,7 @@ class Settings:
     # [rdp]
     rdp_max_bridges: int = 20
     rdp_grace_seconds: float = 60.0
+    rdp_store_credentials: bool = True  # per-user accounts may be stored (else asked each connect)
     # [metrics]
     metrics_token: Secret = Secret("")
     metrics_host: str = "127.0.0.1"
@@ -128,7 +129,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes"),
-    "rdp": ("rdp_max_bridges", "rdp_grace_seconds"),
+    "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}

@@ -56,6 +56,7 @@ const credentialsDomain = document.getElementById('rdp-domain');
 const credentialsPassword = document.getElementById('rdp-password');
 const credentialsSave = document.getElementById('rdp-save');
 const credentialsError = document.getElementById('rdp-credentials-error');
+const credentialsRemember = document.getElementById('rdp-remember'); // absent: never stored
 
 const connectUrl = root.dataset.connectUrl;
 const csrfToken = root.dataset.csrf;
@@ -304,6 +305,7 @@ async function saveCredentials(event) {
             username: credentialsUser.value,
             domain: credentialsDomain.value,
             password: credentialsPassword.value,
+            remember: credentialsRemember ? credentialsRemember.checked : false,
         });
     } catch {
         resp = null;
@@ -321,7 +323,7 @@ async function saveCredentials(event) {
         return;
     }
     try {
-        await resp.json(); // {saved: true}; read so that the response is complete
+        await resp.json(); // {saved: true|false}; read so that the response is complete
     } catch {
         // nothing to read
     }

@@ -297,6 +297,11 @@ class RdpBridges:
             self._bridges[key] = bridge
             return bridge.endpoint
 
+    def running(self, key: str) -> bool:
+        """Whether a bridge for ``key`` runs now (in use or in its grace period)."""
+        bridge = self._bridges.get(key)
+        return bridge is not None and bridge.running()
+
     async def attach(self, key: str) -> Endpoint:
         """One more client of the running bridge for ``key`` (an admin's watch): never starts
         or replaces one, so a watch cannot sign the person in again or with another account.

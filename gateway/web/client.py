@@ -61,7 +61,8 @@ async def client_page(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
     desktop = await request.app[BROKER].check_access(user, _desktop_id(request),
                                                      client_ip(request))
-    return render(request, "session.html", desktop=desktop)
+    return render(request, "session.html", desktop=desktop,
+                  may_store_credentials=request.app[SETTINGS].rdp_store_credentials)
 
 
 async def _window_size(request: web.Request) -> tuple[int, int]:
@@ -92,7 +93,8 @@ async def connect(request: web.Request) -> web.StreamResponse:
 
 @routes.post(r"/desktops/{desktop_id}/credentials")
 async def save_credentials(request: web.Request) -> web.StreamResponse:
-    """The person's own account for a per-user RDP desktop: stored encrypted, never returned."""
+    """The person's own account for a per-user RDP desktop, never returned: stored encrypted,
+    or (``"remember": false``, or storing is off) used for the next connection only."""
     _, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
     try:
@@ -102,10 +104,13 @@ async def save_credentials(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict) or not all(
             isinstance(body.get(k, ""), str) for k in ("username", "domain", "password")):
         raise BadRequest("username, domain and password are strings")
-    await request.app[BROKER].save_credentials(
+    if not isinstance(body.get("remember", True), bool):
+        raise BadRequest("remember is true or false")
+    saved = await request.app[BROKER].save_credentials(
         user, _desktop_id(request), client_ip(request), username=body.get("username", ""),
-        domain=body.get("domain", ""), password=body.get("password", ""))
-    return web.json_response({"saved": True})
+        domain=body.get("domain", ""), password=body.get("password", ""),
+        remember=body.get("remember", True))
+    return web.json_response({"saved": saved})
 
 
 @routes.delete(r"/desktops/{desktop_id}/credentials")

@@ -481,6 +481,18 @@ def test_per_user_account_is_asked_in_the_browser(
     page.locator("#reconnect").click()
     page.wait_for_selector("#rdp-username", state="visible", timeout=15_000)
     assert page.input_value("#rdp-password") == ""  # asked again: the gateway forgot it
+
+    # Not remembered: it serves this connection (while its bridge runs); the next asks again.
+    page.uncheck("#rdp-remember")
+    enter_account(page, shadow_server.username, shadow_server.password)
+    wait_state(page, "connected", 60_000)
+    wait_for_colour(page, near(shadow_server.colour), 200_000, "the shadow xterm colour", timeout=30)
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+    open_rdp(page, rdpgw, shadow_id)
+    wait_account_form(page)
+    assert page.is_checked("#rdp-remember")  # the default stays: remember
+    shot_to(page, "rdp-per-user-not-remembered-asks-again.png")
     page.goto(rdpgw.gw.base_url + "/")
     wait_no_bridges(rdpgw)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ class FakeBridges:
 
     def __init__(self) -> None:
         self.targets: list[RdpTarget] = []
+        self.live: set[str] = set()  # keys whose "bridge" runs (a test ends one by removing it)
 
     async def acquire(self, key: str, target: RdpTarget, width: int = 1280,
                       height: int = 800) -> Endpoint:
@@ -34,10 +36,14 @@ class FakeBridges:
             raise BridgeError(REASON_CREDENTIALS, "credentials")
         if target.password is not None and target.password.reveal().startswith("cert"):
             raise BridgeError(REASON_CERTIFICATE, "certificate")
+        self.live.add(key)
         return Endpoint(host="127.0.0.1", port=1)
 
     def release(self, key: str) -> None:
         pass
+
+    def running(self, key: str) -> bool:
+        return key in self.live
 
 
 @pytest.fixture
@@ -87,10 +93,11 @@ async def post_connect(s: aiohttp.ClientSession, base: str, csrf: str) -> aiohtt
 
 
 async def save(s: aiohttp.ClientSession, base: str, csrf: str | None, password: str,
-               username: str = "alice.w") -> aiohttp.ClientResponse:
+               username: str = "alice.w", **extra: Any) -> aiohttp.ClientResponse:
     h = headers(csrf) if csrf else {"Accept": "application/json"}
     return await s.post(f"{base}/desktops/1/credentials", headers=h,
-                        json={"username": username, "domain": "CORP", "password": password})
+                        json={"username": username, "domain": "CORP", "password": password,
+                              **extra})
 
 
 async def everything_seen(client: Client, s: aiohttp.ClientSession, base: str) -> str:
@@ -243,3 +250,53 @@ async def test_api_and_admin_pages_show_the_credentials_mode(client: Client) -> 
     created = await client.server.app[STORE].get_desktop_by_name("Own via form")
     assert created is not None and created.option("credentials") == "per_user"
     assert created.option("username") == ""
+
+
+async def test_an_account_not_remembered_serves_one_connection_only(client: Client) -> None:
+    s, csrf, base = await as_user(client, "alice")
+    async with s:
+        page = await (await s.get(f"{base}/desktops/1")).text()
+        assert 'id="rdp-remember"' in page
+        assert (await save(s, base, csrf, SECRET, remember="no")).status == 400
+        await save(s, base, csrf, "Old-Stored-Pw-1")  # stored earlier ...
+        alice = await client.server.app[STORE].get_user_by_name("alice")
+        assert alice is not None
+        assert await client.server.app[STORE].get_user_credentials(alice.id, 1) is not None
+        resp = await save(s, base, csrf, SECRET, remember=False)  # ... and now not wanted
+        assert resp.status == 200 and await resp.json() == {"saved": False}
+        assert await client.server.app[STORE].get_user_credentials(alice.id, 1) is None
+        assert (await post_connect(s, base, csrf)).status == 200
+        target = fake(client).targets[-1]
+        assert target.password is not None and target.password.reveal() == SECRET
+        # While its bridge runs (a reconnect), the same account; once it ends, asked again.
+        assert (await post_connect(s, base, csrf)).status == 200
+        assert fake(client).targets[-1] == target
+        fake(client).live.clear()
+        assert (await post_connect(s, base, csrf)).status == 428
+        seen = await everything_seen(client, s, base)
+        assert SECRET not in seen
+        assert "credentials entered for one connection (alice.w), not stored" in seen
+        assert "credentials forgotten (not to be remembered)" in seen
+
+
+async def test_storing_can_be_switched_off_for_the_gateway(settings: Settings,
+                                                           rdp_port: int) -> None:
+    c = await app_client(replace(settings, rdp_store_credentials=False), {"alice": False})
+    async with c:
+        services = c.server.app[SERVICES]
+        await services.add_desktop("Own", "static", host="127.0.0.1", port=rdp_port,
+                                   protocol="rdp", options={"credentials": "per_user"})
+        await services.assign("Own", "alice")
+        c.server.app[BROKER].bridges = FakeBridges()  # type: ignore[assignment]
+        s, csrf, base = await as_user(c, "alice")
+        async with s:
+            page = await (await s.get(f"{base}/desktops/1")).text()
+            assert 'id="rdp-remember"' not in page and "used for this connection only" in page
+            resp = await save(s, base, csrf, SECRET, remember=True)
+            assert await resp.json() == {"saved": False}
+            alice = await c.server.app[STORE].get_user_by_name("alice")
+            assert alice is not None
+            assert await c.server.app[STORE].get_user_credentials(alice.id, 1) is None
+            assert (await post_connect(s, base, csrf)).status == 200
+            fake(c).live.clear()
+            assert (await post_connect(s, base, csrf)).status == 428
