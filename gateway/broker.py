@@ -116,6 +116,7 @@ class _OneConnection:
     domain: str
     enc_password: str
     at: float
+    used: bool = False  # a bridge signed in with it: it lives as long as that bridge only
 
 
 # RDP failures that retrying cannot fix: the client shows them and stops.
@@ -271,8 +272,8 @@ class Broker:
                 exc.http_status = 424  # the client shows it and does not retry
             raise exc
         entry = self._one_connection.get((user.id, desktop.id))
-        if entry is not None:  # used: from now on it lives as long as this bridge only
-            self._one_connection[(user.id, desktop.id)] = replace(entry, at=-ONE_CONNECTION_SECONDS)
+        if entry is not None:
+            self._one_connection[(user.id, desktop.id)] = replace(entry, used=True)
         # The ticket's holder acquires it again at admission; until then (and if the ticket is
         # never used) the bridge runs on the reconnect grace timer.
         bridges.release(key)
@@ -312,7 +313,7 @@ class Broker:
         entry = self._one_connection.get((user_id, desktop_id))
         if entry is None:
             return None
-        fresh = time.monotonic() - entry.at < ONE_CONNECTION_SECONDS
+        fresh = not entry.used and time.monotonic() - entry.at < ONE_CONNECTION_SECONDS
         if fresh or (self.bridges is not None
                      and self.bridges.running(bridge_key(user_id, desktop_id))):
             return entry.username, entry.domain, entry.enc_password

@@ -25,7 +25,7 @@ from .events import EventBus
 from .live import LiveSessions
 from .model import User
 from .providers import ProviderContext
-from .services import Services
+from .services import MAX_CA_PEM, RDP_CERT_POLICIES, RDP_SECURITY, Services
 from .store.sqlite import SQLiteStore
 
 DEFAULT_CONFIG = "data/deskgate.toml"
@@ -47,7 +47,7 @@ def _read_text(path: str | None) -> str | None:
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read(64 * 1024 + 1)
+            return f.read(MAX_CA_PEM + 1)  # more is refused as too long
     except OSError as exc:
         raise GatewayError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -335,9 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rdp: each person signs in with their own account on the server"
                         " (entered once in the browser and stored encrypted; no --user)")
     p.add_argument("--domain", help="rdp: the account's domain")
-    p.add_argument("--security", choices=("negotiate", "nla", "tls", "rdp"),
+    p.add_argument("--security", choices=RDP_SECURITY,
                    help="rdp: security mode (default: negotiate)")
-    p.add_argument("--cert", choices=("ignore", "tofu", "fingerprint", "ca"),
+    p.add_argument("--cert", choices=RDP_CERT_POLICIES,
                    help="rdp: server certificate policy: ignore, tofu (trust the first"
                         " certificate seen, refuse a changed one), fingerprint or ca (default:"
                         " ignore, or fingerprint/ca when --cert-fingerprint/--cert-ca is given)")

@@ -24,13 +24,14 @@ from .errors import (
     SecondFactorFailed,
     TooManyRequests,
 )
-from .keyboards import DEFAULT_LAYOUT, klid, parse_layout
+from .keyboards import DEFAULT_LAYOUT, klid, layout_of
 from .model import AuditEvent, Desktop, User, WebSession, WebSessionState
+from .proxy.rdp import CERT_POLICIES, SECURITY_MODES
 from .store import Store
 
 PROVIDER_NAMES = ("static", "local")
-RDP_SECURITY = ("negotiate", "nla", "tls", "rdp")
-RDP_CERT_POLICIES = ("ignore", "tofu", "fingerprint", "ca")
+RDP_SECURITY = SECURITY_MODES  # what the bridge accepts is what an admin may choose
+RDP_CERT_POLICIES = CERT_POLICIES
 MAX_CA_PEM = 64 * 1024
 RDP_CREDENTIALS = ("shared", "per_user")
 
@@ -79,12 +80,11 @@ def rdp_options(options: Mapping[str, str]) -> dict[str, str]:
     ca = _ca_pem(ca) if policy == "ca" else ""
     fingerprint = fingerprint if policy == "fingerprint" else ""
     domain = _rdp_domain(options.get("domain", ""))
-    layout = options.get("keyboard_layout", "").strip()
     try:
-        code = parse_layout(layout) if layout else DEFAULT_LAYOUT
-        layout = "" if code == DEFAULT_LAYOUT else klid(code)  # one spelling of the default
+        code = layout_of(options.get("keyboard_layout", "").strip())
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+    layout = "" if code == DEFAULT_LAYOUT else klid(code)  # one spelling of the default
     return {"username": username, "domain": domain, "security": security,
             "cert_policy": policy, "cert_fingerprint": fingerprint, "cert_ca": ca,
             "credentials": credentials,

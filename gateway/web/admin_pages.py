@@ -26,7 +26,7 @@ from ..errors import BadRequest, GatewayError, NotFound
 from ..keyboards import LAYOUTS, describe, klid
 from ..keys import ADMIN, SERVICES
 from ..model import AuditEvent, Desktop, User
-from ..services import PROVIDER_NAMES, ca_names
+from ..services import PROVIDER_NAMES, RDP_SECURITY, ca_names
 from .common import check_form_csrf, redirect, render, require_admin
 
 log = logging.getLogger("deskgate.web.admin")
@@ -112,7 +112,8 @@ async def _desktops_page(request: web.Request, *, http_status: int = 200,
     rows = [DesktopRow(v, s) for v, s in zip(views, states, strict=True)]
     return render(request, "admin_desktops.html", http_status=http_status, error=error,
                   info=None if error else _info(request), rows=rows,
-                  providers=PROVIDER_NAMES, form=dict(form or {}), **FORMATTERS)
+                  providers=PROVIDER_NAMES, rdp_security_modes=RDP_SECURITY,
+                  form=dict(form or {}), **FORMATTERS)
 
 
 @routes.get("/admin/desktops")
