@@ -15,7 +15,7 @@ from rdp_servers import make_test_ca
 from websupport import Client, app_client, password_step, secret_of, sign_in
 
 from gateway.config import Settings
-from gateway.keys import STORE
+from gateway.keys import SERVICES, STORE
 from gateway.model import Session, SessionState
 
 VNC_PASSWORD = "vnc-Secret-4711"  # must never appear in any page once given
@@ -481,3 +481,14 @@ async def test_rdp_desktop_verified_against_a_ca_says_so(client: Client, secrets
     page = await (await client.get(resp.headers["Location"])).text()
     assert "certificate verified: issued by Deskgate test CA for 10.9.8.5" in page
     assert "certificates: ca" in await (await client.get("/admin/desktops")).text()
+
+
+async def test_rdp_desktop_trusting_on_first_use_says_so(client: Client,
+                                                         secrets: dict[str, str]) -> None:
+    await admin_in(client, secrets)
+    desktop = await client.server.app[SERVICES].add_desktop(
+        "Tofu VM", "static", host="10.9.8.4", port=3389, protocol="rdp",
+        options={"username": "anna", "cert_policy": "tofu"})
+    page = await (await client.get(f"/admin/desktops/{desktop.id}")).text()
+    assert "certificate trusted on first use, a changed one refused" in page
+    assert "certificate pinned" not in page and "server certificate not verified" not in page
