@@ -84,7 +84,7 @@ def xterm_font_args() -> list[str]:
     return ["-fn", "10x20"]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie waiting to be reaped."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -241,7 +241,7 @@ class XvncDisplay:
 
     def alive(self) -> bool:
         """True while the Xvnc process runs (cheap: no connection is made)."""
-        return not self._stopped and _pid_alive(self.xvnc_pid)
+        return not self._stopped and pid_alive(self.xvnc_pid)
 
     async def answers(self, timeout: float = 2.0) -> bool:
         """True when the VNC socket answers with an RFB banner."""
@@ -272,7 +272,7 @@ class XvncDisplay:
             owner = int(lock.read_text().strip())
         except (OSError, ValueError):
             owner = -1
-        if owner == self.xvnc_pid and not _pid_alive(owner):
+        if owner == self.xvnc_pid and not pid_alive(owner):
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
             with contextlib.suppress(FileNotFoundError):
@@ -538,7 +538,7 @@ async def _start_once(
 
         # 1. The VNC socket answers with an RFB banner.
         while True:
-            if xvnc.returncode is not None or not _pid_alive(xvnc.pid):
+            if xvnc.returncode is not None or not pid_alive(xvnc.pid):
                 await xvnc.wait()
                 detail = _fatal_error(log_path)
                 if "already active" in detail or "already running" in detail:
@@ -554,7 +554,7 @@ async def _start_once(
         if window_manager:
             wm = await spawn(["openbox"], asyncio.subprocess.DEVNULL)
             while True:
-                if wm.returncode is not None or not _pid_alive(wm.pid):
+                if wm.returncode is not None or not pid_alive(wm.pid):
                     raise XvncStartError(f"openbox on :{number} exited")
                 rc, out = await _run_quiet(["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"], tool_env, 2.0)
                 if rc == 0 and "window id #" in out:
@@ -578,7 +578,7 @@ async def _start_once(
             ]
             term = await spawn(args, asyncio.subprocess.DEVNULL)
             while True:
-                if term.returncode is not None or not _pid_alive(term.pid):
+                if term.returncode is not None or not pid_alive(term.pid):
                     raise XvncStartError(f"xterm on :{number} exited")
                 rc, out = await _run_quiet(
                     ["xdotool", "search", "--onlyvisible", "--pid", str(term.pid)], tool_env, 2.0

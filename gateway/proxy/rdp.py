@@ -42,12 +42,13 @@ from typing import Any
 from gateway.errors import WS_UPSTREAM_AUTH, ConfigError, DesktopUnavailable
 from gateway.keyboards import DEFAULT_LAYOUT, klid
 from gateway.model import Endpoint, Secret
-from gateway.providers.base import ProviderContext
+from gateway.providers.base import ProviderContext, probe_rfb
 from gateway.providers.local import LocalProvider, _can_traverse, _checked_user
 from gateway.providers.xvnc import (
     UNIX_PATH_MAX,
     XvncDisplay,
     XvncStartError,
+    pid_alive,
     random_vnc_password,
     spawn_on_display,
     start_display,
@@ -209,7 +210,6 @@ class _Bridge:
     started_at: float = field(default_factory=time.time)
     proc: asyncio.subprocess.Process | None = None
     window: str = ""
-    connected: bool = False
     stopping: bool = False
     clients: int = 0
     grace: asyncio.TimerHandle | None = None
@@ -228,6 +228,12 @@ class _Bridge:
             and self.proc.returncode is None
             and self.display.alive()
         )
+
+
+def _cancel_grace(bridge: _Bridge) -> None:
+    if bridge.grace is not None:
+        bridge.grace.cancel()
+        bridge.grace = None
 
 
 class RdpBridges:
@@ -274,12 +280,7 @@ class RdpBridges:
             current = self._bridges.get(key)
             if current is not None:
                 if current.running() and current.target == target:
-                    if current.grace is not None:
-                        current.grace.cancel()
-                        current.grace = None
-                    current.clients += 1
-                    current.blog.info("reused (%d client(s))", current.clients)
-                    return current.endpoint
+                    return self._one_more_client(current, "reused")
                 current.blog.info("replaced: %s", "target changed" if current.running() else "not running")
                 await self._stop(current)
             if len(self._bridges) + len(self._starting) >= self._max:
@@ -311,12 +312,14 @@ class RdpBridges:
             current = self._bridges.get(key)
             if current is None or not current.running():
                 raise BridgeError(REASON_ENDED, "failed")
-            if current.grace is not None:
-                current.grace.cancel()
-                current.grace = None
-            current.clients += 1
-            current.blog.info("attached (%d client(s))", current.clients)
-            return current.endpoint
+            return self._one_more_client(current, "attached")
+
+    @staticmethod
+    def _one_more_client(bridge: _Bridge, how: str) -> Endpoint:
+        _cancel_grace(bridge)
+        bridge.clients += 1
+        bridge.blog.info("%s (%d client(s))", how, bridge.clients)
+        return bridge.endpoint
 
     def release(self, key: str) -> None:
         """One client left; with none left the bridge stops after ``grace_seconds``."""
@@ -365,7 +368,7 @@ class RdpBridges:
     def stats(self) -> list[dict[str, Any]]:
         out = []
         for bridge in self._bridges.values():
-            pids = [p for p in bridge.pids if _alive(p)]
+            pids = [p for p in bridge.pids if pid_alive(p)]
             out.append(
                 {
                     "key": bridge.key,
@@ -431,9 +434,7 @@ class RdpBridges:
             del self._bridges[bridge.key]
         bridge.stopping = True
         t0 = time.monotonic()
-        if bridge.grace is not None:
-            bridge.grace.cancel()
-            bridge.grace = None
+        _cancel_grace(bridge)
         await bridge.display.stop(STOP_TIMEOUT)
         for task in bridge.tasks:
             if task is not asyncio.current_task():
@@ -622,7 +623,6 @@ class RdpBridges:
                     raise BridgeError(REASON_UNREACHABLE, "unreachable")
                 raise BridgeError(REASON_TIMEOUT, "timeout")
             await asyncio.sleep(0.1)
-        bridge.connected = True
         bridge.tasks.append(asyncio.ensure_future(self._watch(bridge, proc)))
 
     async def _find_window(self, bridge: _Bridge) -> str:
@@ -660,11 +660,9 @@ class RdpBridges:
         reachable: bool | None = None
         if any(t in text for t in _CERTIFICATE_TEXT):
             reason, kind = REASON_CERTIFICATE, "certificate"
-        elif code in (_EXIT_AUTH_FAILURE, _EXIT_LOGON_FAILURE, _EXIT_ACCOUNT_LOCKED_OUT) or any(
-            t in text for t in _CREDENTIAL_TEXT
-        ):
-            reason, kind = REASON_CREDENTIALS, "credentials"
-        elif code == _EXIT_PASSWORD_EXPIRED:
+        elif code in (
+            _EXIT_AUTH_FAILURE, _EXIT_LOGON_FAILURE, _EXIT_ACCOUNT_LOCKED_OUT, _EXIT_PASSWORD_EXPIRED
+        ) or any(t in text for t in _CREDENTIAL_TEXT):
             reason, kind = REASON_CREDENTIALS, "credentials"
         elif code in (_EXIT_DNS_ERROR, _EXIT_DNS_NAME_NOT_FOUND):
             reason, kind = REASON_UNREACHABLE, "unreachable"
@@ -718,23 +716,7 @@ def exit_reason(code: int) -> str:
 
 async def tcp_reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
     """True when a TCP connection to host:port opens within ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(host.strip("[]"), port)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "")
+    return await probe_rfb(host=host.strip("[]"), port=port, timeout=timeout, banner_required=False)
 
 
 def _rss_bytes(pid: int) -> int:
