@@ -77,20 +77,27 @@ class ClientMessageParser:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[ClientMessage]:
-        buf = self._buf
-        buf += data
+        # Usually nothing is pending and ``data`` holds whole messages: parse it in place (a
+        # slice of all of it is ``data`` itself), and keep only an incomplete tail.
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
         messages: list[ClientMessage] = []
-        pos = 0
-        while pos < len(buf):
+        pos, end = 0, len(buf)
+        while pos < end:
             length = self._length(buf, pos)
-            if length is None or len(buf) - pos < length:
+            if length is None or end - pos < length:
                 break
             messages.append(self._judge(bytes(buf[pos : pos + length])))
             pos += length
-        del buf[:pos]
+        if buf is self._buf:
+            del self._buf[:pos]
+        else:
+            self._buf += buf[pos:]
         return messages
 
-    def _length(self, buf: bytearray, pos: int) -> int | None:
+    def _length(self, buf: bytes | bytearray, pos: int) -> int | None:
         """The length of the message at ``pos``; None while its header is incomplete."""
         avail = len(buf) - pos
         kind = buf[pos]
@@ -135,7 +142,7 @@ class ClientMessageParser:
         raise ProtocolError(f"unknown RFB client message type {kind}")
 
     @staticmethod
-    def _qemu_length(buf: bytearray, pos: int, avail: int) -> int | None:
+    def _qemu_length(buf: bytes | bytearray, pos: int, avail: int) -> int | None:
         if avail < 2:
             return None
         subtype = buf[pos + 1]

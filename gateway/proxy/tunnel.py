@@ -275,16 +275,19 @@ async def _pump_up(
 ) -> None:
     while data is not None:
         forward = []
+        had_input = False
         for message in parser.feed(data):
             if not message.forward:
                 counters.messages_dropped += 1
                 continue
             forward.append(message.data)
             if message.is_input:
-                counters.last_input = time.time()
+                had_input = True
             elif message.type == SET_DESKTOP_SIZE and on_resize is not None:
                 width, height = struct.unpack_from(">HH", message.data, 2)
                 on_resize(width, height)
+        if had_input:
+            counters.last_input = time.time()
         if forward:
             payload = b"".join(forward)
             stream.write(payload)
