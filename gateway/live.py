@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import WS_NORMAL
 from .model import RelayCounters
 from .store import Store
 
@@ -27,8 +28,9 @@ class LiveSession:
     desktop_name: str
     counters: RelayCounters
     close: Callable[[int, str], Awaitable[None]]  # (websocket close code, reason)
-    end_reason: str | None = None
+    end_reason: str | None = None  # set when ended from outside (sign-out, expiry, an admin)
     end_final: bool = False
+    end_code: int = WS_NORMAL
     client_ip: str = ""
     user_agent: str = ""
     protocol: str = "vnc"
@@ -43,7 +45,7 @@ class LiveSession:
 
     async def end(self, code: int, reason: str, *, final: bool) -> None:
         if self.end_reason is None:
-            self.end_reason, self.end_final = reason, final
+            self.end_reason, self.end_final, self.end_code = reason, final, code
             await self.close(code, reason)
 
     def notify(self, event: dict[str, Any]) -> None:

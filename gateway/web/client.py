@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import struct
@@ -312,14 +313,8 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
     reason, final, code = "closed by the user", False, WS_NORMAL
     session = admission.session
     context = f"[user={user.name} session={session.id} desktop={admission.desktop.name}]"
-    ended_code = [WS_NORMAL]
-
-    async def close_from_outside(c: int, r: str) -> None:
-        ended_code[0] = c
-        await _close(ws, c, r)
-
     live = LiveSession(session.id, web_session.id, user.name, admission.desktop.name,
-                       counters, close_from_outside, client_ip=ip, user_agent=session.user_agent,
+                       counters, functools.partial(_close, ws), client_ip=ip, user_agent=session.user_agent,
                        protocol=admission.desktop.protocol, watch_of=admission.watch_of)
     channel = WebSocketChannel(ws, on_rtt=lambda ms: setattr(live, "rtt_ms", ms))
 
@@ -361,7 +356,7 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
         for task in resizes:
             task.cancel()
         if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin
-            reason, final, code = live.end_reason, live.end_final, ended_code[0]
+            reason, final, code = live.end_reason, live.end_final, live.end_code
         log.info("%s closed: %s (%d B up, %d B down)", context, reason, counters.bytes_up,
                  counters.bytes_down)
         for task in started:
