@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .audit import Audit, AuditKind
-from .broker import Providers
+from .broker import Providers, desktop_spec
 from .crypto import SecretBox, new_token, token_hash
 from .errors import WS_ADMIN_DISCONNECT, BadRequest, NotFound, Unauthorized
 from .events import EventBus
@@ -198,8 +198,7 @@ class AdminService:
         return await self.desktop_view(d.id)
 
     def _spec(self, d: Desktop) -> DesktopSpec:
-        return DesktopSpec(id=d.id, name=d.name, provider=d.provider, host=d.host, port=d.port,
-                           geometry=self._geometry, protocol=d.protocol)
+        return desktop_spec(d, self._geometry)
 
     async def state(self, desktop_id: int) -> str:
         d = await self.desktop(desktop_id)

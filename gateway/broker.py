@@ -20,7 +20,7 @@ from .errors import (
 )
 from .keyboards import layout_of
 from .live import LiveSessions
-from .model import Desktop, Endpoint, RelayPolicy, Session, SessionState, User, WebSession
+from .model import Desktop, Endpoint, RelayPolicy, Secret, Session, SessionState, User, WebSession
 from .providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from .proxy.rdp import REASON_CREDENTIALS, BridgeError, RdpBridges, RdpTarget
 from .services import rdp_account
@@ -89,6 +89,13 @@ class Providers:
         self._providers.clear()
 
 
+def desktop_spec(desktop: Desktop, geometry: str, password: Secret | None = None) -> DesktopSpec:
+    """A desktop as its provider sees it; ``password`` only where the provider connects."""
+    return DesktopSpec(id=desktop.id, name=desktop.name, provider=desktop.provider,
+                       host=desktop.host, port=desktop.port, password=password,
+                       geometry=geometry, protocol=desktop.protocol)
+
+
 def bridge_key(user_id: int, desktop_id: int) -> str:
     """One RDP bridge per person and desktop: reconnecting resumes the same remote session."""
     return f"{user_id}:{desktop_id}"
@@ -140,11 +147,11 @@ class Broker:
         self._one_connection: dict[tuple[int, int], _OneConnection] = {}
 
     async def spec(self, desktop: Desktop) -> DesktopSpec:
+        """What a provider needs to connect: the spec with the desktop's password decrypted.
+        (Asking for the state or starting a desktop needs no password: ``desktop_spec``.)"""
         enc = await self._store.get_desktop_password(desktop.id) if desktop.has_password else None
-        return DesktopSpec(id=desktop.id, name=desktop.name, provider=desktop.provider,
-                           host=desktop.host, port=desktop.port,
-                           password=self._box.decrypt(enc) if enc else None,
-                           geometry=self._settings.desktop_geometry, protocol=desktop.protocol)
+        return desktop_spec(desktop, self._settings.desktop_geometry,
+                            self._box.decrypt(enc) if enc else None)
 
     async def desktops_for(self, user: User) -> list[tuple[Desktop, str]]:
         """The user's desktops with their state as the provider sees it (asked concurrently)."""
@@ -153,7 +160,7 @@ class Broker:
         return list(zip(desktops, states, strict=True))
 
     async def _state(self, desktop: Desktop) -> str:
-        state = await self._providers.state(await self.spec(desktop))
+        state = await self._providers.state(desktop_spec(desktop, self._settings.desktop_geometry))
         return self._seen.get(desktop.id, state) if state == "unknown" else state
 
     async def check_access(self, user: User, desktop_id: int, client_ip: str) -> Desktop:
@@ -180,7 +187,8 @@ class Broker:
         # A per-user desktop without this person's account: ask for it before anything starts.
         target = await self.rdp_target(desktop, user.id) if desktop.protocol == "rdp" else None
         try:
-            await self._providers.get(desktop.provider).ensure_running(await self.spec(desktop))
+            await self._providers.get(desktop.provider).ensure_running(
+                desktop_spec(desktop, self._settings.desktop_geometry))
         except DesktopUnavailable as exc:
             await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
                                      desktop=desktop.name, client_ip=client_ip, detail=exc.reason)
