@@ -200,8 +200,8 @@ class AdminService:
     def _spec(self, d: Desktop) -> DesktopSpec:
         return desktop_spec(d, self._geometry)
 
-    async def state(self, desktop_id: int) -> str:
-        d = await self.desktop(desktop_id)
+    async def state(self, d: Desktop) -> str:
+        """The provider's answer, or "unknown" (bounded: see ``Providers.state``)."""
         return await self._providers.state(self._spec(d))
 
     async def power(self, admin: User, desktop_id: int, action: str) -> str:

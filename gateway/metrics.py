@@ -40,6 +40,7 @@ from .errors import (
 )
 from .keys import ADMIN, AUDIT, BROKER, LIVE, SETTINGS
 from .live import LiveSessions
+from .model import Desktop
 from .proxy.rdp import RdpBridges
 
 log = logging.getLogger("deskgate.metrics")
@@ -184,11 +185,11 @@ async def desktop_states(app: web.Application) -> list[str]:
     admin = app[ADMIN]
     desktops = await admin.store.list_desktops()
 
-    async def one(desktop_id: int, maintenance: bool) -> str:
+    async def one(desktop: Desktop) -> str:
         # Bounded and fail-safe: see ``Providers.state``.
-        return "maintenance" if maintenance else await admin.state(desktop_id)
+        return "maintenance" if desktop.maintenance else await admin.state(desktop)
 
-    return list(await asyncio.gather(*(one(d.id, d.maintenance) for d in desktops)))
+    return list(await asyncio.gather(*(one(d) for d in desktops)))
 
 
 def _exposition_handler(app: web.Application, *, token: bool) -> Callable[

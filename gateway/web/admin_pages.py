@@ -99,16 +99,11 @@ class DesktopRow:
     state: str
 
 
-async def _state(request: web.Request, desktop: Desktop) -> str:
-    """The provider's answer, or "unknown" (bounded: see ``Providers.state``)."""
-    return await request.app[ADMIN].state(desktop.id)
-
-
 async def _desktops_page(request: web.Request, *, http_status: int = 200,
                          error: str | None = None,
                          form: Mapping[str, str] | None = None) -> web.Response:
     views = await request.app[ADMIN].desktop_views()
-    states = await asyncio.gather(*(_state(request, v.desktop) for v in views))
+    states = await asyncio.gather(*(request.app[ADMIN].state(v.desktop) for v in views))
     rows = [DesktopRow(v, s) for v, s in zip(views, states, strict=True)]
     return render(request, "admin_desktops.html", http_status=http_status, error=error,
                   info=None if error else _info(request), rows=rows,
@@ -153,7 +148,7 @@ async def _desktop_page(request: web.Request, desktop_id: int, *, http_status: i
     assigned = set(view.users)
     return render(request, "admin_desktop.html", http_status=http_status, error=error,
                   info=None if error else _info(request), view=view, d=view.desktop,
-                  state=await _state(request, view.desktop),
+                  state=await admin.state(view.desktop),
                   assigned_users=[u for u in users if u.name in assigned],
                   other_users=[u for u in users if u.name not in assigned],
                   confirm_delete=confirm_delete, **FORMATTERS)
