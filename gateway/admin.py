@@ -14,7 +14,6 @@ from .audit import Audit, AuditKind
 from .broker import Providers, desktop_spec
 from .crypto import SecretBox, new_token, token_hash
 from .errors import WS_ADMIN_DISCONNECT, BadRequest, NotFound, Unauthorized
-from .events import EventBus
 from .live import LiveSessions
 from .model import ApiToken, AuditEvent, Desktop, Session, User
 from .providers import DesktopSpec
@@ -42,13 +41,12 @@ class UserView:
 
 class AdminService:
     def __init__(self, store: Store, box: SecretBox, audit: Audit, providers: Providers,
-                 live: LiveSessions, events: EventBus, geometry: str = "1280x800") -> None:
+                 live: LiveSessions, geometry: str = "1280x800") -> None:
         self.store = store
         self._box = box
         self._audit = audit
         self._providers = providers
         self._live = live
-        self._events = events
         self._geometry = geometry
 
     async def _record(self, admin: User, detail: str, *, user: str | None = None,

@@ -98,7 +98,7 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings,
                          bridges)
     app[ADMIN] = AdminService(store, services.box, services.audit, providers, app[LIVE],
-                              app[EVENTS], settings.desktop_geometry)
+                              settings.desktop_geometry)
     try:
         yield
     finally:

@@ -21,7 +21,6 @@ from .broker import Providers
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .crypto import new_token
 from .errors import BadRequest, GatewayError
-from .events import EventBus
 from .live import LiveSessions
 from .model import User
 from .providers import ProviderContext
@@ -240,7 +239,7 @@ def _admin_service(services: Services, settings: Settings) -> AdminService:
     """The admin use cases for one command: no live sessions or providers are touched here."""
     ctx = ProviderContext(settings.desktop_runtime_dir, settings.run_as_user, settings.display_base)
     return AdminService(services.store, services.box, services.audit, Providers(ctx),
-                        LiveSessions(), EventBus(), settings.desktop_geometry)
+                        LiveSessions(), settings.desktop_geometry)
 
 
 def _when(at: float | None) -> str:
