@@ -102,17 +102,17 @@ class _LiveCollector(Collector):
         relayed.add_metric(["down"], down)
         yield relayed
         if m.bridges is not None:
-            stats = m.bridges.stats()
+            bridges, rss_bytes, cpu_seconds = m.bridges.totals()
             count = GaugeMetricFamily("deskgate_rdp_bridges", "RDP bridges running on this node")
-            count.add_metric([], len(stats))
+            count.add_metric([], bridges)
             yield count
             rss = GaugeMetricFamily("deskgate_rdp_bridge_rss_bytes",
                                     "Resident memory of all RDP bridge processes")
-            rss.add_metric([], sum(int(b.get("rss_bytes", 0)) for b in stats))
+            rss.add_metric([], rss_bytes)
             yield rss
             cpu = GaugeMetricFamily("deskgate_rdp_bridge_cpu_seconds",
                                     "CPU time used by the running RDP bridges")
-            cpu.add_metric([], sum(float(b.get("cpu_seconds", 0.0)) for b in stats))
+            cpu.add_metric([], cpu_seconds)
             yield cpu
 
 

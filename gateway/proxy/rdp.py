@@ -365,6 +365,12 @@ class RdpBridges:
             return
         bridge.watchers.append(callback)
 
+    def totals(self) -> tuple[int, int, float]:
+        """(bridges, resident bytes, CPU seconds) of every running bridge together."""
+        stats = self.stats()
+        return (len(stats), sum(int(b["rss_bytes"]) for b in stats),
+                sum(float(b["cpu_seconds"]) for b in stats))
+
     def stats(self) -> list[dict[str, Any]]:
         out = []
         for bridge in self._bridges.values():

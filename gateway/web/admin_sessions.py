@@ -41,13 +41,11 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
     users = {u.id: u.name for u in await store.list_users()} if recent else {}
     desktops = {d.id: d.name for d in await store.list_desktops()} if recent else {}
     bridges = app[BROKER].bridges
-    stats = bridges.stats() if bridges is not None else []
+    count, rss_bytes, cpu_seconds = bridges.totals() if bridges is not None else (0, 0, 0.0)
     return {
         "now": time.time(),
         "live": admin.live_figures(),
-        "bridges": {"count": len(stats),
-                    "rss_bytes": sum(int(b.get("rss_bytes", 0)) for b in stats),
-                    "cpu_seconds": round(sum(float(b.get("cpu_seconds", 0.0)) for b in stats), 1)},
+        "bridges": {"count": count, "rss_bytes": rss_bytes, "cpu_seconds": round(cpu_seconds, 1)},
         "recent": [{
             "id": s.id, "user": users.get(s.user_id, f"#{s.user_id}"),
             "desktop": desktops.get(s.desktop_id, f"#{s.desktop_id}"),
