@@ -17,7 +17,7 @@ from .errors import WS_ADMIN_DISCONNECT, BadRequest, NotFound, Unauthorized
 from .live import LiveSessions
 from .model import ApiToken, AuditEvent, Desktop, Session, User
 from .providers import DesktopSpec
-from .services import rdp_options
+from .services import desktop_name, rdp_options
 from .store import Store
 
 TOKEN_PREFIX = "dg_"  # noqa: S105 (marks Deskgate tokens, e.g. for secret scanners)
@@ -130,9 +130,7 @@ class AdminService:
             if ({"cert_fingerprint", "cert_ca"} & set(rdp)) and "cert_policy" not in rdp:
                 base.pop("cert_policy", None)  # a new pin or CA chooses its own policy
             new_options = rdp_options({**base, **rdp})
-        new_name = d.name if name is None else name.strip()
-        if not new_name or len(new_name) > 64 or not new_name.isprintable():
-            raise BadRequest("desktop names are 1-64 printable characters")
+        new_name = d.name if name is None else desktop_name(name)
         new_port = d.port if port is None else port
         if d.provider == "static" and not 0 < new_port < 65536:
             raise BadRequest("port must be between 1 and 65535")

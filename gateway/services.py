@@ -115,6 +115,14 @@ def ca_names(pem: str) -> str:
     return ", ".join(str(n) for n in names)
 
 
+def desktop_name(name: str) -> str:
+    """A desktop's name, checked: 1-64 printable characters once trimmed."""
+    name = name.strip()
+    if not name or len(name) > 64 or not name.isprintable():
+        raise BadRequest("desktop names are 1-64 printable characters")
+    return name
+
+
 def _rdp_domain(domain: str) -> str:
     domain = domain.strip()
     if len(domain) > 64 or not domain.isprintable():
@@ -272,9 +280,7 @@ class Services:
     async def add_desktop(self, name: str, provider: str, *, host: str = "", port: int = 0,
                           password: str | None = None, protocol: str = "vnc",
                           options: Mapping[str, str] | None = None) -> Desktop:
-        name = name.strip()
-        if not name or len(name) > 64 or not name.isprintable():
-            raise BadRequest("desktop names are 1-64 printable characters")
+        name = desktop_name(name)
         if provider not in PROVIDER_NAMES:
             raise BadRequest(f"unknown provider {provider!r}; use one of {', '.join(PROVIDER_NAMES)}")
         if protocol not in ("vnc", "rdp") or (protocol == "rdp" and provider != "static"):
