@@ -161,45 +161,52 @@ class LocalProvider:
             # Others may pass through "desktops" (not list it) to reach their own folder.
             os.chmod(desktops, 0o711)  # noqa: S103 - traverse only: no listing, no writing
             os.chown(home, user.pw_uid, user.pw_gid)
-            for parent in [desktops, *desktops.parents]:
-                if not _can_traverse(parent, user):
-                    desktop_log(log, spec.name).error(
-                        "%s cannot enter %s: grant it o+x", user.pw_name, parent
-                    )
-                    raise DesktopUnavailable(
-                        f"desktop {spec.name} could not be started (data folder permissions)"
-                    )
+            closed = first_closed_folder(desktops, user)
+            if closed is not None:
+                desktop_log(log, spec.name).error("%s cannot enter %s: grant it o+x", user.pw_name, closed)
+                raise DesktopUnavailable(
+                    f"desktop {spec.name} could not be started (data folder permissions)"
+                )
         os.chmod(home, 0o700)
         return home
 
     async def _desktop_user(self) -> pwd.struct_passwd:
-        """``ctx.run_as_user``, created as a system user with no login shell when missing."""
-        name = self._ctx.run_as_user
         async with self._user_lock:
-            with contextlib.suppress(KeyError):
-                return _checked_user(pwd.getpwnam(name))
-            proc = await asyncio.create_subprocess_exec(
-                "useradd",
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                NOLOGIN,
-                name,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            _, err = await asyncio.wait_for(proc.communicate(), 30)
-            try:
-                entry = pwd.getpwnam(name)
-            except KeyError:
-                log.error("useradd %s failed: %s", name, err.decode(errors="replace").strip())
-                raise DesktopUnavailable("desktop user could not be created") from None
-            log.info("created system user %s for local desktops", name)
-            return _checked_user(entry)
+            return await ensure_system_user(self._ctx.run_as_user)
+
+
+async def ensure_system_user(name: str) -> pwd.struct_passwd:
+    """The unprivileged user ``name``, created as a system user with no login shell when
+    missing (desktops and RDP bridges run as it)."""
+    with contextlib.suppress(KeyError):
+        return _checked_user(pwd.getpwnam(name))
+    proc = await asyncio.create_subprocess_exec(
+        "useradd",
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        NOLOGIN,
+        name,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        log.error("useradd %s failed: %s", name, err.decode(errors="replace").strip())
+        raise DesktopUnavailable("desktop user could not be created") from None
+    log.info("created system user %s for local desktops", name)
+    return _checked_user(entry)
+
+
+def first_closed_folder(path: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first of ``path`` and its parents that ``user`` cannot pass through, if any."""
+    return next((p for p in [path, *path.parents] if not _can_traverse(p, user)), None)
 
 
 def _checked_user(entry: pwd.struct_passwd) -> pwd.struct_passwd:

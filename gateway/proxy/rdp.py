@@ -42,8 +42,8 @@ from typing import Any
 from gateway.errors import WS_UPSTREAM_AUTH, ConfigError, DesktopUnavailable
 from gateway.keyboards import DEFAULT_LAYOUT, klid
 from gateway.model import Endpoint, Secret
-from gateway.providers.base import ProviderContext, probe_rfb
-from gateway.providers.local import LocalProvider, _can_traverse, _checked_user
+from gateway.providers.base import probe_rfb
+from gateway.providers.local import ensure_system_user, first_closed_folder
 from gateway.providers.xvnc import (
     UNIX_PATH_MAX,
     XvncDisplay,
@@ -459,22 +459,15 @@ class RdpBridges:
         if self._run_as_user is None:
             return None
         if self._user is None:
-            try:
-                self._user = _checked_user(pwd.getpwnam(self._run_as_user))
-            except KeyError:
-                # the local provider creates this system user on first use; share its code
-                ctx = ProviderContext(data_dir=self._runtime_dir, run_as_user=self._run_as_user)
-                self._user = await LocalProvider(ctx)._desktop_user()
+            self._user = await ensure_system_user(self._run_as_user)
         return self._user
 
     def _prepare_folder(self, user: pwd.struct_passwd | None, blog: BridgeLog) -> Path:
         """``<runtime_dir>/rdp-XXXX`` (0700, the desktop user's) with ``home`` inside."""
         self._runtime_dir.mkdir(parents=True, exist_ok=True)
-        if user is not None:
-            for parent in [self._runtime_dir, *self._runtime_dir.parents]:
-                if not _can_traverse(parent, user):
-                    blog.error("%s cannot enter %s: grant it o+x", user.pw_name, parent)
-                    raise BridgeError(REASON_START, "start")
+        if user is not None and (closed := first_closed_folder(self._runtime_dir, user)):
+            blog.error("%s cannot enter %s: grant it o+x", user.pw_name, closed)
+            raise BridgeError(REASON_START, "start")
         folder = Path(tempfile.mkdtemp(prefix="rdp-", dir=self._runtime_dir))
         home = folder / "home"
         home.mkdir(mode=0o700)
