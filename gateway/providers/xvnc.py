@@ -580,10 +580,7 @@ async def _start_once(
             while True:
                 if term.returncode is not None or not pid_alive(term.pid):
                     raise XvncStartError(f"xterm on :{number} exited")
-                rc, out = await _run_quiet(
-                    ["xdotool", "search", "--onlyvisible", "--pid", str(term.pid)], tool_env, 2.0
-                )
-                if rc == 0 and out.strip():
+                if await visible_window(d, term.pid):
                     break
                 if time.monotonic() > deadline:
                     raise XvncStartError(f"the xterm on :{number} did not appear in time")
@@ -623,3 +620,10 @@ async def x_client_output(d: XvncDisplay, argv: Sequence[str], timeout: float = 
     """Run a short X tool (xdotool, xprop, ...) against ``d`` as the gateway user: (status,
     stdout); status -1 when it outlived ``timeout`` (it is killed and reaped)."""
     return await _run_quiet(argv, d.env(), timeout)
+
+
+async def visible_window(d: XvncDisplay, pid: int) -> str:
+    """The id of a mapped window of process ``pid`` on ``d``, or "" (none yet)."""
+    rc, out = await x_client_output(d, ["xdotool", "search", "--onlyvisible", "--pid", str(pid)], 2.0)
+    words = out.split() if rc == 0 else []
+    return words[0] if words else ""

@@ -52,6 +52,7 @@ from gateway.providers.xvnc import (
     random_vnc_password,
     spawn_on_display,
     start_display,
+    visible_window,
     x_client_output,
 )
 
@@ -626,10 +627,7 @@ class RdpBridges:
 
     async def _find_window(self, bridge: _Bridge) -> str:
         assert bridge.proc is not None
-        rc, out = await x_client_output(
-            bridge.display, ["xdotool", "search", "--onlyvisible", "--pid", str(bridge.proc.pid)], 2.0
-        )
-        wid = out.split()[0] if rc == 0 and out.split() else ""
+        wid = await visible_window(bridge.display, bridge.proc.pid)
         if wid:
             bridge.window = wid
         return wid
