@@ -130,5 +130,12 @@ class ProtocolError(GatewayError):
     reason = "protocol error"
 
 
+class StoreBusy(GatewayError):
+    """The database stayed locked by another writer for longer than its busy timeout."""
+
+    http_status = 503
+    reason = "the gateway is busy; try again in a moment"
+
+
 class ConfigError(GatewayError):
     reason = "configuration error"

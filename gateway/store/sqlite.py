@@ -1,17 +1,29 @@
-"""SQLite store (aiosqlite): the embedded default."""
+"""SQLite store (aiosqlite): the embedded default.
+
+Concurrency: one connection serves every read and write of this process, one statement at a
+time (``_lock``), each statement in its own autocommit transaction whose cursor is closed before
+the next begins. So a read never holds a snapshot while another connection (the audit writer,
+another process) commits, and a write never has to upgrade a stale read transaction, which
+SQLite refuses at once with "database is locked" instead of waiting. A write waits up to
+``BUSY_TIMEOUT_MS`` for another connection's write to finish; past that the request fails with
+``StoreBusy`` (HTTP 503, "try again") and a logged warning, and nothing is half written.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from ..errors import Conflict
+from ..errors import Conflict, StoreBusy
 from ..model import (
     AUDIT_GENESIS,
     ApiToken,
@@ -25,6 +37,11 @@ from ..model import (
     WebSessionState,
 )
 from .migrations import MIGRATIONS
+
+log = logging.getLogger("deskgate.store")
+
+# How long a write waits for another connection's write transaction to end.
+BUSY_TIMEOUT_MS = 5000
 
 _USER_COLUMNS = ("id, name, is_admin, disabled, totp_enrolled, failed_attempts, locked_until,"
                  " source")
@@ -72,12 +89,27 @@ def _session(row: Sequence[Any]) -> Session:
                    int(row[10]), row[11], row[12])
 
 
+@contextlib.contextmanager
+def _busy(sql: str) -> Iterator[None]:
+    """Another connection held the write lock for longer than the busy timeout: say so in the
+    log (the statement's kind, never its values) and fail the request with a clear 503."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        log.warning("database busy for over %d ms; refused: %s", BUSY_TIMEOUT_MS,
+                    " ".join(sql.split()[:3]))
+        raise StoreBusy() from None
+
+
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._audit_db: aiosqlite.Connection | None = None
         self._audit_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one statement at a time on the main connection
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -90,7 +122,7 @@ class SQLiteStore:
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA foreign_keys=ON")
-        await self.db.execute("PRAGMA busy_timeout=5000")
+        await self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self.path.chmod(0o600)
         await self._migrate()
 
@@ -125,16 +157,22 @@ class SQLiteStore:
         return int(row[0]) if row and row[0] is not None else 0
 
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        async with self.db.execute(sql, args) as cur:
-            return await cur.fetchone()
+        async with self._lock:
+            with _busy(sql):
+                async with self.db.execute(sql, args) as cur:
+                    return await cur.fetchone()
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async with self.db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        async with self._lock:
+            with _busy(sql):
+                async with self.db.execute(sql, args) as cur:
+                    return list(await cur.fetchall())
 
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
-        async with self.db.execute(sql, args) as cur:
-            return int(cur.rowcount)
+        async with self._lock:
+            with _busy(sql):
+                async with self.db.execute(sql, args) as cur:
+                    return int(cur.rowcount)
 
     # users ---------------------------------------------------------------------------------
     async def create_user(self, name: str, password_hash: str | None, is_admin: bool,
@@ -510,9 +548,10 @@ class SQLiteStore:
         async with self._audit_lock:
             if self._audit_db is None:
                 self._audit_db = await aiosqlite.connect(self.path, isolation_level=None)
-                await self._audit_db.execute("PRAGMA busy_timeout=5000")
+                await self._audit_db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db = self._audit_db
-            await db.execute("BEGIN IMMEDIATE")
+            with _busy("BEGIN IMMEDIATE audit"):
+                await db.execute("BEGIN IMMEDIATE")
             try:
                 async with db.execute(
                         "SELECT row_hash FROM audit WHERE row_hash IS NOT NULL"
