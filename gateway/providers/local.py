@@ -35,6 +35,7 @@ SOCKET_NAME = "vnc.sock"
 READY_TIMEOUT = 20.0
 PROBE_TIMEOUT = 5.0
 NOLOGIN = "/usr/sbin/nologin"
+RUNTIME_KEY = "desktops.runtime_dir"  # the setting that names the runtime folder, for messages
 
 
 class LocalProvider:
@@ -121,7 +122,8 @@ class LocalProvider:
             raise ConfigError(f"desktop {spec.name}: bad geometry {spec.geometry!r}")
         sock = self.socket_path(spec)
         if len(os.fsencode(sock)) > UNIX_PATH_MAX:
-            raise ConfigError(f"desktop {spec.name}: data folder path too long for a socket")
+            raise ConfigError(f"desktop {spec.name}: the runtime folder path ({RUNTIME_KEY})"
+                              " is too long for a unix socket")
         user = await self._desktop_user() if os.geteuid() == 0 else None
         home = self._prepare_dir(spec, user)
         password = random_vnc_password()
@@ -163,9 +165,13 @@ class LocalProvider:
             os.chown(home, user.pw_uid, user.pw_gid)
             closed = first_closed_folder(desktops, user)
             if closed is not None:
-                desktop_log(log, spec.name).error("%s cannot enter %s: grant it o+x", user.pw_name, closed)
+                desktop_log(log, spec.name).error(
+                    "%s cannot enter %s, a parent of the runtime folder %s (%s): grant it o+x"
+                    " or choose another runtime folder", user.pw_name, closed, desktops.parent,
+                    RUNTIME_KEY)
                 raise DesktopUnavailable(
-                    f"desktop {spec.name} could not be started (data folder permissions)"
+                    f"desktop {spec.name} could not be started (runtime folder permissions:"
+                    f" see {RUNTIME_KEY})"
                 )
         os.chmod(home, 0o700)
         return home

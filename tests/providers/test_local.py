@@ -170,11 +170,19 @@ async def test_stop(provider: LocalProvider) -> None:
 
 
 @needs_root
-async def test_closed_parent_folder_is_a_clear_error(tmp_path: Path) -> None:
+async def test_closed_parent_folder_is_a_clear_error(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The folder is the runtime folder, and the message names its setting."""
     closed = tmp_path / "d"  # under pytest's 0700 folder: the desktop user cannot enter
     p = LocalProvider(ProviderContext(data_dir=closed, run_as_user=USER))
-    with pytest.raises(DesktopUnavailable, match="permissions"):
+    with pytest.raises(DesktopUnavailable) as raised:
         await p.ensure_running(spec(5))
+    assert raised.value.reason == ("desktop local 5 could not be started (runtime folder"
+                                   " permissions: see desktops.runtime_dir)")
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"cannot enter {tmp_path}" in m and "runtime folder" in m
+               and "desktops.runtime_dir" in m for m in logged), logged
+    assert not any("data folder" in m for m in logged)
     await p.close()
 
 
