@@ -95,7 +95,9 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     if closed:
         log.info("closed %d sessions left open by a previous run", closed)
     services = build_services(settings, store)
-    providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base))
+    providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base,
+                                          stop_on_exit=settings.stop_desktops_on_exit))
+    await providers.recover()  # local desktops left running by the previous run
     tickets = TicketBook(settings.ticket_ttl_seconds)
     app[STORE] = store
     app[AUDIT] = services.audit

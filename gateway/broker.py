@@ -21,7 +21,8 @@ from .errors import (
 from .keyboards import layout_of
 from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Secret, Session, SessionState, User, WebSession
-from .providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
+from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
+from .providers.base import Recovering
 from .proxy.rdp import REASON_CREDENTIALS, BridgeError, RdpBridges, RdpTarget
 from .services import rdp_account
 from .store import Store
@@ -82,6 +83,13 @@ class Providers:
         if name not in self._providers:
             self._providers[name] = make_provider(name, self._ctx)
         return self._providers[name]
+
+    async def recover(self) -> None:
+        """Start-up: every provider that can takes over what an earlier run left running."""
+        for name in PROVIDERS:
+            provider = self.get(name)
+            if isinstance(provider, Recovering):
+                await provider.recover()
 
     async def close(self) -> None:
         for provider in self._providers.values():

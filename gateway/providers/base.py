@@ -12,7 +12,7 @@ import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.model import Endpoint, Secret
 
@@ -41,6 +41,7 @@ class ProviderContext:
     data_dir: Path  # the local provider keeps state under data_dir/"desktops"/str(id)
     run_as_user: str = "deskgate-desktop"  # used only when the gateway runs as root
     display_base: int = 20  # first X display number the local provider may use
+    stop_on_exit: bool = False  # stop local desktops at shutdown (else the next run takes over)
 
 
 class DesktopProvider(Protocol):
@@ -62,8 +63,16 @@ class DesktopProvider(Protocol):
     async def stop(self, spec: DesktopSpec) -> None: ...
 
     async def close(self) -> None:
-        """Application shutdown: stop every process this provider started."""
+        """Application shutdown. Processes that must outlive the gateway (local desktops) keep
+        running unless ``ProviderContext.stop_on_exit``; nothing else is left behind."""
         ...
+
+
+@runtime_checkable
+class Recovering(Protocol):
+    """A provider that takes over, at start-up, what an earlier gateway run left running."""
+
+    async def recover(self) -> None: ...
 
 
 class DesktopLog(logging.LoggerAdapter):  # type: ignore[type-arg]
