@@ -14,6 +14,9 @@ served by exactly one Xvnc: a live Xvnc on the socket is taken over or, when it 
 does not answer), stopped before another starts; an Xvnc on it that is not ours is never
 signalled, and the desktop then does not start. Within one gateway an asyncio lock per desktop,
 across processes (a CLI command, a second gateway) a file lock per desktop orders these steps.
+
+One module: starting, taking over and stopping a desktop share its locks and checks; the record
+format is in ``local_state``, process identity in ``procs``, the display itself in ``xvnc``.
 """
 
 from __future__ import annotations
@@ -186,7 +189,7 @@ class LocalProvider:
                 async with self._exclusive(spec):
                     if desktop_id in self._displays:
                         continue
-                    d = await self._take_over(spec)
+                    d = await self._take_over(spec, stop_unusable=False)
                     if d is not None:
                         self._displays[desktop_id] = d
             except (DesktopUnavailable, OSError) as exc:
@@ -216,10 +219,12 @@ class LocalProvider:
 
     # -- taking over what an earlier run left -------------------------------------------------
 
-    async def _take_over(self, spec: DesktopSpec) -> XvncDisplay | None:
+    async def _take_over(self, spec: DesktopSpec, *, stop_unusable: bool = True,
+                         ) -> XvncDisplay | None:
         """The desktop's display if an Xvnc of ours serves its socket and answers: taken over
         (with the password from its password file and the clients its record names). An Xvnc
-        of ours that does not answer is stopped; dead processes' files are removed. Raises
+        of ours that does not answer is stopped (``stop_unusable``; at start-up it is left for
+        the desktop's first use to decide); dead processes' files are removed. Raises
         ``DesktopUnavailable`` when a process that is not ours serves the socket."""
         dlog = desktop_log(log, spec.name)
         home = self.desktop_dir(spec)
@@ -262,6 +267,10 @@ class LocalProvider:
                     display=display, unix_path=sock, idents=[xvnc, *clients], state_dir=home,
                     password=password, xauthority=home / XAUTHORITY_NAME,
                     password_file=home / PASSWORD_NAME)
+        if adopted is None and not stop_unusable:
+            dlog.warning("Xvnc pid(s) %s on %s cannot be taken over now; left for the desktop's"
+                         " next use", [p.pid for p in serving], sock)
+            return None
         if adopted is None:
             dlog.warning("stopping Xvnc pid(s) %s on %s: it cannot be taken over",
                          [p.pid for p in serving], sock)
