@@ -22,7 +22,7 @@ from .auth.local import LocalAccounts
 from .auth.oidc import OidcClient
 from .auth.sessions import WebSessions
 from .auth.totp import TotpFactor
-from .broker import Broker, Providers
+from .broker import Broker, Providers, stored_passwords
 from .config import Settings
 from .crypto import SecretBox
 from .errors import WS_GOING_AWAY, WS_SIGNED_OUT, ConfigError
@@ -96,7 +96,8 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         log.info("closed %d sessions left open by a previous run", closed)
     services = build_services(settings, store)
     providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base,
-                                          stop_on_exit=settings.stop_desktops_on_exit))
+                                          stop_on_exit=settings.stop_desktops_on_exit,
+                                          credentials=stored_passwords(store, services.box)))
     await providers.recover()  # local desktops left running by the previous run
     tickets = TicketBook(settings.ticket_ttl_seconds)
     app[STORE] = store

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -42,6 +42,9 @@ class ProviderContext:
     run_as_user: str = "deskgate-desktop"  # used only when the gateway runs as root
     display_base: int = 20  # first X display number the local provider may use
     stop_on_exit: bool = False  # stop local desktops at shutdown (else the next run takes over)
+    # A desktop's stored password by desktop id, for probes that must log in (static VNC);
+    # None: such desktops are not probed.
+    credentials: Callable[[int], Awaitable[Secret | None]] | None = None
 
 
 class DesktopProvider(Protocol):
@@ -66,6 +69,13 @@ class DesktopProvider(Protocol):
         """Application shutdown. Processes that must outlive the gateway (local desktops) keep
         running unless ``ProviderContext.stop_on_exit``; nothing else is left behind."""
         ...
+
+
+@runtime_checkable
+class CachingState(Protocol):
+    """A provider that caches desktops' states and can be told that one is stale."""
+
+    def forget(self, desktop_id: int) -> None: ...
 
 
 @runtime_checkable

@@ -1,5 +1,6 @@
 """A local desktop outlives the gateway process: a real `deskgate serve`, stopped with SIGTERM
-and with kill -9 and started again, while a person's work is open in the desktop (Chromium)."""
+and with kill -9 and started again, while a person's work is open in the desktop (Chromium).
+And what a fresh gateway says of a static VNC desktop nobody has connected to yet."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from typing import Any
 import pytest
 from e2e_support import (
     REPO,
+    STATIC_VNC_PASSWORD,
     VIEWPORT,
     Account,
+    Desktop,
     Gateway,
     deskgate_exe,
     free_port,
@@ -197,3 +200,27 @@ def test_stop_desktops_on_exit_stops_them(
         ctx.close()
     r.stop(signal.SIGTERM)
     assert r.xvnc_pids() == [xvnc]  # this time the default: it keeps running
+
+
+def test_portal_shows_a_static_vnc_desktop_running_before_its_first_session(
+    restartable: Restartable, static_xvnc: Desktop, new_page: Callable[..., Any]
+) -> None:
+    """A fresh gateway, a static VNC desktop (TigerVNC with VncAuth) nobody has connected to:
+    the portal says running (not unknown), and the desktop still lets the gateway in."""
+    r = restartable
+    out = r.gw.cli("desktop", "add", "Static lab", "--provider", "static", "--vnc",
+                   f"127.0.0.1:{static_xvnc.rfbport}", "--password-stdin",
+                   stdin=STATIC_VNC_PASSWORD + "\n")
+    m = re.search(r"^Desktop\s+(\S+)\s", out, re.M)
+    assert m, out
+    r.gw.desktop_ids["Static lab"] = m.group(1)
+    r.gw.cli("assign", "Static lab", "erin")
+    r.start()
+    page = new_page().page
+    sign_in(page, r.gw, r.gw.accounts["erin"])
+    card = page.locator(f'li.desktop-card[data-desktop-id="{m.group(1)}"]')
+    for _ in range(3):  # several views: the answer is the same (and cached)
+        page.reload()
+        assert card.locator(".state").inner_text().strip().lower() == "running"
+    shot_to(page, "portal-static-running.png")
+    open_desktop(page, r.gw, "Static lab")  # the probes did not lock the gateway out
