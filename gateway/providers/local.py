@@ -255,7 +255,7 @@ class LocalProvider:
         if len(serving) == 1 and display is not None and await probe_rfb(unix_path=sock,
                                                                          timeout=PROBE_TIMEOUT):
             try:
-                password = read_vnc_password_file(home / PASSWORD_NAME)
+                password = read_vnc_password_file(home / PASSWORD_NAME, owner=uid)
             except (OSError, ValueError) as exc:
                 dlog.warning("cannot read the password of display :%d: %s", display, exc)
             else:

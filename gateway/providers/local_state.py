@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.providers.procs import ProcessId, boot_id
-from gateway.providers.xvnc import create_private_file
+from gateway.providers.xvnc import create_private_file, read_private_file
 
 RECORD_NAME = "desktop.json"
 MAX_RECORD_BYTES = 16 * 1024
@@ -87,14 +87,12 @@ def write_record(folder: Path, record: DesktopRecord) -> None:
 
 
 def read_record(folder: Path) -> DesktopRecord | None:
-    """The record in ``folder``; None when there is none or it cannot be used (a symlink, too
-    big, malformed, another version)."""
+    """The record in ``folder``; None when there is none or it cannot be used (not a plain file
+    that we wrote, too big, malformed, another version)."""
     try:
-        fd = os.open(folder / RECORD_NAME, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(MAX_RECORD_BYTES + 1)
+        data = read_private_file(folder / RECORD_NAME, MAX_RECORD_BYTES, owner=os.geteuid())
+    except (OSError, ValueError):
+        return None  # missing, or planted (a symlink, a FIFO, a hard link, not written by us)
     if len(data) > MAX_RECORD_BYTES:
         return None
     try:

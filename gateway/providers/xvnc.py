@@ -29,6 +29,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat as stat_mod
 import struct
 import tempfile
 import time
@@ -205,12 +206,26 @@ async def write_vnc_password_file(path: Path, password: str, owner: tuple[int, i
 _VNCPASSWD_KEY = bytes(int(f"{b:08b}"[::-1], 2) for b in (23, 82, 107, 6, 35, 78, 88, 7))
 
 
-def read_vnc_password_file(path: Path) -> Secret:
-    """The password in a ``vncpasswd -f`` file (to take over a display started by an earlier
-    gateway run). Refuses a symlink; ``OSError``/``ValueError`` when unreadable or malformed."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+def read_private_file(path: Path, limit: int, owner: int | None = None) -> bytes:
+    """At most ``limit`` + 1 bytes of a regular file in a folder that another user may control:
+    never through a symlink, never blocking on a FIFO, never a file with other hard links (a
+    link to someone else's file), and only owned by ``owner`` when given. ``OSError`` or
+    ``ValueError`` otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
-        raw = f.read(64)
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise ValueError(f"{path} is not a plain file")
+        if owner is not None and st.st_uid != owner:
+            raise ValueError(f"{path} has an unexpected owner")
+        return f.read(limit + 1)
+
+
+def read_vnc_password_file(path: Path, owner: int | None = None) -> Secret:
+    """The password in a ``vncpasswd -f`` file (to take over a display started by an earlier
+    gateway run), read as ``read_private_file`` does; ``OSError``/``ValueError`` when
+    unreadable or malformed."""
+    raw = read_private_file(path, 64, owner)
     if len(raw) < 8:
         raise ValueError("not a VNC password file")
     decryptor = Cipher(TripleDES(_VNCPASSWD_KEY * 3), modes.ECB()).decryptor()  # noqa: S305
