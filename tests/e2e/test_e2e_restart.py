@@ -19,7 +19,6 @@ import pytest
 from e2e_support import (
     REPO,
     STATIC_VNC_PASSWORD,
-    VIEWPORT,
     Account,
     Desktop,
     Gateway,
@@ -146,7 +145,7 @@ def the_work_is_still_there(page: Any, r: Restartable, xvnc: int, what: str) -> 
 
 
 def test_local_desktop_outlives_sigterm_and_kill_9(
-    restartable: Restartable, browser: Any, new_page: Callable[..., Any]
+    restartable: Restartable, new_page: Callable[..., Any]
 ) -> None:
     r = restartable
     r.start()
@@ -171,7 +170,7 @@ def test_local_desktop_outlives_sigterm_and_kill_9(
 
 
 def test_stop_desktops_on_exit_stops_them(
-    restartable: Restartable, browser: Any, new_page: Callable[..., Any]
+    restartable: Restartable, new_page: Callable[..., Any]
 ) -> None:
     r = restartable
     r.start("--stop-desktops-on-exit")
@@ -179,25 +178,20 @@ def test_stop_desktops_on_exit_stops_them(
     sign_in(page, r.gw, r.gw.accounts["erin"])
     connect_and_work(page, r)
     desktop_pids = r.recorded_pids()
-    page.close()
+    page.goto(r.gw.base_url + "/")
     r.stop(signal.SIGTERM)
     assert all(identify(pid) is None for pid in desktop_pids)
     assert r.xvnc_pids() == []
     assert not (r.desktop_dir / "vnc.sock").exists()
     assert not (r.desktop_dir / "desktop.json").exists()
 
-    # The next start finds nothing to take over and starts a fresh desktop on demand.
+    # The next start finds nothing to take over and starts a fresh desktop on demand (the
+    # same browser: its web session outlives the gateway process).
     r.start()
-    ctx = browser.new_context(viewport=VIEWPORT)
-    try:
-        fresh = ctx.new_page()
-        sign_in(fresh, r.gw, r.gw.accounts["erin"])
-        open_desktop(fresh, r.gw, DESKTOP, 45_000)
-        wait_for_xterm(fresh, timeout=30)
-        [xvnc] = r.xvnc_pids()
-        assert xvnc not in desktop_pids
-    finally:
-        ctx.close()
+    open_desktop(page, r.gw, DESKTOP, 45_000)
+    wait_for_xterm(page, timeout=30)
+    [xvnc] = r.xvnc_pids()
+    assert xvnc not in desktop_pids
     r.stop(signal.SIGTERM)
     assert r.xvnc_pids() == [xvnc]  # this time the default: it keeps running
 
