@@ -22,10 +22,10 @@ from .auth.local import LocalAccounts
 from .auth.oidc import OidcClient
 from .auth.sessions import WebSessions
 from .auth.totp import TotpFactor
-from .broker import Broker, Providers
+from .broker import Broker, Providers, stored_passwords
 from .config import Settings
 from .crypto import SecretBox
-from .errors import WS_GOING_AWAY, WS_SIGNED_OUT
+from .errors import WS_GOING_AWAY, WS_SIGNED_OUT, ConfigError
 from .events import EventBus
 from .keys import (
     ADMIN,
@@ -71,19 +71,34 @@ def build_services(settings: Settings, store: SQLiteStore) -> Services:
                     WebSessions(store, settings))
 
 
+def prepare_runtime_dir(settings: Settings) -> Path:
+    """The local desktops' runtime folder, created (traverse-only) unless it is the data folder;
+    ``ConfigError`` naming the folder and its setting when that fails."""
+    runtime = settings.desktop_runtime_dir
+    if runtime != settings.data_dir:
+        try:
+            runtime.mkdir(parents=True, exist_ok=True)
+            runtime.chmod(0o711)  # traverse-only: each desktop's own folder below is private
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"cannot prepare the runtime folder {runtime}"
+                              f" (desktops.runtime_dir): {why}") from None
+    return runtime
+
+
 async def _state(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    runtime = prepare_runtime_dir(settings)
     store = SQLiteStore(settings.database_path)
     await store.open()
     closed = await store.close_open_sessions(time.time(), "the gateway restarted")
     if closed:
         log.info("closed %d sessions left open by a previous run", closed)
     services = build_services(settings, store)
-    runtime = settings.desktop_runtime_dir
-    if runtime != settings.data_dir:
-        runtime.mkdir(parents=True, exist_ok=True)
-        runtime.chmod(0o711)  # traverse-only: each desktop's own folder below is private
-    providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base))
+    providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base,
+                                          stop_on_exit=settings.stop_desktops_on_exit,
+                                          credentials=stored_passwords(store, services.box)))
+    await providers.recover()  # local desktops left running by the previous run
     tickets = TicketBook(settings.ticket_ttl_seconds)
     app[STORE] = store
     app[AUDIT] = services.audit

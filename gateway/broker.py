@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from .audit import Audit, AuditKind
@@ -21,7 +22,8 @@ from .errors import (
 from .keyboards import layout_of
 from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Secret, Session, SessionState, User, WebSession
-from .providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
+from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
+from .providers.base import CachingState, Recovering
 from .proxy.rdp import REASON_CREDENTIALS, BridgeError, RdpBridges, RdpTarget
 from .services import rdp_account
 from .store import Store
@@ -56,19 +58,48 @@ class _PendingWatch:
     minted_at: float
 
 
+def stored_passwords(store: Store, box: SecretBox) -> Callable[[int], Awaitable[Secret | None]]:
+    """A desktop's stored password by id (decrypted), for providers that must log in to probe."""
+    async def lookup(desktop_id: int) -> Secret | None:
+        enc = await store.get_desktop_password(desktop_id)
+        return box.decrypt(enc) if enc else None
+    return lookup
+
+
 class Providers:
-    """Provider instances by name, made on first use and closed on shutdown."""
+    """Provider instances by name, made on first use and closed on shutdown; and which desktops
+    have a live session now (told by the broker)."""
 
     def __init__(self, ctx: ProviderContext) -> None:
         self._ctx = ctx
         self._providers: dict[str, DesktopProvider] = {}
+        self._live: dict[int, set[str]] = {}
+
+    def connected(self, desktop_id: int, session_id: str) -> None:
+        self._live.setdefault(desktop_id, set()).add(session_id)
+
+    def disconnected(self, desktop_id: int, session_id: str) -> None:
+        sessions = self._live.get(desktop_id)
+        if sessions is not None:
+            sessions.discard(session_id)
+            if not sessions:
+                del self._live[desktop_id]
+
+    def unreachable(self, desktop_id: int) -> None:
+        """A session could not reach the desktop: providers that cache its state ask again."""
+        for provider in self._providers.values():
+            if isinstance(provider, CachingState):
+                provider.forget(desktop_id)
 
     async def state(self, spec: DesktopSpec) -> str:
-        """The provider's answer within a couple of seconds, else "unknown".
+        """"running" while a session to the desktop is live; else the provider's answer within
+        a couple of seconds, else "unknown".
 
         Pages, the API and metrics all ask through here: a slow or broken provider must not
         hold any of them up.
         """
+        if self._live.get(spec.id):
+            return "running"
         try:
             async with asyncio.timeout(_STATE_TIMEOUT):
                 return await self.get(spec.provider).state(spec)
@@ -82,6 +113,13 @@ class Providers:
         if name not in self._providers:
             self._providers[name] = make_provider(name, self._ctx)
         return self._providers[name]
+
+    async def recover(self) -> None:
+        """Start-up: every provider that can takes over what an earlier run left running."""
+        for name in PROVIDERS:
+            provider = self.get(name)
+            if isinstance(provider, Recovering):
+                await provider.recover()
 
     async def close(self) -> None:
         for provider in self._providers.values():
@@ -140,8 +178,6 @@ class Broker:
         self._tickets = tickets
         self._audit = audit
         self._settings = settings
-        # What the last session to each desktop saw, for providers that cannot tell by themselves.
-        self._seen: dict[int, str] = {}
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
         self._one_connection: dict[tuple[int, int], _OneConnection] = {}
@@ -160,8 +196,7 @@ class Broker:
         return list(zip(desktops, states, strict=True))
 
     async def _state(self, desktop: Desktop) -> str:
-        state = await self._providers.state(desktop_spec(desktop, self._settings.desktop_geometry))
-        return self._seen.get(desktop.id, state) if state == "unknown" else state
+        return await self._providers.state(desktop_spec(desktop, self._settings.desktop_geometry))
 
     async def check_access(self, user: User, desktop_id: int, client_ip: str) -> Desktop:
         desktop = await self._store.get_desktop(desktop_id)
@@ -398,14 +433,16 @@ class Broker:
                          bridge_key=key)
 
     async def started(self, session: Session) -> None:
-        self._seen[session.desktop_id] = "running"
+        """The session relays: its desktop counts as running (pages, API, metrics) until it ends."""
+        self._providers.connected(session.desktop_id, session.id)
         await self._store.set_session_state(session.id, SessionState.ACTIVE)
 
     def unreachable(self, desktop_id: int) -> None:
-        self._seen[desktop_id] = "stopped"
+        self._providers.unreachable(desktop_id)
 
     async def finish(self, admission: Admission, reason: str, *, final: bool, bytes_up: int,
                      bytes_down: int, client_ip: str) -> None:
+        self._providers.disconnected(admission.session.desktop_id, admission.session.id)
         if admission.bridge_key is not None and self.bridges is not None:
             self.bridges.release(admission.bridge_key)
         if admission.watch_of is not None:

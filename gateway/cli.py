@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from .broker import Providers
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .crypto import new_token
 from .errors import BadRequest, GatewayError
+from .listen import address, bind
 from .live import LiveSessions
 from .model import User
 from .providers import ProviderContext
@@ -104,12 +106,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     settings = _settings(args)
+    if args.stop_desktops_on_exit:
+        settings = dataclasses.replace(settings, stop_desktops_on_exit=True)
     host = args.host or settings.host
     port = args.port or settings.port
-    logging.getLogger("deskgate").info("Deskgate on %s (listening on %s:%d)",
-                                       settings.public_url, host, port)
-    web.run_app(create_app(settings), host=host, port=port, print=None,
-                access_log=None, shutdown_timeout=5)
+    # Bound before anything starts or logs: a busy port is one clear line naming its setting.
+    sockets = bind(host, port, port_setting="--port" if args.port else "server.port",
+                   host_setting="--host" if args.host else "server.host")
+    logging.getLogger("deskgate").info("Deskgate on %s (listening on %s)", settings.public_url,
+                                       address(host, port))
+    web.run_app(create_app(settings), sock=sockets, print=None, access_log=None,
+                shutdown_timeout=5)
     return 0
 
 
@@ -304,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--host", help="override server.host")
     p.add_argument("--port", type=int, help="override server.port")
+    p.add_argument("--stop-desktops-on-exit", action="store_true",
+                   help="stop the local desktops when the gateway stops (default: they keep"
+                        " running and are taken over at the next start; desktops.stop_desktops_on_exit)")
     p.set_defaults(func=cmd_serve)
 
     user = sub.add_parser("user", help="local accounts")

@@ -69,6 +69,7 @@ class Settings:
     display_base: int = 20
     desktop_geometry: str = "1280x800"
     runtime_dir: str = ""  # local desktops' sockets and homes; see desktop_runtime_dir
+    stop_desktops_on_exit: bool = False  # else local desktops outlive the gateway process
     # [relay]
     connect_timeout_seconds: float = 10.0
     max_clipboard_bytes: int = 1 << 20
@@ -127,7 +128,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "trust_proxy_headers",
         "local_accounts",
     ),
-    "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir"),
+    "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir",
+                 "stop_desktops_on_exit"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes"),
     "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
