@@ -100,6 +100,16 @@ class OidcLogin:
 
 
 @dataclass(frozen=True)
+class PendingCaps:
+    """How many pre-logins newer than ``since`` may wait for their callback: in all, and from
+    one client address."""
+
+    total: int
+    per_address: int
+    since: float
+
+
+@dataclass(frozen=True)
 class Session:
     id: str
     user_id: int

@@ -26,11 +26,20 @@ async def test_users_are_unique_and_failures_lock(store: SQLiteStore) -> None:
     user = await store.create_user("ann", "hash", False)
     with pytest.raises(Conflict):
         await store.create_user("ann", "hash", True)
-    assert await store.record_failure(user.id, 3, 500.0) == 1
-    assert await store.record_failure(user.id, 3, 500.0) == 2
+    # Attempts are counted before they are checked; the third locks at once (until 500).
+    assert [await store.reserve_attempt(user.id, 3, 100.0, 500.0) for _ in range(2)] == [1, 2]
     assert (await store.get_user(user.id)).locked_until == 0  # type: ignore[union-attr]
-    assert await store.record_failure(user.id, 3, 500.0) == 3
+    await store.release_attempt(user.id, 3)  # the second one passed
+    assert await store.reserve_attempt(user.id, 3, 100.0, 500.0) == 2
+    assert await store.reserve_attempt(user.id, 3, 100.0, 500.0) == 3
     assert (await store.get_user(user.id)).locked_until == 500.0  # type: ignore[union-attr]
+    assert await store.reserve_attempt(user.id, 3, 499.0, 900.0) is None  # locked: not counted
+    # After the lock: one more attempt is checked, and locks again unless it passes.
+    assert await store.reserve_attempt(user.id, 3, 500.0, 900.0) == 3
+    assert await store.reserve_attempt(user.id, 3, 501.0, 900.0) is None
+    await store.release_attempt(user.id, 3)
+    released = await store.get_user(user.id)
+    assert released is not None and (released.failed_attempts, released.locked_until) == (2, 0)
     await store.clear_failures(user.id)
     cleared = await store.get_user(user.id)
     assert cleared is not None and (cleared.failed_attempts, cleared.locked_until) == (0, 0)
