@@ -101,8 +101,8 @@ class OidcLogin:
 
 @dataclass(frozen=True)
 class PendingCaps:
-    """How many pre-logins newer than ``since`` may wait for their callback: in all, and from
-    one client address."""
+    """How many pre-logins may wait for their callback, in all and from one client address;
+    those older than ``since`` have expired."""
 
     total: int
     per_address: int

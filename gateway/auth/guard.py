@@ -120,7 +120,6 @@ class PreLogins:
         self._total = total
         self._ttl = ttl
         self._clock = clock
-        self._purged = 0.0
 
     async def admit(self, ip: str) -> None:
         if await self._starts.take(ip) is None:
@@ -128,11 +127,7 @@ class PreLogins:
                                   " wait a minute and try again")
 
     async def save(self, state_hash: str, login: OidcLogin, ip: str) -> None:
-        now = self._clock()
-        if now - self._purged > min(self._ttl, WINDOW_SECONDS):
-            self._purged = now
-            await self._store.purge_oidc_logins(now - self._ttl)
-        caps = PendingCaps(self._total, self._per_address, now - self._ttl)
+        caps = PendingCaps(self._total, self._per_address, self._clock() - self._ttl)
         if not await self._store.save_oidc_login(state_hash, login, client_ip=ip, caps=caps):
             raise TooManyRequests("too many sign-ins are waiting for the identity provider;"
                                   " finish one or wait a few minutes")

@@ -478,23 +478,26 @@ class SQLiteStore:
 
     async def save_oidc_login(self, state_hash: str, login: OidcLogin, *, client_ip: str = "",
                               caps: PendingCaps | None = None) -> bool:
-        """Store a pre-login; with ``caps``, only while fewer than ``caps.total`` pre-logins
-        (``caps.per_address`` from ``client_ip``) are newer than ``caps.since`` (atomic).
-        False when full (nothing written)."""
+        """Store a pre-login. With ``caps``: first purge those older than ``caps.since``, then
+        store it only while fewer than ``caps.total`` (``caps.per_address`` from ``client_ip``)
+        remain, in one transaction. False when full (nothing written)."""
         full = ""
         args: dict[str, Any] = {
             "state": state_hash, "provider": login.provider, "browser": login.browser_hash,
             "nonce": login.nonce_enc, "verifier": login.verifier_enc, "at": login.created_at,
             "ip": client_ip}
         if caps is not None:
-            full = (" WHERE (SELECT COUNT(*) FROM oidc_logins WHERE created_at >= :since) < :total"
-                    " AND (SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip"
-                    " AND created_at >= :since) < :per_ip")
-            args.update(since=caps.since, total=caps.total, per_ip=caps.per_address)
-        return await self._write_exec(
-            "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc, verifier_enc,"
-            " created_at, client_ip) SELECT :state, :provider, :browser, :nonce, :verifier, :at,"
-            " :ip" + full, args) == 1
+            full = (" WHERE (SELECT COUNT(*) FROM oidc_logins) < :total AND (SELECT COUNT(*)"
+                    " FROM oidc_logins WHERE client_ip = :ip) < :per_ip")
+            args.update(total=caps.total, per_ip=caps.per_address)
+        async with self._write() as db:
+            if caps is not None:
+                await db.execute("DELETE FROM oidc_logins WHERE created_at < ?", (caps.since,))
+            async with db.execute(
+                    "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc,"
+                    " verifier_enc, created_at, client_ip) SELECT :state, :provider, :browser,"
+                    " :nonce, :verifier, :at, :ip" + full, args) as cur:
+                return cur.rowcount == 1
 
     async def take_oidc_login(self, state_hash: str) -> OidcLogin | None:
         """Return and delete the record: a state is good for one callback only."""
