@@ -101,12 +101,15 @@ class OidcLogin:
 
 @dataclass(frozen=True)
 class PendingCaps:
-    """How many pre-logins may wait for their callback, in all and from one client address;
-    those older than ``since`` have expired."""
+    """How many pre-logins may wait for their callback: ``total`` in all, ``per_address`` from
+    one client address, of which ``per_minute`` started after ``minute_start``. Those created
+    before ``expired_before`` no longer count (and are purged)."""
 
     total: int
     per_address: int
-    since: float
+    per_minute: int
+    expired_before: float
+    minute_start: float
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ..model import OidcLogin, PendingCaps, User
 from ..store import Store
 
 WINDOW_SECONDS = 60.0
+THROTTLED_STARTS = "too many sign-ins started from your address; wait a minute and try again"
 
 
 class AddressWindow:
@@ -107,27 +108,32 @@ class LoginGuard:
 class PreLogins:
     """Sign-ins started at an identity provider and not back yet (their pre-login records).
 
-    Starting one is an anonymous GET that writes a record: :meth:`admit` throttles starts per
-    client address before any work, :meth:`save` stores the record only while fewer than
-    ``total`` (``per_address`` from this address) are waiting; expired ones are purged.
+    Starting one is an anonymous GET that writes a record, so starts are throttled per client
+    address (``per_minute``) and at most ``per_address`` from one address and ``total`` in all
+    may wait for their callback; expired ones are purged. The records themselves are the count:
+    :meth:`admit` refuses early with a read only (before any work, writing nothing), and
+    :meth:`save` checks again and stores in one atomic step.
     """
 
     def __init__(self, store: Store, per_minute: int, per_address: int, total: int, ttl: float,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
-        self._starts = AddressWindow(store, "sso-start", per_minute, clock=clock)
+        self._per_minute = per_minute
         self._per_address = per_address
         self._total = total
         self._ttl = ttl
         self._clock = clock
 
     async def admit(self, ip: str) -> None:
-        if await self._starts.take(ip) is None:
-            raise TooManyRequests("too many sign-ins started from your address;"
-                                  " wait a minute and try again")
+        recent = await self._store.count_oidc_logins(ip, self._clock() - WINDOW_SECONDS)
+        if recent >= self._per_minute:
+            raise TooManyRequests(THROTTLED_STARTS)
 
     async def save(self, state_hash: str, login: OidcLogin, ip: str) -> None:
-        caps = PendingCaps(self._total, self._per_address, self._clock() - self._ttl)
+        now = self._clock()
+        caps = PendingCaps(self._total, self._per_address, self._per_minute, now - self._ttl,
+                           now - WINDOW_SECONDS)
         if not await self._store.save_oidc_login(state_hash, login, client_ip=ip, caps=caps):
+            await self.admit(ip)  # the minute filled up meanwhile: say so
             raise TooManyRequests("too many sign-ins are waiting for the identity provider;"
                                   " finish one or wait a few minutes")

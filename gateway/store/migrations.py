@@ -146,8 +146,8 @@ MIGRATIONS: list[list[str]] = [
     ],
     [
         # Brute-force brakes shared by every gateway process: one row per counted event (a
-        # sign-in attempt or start, by client address) in a sliding window, taken before the
-        # work it pays for; and where each waiting pre-login came from, to cap them per address.
+        # sign-in attempt, by client address) in a sliding window, taken before the work it
+        # pays for; and where each waiting pre-login came from, to throttle and cap per address.
         """CREATE TABLE rate_slots (
             id INTEGER PRIMARY KEY,
             bucket TEXT NOT NULL,
@@ -157,6 +157,5 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX rate_slots_by_time ON rate_slots(at)",
         "ALTER TABLE oidc_logins ADD COLUMN client_ip TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX oidc_logins_by_address ON oidc_logins(client_ip, created_at)",
-        "CREATE INDEX oidc_logins_by_time ON oidc_logins(created_at)",
     ],
 ]

@@ -478,26 +478,35 @@ class SQLiteStore:
 
     async def save_oidc_login(self, state_hash: str, login: OidcLogin, *, client_ip: str = "",
                               caps: PendingCaps | None = None) -> bool:
-        """Store a pre-login. With ``caps``: first purge those older than ``caps.since``, then
-        store it only while fewer than ``caps.total`` (``caps.per_address`` from ``client_ip``)
-        remain, in one transaction. False when full (nothing written)."""
+        """Store a pre-login. With ``caps``, in one transaction: purge the expired ones, then
+        store it only while the caps allow one more. False when full (nothing written)."""
         full = ""
         args: dict[str, Any] = {
             "state": state_hash, "provider": login.provider, "browser": login.browser_hash,
             "nonce": login.nonce_enc, "verifier": login.verifier_enc, "at": login.created_at,
             "ip": client_ip}
         if caps is not None:
-            full = (" WHERE (SELECT COUNT(*) FROM oidc_logins) < :total AND (SELECT COUNT(*)"
-                    " FROM oidc_logins WHERE client_ip = :ip) < :per_ip")
-            args.update(total=caps.total, per_ip=caps.per_address)
+            full = (" WHERE (SELECT COUNT(*) FROM oidc_logins) < :total"
+                    " AND (SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip) < :per_ip"
+                    " AND (SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip"
+                    " AND created_at > :minute) < :per_minute")
+            args.update(total=caps.total, per_ip=caps.per_address, per_minute=caps.per_minute,
+                        minute=caps.minute_start)
         async with self._write() as db:
             if caps is not None:
-                await db.execute("DELETE FROM oidc_logins WHERE created_at < ?", (caps.since,))
+                await db.execute("DELETE FROM oidc_logins WHERE created_at < ?",
+                                 (caps.expired_before,))
             async with db.execute(
                     "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc,"
                     " verifier_enc, created_at, client_ip) SELECT :state, :provider, :browser,"
                     " :nonce, :verifier, :at, :ip" + full, args) as cur:
                 return cur.rowcount == 1
+
+    async def count_oidc_logins(self, client_ip: str, since: float) -> int:
+        """Pre-logins from ``client_ip`` created after ``since`` (a read; nothing written)."""
+        row = await self._one("SELECT COUNT(*) FROM oidc_logins WHERE client_ip = ?"
+                              " AND created_at > ?", (client_ip, since))
+        return int(row[0])
 
     async def take_oidc_login(self, state_hash: str) -> OidcLogin | None:
         """Return and delete the record: a state is good for one callback only."""
