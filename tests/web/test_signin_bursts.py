@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pyotp
 import pytest
 from websupport import PASSWORD, Client, app_client, base_url, csrf_of, secret_of
 
-from gateway.config import Settings
+from gateway.config import Settings, new_secret_key, render_toml
 from gateway.crypto import hash_password
 from gateway.keys import STORE
+from gateway.providers.xvnc import free_tcp_port
 from gateway.store.sqlite import SQLiteStore
 
 BURST = 200
@@ -215,3 +219,75 @@ async def test_second_factor_burst_checks_at_most_the_threshold(settings: Settin
     finally:
         await client.close()
 
+
+
+@pytest.fixture
+async def two_gateways(tmp_path: Path) -> AsyncIterator[list[str]]:
+    """Two `deskgate serve` processes on one database (alice has PASSWORD), trusting
+    X-Forwarded-For; their base URLs. Stopped by PID."""
+    config = tmp_path / "deskgate.toml"
+    config.write_text(render_toml({"data_dir": str(tmp_path), "secret_key": new_secret_key(),
+                                   "trust_proxy_headers": True}))
+    store = SQLiteStore(tmp_path / "deskgate.db")
+    await store.open()
+    await store.create_user("alice", await asyncio.to_thread(hash_password, PASSWORD), False)
+    await store.close()
+    exe = Path(sys.executable).parent / "deskgate"
+    procs: list[asyncio.subprocess.Process] = []
+    bases = []
+    try:
+        for i in range(2):
+            port = free_tcp_port()
+            with (tmp_path / f"serve{i}.log").open("wb") as log:
+                procs.append(await asyncio.create_subprocess_exec(
+                    str(exe), "--config", str(config), "serve", "--port", str(port),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+            bases.append(f"http://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as http:
+            for base in bases:
+                for _ in range(300):  # at most 30 s
+                    try:
+                        if (await http.get(base + "/healthz")).status == 200:
+                            break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    await asyncio.sleep(0.1)
+                else:
+                    pytest.fail(f"{base} did not answer: {(tmp_path / 'serve0.log').read_text()}")
+        yield bases
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def test_two_processes_share_the_lockout_and_the_throttle(two_gateways: list[str],
+                                                                tmp_path: Path) -> None:
+    """The reservations live in the database: a burst split over two gateway processes checks
+    no more passwords than one process would."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                     connector=aiohttp.TCPConnector(limit=0)) as http:
+        browsers = [await Anonymous.open(http, base) for base in two_gateways]
+        results = await asyncio.gather(*(
+            browsers[i % 2].password("alice", f"wrong guess {i}", "10.7.2.1")
+            for i in range(BURST)))
+        results += await asyncio.gather(*(
+            browsers[i % 2].password(f"nobody{i}", "some guess", "10.7.2.2")
+            for i in range(BURST)))
+        status, page = await browsers[1].password("alice", PASSWORD, "10.7.2.3")
+        assert status == 429 and "locked" in error_of(page)
+    assert 500 not in [status for status, _ in results]
+    store = SQLiteStore(tmp_path / "deskgate.db")
+    await store.open()
+    try:
+        checked = [e.detail for e in await store.list_audit(kind="signin.failed", limit=10_000)]
+    finally:
+        await store.close()
+    assert 0 < checked.count("wrong password") <= 5
+    assert 0 < checked.count("unknown user") <= 30
