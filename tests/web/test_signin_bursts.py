@@ -11,6 +11,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,8 @@ import pyotp
 import pytest
 from websupport import PASSWORD, Client, app_client, base_url, csrf_of, secret_of
 
+from gateway.auth import local
+from gateway.auth.local import cpu_count
 from gateway.config import Settings, new_secret_key, render_toml
 from gateway.crypto import hash_password
 from gateway.keys import STORE
@@ -62,6 +65,28 @@ class Anonymous:
         return resp.status, await resp.text()
 
 
+class ScryptCalls:
+    """Counts the gateway's password checks (the real scrypt runs) and how many ran at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = self.running = self.most = 0
+        self._lock = threading.Lock()
+        real = local.verify_password
+
+        def counted(password: str, stored: str) -> bool:
+            with self._lock:
+                self.calls += 1
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                return real(password, stored)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        monkeypatch.setattr(local, "verify_password", counted)
+
+
 def error_of(page: str) -> str:
     match = re.search(r'class="error"[^>]*>(.*?)<', page, re.S)
     return match.group(1).strip() if match else ""
@@ -72,8 +97,10 @@ async def audit_details(client: Client, kind: str) -> list[str]:
     return [e.detail for e in await store.list_audit(kind=kind, limit=10_000)]
 
 
-async def test_wrong_password_burst_checks_at_most_the_threshold(gateway: Client) -> None:
+async def test_wrong_password_burst_checks_at_most_the_threshold(
+        gateway: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     threshold = 5
+    scrypt = ScryptCalls(monkeypatch)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
                                      connector=aiohttp.TCPConnector(limit=0)) as http:
         browser = await Anonymous.open(http, base_url(gateway))
@@ -83,7 +110,7 @@ async def test_wrong_password_burst_checks_at_most_the_threshold(gateway: Client
         assert 500 not in statuses
         wrong = await audit_details(gateway, "signin.failed")
         assert wrong.count("wrong password") <= threshold, "every checked guess is audited"
-        assert statuses.count(401) == wrong.count("wrong password")
+        assert statuses.count(401) == wrong.count("wrong password") == scrypt.calls
         refused = [error_of(page) for status, page in results if status == 429]
         assert len(refused) == BURST - statuses.count(401)
         assert set(refused) <= {"account temporarily locked after repeated failures",
@@ -117,9 +144,12 @@ async def test_many_user_names_from_one_address_are_throttled(gateway: Client) -
         assert status == 303
 
 
-async def test_different_accounts_sign_in_in_parallel(settings: Settings) -> None:
+async def test_different_accounts_sign_in_in_parallel(settings: Settings,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Reservations are per account and per address: many people at once, each from their own
-    address, all get in; and successes from one shared address give their reservation back."""
+    address, all get in; and successes from one shared address give their reservation back.
+    The password checks queue: no more run at once than the machine has cores."""
+    scrypt = ScryptCalls(monkeypatch)
     client = await app_client(settings, trust_proxy_headers=True)
     store = SQLiteStore(settings.database_path)
     await store.open()
@@ -145,7 +175,8 @@ async def test_different_accounts_sign_in_in_parallel(settings: Settings) -> Non
         store = client.server.app[STORE]
         assert all(u.failed_attempts == 0 and u.locked_until == 0
                    for u in await store.list_users())
-        assert len(await audit_details(client, "signin.ok")) == BURST + 60
+        assert len(await audit_details(client, "signin.ok")) == BURST + 60 == scrypt.calls
+        assert 1 <= scrypt.most <= cpu_count()
     finally:
         await client.close()
 
