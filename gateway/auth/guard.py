@@ -133,7 +133,9 @@ class PreLogins:
         now = self._clock()
         caps = PendingCaps(self._total, self._per_address, self._per_minute, now - self._ttl,
                            now - WINDOW_SECONDS)
-        if not await self._store.save_oidc_login(state_hash, login, client_ip=ip, caps=caps):
-            await self.admit(ip)  # the minute filled up meanwhile: say so
+        full = await self._store.save_oidc_login(state_hash, login, client_ip=ip, caps=caps)
+        if full == "per_minute":  # filled up since admit() looked
+            raise TooManyRequests(THROTTLED_STARTS)
+        if full is not None:
             raise TooManyRequests("too many sign-ins are waiting for the identity provider;"
                                   " finish one or wait a few minutes")

@@ -477,21 +477,25 @@ class SQLiteStore:
             (user_id, desktop_id)) == 1
 
     async def save_oidc_login(self, state_hash: str, login: OidcLogin, *, client_ip: str = "",
-                              caps: PendingCaps | None = None) -> bool:
-        """Store a pre-login. With ``caps``, in one transaction: purge the expired ones, then
-        store it only while the caps allow one more. False when full (nothing written)."""
+                              caps: PendingCaps | None = None) -> str | None:
+        """Store a pre-login; None when stored. With ``caps``, in one transaction: purge the
+        expired ones, then store it only while every cap allows one more; else nothing is
+        written and the answer names the cap that is full: "per_minute", "per_address" or
+        "total"."""
+        counts = {
+            "total": "SELECT COUNT(*) FROM oidc_logins",
+            "per_address": "SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip",
+            "per_minute": "SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip"
+                          " AND created_at > :minute"}
         full = ""
         args: dict[str, Any] = {
             "state": state_hash, "provider": login.provider, "browser": login.browser_hash,
             "nonce": login.nonce_enc, "verifier": login.verifier_enc, "at": login.created_at,
             "ip": client_ip}
         if caps is not None:
-            full = (" WHERE (SELECT COUNT(*) FROM oidc_logins) < :total"
-                    " AND (SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip) < :per_ip"
-                    " AND (SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip"
-                    " AND created_at > :minute) < :per_minute")
-            args.update(total=caps.total, per_ip=caps.per_address, per_minute=caps.per_minute,
-                        minute=caps.minute_start)
+            full = " WHERE " + " AND ".join(f"({sql}) < :{cap}" for cap, sql in counts.items())
+            args.update(total=caps.total, per_address=caps.per_address,
+                        per_minute=caps.per_minute, minute=caps.minute_start)
         async with self._write() as db:
             if caps is not None:
                 await db.execute("DELETE FROM oidc_logins WHERE created_at < ?",
@@ -500,7 +504,14 @@ class SQLiteStore:
                     "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc,"
                     " verifier_enc, created_at, client_ip) SELECT :state, :provider, :browser,"
                     " :nonce, :verifier, :at, :ip" + full, args) as cur:
-                return cur.rowcount == 1
+                if cur.rowcount == 1:
+                    return None
+            for cap in ("per_minute", "per_address", "total"):
+                async with db.execute(counts[cap], args) as cur:
+                    row = await cur.fetchone()
+                if row is not None and int(row[0]) >= args[cap]:
+                    return cap
+            return "total"
 
     async def count_oidc_logins(self, client_ip: str, since: float) -> int:
         """Pre-logins from ``client_ip`` created after ``since`` (a read; nothing written)."""
