@@ -172,7 +172,7 @@ class Services:
                       "account disabled" if known.disabled else "wrong password")
             await self.audit.record(AuditKind.SIGNIN_FAILED, user=username[:64], client_ip=ip,
                                     detail=reason)
-            if await attempt.failed():
+            if attempt.failed():
                 await self.audit.record(AuditKind.LOCKOUT, user=username[:64], client_ip=ip)
             raise
         await attempt.passed(signed_in=False)  # the second factor is still to come
@@ -215,7 +215,7 @@ class Services:
         if not ok:
             await self.audit.record(AuditKind.SECOND_FACTOR_FAILED, user=user.name, client_ip=ip,
                                     detail="wrong or reused code")
-            if await attempt.failed():
+            if attempt.failed():
                 await self.audit.record(AuditKind.LOCKOUT, user=user.name, client_ip=ip)
             raise SecondFactorFailed()
         await attempt.passed(signed_in=True)

@@ -62,7 +62,7 @@ class Attempt:
     slot: int
     count: int  # the account's failures including this attempt (0 without an account)
 
-    async def failed(self) -> bool:
+    def failed(self) -> bool:
         """The check failed: the reservation stays. True when this attempt locked the account."""
         return self.user is not None and self.count >= self.guard.threshold
 
@@ -91,12 +91,14 @@ class LoginGuard:
         """Reserve one attempt from ``ip`` on ``user`` (None: an unknown name, which the address
         still pays for) before checking it. Raises TooManyRequests when the address has used up
         its minute, AccountLocked while the account is locked; nothing is counted then."""
+        now = self._clock()
+        if user is not None and user.locked_until > now:
+            raise AccountLocked()  # known already: refused without a write
         slot = await self.throttle.take(ip)
         if slot is None:
             raise TooManyRequests("too many failed attempts from your address; wait a minute")
         if user is None:
             return Attempt(self, None, slot, 0)
-        now = self._clock()
         count = await self.store.reserve_attempt(user.id, self.threshold, now,
                                                  now + self._lock_seconds)
         if count is None:
