@@ -1,4 +1,8 @@
-"""SQLite store (aiosqlite): the embedded default."""
+"""SQLite store (aiosqlite): the embedded default.
+
+One module on purpose: it is the Store Protocol's SQLite implementation, every SQL statement of
+the embedded store in one place, beside the connections and transactions they run on.
+"""
 
 from __future__ import annotations
 
