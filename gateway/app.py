@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .admin import AdminService
 from .audit import Audit
-from .auth.guard import IpThrottle, LoginGuard
+from .auth.guard import AddressWindow, LoginGuard, PreLogins
 from .auth.local import LocalAccounts
 from .auth.oidc import OidcClient
 from .auth.sessions import WebSessions
@@ -48,7 +48,8 @@ from .metrics import install as install_metrics
 from .providers import ProviderContext
 from .proxy.rdp import RdpBridges
 from .services import Services
-from .sso import SsoService
+from .sso import LOGIN_TTL, SsoService
+from .store import Store
 from .store.sqlite import SQLiteStore
 from .tickets import TicketBook
 from .web import admin_pages, admin_sessions, api, client, login, middleware, portal, sso
@@ -65,7 +66,7 @@ NOVNC_DIR = ROOT / "node_modules" / "@novnc" / "novnc"
 def build_services(settings: Settings, store: SQLiteStore) -> Services:
     box = SecretBox(settings.secret_key)
     audit = Audit(store)
-    guard = LoginGuard(store, IpThrottle(settings.ip_throttle_per_minute),
+    guard = LoginGuard(store, AddressWindow(store, "signin", settings.ip_throttle_per_minute),
                        settings.lockout_threshold, settings.lockout_minutes * 60.0)
     return Services(store, box, audit, LocalAccounts(store), TotpFactor(store, box), guard,
                     WebSessions(store, settings))
@@ -84,6 +85,11 @@ def prepare_runtime_dir(settings: Settings) -> Path:
             raise ConfigError(f"cannot prepare the runtime folder {runtime}"
                               f" (desktops.runtime_dir): {why}") from None
     return runtime
+
+
+def pre_logins(settings: Settings, store: Store) -> PreLogins:
+    return PreLogins(store, settings.sso_starts_per_minute, settings.sso_pending_per_address,
+                     settings.sso_pending_max, LOGIN_TTL)
 
 
 async def _state(app: web.Application) -> AsyncIterator[None]:
@@ -130,7 +136,8 @@ async def _single_sign_on(app: web.Application) -> AsyncIterator[None]:
         clients = {p.id: OidcClient(p, http, redirect_uri) for p in settings.oidc}
         services = app[SERVICES]
         app[SSO] = SsoService(app[STORE], services.box, services.audit, services.sessions,
-                              clients, {p.id: p for p in settings.oidc}, redirect_uri)
+                              clients, {p.id: p for p in settings.oidc}, redirect_uri,
+                              prelogins=pre_logins(settings, app[STORE]))
         yield
 
 

@@ -63,6 +63,9 @@ class Settings:
     lockout_threshold: int = 5
     lockout_minutes: int = 15
     ip_throttle_per_minute: int = 30
+    sso_starts_per_minute: int = 30
+    sso_pending_per_address: int = 100
+    sso_pending_max: int = 10_000
     trust_proxy_headers: bool = False
     # [desktops]
     run_as_user: str = "deskgate-desktop"
@@ -125,6 +128,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "lockout_threshold",
         "lockout_minutes",
         "ip_throttle_per_minute",
+        "sso_starts_per_minute",
+        "sso_pending_per_address",
+        "sso_pending_max",
         "trust_proxy_headers",
         "local_accounts",
     ),
@@ -247,7 +253,8 @@ def _check(s: Settings) -> None:
     if not 0 <= s.metrics_port < 65536:
         raise ConfigError("metrics.metrics_port must be between 0 (off) and 65535")
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",
-                 "lockout_threshold", "lockout_minutes", "ip_throttle_per_minute"):
+                 "lockout_threshold", "lockout_minutes", "ip_throttle_per_minute",
+                 "sso_starts_per_minute", "sso_pending_per_address", "sso_pending_max"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")
 

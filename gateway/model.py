@@ -100,6 +100,19 @@ class OidcLogin:
 
 
 @dataclass(frozen=True)
+class PendingCaps:
+    """How many pre-logins may wait for their callback: ``total`` in all, ``per_address`` from
+    one client address, of which ``per_minute`` started after ``minute_start``. Those created
+    before ``expired_before`` no longer count (and are purged)."""
+
+    total: int
+    per_address: int
+    per_minute: int
+    expired_before: float
+    minute_start: float
+
+
+@dataclass(frozen=True)
 class Session:
     id: str
     user_id: int

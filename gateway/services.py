@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -11,11 +10,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from .audit import Audit, AuditKind
-from .auth.guard import LoginGuard
+from .auth.guard import Attempt, LoginGuard
 from .auth.local import LocalAccounts
 from .auth.sessions import WebSessions
 from .auth.totp import Enrolment, TotpFactor
-from .crypto import SecretBox, hash_password, new_password
+from .crypto import SecretBox, new_password
 from .errors import (
     AccountLocked,
     AuthenticationFailed,
@@ -162,35 +161,38 @@ class Services:
     # signing in --------------------------------------------------------------------------------
     async def sign_in_password(self, username: str, password: str, ip: str,
                                user_agent: str) -> tuple[str, WebSession, User]:
+        known = await self.store.get_user_by_name(username)
+        attempt = await self._reserve(known, ip, AuditKind.SIGNIN_FAILED, username[:64])
         try:
-            self.guard.check_ip(ip)
-        except TooManyRequests:
-            await self.audit.record(AuditKind.THROTTLED, user=username[:64], client_ip=ip)
-            raise
-        user = await self.store.get_user_by_name(username)
-        if user is not None:
-            try:
-                self.guard.check_user(user)
-            except AccountLocked:
-                await self.audit.record(AuditKind.SIGNIN_FAILED, user=user.name, client_ip=ip,
-                                        detail="account locked")
-                raise
-        try:
-            user = await self.accounts.authenticate(username, password)
+            user = await self.accounts.authenticate(known, password)
             if user.disabled:
                 raise AuthenticationFailed()
         except AuthenticationFailed:
-            reason = ("unknown user" if user is None else
-                      "account disabled" if user.disabled else "wrong password")
+            reason = ("unknown user" if known is None else
+                      "account disabled" if known.disabled else "wrong password")
             await self.audit.record(AuditKind.SIGNIN_FAILED, user=username[:64], client_ip=ip,
                                     detail=reason)
-            if await self.guard.failure(user, ip):
+            if attempt.failed():
                 await self.audit.record(AuditKind.LOCKOUT, user=username[:64], client_ip=ip)
             raise
+        await attempt.passed(signed_in=False)  # the second factor is still to come
         cookie, ws = await self.sessions.create(user, WebSessionState.PASSWORD_OK, ip, user_agent)
         await self.audit.record(AuditKind.SIGNIN_OK, user=user.name, client_ip=ip,
                                 detail="password")
         return cookie, ws, user
+
+    async def _reserve(self, user: User | None, ip: str, failed: AuditKind,
+                       name: str) -> Attempt:
+        """Reserve the attempt before its check (see auth.guard); audit a refusal."""
+        try:
+            return await self.guard.reserve(user, ip)
+        except TooManyRequests as exc:  # AccountLocked too
+            kind, detail = failed, exc.reason
+            if failed is AuditKind.SIGNIN_FAILED:
+                kind, detail = ((AuditKind.SIGNIN_FAILED, "account locked")
+                                if isinstance(exc, AccountLocked) else (AuditKind.THROTTLED, ""))
+            await self.audit.record(kind, user=name, client_ip=ip, detail=detail)
+            raise
 
     async def enrolment(self, user: User) -> Enrolment:
         return await self.totp.enrolment(user)
@@ -199,13 +201,7 @@ class Services:
         user = await self.store.get_user(ws.user_id)
         if user is None or user.disabled:
             raise AuthenticationFailed()
-        try:
-            self.guard.check_ip(ip)
-            self.guard.check_user(user)
-        except (TooManyRequests, AccountLocked) as exc:
-            await self.audit.record(AuditKind.SECOND_FACTOR_FAILED, user=user.name, client_ip=ip,
-                                    detail=exc.reason)
-            raise
+        attempt = await self._reserve(user, ip, AuditKind.SECOND_FACTOR_FAILED, user.name)
         codes: list[str] | None = None
         how = "totp"
         if not user.totp_enrolled:
@@ -219,10 +215,10 @@ class Services:
         if not ok:
             await self.audit.record(AuditKind.SECOND_FACTOR_FAILED, user=user.name, client_ip=ip,
                                     detail="wrong or reused code")
-            if await self.guard.failure(user, ip):
+            if attempt.failed():
                 await self.audit.record(AuditKind.LOCKOUT, user=user.name, client_ip=ip)
             raise SecondFactorFailed()
-        await self.guard.success(user)
+        await attempt.passed(signed_in=True)
         if codes is not None:
             await self.audit.record(AuditKind.SECOND_FACTOR_ENROLLED, user=user.name, client_ip=ip)
         if how == "recovery code":
@@ -248,7 +244,7 @@ class Services:
         if password is None:
             password = generated = new_password()
         self._check_password(password)
-        pw_hash = await asyncio.to_thread(hash_password, password)
+        pw_hash = await self.accounts.hash(password)
         user = await self.store.create_user(name, pw_hash, admin)
         await self.audit.record(AuditKind.ADMIN, user=name,
                                 detail=f"user created{' (admin)' if admin else ''}")
@@ -271,8 +267,7 @@ class Services:
         if password is None:
             password = generated = new_password()
         self._check_password(password)
-        await self.store.set_password_hash(user.id, await asyncio.to_thread(hash_password,
-                                                                            password))
+        await self.store.set_password_hash(user.id, await self.accounts.hash(password))
         await self.store.clear_failures(user.id)
         await self.audit.record(AuditKind.ADMIN, user=name, detail="password changed")
         return generated

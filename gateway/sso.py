@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .audit import Audit, AuditKind
+from .auth.guard import PreLogins
 from .auth.oidc import OidcClient, OidcError, OidcIdentity
 from .auth.sessions import WebSessions
 from .config import OidcProviderConfig
@@ -67,7 +68,7 @@ def _user_name(claims: Mapping[str, Any], claim: str, sub: str) -> str:
 class SsoService:
     def __init__(self, store: Store, box: SecretBox, audit: Audit, sessions: WebSessions,
                  clients: Mapping[str, OidcClient], configs: Mapping[str, OidcProviderConfig],
-                 redirect_uri: str) -> None:
+                 redirect_uri: str, *, prelogins: PreLogins) -> None:
         self._store = store
         self._box = box
         self._audit = audit
@@ -75,6 +76,7 @@ class SsoService:
         self._clients = clients
         self._configs = configs
         self.redirect_uri = redirect_uri
+        self._prelogins = prelogins
 
     def config(self, provider_id: str) -> OidcProviderConfig:
         try:
@@ -85,17 +87,18 @@ class SsoService:
     async def begin(self, provider_id: str, browser_token: str, ip: str) -> str:
         """Record a pre-login (state, nonce, PKCE verifier) bound to this browser; the IdP URL."""
         config = self.config(provider_id)
+        await self._prelogins.admit(ip)  # throttled per client address before any work
         try:
             request = await self._clients[provider_id].authorization_request()
         except OidcError as exc:
             await self._audit.record(AuditKind.SIGNIN_FAILED, client_ip=ip,
                                      detail=f"idp {provider_id}: {exc.detail}")
             raise
-        await self._store.purge_oidc_logins(time.time() - LOGIN_TTL)
-        await self._store.save_oidc_login(token_hash(request.state), OidcLogin(
+        # Capped in all and per client address; expired ones are purged.
+        await self._prelogins.save(token_hash(request.state), OidcLogin(
             provider=config.id, browser_hash=token_hash(browser_token),
             nonce_enc=self._box.encrypt(request.nonce),
-            verifier_enc=self._box.encrypt(request.code_verifier), created_at=time.time()))
+            verifier_enc=self._box.encrypt(request.code_verifier), created_at=time.time()), ip)
         return request.url
 
     async def complete(self, *, state: str, code: str | None, error: str | None,

@@ -144,4 +144,18 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (user_id, desktop_id)
         )""",
     ],
+    [
+        # Brute-force brakes shared by every gateway process: one row per counted event (a
+        # sign-in attempt, by client address) in a sliding window, taken before the work it
+        # pays for; and where each waiting pre-login came from, to throttle and cap per address.
+        """CREATE TABLE rate_slots (
+            id INTEGER PRIMARY KEY,
+            bucket TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX rate_slots_by_bucket ON rate_slots(bucket, at)",
+        "CREATE INDEX rate_slots_by_time ON rate_slots(at)",
+        "ALTER TABLE oidc_logins ADD COLUMN client_ip TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX oidc_logins_by_address ON oidc_logins(client_ip, created_at)",
+    ],
 ]

@@ -1,5 +1,8 @@
 """SQLite store (aiosqlite): the embedded default.
 
+One module on purpose: it is the Store Protocol's SQLite implementation, every SQL statement of
+the embedded store in one place, beside the connections and transactions they run on.
+
 Concurrency: one connection serves every read and write of this process, one statement at a
 time (``_lock``), each statement in its own autocommit transaction whose cursor is closed before
 the next begins. So a read never holds a snapshot while another connection (the audit writer,
@@ -17,7 +20,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from ..model import (
     AuditEvent,
     Desktop,
     OidcLogin,
+    PendingCaps,
     Session,
     SessionState,
     User,
@@ -110,6 +114,8 @@ class SQLiteStore:
         self._audit_db: aiosqlite.Connection | None = None
         self._audit_lock = asyncio.Lock()
         self._lock = asyncio.Lock()  # one statement at a time on the main connection
+        self._write_db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -127,6 +133,9 @@ class SQLiteStore:
         await self._migrate()
 
     async def close(self) -> None:
+        if self._write_db is not None:
+            await self._write_db.close()
+            self._write_db = None
         if self._audit_db is not None:
             await self._audit_db.close()
             self._audit_db = None
@@ -173,6 +182,38 @@ class SQLiteStore:
             with _busy(sql):
                 async with self.db.execute(sql, args) as cur:
                     return int(cur.rowcount)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction on the store's own writer connection.
+
+        BEGIN IMMEDIATE takes the database's write lock up front and waits for it (busy timeout),
+        where a statement on the shared connection could fail at once with "database is locked"
+        (a read snapshot that turns into a write); and no other coroutine's statement runs
+        inside it. Used where a check and its write must be one step, also across processes.
+        """
+        async with self._write_lock:
+            if self._write_db is None:
+                self._write_db = await aiosqlite.connect(self.path, isolation_level=None)
+                await self._write_db.execute("PRAGMA busy_timeout=10000")
+                await self._write_db.execute("PRAGMA foreign_keys=ON")
+            db = self._write_db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def _write_one(self, sql: str, args: Mapping[str, Any] | Sequence[Any]) -> Any:
+        """One statement in its own write transaction; its first row (RETURNING), or None."""
+        async with self._write() as db, db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _write_exec(self, sql: str, args: Mapping[str, Any] | Sequence[Any]) -> int:
+        async with self._write() as db, db.execute(sql, args) as cur:
+            return int(cur.rowcount)
 
     # users ---------------------------------------------------------------------------------
     async def create_user(self, name: str, password_hash: str | None, is_admin: bool,
@@ -234,18 +275,52 @@ class SQLiteStore:
     async def set_disabled(self, user_id: int, disabled: bool) -> None:
         await self._exec("UPDATE users SET disabled = ? WHERE id = ?", (disabled, user_id))
 
-    async def record_failure(self, user_id: int, lock_threshold: int, lock_until: float) -> int:
-        """Count one failure; lock the account when the count reaches the threshold."""
-        await self._exec(
-            "UPDATE users SET failed_attempts = failed_attempts + 1,"
-            " locked_until = CASE WHEN failed_attempts + 1 >= ? THEN ? ELSE locked_until END"
-            " WHERE id = ?", (lock_threshold, lock_until, user_id))
-        row = await self._one("SELECT failed_attempts FROM users WHERE id = ?", (user_id,))
-        return int(row[0]) if row else 0
+    async def reserve_attempt(self, user_id: int, threshold: int, now: float,
+                              lock_until: float) -> int | None:
+        """Count one sign-in attempt on an account BEFORE it is checked, in one atomic step.
+
+        Refused (None, nothing counted) while the account is locked. Otherwise the attempt counts
+        as a failure until :meth:`release_attempt` gives it back, and the attempt that reaches
+        ``threshold`` locks the account at once, so concurrent attempts are refused while it is
+        checked. After a lock has run out, one more attempt may be checked (its failure locks
+        again). Returns the count including this attempt.
+        """
+        base = ("CASE WHEN locked_until > 0 AND failed_attempts >= :t THEN :t - 1"
+                " ELSE failed_attempts END")
+        row = await self._write_one(
+            f"UPDATE users SET failed_attempts = {base} + 1,"
+            f" locked_until = CASE WHEN {base} + 1 >= :t THEN :until ELSE 0 END"
+            " WHERE id = :id AND locked_until <= :now RETURNING failed_attempts",
+            {"t": threshold, "until": lock_until, "id": user_id, "now": now})
+        return None if row is None else int(row[0])
+
+    async def release_attempt(self, user_id: int, threshold: int) -> None:
+        """Give back one reserved attempt that passed; lift the lock it may have set."""
+        await self._write_exec(
+            "UPDATE users SET failed_attempts = CASE WHEN failed_attempts > 0"
+            " THEN failed_attempts - 1 ELSE 0 END,"
+            " locked_until = CASE WHEN failed_attempts - 1 < :t THEN 0 ELSE locked_until END"
+            " WHERE id = :id", {"t": threshold, "id": user_id})
 
     async def clear_failures(self, user_id: int) -> None:
-        await self._exec("UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE id = ?",
-                         (user_id,))
+        await self._write_exec(
+            "UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE id = ?", (user_id,))
+
+    async def take_rate_slot(self, bucket: str, now: float, window_start: float,
+                             limit: int) -> int | None:
+        """One event in ``bucket`` at ``now`` unless ``limit`` of them are after
+        ``window_start``: the slot's id, or None (nothing written). Atomic."""
+        row = await self._write_one(
+            "INSERT INTO rate_slots (bucket, at) SELECT :b, :now WHERE (SELECT COUNT(*) FROM"
+            " rate_slots WHERE bucket = :b AND at > :start) < :limit RETURNING id",
+            {"b": bucket, "now": now, "start": window_start, "limit": limit})
+        return None if row is None else int(row[0])
+
+    async def give_back_rate_slot(self, slot_id: int) -> None:
+        await self._write_exec("DELETE FROM rate_slots WHERE id = ?", (slot_id,))
+
+    async def purge_rate_slots(self, before: float) -> int:
+        return await self._write_exec("DELETE FROM rate_slots WHERE at <= ?", (before,))
 
     # second factor ---------------------------------------------------------------------------
     async def get_totp(self, user_id: int) -> tuple[str | None, bool, int]:
@@ -441,12 +516,48 @@ class SQLiteStore:
             "DELETE FROM user_credentials WHERE user_id = ? AND desktop_id = ?",
             (user_id, desktop_id)) == 1
 
-    async def save_oidc_login(self, state_hash: str, login: OidcLogin) -> None:
-        await self._exec(
-            "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc, verifier_enc,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (state_hash, login.provider, login.browser_hash, login.nonce_enc, login.verifier_enc,
-             login.created_at))
+    async def save_oidc_login(self, state_hash: str, login: OidcLogin, *, client_ip: str = "",
+                              caps: PendingCaps | None = None) -> str | None:
+        """Store a pre-login; None when stored. With ``caps``, in one transaction: purge the
+        expired ones, then store it only while every cap allows one more; else nothing is
+        written and the answer names the cap that is full: "per_minute", "per_address" or
+        "total"."""
+        counts = {
+            "total": "SELECT COUNT(*) FROM oidc_logins",
+            "per_address": "SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip",
+            "per_minute": "SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip"
+                          " AND created_at > :minute"}
+        full = ""
+        args: dict[str, Any] = {
+            "state": state_hash, "provider": login.provider, "browser": login.browser_hash,
+            "nonce": login.nonce_enc, "verifier": login.verifier_enc, "at": login.created_at,
+            "ip": client_ip}
+        if caps is not None:
+            full = " WHERE " + " AND ".join(f"({sql}) < :{cap}" for cap, sql in counts.items())
+            args.update(total=caps.total, per_address=caps.per_address,
+                        per_minute=caps.per_minute, minute=caps.minute_start)
+        async with self._write() as db:
+            if caps is not None:
+                await db.execute("DELETE FROM oidc_logins WHERE created_at < ?",
+                                 (caps.expired_before,))
+            async with db.execute(
+                    "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc,"
+                    " verifier_enc, created_at, client_ip) SELECT :state, :provider, :browser,"
+                    " :nonce, :verifier, :at, :ip" + full, args) as cur:
+                if cur.rowcount == 1:
+                    return None
+            for cap in ("per_minute", "per_address", "total"):
+                async with db.execute(counts[cap], args) as cur:
+                    row = await cur.fetchone()
+                if row is not None and int(row[0]) >= args[cap]:
+                    return cap
+            return "total"
+
+    async def count_oidc_logins(self, client_ip: str, since: float) -> int:
+        """Pre-logins from ``client_ip`` created after ``since`` (a read; nothing written)."""
+        row = await self._one("SELECT COUNT(*) FROM oidc_logins WHERE client_ip = ?"
+                              " AND created_at > ?", (client_ip, since))
+        return int(row[0])
 
     async def take_oidc_login(self, state_hash: str) -> OidcLogin | None:
         """Return and delete the record: a state is good for one callback only."""
@@ -460,7 +571,7 @@ class SQLiteStore:
         return OidcLogin(row[0], row[1], row[2], row[3], float(row[4]))
 
     async def purge_oidc_logins(self, before: float) -> int:
-        return await self._exec("DELETE FROM oidc_logins WHERE created_at < ?", (before,))
+        return await self._write_exec("DELETE FROM oidc_logins WHERE created_at < ?", (before,))
 
     # connection sessions -----------------------------------------------------------------------
     async def create_session(self, session: Session) -> None:

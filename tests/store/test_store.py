@@ -26,11 +26,20 @@ async def test_users_are_unique_and_failures_lock(store: SQLiteStore) -> None:
     user = await store.create_user("ann", "hash", False)
     with pytest.raises(Conflict):
         await store.create_user("ann", "hash", True)
-    assert await store.record_failure(user.id, 3, 500.0) == 1
-    assert await store.record_failure(user.id, 3, 500.0) == 2
+    # Attempts are counted before they are checked; the third locks at once (until 500).
+    assert [await store.reserve_attempt(user.id, 3, 100.0, 500.0) for _ in range(2)] == [1, 2]
     assert (await store.get_user(user.id)).locked_until == 0  # type: ignore[union-attr]
-    assert await store.record_failure(user.id, 3, 500.0) == 3
+    await store.release_attempt(user.id, 3)  # the second one passed
+    assert await store.reserve_attempt(user.id, 3, 100.0, 500.0) == 2
+    assert await store.reserve_attempt(user.id, 3, 100.0, 500.0) == 3
     assert (await store.get_user(user.id)).locked_until == 500.0  # type: ignore[union-attr]
+    assert await store.reserve_attempt(user.id, 3, 499.0, 900.0) is None  # locked: not counted
+    # After the lock: one more attempt is checked, and locks again unless it passes.
+    assert await store.reserve_attempt(user.id, 3, 500.0, 900.0) == 3
+    assert await store.reserve_attempt(user.id, 3, 501.0, 900.0) is None
+    await store.release_attempt(user.id, 3)
+    released = await store.get_user(user.id)
+    assert released is not None and (released.failed_attempts, released.locked_until) == (2, 0)
     await store.clear_failures(user.id)
     cleared = await store.get_user(user.id)
     assert cleared is not None and (cleared.failed_attempts, cleared.locked_until) == (0, 0)
@@ -120,3 +129,29 @@ async def test_oidc_login_records_are_single_use(store: SQLiteStore) -> None:
     assert [r for r in results if r is not None] == [login]
     await store.save_oidc_login("old", OidcLogin("corp", "b", "n", "v", 1.0))
     assert await store.purge_oidc_logins(before=5.0) == 1
+
+
+async def test_reservations_and_caps_hold_under_concurrency(store: SQLiteStore) -> None:
+    from gateway.model import OidcLogin, PendingCaps
+
+    user = await store.create_user("cara", None, False)
+    counts = await asyncio.gather(*(store.reserve_attempt(user.id, 5, 100.0, 900.0)
+                                    for _ in range(100)))
+    assert sorted(c for c in counts if c is not None) == [1, 2, 3, 4, 5]
+    slots = await asyncio.gather(*(store.take_rate_slot("signin:10.0.0.1", 100.0, 40.0, 7)
+                                   for _ in range(100)))
+    assert len([s for s in slots if s is not None]) == 7
+    caps = PendingCaps(total=12, per_address=10, per_minute=8, expired_before=50.0,
+                       minute_start=40.0)
+    login = OidcLogin("corp", "b", "n", "v", 100.0)
+    full = await asyncio.gather(*(store.save_oidc_login(f"s{i}", login, client_ip="10.0.0.1",
+                                                        caps=caps) for i in range(50)))
+    assert full.count(None) == 8 and set(full) == {None, "per_minute"}
+    full = await asyncio.gather(*(store.save_oidc_login(f"t{i}", login, client_ip=f"10.0.1.{i}",
+                                                        caps=caps) for i in range(50)))
+    assert full.count(None) == 4 and set(full) == {None, "total"}
+    # Expired ones are purged and no longer count.
+    later = PendingCaps(12, 10, 8, expired_before=101.0, minute_start=90.0)
+    assert await store.save_oidc_login("u", OidcLogin("corp", "b", "n", "v", 200.0),
+                                       client_ip="10.0.0.1", caps=later) is None
+    assert await store.count_oidc_logins("10.0.0.1", 0.0) == 1
