@@ -66,15 +66,14 @@ def _user_name(claims: Mapping[str, Any], claim: str, sub: str) -> str:
 
 class SsoService:
     def __init__(self, store: Store, box: SecretBox, audit: Audit, sessions: WebSessions,
-                 clients: Mapping[str, OidcClient], configs: Mapping[str, OidcProviderConfig],
-                 redirect_uri: str) -> None:
+                 clients: Mapping[str, OidcClient], configs: Mapping[str, OidcProviderConfig]
+                 ) -> None:
         self._store = store
         self._box = box
         self._audit = audit
         self._sessions = sessions
         self._clients = clients
         self._configs = configs
-        self.redirect_uri = redirect_uri
 
     def config(self, provider_id: str) -> OidcProviderConfig:
         try:
@@ -98,19 +97,35 @@ class SsoService:
             verifier_enc=self._box.encrypt(request.code_verifier), created_at=time.time()))
         return request.url
 
-    async def complete(self, *, state: str, code: str | None, error: str | None,
-                       browser_token: str | None, ip: str, user_agent: str) -> SsoResult:
+    async def complete(self, provider_id: str, *, state: str, code: str | None,
+                       error: str | None, iss: str | None, browser_token: str | None, ip: str,
+                       user_agent: str) -> SsoResult:
+        """Finish a sign-in at ``provider_id``'s own callback. Against mix-up (RFC 9700 4.4): the
+        state must have been issued for this provider, and the answer's ``iss`` (RFC 9207) must
+        name it; only then is the code redeemed, at this provider's token endpoint."""
+        config = self.config(provider_id)
         login = await self._store.take_oidc_login(token_hash(state)) if state else None
         if login is None or time.time() - login.created_at > LOGIN_TTL:
-            await self._fail(None, "state unknown, expired or already used", ip)
+            await self._fail(config, "state unknown, expired or already used", ip)
             raise OidcError("state invalid", "this sign-in link has expired or was already used;"
                                              " start again")
-        assert login is not None
-        config = self.config(login.provider)
+        if login.provider != config.id:
+            # An answer for a sign-in started at another provider reached this one's callback.
+            await self._fail(config, f"provider mix-up (the sign-in was started at idp"
+                                     f" {login.provider})", ip)
+            raise OidcError("provider mix-up", f"sign-in with {config.label} failed: the answer"
+                                               " did not come from the identity provider you"
+                                               " chose; start again")
         if not browser_token or token_hash(browser_token) != login.browser_hash:
             await self._fail(config, "state bound to another browser", ip)
             raise OidcError("state invalid", "this sign-in was started in another browser;"
                                              " start again")
+        client = self._clients[config.id]
+        try:
+            await client.check_response_issuer(iss)
+        except OidcError as exc:
+            await self._fail(config, exc.detail, ip)
+            raise
         if error:
             detail = "consent denied" if error == "access_denied" else f"idp error {error[:64]}"
             await self._fail(config, detail, ip)
@@ -120,13 +135,20 @@ class SsoService:
             await self._fail(config, "callback without code", ip)
             raise OidcError("token response invalid")
         try:
-            identity = await self._clients[config.id].finish(
+            identity = await client.finish(
                 code=code, nonce=self._box.decrypt(login.nonce_enc).reveal(),
                 code_verifier=self._box.decrypt(login.verifier_enc).reveal())
         except OidcError as exc:
             await self._fail(config, exc.detail, ip)
             raise
         return await self._sign_in(config, identity, ip, user_agent)
+
+    async def retired_callback(self, ip: str) -> None:
+        """The shared callback of older versions: an answer there is refused unread."""
+        await self._fail(None, "answer at the retired shared callback /login/oidc/callback", ip)
+        raise OidcError("retired callback", "this sign-in came back to an old address of this"
+                                            " gateway; an administrator must register each identity"
+                                            " provider's own redirect URI (see the README)")
 
     async def _fail(self, config: OidcProviderConfig | None, detail: str, ip: str) -> None:
         prefix = f"idp {config.id}: " if config else "idp: "
