@@ -7,6 +7,7 @@ Our TOTP still follows unless the provider is configured otherwise (see ``second
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import unicodedata
@@ -74,6 +75,7 @@ class SsoService:
         self._sessions = sessions
         self._clients = clients
         self._configs = configs
+        self._provision_lock = asyncio.Lock()
 
     def config(self, provider_id: str) -> OidcProviderConfig:
         try:
@@ -156,22 +158,31 @@ class SsoService:
 
     async def _provision(self, config: OidcProviderConfig, identity: OidcIdentity,
                          ip: str) -> User:
-        user_id = await self._store.identity_user(config.id, identity.sub)
-        if user_id is not None:
-            user = await self._store.get_user(user_id)
-            if user is None:
-                raise AuthenticationFailed()
-            return user
-        name = _user_name(identity.claims, config.username_claim, identity.sub)
-        for candidate in (name, f"{name}@{config.id}"):
-            if await self._store.get_user_by_name(candidate) is None:
+        """The account of (provider, subject), made on first sign-in. Its name is the claimed
+        one unless that name, or one that looks like it (``Admin``, ``аdmin`` for ``admin``), is
+        taken: then ``name@provider``, then ``name@provider-<subject digest>``. One at a time per
+        process, so that simultaneous first sign-ins of one person make one account; the
+        database's unique keys keep names and identities unique across processes too."""
+        async with self._provision_lock:
+            user_id = await self._store.identity_user(config.id, identity.sub)
+            if user_id is not None:
+                user = await self._store.get_user(user_id)
+                if user is None:
+                    raise AuthenticationFailed()
+                return user
+            name = _user_name(identity.claims, config.username_claim, identity.sub)
+            digest = token_hash(f"{config.id}:{identity.sub}")[:8]
+            for candidate in (name, f"{name}@{config.id}", f"{name[:40]}@{config.id}-{digest}"):
                 try:
                     user = await self._store.create_user(candidate, None, False, source=config.id)
                 except Conflict:
                     continue
                 await self._store.link_identity(config.id, identity.sub, user.id)
+                detail = f"user provisioned from idp {config.id} (subject {identity.sub[:128]})"
+                if candidate != name:
+                    detail += f"; the name {name!r} or one that looks like it was taken"
                 await self._audit.record(AuditKind.ADMIN, user=candidate, client_ip=ip,
-                                         detail=f"user provisioned from idp {config.id}")
+                                         detail=detail)
                 return user
         await self._fail(config, f"user name {name!r} taken by other accounts", ip)
         raise OidcError("name conflict", "an account with your name already exists here;"

@@ -144,4 +144,12 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (user_id, desktop_id)
         )""",
     ],
+    [
+        # User names are unique by their look-alike key too (gateway.names.name_key: NFKC, case
+        # fold, UTS #39 skeleton). SQL cannot compute it: the store fills it in when it opens,
+        # and leaves it empty on a row whose key an older row already has (both are kept and
+        # reported; neither is merged or renamed).
+        "ALTER TABLE users ADD COLUMN name_key TEXT",
+        "CREATE UNIQUE INDEX users_by_name_key ON users(name_key)",
+    ],
 ]

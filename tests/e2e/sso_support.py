@@ -34,6 +34,7 @@ from e2e_support import (
 OIDC_MOCK = REPO / ".venv-oidc" / "bin" / "oidc-provider-mock"
 PROVIDER_ID = "mock"
 PROVIDER_LABEL = "Mock IdP"
+CALLBACK_PATH = f"/login/oidc/{PROVIDER_ID}/callback"  # each provider has its own redirect URI
 CLIENT_ID = "deskgate"
 CLIENT_SECRET = "s3cret-client"
 ADMIN_GROUP = "deskgate-admins"
@@ -259,7 +260,7 @@ def sso_sign_in(page: Any, gw: Gateway, account: SsoAccount, predefined: bool = 
     callbacks: list[str] = []
 
     def on_request(req: Any) -> None:
-        if "/login/oidc/callback" in req.url:
+        if CALLBACK_PATH in req.url:
             callbacks.append(req.url)
 
     page.on("request", on_request)
