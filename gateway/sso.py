@@ -163,13 +163,13 @@ class SsoService:
         taken: then ``name@provider``, then ``name@provider-<subject digest>``. One at a time per
         process, so that simultaneous first sign-ins of one person make one account; the
         database's unique keys keep names and identities unique across processes too."""
+        known = await self._known(config, identity)
+        if known is not None:
+            return known
         async with self._provision_lock:
-            user_id = await self._store.identity_user(config.id, identity.sub)
-            if user_id is not None:
-                user = await self._store.get_user(user_id)
-                if user is None:
-                    raise AuthenticationFailed()
-                return user
+            known = await self._known(config, identity)  # made while we waited?
+            if known is not None:
+                return known
             name = _user_name(identity.claims, config.username_claim, identity.sub)
             digest = token_hash(f"{config.id}:{identity.sub}")[:8]
             for candidate in (name, f"{name}@{config.id}", f"{name[:40]}@{config.id}-{digest}"):
@@ -187,6 +187,15 @@ class SsoService:
         await self._fail(config, f"user name {name!r} taken by other accounts", ip)
         raise OidcError("name conflict", "an account with your name already exists here;"
                                          " ask an administrator")
+
+    async def _known(self, config: OidcProviderConfig, identity: OidcIdentity) -> User | None:
+        user_id = await self._store.identity_user(config.id, identity.sub)
+        if user_id is None:
+            return None
+        user = await self._store.get_user(user_id)
+        if user is None:
+            raise AuthenticationFailed()
+        return user
 
     async def _sign_in(self, config: OidcProviderConfig, identity: OidcIdentity, ip: str,
                        user_agent: str) -> SsoResult:

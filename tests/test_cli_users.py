@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from test_cli import deskgate
 
+from gateway.cli import _print_users
 from gateway.config import load_settings
+from gateway.model import User
+from gateway.names import name_key
 from gateway.store.sqlite import SQLiteStore
 
 
@@ -67,3 +71,19 @@ def test_assign_by_id_or_identity_and_refuse_look_alikes(tmp_path: Path) -> None
     assert added.returncode == 1
     assert "user name '\u0430dmin' is taken: it looks like the existing user 'admin' (#1)" in (
         added.stderr)
+
+
+def test_user_list_marks_an_older_databases_look_alike_accounts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """After an upgrade, a younger look-alike account has no key of its own: the list says whose
+    name it looks like."""
+    users = [User(1, "admin", True, False, True, name_key=name_key("admin")),
+             User(4, "\u0430dmin", False, False, False, source="evil"),
+             User(5, "bob", False, True, False, name_key=name_key("bob"))]
+    _print_users(users, {4: "evil:e-1"})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [
+        ["ID", "NAME", "IDENTITY", "ADMIN", "DISABLED", "TOTP", "NOTE"],
+        ["1", "admin", "local", "yes", "no", "yes"],
+        ["4", "\u0430dmin", "evil:e-1", "no", "no", "no", "looks", "like", "#1", "admin"],
+        ["5", "bob", "local", "no", "yes", "no"]]
