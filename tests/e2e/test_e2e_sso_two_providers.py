@@ -1,4 +1,6 @@
-"""The OIDC mix-up attack (RFC 9700 4.4) in Chromium, against a real gateway with two providers:
+"""Two identity providers on one gateway, in Chromium.
+
+1. The OIDC mix-up attack (RFC 9700 4.4), against a real gateway with two providers:
 the real oidc-provider-mock (honest, "Mock IdP") and a hostile one ("Partner SSO", the aiohttp
 provider of tests/auth/hostile_idp.py, run by the attacker).
 
@@ -10,6 +12,9 @@ provider had its own redirect URI, the answer reached the one shared callback, t
 redeemed Mock IdP's code at Partner SSO's token endpoint, and the attacker, replaying that code
 through their own sign-in, was signed in as the victim. Now the answer reaches Mock IdP's own
 callback with a state that Partner SSO's sign-in started: refused, and the code goes nowhere.
+
+2. Look-alike names: someone whose provider calls them "Аdmin" (Cyrillic А) signs in; the account
+they get is not a second "admin", and the admin pages and CLI show which provider it came from.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from e2e_support import REPO, Gateway, LoopThread, Watched, shot_to, stop_pid
+from e2e_support import REPO, Gateway, LoopThread, Watched, shot_to, sign_in, stop_pid
 from sso_support import (
     CLIENT_ID,
     PROVIDER_ID,
@@ -41,12 +46,14 @@ pytestmark = pytest.mark.e2e
 
 HOSTILE_ID = "partner"
 HOSTILE_LABEL = "Partner SSO"
+IMPOSTOR_NAME = "\u0410dmin"  # Cyrillic capital A, then "dmin"
 
 
 @pytest.fixture(scope="module")
 def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockIdP]:
-    provider = start_mock_idp(tmp_path_factory.mktemp("oidc-mock"),
-                              [user_claims("carol", ["designers"])])
+    provider = start_mock_idp(tmp_path_factory.mktemp("oidc-mock"), [
+        user_claims("carol", ["designers"]),
+        user_claims("impostor", [], preferred_username=IMPOSTOR_NAME)])
     try:
         yield provider
     finally:
@@ -137,3 +144,38 @@ def test_mix_up_attack_with_a_hostile_second_provider_is_refused(
     assert any(f"idp {PROVIDER_ID}: provider mix-up (the sign-in was started at idp {HOSTILE_ID})"
                in line for line in failed), failed
     assert not any("user=carol" in line for line in audit_lines(gw, "signin.ok"))
+
+
+def test_a_look_alike_of_admin_signing_in_gets_a_name_that_shows_its_provider(
+    gw: Gateway, idp: MockIdP, new_page: Callable[..., Watched],
+) -> None:
+    person = new_page().page
+    start_at_idp(person, gw)
+    authorize_at_idp(person, "impostor")
+    person.wait_for_url(gw.base_url + "/", timeout=15_000)
+    shot_to(person, "sso-lookalike-portal.png")
+    assert person.locator("header .user-name").text_content() == f"{IMPOSTOR_NAME}@{PROVIDER_ID}"
+
+    added = gw.cli("desktop", "add", "Lab", "--provider", "static", "--vnc", "127.0.0.1:5999")
+    desktop_id = re.search(r"^Desktop\s+(\d+)\s+Lab", added, re.M)
+    assert desktop_id, added
+    with pytest.raises(AssertionError) as refused:
+        gw.cli("assign", "Lab", "Admin")
+    assert "'Admin' names no user exactly, but looks like: #1 admin (local)." in str(refused.value)
+    lines = gw.cli("user", "list").splitlines()
+    assert lines[0].split()[:3] == ["ID", "NAME", "IDENTITY"]
+    assert [f"{IMPOSTOR_NAME}@{PROVIDER_ID}", f"{PROVIDER_ID}:impostor"] in [
+        line.split()[1:3] for line in lines]
+
+    admin = new_page().page
+    sign_in(admin, gw, gw.admin)
+    admin.goto(gw.base_url + "/admin/users")
+    shot_to(admin, "sso-lookalike-users.png")
+    row = admin.locator(f'tr[data-user="{IMPOSTOR_NAME}@{PROVIDER_ID}"]')
+    assert row.locator("td").nth(2).text_content() == PROVIDER_ID
+    assert admin.locator('tr[data-user="admin"] td').nth(2).text_content() == "local"
+    admin.goto(f"{gw.base_url}/admin/desktops/{desktop_id.group(1)}")
+    shot_to(admin, "sso-lookalike-desktop.png")
+    options = [o.strip() for o in admin.locator("#assign-user-id option").all_text_contents()]
+    assert "admin (local)" in options
+    assert f"{IMPOSTOR_NAME}@{PROVIDER_ID} (via {PROVIDER_ID})" in options
