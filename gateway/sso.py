@@ -160,7 +160,8 @@ class SsoService:
                          ip: str) -> User:
         """The account of (provider, subject), made on first sign-in. Its name is the claimed
         one unless that name, or one that looks like it (``Admin``, ``аdmin`` for ``admin``), is
-        taken: then ``name@provider``, then ``name@provider-<subject digest>``. One at a time per
+        taken: then ``name@provider``, then ``name@provider-<subject digest>``. A name ending in
+        ``@<another provider's id>`` is never taken as it is. One at a time per
         process, so that simultaneous first sign-ins of one person make one account; the
         database's unique keys keep names and identities unique across processes too."""
         known = await self._known(config, identity)
@@ -172,7 +173,12 @@ class SsoService:
                 return known
             name = _user_name(identity.claims, config.username_claim, identity.sub)
             digest = token_hash(f"{config.id}:{identity.sub}")[:8]
-            for candidate in (name, f"{name}@{config.id}", f"{name[:40]}@{config.id}-{digest}"):
+            candidates = [name, f"{name}@{config.id}", f"{name[:40]}@{config.id}-{digest}"]
+            if any(name.casefold().endswith(f"@{other}") for other in self._configs
+                   if other != config.id):
+                # "admin@corp" from another provider would pass for corp's disambiguated admin
+                candidates.pop(0)
+            for candidate in candidates:
                 try:
                     user = await self._store.create_user(candidate, None, False, source=config.id)
                 except Conflict:

@@ -184,3 +184,18 @@ async def test_many_look_alike_sso_sign_ins_in_flight_get_distinct_names(
     assert person is not None and person.name.startswith("admin@hostile") and person.source == "hostile"
     details = [e.detail for e in await store.list_audit(kind="admin", limit=200)]
     assert sum("user provisioned from idp hostile" in d for d in details) == 61
+
+
+async def test_a_name_posing_as_another_providers_account_is_not_taken_as_is(
+        settings: Settings, hostile_idp: HostileIdp) -> None:
+    """"admin@corp" from the provider "hostile" would pass for corp's disambiguated "admin"."""
+    corp = dataclasses.replace(hostile_idp.config(), id="corp", issuer="http://127.0.0.1:9")
+    s = dataclasses.replace(settings, oidc=(hostile_idp.config(require_totp=False), corp))
+    async with TestClient(TestServer(create_app(s))) as client:
+        [(browser, path)] = await _answers(client, hostile_idp,
+                                           [{"sub": "x", "preferred_username": "Admin@Corp"}])
+        async with browser:
+            async with browser.get(client.make_url(path), allow_redirects=False) as resp:
+                assert resp.status == 303
+        user = await client.server.app[STORE].get_user_by_name("Admin@Corp@hostile")
+        assert user is not None and user.source == "hostile"
