@@ -186,7 +186,7 @@ class SsoService:
                 await self._store.link_identity(config.id, identity.sub, user.id)
                 detail = f"user provisioned from idp {config.id} (subject {identity.sub[:128]})"
                 if candidate != name:
-                    detail += f"; the name {name!r} or one that looks like it was taken"
+                    detail += f"; the name {name!r} (or one that looks like it) was taken or reserved"
                 await self._audit.record(AuditKind.ADMIN, user=candidate, client_ip=ip,
                                          detail=detail)
                 return user
