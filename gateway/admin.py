@@ -37,6 +37,7 @@ class UserView:
     groups: list[str]
     desktops: list[Desktop]
     sessions: list[Session]
+    subject: str | None = None  # at the identity provider user.source; None for a local account
 
 
 class AdminService:
@@ -67,9 +68,12 @@ class AdminService:
 
     async def user_view(self, user_id: int) -> UserView:
         user = await self.user(user_id)
+        subjects = [s for p, s, uid in await self.store.list_identities()
+                    if uid == user.id and p == user.source]
         return UserView(user, await self.store.user_groups(user.id),
                         await self.store.desktops_for_user(user.id),
-                        await self.store.list_sessions(user_id=user.id, limit=50))
+                        await self.store.list_sessions(user_id=user.id, limit=50),
+                        subjects[0] if subjects else None)
 
     async def set_disabled(self, admin: User, user_id: int, disabled: bool) -> User:
         user = await self.user(user_id)

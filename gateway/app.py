@@ -53,7 +53,7 @@ from .store import Store
 from .store.sqlite import SQLiteStore
 from .tickets import TicketBook
 from .web import admin_pages, admin_sessions, api, client, login, middleware, portal, sso
-from .web.sso import CALLBACK_PATH
+from .web.sso import callback_path
 
 log = logging.getLogger("deskgate")
 
@@ -131,12 +131,13 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
 async def _single_sign_on(app: web.Application) -> AsyncIterator[None]:
     """One HTTP client for all identity providers, and an OIDC client per provider."""
     settings = app[SETTINGS]
-    redirect_uri = settings.public_url.rstrip("/") + CALLBACK_PATH
+    base = settings.public_url.rstrip("/")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
-        clients = {p.id: OidcClient(p, http, redirect_uri) for p in settings.oidc}
+        # Each provider has its own redirect URI (mix-up defence, RFC 9700 4.4.2).
+        clients = {p.id: OidcClient(p, http, base + callback_path(p.id)) for p in settings.oidc}
         services = app[SERVICES]
         app[SSO] = SsoService(app[STORE], services.box, services.audit, services.sessions,
-                              clients, {p.id: p for p in settings.oidc}, redirect_uri,
+                              clients, {p.id: p for p in settings.oidc},
                               prelogins=pre_logins(settings, app[STORE]))
         yield
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .errors import BadRequest, GatewayError
 from .listen import address, bind
 from .live import LiveSessions
 from .model import User
+from .names import name_key
 from .providers import ProviderContext
 from .services import MAX_CA_PEM, RDP_CERT_POLICIES, RDP_SECURITY, Services
 from .store.sqlite import SQLiteStore
@@ -147,13 +148,29 @@ def cmd_user(args: argparse.Namespace) -> int:
             await admin.reset_totp(CLI_ACTOR, (await services.user(args.name)).id)
             print(f"Second factor reset for {args.name}: they enrol again at next sign-in")
         else:  # list
-            for u in await services.store.list_users():
-                flags = [f for f, on in (("admin", u.is_admin), ("disabled", u.disabled),
-                                         ("totp", u.totp_enrolled)) if on]
-                print(f"{u.id:4d}  {u.name:24s} {' '.join(flags)}")
+            _print_users(await services.store.list_users(), await services.identities())
         return 0
 
     return asyncio.run(_with_services(settings, run))
+
+
+def _print_users(users: Sequence[User], identities: Mapping[int, str]) -> None:
+    """A table with a header: who each account really is (its identity provider and subject,
+    or "local"), and which accounts have names that look alike."""
+    keys = {u.name_key: u for u in users if u.name_key is not None}
+    rows = [("ID", "NAME", "IDENTITY", "ADMIN", "DISABLED", "TOTP", "NOTE")]
+    for u in users:
+        older = keys.get(name_key(u.name)) if u.name_key is None else None
+        note = f"looks like #{older.id} {older.name}" if older is not None else ""
+        rows.append((str(u.id), u.name, identities.get(u.id, u.source), _yes(u.is_admin),
+                     _yes(u.disabled), _yes(u.totp_enrolled), note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 # desktops --------------------------------------------------------------------------------------
@@ -206,14 +223,16 @@ def cmd_desktop(args: argparse.Namespace) -> int:
 
 def cmd_assign(args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        if (args.user is None) == (args.group is None):
-            raise BadRequest("name a user, or a group with --group, not both")
+        given = [x for x in (args.user, args.user_id, args.group) if x is not None]
+        if len(given) != 1:
+            raise BadRequest("name one user (USER, or --user-id N), or a group with --group")
         if args.group is not None:
             await services.assign_group(args.desktop, args.group)
             print(f"Desktop {args.desktop} assigned to group {args.group}")
         else:
-            await services.assign(args.desktop, args.user)
-            print(f"Desktop {args.desktop} assigned to {args.user}")
+            user = await services.assign(args.desktop, args.user, user_id=args.user_id)
+            who = services.describe(user, await services.identities())
+            print(f"Desktop {args.desktop} assigned to {who}")
         return 0
 
     return asyncio.run(_with_services(_settings(args), run))
@@ -365,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("assign", help="assign a desktop to a user or to an IdP group")
     p.add_argument("desktop")
-    p.add_argument("user", nargs="?")
+    p.add_argument("user", nargs="?", help="a user name that no other account's name looks"
+                   " like, or PROVIDER:SUBJECT of a single sign-on account")
+    p.add_argument("--user-id", type=int, metavar="N", help="the account with this id"
+                   " (see `deskgate user list`)")
     p.add_argument("--group", help="an identity provider group instead of a user")
     p.set_defaults(func=cmd_assign)
 

@@ -56,6 +56,9 @@ class User:
     failed_attempts: int = 0
     locked_until: float = 0.0
     source: str = "local"  # "local", or the id of the OIDC provider that provisioned the account
+    # gateway.names.name_key(name), unique; None only on an older account whose name looks like
+    # an even older one's (kept, and reported as a look-alike)
+    name_key: str | None = None
 
 
 @dataclass(frozen=True)

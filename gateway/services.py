@@ -25,6 +25,7 @@ from .errors import (
 )
 from .keyboards import DEFAULT_LAYOUT, klid, layout_of
 from .model import AuditEvent, Desktop, User, WebSession, WebSessionState
+from .names import name_key
 from .proxy.rdp import CERT_POLICIES, SECURITY_MODES
 from .store import Store
 
@@ -255,11 +256,45 @@ class Services:
         if len(password) < 8:
             raise BadRequest("passwords need at least 8 characters")
 
-    async def user(self, name: str) -> User:
-        user = await self.store.get_user_by_name(name)
+    async def user(self, ref: str) -> User:
+        """The one account ``ref`` names: an exact user name that no other account's name looks
+        like, or ``PROVIDER:SUBJECT`` (a single sign-on identity). A name that is ambiguous, or
+        only looks like a user's name (``Admin``, ``аdmin`` for ``admin``), is refused with the
+        candidates listed, so that nobody hands a desktop to an impostor by mistake."""
+        users = await self.store.list_users()
+        identities = await self.identities()
+        exact = [u for u in users if u.name == ref]
+        provider, colon, subject = ref.partition(":")
+        linked = [u for u in users if colon and identities.get(u.id) == f"{provider}:{subject}"]
+        key = name_key(ref)
+        alike = [u for u in users if (u.name_key or name_key(u.name)) == key]
+        if linked and all(u.id == linked[0].id for u in exact):
+            return linked[0]
+        if len(exact) == 1 and all(u.id == exact[0].id for u in alike):
+            return exact[0]
+        candidates = {u.id: u for u in [*exact, *linked, *alike]}
+        if not candidates:
+            raise NotFound(f"no user named {ref!r}")
+        listed = "; ".join(self.describe(u, identities) for u in candidates.values())
+        why = "is ambiguous" if exact or linked else "names no user exactly, but looks like"
+        raise BadRequest(f"{ref!r} {why}: {listed}. Name the account by id (--user-id N) or"
+                         " as PROVIDER:SUBJECT")
+
+    async def user_by_id(self, user_id: int) -> User:
+        user = await self.store.get_user(user_id)
         if user is None:
-            raise NotFound(f"no user named {name!r}")
+            raise NotFound(f"no user with id {user_id}")
         return user
+
+    async def identities(self) -> dict[int, str]:
+        """user id -> "provider:subject" of the accounts made by single sign-on."""
+        return {uid: f"{provider}:{subject}"
+                for provider, subject, uid in await self.store.list_identities()}
+
+    @staticmethod
+    def describe(user: User, identities: Mapping[int, str]) -> str:
+        """``#7 alice (corp:3f2a…)`` or ``#1 admin (local)``: who an account really is."""
+        return f"#{user.id} {user.name} ({identities.get(user.id, user.source)})"
 
     async def set_password(self, name: str, password: str | None) -> str | None:
         user = await self.user(name)
@@ -301,12 +336,21 @@ class Services:
             raise NotFound(f"no desktop named {name!r}")
         return desktop
 
-    async def assign(self, desktop_name: str, user_name: str) -> None:
+    async def assign(self, desktop_name: str, user_ref: str | None = None, *,
+                     user_id: int | None = None) -> User:
+        """Give a desktop to one account: by id, or by a reference :meth:`user` accepts."""
         desktop = await self.desktop(desktop_name)
-        user = await self.user(user_name)
+        if user_id is not None:
+            user = await self.user_by_id(user_id)
+        elif user_ref is not None:
+            user = await self.user(user_ref)
+        else:
+            raise BadRequest("name a user")
         await self.store.assign(desktop.id, user.id)
-        await self.audit.record(AuditKind.ADMIN, user=user_name, desktop=desktop_name,
-                                detail="desktop assigned")
+        who = self.describe(user, await self.identities())
+        await self.audit.record(AuditKind.ADMIN, user=user.name, desktop=desktop.name,
+                                detail=f"desktop assigned to {who}")
+        return user
 
     async def assign_group(self, desktop_name: str, group: str) -> None:
         """Give a desktop to everyone in an identity provider's group."""

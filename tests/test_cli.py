@@ -52,7 +52,9 @@ def test_init_users_desktops_assign_audit(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no desktop named" in missing.stderr
     deskgate("user", "disable", "alice", config=config)
     users = deskgate("user", "list", config=config).stdout
-    assert "disabled" in users.split("alice")[1].splitlines()[0]
+    header, *rows = [line.split() for line in users.splitlines()]
+    alice = dict(zip(header, next(r for r in rows if r[1] == "alice"), strict=False))
+    assert alice["DISABLED"] == "yes" and alice["IDENTITY"] == "local"
     audit = deskgate("audit", config=config).stdout
     for fragment in ("user created", "desktop created (static, vnc)", "desktop assigned",
                      "user disabled"):

@@ -158,4 +158,12 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE oidc_logins ADD COLUMN client_ip TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX oidc_logins_by_address ON oidc_logins(client_ip, created_at)",
     ],
+    [
+        # User names are unique by their look-alike key too (gateway.names.name_key: NFKC, case
+        # fold, UTS #39 skeleton). SQL cannot compute it: the store fills it in when it opens,
+        # and leaves it empty on a row whose key an older row already has (both are kept and
+        # reported; neither is merged or renamed).
+        "ALTER TABLE users ADD COLUMN name_key TEXT",
+        "CREATE UNIQUE INDEX users_by_name_key ON users(name_key)",
+    ],
 ]

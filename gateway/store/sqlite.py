@@ -40,6 +40,7 @@ from ..model import (
     WebSession,
     WebSessionState,
 )
+from ..names import name_key
 from .migrations import MIGRATIONS
 
 log = logging.getLogger("deskgate.store")
@@ -48,7 +49,7 @@ log = logging.getLogger("deskgate.store")
 BUSY_TIMEOUT_MS = 5000
 
 _USER_COLUMNS = ("id, name, is_admin, disabled, totp_enrolled, failed_attempts, locked_until,"
-                 " source")
+                 " source, name_key")
 # A user reaches a desktop assigned to them, or to one of their groups.
 _ASSIGNED_TO_USER = ("SELECT desktop_id FROM assignments WHERE user_id = ? UNION"
                      " SELECT g.desktop_id FROM group_assignments g JOIN user_groups u"
@@ -61,9 +62,9 @@ _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at,
 
 
 def _user(row: Iterable[Any]) -> User:
-    uid, name, admin, disabled, enrolled, failed, locked, source = row
+    uid, name, admin, disabled, enrolled, failed, locked, source, key = row
     return User(int(uid), str(name), bool(admin), bool(disabled), bool(enrolled), int(failed),
-                float(locked), str(source))
+                float(locked), str(source), None if key is None else str(key))
 
 
 _AUDIT_COLUMNS = ("id, at, kind, user_name, desktop_name, client_ip, detail, prev_hash,"
@@ -131,6 +132,7 @@ class SQLiteStore:
         await self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self.path.chmod(0o600)
         await self._migrate()
+        await self._fill_name_keys()
 
     async def close(self) -> None:
         if self._write_db is not None:
@@ -160,6 +162,21 @@ class SQLiteStore:
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
+
+    async def _fill_name_keys(self) -> None:
+        """Give each account without one its look-alike key, oldest first. An account whose key
+        an older one holds keeps an empty key (both accounts stay as they are) and is reported."""
+        rows = await self._all("SELECT id, name FROM users WHERE name_key IS NULL ORDER BY id")
+        for uid, name in rows:
+            key = name_key(str(name))
+            try:
+                await self._exec("UPDATE users SET name_key = ? WHERE id = ?", (key, uid))
+            except aiosqlite.IntegrityError:
+                older = await self._one("SELECT id, name FROM users WHERE name_key = ?", (key,))
+                log.warning("user #%s %r looks like user #%s %r: both accounts are kept; give"
+                            " desktops by id (deskgate assign DESKTOP --user-id N), and disable"
+                            " the one that should not be used", uid, name,
+                            older[0] if older else "?", older[1] if older else "?")
 
     async def schema_version(self) -> int:
         row = await self._one("SELECT MAX(version) FROM schema_version")
@@ -218,12 +235,21 @@ class SQLiteStore:
     # users ---------------------------------------------------------------------------------
     async def create_user(self, name: str, password_hash: str | None, is_admin: bool,
                           source: str = "local") -> User:
+        """A new account. Conflict when the name, or a name that looks like it (same
+        :func:`name_key`), is taken."""
+        key = name_key(name)
         try:
             await self._exec(
-                "INSERT INTO users (name, password_hash, is_admin, created_at, source)"
-                " VALUES (?, ?, ?, ?, ?)", (name, password_hash, is_admin, time.time(), source))
+                "INSERT INTO users (name, password_hash, is_admin, created_at, source, name_key)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (name, password_hash, is_admin, time.time(), source,
+                                               key))
         except aiosqlite.IntegrityError as exc:
-            raise Conflict(f"user {name!r} already exists") from exc
+            row = await self._one("SELECT id, name FROM users WHERE name = ? OR name_key = ?"
+                                  " ORDER BY name = ? DESC LIMIT 1", (name, key, name))
+            if row is None or row[1] == name:
+                raise Conflict(f"user {name!r} already exists") from exc
+            raise Conflict(f"user name {name!r} is taken: it looks like the existing user"
+                           f" {row[1]!r} (#{row[0]})") from exc
         user = await self.get_user_by_name(name)
         assert user is not None
         return user
@@ -255,6 +281,11 @@ class SQLiteStore:
                              (provider, subject, user_id))
         except aiosqlite.IntegrityError as exc:
             raise Conflict("this identity is already linked to an account") from exc
+
+    async def list_identities(self) -> list[tuple[str, str, int]]:
+        """(provider, subject, user id) of every single sign-on identity."""
+        return [(str(p), str(s), int(u)) for p, s, u in await self._all(
+            "SELECT provider, subject, user_id FROM identities ORDER BY provider, subject")]
 
     async def identity_user(self, provider: str, subject: str) -> int | None:
         row = await self._one("SELECT user_id FROM identities WHERE provider = ? AND subject = ?",
