@@ -10,8 +10,9 @@ DATA   ?= data
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-# The gateway, its local demo desktop, and the RDP bridge (FreeRDP's client inside a private Xvnc).
-RUN_PACKAGES  := python3-venv tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
+# The gateway, its local demo desktop, and the RDP bridge (FreeRDP's client inside a private Xvnc);
+# PyICU (Unicode look-alike user names) is built against Debian's ICU: python3-dev g++ pkg-config libicu-dev.
+RUN_PACKAGES  := python3-venv python3-dev g++ pkg-config libicu-dev tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
                  xdotool fonts-dejavu-core freerdp2-x11
 # Real parts the tests drive: a browser, clipboard tools, OCR to read text off screenshots,
 # a plain TCP relay as the benchmark's baseline, and real RDP servers (xrdp, FreeRDP's shadow
