@@ -35,6 +35,9 @@ class GatewayError(Exception):
     # The person's own account for a per-user RDP desktop is needed (none stored, or it was just
     # refused and forgotten): JSON answers say "credentials": "required".
     asks_for_credentials = False
+    # A connection attempt that failed: its session id, so that the client's retry continues
+    # the same attempt (JSON answers say "session_id").
+    session_id: str | None = None
 
     def __init__(self, reason: str | None = None) -> None:
         if reason is not None:

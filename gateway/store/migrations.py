@@ -144,4 +144,9 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (user_id, desktop_id)
         )""",
     ],
+    [
+        # Connection attempts that never reached the desktop are "failed" (not "closed"); a
+        # retry of such an attempt starts the same row again and counts its tries.
+        "ALTER TABLE sessions ADD COLUMN tries INTEGER NOT NULL DEFAULT 1",
+    ],
 ]

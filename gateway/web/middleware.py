@@ -51,6 +51,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             body = {"error": exc.reason}
             if exc.asks_for_credentials:
                 body["credentials"] = "required"
+            if exc.session_id is not None:
+                body["session_id"] = exc.session_id
             return web.json_response(body, status=exc.http_status)
         if isinstance(exc, Unauthorized):
             raise web.HTTPSeeOther("/login") from None
