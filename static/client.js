@@ -507,9 +507,10 @@ function scheduleReconnect(gen, reason) {
         failingSince = now;
     }
     const leftMs = failingSince + GIVE_UP_AFTER_S * 1000 - now;
-    if (leftMs <= 0) {
-        finish('The desktop cannot be reached',
-               `${sentence(reason) || 'It does not answer.'} Deskgate stopped trying after`
+    if (leftMs < BACKOFF_FIRST_S * 1000) {
+        const title = 'The desktop cannot be reached';
+        const why = sentence(reason);
+        finish(title, `${why && why !== `${title}.` ? `${why} ` : ''}Deskgate stopped trying after`
                + ` ${attempt} tries in ${Math.round((now - failingSince) / 1000)} s. Try again`
                + ' later, or go back to your desktops.');
         root.dataset.gaveUp = 'desktop';
@@ -517,9 +518,10 @@ function scheduleReconnect(gen, reason) {
     }
     const delayMs = Math.min(leftMs, Math.round(backoffSeconds(attempt) * 1000));
     const due = now + delayMs;
+    const again = everConnected ? 'Reconnecting' : 'Trying again';
     const tick = () => {
         const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-        showStatus(`Reconnecting in ${left} s (attempt ${attempt})`, {detail: reason});
+        showStatus(`${again} in ${left} s (attempt ${attempt})`, {detail: sentence(reason) || null});
     };
     clearTimers();
     tick();
@@ -529,7 +531,7 @@ function scheduleReconnect(gen, reason) {
         if (gen !== generation || state !== 'reconnecting') {
             return;
         }
-        showStatus(`Reconnecting (attempt ${attempt})…`, {detail: reason});
+        showStatus(`${again} (attempt ${attempt})…`, {detail: sentence(reason) || null});
         connect(gen);
     }, delayMs);
 }
