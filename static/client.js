@@ -24,6 +24,9 @@ const GIVE_UP_AFTER_S = 30;
 const GATEWAY_PROBE_MS = 300;
 const GATEWAY_PROBE_TIMEOUT_MS = 2000;
 const GATEWAY_GIVE_UP_S = 120;
+// A connection that lasted this long starts the retry budget afresh when it drops; one that
+// drops sooner (a desktop that accepts and closes at once) counts as one more failed try.
+const LASTING_CONNECTION_S = 10;
 
 const TRANSITIONS = {
     connecting: ['connected', 'reconnecting', 'disconnected'],
@@ -86,8 +89,9 @@ const perUserCredentials = root.dataset.credentials === 'per_user';
 let state = root.dataset.state || 'connecting';
 let rfb = null;
 let sessionId = null;
-let attempt = 0;            // failed tries since the last successful connect
-let failingSince = null;    // when the desktop first failed to answer (ms), since the last connect
+let attempt = 0;            // failed tries since the last lasting connection
+let failingSince = null;    // when the desktop first failed (ms), since the last lasting connection
+let connectedAt = null;     // when the current connection reached the desktop (ms)
 let gatewayLostAt = null;   // when the gateway stopped answering (ms), since it last answered
 let everConnected = false;  // this connection (since the user's last start) reached the desktop
 let retryTimer = null;
@@ -371,8 +375,7 @@ function onConnect(own) {
     if (own !== rfb) {
         return;
     }
-    attempt = 0;
-    failingSince = null;
+    connectedAt = Date.now();
     gatewayLostAt = null;
     everConnected = true;
     clearTimers();
@@ -446,6 +449,11 @@ async function onDisconnect(own, gen, detail) {
     }
     rfb = null;
     stopNotifications();
+    if (connectedAt !== null && Date.now() - connectedAt >= LASTING_CONNECTION_S * 1000) {
+        attempt = 0;
+        failingSince = null;
+    }
+    connectedAt = null;
     if (gen !== generation) {
         return;
     }
@@ -585,6 +593,7 @@ function start() {
     userDisconnect = false;
     attempt = 0;
     failingSince = null;
+    connectedAt = null;
     gatewayLostAt = null;
     everConnected = false;
     delete root.dataset.gaveUp;

@@ -140,6 +140,24 @@ async def test_concurrent_retries_continue_the_attempt_once(client: Client) -> N
     row = await store.get_session(sid)
     assert row is not None and (row.state, row.tries) == (SessionState.STARTING, 2)
 
+    # All 60 tries fail at once: each attempt failed once, audited once.
+    async def fail(url: str) -> int:
+        async with client.ws_connect(url, origin=base_url(client)) as ws:
+            msg = await ws.receive(timeout=30)
+            return int(msg.data) if msg.type is aiohttp.WSMsgType.CLOSE else -1
+
+    urls = [(await r.json())["ws_url"] for r in answers]
+    assert await asyncio.gather(*(fail(u) for u in urls)) == [WS_UPSTREAM_UNREACHABLE] * 60
+    for _ in range(100):
+        rows = [await store.get_session(i) for i in ids]
+        if all(r is not None and r.state is SessionState.FAILED for r in rows):
+            break
+        await asyncio.sleep(0.05)
+    assert all(r is not None and r.state is SessionState.FAILED for r in rows)
+    events = await session_audit(client, DOWN)
+    assert sorted(d.split(":")[0] for _, d in events) == sorted(f"session {i}" for i in ids)
+    assert {k for k, _ in events} == {"session.failed"}
+
 
 async def test_bad_retry_of_is_refused_and_foreign_attempts_are_not_continued(
         client: Client, settings: Settings) -> None:
