@@ -17,6 +17,7 @@ from .errors import (
     Forbidden,
     NotFound,
     TicketError,
+    UnderMaintenance,
 )
 from .keyboards import layout_of
 from .live import LiveSessions
@@ -188,7 +189,7 @@ class Broker:
             await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
                                      desktop=desktop.name, client_ip=client_ip,
                                      detail="maintenance")
-            raise DesktopUnavailable("this desktop is under maintenance; try again later")
+            raise UnderMaintenance()
         # A per-user desktop without this person's account: ask for it before anything starts.
         target = await self.rdp_target(desktop, user.id) if desktop.protocol == "rdp" else None
         now, user_agent = time.time(), user_agent[:300]

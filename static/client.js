@@ -197,8 +197,10 @@ async function requestTicket(retryOf) {
                                     && failure.credentials === 'required')) {
             throw new CredentialsNeeded(reason);
         }
-        // Server-side trouble may pass; a refusal (4xx) will not.
-        if (resp.status >= 500 || resp.status === 408 || resp.status === 429) {
+        // Server-side trouble may pass; a refusal (4xx) will not, nor what the gateway says
+        // a retry cannot help (a desktop under maintenance).
+        if (failure.reconnect !== false
+                && (resp.status >= 500 || resp.status === 408 || resp.status === 429)) {
             throw new TryFailed(reason, typeof failure.session_id === 'string' ? failure.session_id : null);
         }
         throw new FinalError(reason);

@@ -196,3 +196,20 @@ async def test_a_ticket_never_used_is_a_failed_attempt(settings: Settings,
             SessionState.FAILED, "connection ticket not used")
         assert await session_audit(client, "VM") == [
             ("session.failed", f"session {conn['session_id']}: connection ticket not used")]
+
+
+async def test_maintenance_is_no_attempt_and_not_retried(client: Client) -> None:
+    """A desktop under maintenance records no attempt and tells the client not to retry by
+    itself (it would only repeat the refusal)."""
+    store = client.server.app[STORE]
+    csrf = await sign_in(client, "alice")
+    down = await store.get_desktop_by_name(DOWN)
+    assert down is not None
+    await store.update_desktop(down.id, name=down.name, host=down.host, port=down.port,
+                               maintenance=True)
+    answers = await asyncio.gather(*(post_connect(client, csrf, down.id, {}) for _ in range(50)))
+    for resp in answers:
+        assert resp.status == 503
+        assert await resp.json() == {
+            "error": "this desktop is under maintenance; try again later", "reconnect": False}
+    assert [s for s in await store.list_sessions() if s.desktop_id == down.id] == []
