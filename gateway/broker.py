@@ -204,15 +204,23 @@ class Broker:
                               started_at=now, client_ip=client_ip, user_agent=user_agent)
             await self._store.create_session(session)
         try:
-            await self._providers.get(desktop.provider).ensure_running(
-                desktop_spec(desktop, self._settings.desktop_geometry))
-        except DesktopUnavailable as exc:
-            await self._failed(session, exc.reason, final=False, user=user.name,
-                               desktop=desktop.name)
-            exc.session_id = session.id  # the client's retry continues this attempt
+            try:
+                await self._providers.get(desktop.provider).ensure_running(
+                    desktop_spec(desktop, self._settings.desktop_geometry))
+            except DesktopUnavailable as exc:
+                await self._failed(session, exc.reason, final=False, user=user.name,
+                                   desktop=desktop.name)
+                exc.session_id = session.id  # the client's retry continues this attempt
+                raise
+            if target is not None:
+                await self._start_bridge(user, desktop, target, session, width, height)
+        except DesktopUnavailable:
+            raise  # recorded above (the bridge's failures in _start_bridge)
+        except BaseException:
+            # Anything else (a provider's bug, the request cancelled): no row stays "starting".
+            await asyncio.shield(self._failed(session, "the connection could not be prepared",
+                                              final=False, user=user.name, desktop=desktop.name))
             raise
-        if target is not None:
-            await self._start_bridge(user, desktop, target, session, width, height)
         ticket = self._tickets.mint(user_id=user.id, web_session_id=web_session.id,
                                     desktop_id=desktop.id, session_id=session.id)
         return session, ticket
@@ -436,13 +444,11 @@ class Broker:
         """The connection reached the desktop (RFB handshake done): a session, audited as such."""
         self._seen[session.desktop_id] = "running"
         await self._store.set_session_state(session.id, SessionState.ACTIVE)
-        current = await self._store.get_session(session.id)
         user, desktop = await self._names(session)
-        tries = current.tries if current is not None else 1
-        await self._audit.record(AuditKind.CONNECT, user=user, desktop=desktop,
-                                 client_ip=session.client_ip,
-                                 detail=f"session {session.id}"
-                                        + (f" (after {tries} tries)" if tries > 1 else ""))
+        await self._audit.record(
+            AuditKind.CONNECT, user=user, desktop=desktop, client_ip=session.client_ip,
+            detail=f"session {session.id}"
+                   + (f" (after {session.tries} tries)" if session.tries > 1 else ""))
 
     def unreachable(self, desktop_id: int) -> None:
         self._seen[desktop_id] = "stopped"
