@@ -486,7 +486,8 @@ async function onDisconnect(own, gen, detail) {
         return;
     }
     if (!verdict.reconnect) {
-        finish('Disconnected', verdict.reason || 'The session has ended.');
+        finish(everConnected ? 'Disconnected' : 'Could not connect',
+               verdict.reason || 'The session has ended.');
         return;
     }
     scheduleReconnect(gen, verdict.reason || (detail && detail.clean ? null : 'The connection dropped.'));

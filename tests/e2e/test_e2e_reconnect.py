@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from e2e_support import (
     Account,
     Desktop,
     Gateway,
+    Relay,
     Watched,
     deskgate_exe,
     free_port,
@@ -153,6 +155,61 @@ def test_unreachable_desktop_gives_up_with_a_way_back(
     recent = dash.locator("#recent-sessions tbody").inner_text()
     dash.screenshot(path=str(artifacts / "unreachable-dashboard.png"), full_page=True)
     assert desktop not in recent, recent
+
+
+def test_desktop_that_drops_every_connection_is_not_retried_forever(
+    browser: Any, gateway: Gateway, static_xvnc: Desktop, new_page: Callable[..., Watched],
+    artifacts: Path,
+) -> None:
+    """A desktop that accepts each connection and drops it a moment later (here: a relay in
+    front of the test Xvnc that cuts every connection after 0.5 s): each reconnect reaches the
+    desktop, yet the client stops after a bounded time instead of looping."""
+    suffix = os.urandom(3).hex()
+    desktop = f"Flaky-{suffix}"
+    user = Account(f"fred-{suffix}", f"fred-{suffix}-Pw")
+    relay = Relay(static_xvnc.rfbport)
+    stop = threading.Event()
+
+    def cut_every_connection() -> None:
+        seen = 0.0
+        while not stop.wait(0.05):
+            if relay.live == 0:
+                seen = 0.0
+            elif seen == 0.0:
+                seen = time.monotonic()
+            elif time.monotonic() - seen > 0.5:
+                relay.cut()
+                seen = 0.0
+
+    cutter = threading.Thread(target=cut_every_connection, daemon=True)
+    cutter.start()
+    try:
+        gateway.cli("user", "add", user.name, "--password-stdin", stdin=user.password + "\n")
+        out = gateway.cli("desktop", "add", desktop, "--provider", "static", "--vnc",
+                          f"127.0.0.1:{relay.port}", "--password-stdin",
+                          stdin=STATIC_VNC_PASSWORD + "\n")
+        m = re.search(r"^Desktop\s+(\S+)\s", out, re.M)
+        assert m, out
+        gateway.cli("assign", desktop, user.name)
+        w = new_page(_signed_in(browser, gateway, user))
+        page = w.page
+        opened = time.monotonic()
+        page.goto(f"{gateway.base_url}/desktops/{m.group(1)}")
+        page.evaluate(STATE_LOG)
+        wait_state(page, "disconnected", GIVE_UP_WAIT_MS)
+        page.screenshot(path=str(artifacts / "flaky-gave-up.png"))
+        log = page.evaluate("() => window.stateLog")
+        connects = sum(1 for state, _ in log if state == "connected")
+        print(f"\nthe client stopped after {time.monotonic() - opened:.1f} s; it had reached the"
+              f" desktop {connects} times, {relay.accepted} connections in all")
+        assert connects >= 2, log
+        assert page.locator("#status-text").text_content() == "The desktop cannot be reached"
+        assert page.get_by_role("link", name="Back to your desktops").is_visible()
+        assert _script_errors(w) == []
+    finally:
+        stop.set()
+        cutter.join(5)
+        relay.close()
 
 
 # -- 2. a gateway restart ----------------------------------------------------------------------
