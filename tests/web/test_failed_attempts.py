@@ -101,8 +101,15 @@ async def test_unreachable_desktop_is_one_failed_attempt_however_often_retried(
 
     # The admin sees it as a failed attempt (API, with its state), never as a closed session.
     admin = app[ADMIN]
-    recent = {s.id: s for s in await admin.recent_sessions(100)}
-    assert recent[sid].state is SessionState.FAILED
+    root = await store.get_user_by_name("root")
+    assert root is not None
+    _, token = await admin.create_token(root, "test", read_only=True)
+    resp = await client.get("/api/v1/sessions", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+    recent = {r["id"]: r for r in (await resp.json())["recent"]}
+    assert {k: recent[sid][k] for k in ("state", "close_reason", "tries", "bytes_down")} == {
+        "state": "failed", "close_reason": "the desktop cannot be reached", "tries": 6,
+        "bytes_down": 0}
     assert sid not in {r["id"] for r in (await snapshot(app))["recent"]}
 
     # A real session on the desktop that answers: connect and disconnect, "Recently closed".
