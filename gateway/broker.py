@@ -18,6 +18,7 @@ from .errors import (
     Forbidden,
     NotFound,
     TicketError,
+    UnderMaintenance,
 )
 from .keyboards import layout_of
 from .live import LiveSessions
@@ -211,35 +212,77 @@ class Broker:
 
     async def connect(self, user: User, web_session: WebSession, desktop_id: int,
                       client_ip: str, user_agent: str = "", width: int = 0,
-                      height: int = 0) -> tuple[Session, str]:
-        """Policy check, make the desktop reachable, record a session, mint a ticket."""
+                      height: int = 0, retry_of: str | None = None) -> tuple[Session, str]:
+        """Policy check, record the attempt, make the desktop reachable, mint a ticket.
+
+        ``retry_of``: the session id of the client's previous try. When that was a failed
+        attempt of this person, desktop and web session, this try continues it (same row, one
+        more try) instead of recording a new attempt; anything else starts a new one.
+        """
         desktop = await self.check_access(user, desktop_id, client_ip)
         if desktop.maintenance:
             await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
                                      desktop=desktop.name, client_ip=client_ip,
                                      detail="maintenance")
-            raise DesktopUnavailable("this desktop is under maintenance; try again later")
+            raise UnderMaintenance()
         # A per-user desktop without this person's account: ask for it before anything starts.
         target = await self.rdp_target(desktop, user.id) if desktop.protocol == "rdp" else None
+        now, user_agent = time.time(), user_agent[:300]
+        session = None
+        if retry_of:
+            session = await self._store.retry_session(
+                retry_of, user_id=user.id, desktop_id=desktop.id, web_session_id=web_session.id,
+                started_at=now, client_ip=client_ip, user_agent=user_agent)
+        if session is None:
+            session = Session(id=new_token(12), user_id=user.id, desktop_id=desktop.id,
+                              web_session_id=web_session.id, state=SessionState.STARTING,
+                              started_at=now, client_ip=client_ip, user_agent=user_agent)
+            await self._store.create_session(session)
         try:
-            await self._providers.get(desktop.provider).ensure_running(
-                desktop_spec(desktop, self._settings.desktop_geometry))
-        except DesktopUnavailable as exc:
-            await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
-                                     desktop=desktop.name, client_ip=client_ip, detail=exc.reason)
+            try:
+                await self._providers.get(desktop.provider).ensure_running(
+                    desktop_spec(desktop, self._settings.desktop_geometry))
+            except DesktopUnavailable as exc:
+                await self._failed(session, exc.reason, final=False, user=user.name,
+                                   desktop=desktop.name)
+                exc.session_id = session.id  # the client's retry continues this attempt
+                raise
+            if target is not None:
+                await self._start_bridge(user, desktop, target, session, width, height)
+        except DesktopUnavailable:
+            raise  # recorded above (the bridge's failures in _start_bridge)
+        except BaseException:
+            # Anything else (a provider's bug, the request cancelled): no row stays "starting".
+            await asyncio.shield(self._failed(session, "the connection could not be prepared",
+                                              final=False, user=user.name, desktop=desktop.name))
             raise
-        session = Session(id=new_token(12), user_id=user.id, desktop_id=desktop.id,
-                          web_session_id=web_session.id, state=SessionState.STARTING,
-                          started_at=time.time(), client_ip=client_ip,
-                          user_agent=user_agent[:300])
-        await self._store.create_session(session)
-        if target is not None:
-            await self._start_bridge(user, desktop, target, session, client_ip, width, height)
         ticket = self._tickets.mint(user_id=user.id, web_session_id=web_session.id,
                                     desktop_id=desktop.id, session_id=session.id)
-        await self._audit.record(AuditKind.CONNECT, user=user.name, desktop=desktop.name,
-                                 client_ip=client_ip, detail=f"session {session.id}")
         return session, ticket
+
+    async def _failed(self, session: Session, reason: str, *, final: bool,
+                      user: str | None = None, desktop: str | None = None) -> bool:
+        """A try that never reached the desktop: its attempt is recorded as failed, with one
+        audit event for the whole attempt (at its first failed try, not at each retry).
+        False when the session was not starting (it reached the desktop, or has ended)."""
+        tries = await self._store.fail_session(session.id, time.time(), reason, final)
+        if tries is None:
+            return False
+        if tries > 1:
+            return True  # a retry of an attempt that failed (and was audited) before
+        if user is None or desktop is None:
+            user, desktop = await self._names(session)
+        await self._audit.record(AuditKind.CONNECT_FAILED, user=user, desktop=desktop,
+                                 client_ip=session.client_ip,
+                                 detail=f"session {session.id}: {reason}")
+        return True
+
+    async def _names(self, session: Session) -> tuple[str, str]:
+        """The user's and the desktop's names of a session, for audit rows."""
+        owner = await self._store.get_user(session.user_id)
+        desktop = await self._store.get_desktop(session.desktop_id)
+        return (owner.name if owner else f"#{session.user_id}",
+                desktop.name if desktop else f"#{session.desktop_id}")
 
     async def admit(self, ticket: str, *, session_id: str, user: User,
                     web_session: WebSession) -> Admission:
@@ -289,7 +332,7 @@ class Broker:
             keyboard_layout=layout_of(desktop.option("keyboard_layout")))
 
     async def _start_bridge(self, user: User, desktop: Desktop, target: RdpTarget,
-                            session: Session, client_ip: str, width: int, height: int) -> None:
+                            session: Session, width: int, height: int) -> None:
         """Start the RDP bridge before any ticket exists, so that a wrong password, an
         unreachable server or a refused certificate is the answer to the click itself."""
         bridges = self._rdp_bridges()
@@ -301,10 +344,9 @@ class Broker:
             await bridges.acquire(key, target, w, h)
         except BridgeError as exc:
             final = exc.kind in _FINAL_BRIDGE_FAILURES
-            await self._store.close_session(session.id, time.time(), exc.reason, final, 0, 0)
-            await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
-                                     desktop=desktop.name, client_ip=client_ip,
-                                     detail=f"rdp bridge: {exc.reason}")
+            client_ip = session.client_ip
+            await self._failed(session, f"rdp bridge: {exc.reason}", final=final,
+                               user=user.name, desktop=desktop.name)
             if exc.kind == "credentials" and per_user(desktop):
                 # The next attempt asks for the account again instead of repeating this one.
                 self._one_connection.pop((user.id, desktop.id), None)
@@ -313,6 +355,7 @@ class Broker:
                 exc.asks_for_credentials = True
             if final:
                 exc.http_status = 424  # the client shows it and does not retry
+            exc.session_id = session.id  # a retry continues this attempt
             raise exc
         entry = self._one_connection.get((user.id, desktop.id))
         if entry is not None:
@@ -433,9 +476,14 @@ class Broker:
                          bridge_key=key)
 
     async def started(self, session: Session) -> None:
-        """The session relays: its desktop counts as running (pages, API, metrics) until it ends."""
+        """The connection reached the desktop (RFB handshake done): a session, audited as such."""
         self._providers.connected(session.desktop_id, session.id)
         await self._store.set_session_state(session.id, SessionState.ACTIVE)
+        user, desktop = await self._names(session)
+        await self._audit.record(
+            AuditKind.CONNECT, user=user, desktop=desktop, client_ip=session.client_ip,
+            detail=f"session {session.id}"
+                   + (f" (after {session.tries} tries)" if session.tries > 1 else ""))
 
     def unreachable(self, desktop_id: int) -> None:
         self._providers.unreachable(desktop_id)
@@ -451,8 +499,13 @@ class Broker:
                 detail=f"watch of session {admission.watch_of} ended: {reason}"
                        f" (by {admission.user.name})")
             return
-        await self._store.close_session(admission.session.id, time.time(), reason, final,
-                                        bytes_up, bytes_down)
+        session = admission.session
+        if not await self._store.close_session(session.id, time.time(), reason, final,
+                                               bytes_up, bytes_down):
+            # It never reached the desktop: a failed attempt (audited once), not a session.
+            await self._failed(session, reason, final=final, user=admission.user.name,
+                               desktop=admission.desktop.name)
+            return
         await self._audit.record(
             AuditKind.DISCONNECT, user=admission.user.name, desktop=admission.desktop.name,
             client_ip=client_ip,
@@ -462,5 +515,6 @@ class Broker:
         for session_id in self._tickets.expired_sessions():
             if self._watches.pop(session_id, None) is not None:
                 continue
-            await self._store.close_session(session_id, time.time(), "connection ticket not used",
-                                            False, 0, 0)
+            session = await self._store.get_session(session_id)
+            if session is not None:
+                await self._failed(session, "connection ticket not used", final=False)

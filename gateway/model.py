@@ -41,9 +41,21 @@ class WebSessionState(enum.StrEnum):
 
 
 class SessionState(enum.StrEnum):
+    """A connection session's life: starting -> active -> closed, or starting -> failed.
+
+    ``failed`` is a connection attempt that never reached the desktop (the RFB handshake with the
+    desktop never completed): it is not a session that was used, and lists of past sessions
+    show it apart. A retry of a failed attempt starts the same row again (starting).
+    """
+
     STARTING = "starting"
     ACTIVE = "active"
     CLOSED = "closed"
+    FAILED = "failed"
+
+    @property
+    def ended(self) -> bool:
+        return self in (SessionState.CLOSED, SessionState.FAILED)
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,7 @@ class Session:
     bytes_down: int = 0
     client_ip: str = ""
     user_agent: str = ""
+    tries: int = 1  # connection tries of this attempt (a failed attempt retried keeps its row)
 
 
 @dataclass(frozen=True)

@@ -166,4 +166,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE users ADD COLUMN name_key TEXT",
         "CREATE UNIQUE INDEX users_by_name_key ON users(name_key)",
     ],
+    [
+        # Connection attempts that never reached the desktop are "failed" (not "closed"); a
+        # retry of such an attempt starts the same row again and counts its tries.
+        "ALTER TABLE sessions ADD COLUMN tries INTEGER NOT NULL DEFAULT 1",
+    ],
 ]

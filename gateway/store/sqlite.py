@@ -58,7 +58,10 @@ _DESKTOP_COLUMNS = ("id, name, provider, host, port, protocol, password_enc IS N
                     " maintenance, options")
 _TOKEN_COLUMNS = "id, name, user_id, read_only, created_at, expires_at, last_used"  # noqa: S105
 _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
-                    " close_reason, close_final, bytes_up, bytes_down, client_ip, user_agent")
+                    " close_reason, close_final, bytes_up, bytes_down, client_ip, user_agent, tries")
+# A session row in one of these states is over: nothing changes it any more, except a retry
+# of a failed attempt (``retry_session``).
+_ENDED = "('closed', 'failed')"
 
 
 def _user(row: Iterable[Any]) -> User:
@@ -91,7 +94,7 @@ def _token(r: Sequence[Any]) -> ApiToken:
 def _session(row: Sequence[Any]) -> Session:
     return Session(row[0], int(row[1]), int(row[2]), row[3], SessionState(row[4]), float(row[5]),
                    None if row[6] is None else float(row[6]), row[7], bool(row[8]), int(row[9]),
-                   int(row[10]), row[11], row[12])
+                   int(row[10]), row[11], row[12], int(row[13]))
 
 
 @contextlib.contextmanager
@@ -607,11 +610,12 @@ class SQLiteStore:
     # connection sessions -----------------------------------------------------------------------
     async def create_session(self, session: Session) -> None:
         await self._exec(
-            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO sessions ({_SESSION_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (session.id, session.user_id, session.desktop_id, session.web_session_id,
              session.state.value, session.started_at, session.ended_at, session.close_reason,
              session.close_final, session.bytes_up, session.bytes_down, session.client_ip,
-             session.user_agent))
+             session.user_agent, session.tries))
 
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._one(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?",
@@ -619,20 +623,51 @@ class SQLiteStore:
         return _session(row) if row else None
 
     async def set_session_state(self, session_id: str, state: SessionState) -> None:
-        await self._exec("UPDATE sessions SET state = ? WHERE id = ? AND state != 'closed'",
+        await self._exec(f"UPDATE sessions SET state = ? WHERE id = ? AND state NOT IN {_ENDED}",
                          (state.value, session_id))
 
     async def close_session(self, session_id: str, ended_at: float, reason: str, final: bool,
-                            bytes_up: int, bytes_down: int) -> None:
-        await self._exec(
+                            bytes_up: int, bytes_down: int) -> bool:
+        """An active session (one that reached its desktop) ends; False when it was not active
+        (still starting: see ``fail_session``; or ended already)."""
+        return await self._exec(
             "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?, close_final = ?,"
-            " bytes_up = ?, bytes_down = ? WHERE id = ? AND state != 'closed'",
-            (ended_at, reason, final, bytes_up, bytes_down, session_id))
+            " bytes_up = ?, bytes_down = ? WHERE id = ? AND state = 'active'",
+            (ended_at, reason, final, bytes_up, bytes_down, session_id)) == 1
+
+    async def fail_session(self, session_id: str, ended_at: float, reason: str,
+                           final: bool) -> int | None:
+        """A starting session that never reached its desktop becomes "failed"; returns its
+        tries, or None when it was not starting (it reached the desktop, or has ended)."""
+        row = await self._one(
+            "UPDATE sessions SET state = 'failed', ended_at = ?, close_reason = ?, close_final = ?"
+            " WHERE id = ? AND state = 'starting' RETURNING tries",
+            (ended_at, reason, final, session_id))
+        return None if row is None else int(row[0])
+
+    async def retry_session(self, session_id: str, *, user_id: int, desktop_id: int,
+                            web_session_id: str, started_at: float, client_ip: str,
+                            user_agent: str) -> Session | None:
+        """Start a failed attempt of this user, desktop and web session again (one more try),
+        atomically: of concurrent retries of one attempt, one gets it; None for the others and
+        for anything else (not failed, someone else's)."""
+        row = await self._one(
+            "UPDATE sessions SET state = 'starting', tries = tries + 1, started_at = ?,"
+            " ended_at = NULL, close_reason = NULL, close_final = FALSE, client_ip = ?,"
+            " user_agent = ? WHERE id = ? AND user_id = ? AND desktop_id = ?"
+            f" AND web_session_id = ? AND state = 'failed' RETURNING {_SESSION_COLUMNS}",
+            (started_at, client_ip, user_agent, session_id, user_id, desktop_id, web_session_id))
+        return _session(row) if row else None
 
     async def close_open_sessions(self, ended_at: float, reason: str) -> int:
-        return await self._exec(
+        """At start-up: sessions a previous run left open end, with ``reason``; those that never
+        reached their desktop as failed attempts."""
+        failed = await self._exec(
+            "UPDATE sessions SET state = 'failed', ended_at = ?, close_reason = ?"
+            " WHERE state = 'starting'", (ended_at, reason))
+        return failed + await self._exec(
             "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?"
-            " WHERE state != 'closed'", (ended_at, reason))
+            f" WHERE state NOT IN {_ENDED}", (ended_at, reason))
 
     async def list_sessions(self, *, active_only: bool = False, limit: int = 100,
                             user_id: int | None = None,
@@ -640,7 +675,7 @@ class SQLiteStore:
         conditions: list[str] = []
         args: list[Any] = []
         if active_only:
-            conditions.append("state != 'closed'")
+            conditions.append(f"state NOT IN {_ENDED}")
         if user_id is not None:
             conditions.append("user_id = ?")
             args.append(user_id)

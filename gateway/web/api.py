@@ -67,9 +67,14 @@ _USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "l
             id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
             source=STRING, locked_until=TIMESTAMP)
 _SESSION = obj(("id", "user_id", "desktop_id", "state", "started_at"),
-               id=STRING, user_id=INTEGER, desktop_id=INTEGER, state=STRING,
+               id=STRING, user_id=INTEGER, desktop_id=INTEGER,
+               state={**STRING, "enum": ["starting", "active", "closed", "failed"],
+                      "description": "failed: a connection attempt that never reached the"
+                                     " desktop (close_reason says why), not a session"},
                started_at=TIMESTAMP, ended_at=nullable(NUMBER), close_reason=nullable(STRING),
-               bytes_up=INTEGER, bytes_down=INTEGER, client_ip=STRING, user_agent=STRING)
+               bytes_up=INTEGER, bytes_down=INTEGER, client_ip=STRING, user_agent=STRING,
+               tries={**INTEGER, "description": "connection tries of this attempt (a client"
+                                                " retrying a desktop that is down reuses it)"})
 _USER_DETAIL = {"allOf": [ref("User"), {"type": "object", "properties": {
     "groups": array(STRING),
     "desktops": array(obj(("id", "name"), id=INTEGER, name=STRING)),
@@ -233,7 +238,7 @@ def session_json(s: Session) -> dict[str, Any]:
     return {"id": s.id, "user_id": s.user_id, "desktop_id": s.desktop_id, "state": str(s.state),
             "started_at": s.started_at, "ended_at": s.ended_at, "close_reason": s.close_reason,
             "bytes_up": s.bytes_up, "bytes_down": s.bytes_down, "client_ip": s.client_ip,
-            "user_agent": s.user_agent}
+            "user_agent": s.user_agent, "tries": s.tries}
 
 
 def token_json(t: ApiToken, owner: str | None, now: float) -> dict[str, Any]:

@@ -66,26 +66,31 @@ async def client_page(request: web.Request) -> web.StreamResponse:
                   may_store_credentials=request.app[SETTINGS].rdp_store_credentials)
 
 
-async def _window_size(request: web.Request) -> tuple[int, int]:
-    """The browser's desktop area, when it says (RDP bridges start at that size); else 0, 0."""
+async def _connect_body(request: web.Request) -> tuple[int, int, str | None]:
+    """What the browser says when it connects: its desktop area (RDP bridges start at that
+    size; else 0, 0) and ``retry_of``, its previous try's session id when this is a retry."""
     if not request.can_read_body or request.content_type != "application/json":
-        return 0, 0
+        return 0, 0, None
     try:
         body = await request.json()
         width, height = int(body.get("width", 0)), int(body.get("height", 0))
     except (ValueError, TypeError, AttributeError):
         raise BadRequest("the window size must be two whole numbers") from None
-    return (width, height) if 16 <= width <= 8192 and 16 <= height <= 8192 else (0, 0)
+    retry_of = body.get("retry_of")
+    if retry_of is not None and not (isinstance(retry_of, str) and 0 < len(retry_of) <= 64):
+        raise BadRequest("retry_of must be a session id (a string of 1 to 64 characters)")
+    size = (width, height) if 16 <= width <= 8192 and 16 <= height <= 8192 else (0, 0)
+    return *size, retry_of
 
 
 @routes.post(r"/desktops/{desktop_id}/connect")
 async def connect(request: web.Request) -> web.StreamResponse:
     ws, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    width, height = await _window_size(request)
+    width, height, retry_of = await _connect_body(request)
     session, ticket = await request.app[BROKER].connect(
         user, ws, _desktop_id(request), client_ip(request), request.headers.get("User-Agent", ""),
-        width, height)
+        width, height, retry_of=retry_of)
     return web.json_response({
         "session_id": session.id,
         "ws_url": f"/ws/sessions/{session.id}?ticket={quote(ticket)}",

@@ -48,9 +48,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except GatewayError as exc:
         if wants_json(request):
-            body = {"error": exc.reason}
+            body: dict[str, str | bool] = {"error": exc.reason}
             if exc.asks_for_credentials:
                 body["credentials"] = "required"
+            if exc.session_id is not None:
+                body["session_id"] = exc.session_id
+            if not exc.reconnect:
+                body["reconnect"] = False
             return web.json_response(body, status=exc.http_status)
         if isinstance(exc, Unauthorized):
             raise web.HTTPSeeOther("/login") from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -155,3 +157,55 @@ async def test_reservations_and_caps_hold_under_concurrency(store: SQLiteStore) 
     assert await store.save_oidc_login("u", OidcLogin("corp", "b", "n", "v", 200.0),
                                        client_ip="10.0.0.1", caps=later) is None
     assert await store.count_oidc_logins("10.0.0.1", 0.0) == 1
+
+
+async def test_failed_attempts_are_apart_and_a_retry_continues_them(store: SQLiteStore) -> None:
+    """A session that never reached its desktop fails (not closed); a retry by the same person,
+    desktop and web session starts that row again, once, however many retries race for it."""
+    user = await store.create_user("fay", None, False)
+    other = await store.create_user("gus", None, False)
+    desk = await store.create_desktop("Down", "static", "127.0.0.1", 1, None)
+    await store.create_session(Session("a1", user.id, desk.id, "h", SessionState.STARTING, 1.0))
+    assert await store.fail_session("a1", 2.0, "the desktop cannot be reached", False) == 1
+    assert await store.fail_session("a1", 3.0, "again", False) is None  # not starting any more
+    assert not await store.close_session("a1", 3.0, "closed", False, 0, 0)  # failed stays failed
+    failed = await store.get_session("a1")
+    assert failed is not None
+    assert (failed.state, failed.close_reason, failed.ended_at, failed.tries) == (
+        SessionState.FAILED, "the desktop cannot be reached", 2.0, 1)
+    assert await store.list_sessions(active_only=True) == []
+
+    def retry(sid: str, user_id: int = user.id,
+              web_session_id: str = "h") -> Coroutine[Any, Any, Session | None]:
+        return store.retry_session(sid, user_id=user_id, desktop_id=desk.id,
+                                   web_session_id=web_session_id, started_at=4.0,
+                                   client_ip="ip2", user_agent="ua2")
+
+    # Someone else's attempt, another web session's, or a missing one: never continued.
+    assert await retry("a1", user_id=other.id) is None
+    assert await retry("a1", web_session_id="other") is None
+    assert await retry("missing") is None
+    # 100 retries at once: exactly one continues the attempt.
+    results = await asyncio.gather(*(retry("a1") for _ in range(100)))
+    continued = [r for r in results if r is not None]
+    assert len(continued) == 1
+    again = await store.get_session("a1")
+    assert again is not None and (again.state, again.tries, again.ended_at, again.close_reason,
+                                  again.started_at, again.client_ip) == (
+        SessionState.STARTING, 2, None, None, 4.0, "ip2")
+    assert await store.fail_session("a1", 5.0, "still down", False) == 2
+    # The try that reaches the desktop makes it a session like any other.
+    assert await retry("a1") is not None
+    await store.set_session_state("a1", SessionState.ACTIVE)
+    assert await retry("a1") is None  # an active session is not a failed attempt
+    assert await store.fail_session("a1", 6.0, "late", False) is None
+    assert await store.close_session("a1", 7.0, "closed by the user", False, 10, 20)
+    done = await store.get_session("a1")
+    assert done is not None and (done.state, done.tries) == (SessionState.CLOSED, 3)
+
+    # At start-up, what a previous run left starting failed; what was active closed.
+    await store.create_session(Session("b1", user.id, desk.id, "h", SessionState.STARTING, 8.0))
+    await store.create_session(Session("b2", user.id, desk.id, "h", SessionState.ACTIVE, 8.0))
+    assert await store.close_open_sessions(9.0, "the gateway restarted") == 2
+    states = {s.id: s.state for s in await store.list_sessions()}
+    assert (states["b1"], states["b2"]) == (SessionState.FAILED, SessionState.CLOSED)
