@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,13 +21,15 @@ from .errors import (
     AccountLocked,
     AuthenticationFailed,
     BadRequest,
+    GatewayError,
     NotFound,
     SecondFactorFailed,
     TooManyRequests,
 )
 from .keyboards import DEFAULT_LAYOUT, klid, layout_of
-from .model import AuditEvent, Desktop, User, WebSession, WebSessionState
+from .model import AuditEvent, Desktop, Secret, User, WebSession, WebSessionState
 from .proxy.rdp import CERT_POLICIES, SECURITY_MODES
+from .proxy.rfb import DesktopHandshake
 from .store import Store
 
 PROVIDER_NAMES = ("static", "local")
@@ -139,6 +142,57 @@ def rdp_account(username: str, domain: str, password: str) -> tuple[str, str, st
         raise BadRequest("enter the password of your account on this desktop"
                          " (at most 256 characters, no line breaks)")
     return username, _rdp_domain(domain), password
+
+
+ADDRESS_PROBE_SECONDS = 3.0
+
+
+async def address_problem(desktop: Desktop, password: Secret | None, *,
+                          timeout: float = ADDRESS_PROBE_SECONDS) -> str | None:
+    """What is wrong at a static desktop's address, or None when its server answers.
+
+    RDP: a TCP connect. VNC: a whole login, as a viewer would (shared, so nobody is
+    disconnected), closed after ServerInit. A shorter check is not kinder: TigerVNC puts a mark
+    against the peer for every connection that ends unauthenticated, even one closed right
+    after the banner (measured: four such connections and a fifth, correct login is refused
+    for a while), and a successful login clears the marks. A refused password is reported too.
+    """
+    async def check() -> str | None:
+        try:
+            reader, writer = await asyncio.open_connection(desktop.host, desktop.port)
+        except ConnectionRefusedError:
+            return "nothing answers (connection refused)"
+        except OSError as exc:
+            return f"nothing answers ({exc.strerror or type(exc).__name__})"
+        try:
+            if desktop.protocol != "vnc":
+                return None
+            handshake = DesktopHandshake(password)
+            while not handshake.authenticated:
+                data = await reader.read(4096)
+                if not data:
+                    raise handshake.eof_error()
+                writer.write(handshake.feed(data))
+            writer.write(handshake.client_init())
+            while not handshake.done:
+                data = await reader.read(65536)
+                if not data:
+                    raise handshake.eof_error()
+                handshake.feed(data)
+            return None
+        except GatewayError as exc:
+            return exc.reason
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return f"the connection failed ({exc.strerror or exc})"
 
 
 @dataclass(frozen=True)
