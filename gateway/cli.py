@@ -72,6 +72,17 @@ async def _with_services(settings: Settings,
 
 
 # init ------------------------------------------------------------------------------------------
+def first_admin_block(url: str, user: str, password: str) -> str:
+    """Where to sign in and as whom, framed so that it stands out at the end of set-up output."""
+    lines = ["Deskgate is ready. Sign in as its first admin:", "",
+             f"  URL: {url}", f"  User: {user}", f"  Password: {password}", "",
+             "The password is shown only now: keep it somewhere safe.",
+             "At first sign-in you set up an authenticator app (TOTP)."]
+    width = max(len(line) for line in lines)
+    rule = "+" + "-" * (width + 4) + "+"
+    return "\n".join(["", rule, *(f"|  {line.ljust(width)}  |" for line in lines), rule, ""])
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
     config_path = data / "deskgate.toml"
@@ -94,10 +105,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             await services.add_desktop(DEMO_DESKTOP, "local")
             await services.assign(DEMO_DESKTOP, args.admin)
         print(f"Configuration: {config_path}")
-        print(f"URL: {public_url}")
-        print(f"User: {args.admin}")
-        print(f"Password: {password}")
-        print("The password is shown only now. You will enrol a TOTP app at first sign-in.")
+        assert password is not None  # generated
+        print(first_admin_block(public_url, args.admin, password))
         return 0
 
     return asyncio.run(_with_services(settings, populate))
