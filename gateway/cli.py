@@ -73,14 +73,14 @@ async def _with_services(settings: Settings,
 
 # init ------------------------------------------------------------------------------------------
 def first_admin_block(url: str, user: str, password: str) -> str:
-    """Where to sign in and as whom, framed so that it stands out at the end of set-up output."""
+    """Where to sign in and as whom, set apart by rules so that it stands out at the end of
+    set-up output. Each fact stays a line of its own ("Password: ..."), for scripts."""
     lines = ["Deskgate is ready. Sign in as its first admin:", "",
-             f"  URL: {url}", f"  User: {user}", f"  Password: {password}", "",
+             f"URL: {url}", f"User: {user}", f"Password: {password}", "",
              "The password is shown only now: keep it somewhere safe.",
              "At first sign-in you set up an authenticator app (TOTP)."]
-    width = max(len(line) for line in lines)
-    rule = "+" + "-" * (width + 4) + "+"
-    return "\n".join(["", rule, *(f"|  {line.ljust(width)}  |" for line in lines), rule, ""])
+    rule = "=" * max(64, *(len(line) for line in lines))
+    return "\n".join(["", rule, *lines, rule, ""])
 
 
 def cmd_init(args: argparse.Namespace) -> int:
