@@ -284,7 +284,20 @@ class Services:
         await self.audit.record(AuditKind.SECOND_FACTOR_OK, user=user.name, client_ip=ip,
                                 detail=how)
         cookie, new_ws = await self.sessions.promote(ws, user)
+        if codes is not None:
+            # Kept for the new web session only, until the person says they saved them.
+            await self.store.set_web_session_recovery_codes(
+                new_ws.id, self.box.encrypt("\n".join(codes)))
         return SecondFactorResult(cookie, new_ws, codes)
+
+    async def unsaved_recovery_codes(self, ws: WebSession) -> list[str] | None:
+        """The recovery codes this web session was given and has not confirmed saving, if any."""
+        enc = await self.store.get_web_session_recovery_codes(ws.id)
+        return self.box.decrypt(enc).reveal().split("\n") if enc else None
+
+    async def recovery_codes_saved(self, ws: WebSession) -> None:
+        """The person saved their recovery codes: the gateway forgets them (only hashes stay)."""
+        await self.store.set_web_session_recovery_codes(ws.id, None)
 
     async def sign_out(self, ws: WebSession, ip: str) -> None:
         user = await self.store.get_user(ws.user_id)

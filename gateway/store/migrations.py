@@ -144,4 +144,9 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (user_id, desktop_id)
         )""",
     ],
+    [
+        # New recovery codes, encrypted, kept with the web session that enrolled until the person
+        # says they saved them (the page can be reloaded); gone with the session in any case.
+        "ALTER TABLE web_sessions ADD COLUMN recovery_codes_enc TEXT",
+    ],
 ]

@@ -284,6 +284,15 @@ class SQLiteStore:
     async def delete_user_web_sessions(self, user_id: int) -> None:
         await self._exec("DELETE FROM web_sessions WHERE user_id = ?", (user_id,))
 
+    async def set_web_session_recovery_codes(self, ws_id: str, codes_enc: str | None) -> None:
+        await self._exec("UPDATE web_sessions SET recovery_codes_enc = ? WHERE id = ?",
+                         (codes_enc, ws_id))
+
+    async def get_web_session_recovery_codes(self, ws_id: str) -> str | None:
+        row = await self._one("SELECT recovery_codes_enc FROM web_sessions WHERE id = ?",
+                              (ws_id,))
+        return None if row is None or row[0] is None else str(row[0])
+
     # desktops -----------------------------------------------------------------------------------
     async def create_desktop(self, name: str, provider: str, host: str, port: int,
                              password_enc: str | None, protocol: str = "vnc",
