@@ -44,6 +44,7 @@ class SessionState(enum.StrEnum):
     STARTING = "starting"
     ACTIVE = "active"
     CLOSED = "closed"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)

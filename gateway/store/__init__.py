@@ -106,7 +106,8 @@ class Store(Protocol):
     async def close_open_sessions(self, ended_at: float, reason: str) -> int: ...
     async def list_sessions(self, *, active_only: bool = False, limit: int = 100,
                             user_id: int | None = None,
-                            desktop_id: int | None = None) -> list[Session]: ...
+                            desktop_id: int | None = None, state: str | None = None,
+                            search: str = "", offset: int = 0) -> list[Session]: ...
 
     # API tokens
     async def create_api_token(self, name: str, token_hash_: str, user_id: int, read_only: bool,
