@@ -134,6 +134,10 @@ class AdminService:
             if ({"cert_fingerprint", "cert_ca"} & set(rdp)) and "cert_policy" not in rdp:
                 base.pop("cert_policy", None)  # a new pin or CA chooses its own policy
             new_options = rdp_options({**base, **rdp})
+        credentials = (new_options or dict(d.options)).get("credentials")
+        if password and d.protocol == "rdp" and credentials == "per_user":
+            raise BadRequest("a per-user RDP desktop has no shared password: each person"
+                             " enters their own account")
         new_name = d.name if name is None else desktop_name(name)
         new_port = d.port if port is None else port
         if d.provider == "static" and not 0 < new_port < 65536:
@@ -168,7 +172,8 @@ class AdminService:
     async def delete_desktop(self, admin: User, desktop_id: int) -> None:
         d = await self.desktop(desktop_id)
         await self._providers.get(d.provider).stop(self._spec(d))
-        await self.store.delete_desktop(d.id)
+        if not await self.store.delete_desktop(d.id):
+            raise NotFound("no such desktop")  # removed by someone else meanwhile: one record
         await self._record(admin, "desktop deleted", desktop=d.name)
 
     async def assign(self, admin: User, desktop_id: int, *, user_id: int | None = None,

@@ -24,10 +24,16 @@ from .crypto import new_token
 from .errors import BadRequest, GatewayError
 from .listen import address, bind
 from .live import LiveSessions
-from .model import User
+from .model import Desktop, User
 from .names import name_key
 from .providers import ProviderContext
-from .services import MAX_CA_PEM, RDP_CERT_POLICIES, RDP_SECURITY, Services
+from .services import (
+    MAX_CA_PEM,
+    RDP_CERT_POLICIES,
+    RDP_SECURITY,
+    Services,
+    address_problem,
+)
 from .store.sqlite import SQLiteStore
 
 DEFAULT_CONFIG = "data/deskgate.toml"
@@ -69,6 +75,17 @@ async def _with_services(settings: Settings,
 
 
 # init ------------------------------------------------------------------------------------------
+def first_admin_block(url: str, user: str, password: str) -> str:
+    """Where to sign in and as whom, set apart by rules so that it stands out at the end of
+    set-up output. Each fact stays a line of its own ("Password: ..."), for scripts."""
+    lines = ["Deskgate is ready. Sign in as its first admin:", "",
+             f"URL: {url}", f"User: {user}", f"Password: {password}", "",
+             "The password is shown only now: keep it somewhere safe.",
+             "At first sign-in you set up an authenticator app (TOTP)."]
+    rule = "=" * max(64, *(len(line) for line in lines))
+    return "\n".join(["", rule, *lines, rule, ""])
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
     config_path = data / "deskgate.toml"
@@ -91,10 +108,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             await services.add_desktop(DEMO_DESKTOP, "local")
             await services.assign(DEMO_DESKTOP, args.admin)
         print(f"Configuration: {config_path}")
-        print(f"URL: {public_url}")
-        print(f"User: {args.admin}")
-        print(f"Password: {password}")
-        print("The password is shown only now. You will enrol a TOTP app at first sign-in.")
+        assert password is not None  # generated
+        print(first_admin_block(public_url, args.admin, password))
         return 0
 
     return asyncio.run(_with_services(settings, populate))
@@ -203,6 +218,14 @@ def cmd_desktop(args: argparse.Namespace) -> int:
                 args.name, args.provider, host=host, port=port, password=password,
                 protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None)
             print(f"Desktop {desktop.id} {desktop.name}")
+            await _warn_if_silent(services, desktop)
+        elif args.desktop_cmd == "remove":
+            admin = _admin_service(services, settings)
+            desktop = await services.desktop(args.name)
+            await admin.delete_desktop(CLI_ACTOR, desktop.id)
+            print(f"Desktop {desktop.name} removed")
+        elif args.desktop_cmd == "set":
+            await _set_desktop(services, settings, args, password)
         else:
             for d in await services.store.list_desktops():
                 where = f"{d.host}:{d.port}" if d.provider == "static" else "on this host"
@@ -216,6 +239,65 @@ def cmd_desktop(args: argparse.Namespace) -> int:
                     where += f", keyboard {d.option('keyboard_layout')}"
                 secret = " (password set)" if d.has_password else ""
                 print(f"{d.id:4d}  {d.name:24s} {d.provider:8s} {d.protocol} {where}{secret}")
+        return 0
+
+    return asyncio.run(_with_services(settings, run))
+
+
+async def _warn_if_silent(services: Services, desktop: Desktop) -> None:
+    """A warning on stderr (never an error) when a static desktop's server does not answer,
+    or refuses the stored password (see ``address_problem``)."""
+    if desktop.provider != "static":
+        return
+    enc = await services.store.get_desktop_password(desktop.id) if desktop.has_password else None
+    problem = await address_problem(desktop, services.box.decrypt(enc) if enc else None)
+    if problem:
+        print(f"deskgate: warning: {desktop.protocol.upper()} at {desktop.host}:{desktop.port}:"
+              f" {problem}; the desktop is saved anyway", file=sys.stderr)
+
+
+async def _set_desktop(services: Services, settings: Settings, args: argparse.Namespace,
+                       password: str | None) -> None:
+    if args.vnc and args.rdp:
+        raise BadRequest("give --vnc or --rdp, not both")
+    if password is not None and args.clear_password:
+        raise BadRequest("give --password-stdin or --clear-password, not both")
+    desktop = await services.desktop(args.name)
+    address = args.vnc or args.rdp
+    if address is not None:
+        wanted = "vnc" if args.vnc else "rdp"
+        if desktop.provider != "static":
+            raise BadRequest(f"{desktop.name} is a {desktop.provider} desktop: it has no address")
+        if wanted != desktop.protocol:
+            raise BadRequest(f"{desktop.name} is a {desktop.protocol.upper()} desktop:"
+                             f" give --{desktop.protocol} HOST:PORT")
+    if address is None and password is None and not args.clear_password and args.rename is None:
+        raise BadRequest("nothing to change: give --vnc/--rdp HOST:PORT, --password-stdin,"
+                         " --clear-password or --rename NEW")
+    host, port = address if address is not None else (None, None)
+    changed = await _admin_service(services, settings).update_desktop(
+        CLI_ACTOR, desktop.id, name=args.rename, host=host, port=port, password=password,
+        clear_password=args.clear_password)
+    print(f"Desktop {changed.name} changed")
+    if address is not None:
+        await _warn_if_silent(services, changed)
+
+
+def cmd_unassign(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run(services: Services) -> int:
+        if (args.user is None) == (args.group is None):
+            raise BadRequest("name a user, or a group with --group, not both")
+        admin = _admin_service(services, settings)
+        desktop = await services.desktop(args.desktop)
+        if args.group is not None:
+            await admin.assign(CLI_ACTOR, desktop.id, group=args.group, remove=True)
+            print(f"Desktop {desktop.name} no longer assigned to group {args.group.strip()}")
+        else:
+            user = await services.user(args.user)
+            await admin.assign(CLI_ACTOR, desktop.id, user_id=user.id, remove=True)
+            print(f"Desktop {desktop.name} no longer assigned to {user.name}")
         return 0
 
     return asyncio.run(_with_services(settings, run))
@@ -380,6 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")
     dsub.add_parser("list", help="list desktops")
+    p = dsub.add_parser("remove", help="remove a desktop with its assignments (its past"
+                                       " sessions stay in the history)")
+    p.add_argument("name")
+    p = dsub.add_parser("set", help="change a desktop's address, password or name")
+    p.add_argument("name")
+    p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT",
+                   help="static VNC desktop: new address")
+    p.add_argument("--rdp", type=_host_port, metavar="HOST:PORT",
+                   help="static RDP desktop: new address")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="a new VNC or RDP password on stdin (stored encrypted)")
+    p.add_argument("--clear-password", action="store_true", help="forget the stored password")
+    p.add_argument("--rename", metavar="NEW", help="a new name")
     desk.set_defaults(func=cmd_desktop)
 
     p = sub.add_parser("assign", help="assign a desktop to a user or to an IdP group")
@@ -390,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
                    " (see `deskgate user list`)")
     p.add_argument("--group", help="an identity provider group instead of a user")
     p.set_defaults(func=cmd_assign)
+
+    p = sub.add_parser("unassign", help="take a desktop away from a user or an IdP group")
+    p.add_argument("desktop")
+    p.add_argument("user", nargs="?")
+    p.add_argument("--group", help="an identity provider group instead of a user")
+    p.set_defaults(func=cmd_unassign)
 
     token = sub.add_parser("token", help="REST API tokens")
     tsub = token.add_subparsers(dest="token_cmd", required=True)

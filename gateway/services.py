@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,14 +21,16 @@ from .errors import (
     AccountLocked,
     AuthenticationFailed,
     BadRequest,
+    GatewayError,
     NotFound,
     SecondFactorFailed,
     TooManyRequests,
 )
 from .keyboards import DEFAULT_LAYOUT, klid, layout_of
-from .model import AuditEvent, Desktop, User, WebSession, WebSessionState
+from .model import AuditEvent, Desktop, Secret, User, WebSession, WebSessionState
 from .names import name_key
 from .proxy.rdp import CERT_POLICIES, SECURITY_MODES
+from .proxy.rfb import DesktopHandshake
 from .store import Store
 
 PROVIDER_NAMES = ("static", "local")
@@ -141,6 +145,57 @@ def rdp_account(username: str, domain: str, password: str) -> tuple[str, str, st
     return username, _rdp_domain(domain), password
 
 
+ADDRESS_PROBE_SECONDS = 3.0
+
+
+async def address_problem(desktop: Desktop, password: Secret | None, *,
+                          timeout: float = ADDRESS_PROBE_SECONDS) -> str | None:
+    """What is wrong at a static desktop's address, or None when its server answers.
+
+    RDP: a TCP connect. VNC: a whole login, as a viewer would (shared, so nobody is
+    disconnected), closed after ServerInit. A shorter check is not kinder: TigerVNC puts a mark
+    against the peer for every connection that ends unauthenticated, even one closed right
+    after the banner (measured: four such connections and a fifth, correct login is refused
+    for a while), and a successful login clears the marks. A refused password is reported too.
+    """
+    async def check() -> str | None:
+        try:
+            reader, writer = await asyncio.open_connection(desktop.host, desktop.port)
+        except ConnectionRefusedError:
+            return "nothing answers (connection refused)"
+        except OSError as exc:
+            return f"nothing answers ({exc.strerror or type(exc).__name__})"
+        try:
+            if desktop.protocol != "vnc":
+                return None
+            handshake = DesktopHandshake(password)
+            while not handshake.authenticated:
+                data = await reader.read(4096)
+                if not data:
+                    raise handshake.eof_error()
+                writer.write(handshake.feed(data))
+            writer.write(handshake.client_init())
+            while not handshake.done:
+                data = await reader.read(65536)
+                if not data:
+                    raise handshake.eof_error()
+                handshake.feed(data)
+            return None
+        except GatewayError as exc:
+            return exc.reason
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return f"the connection failed ({exc.strerror or exc})"
+
+
 @dataclass(frozen=True)
 class SecondFactorResult:
     cookie: str
@@ -227,7 +282,20 @@ class Services:
         await self.audit.record(AuditKind.SECOND_FACTOR_OK, user=user.name, client_ip=ip,
                                 detail=how)
         cookie, new_ws = await self.sessions.promote(ws, user)
+        if codes is not None:
+            # Kept for the new web session only, until the person says they saved them.
+            await self.store.set_web_session_recovery_codes(
+                new_ws.id, self.box.encrypt("\n".join(codes)))
         return SecondFactorResult(cookie, new_ws, codes)
+
+    async def unsaved_recovery_codes(self, ws: WebSession) -> list[str] | None:
+        """The recovery codes this web session was given and has not confirmed saving, if any."""
+        enc = await self.store.get_web_session_recovery_codes(ws.id)
+        return self.box.decrypt(enc).reveal().split("\n") if enc else None
+
+    async def recovery_codes_saved(self, ws: WebSession) -> None:
+        """The person saved their recovery codes: the gateway forgets them (only hashes stay)."""
+        await self.store.set_web_session_recovery_codes(ws.id, None)
 
     async def sign_out(self, ws: WebSession, ip: str) -> None:
         user = await self.store.get_user(ws.user_id)

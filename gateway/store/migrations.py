@@ -171,4 +171,9 @@ MIGRATIONS: list[list[str]] = [
         # retry of such an attempt starts the same row again and counts its tries.
         "ALTER TABLE sessions ADD COLUMN tries INTEGER NOT NULL DEFAULT 1",
     ],
+    [
+        # New recovery codes, encrypted, kept with the web session that enrolled until the person
+        # says they saved them (the page can be reloaded); gone with the session in any case.
+        "ALTER TABLE web_sessions ADD COLUMN recovery_codes_enc TEXT",
+    ],
 ]

@@ -431,6 +431,15 @@ class SQLiteStore:
     async def delete_user_web_sessions(self, user_id: int) -> None:
         await self._exec("DELETE FROM web_sessions WHERE user_id = ?", (user_id,))
 
+    async def set_web_session_recovery_codes(self, ws_id: str, codes_enc: str | None) -> None:
+        await self._exec("UPDATE web_sessions SET recovery_codes_enc = ? WHERE id = ?",
+                         (codes_enc, ws_id))
+
+    async def get_web_session_recovery_codes(self, ws_id: str) -> str | None:
+        row = await self._one("SELECT recovery_codes_enc FROM web_sessions WHERE id = ?",
+                              (ws_id,))
+        return None if row is None or row[0] is None else str(row[0])
+
     # desktops -----------------------------------------------------------------------------------
     async def create_desktop(self, name: str, provider: str, host: str, port: int,
                              password_enc: str | None, protocol: str = "vnc",
@@ -671,11 +680,26 @@ class SQLiteStore:
 
     async def list_sessions(self, *, active_only: bool = False, limit: int = 100,
                             user_id: int | None = None,
-                            desktop_id: int | None = None) -> list[Session]:
+                            desktop_id: int | None = None, state: str | None = None,
+                            search: str = "", offset: int = 0) -> list[Session]:
+        """Newest first. ``search`` matches (case-insensitively, as a substring) the session id,
+        client address, user agent, user name, desktop name or desktop host."""
         conditions: list[str] = []
         args: list[Any] = []
         if active_only:
             conditions.append(f"state NOT IN {_ENDED}")
+        if state is not None:
+            conditions.append("state = ?")
+            args.append(state)
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = "%" + escaped + "%"
+            conditions.append("(id LIKE ? ESCAPE '\\' OR client_ip LIKE ? ESCAPE '\\'"
+                              " OR user_agent LIKE ? ESCAPE '\\'"
+                              " OR user_id IN (SELECT id FROM users WHERE name LIKE ? ESCAPE '\\')"
+                              " OR desktop_id IN (SELECT id FROM desktops"
+                              " WHERE name LIKE ? ESCAPE '\\' OR host LIKE ? ESCAPE '\\'))")
+            args += [like] * 6  # one per LIKE above
         if user_id is not None:
             conditions.append("user_id = ?")
             args.append(user_id)
@@ -684,8 +708,8 @@ class SQLiteStore:
             args.append(desktop_id)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self._all(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY started_at DESC LIMIT ?",
-            (*args, limit))
+            f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY started_at DESC"
+            " LIMIT ? OFFSET ?", (*args, limit, offset))
         return [_session(r) for r in rows]
 
     # API tokens -----------------------------------------------------------------------------

@@ -132,7 +132,8 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
             form.get("name", ""), form.get("provider", ""),
             host=form.get("host", "").strip() if static else "",
             port=_int(form.get("port", ""), "port") if static else 0,
-            password=form.get("password") or None, protocol="rdp" if rdp else "vnc",
+            password=(form.get("password") or None) if static else None,
+            protocol="rdp" if rdp else "vnc",
             options=options)
     except GatewayError as exc:
         return await _desktops_page(request, http_status=exc.http_status, error=exc.reason,

@@ -107,7 +107,7 @@ async def test_session_cookie_flags_and_rotation(client: TestClient) -> None:  #
     half = cookie.value
     page = await (await client.get("/login/totp")).text()
     resp = await client.post("/login/totp", data={"code": pyotp.TOTP(secret_of(page)).now(),
-                                                  "_csrf": csrf_of(page)})
+                                                  "_csrf": csrf_of(page)}, allow_redirects=False)
     assert resp.cookies["deskgate_session"].value != half  # rotated on the second factor
 
 
