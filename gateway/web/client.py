@@ -15,7 +15,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from ..broker import Admission, Broker
+from ..broker import NO_SUCH_DESKTOP, Admission, Broker
 from ..errors import (
     WS_GOING_AWAY,
     WS_NORMAL,
@@ -35,6 +35,7 @@ from ..metrics import METRICS
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
 from .common import check_csrf, client_ip, load_user, render, require_signed_in
+from .inputs import json_object, path_id
 from .sse import EventStream
 
 log = logging.getLogger("deskgate.session")
@@ -52,9 +53,9 @@ _FINAL_ERRORS = (UpstreamAuthFailed, ProtocolError, Forbidden, Unauthorized)
 
 def _desktop_id(request: web.Request) -> int:
     try:
-        return int(request.match_info["desktop_id"])
-    except ValueError:
-        raise NotFound("no such desktop") from None
+        return path_id(request, "desktop_id", "desktop")
+    except NotFound:
+        raise NotFound(NO_SUCH_DESKTOP) from None
 
 
 @routes.get(r"/desktops/{desktop_id}")
@@ -70,11 +71,10 @@ async def _window_size(request: web.Request) -> tuple[int, int]:
     """The browser's desktop area, when it says (RDP bridges start at that size); else 0, 0."""
     if not request.can_read_body or request.content_type != "application/json":
         return 0, 0
-    try:
-        body = await request.json()
-        width, height = int(body.get("width", 0)), int(body.get("height", 0))
-    except (ValueError, TypeError, AttributeError):
-        raise BadRequest("the window size must be two whole numbers") from None
+    body = await json_object(request)
+    width, height = body.get("width", 0), body.get("height", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
+        raise BadRequest("the window size must be two whole numbers")
     return (width, height) if 16 <= width <= 8192 and 16 <= height <= 8192 else (0, 0)
 
 
@@ -98,11 +98,8 @@ async def save_credentials(request: web.Request) -> web.StreamResponse:
     or (``"remember": false``, or storing is off) used for the next connection only."""
     _, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("expected a JSON object") from None
-    if not isinstance(body, dict) or not all(
+    body = await json_object(request)
+    if not all(
             isinstance(body.get(k, ""), str) for k in ("username", "domain", "password")):
         raise BadRequest("username, domain and password are strings")
     if not isinstance(body.get("remember", True), bool):

@@ -11,6 +11,7 @@ from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME, csrf_ok
 from ..errors import CsrfError, Forbidden, Unauthorized
 from ..keys import AUDIT, SETTINGS, STORE, TEMPLATES
 from ..model import User, WebSession, WebSessionState
+from .inputs import form_fields
 
 WEB_SESSION = web.RequestKey("web_session", WebSession)
 USER = web.RequestKey("user", User)
@@ -56,8 +57,7 @@ def check_csrf(request: web.Request, supplied: str | None) -> None:
 
 
 async def check_form_csrf(request: web.Request) -> dict[str, str]:
-    form = await request.post()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = await form_fields(request)
     check_csrf(request, fields.get("_csrf"))
     return fields
 
