@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from ..errors import BadRequest, NotFound
 
@@ -128,6 +129,8 @@ async def form_fields(request: web.Request) -> dict[str, str]:
         form = await request.post()
     except (ValueError, LookupError):  # UnicodeDecodeError is a ValueError; LookupError: charset
         raise BadRequest("the form is not valid UTF-8") from None
+    except BadHttpMessage:  # a multipart form whose parts are broken
+        raise BadRequest("the form is malformed") from None
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     for value in (*fields, *fields.values()):
         _check(value)
