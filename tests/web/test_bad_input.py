@@ -267,7 +267,7 @@ def test_every_api_operation_survives_schemathesis(tmp_path: Path) -> None:
                 @settings(max_examples=4, deadline=None, database=None, derandomize=True,
                           phases=[Phase.generate], suppress_health_check=list(HealthCheck))
                 @given(case=operation.as_strategy(generation_mode=mode))
-                def check(case: schemathesis.Case) -> None:
+                def check(case: schemathesis.Case, mode: object = mode) -> None:
                     nonlocal calls
                     for session, headers in ((None, as_token), (admin, as_session)):
                         try:
