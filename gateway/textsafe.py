@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import markupsafe
+from aiohttp.http_exceptions import BadHttpMessage
 
 # C0 controls and DEL, C1 controls (NEL among them), the Arabic letter mark, the bidi marks,
 # embeddings, overrides and isolates, the line and paragraph separators, and lone surrogates
@@ -93,8 +94,23 @@ def _indented(text: str) -> str:
     return "\n".join("  " + visible(line) for line in text.split("\n"))
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a header line too long, a bad method or
+    header) as an ERROR with a traceback: that is the client's mistake, already answered 400.
+    Such records become one INFO line saying what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.name == "aiohttp.server" and isinstance(exc, BadHttpMessage):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.msg}: malformed request ({type(exc).__name__}), answered 400"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def log_handler(stream: Any = None) -> logging.Handler:
     """The gateway's log handler: standard error (or ``stream``), through ``SafeFormatter``."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(SafeFormatter(LOG_FORMAT))
+    handler.addFilter(MalformedRequests())
     return handler

@@ -19,7 +19,7 @@ from ..broker import Admission
 from ..keys import ADMIN, BROKER, EVENTS, LIVE, SHUTTING_DOWN, STORE
 from ..model import SessionState, User, WebSession
 from .client import relay_socket
-from .common import check_csrf, client_ip, render, require_admin
+from .common import check_csrf, client_ip, render, require_admin, user_agent
 from .inputs import form_fields, json_object
 from .sse import EventStream
 
@@ -141,7 +141,7 @@ async def watch_connect(request: web.Request) -> web.StreamResponse:
     check_csrf(request, request.headers.get("X-CSRF-Token"))
     watch_id, ticket = await request.app[BROKER].watch(
         admin, ws, _session_id(request), request.app[LIVE], client_ip(request),
-        request.headers.get("User-Agent", ""))
+        user_agent(request))
     return web.json_response({"watch_id": watch_id,
                               "ws_url": f"/ws/watch/{watch_id}?ticket={quote(ticket)}"})
 

@@ -34,7 +34,7 @@ from ..live import LiveSession
 from ..metrics import METRICS
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
-from .common import check_csrf, client_ip, load_user, render, require_signed_in
+from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
 from .sse import EventStream
 
@@ -84,7 +84,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
     check_csrf(request, request.headers.get("X-CSRF-Token"))
     width, height = await _window_size(request)
     session, ticket = await request.app[BROKER].connect(
-        user, ws, _desktop_id(request), client_ip(request), request.headers.get("User-Agent", ""),
+        user, ws, _desktop_id(request), client_ip(request), user_agent(request),
         width, height)
     return web.json_response({
         "session_id": session.id,

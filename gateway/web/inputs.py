@@ -58,6 +58,13 @@ def query_int(request: web.Request, name: str, low: int = INT_MIN,
     return parse_int(raw, name, low, high)
 
 
+def header_text(request: web.Request, name: str, limit: int = 300) -> str:
+    """A header's value as text that any store or terminal can encode: aiohttp keeps bytes that
+    are not UTF-8 as lone surrogates; they become U+FFFD here."""
+    value = request.headers.get(name, "")[:limit]
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 async def _text(request: web.Request) -> str:
     """The body decoded with its declared charset (UTF-8 when none is declared)."""
     raw = await request.read()  # bounded by the application's client_max_size (413)
