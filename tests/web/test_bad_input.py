@@ -8,6 +8,7 @@ hand-written malformed paths, queries, bodies and headers, as an admin, a user a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -15,12 +16,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from served import Served, serve, sign_in
 from websupport import PASSWORD, csrf_of
+from yarl import URL
 
 from gateway.app import create_app
 from gateway.config import load_settings
@@ -318,3 +321,30 @@ def test_header_bytes_that_are_not_utf8(gateway: Served) -> None:
                      allow_redirects=False, timeout=30)
     assert resp.status_code == 303, resp.text
     assert "Traceback" not in gateway.log()
+
+
+async def test_many_probes_at_once_answer_alike_and_are_all_audited(gateway: Served,
+                                                                    people: dict[str, Who]) -> None:
+    """200 connects in flight for desktop ids that are not alice's (one unassigned, the rest
+    missing): the same 404 each, one audit row each, and the audit chain still verifies."""
+    http, csrf = people["alice"]
+    before = int(re.search(r"(\d+) rows", gateway.cli("audit", "verify")).group(1))  # type: ignore[union-attr]
+    ids = [gateway.desktops["Theirs"], *range(10_000, 10_199)]
+    jar = aiohttp.CookieJar(unsafe=True)
+    jar.update_cookies(http.cookies.get_dict(), URL(gateway.base))
+    async with aiohttp.ClientSession(cookie_jar=jar) as alice:
+        async def probe(desktop_id: int) -> tuple[int, str]:
+            async with alice.post(f"{gateway.base}/desktops/{desktop_id}/connect",
+                                  headers={"X-CSRF-Token": csrf,
+                                           "Accept": "application/json"}) as resp:
+                return resp.status, await resp.text()
+
+        answers = await asyncio.gather(*(probe(i) for i in ids))
+    assert set(answers) == {(404, '{"error": "no such desktop"}')}, set(answers)
+    verify = gateway.cli("audit", "verify")
+    assert "intact" in verify, verify
+    after = int(re.search(r"(\d+) rows", verify).group(1))  # type: ignore[union-attr]
+    assert after - before == len(ids)
+    listing = gateway.cli("audit", "--limit", str(len(ids)))
+    assert listing.count("session.denied") == len(ids)
+    assert listing.count("not assigned") == 1 and listing.count("no such desktop") == len(ids) - 1
