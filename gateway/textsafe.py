@@ -80,6 +80,14 @@ class SafeFormatter(logging.Formatter):
     lines, each one ``visible`` and indented, so that no line of it can pass for a record.
     """
 
+    def format(self, record: logging.LogRecord) -> str:
+        # Another handler may have cached its own (unindented) traceback text on the record.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         return visible(super().formatMessage(record))
 

@@ -158,6 +158,7 @@ def test_every_page_route_answers_malformed_input_with_4xx(gateway: Served,
                     resp = send(http, method, url, data=body, headers=headers)
                     assert_answered(resp, f"{who} {method} {url} {headers} {body[:60]!r}")
                     sent += 1
+    print(f"{sent} malformed requests over {len(routes)} routes")
     assert sent > 1000
     log = gateway.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
