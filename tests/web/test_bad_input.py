@@ -271,7 +271,7 @@ def test_unassigned_and_missing_desktops_answer_alike(gateway: Served,
 # the REST API, generated ----------------------------------------------------------------------------
 def test_every_api_operation_survives_schemathesis(tmp_path: Path) -> None:
     """Generated valid and invalid requests for every operation of the served OpenAPI document,
-    with a bearer token and with an admin's web session; a gateway of its own, as they change
+    with a bearer token, with an admin's web session and with neither; a gateway of its own, as they change
     and delete things. Bounded: a few examples per operation and mode, derandomized."""
     with serve(tmp_path / "api") as gateway:
         admin, csrf = sign_in(gateway, gateway.admin_name, gateway.admin_password)
@@ -288,7 +288,8 @@ def test_every_api_operation_survives_schemathesis(tmp_path: Path) -> None:
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def check(case: schemathesis.Case) -> None:
                     nonlocal calls
-                    for session, headers in ((None, as_token), (admin, as_session)):
+                    for session, headers in ((None, as_token), (admin, as_session),
+                                             (None, {})):  # the last: a stranger
                         try:
                             resp = case.call(base_url=gateway.base, session=session,
                                              headers=headers, timeout=30)
