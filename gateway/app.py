@@ -51,6 +51,7 @@ from .services import Services
 from .sso import LOGIN_TTL, SsoService
 from .store import Store
 from .store.sqlite import SQLiteStore
+from .textsafe import multiline, page_value
 from .tickets import TicketBook
 from .web import admin_pages, admin_sessions, api, client, login, middleware, portal, sso
 from .web.sso import callback_path
@@ -175,6 +176,7 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
+    middleware.hide_server_version()
     app = web.Application(middlewares=[middleware.errors, middleware.web_session],
                           client_max_size=64 * 1024)
     app[SETTINGS] = settings
@@ -183,8 +185,13 @@ def create_app(settings: Settings) -> web.Application:
     app[LIVE] = LiveSessions()
     app[EVENTS] = EventBus()
     app[SHUTTING_DOWN] = asyncio.Event()
-    app[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-                                        autoescape=True, undefined=jinja2.StrictUndefined)
+    # Autoescaping keeps outside text from becoming HTML; page_value keeps its control
+    # characters (bidi overrides, escapes, line breaks) from reordering or hiding what is shown.
+    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+                                   autoescape=True, undefined=jinja2.StrictUndefined,
+                                   finalize=page_value)
+    templates.filters["multiline"] = multiline
+    app[TEMPLATES] = templates
     app.cleanup_ctx.append(_state)
     app.cleanup_ctx.append(_single_sign_on)
     app.cleanup_ctx.append(_housekeeping)

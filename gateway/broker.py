@@ -31,6 +31,8 @@ from .store import Store
 from .tickets import TicketBook
 
 log = logging.getLogger("deskgate.broker")
+# The one answer to a desktop id that is not the person's: missing and unassigned alike.
+NO_SUCH_DESKTOP = "no such desktop"
 # The portal waits at most this long for a desktop to say whether it runs.
 _STATE_TIMEOUT = 2.0
 
@@ -200,14 +202,18 @@ class Broker:
         return await self._providers.state(desktop_spec(desktop, self._settings.desktop_geometry))
 
     async def check_access(self, user: User, desktop_id: int, client_ip: str) -> Desktop:
+        """The desktop, if it is assigned to ``user``; else NotFound. A desktop that exists but
+        is not theirs and one that does not exist get the same answer, so that nobody learns
+        which desktop ids exist by trying them (the audit trail tells the two apart)."""
         desktop = await self._store.get_desktop(desktop_id)
-        if desktop is None:
-            raise NotFound("no such desktop")
-        if user.disabled or not await self._store.is_assigned(desktop.id, user.id):
+        if desktop is None or user.disabled or not await self._store.is_assigned(desktop.id,
+                                                                                   user.id):
             await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
-                                     desktop=desktop.name, client_ip=client_ip,
-                                     detail="not assigned")
-            raise Forbidden("this desktop is not assigned to you")
+                                     desktop=desktop.name if desktop else None,
+                                     client_ip=client_ip,
+                                     detail=f"desktop {desktop_id}: "
+                                            + ("not assigned" if desktop else "no such desktop"))
+            raise NotFound(NO_SUCH_DESKTOP)
         return desktop
 
     async def connect(self, user: User, web_session: WebSession, desktop_id: int,

@@ -35,6 +35,7 @@ from .services import (
     address_problem,
 )
 from .store.sqlite import SQLiteStore
+from .textsafe import log_handler, visible
 
 DEFAULT_CONFIG = "data/deskgate.toml"
 DEMO_DESKTOP = "Demo desktop"
@@ -331,8 +332,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return 0
         for e in reversed(await services.audit_events(args.limit)):
             when = datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{when}  {e.kind:34s} user={e.user or '-'} desktop={e.desktop or '-'}"
-                  f" ip={e.client_ip or '-'}  {e.detail}")
+            # Names and details come from outside: one event, one line, no terminal escapes.
+            print(visible(f"{when}  {e.kind:34s} user={e.user or '-'} desktop={e.desktop or '-'}"
+                          f" ip={e.client_ip or '-'}  {e.detail}"))
         return 0
 
     return asyncio.run(_with_services(_settings(args), run))
@@ -516,8 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
+    # Every log line is one line with no terminal escapes, whatever a user name or an
+    # identity provider's text holds (gateway/textsafe.py).
     logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        handlers=[log_handler()])
     try:
         result: int = args.func(args)
         return result

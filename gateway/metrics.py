@@ -201,7 +201,8 @@ def _exposition_handler(app: web.Application, *, token: bool) -> Callable[
             if not expected:
                 raise web.HTTPNotFound()
             supplied = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {expected}".encode()):
+            if not hmac.compare_digest(supplied.encode("utf-8", "surrogatepass"),
+                                       f"Bearer {expected}".encode()):
                 return web.Response(status=401, text="metrics need the bearer token\n",
                                     headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         app[METRICS].set_desktop_states(await desktop_states(app))

@@ -23,7 +23,8 @@ from ..errors import BadRequest
 from ..keys import ADMIN, BROKER, EVENTS, LIVE, SHUTTING_DOWN, STORE
 from ..model import Desktop, Session, SessionState, User, WebSession
 from .client import relay_socket
-from .common import check_csrf, client_ip, render, require_admin
+from .common import check_csrf, client_ip, render, require_admin, user_agent
+from .inputs import form_fields, json_object
 from .sse import EventStream
 
 routes = web.RouteTableDef()
@@ -160,16 +161,10 @@ async def sessions_events(request: web.Request) -> web.StreamResponse:
 async def _fields(request: web.Request) -> dict[str, str]:
     """The action's fields from JSON (fetch, X-CSRF-Token) or a form (_csrf); CSRF checked."""
     if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("malformed JSON") from None
-        if not isinstance(body, dict):
-            raise BadRequest("expected a JSON object")
+        body = await json_object(request)
         check_csrf(request, request.headers.get("X-CSRF-Token"))
         return {k: v for k, v in body.items() if isinstance(v, str)}
-    form = await request.post()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = await form_fields(request)
     check_csrf(request, request.headers.get("X-CSRF-Token") or fields.get("_csrf"))
     return fields
 
@@ -212,7 +207,7 @@ async def watch_connect(request: web.Request) -> web.StreamResponse:
     check_csrf(request, request.headers.get("X-CSRF-Token"))
     watch_id, ticket = await request.app[BROKER].watch(
         admin, ws, _session_id(request), request.app[LIVE], client_ip(request),
-        request.headers.get("User-Agent", ""))
+        user_agent(request))
     return web.json_response({"watch_id": watch_id,
                               "ws_url": f"/ws/watch/{watch_id}?ticket={quote(ticket)}"})
 

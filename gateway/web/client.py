@@ -15,7 +15,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from ..broker import Admission, Broker
+from ..broker import NO_SUCH_DESKTOP, Admission, Broker
 from ..errors import (
     WS_GOING_AWAY,
     WS_NORMAL,
@@ -34,7 +34,8 @@ from ..live import LiveSession
 from ..metrics import METRICS
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
-from .common import check_csrf, client_ip, load_user, render, require_signed_in
+from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
+from .inputs import json_object, path_id
 from .sse import EventStream
 
 log = logging.getLogger("deskgate.session")
@@ -52,9 +53,9 @@ _FINAL_ERRORS = (UpstreamAuthFailed, ProtocolError, Forbidden, Unauthorized)
 
 def _desktop_id(request: web.Request) -> int:
     try:
-        return int(request.match_info["desktop_id"])
-    except ValueError:
-        raise NotFound("no such desktop") from None
+        return path_id(request, "desktop_id", "desktop")
+    except NotFound:
+        raise NotFound(NO_SUCH_DESKTOP) from None
 
 
 @routes.get(r"/desktops/{desktop_id}")
@@ -71,11 +72,10 @@ async def _connect_body(request: web.Request) -> tuple[int, int, str | None]:
     size; else 0, 0) and ``retry_of``, its previous try's session id when this is a retry."""
     if not request.can_read_body or request.content_type != "application/json":
         return 0, 0, None
-    try:
-        body = await request.json()
-        width, height = int(body.get("width", 0)), int(body.get("height", 0))
-    except (ValueError, TypeError, AttributeError):
-        raise BadRequest("the window size must be two whole numbers") from None
+    body = await json_object(request)
+    width, height = body.get("width", 0), body.get("height", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
+        raise BadRequest("the window size must be two whole numbers")
     retry_of = body.get("retry_of")
     if retry_of is not None and not (isinstance(retry_of, str) and 0 < len(retry_of) <= 64):
         raise BadRequest("retry_of must be a session id (a string of 1 to 64 characters)")
@@ -89,7 +89,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
     check_csrf(request, request.headers.get("X-CSRF-Token"))
     width, height, retry_of = await _connect_body(request)
     session, ticket = await request.app[BROKER].connect(
-        user, ws, _desktop_id(request), client_ip(request), request.headers.get("User-Agent", ""),
+        user, ws, _desktop_id(request), client_ip(request), user_agent(request),
         width, height, retry_of=retry_of)
     return web.json_response({
         "session_id": session.id,
@@ -103,11 +103,8 @@ async def save_credentials(request: web.Request) -> web.StreamResponse:
     or (``"remember": false``, or storing is off) used for the next connection only."""
     _, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("expected a JSON object") from None
-    if not isinstance(body, dict) or not all(
+    body = await json_object(request)
+    if not all(
             isinstance(body.get(k, ""), str) for k in ("username", "domain", "password")):
         raise BadRequest("username, domain and password are strings")
     if not isinstance(body.get("remember", True), bool):

@@ -15,6 +15,7 @@ from .common import (
     redirect,
     render,
     set_session_cookie,
+    user_agent,
 )
 
 routes = web.RouteTableDef()
@@ -45,7 +46,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     password = form.get("password", "")[:1000]
     try:
         cookie, _, _ = await request.app[SERVICES].sign_in_password(
-            username, password, client_ip(request), request.headers.get("User-Agent", ""))
+            username, password, client_ip(request), user_agent(request))
     except GatewayError as exc:
         return _login_page(request, http_status=exc.http_status, error=exc.reason)
     response = redirect("/login/totp")

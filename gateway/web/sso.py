@@ -8,7 +8,7 @@ from ..crypto import new_token
 from ..errors import GatewayError
 from ..keys import SETTINGS, SSO
 from ..model import WebSessionState
-from .common import client_ip, current, redirect, render, set_session_cookie
+from .common import client_ip, current, redirect, render, set_session_cookie, user_agent
 
 routes = web.RouteTableDef()
 
@@ -70,7 +70,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
             state=query.get("state", "")[:200], code=query.get("code", "")[:2000] or None,
             error=query.get("error", "")[:64] or None, iss=None if iss is None else iss[:512],
             browser_token=request.cookies.get(BROWSER_COOKIE), ip=client_ip(request),
-            user_agent=request.headers.get("User-Agent", ""))
+            user_agent=user_agent(request))
     except GatewayError as exc:
         return _failure(request, exc)
     response = redirect("/login/totp" if result.needs_totp else "/")
