@@ -16,6 +16,12 @@ that socket as an ``Endpoint``.
 - ``release`` starts a grace period: a browser that reconnects within it gets the same bridge and
   so the same remote session. ``watch_exit`` reports an ``xfreerdp`` that ended on its own.
 - Processes are stopped by PID (their process groups: TERM, wait, KILL) and reaped.
+- X displays: from ``display_base`` (``[rdp] rdp_display_base``) up, the first number with no lock
+  file or X socket that no other bridge start of this gateway holds; a number another X server
+  (a local desktop, whatever its base) takes first is skipped. Bounded by ``DISPLAY_ATTEMPTS``.
+
+One module: the bridge's life (start, sign-in, reuse, grace, exit) is one state machine over the
+same ``_Bridge`` record, and splitting it would spread that state across files.
 
 Sign-in: without NLA a server that refuses the account does not end the connection, it shows its
 own sign-in screen (xrdp: a "login failed" dialog naming the account, then its login form; Windows:
@@ -660,7 +666,8 @@ class RdpBridges:
                 self._displays_starting.discard(number)
         raise XvncStartError(f"no free X display from :{self._display_base} after {DISPLAY_ATTEMPTS} tries")
 
-    def _xfreerdp_argv(self, target: RdpTarget) -> list[str]:
+    @staticmethod
+    def _xfreerdp_argv(target: RdpTarget) -> list[str]:
         # stdbuf: FreeRDP writes its DEBUG lines to a block-buffered stdout; the sign-in signals
         # must arrive when they happen. (stdbuf execs xfreerdp: same PID.)
         argv = ["stdbuf", "-oL", "-eL", "xfreerdp", target.server_argument(), f"/u:{target.username}"]

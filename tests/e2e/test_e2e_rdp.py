@@ -528,7 +528,8 @@ def watch_screens_until(page: Any, done_js: str, within: float, prefix: str) -> 
         if time.monotonic() > deadline:
             break
         page.wait_for_timeout(500)
-    raise AssertionError(f"not done within {within} s: {status_of(page)}")
+    last = " ".join(texts[-1].split()) if texts else ""
+    raise AssertionError(f"not done within {within} s: {status_of(page)}; the page read: {last!r}")
 
 
 def session_close_reasons(rdpgw: RdpGateway, desktop_id: str) -> list[str]:
