@@ -596,9 +596,10 @@ def test_xrdp_over_tls_wrong_password_is_refused_not_shown(
 
 
 def test_xrdp_over_tls_per_user_wrong_password_is_forgotten_and_asked_again(
-    rdpgw: RdpGateway, xrdp_server: RdpServer, erin_state: dict[str, Any],
+    rdpgw: RdpGateway, rdp_server_factory: Callable[[str], RdpServer], erin_state: dict[str, Any],
     new_page: Callable[..., Watched],
 ) -> None:  # fmt: skip
+    xrdp_server = rdp_server_factory("xrdp")  # a fresh xrdp session: its xterm has its own colour
     PASSWORDS.append(xrdp_server.password)
     desktop_id = add_per_user_desktop(rdpgw, "tls per user", xrdp_server.port, "--security", "tls",
                                       "--cert-fingerprint", xrdp_server.certificate_sha256(),
