@@ -116,7 +116,9 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     bridges = RdpBridges(runtime / "rdp",
                          run_as_user=settings.run_as_user if os.geteuid() == 0 else None,
                          max_bridges=settings.rdp_max_bridges,
-                         grace_seconds=settings.rdp_grace_seconds)
+                         grace_seconds=settings.rdp_grace_seconds,
+                         display_base=settings.rdp_display_base,
+                         logon_timeout=settings.rdp_logon_timeout_seconds)
     app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings,
                          bridges)
     app[ADMIN] = AdminService(store, services.box, services.audit, providers, app[LIVE],
