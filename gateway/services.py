@@ -220,18 +220,21 @@ class Services:
         known = await self.store.get_user_by_name(username)
         attempt = await self._reserve(known, ip, AuditKind.SIGNIN_FAILED, username[:64])
         try:
-            user = await self.accounts.authenticate(known, password)
-            if user.disabled:
-                raise AuthenticationFailed()
-        except AuthenticationFailed:
-            reason = ("unknown user" if known is None else
-                      "account disabled" if known.disabled else "wrong password")
-            await self.audit.record(AuditKind.SIGNIN_FAILED, user=username[:64], client_ip=ip,
-                                    detail=reason)
-            if attempt.failed():
-                await self.audit.record(AuditKind.LOCKOUT, user=username[:64], client_ip=ip)
-            raise
-        await attempt.passed(signed_in=False)  # the second factor is still to come
+            try:
+                user = await self.accounts.authenticate(known, password)
+                if user.disabled:
+                    raise AuthenticationFailed()
+            except AuthenticationFailed:
+                reason = ("unknown user" if known is None else
+                          "account disabled" if known.disabled else "wrong password")
+                await self.audit.record(AuditKind.SIGNIN_FAILED, user=username[:64],
+                                        client_ip=ip, detail=reason)
+                if attempt.failed():
+                    await self.audit.record(AuditKind.LOCKOUT, user=username[:64], client_ip=ip)
+                raise
+            await attempt.passed(signed_in=False)  # the second factor is still to come
+        finally:
+            attempt.done()  # an error or a cancelled request: the reservation stays a failure
         cookie, ws = await self.sessions.create(user, WebSessionState.PASSWORD_OK, ip, user_agent)
         await self.audit.record(AuditKind.SIGNIN_OK, user=user.name, client_ip=ip,
                                 detail="password")
@@ -260,21 +263,24 @@ class Services:
         attempt = await self._reserve(user, ip, AuditKind.SECOND_FACTOR_FAILED, user.name)
         codes: list[str] | None = None
         how = "totp"
-        if not user.totp_enrolled:
-            codes = await self.totp.confirm_enrolment(user, code)
-            ok = codes is not None
-            how = "totp enrolment"
-        else:
-            ok = await self.totp.verify(user, code)
-            if not ok and await self.totp.use_recovery_code(user, code):
-                ok, how = True, "recovery code"
-        if not ok:
-            await self.audit.record(AuditKind.SECOND_FACTOR_FAILED, user=user.name, client_ip=ip,
-                                    detail="wrong or reused code")
-            if attempt.failed():
-                await self.audit.record(AuditKind.LOCKOUT, user=user.name, client_ip=ip)
-            raise SecondFactorFailed()
-        await attempt.passed(signed_in=True)
+        try:
+            if not user.totp_enrolled:
+                codes = await self.totp.confirm_enrolment(user, code)
+                ok = codes is not None
+                how = "totp enrolment"
+            else:
+                ok = await self.totp.verify(user, code)
+                if not ok and await self.totp.use_recovery_code(user, code):
+                    ok, how = True, "recovery code"
+            if not ok:
+                await self.audit.record(AuditKind.SECOND_FACTOR_FAILED, user=user.name,
+                                        client_ip=ip, detail="wrong or reused code")
+                if attempt.failed():
+                    await self.audit.record(AuditKind.LOCKOUT, user=user.name, client_ip=ip)
+                raise SecondFactorFailed()
+            await attempt.passed(signed_in=True)
+        finally:
+            attempt.done()
         if codes is not None:
             await self.audit.record(AuditKind.SECOND_FACTOR_ENROLLED, user=user.name, client_ip=ip)
         if how == "recovery code":

@@ -13,9 +13,12 @@ the identity provider: throttled per client address, and capped in all and per a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import AccountLocked, TooManyRequests
 from ..model import OidcLogin, PendingCaps, User
@@ -28,19 +31,53 @@ THROTTLED_STARTS = "too many sign-ins started from your address; wait a minute a
 class AddressWindow:
     """At most ``limit`` events per client address (per ``kind``) in any sliding window of
     ``window`` seconds, counted in the database. A slot is taken before the work it pays for
-    and may be given back when that work turns out to be harmless."""
+    and may be given back when that work turns out to be harmless.
+
+    Many people behind one address (an office's NAT) signing in at the same minute fill the
+    window with attempts that are still being checked, not with failures: a request that finds
+    the window full while this process has attempts from that address in flight waits (up to
+    ``wait`` seconds) for one of them to give its slot back, instead of being refused. It is
+    refused once every slot in the window is a failure (nothing in flight here any more).
+    """
 
     def __init__(self, store: Store, kind: str, limit: int, window: float = WINDOW_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, wait: float = 30.0) -> None:
         self._store = store
         self._kind = kind
         self._limit = limit
         self._window = window
         self._clock = clock
+        self._wait = wait
         self._purged = 0.0
+        self._in_flight: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
     async def take(self, ip: str) -> int | None:
-        """A slot id, or None when the address has used up its window (nothing written)."""
+        """A slot id, or None when the address has used up its window (nothing written).
+        Every slot taken is reported once to :meth:`settled`."""
+        deadline = time.monotonic() + self._wait
+        while True:
+            slot = await self._take_once(ip)
+            if slot is not None:
+                self._in_flight[ip] = self._in_flight.get(ip, 0) + 1
+                return slot
+            remaining = deadline - time.monotonic()
+            if not self._in_flight.get(ip) or remaining <= 0:
+                return None
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            queue = self._waiters.setdefault(ip, deque())
+            queue.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return None
+            finally:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+                if not queue and self._waiters.get(ip) is queue:
+                    del self._waiters[ip]
+
+    async def _take_once(self, ip: str) -> int | None:
         now = self._clock()
         if now - self._purged > self._window:
             self._purged = now
@@ -50,6 +87,21 @@ class AddressWindow:
 
     async def give_back(self, slot: int) -> None:
         await self._store.give_back_rate_slot(slot)
+
+    def settled(self, ip: str, *, gave_back: bool) -> None:
+        """An attempt from ``ip`` is over: its slot was given back (wake one waiter to take it)
+        or stays a failure (when nothing is in flight any more, wake every waiter: they are
+        refused)."""
+        left = self._in_flight.get(ip, 0) - 1
+        if left > 0:
+            self._in_flight[ip] = left
+        else:
+            self._in_flight.pop(ip, None)
+        queue = self._waiters.get(ip, deque())
+        wake = list(queue) if left <= 0 else [w for w in queue if not w.done()][:1 if gave_back else 0]
+        for waiter in wake:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 @dataclass
@@ -61,15 +113,28 @@ class Attempt:
     user: User | None
     slot: int
     count: int  # the account's failures including this attempt (0 without an account)
+    ip: str = ""
+    _settled: bool = field(default=False, repr=False)
 
     def failed(self) -> bool:
         """The check failed: the reservation stays. True when this attempt locked the account."""
+        self.done()
         return self.user is not None and self.count >= self.guard.threshold
+
+    def done(self) -> None:
+        """However the attempt ended (an error, a cancelled request): unless it passed, its
+        reservation stays counted as a failure. Safe to call more than once."""
+        if not self._settled:
+            self._settled = True
+            self.guard.throttle.settled(self.ip, gave_back=False)
 
     async def passed(self, *, signed_in: bool) -> None:
         """The check passed. ``signed_in`` (both factors done) clears the account's failures;
         otherwise (the password of a two-step sign-in) only this attempt is given back."""
         await self.guard.throttle.give_back(self.slot)
+        if not self._settled:
+            self._settled = True
+            self.guard.throttle.settled(self.ip, gave_back=True)
         if self.user is None:
             return
         if signed_in:
@@ -98,13 +163,18 @@ class LoginGuard:
         if slot is None:
             raise TooManyRequests("too many failed attempts from your address; wait a minute")
         if user is None:
-            return Attempt(self, None, slot, 0)
-        count = await self.store.reserve_attempt(user.id, self.threshold, now,
-                                                 now + self._lock_seconds)
+            return Attempt(self, None, slot, 0, ip)
+        try:
+            count = await self.store.reserve_attempt(user.id, self.threshold, now,
+                                                     now + self._lock_seconds)
+        except BaseException:
+            self.throttle.settled(ip, gave_back=False)
+            raise
         if count is None:
             await self.throttle.give_back(slot)
+            self.throttle.settled(ip, gave_back=True)
             raise AccountLocked()
-        return Attempt(self, user, slot, count)
+        return Attempt(self, user, slot, count, ip)
 
 
 class PreLogins:
