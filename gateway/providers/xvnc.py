@@ -66,13 +66,19 @@ def lock_file(display: int) -> Path:
     return Path(f"/tmp/.X{display}-lock")  # noqa: S108 - fixed by the X11 protocol
 
 
+# Display numbers that an Xvnc of this process is being started on (no lock file yet): the
+# machine's X displays are one namespace, so this is deliberately one set for the process.
+_STARTING: set[int] = set()
+
+
 def free_display(start: int) -> int:
-    """The first display number >= ``start`` with neither a lock file nor an X socket.
+    """The first display number >= ``start`` with neither a lock file nor an X socket, and not
+    being started by this process right now.
 
     Another process may take it before Xvnc starts; ``start_display`` retries on that race.
     """
     n = start
-    while lock_file(n).exists() or (X11_UNIX_DIR / f"X{n}").exists():
+    while n in _STARTING or lock_file(n).exists() or (X11_UNIX_DIR / f"X{n}").exists():
         n += 1
     return n
 
@@ -517,11 +523,12 @@ async def start_display(
         run_as.chown(state_dir)
     _ensure_x11_unix_dir()
 
-    attempts = 1 if display is not None else 5
+    attempts = 1 if display is not None else 20
     number = display if display is not None else free_display(display_base)
     deadline = time.monotonic() + ready_timeout
     try:
         for attempt in range(attempts):
+            _STARTING.add(number)
             try:
                 return await _start_once(
                     number=number,
@@ -544,7 +551,10 @@ async def start_display(
             except _DisplayTaken:
                 if attempt + 1 == attempts:
                     raise XvncStartError(f"display :{number} is in use") from None
-                number = free_display(number + 1)
+                taken, number = number, free_display(number + 1)
+                _STARTING.discard(taken)
+            finally:
+                _STARTING.discard(number)
         raise AssertionError("unreachable")
     except BaseException:
         if owns_state_dir:
