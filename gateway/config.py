@@ -63,8 +63,9 @@ class Settings:
     lockout_threshold: int = 5
     lockout_minutes: int = 15
     ip_throttle_per_minute: int = 30
-    sso_starts_per_minute: int = 30
-    sso_pending_per_address: int = 100
+    # Generous per address: a whole office behind one NAT address signs in at 9:00.
+    sso_starts_per_minute: int = 300
+    sso_pending_per_address: int = 1000
     sso_pending_max: int = 10_000
     trust_proxy_headers: bool = False
     # [desktops]

@@ -76,7 +76,7 @@ async def waiting(client: Client, ip: str | None = None) -> int:
 
 async def test_starts_are_throttled_per_address(make_gateway: Callable[..., Any],
                                                 hostile_idp: HostileIdp) -> None:
-    client = await make_gateway()
+    client = await make_gateway(sso_starts_per_minute=30)
     results = await starts(client, ["10.4.0.1"] * BURST)
     statuses = [status for status, _, _ in results]
     assert 500 not in statuses

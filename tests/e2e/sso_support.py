@@ -6,6 +6,7 @@ journey through the provider's authorize page and our second factor.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -140,9 +141,10 @@ def oidc_table(idp: MockIdP, require_totp: bool = True) -> str:
 
 
 def start_sso_gateway(data: Path, idp: MockIdP, *, require_totp: bool = True,
-                      more_toml: str = "") -> tuple[Gateway, subprocess.Popen[bytes]]:
+                      more_toml: str = "", env: dict[str, str] | None = None
+                      ) -> tuple[Gateway, subprocess.Popen[bytes]]:
     """`deskgate init`, our provider's table (and ``more_toml``) appended to its configuration,
-    `deskgate serve`."""
+    `deskgate serve` (with ``env`` added to its environment: ``DESKGATE_SECTION_KEY`` settings)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     out = run_cli("init", "--data", str(data), "--host", "127.0.0.1", "--port", str(port),
@@ -157,7 +159,7 @@ def start_sso_gateway(data: Path, idp: MockIdP, *, require_totp: bool = True,
         proc = subprocess.Popen(
             [deskgate_exe(), "--config", str(config), "serve"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=REPO, start_new_session=True,
+            cwd=REPO, start_new_session=True, env={**os.environ, **(env or {})},
         )
     gw = Gateway(base_url=base, data_dir=data, config=config, log_path=log_path,
                  admin=Account("admin", m.group(1)), accounts={}, desktop_ids={}, pid=proc.pid)

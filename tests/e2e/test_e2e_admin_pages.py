@@ -36,7 +36,7 @@ def test_admin_pages_smoke(gateway: Gateway, new_page: Callable[..., Watched],
     page.wait_for_url(re.compile(r"/admin/desktops/\d+\?info=created$"))
     assert "Desktop created" in page.inner_text("[role=status]")
 
-    page.select_option("#assign-user-id", label="bob")
+    page.select_option("#assign-user-id", label="bob (local)")
     page.get_by_role("button", name="Assign user").click()
     page.wait_for_url(re.compile(r"info=assigned$"))
     page.check("input[name=maintenance]")

@@ -34,7 +34,8 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockIdP]:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, idp: MockIdP) -> Iterator[Gateway]:
-    gateway, proc = start_sso_gateway(tmp_path_factory.mktemp("limits-gateway"), idp)
+    gateway, proc = start_sso_gateway(tmp_path_factory.mktemp("limits-gateway"), idp,
+                                      env={"DESKGATE_SECURITY_SSO_STARTS_PER_MINUTE": "30"})
     try:
         yield gateway
     finally:
