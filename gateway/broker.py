@@ -267,9 +267,11 @@ class Broker:
         return session, ticket
 
     async def _failed(self, session: Session, reason: str, *, final: bool,
-                      user: str | None = None, desktop: str | None = None) -> bool:
-        """A try that never reached the desktop: its attempt is recorded as failed, with one
-        audit event for the whole attempt (at its first failed try, not at each retry).
+                      user: str | None = None, desktop: str | None = None,
+                      where: str = "") -> bool:
+        """A try that never reached the desktop: its attempt is recorded as failed (``reason``,
+        as the person is told), with one audit event for the whole attempt (at its first failed
+        try, not at each retry; ``where`` it failed prefixes the audit's detail).
         False when the session was not starting (it reached the desktop, or has ended)."""
         tries = await self._store.fail_session(session.id, time.time(), reason, final)
         if tries is None:
@@ -280,7 +282,7 @@ class Broker:
             user, desktop = await self._names(session)
         await self._audit.record(AuditKind.CONNECT_FAILED, user=user, desktop=desktop,
                                  client_ip=session.client_ip,
-                                 detail=f"session {session.id}: {reason}")
+                                 detail=f"session {session.id}: {where}{reason}")
         return True
 
     async def _names(self, session: Session) -> tuple[str, str]:
@@ -351,8 +353,8 @@ class Broker:
         except BridgeError as exc:
             final = exc.kind in _FINAL_BRIDGE_FAILURES
             client_ip = session.client_ip
-            await self._failed(session, f"rdp bridge: {exc.reason}", final=final,
-                               user=user.name, desktop=desktop.name)
+            await self._failed(session, exc.reason, final=final, user=user.name,
+                               desktop=desktop.name, where="rdp bridge: ")
             if exc.kind == "credentials" and per_user(desktop):
                 # The next attempt asks for the account again instead of repeating this one.
                 self._one_connection.pop((user.id, desktop.id), None)

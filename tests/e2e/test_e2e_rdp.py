@@ -76,13 +76,15 @@ def open_rdp(page: Any, rdpgw: RdpGateway, desktop_id: str) -> None:
 
 
 def status_of(page: Any) -> tuple[str, str, str]:
-    """(data-state, status text, status detail) of the client page."""
-    result: tuple[str, str, str] = page.evaluate(
+    """(data-state, status text, status detail) of the client page; the detail as the gateway
+    said it (the page shows it as a sentence: capital first letter, full stop)."""
+    state, text, detail = page.evaluate(
         """() => [document.getElementById('deskgate-client').dataset.state,
                   document.getElementById('status-text').textContent,
                   document.getElementById('status-detail').textContent]"""
     )
-    return result
+    detail = detail.removesuffix(".")
+    return state, text, detail[:1].lower() + detail[1:]
 
 
 def wait_no_bridges(rdpgw: RdpGateway, within: float = GRACE_SECONDS + 3) -> float:
@@ -340,9 +342,10 @@ def test_server_down_is_clear(
     # The static provider's port probe answers first ("desktop <name> is not answering"); the
     # bridge's own answer for an unreachable server is "the remote desktop cannot be reached".
     assert detail in ("desktop rdp down is not answering", "the remote desktop cannot be reached"), detail
-    assert text == "Could not connect", text
+    # Said at once; the page may try again a few times (bounded) before it gives up.
+    assert text == "Could not connect" or text.startswith("Trying again"), text
     assert state in ("disconnected", "reconnecting"), state
-    assert len(posts) <= 2, f"{len(posts)} connect requests within {took:.1f} s"
+    assert len(posts) <= 3, f"{len(posts)} connect requests within {took:.1f} s"
     page.goto(rdpgw.gw.base_url + "/")
     wait_no_bridges(rdpgw)
 
@@ -589,7 +592,7 @@ def test_xrdp_over_tls_wrong_password_is_refused_not_shown(
     assert status_of(page)[0] == "disconnected" and len(posts) == 1, (status_of(page), len(posts))
 
     audit = rdpgw.gw.cli("audit", "--limit", "20")
-    assert re.search(rf"session\.denied.*desktop={re.escape(name)}.*rdp bridge: the remote desktop refused"
+    assert re.search(rf"session\.failed.*desktop={re.escape(name)}.*the remote desktop refused"
                      r" the user name or password", audit), audit  # fmt: skip
     refused = "the remote desktop refused the user name or password"
     assert session_close_reasons(rdpgw, desktop_id) == [refused]
