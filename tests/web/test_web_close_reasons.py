@@ -4,7 +4,8 @@ audit trail, the log and the metrics (real gateway, real Xvnc, real websocket cl
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,11 +24,20 @@ from relaysupport import (
     row_of,
     store_of,
 )
-from websupport import app_client, base_url, eventually, sign_in
+from websupport import (
+    PASSWORD,
+    VNC_PASSWORD,
+    app_client,
+    base_url,
+    connect,
+    eventually,
+    rfb_handshake,
+    sign_in,
+)
 
+from gateway.app import build_services
 from gateway.config import Settings
-from gateway.metrics import METRICS
-from gateway.providers.xvnc import XvncDisplay
+from gateway.providers.xvnc import XvncDisplay, free_tcp_port
 from gateway.store.sqlite import SQLiteStore
 
 ADMIN_JSON = {"Accept": "application/json"}
@@ -40,35 +50,60 @@ async def client(settings: Settings, desktop: XvncDisplay) -> AsyncIterator[Test
 
 
 async def test_a_shutdown_is_recorded_as_a_shutdown(
-        settings: Settings, desktop: XvncDisplay, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="deskgate")
-    client = await app_client(settings, desktop=desktop)
-    await client.start_server()
+        settings: Settings, desktop: XvncDisplay, tmp_path: Path) -> None:
+    """`deskgate serve` as a process, stopped with SIGTERM while three relays run."""
+    port = free_tcp_port()
+    base = f"http://127.0.0.1:{port}"
+    store = SQLiteStore(settings.database_path)
+    await store.open()
+    services = build_services(settings, store)
+    await services.add_user("alice", password=PASSWORD, admin=False)
+    await services.add_desktop("VM", "static", host="127.0.0.1", port=desktop.rfbport or 0,
+                               password=VNC_PASSWORD)
+    await services.assign("VM", "alice")
+    await store.close()
+    env = {**os.environ, "DESKGATE_SERVER_PUBLIC_URL": base}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "--config", str(tmp_path / "deskgate.toml"),
+        "serve", "--port", str(port), env=env, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
     try:
-        csrf = await sign_in(client, "alice")
-        sockets = [await open_relay(client, csrf) for _ in range(3)]
-        closes = [asyncio.ensure_future(close_of(ws)) for ws, _ in sockets]
-        metrics_app = client.server.app
-        await client.server.close()  # the gateway shuts down
-        for close in closes:
-            assert await close == (1001, "the gateway is shutting down")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            for _ in range(100):
+                try:
+                    await (await http.get(base + "/healthz")).read()
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            csrf = await sign_in(http, "alice", base=base)
+            sockets = []
+            for _ in range(3):
+                conn = await connect(http, csrf, base=base)
+                ws = await http.ws_connect(base + conn["ws_url"], origin=base)
+                await rfb_handshake(ws)
+                sockets.append((ws, conn["session_id"]))
+            closes = [asyncio.ensure_future(close_of(ws)) for ws, _ in sockets]
+            proc.send_signal(signal.SIGTERM)  # the gateway shuts down
+            for close in closes:
+                assert await close == (1001, "the gateway is shutting down")
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
-        await client.close()
-    assert metrics_app[METRICS].closed.labels("shutdown")._value.get() == 3
-    assert metrics_app[METRICS].closed.labels("user")._value.get() == 0
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.stderr is not None
+    log_text = (await proc.stderr.read()).decode()
     store = SQLiteStore(settings.database_path)
     await store.open()
     try:
-        for ws, sid in sockets:
+        for _, sid in sockets:
             row = await row_of(store, sid)
             assert row.close_reason == "the gateway is shutting down" and not row.close_final
             assert "the gateway is shutting down" in await disconnect_detail(store, sid)
-            await ws.close()
+            assert f"session={sid} desktop=VM] closed: the gateway is shutting down" in log_text
     finally:
         await store.close()
-    closed_lines = [r.getMessage() for r in caplog.records if " closed: " in r.getMessage()]
-    assert len(closed_lines) == 3
-    assert all("] closed: the gateway is shutting down (" in line for line in closed_lines)
+    assert "closed by the user" not in log_text
 
 
 async def test_a_disabled_account_is_recorded_as_disabled(
