@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -125,16 +126,29 @@ class SQLiteStore:
         return int(row[0]) if row and row[0] is not None else 0
 
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        async with self.db.execute(sql, args) as cur:
-            return await cur.fetchone()
+        # Run to completion in one step: a statement left half-read keeps a read transaction
+        # open on this connection, and its next write then fails at once ("database is
+        # locked") when the audit connection committed in between.
+        rows = list(await self.db.execute_fetchall(sql, args))
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
-        async with self.db.execute(sql, args) as cur:
-            return int(cur.rowcount)
+        # One statement, its own transaction: safe to run again when SQLite answers "locked"
+        # at once (a WAL snapshot gone stale under the audit connection's commit), which
+        # busy_timeout does not wait out. Bounded: 5 tries within about a second.
+        for attempt in range(5):
+            try:
+                async with self.db.execute(sql, args) as cur:
+                    return int(cur.rowcount)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     # users ---------------------------------------------------------------------------------
     async def create_user(self, name: str, password_hash: str | None, is_admin: bool,

@@ -488,5 +488,5 @@ class Relay:
         for step in (started, finish, forget, count, end_watches, publish, close):
             try:
                 await step()
-            except Exception:
+            except (Exception, asyncio.CancelledError):  # a cancelled task awaited by a step
                 log.exception("%s clean-up step %s failed", self.context, step.__name__)
