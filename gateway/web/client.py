@@ -345,8 +345,10 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
     and nothing reaches the HTTP error middleware.
     """
     app = request.app
+    # autoclose=False: a browser's close frame is answered by the clean-up, with the reason.
     ws = RelayWebSocket(compress=False, max_msg_size=_MAX_WS_MESSAGE, protocols=("binary",),
-                        autoping=False, heartbeat=_HEARTBEAT, timeout=_CLOSE_TIMEOUT)
+                        autoping=False, autoclose=False, heartbeat=_HEARTBEAT,
+                        timeout=_CLOSE_TIMEOUT)
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
     ip = client_ip(request)

@@ -83,6 +83,14 @@ def store_of(client: TestClient) -> SQLiteStore:  # type: ignore[type-arg]
     return store
 
 
+class Closed(Exception):
+    """The gateway closed the websocket where data was expected."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code, self.reason = code, reason
+
+
 class RawWebSocket:
     """A websocket client at the byte level, to send what no library sends (unmasked frames,
     oversized frames, resets) and to see exactly what comes back."""
@@ -138,9 +146,13 @@ class RawWebSocket:
             return b0 & 0x0F, await self.reader.readexactly(size)
 
     async def read_data(self) -> bytes:
-        """The next binary message, skipping the gateway's round-trip PINGs."""
+        """The next binary message, skipping the gateway's round-trip PINGs; a close frame
+        raises ``Closed``."""
         while True:
             opcode, data = await self.read_frame()
+            if opcode == 8:
+                raise Closed(struct.unpack(">H", data[:2])[0] if len(data) >= 2 else 1005,
+                             data[2:].decode())
             if opcode not in (9, 10):
                 assert opcode == 2, (opcode, data)
                 return data
@@ -187,3 +199,4 @@ class RawWebSocket:
         sock: socket.socket = self.writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.writer.transport.abort()
+        self.writer.close()
