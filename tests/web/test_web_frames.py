@@ -19,7 +19,6 @@ from websupport import app_client, connect, eventually, sign_in
 from gateway.config import Settings
 from gateway.metrics import METRICS
 from gateway.providers.xvnc import XvncDisplay, free_tcp_port
-from gateway.web.wsframes import FrameScanner
 
 MIB = 1 << 20
 
@@ -80,6 +79,8 @@ async def _relay(client: TestClient, csrf: str, *, handshake: bool = True  # typ
 
 
 def test_the_frame_scanner_finds_unmasked_and_oversized_frames_byte_by_byte() -> None:
+    from gateway.web.wsframes import FrameScanner
+
     raw = RawWebSocket(None, None)  # type: ignore[arg-type]
     good = raw.frame(2, b"\x05\x00\x00\x01\x00\x01") * 3
     unmasked = raw.frame(2, b"\x05\x00\x00\x01\x00\x01", mask=False)
