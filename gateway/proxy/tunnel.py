@@ -59,17 +59,22 @@ class InputBudget:
         self._clock = clock
         self._at = clock()
 
-    def charge(self, size: int) -> None:
-        """Take one message of ``size`` bytes; raise ``InputLimit`` when either bucket is empty."""
+    def charge(self, size: int) -> int:
+        """Take ``size`` bytes (before parsing); raise ``InputLimit`` when the byte bucket is
+        empty. Returns how many RFB messages may be parsed now (see ``spend``)."""
         now = self._clock()
         elapsed, self._at = max(0.0, now - self._at), now
         self._bytes = min(self._burst_bytes, self._bytes + elapsed * self._rate_bytes) - size
-        self._messages = min(self._burst_messages,
-                             self._messages + elapsed * self._rate_messages) - 1
+        self._messages = min(self._burst_messages, self._messages + elapsed * self._rate_messages)
         if self._bytes < 0:
             raise InputLimit(f"the browser sent more input than a person can (over "
                              f"{self._rate_bytes / 1024:g} KiB/s); the connection was closed")
-        if self._messages < 0:
+        return int(self._messages)
+
+    def spend(self, messages: int, *, more: bool) -> None:
+        """``messages`` were parsed; ``more``: the parser stopped at the allowance."""
+        self._messages -= messages
+        if more:
             raise InputLimit(f"the browser sent more messages than a person can (over "
                              f"{self._rate_messages:g} a second); the connection was closed")
 
@@ -329,11 +334,14 @@ async def _pump_up(
     budget: InputBudget | None = None,
 ) -> None:
     while data is not None:
+        # Charged before parsing: a flood costs no more parsing than its budget.
+        allowed = None if budget is None else budget.charge(len(data))
+        messages = parser.feed(data, allowed)
         if budget is not None:
-            budget.charge(len(data))  # before any parsing: a flood costs no more than its budget
+            budget.spend(len(messages), more=parser.limited)
         forward = []
         had_input = False
-        for message in parser.feed(data):
+        for message in messages:
             if not message.forward:
                 counters.messages_dropped += 1
                 continue
