@@ -159,7 +159,8 @@ async def session_status(request: web.Request) -> web.StreamResponse:
 
 @routes.get(r"/sessions/{session_id}/events")
 async def session_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events for the person in a session: admin messages, "being watched"."""
+    """Server-sent events for the person in a session: admin messages, "being watched", and
+    whether the desktop answers ({"type": "desktop", "responding": bool})."""
     _, user = require_signed_in(request)
     session_id = request.match_info["session_id"][:64]
     session = await request.app[STORE].get_session(session_id)
@@ -170,6 +171,8 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     queue = live.listen()
     try:
         await stream.send({"type": "watched", "watchers": live.watchers})
+        if not live.responding:  # a page that (re)opens while the desktop is not answering
+            await stream.send({"type": "desktop", "responding": False})
         while stream.open_for(request.app[SHUTTING_DOWN]) and request.app[LIVE].get(
                 session_id) is live:
             try:
