@@ -89,11 +89,12 @@ class FrameScanner:
                 self._closed()
         if not masked:
             return WebSocketError(WSCloseCode.PROTOCOL_ERROR,
-                                  "websocket frames from the browser must be masked")
+                                  "the browser sent an unmasked websocket frame (RFC 6455 says"
+                                  " they must be masked)")
         if opcode in _DATA_OPCODES and self._max and size > self._max:
             return WebSocketError(WSCloseCode.MESSAGE_TOO_BIG,
-                                  f"a websocket message of {size} bytes; at most {self._max}"
-                                  " are accepted")
+                                  f"the browser sent a websocket message of {size} bytes; at"
+                                  f" most {self._max} are accepted")
         return None
 
     def _closed(self) -> None:
