@@ -3,7 +3,7 @@ FROM debian:12-slim
 
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-venv npm ca-certificates \
+      python3 python3-venv python3-dev g++ pkg-config libicu-dev npm ca-certificates \
       tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils xdotool fonts-dejavu-core \
       freerdp2-x11 \
  && rm -rf /var/lib/apt/lists/*

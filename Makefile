@@ -10,8 +10,9 @@ DATA   ?= data
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-# The gateway, its local demo desktop, and the RDP bridge (FreeRDP's client inside a private Xvnc).
-RUN_PACKAGES  := python3-venv tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
+# The gateway, its local demo desktop, and the RDP bridge (FreeRDP's client inside a private Xvnc);
+# PyICU (Unicode look-alike user names) is built against Debian's ICU: python3-dev g++ pkg-config libicu-dev.
+RUN_PACKAGES  := python3-venv python3-dev g++ pkg-config libicu-dev tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
                  xdotool fonts-dejavu-core freerdp2-x11
 # Real parts the tests drive: a browser, clipboard tools, OCR to read text off screenshots,
 # a plain TCP relay as the benchmark's baseline, and real RDP servers (xrdp, FreeRDP's shadow
@@ -21,9 +22,16 @@ TEST_PACKAGES := chromium xclip socat tesseract-ocr xrdp xorgxrdp freerdp2-shado
 
 .PHONY: run test lint typecheck pytest bench novnc oidc-mock system-packages test-packages clean
 
+# Installing stays quiet (its full output goes to $(VENV)/install.log, shown when it fails), so
+# the last thing printed before the server starts is the first admin's name and password.
 run: system-packages $(VENV)/.run novnc
-	@test -f $(DATA)/deskgate.toml || $(BIN)/deskgate init --data $(DATA) --host $(HOST) --port $(PORT)
-	$(BIN)/deskgate --config $(DATA)/deskgate.toml serve
+	@if [ -f $(DATA)/deskgate.toml ]; then \
+	  echo; echo "Deskgate is set up in $(DATA)/ (its first admin's password was shown when it was" \
+	    "created; set a new one with: $(BIN)/deskgate --config $(DATA)/deskgate.toml user passwd NAME)"; \
+	else \
+	  $(BIN)/deskgate init --data $(DATA) --host $(HOST) --port $(PORT) || exit 1; \
+	fi
+	@exec $(BIN)/deskgate --config $(DATA)/deskgate.toml serve
 
 test: system-packages test-packages $(VENV)/.test novnc oidc-mock lint typecheck pytest
 
@@ -48,8 +56,10 @@ define apt_install
 	    echo "Run as root first: apt-get update && apt-get install -y --no-install-recommends$$missing"; \
 	    exit 1; \
 	  fi; \
+	  echo "Installing Debian packages:$$missing ..."; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends $$missing; \
+	    apt-get install -y -qq -o=Dpkg::Use-Pty=0 --no-install-recommends $$missing >/dev/null \
+	    || exit 1; \
 	fi
 endef
 
@@ -59,22 +69,29 @@ system-packages:
 test-packages:
 	$(call apt_install,$(TEST_PACKAGES))
 
+# pip -q still lets build back-ends print warnings: keep them in a log, show it on failure.
+quietly = $(1) >>$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; echo "failed: $(1)"; exit 1; }
+
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@echo "Creating the Python environment in $(VENV)/ ..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(call quietly,$(BIN)/pip install -q --disable-pip-version-check --upgrade pip)
 
 $(VENV)/.run: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -q -e .
+	@echo "Installing Deskgate's Python packages (log: $(VENV)/install.log) ..."
+	@$(call quietly,$(BIN)/pip install -q --disable-pip-version-check -e .)
 	@touch $@
 
 $(VENV)/.test: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -q -e '.[test]'
+	@echo "Installing Deskgate's Python packages with the test tools (log: $(VENV)/install.log) ..."
+	@$(call quietly,$(BIN)/pip install -q --disable-pip-version-check -e '.[test]')
 	@touch $@ $(VENV)/.run
 
 # noVNC comes from npm at set-up time, pinned by package-lock.json; it is never committed.
 novnc: node_modules/@novnc/novnc/core/rfb.js
 node_modules/@novnc/novnc/core/rfb.js: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	@echo "Installing noVNC from npm ..."
+	@npm ci --no-audit --no-fund --loglevel=error --silent
 	@touch $@
 
 # The tests' OpenID Connect provider runs as its own process from its own virtualenv: it is a

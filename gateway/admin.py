@@ -37,6 +37,7 @@ class UserView:
     groups: list[str]
     desktops: list[Desktop]
     sessions: list[Session]
+    subject: str | None = None  # at the identity provider user.source; None for a local account
 
 
 class AdminService:
@@ -67,9 +68,12 @@ class AdminService:
 
     async def user_view(self, user_id: int) -> UserView:
         user = await self.user(user_id)
+        subjects = [s for p, s, uid in await self.store.list_identities()
+                    if uid == user.id and p == user.source]
         return UserView(user, await self.store.user_groups(user.id),
                         await self.store.desktops_for_user(user.id),
-                        await self.store.list_sessions(user_id=user.id, limit=50))
+                        await self.store.list_sessions(user_id=user.id, limit=50),
+                        subjects[0] if subjects else None)
 
     async def set_disabled(self, admin: User, user_id: int, disabled: bool) -> User:
         user = await self.user(user_id)
@@ -131,6 +135,10 @@ class AdminService:
             if ({"cert_fingerprint", "cert_ca"} & set(rdp)) and "cert_policy" not in rdp:
                 base.pop("cert_policy", None)  # a new pin or CA chooses its own policy
             new_options = rdp_options({**base, **rdp})
+        credentials = (new_options or dict(d.options)).get("credentials")
+        if password and d.protocol == "rdp" and credentials == "per_user":
+            raise BadRequest("a per-user RDP desktop has no shared password: each person"
+                             " enters their own account")
         new_name = d.name if name is None else desktop_name(name)
         new_port = d.port if port is None else port
         if d.provider == "static" and not 0 < new_port < 65536:
@@ -165,7 +173,8 @@ class AdminService:
     async def delete_desktop(self, admin: User, desktop_id: int) -> None:
         d = await self.desktop(desktop_id)
         await self._providers.get(d.provider).stop(self._spec(d))
-        await self.store.delete_desktop(d.id)
+        if not await self.store.delete_desktop(d.id):
+            raise NotFound("no such desktop")  # removed by someone else meanwhile: one record
         await self._record(admin, "desktop deleted", desktop=d.name)
 
     async def assign(self, admin: User, desktop_id: int, *, user_id: int | None = None,

@@ -17,15 +17,15 @@ from aiohttp import web
 
 from .admin import AdminService
 from .audit import Audit
-from .auth.guard import IpThrottle, LoginGuard
+from .auth.guard import AddressWindow, LoginGuard, PreLogins
 from .auth.local import LocalAccounts
 from .auth.oidc import OidcClient
 from .auth.sessions import WebSessions
 from .auth.totp import TotpFactor
-from .broker import Broker, Providers
+from .broker import Broker, Providers, stored_passwords
 from .config import Settings
 from .crypto import SecretBox
-from .errors import WS_GOING_AWAY
+from .errors import WS_GOING_AWAY, ConfigError
 from .events import EventBus
 from .keys import (
     ADMIN,
@@ -49,11 +49,13 @@ from .metrics import install as install_metrics
 from .providers import ProviderContext
 from .proxy.rdp import RdpBridges
 from .services import Services
-from .sso import SsoService
+from .sso import LOGIN_TTL, SsoService
+from .store import Store
 from .store.sqlite import SQLiteStore
+from .textsafe import multiline, page_value
 from .tickets import TicketBook
 from .web import admin_pages, admin_sessions, api, client, login, middleware, portal, sso
-from .web.sso import CALLBACK_PATH
+from .web.sso import callback_path
 
 log = logging.getLogger("deskgate")
 
@@ -66,25 +68,45 @@ NOVNC_DIR = ROOT / "node_modules" / "@novnc" / "novnc"
 def build_services(settings: Settings, store: SQLiteStore) -> Services:
     box = SecretBox(settings.secret_key)
     audit = Audit(store)
-    guard = LoginGuard(store, IpThrottle(settings.ip_throttle_per_minute),
+    guard = LoginGuard(store, AddressWindow(store, "signin", settings.ip_throttle_per_minute),
                        settings.lockout_threshold, settings.lockout_minutes * 60.0)
     return Services(store, box, audit, LocalAccounts(store), TotpFactor(store, box), guard,
                     WebSessions(store, settings))
 
 
+def prepare_runtime_dir(settings: Settings) -> Path:
+    """The local desktops' runtime folder, created (traverse-only) unless it is the data folder;
+    ``ConfigError`` naming the folder and its setting when that fails."""
+    runtime = settings.desktop_runtime_dir
+    if runtime != settings.data_dir:
+        try:
+            runtime.mkdir(parents=True, exist_ok=True)
+            runtime.chmod(0o711)  # traverse-only: each desktop's own folder below is private
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"cannot prepare the runtime folder {runtime}"
+                              f" (desktops.runtime_dir): {why}") from None
+    return runtime
+
+
+def pre_logins(settings: Settings, store: Store) -> PreLogins:
+    return PreLogins(store, settings.sso_starts_per_minute, settings.sso_pending_per_address,
+                     settings.sso_pending_max, LOGIN_TTL)
+
+
 async def _state(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    runtime = prepare_runtime_dir(settings)
     store = SQLiteStore(settings.database_path)
     await store.open()
     closed = await store.close_open_sessions(time.time(), "the gateway restarted")
     if closed:
         log.info("closed %d sessions left open by a previous run", closed)
     services = build_services(settings, store)
-    runtime = settings.desktop_runtime_dir
-    if runtime != settings.data_dir:
-        runtime.mkdir(parents=True, exist_ok=True)
-        runtime.chmod(0o711)  # traverse-only: each desktop's own folder below is private
-    providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base))
+    providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base,
+                                          stop_on_exit=settings.stop_desktops_on_exit,
+                                          credentials=stored_passwords(store, services.box)))
+    await providers.recover()  # local desktops left running by the previous run
     tickets = TicketBook(settings.ticket_ttl_seconds)
     app[STORE] = store
     app[AUDIT] = services.audit
@@ -95,7 +117,9 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     bridges = RdpBridges(runtime / "rdp",
                          run_as_user=settings.run_as_user if os.geteuid() == 0 else None,
                          max_bridges=settings.rdp_max_bridges,
-                         grace_seconds=settings.rdp_grace_seconds)
+                         grace_seconds=settings.rdp_grace_seconds,
+                         display_base=settings.rdp_display_base,
+                         logon_timeout=settings.rdp_logon_timeout_seconds)
     app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings,
                          bridges)
     app[ADMIN] = AdminService(store, services.box, services.audit, providers, app[LIVE],
@@ -111,12 +135,14 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
 async def _single_sign_on(app: web.Application) -> AsyncIterator[None]:
     """One HTTP client for all identity providers, and an OIDC client per provider."""
     settings = app[SETTINGS]
-    redirect_uri = settings.public_url.rstrip("/") + CALLBACK_PATH
+    base = settings.public_url.rstrip("/")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
-        clients = {p.id: OidcClient(p, http, redirect_uri) for p in settings.oidc}
+        # Each provider has its own redirect URI (mix-up defence, RFC 9700 4.4.2).
+        clients = {p.id: OidcClient(p, http, base + callback_path(p.id)) for p in settings.oidc}
         services = app[SERVICES]
         app[SSO] = SsoService(app[STORE], services.box, services.audit, services.sessions,
-                              clients, {p.id: p for p in settings.oidc}, redirect_uri)
+                              clients, {p.id: p for p in settings.oidc},
+                              prelogins=pre_logins(settings, app[STORE]))
         yield
 
 
@@ -156,6 +182,7 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
+    middleware.hide_server_version()
     app = web.Application(middlewares=[middleware.started_responses, middleware.errors,
                                        middleware.web_session],
                           client_max_size=64 * 1024)
@@ -165,8 +192,13 @@ def create_app(settings: Settings) -> web.Application:
     app[LIVE] = LiveSessions()
     app[EVENTS] = EventBus()
     app[SHUTTING_DOWN] = asyncio.Event()
-    app[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-                                        autoescape=True, undefined=jinja2.StrictUndefined)
+    # Autoescaping keeps outside text from becoming HTML; page_value keeps its control
+    # characters (bidi overrides, escapes, line breaks) from reordering or hiding what is shown.
+    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+                                   autoescape=True, undefined=jinja2.StrictUndefined,
+                                   finalize=page_value)
+    templates.filters["multiline"] = multiline
+    app[TEMPLATES] = templates
     app.cleanup_ctx.append(_state)
     app.cleanup_ctx.append(_single_sign_on)
     app.cleanup_ctx.append(_housekeeping)

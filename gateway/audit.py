@@ -25,6 +25,7 @@ class AuditKind(enum.StrEnum):
     SIGNOUT = "signout"
     CONNECT = "session.connect"
     CONNECT_DENIED = "session.denied"
+    CONNECT_FAILED = "session.failed"  # an attempt that never reached the desktop (all its tries)
     DISCONNECT = "session.disconnect"
     CREDENTIALS = "credentials"  # a person's own account for a per-user RDP desktop
     ADMIN = "admin"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from .audit import Audit, AuditKind
@@ -19,17 +20,21 @@ from .errors import (
     NotFound,
     TicketError,
     TooManyRequests,
+    UnderMaintenance,
 )
 from .keyboards import layout_of
 from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Secret, Session, SessionState, User, WebSession
-from .providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
+from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
+from .providers.base import CachingState, Recovering
 from .proxy.rdp import REASON_CREDENTIALS, BridgeError, RdpBridges, RdpTarget
 from .services import rdp_account
 from .store import Store
 from .tickets import TicketBook
 
 log = logging.getLogger("deskgate.broker")
+# The one answer to a desktop id that is not the person's: missing and unassigned alike.
+NO_SUCH_DESKTOP = "no such desktop"
 # The portal waits at most this long for a desktop to say whether it runs.
 _STATE_TIMEOUT = 2.0
 
@@ -58,19 +63,48 @@ class _PendingWatch:
     minted_at: float
 
 
+def stored_passwords(store: Store, box: SecretBox) -> Callable[[int], Awaitable[Secret | None]]:
+    """A desktop's stored password by id (decrypted), for providers that must log in to probe."""
+    async def lookup(desktop_id: int) -> Secret | None:
+        enc = await store.get_desktop_password(desktop_id)
+        return box.decrypt(enc) if enc else None
+    return lookup
+
+
 class Providers:
-    """Provider instances by name, made on first use and closed on shutdown."""
+    """Provider instances by name, made on first use and closed on shutdown; and which desktops
+    have a live session now (told by the broker)."""
 
     def __init__(self, ctx: ProviderContext) -> None:
         self._ctx = ctx
         self._providers: dict[str, DesktopProvider] = {}
+        self._live: dict[int, set[str]] = {}
+
+    def connected(self, desktop_id: int, session_id: str) -> None:
+        self._live.setdefault(desktop_id, set()).add(session_id)
+
+    def disconnected(self, desktop_id: int, session_id: str) -> None:
+        sessions = self._live.get(desktop_id)
+        if sessions is not None:
+            sessions.discard(session_id)
+            if not sessions:
+                del self._live[desktop_id]
+
+    def unreachable(self, desktop_id: int) -> None:
+        """A session could not reach the desktop: providers that cache its state ask again."""
+        for provider in self._providers.values():
+            if isinstance(provider, CachingState):
+                provider.forget(desktop_id)
 
     async def state(self, spec: DesktopSpec) -> str:
-        """The provider's answer within a couple of seconds, else "unknown".
+        """"running" while a session to the desktop is live; else the provider's answer within
+        a couple of seconds, else "unknown".
 
         Pages, the API and metrics all ask through here: a slow or broken provider must not
         hold any of them up.
         """
+        if self._live.get(spec.id):
+            return "running"
         try:
             async with asyncio.timeout(_STATE_TIMEOUT):
                 return await self.get(spec.provider).state(spec)
@@ -84,6 +118,13 @@ class Providers:
         if name not in self._providers:
             self._providers[name] = make_provider(name, self._ctx)
         return self._providers[name]
+
+    async def recover(self) -> None:
+        """Start-up: every provider that can takes over what an earlier run left running."""
+        for name in PROVIDERS:
+            provider = self.get(name)
+            if isinstance(provider, Recovering):
+                await provider.recover()
 
     async def close(self) -> None:
         for provider in self._providers.values():
@@ -142,8 +183,6 @@ class Broker:
         self._tickets = tickets
         self._audit = audit
         self._settings = settings
-        # What the last session to each desktop saw, for providers that cannot tell by themselves.
-        self._seen: dict[int, str] = {}
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
         # One connect at a time per person, so that the open-sessions count cannot be raced.
@@ -164,24 +203,31 @@ class Broker:
         return list(zip(desktops, states, strict=True))
 
     async def _state(self, desktop: Desktop) -> str:
-        state = await self._providers.state(desktop_spec(desktop, self._settings.desktop_geometry))
-        return self._seen.get(desktop.id, state) if state == "unknown" else state
+        return await self._providers.state(desktop_spec(desktop, self._settings.desktop_geometry))
 
     async def check_access(self, user: User, desktop_id: int, client_ip: str) -> Desktop:
+        """The desktop, if it is assigned to ``user``; else NotFound. A desktop that exists but
+        is not theirs and one that does not exist get the same answer, so that nobody learns
+        which desktop ids exist by trying them (the audit trail tells the two apart)."""
         desktop = await self._store.get_desktop(desktop_id)
-        if desktop is None:
-            raise NotFound("no such desktop")
-        if user.disabled or not await self._store.is_assigned(desktop.id, user.id):
+        if desktop is None or user.disabled or not await self._store.is_assigned(desktop.id,
+                                                                                   user.id):
             await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
-                                     desktop=desktop.name, client_ip=client_ip,
-                                     detail="not assigned")
-            raise Forbidden("this desktop is not assigned to you")
+                                     desktop=desktop.name if desktop else None,
+                                     client_ip=client_ip,
+                                     detail=f"desktop {desktop_id}: "
+                                            + ("not assigned" if desktop else "no such desktop"))
+            raise NotFound(NO_SUCH_DESKTOP)
         return desktop
 
     async def connect(self, user: User, web_session: WebSession, desktop_id: int,
                       client_ip: str, user_agent: str = "", width: int = 0,
-                      height: int = 0) -> tuple[Session, str]:
-        """Policy check, make the desktop reachable, record a session, mint a ticket.
+                      height: int = 0, retry_of: str | None = None) -> tuple[Session, str]:
+        """Policy check, record the attempt, make the desktop reachable, mint a ticket.
+
+        ``retry_of``: the session id of the client's previous try. When that was a failed
+        attempt of this person, desktop and web session, this try continues it (same row, one
+        more try) instead of recording a new attempt; anything else starts a new one.
 
         At most ``max_sessions_per_user`` open sessions (starting or active) per person:
         beyond it, TooManyRequests (429) before anything starts."""
@@ -198,42 +244,79 @@ class Broker:
                     f"you already have {limit} desktop connections open, the most one person"
                     " may have; close one and try again")
             return await self._connect(user, web_session, desktop, client_ip, user_agent,
-                                       width, height)
+                                       width, height, retry_of)
 
     async def _connect(self, user: User, web_session: WebSession, desktop: Desktop,
-                       client_ip: str, user_agent: str, width: int,
-                       height: int) -> tuple[Session, str]:
+                       client_ip: str, user_agent: str, width: int, height: int,
+                       retry_of: str | None) -> tuple[Session, str]:
         if desktop.maintenance:
             await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
                                      desktop=desktop.name, client_ip=client_ip,
                                      detail="maintenance")
-            raise DesktopUnavailable("this desktop is under maintenance; try again later")
+            raise UnderMaintenance()
         # A per-user desktop without this person's account: ask for it before anything starts.
         target = await self.rdp_target(desktop, user.id) if desktop.protocol == "rdp" else None
+        now, user_agent = time.time(), user_agent[:300]
+        session = None
+        if retry_of:
+            session = await self._store.retry_session(
+                retry_of, user_id=user.id, desktop_id=desktop.id, web_session_id=web_session.id,
+                started_at=now, client_ip=client_ip, user_agent=user_agent)
+        if session is None:
+            session = Session(id=new_token(12), user_id=user.id, desktop_id=desktop.id,
+                              web_session_id=web_session.id, state=SessionState.STARTING,
+                              started_at=now, client_ip=client_ip, user_agent=user_agent)
+            await self._store.create_session(session)
         try:
-            await self._providers.get(desktop.provider).ensure_running(
-                desktop_spec(desktop, self._settings.desktop_geometry))
-        except DesktopUnavailable as exc:
-            await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
-                                     desktop=desktop.name, client_ip=client_ip, detail=exc.reason)
+            try:
+                await self._providers.get(desktop.provider).ensure_running(
+                    desktop_spec(desktop, self._settings.desktop_geometry))
+            except DesktopUnavailable as exc:
+                await self._failed(session, exc.reason, final=False, user=user.name,
+                                   desktop=desktop.name)
+                exc.session_id = session.id  # the client's retry continues this attempt
+                raise
+            if target is not None:
+                await self._start_bridge(user, desktop, target, session, width, height)
+        except DesktopUnavailable:
+            raise  # recorded above (the bridge's failures in _start_bridge)
+        except BaseException:
+            # Anything else (a provider's bug, the request cancelled): no row stays "starting".
+            await asyncio.shield(self._failed(session, "the connection could not be prepared",
+                                              final=False, user=user.name, desktop=desktop.name))
             raise
-        session = Session(id=new_token(12), user_id=user.id, desktop_id=desktop.id,
-                          web_session_id=web_session.id, state=SessionState.STARTING,
-                          started_at=time.time(), client_ip=client_ip,
-                          user_agent=user_agent[:300])
-        await self._store.create_session(session)
-        if target is not None:
-            await self._start_bridge(user, desktop, target, session, client_ip, width, height)
         ticket = self._tickets.mint(user_id=user.id, web_session_id=web_session.id,
                                     desktop_id=desktop.id, session_id=session.id)
-        await self._audit.record(AuditKind.CONNECT, user=user.name, desktop=desktop.name,
-                                 client_ip=client_ip, detail=f"session {session.id}")
         return session, ticket
+
+    async def _failed(self, session: Session, reason: str, *, final: bool,
+                      user: str | None = None, desktop: str | None = None) -> bool:
+        """A try that never reached the desktop: its attempt is recorded as failed, with one
+        audit event for the whole attempt (at its first failed try, not at each retry).
+        False when the session was not starting (it reached the desktop, or has ended)."""
+        tries = await self._store.fail_session(session.id, time.time(), reason, final)
+        if tries is None:
+            return False
+        if tries > 1:
+            return True  # a retry of an attempt that failed (and was audited) before
+        if user is None or desktop is None:
+            user, desktop = await self._names(session)
+        await self._audit.record(AuditKind.CONNECT_FAILED, user=user, desktop=desktop,
+                                 client_ip=session.client_ip,
+                                 detail=f"session {session.id}: {reason}")
+        return True
+
+    async def _names(self, session: Session) -> tuple[str, str]:
+        """The user's and the desktop's names of a session, for audit rows."""
+        owner = await self._store.get_user(session.user_id)
+        desktop = await self._store.get_desktop(session.desktop_id)
+        return (owner.name if owner else f"#{session.user_id}",
+                desktop.name if desktop else f"#{session.desktop_id}")
 
     async def admit(self, ticket: str, *, session_id: str, user: User,
                     web_session: WebSession) -> Admission:
         """Consume the ticket (once) and resolve the desktop's endpoint. Fails closed; once the
-        ticket is spent, a failure closes the session row with its reason."""
+        ticket is spent, a failure records the attempt as failed, with its reason."""
         self._tickets.consume(ticket, user_id=user.id, web_session_id=web_session.id,
                               session_id=session_id)
         session = await self._store.get_session(session_id)
@@ -245,8 +328,8 @@ class Broker:
             reason = exc.reason if isinstance(exc, GatewayError) else (
                 "the connection to the browser was lost" if isinstance(
                     exc, asyncio.CancelledError) else "internal error in the gateway")
-            await asyncio.shield(self._store.close_session(
-                session.id, time.time(), reason, isinstance(exc, Forbidden), 0, 0))
+            await asyncio.shield(self._failed(session, reason, final=isinstance(exc, Forbidden),
+                                              user=user.name))
             raise
 
     async def _admission(self, session: Session, user: User) -> Admission:
@@ -290,7 +373,7 @@ class Broker:
             keyboard_layout=layout_of(desktop.option("keyboard_layout")))
 
     async def _start_bridge(self, user: User, desktop: Desktop, target: RdpTarget,
-                            session: Session, client_ip: str, width: int, height: int) -> None:
+                            session: Session, width: int, height: int) -> None:
         """Start the RDP bridge before any ticket exists, so that a wrong password, an
         unreachable server or a refused certificate is the answer to the click itself."""
         bridges = self._rdp_bridges()
@@ -302,10 +385,9 @@ class Broker:
             await bridges.acquire(key, target, w, h)
         except BridgeError as exc:
             final = exc.kind in _FINAL_BRIDGE_FAILURES
-            await self._store.close_session(session.id, time.time(), exc.reason, final, 0, 0)
-            await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
-                                     desktop=desktop.name, client_ip=client_ip,
-                                     detail=f"rdp bridge: {exc.reason}")
+            client_ip = session.client_ip
+            await self._failed(session, f"rdp bridge: {exc.reason}", final=final,
+                               user=user.name, desktop=desktop.name)
             if exc.kind == "credentials" and per_user(desktop):
                 # The next attempt asks for the account again instead of repeating this one.
                 self._one_connection.pop((user.id, desktop.id), None)
@@ -314,6 +396,7 @@ class Broker:
                 exc.asks_for_credentials = True
             if final:
                 exc.http_status = 424  # the client shows it and does not retry
+            exc.session_id = session.id  # a retry continues this attempt
             raise exc
         entry = self._one_connection.get((user.id, desktop.id))
         if entry is not None:
@@ -434,14 +517,21 @@ class Broker:
                          bridge_key=key)
 
     async def started(self, session: Session) -> None:
-        self._seen[session.desktop_id] = "running"
+        """The connection reached the desktop (RFB handshake done): a session, audited as such."""
+        self._providers.connected(session.desktop_id, session.id)
         await self._store.set_session_state(session.id, SessionState.ACTIVE)
+        user, desktop = await self._names(session)
+        await self._audit.record(
+            AuditKind.CONNECT, user=user, desktop=desktop, client_ip=session.client_ip,
+            detail=f"session {session.id}"
+                   + (f" (after {session.tries} tries)" if session.tries > 1 else ""))
 
     def unreachable(self, desktop_id: int) -> None:
-        self._seen[desktop_id] = "stopped"
+        self._providers.unreachable(desktop_id)
 
     async def finish(self, admission: Admission, reason: str, *, final: bool, bytes_up: int,
                      bytes_down: int, client_ip: str) -> None:
+        self._providers.disconnected(admission.session.desktop_id, admission.session.id)
         if admission.bridge_key is not None and self.bridges is not None:
             self.bridges.release(admission.bridge_key)
         if admission.watch_of is not None:
@@ -450,8 +540,13 @@ class Broker:
                 detail=f"watch of session {admission.watch_of} ended: {reason}"
                        f" (by {admission.user.name})")
             return
-        await self._store.close_session(admission.session.id, time.time(), reason, final,
-                                        bytes_up, bytes_down)
+        session = admission.session
+        if not await self._store.close_session(session.id, time.time(), reason, final,
+                                               bytes_up, bytes_down):
+            # It never reached the desktop: a failed attempt (audited once), not a session.
+            await self._failed(session, reason, final=final, user=admission.user.name,
+                               desktop=admission.desktop.name)
+            return
         await self._audit.record(
             AuditKind.DISCONNECT, user=admission.user.name, desktop=admission.desktop.name,
             client_ip=client_ip,
@@ -461,5 +556,6 @@ class Broker:
         for session_id in self._tickets.expired_sessions():
             if self._watches.pop(session_id, None) is not None:
                 continue
-            await self._store.close_session(session_id, time.time(), "connection ticket not used",
-                                            False, 0, 0)
+            session = await self._store.get_session(session_id)
+            if session is not None:
+                await self._failed(session, "connection ticket not used", final=False)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,11 +22,20 @@ from .broker import Providers
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .crypto import new_token
 from .errors import BadRequest, GatewayError
+from .listen import address, bind
 from .live import LiveSessions
-from .model import User
+from .model import Desktop, User
+from .names import name_key
 from .providers import ProviderContext
-from .services import MAX_CA_PEM, RDP_CERT_POLICIES, RDP_SECURITY, Services
+from .services import (
+    MAX_CA_PEM,
+    RDP_CERT_POLICIES,
+    RDP_SECURITY,
+    Services,
+    address_problem,
+)
 from .store.sqlite import SQLiteStore
+from .textsafe import log_handler, visible
 
 DEFAULT_CONFIG = "data/deskgate.toml"
 DEMO_DESKTOP = "Demo desktop"
@@ -66,6 +76,17 @@ async def _with_services(settings: Settings,
 
 
 # init ------------------------------------------------------------------------------------------
+def first_admin_block(url: str, user: str, password: str) -> str:
+    """Where to sign in and as whom, set apart by rules so that it stands out at the end of
+    set-up output. Each fact stays a line of its own ("Password: ..."), for scripts."""
+    lines = ["Deskgate is ready. Sign in as its first admin:", "",
+             f"URL: {url}", f"User: {user}", f"Password: {password}", "",
+             "The password is shown only now: keep it somewhere safe.",
+             "At first sign-in you set up an authenticator app (TOTP)."]
+    rule = "=" * max(64, *(len(line) for line in lines))
+    return "\n".join(["", rule, *lines, rule, ""])
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
     config_path = data / "deskgate.toml"
@@ -88,10 +109,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             await services.add_desktop(DEMO_DESKTOP, "local")
             await services.assign(DEMO_DESKTOP, args.admin)
         print(f"Configuration: {config_path}")
-        print(f"URL: {public_url}")
-        print(f"User: {args.admin}")
-        print(f"Password: {password}")
-        print("The password is shown only now. You will enrol a TOTP app at first sign-in.")
+        assert password is not None  # generated
+        print(first_admin_block(public_url, args.admin, password))
         return 0
 
     return asyncio.run(_with_services(settings, populate))
@@ -104,12 +123,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     settings = _settings(args)
+    if args.stop_desktops_on_exit:
+        settings = dataclasses.replace(settings, stop_desktops_on_exit=True)
     host = args.host or settings.host
     port = args.port or settings.port
-    logging.getLogger("deskgate").info("Deskgate on %s (listening on %s:%d)",
-                                       settings.public_url, host, port)
-    web.run_app(create_app(settings), host=host, port=port, print=None,
-                access_log=None, shutdown_timeout=5)
+    # Bound before anything starts or logs: a busy port is one clear line naming its setting.
+    sockets = bind(host, port, port_setting="--port" if args.port else "server.port",
+                   host_setting="--host" if args.host else "server.host")
+    logging.getLogger("deskgate").info("Deskgate on %s (listening on %s)", settings.public_url,
+                                       address(host, port))
+    web.run_app(create_app(settings), sock=sockets, print=None, access_log=None,
+                shutdown_timeout=5)
     return 0
 
 
@@ -140,13 +164,29 @@ def cmd_user(args: argparse.Namespace) -> int:
             await admin.reset_totp(CLI_ACTOR, (await services.user(args.name)).id)
             print(f"Second factor reset for {args.name}: they enrol again at next sign-in")
         else:  # list
-            for u in await services.store.list_users():
-                flags = [f for f, on in (("admin", u.is_admin), ("disabled", u.disabled),
-                                         ("totp", u.totp_enrolled)) if on]
-                print(f"{u.id:4d}  {u.name:24s} {' '.join(flags)}")
+            _print_users(await services.store.list_users(), await services.identities())
         return 0
 
     return asyncio.run(_with_services(settings, run))
+
+
+def _print_users(users: Sequence[User], identities: Mapping[int, str]) -> None:
+    """A table with a header: who each account really is (its identity provider and subject,
+    or "local"), and which accounts have names that look alike."""
+    keys = {u.name_key: u for u in users if u.name_key is not None}
+    rows = [("ID", "NAME", "IDENTITY", "ADMIN", "DISABLED", "TOTP", "NOTE")]
+    for u in users:
+        older = keys.get(name_key(u.name)) if u.name_key is None else None
+        note = f"looks like #{older.id} {older.name}" if older is not None else ""
+        rows.append((str(u.id), u.name, identities.get(u.id, u.source), _yes(u.is_admin),
+                     _yes(u.disabled), _yes(u.totp_enrolled), note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 # desktops --------------------------------------------------------------------------------------
@@ -179,6 +219,14 @@ def cmd_desktop(args: argparse.Namespace) -> int:
                 args.name, args.provider, host=host, port=port, password=password,
                 protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None)
             print(f"Desktop {desktop.id} {desktop.name}")
+            await _warn_if_silent(services, desktop)
+        elif args.desktop_cmd == "remove":
+            admin = _admin_service(services, settings)
+            desktop = await services.desktop(args.name)
+            await admin.delete_desktop(CLI_ACTOR, desktop.id)
+            print(f"Desktop {desktop.name} removed")
+        elif args.desktop_cmd == "set":
+            await _set_desktop(services, settings, args, password)
         else:
             for d in await services.store.list_desktops():
                 where = f"{d.host}:{d.port}" if d.provider == "static" else "on this host"
@@ -197,16 +245,77 @@ def cmd_desktop(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(settings, run))
 
 
-def cmd_assign(args: argparse.Namespace) -> int:
+async def _warn_if_silent(services: Services, desktop: Desktop) -> None:
+    """A warning on stderr (never an error) when a static desktop's server does not answer,
+    or refuses the stored password (see ``address_problem``)."""
+    if desktop.provider != "static":
+        return
+    enc = await services.store.get_desktop_password(desktop.id) if desktop.has_password else None
+    problem = await address_problem(desktop, services.box.decrypt(enc) if enc else None)
+    if problem:
+        print(f"deskgate: warning: {desktop.protocol.upper()} at {desktop.host}:{desktop.port}:"
+              f" {problem}; the desktop is saved anyway", file=sys.stderr)
+
+
+async def _set_desktop(services: Services, settings: Settings, args: argparse.Namespace,
+                       password: str | None) -> None:
+    if args.vnc and args.rdp:
+        raise BadRequest("give --vnc or --rdp, not both")
+    if password is not None and args.clear_password:
+        raise BadRequest("give --password-stdin or --clear-password, not both")
+    desktop = await services.desktop(args.name)
+    address = args.vnc or args.rdp
+    if address is not None:
+        wanted = "vnc" if args.vnc else "rdp"
+        if desktop.provider != "static":
+            raise BadRequest(f"{desktop.name} is a {desktop.provider} desktop: it has no address")
+        if wanted != desktop.protocol:
+            raise BadRequest(f"{desktop.name} is a {desktop.protocol.upper()} desktop:"
+                             f" give --{desktop.protocol} HOST:PORT")
+    if address is None and password is None and not args.clear_password and args.rename is None:
+        raise BadRequest("nothing to change: give --vnc/--rdp HOST:PORT, --password-stdin,"
+                         " --clear-password or --rename NEW")
+    host, port = address if address is not None else (None, None)
+    changed = await _admin_service(services, settings).update_desktop(
+        CLI_ACTOR, desktop.id, name=args.rename, host=host, port=port, password=password,
+        clear_password=args.clear_password)
+    print(f"Desktop {changed.name} changed")
+    if address is not None:
+        await _warn_if_silent(services, changed)
+
+
+def cmd_unassign(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
     async def run(services: Services) -> int:
         if (args.user is None) == (args.group is None):
             raise BadRequest("name a user, or a group with --group, not both")
+        admin = _admin_service(services, settings)
+        desktop = await services.desktop(args.desktop)
+        if args.group is not None:
+            await admin.assign(CLI_ACTOR, desktop.id, group=args.group, remove=True)
+            print(f"Desktop {desktop.name} no longer assigned to group {args.group.strip()}")
+        else:
+            user = await services.user(args.user)
+            await admin.assign(CLI_ACTOR, desktop.id, user_id=user.id, remove=True)
+            print(f"Desktop {desktop.name} no longer assigned to {user.name}")
+        return 0
+
+    return asyncio.run(_with_services(settings, run))
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        given = [x for x in (args.user, args.user_id, args.group) if x is not None]
+        if len(given) != 1:
+            raise BadRequest("name one user (USER, or --user-id N), or a group with --group")
         if args.group is not None:
             await services.assign_group(args.desktop, args.group)
             print(f"Desktop {args.desktop} assigned to group {args.group}")
         else:
-            await services.assign(args.desktop, args.user)
-            print(f"Desktop {args.desktop} assigned to {args.user}")
+            user = await services.assign(args.desktop, args.user, user_id=args.user_id)
+            who = services.describe(user, await services.identities())
+            print(f"Desktop {args.desktop} assigned to {who}")
         return 0
 
     return asyncio.run(_with_services(_settings(args), run))
@@ -223,8 +332,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return 0
         for e in reversed(await services.audit_events(args.limit)):
             when = datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{when}  {e.kind:34s} user={e.user or '-'} desktop={e.desktop or '-'}"
-                  f" ip={e.client_ip or '-'}  {e.detail}")
+            # Names and details come from outside: one event, one line, no terminal escapes.
+            print(visible(f"{when}  {e.kind:34s} user={e.user or '-'} desktop={e.desktop or '-'}"
+                          f" ip={e.client_ip or '-'}  {e.detail}"))
         return 0
 
     return asyncio.run(_with_services(_settings(args), run))
@@ -304,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--host", help="override server.host")
     p.add_argument("--port", type=int, help="override server.port")
+    p.add_argument("--stop-desktops-on-exit", action="store_true",
+                   help="stop the local desktops when the gateway stops (default: they keep"
+                        " running and are taken over at the next start; desktops.stop_desktops_on_exit)")
     p.set_defaults(func=cmd_serve)
 
     user = sub.add_parser("user", help="local accounts")
@@ -351,13 +464,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")
     dsub.add_parser("list", help="list desktops")
+    p = dsub.add_parser("remove", help="remove a desktop with its assignments (its past"
+                                       " sessions stay in the history)")
+    p.add_argument("name")
+    p = dsub.add_parser("set", help="change a desktop's address, password or name")
+    p.add_argument("name")
+    p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT",
+                   help="static VNC desktop: new address")
+    p.add_argument("--rdp", type=_host_port, metavar="HOST:PORT",
+                   help="static RDP desktop: new address")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="a new VNC or RDP password on stdin (stored encrypted)")
+    p.add_argument("--clear-password", action="store_true", help="forget the stored password")
+    p.add_argument("--rename", metavar="NEW", help="a new name")
     desk.set_defaults(func=cmd_desktop)
 
     p = sub.add_parser("assign", help="assign a desktop to a user or to an IdP group")
     p.add_argument("desktop")
-    p.add_argument("user", nargs="?")
+    p.add_argument("user", nargs="?", help="a user name that no other account's name looks"
+                   " like, or PROVIDER:SUBJECT of a single sign-on account")
+    p.add_argument("--user-id", type=int, metavar="N", help="the account with this id"
+                   " (see `deskgate user list`)")
     p.add_argument("--group", help="an identity provider group instead of a user")
     p.set_defaults(func=cmd_assign)
+
+    p = sub.add_parser("unassign", help="take a desktop away from a user or an IdP group")
+    p.add_argument("desktop")
+    p.add_argument("user", nargs="?")
+    p.add_argument("--group", help="an identity provider group instead of a user")
+    p.set_defaults(func=cmd_unassign)
 
     token = sub.add_parser("token", help="REST API tokens")
     tsub = token.add_subparsers(dest="token_cmd", required=True)
@@ -383,8 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
+    # Every log line is one line with no terminal escapes, whatever a user name or an
+    # identity provider's text holds (gateway/textsafe.py).
     logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        handlers=[log_handler()])
     try:
         result: int = args.func(args)
         return result

@@ -63,12 +63,16 @@ class Settings:
     lockout_threshold: int = 5
     lockout_minutes: int = 15
     ip_throttle_per_minute: int = 30
+    sso_starts_per_minute: int = 30
+    sso_pending_per_address: int = 100
+    sso_pending_max: int = 10_000
     trust_proxy_headers: bool = False
     # [desktops]
     run_as_user: str = "deskgate-desktop"
     display_base: int = 20
     desktop_geometry: str = "1280x800"
     runtime_dir: str = ""  # local desktops' sockets and homes; see desktop_runtime_dir
+    stop_desktops_on_exit: bool = False  # else local desktops outlive the gateway process
     # [relay]
     connect_timeout_seconds: float = 10.0
     max_clipboard_bytes: int = 1 << 20
@@ -78,6 +82,8 @@ class Settings:
     rdp_max_bridges: int = 20
     rdp_grace_seconds: float = 60.0
     rdp_store_credentials: bool = True  # per-user accounts may be stored (else asked each connect)
+    rdp_display_base: int = 60  # first X display number the RDP bridges may use
+    rdp_logon_timeout_seconds: float = 15.0  # bridge window up to the server's sign-in confirmation
     # [metrics]
     metrics_token: Secret = Secret("")
     metrics_host: str = "127.0.0.1"
@@ -126,17 +132,23 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "lockout_threshold",
         "lockout_minutes",
         "ip_throttle_per_minute",
+        "sso_starts_per_minute",
+        "sso_pending_per_address",
+        "sso_pending_max",
         "trust_proxy_headers",
         "local_accounts",
     ),
-    "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir"),
+    "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir",
+                 "stop_desktops_on_exit"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes", "max_sessions_per_user",
               "desktop_unresponsive_seconds"),
-    "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials"),
+    "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials", "rdp_display_base",
+            "rdp_logon_timeout_seconds"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
 _SECRET_KEYS = {"secret_key", "client_secret", "metrics_token"}
+MAX_DISPLAY_BASE = 30000  # X display numbers are small integers; leave room above the base
 _OIDC_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -245,10 +257,19 @@ def _check(s: Settings) -> None:
         raise ConfigError("server.port must be between 1 and 65535")
     if s.rdp_max_bridges < 0 or s.rdp_grace_seconds < 0:
         raise ConfigError("rdp.rdp_max_bridges and rdp.rdp_grace_seconds cannot be negative")
+    # X display numbers: both ranges are open-ended and may overlap (equal bases included): every
+    # start takes the first number whose lock file and socket are free and that no other start
+    # of this gateway holds, and moves on when another X server took it first.
+    for section, name in (("desktops", "display_base"), ("rdp", "rdp_display_base")):
+        if not 1 <= getattr(s, name) <= MAX_DISPLAY_BASE:
+            raise ConfigError(f"{section}.{name} must be an X display number from 1 to {MAX_DISPLAY_BASE}")
+    if not 0 < s.rdp_logon_timeout_seconds <= 600:
+        raise ConfigError("rdp.rdp_logon_timeout_seconds must be above 0 and at most 600")
     if not 0 <= s.metrics_port < 65536:
         raise ConfigError("metrics.metrics_port must be between 0 (off) and 65535")
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",
                  "lockout_threshold", "lockout_minutes", "ip_throttle_per_minute",
+                 "sso_starts_per_minute", "sso_pending_per_address", "sso_pending_max",
                  "max_sessions_per_user", "desktop_unresponsive_seconds"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")

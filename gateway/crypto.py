@@ -73,8 +73,11 @@ def dummy_password_hash() -> str:
 
 
 def token_hash(token: str) -> str:
-    """Hash for high-entropy tokens (cookies, recovery codes, tickets): SHA-256 is enough."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """Hash for high-entropy tokens (cookies, recovery codes, tickets): SHA-256 is enough.
+
+    Whatever a client sent hashes (bytes that were not UTF-8 come as lone surrogates), and
+    matches no token of ours."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_token(nbytes: int = 32) -> str:

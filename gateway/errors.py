@@ -44,6 +44,12 @@ class GatewayError(Exception):
     # The person's own account for a per-user RDP desktop is needed (none stored, or it was just
     # refused and forgotten): JSON answers say "credentials": "required".
     asks_for_credentials = False
+    # A connection attempt that failed: its session id, so that the client's retry continues
+    # the same attempt (JSON answers say "session_id").
+    session_id: str | None = None
+    # False: trying again at once cannot help (JSON answers say "reconnect": false), so the
+    # client shows the reason and stops instead of retrying by itself.
+    reconnect = True
 
     def __init__(self, reason: str | None = None) -> None:
         if reason is not None:
@@ -113,6 +119,13 @@ class DesktopUnavailable(GatewayError):
     reason = "the desktop cannot be reached"
 
 
+class UnderMaintenance(DesktopUnavailable):
+    """The desktop takes no new connections until an admin ends its maintenance."""
+
+    reason = "this desktop is under maintenance; try again later"
+    reconnect = False
+
+
 class CredentialsRequired(GatewayError):
     """A per-user RDP desktop and no stored account of this person for it: ask for one."""
 
@@ -166,6 +179,13 @@ class InputLimit(ProtocolError):
 
     ws_code = WS_INPUT_LIMIT
     reason = "the browser sent more input than the gateway accepts"
+
+
+class StoreBusy(GatewayError):
+    """The database stayed locked by another writer for longer than its busy timeout."""
+
+    http_status = 503
+    reason = "the gateway is busy; try again in a moment"
 
 
 class ConfigError(GatewayError):

@@ -50,6 +50,7 @@ from .errors import (
     WS_UPSTREAM_UNREACHABLE,
 )
 from .keys import ADMIN, AUDIT, BROKER, LIVE, SETTINGS
+from .listen import address, bind
 from .live import LiveSessions
 from .model import Desktop
 from .proxy.rdp import RdpBridges
@@ -220,7 +221,8 @@ def _exposition_handler(app: web.Application, *, token: bool) -> Callable[
             if not expected:
                 raise web.HTTPNotFound()
             supplied = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {expected}".encode()):
+            if not hmac.compare_digest(supplied.encode("utf-8", "surrogatepass"),
+                                       f"Bearer {expected}".encode()):
                 return web.Response(status=401, text="metrics need the bearer token\n",
                                     headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         app[METRICS].set_desktop_states(await desktop_states(app))
@@ -245,10 +247,15 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.metrics_port > 0:
         site_app = web.Application()
         site_app.router.add_get("/metrics", _exposition_handler(app, token=False))
+        # Bound first: a busy port is one clear line naming the setting, and nothing is logged.
+        sockets = bind(settings.metrics_host, settings.metrics_port,
+                       port_setting="metrics.metrics_port", host_setting="metrics.metrics_host")
         runner = web.AppRunner(site_app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        log.info("metrics on http://%s/metrics", address(settings.metrics_host,
+                                                           settings.metrics_port))
     try:
         yield
     finally:

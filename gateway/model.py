@@ -41,9 +41,21 @@ class WebSessionState(enum.StrEnum):
 
 
 class SessionState(enum.StrEnum):
+    """A connection session's life: starting -> active -> closed, or starting -> failed.
+
+    ``failed`` is a connection attempt that never reached the desktop (the RFB handshake with the
+    desktop never completed): it is not a session that was used, and lists of past sessions
+    show it apart. A retry of a failed attempt starts the same row again (starting).
+    """
+
     STARTING = "starting"
     ACTIVE = "active"
     CLOSED = "closed"
+    FAILED = "failed"
+
+    @property
+    def ended(self) -> bool:
+        return self in (SessionState.CLOSED, SessionState.FAILED)
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,9 @@ class User:
     failed_attempts: int = 0
     locked_until: float = 0.0
     source: str = "local"  # "local", or the id of the OIDC provider that provisioned the account
+    # gateway.names.name_key(name), unique; None only on an older account whose name looks like
+    # an even older one's (kept, and reported as a look-alike)
+    name_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,19 @@ class OidcLogin:
 
 
 @dataclass(frozen=True)
+class PendingCaps:
+    """How many pre-logins may wait for their callback: ``total`` in all, ``per_address`` from
+    one client address, of which ``per_minute`` started after ``minute_start``. Those created
+    before ``expired_before`` no longer count (and are purged)."""
+
+    total: int
+    per_address: int
+    per_minute: int
+    expired_before: float
+    minute_start: float
+
+
+@dataclass(frozen=True)
 class Session:
     id: str
     user_id: int
@@ -114,6 +142,7 @@ class Session:
     bytes_down: int = 0
     client_ip: str = ""
     user_agent: str = ""
+    tries: int = 1  # connection tries of this attempt (a failed attempt retried keeps its row)
 
 
 @dataclass(frozen=True)

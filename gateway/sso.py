@@ -7,6 +7,7 @@ Our TOTP still follows unless the provider is configured otherwise (see ``second
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import unicodedata
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .audit import Audit, AuditKind
+from .auth.guard import PreLogins
 from .auth.oidc import OidcClient, OidcError, OidcIdentity
 from .auth.sessions import WebSessions
 from .config import OidcProviderConfig
@@ -67,14 +69,15 @@ def _user_name(claims: Mapping[str, Any], claim: str, sub: str) -> str:
 class SsoService:
     def __init__(self, store: Store, box: SecretBox, audit: Audit, sessions: WebSessions,
                  clients: Mapping[str, OidcClient], configs: Mapping[str, OidcProviderConfig],
-                 redirect_uri: str) -> None:
+                 *, prelogins: PreLogins) -> None:
         self._store = store
         self._box = box
         self._audit = audit
         self._sessions = sessions
         self._clients = clients
         self._configs = configs
-        self.redirect_uri = redirect_uri
+        self._prelogins = prelogins
+        self._provision_lock = asyncio.Lock()
 
     def config(self, provider_id: str) -> OidcProviderConfig:
         try:
@@ -85,32 +88,49 @@ class SsoService:
     async def begin(self, provider_id: str, browser_token: str, ip: str) -> str:
         """Record a pre-login (state, nonce, PKCE verifier) bound to this browser; the IdP URL."""
         config = self.config(provider_id)
+        await self._prelogins.admit(ip)  # throttled per client address before any work
         try:
             request = await self._clients[provider_id].authorization_request()
         except OidcError as exc:
             await self._audit.record(AuditKind.SIGNIN_FAILED, client_ip=ip,
                                      detail=f"idp {provider_id}: {exc.detail}")
             raise
-        await self._store.purge_oidc_logins(time.time() - LOGIN_TTL)
-        await self._store.save_oidc_login(token_hash(request.state), OidcLogin(
+        # Capped in all and per client address; expired ones are purged.
+        await self._prelogins.save(token_hash(request.state), OidcLogin(
             provider=config.id, browser_hash=token_hash(browser_token),
             nonce_enc=self._box.encrypt(request.nonce),
-            verifier_enc=self._box.encrypt(request.code_verifier), created_at=time.time()))
+            verifier_enc=self._box.encrypt(request.code_verifier), created_at=time.time()), ip)
         return request.url
 
-    async def complete(self, *, state: str, code: str | None, error: str | None,
-                       browser_token: str | None, ip: str, user_agent: str) -> SsoResult:
+    async def complete(self, provider_id: str, *, state: str, code: str | None,
+                       error: str | None, iss: str | None, browser_token: str | None, ip: str,
+                       user_agent: str) -> SsoResult:
+        """Finish a sign-in at ``provider_id``'s own callback. Against mix-up (RFC 9700 4.4): the
+        state must have been issued for this provider, and the answer's ``iss`` (RFC 9207) must
+        name it; only then is the code redeemed, at this provider's token endpoint."""
+        config = self.config(provider_id)
         login = await self._store.take_oidc_login(token_hash(state)) if state else None
         if login is None or time.time() - login.created_at > LOGIN_TTL:
-            await self._fail(None, "state unknown, expired or already used", ip)
+            await self._fail(config, "state unknown, expired or already used", ip)
             raise OidcError("state invalid", "this sign-in link has expired or was already used;"
                                              " start again")
-        assert login is not None
-        config = self.config(login.provider)
+        if login.provider != config.id:
+            # An answer for a sign-in started at another provider reached this one's callback.
+            await self._fail(config, f"provider mix-up (the sign-in was started at idp"
+                                     f" {login.provider})", ip)
+            raise OidcError("provider mix-up", f"sign-in with {config.label} failed: the answer"
+                                               " did not come from the identity provider you"
+                                               " chose; start again")
         if not browser_token or token_hash(browser_token) != login.browser_hash:
             await self._fail(config, "state bound to another browser", ip)
             raise OidcError("state invalid", "this sign-in was started in another browser;"
                                              " start again")
+        client = self._clients[config.id]
+        try:
+            await client.check_response_issuer(iss)
+        except OidcError as exc:
+            await self._fail(config, exc.detail, ip)
+            raise
         if error:
             detail = "consent denied" if error == "access_denied" else f"idp error {error[:64]}"
             await self._fail(config, detail, ip)
@@ -120,7 +140,7 @@ class SsoService:
             await self._fail(config, "callback without code", ip)
             raise OidcError("token response invalid")
         try:
-            identity = await self._clients[config.id].finish(
+            identity = await client.finish(
                 code=code, nonce=self._box.decrypt(login.nonce_enc).reveal(),
                 code_verifier=self._box.decrypt(login.verifier_enc).reveal())
         except OidcError as exc:
@@ -128,32 +148,63 @@ class SsoService:
             raise
         return await self._sign_in(config, identity, ip, user_agent)
 
+    async def retired_callback(self, ip: str) -> None:
+        """The shared callback of older versions: an answer there is refused unread."""
+        await self._fail(None, "answer at the retired shared callback /login/oidc/callback", ip)
+        raise OidcError("retired callback", "this sign-in came back to an old address of this"
+                                            " gateway; an administrator must register each identity"
+                                            " provider's own redirect URI (see the README)")
+
     async def _fail(self, config: OidcProviderConfig | None, detail: str, ip: str) -> None:
         prefix = f"idp {config.id}: " if config else "idp: "
         await self._audit.record(AuditKind.SIGNIN_FAILED, client_ip=ip, detail=prefix + detail)
 
     async def _provision(self, config: OidcProviderConfig, identity: OidcIdentity,
                          ip: str) -> User:
-        user_id = await self._store.identity_user(config.id, identity.sub)
-        if user_id is not None:
-            user = await self._store.get_user(user_id)
-            if user is None:
-                raise AuthenticationFailed()
-            return user
-        name = _user_name(identity.claims, config.username_claim, identity.sub)
-        for candidate in (name, f"{name}@{config.id}"):
-            if await self._store.get_user_by_name(candidate) is None:
+        """The account of (provider, subject), made on first sign-in. Its name is the claimed
+        one unless that name, or one that looks like it (``Admin``, ``аdmin`` for ``admin``), is
+        taken: then ``name@provider``, then ``name@provider-<subject digest>``. A name ending in
+        ``@<another provider's id>`` is never taken as it is. One at a time per
+        process, so that simultaneous first sign-ins of one person make one account; the
+        database's unique keys keep names and identities unique across processes too."""
+        known = await self._known(config, identity)
+        if known is not None:
+            return known
+        async with self._provision_lock:
+            known = await self._known(config, identity)  # made while we waited?
+            if known is not None:
+                return known
+            name = _user_name(identity.claims, config.username_claim, identity.sub)
+            digest = token_hash(f"{config.id}:{identity.sub}")[:8]
+            candidates = [name, f"{name}@{config.id}", f"{name[:40]}@{config.id}-{digest}"]
+            if any(name.casefold().endswith(f"@{other}") for other in self._configs
+                   if other != config.id):
+                # "admin@corp" from another provider would pass for corp's disambiguated admin
+                candidates.pop(0)
+            for candidate in candidates:
                 try:
                     user = await self._store.create_user(candidate, None, False, source=config.id)
                 except Conflict:
                     continue
                 await self._store.link_identity(config.id, identity.sub, user.id)
+                detail = f"user provisioned from idp {config.id} (subject {identity.sub[:128]})"
+                if candidate != name:
+                    detail += f"; the name {name!r} (or one that looks like it) was taken or reserved"
                 await self._audit.record(AuditKind.ADMIN, user=candidate, client_ip=ip,
-                                         detail=f"user provisioned from idp {config.id}")
+                                         detail=detail)
                 return user
         await self._fail(config, f"user name {name!r} taken by other accounts", ip)
         raise OidcError("name conflict", "an account with your name already exists here;"
                                          " ask an administrator")
+
+    async def _known(self, config: OidcProviderConfig, identity: OidcIdentity) -> User | None:
+        user_id = await self._store.identity_user(config.id, identity.sub)
+        if user_id is None:
+            return None
+        user = await self._store.get_user(user_id)
+        if user is None:
+            raise AuthenticationFailed()
+        return user
 
     async def _sign_in(self, config: OidcProviderConfig, identity: OidcIdentity, ip: str,
                        user_agent: str) -> SsoResult:

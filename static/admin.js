@@ -6,13 +6,24 @@
 
 const root = document.getElementById('sessions-dashboard');
 const csrfToken = root.dataset.csrf;
-const liveBody = document.querySelector('#live-sessions tbody');
-const recentBody = document.querySelector('#recent-sessions tbody');
+const liveTable = document.getElementById('live-sessions');
+const recentTable = document.getElementById('recent-sessions');
+const failedTable = document.getElementById('failed-sessions');
+const liveBody = liveTable.tBodies[0];
+const recentBody = recentTable.tBodies[0];
+const failedBody = failedTable.tBodies[0];
 const liveEmpty = document.getElementById('live-empty');
 const recentEmpty = document.getElementById('recent-empty');
+const failedEmpty = document.getElementById('failed-empty');
 const liveCount = document.getElementById('live-count');
 const bridgeStats = document.getElementById('bridge-stats');
 const streamState = document.getElementById('stream-state');
+const search = document.getElementById('session-search');
+const filterForm = document.getElementById('sessions-filter');
+const filterCount = document.getElementById('filter-count');
+const pageNewer = document.getElementById('page-newer');
+const pageOlder = document.getElementById('page-older');
+const pageLabel = document.getElementById('page-label');
 const result = document.getElementById('action-result');
 const dialog = document.getElementById('action-dialog');
 const form = document.getElementById('action-form');
@@ -24,8 +35,15 @@ const submit = document.getElementById('action-submit');
 const cancel = document.getElementById('action-cancel');
 const actionError = document.getElementById('action-error');
 
-const LIVE_COLUMNS = ['user', 'desktop', 'protocol', 'client_ip', 'user_agent', 'started',
-    'duration', 'bytes', 'rate', 'rtt', 'idle', 'watchers'];
+// Columns of each table, in the order of its headers (templates/admin_sessions.html). A
+// column's cell gets data-col=<name>; data-sort holds the value it sorts by.
+const LIVE_COLUMNS = ['session', 'user', 'desktop', 'address', 'protocol', 'client_ip',
+    'browser', 'started', 'duration', 'to_desktop', 'to_browser', 'rtt', 'idle', 'watchers'];
+const RECENT_COLUMNS = ['session', 'user', 'desktop', 'address', 'client_ip', 'browser',
+    'started', 'ended', 'duration', 'to_desktop', 'to_browser', 'close_reason'];
+const FAILED_COLUMNS = ['session', 'user', 'desktop', 'address', 'client_ip', 'browser',
+    'started', 'close_reason'];
+const NUMERIC = new Set(['duration', 'to_desktop', 'to_browser', 'rtt', 'idle', 'watchers']);
 
 function bytes(n) {
     if (n < 1024) {
@@ -64,21 +82,93 @@ function clock(t) {
     return today ? d.toLocaleTimeString() : d.toLocaleString();
 }
 
+// One cell: {text, sort, href, title, code}
+function link(textContent, href) {
+    return {text: textContent, sort: textContent.toLowerCase(), href};
+}
+
+function common(s) {
+    return {
+        session: {text: s.id.slice(0, 8), sort: s.id, title: s.id, code: true},
+        user: link(s.user, s.user_id === null ? null : `/admin/users/${s.user_id}`),
+        desktop: link(s.desktop, s.desktop_id === null ? null : `/admin/desktops/${s.desktop_id}`),
+        address: {text: s.address || '—', sort: s.address || '', code: Boolean(s.address)},
+        client_ip: {text: s.client_ip || '—', sort: s.client_ip || ''},
+        browser: {text: s.browser || (s.user_agent ? 'unknown' : '—'), sort: s.browser || '',
+            title: s.user_agent || ''},
+        started: {text: clock(s.started_at), sort: s.started_at},
+    };
+}
+
 function liveCells(s) {
     return {
-        user: s.user,
-        desktop: s.desktop,
-        protocol: s.watch_of ? `${s.protocol.toUpperCase()} · watch` : s.protocol.toUpperCase(),
-        client_ip: s.client_ip,
-        user_agent: s.user_agent || '—',
-        started: clock(s.started_at),
-        duration: duration(s.duration_s),
-        bytes: `${bytes(s.bytes_up)} / ${bytes(s.bytes_down)}`,
-        rate: `${bytes(s.rate_up_bps)}/s / ${bytes(s.rate_down_bps)}/s`,
-        rtt: s.rtt_ms === null ? '—' : `${s.rtt_ms} ms`,
-        idle: duration(s.idle_s),
-        watchers: String(s.watchers),
+        ...common(s),
+        protocol: {text: s.watch_of ? `${s.protocol.toUpperCase()} · watch`
+            : s.protocol.toUpperCase()},
+        duration: {text: duration(s.duration_s), sort: s.duration_s},
+        to_desktop: {text: `${bytes(s.bytes_up)} · ${bytes(s.rate_up_bps)}/s`, sort: s.bytes_up,
+            title: 'sent to the desktop in total · current throughput'},
+        to_browser: {text: `${bytes(s.bytes_down)} · ${bytes(s.rate_down_bps)}/s`,
+            sort: s.bytes_down, title: 'sent to the browser in total · current throughput'},
+        rtt: {text: s.rtt_ms === null ? '—' : `${s.rtt_ms} ms`, sort: s.rtt_ms ?? -1},
+        idle: {text: duration(s.idle_s), sort: s.idle_s ?? -1},
+        watchers: {text: String(s.watchers), sort: s.watchers},
     };
+}
+
+function closedCells(s) {
+    const lasted = s.ended_at ? s.ended_at - s.started_at : null;
+    return {
+        ...common(s),
+        ended: {text: clock(s.ended_at), sort: s.ended_at || 0},
+        duration: {text: duration(lasted), sort: lasted ?? -1},
+        to_desktop: {text: bytes(s.bytes_up), sort: s.bytes_up},
+        to_browser: {text: bytes(s.bytes_down), sort: s.bytes_down},
+        close_reason: {text: s.close_reason || '—'},
+    };
+}
+
+function fill(td, cell) {
+    const shown = cell.text ?? '';
+    const key = `${shown}\u0000${cell.href || ''}\u0000${cell.title || ''}`;
+    td.dataset.sort = String(cell.sort ?? shown.toLowerCase());
+    if (td.dataset.key === key) {
+        return;
+    }
+    td.dataset.key = key;
+    let inner;
+    if (cell.href) {
+        inner = document.createElement('a');
+        inner.className = 'row-link';
+        inner.href = cell.href;
+        inner.textContent = shown;
+    } else if (cell.code) {
+        inner = document.createElement('code');
+        inner.textContent = shown;
+    } else {
+        inner = document.createTextNode(shown);
+    }
+    td.replaceChildren(inner);
+    if (cell.title) {
+        td.title = cell.title;
+    } else {
+        td.removeAttribute('title');
+    }
+}
+
+function newCells(tr, columns) {
+    for (const col of columns) {
+        const td = document.createElement('td');
+        td.dataset.col = col;
+        if (NUMERIC.has(col)) {
+            td.className = 'num nowrap';
+        } else if (col === 'close_reason') {
+            td.className = 'detail close-reason';
+        } else if (col === 'started' || col === 'ended') {
+            td.className = 'nowrap';
+        }
+        tr.appendChild(td);
+    }
 }
 
 function button(textContent, action, id, extra = '') {
@@ -94,16 +184,7 @@ function button(textContent, action, id, extra = '') {
 function newLiveRow(s) {
     const tr = document.createElement('tr');
     tr.dataset.sessionId = s.id;
-    for (const col of LIVE_COLUMNS) {
-        const td = document.createElement('td');
-        td.dataset.col = col;
-        if (['duration', 'bytes', 'rate', 'rtt', 'idle', 'watchers'].includes(col)) {
-            td.className = 'num nowrap';
-        } else if (col === 'user_agent') {
-            td.className = 'user-agent';
-        }
-        tr.appendChild(td);
-    }
+    newCells(tr, LIVE_COLUMNS);
     const actions = document.createElement('td');
     actions.className = 'actions-col';
     const row = document.createElement('div');
@@ -125,6 +206,91 @@ function newLiveRow(s) {
     return tr;
 }
 
+// Filtering and sorting ------------------------------------------------------------------
+
+function matches(tr) {
+    const needle = search.value.trim().toLowerCase();
+    if (!needle) {
+        return true;
+    }
+    const hay = [...tr.cells].map((td) => `${td.textContent} ${td.title || ''} `
+        + `${td.dataset.sort || ''}`).join(' ').toLowerCase();
+    return hay.includes(needle);
+}
+
+const sorting = new Map(); // table -> {col, dir}
+
+function compare(a, b, numeric) {
+    if (numeric) {
+        return Number(a) - Number(b);
+    }
+    return a.localeCompare(b, undefined, {numeric: true, sensitivity: 'base'});
+}
+
+function arrange(table) {
+    const body = table.tBodies[0];
+    let shown = 0;
+    for (const tr of body.rows) {
+        tr.hidden = !matches(tr);
+        shown += tr.hidden ? 0 : 1;
+    }
+    const order = sorting.get(table);
+    if (order) {
+        const numeric = ['duration', 'to_desktop', 'to_browser', 'rtt', 'idle', 'watchers',
+            'started', 'ended'].includes(order.col);
+        const rows = [...body.rows];
+        const key = (tr) => tr.querySelector(`td[data-col="${order.col}"]`)?.dataset.sort ?? '';
+        rows.sort((x, y) => order.dir * compare(key(x), key(y), numeric));
+        if (rows.some((tr, i) => body.rows[i] !== tr)) {
+            body.append(...rows);
+        }
+    }
+    return shown;
+}
+
+function arrangeAll() {
+    const live = arrange(liveTable);
+    arrange(recentTable);
+    arrange(failedTable);
+    const total = liveBody.rows.length;
+    filterCount.textContent = search.value.trim()
+        ? `${live} of ${total} live sessions match` : '';
+    liveEmpty.hidden = live > 0;
+    liveEmpty.textContent = total ? 'No live session matches the filter.' : 'No live sessions.';
+}
+
+function makeSortable(table, columns) {
+    const headers = table.tHead.rows[0].cells;
+    columns.forEach((col, i) => {
+        const th = headers[i];
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'sort-button';
+        b.textContent = th.textContent;
+        b.dataset.col = col;
+        th.replaceChildren(b);
+        th.setAttribute('aria-sort', 'none');
+        b.addEventListener('click', () => {
+            const now = sorting.get(table);
+            const dir = now && now.col === col ? -now.dir : 1;
+            sorting.set(table, {col, dir});
+            for (const other of headers) {
+                if (other.hasAttribute('aria-sort')) {
+                    other.setAttribute('aria-sort', 'none');
+                }
+            }
+            th.setAttribute('aria-sort', dir === 1 ? 'ascending' : 'descending');
+            arrange(table);
+        });
+    });
+}
+
+makeSortable(liveTable, LIVE_COLUMNS);
+makeSortable(recentTable, RECENT_COLUMNS);
+makeSortable(failedTable, FAILED_COLUMNS);
+
+// Rendering ----------------------------------------------------------------------------------
+
 function renderLive(sessions) {
     const seen = new Set();
     for (const s of sessions) {
@@ -136,12 +302,8 @@ function renderLive(sessions) {
         }
         const cells = liveCells(s);
         for (const col of LIVE_COLUMNS) {
-            const td = tr.querySelector(`td[data-col="${col}"]`);
-            if (td.textContent !== cells[col]) {
-                td.textContent = cells[col];
-            }
+            fill(tr.querySelector(`td[data-col="${col}"]`), cells[col]);
         }
-        tr.querySelector('td[data-col="user_agent"]').title = s.user_agent || '';
         tr.classList.toggle('is-watched', s.watchers > 0);
         tr.classList.toggle('is-watch', Boolean(s.watch_of));
     }
@@ -152,32 +314,46 @@ function renderLive(sessions) {
     }
     const users = sessions.filter((s) => !s.watch_of).length;
     liveCount.textContent = `${users} live`;
-    liveEmpty.hidden = sessions.length > 0;
 }
 
-function renderRecent(sessions) {
+// The audit trail around one session: its user and desktop, from its start to its end.
+function auditLink(s) {
+    const iso = (t) => new Date(t * 1000).toISOString().slice(0, 19);
+    const q = new URLSearchParams({user: s.user, desktop: s.desktop,
+        from: iso(Math.floor(s.started_at) - 1), to: iso(Math.ceil(s.ended_at || s.started_at) + 2)});
+    const a = document.createElement('a');
+    a.className = 'button button-small audit-link';
+    a.href = `/admin/audit?${q}`;
+    a.textContent = 'Audit';
+    a.title = 'audit events of this session';
+    return a;
+}
+
+function renderClosed(body, empty, sessions, columns, withAudit) {
     const rows = sessions.map((s) => {
         const tr = document.createElement('tr');
         tr.dataset.sessionId = s.id;
-        const values = [s.user, s.desktop, s.client_ip, clock(s.started_at), clock(s.ended_at),
-            `${bytes(s.bytes_up)} / ${bytes(s.bytes_down)}`, s.close_reason || '—'];
-        values.forEach((v, i) => {
+        newCells(tr, columns);
+        const cells = closedCells(s);
+        for (const col of columns) {
+            fill(tr.querySelector(`td[data-col="${col}"]`), cells[col]);
+        }
+        if (withAudit) {
             const td = document.createElement('td');
-            td.textContent = v;
-            if (i === 5) {
-                td.className = 'num nowrap';
-            } else if (i === 6) {
-                td.className = 'detail close-reason';
-            }
+            td.className = 'actions-col';
+            td.appendChild(auditLink(s));
             tr.appendChild(td);
-        });
+        }
         return tr;
     });
-    recentBody.replaceChildren(...rows);
-    recentEmpty.hidden = sessions.length > 0;
+    body.replaceChildren(...rows);
+    empty.hidden = sessions.length > 0;
 }
 
-// The event stream
+// The event stream: one page of history and the filter are its query ----------------------
+
+let page = 1;
+let events = null;
 
 function setStream(textContent, ok) {
     streamState.textContent = textContent;
@@ -185,21 +361,62 @@ function setStream(textContent, ok) {
     streamState.classList.toggle('tag-warn', !ok);
 }
 
-const events = new EventSource(root.dataset.eventsUrl);
-events.addEventListener('snapshot', (e) => {
+function onSnapshot(e) {
     const data = JSON.parse(e.data);
     renderLive(data.live);
-    renderRecent(data.recent);
+    renderClosed(recentBody, recentEmpty, data.recent, RECENT_COLUMNS, true);
+    renderClosed(failedBody, failedEmpty, data.failed || [], FAILED_COLUMNS, false);
+    recentEmpty.textContent = data.search ? 'No closed session matches the filter.'
+        : (data.page > 1 ? 'No older sessions.' : 'No closed sessions yet.');
+    pageLabel.textContent = `Page ${data.page}`;
+    pageNewer.disabled = data.page <= 1;
+    pageOlder.disabled = !data.has_older;
+    arrangeAll();
     if (data.bridges) {
         const mib = (data.bridges.rss_bytes / 1048576).toFixed(0);
         bridgeStats.textContent = `RDP bridges: ${data.bridges.count}` +
             (data.bridges.count ? ` (${mib} MiB, ${data.bridges.cpu_seconds} s CPU)` : '');
     }
     root.dataset.updatedAt = String(data.now);
+    root.dataset.page = String(data.page);
+    root.dataset.search = data.search;
     setStream('live', true);
+}
+
+function listen() {
+    if (events) {
+        events.close();
+    }
+    const q = new URLSearchParams({page: String(page), q: search.value.trim()});
+    events = new EventSource(`${root.dataset.eventsUrl}?${q}`);
+    events.addEventListener('snapshot', onSnapshot);
+    events.addEventListener('error', () => setStream('reconnecting…', false));
+}
+
+let typing = null;
+search.addEventListener('input', () => {
+    arrangeAll(); // live rows at once; history and failed attempts from the server
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+        page = 1;
+        listen();
+    }, 300);
 });
-events.addEventListener('error', () => setStream('reconnecting…', false));
-window.addEventListener('pagehide', () => events.close());
+filterForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    page = 1;
+    listen();
+});
+pageNewer.addEventListener('click', () => {
+    page = Math.max(1, page - 1);
+    listen();
+});
+pageOlder.addEventListener('click', () => {
+    page += 1;
+    listen();
+});
+window.addEventListener('pagehide', () => events && events.close());
+listen();
 
 // Actions
 

@@ -5,14 +5,28 @@
 //        \                      |                    |
 //         `----- error ---------+---- user / final --+--> disconnected
 // "disconnected" is final for this connection: only the user's Reconnect button
-// starts a new one. Each attempt (first or re-) asks the gateway for a fresh
+// starts a new one. Each try (first or re-) asks the gateway for a fresh
 // one-time ticket; tickets are never reused.
+//
+// Retrying is bounded. A desktop that does not answer (the gateway does) is tried
+// again with backoff for at most GIVE_UP_AFTER_S, then the page says so and stops;
+// each retry names the previous try's session ("retry_of"), so that the gateway
+// records one failed attempt, not one per try. A gateway that does not answer
+// (restarting) is asked GET /healthz every GATEWAY_PROBE_MS, and the client
+// reconnects as soon as it answers, for at most GATEWAY_GIVE_UP_S.
 
 import RFB from '/novnc/core/rfb.js';
 
 const BACKOFF_FIRST_S = 1;
-const BACKOFF_MAX_S = 30;
+const BACKOFF_MAX_S = 8;
 const BACKOFF_JITTER = 0.2; // up to +/-10 % of the delay
+const GIVE_UP_AFTER_S = 30;
+const GATEWAY_PROBE_MS = 300;
+const GATEWAY_PROBE_TIMEOUT_MS = 2000;
+const GATEWAY_GIVE_UP_S = 120;
+// A connection that lasted this long starts the retry budget afresh when it drops; one that
+// drops sooner (a desktop that accepts and closes at once) counts as one more failed try.
+const LASTING_CONNECTION_S = 10;
 
 const TRANSITIONS = {
     connecting: ['connected', 'reconnecting', 'disconnected'],
@@ -27,6 +41,15 @@ class FinalError extends Error {}
 class Redirecting extends Error {}
 // A per-user RDP desktop needs the person's own account (none stored, or it was refused).
 class CredentialsNeeded extends Error {}
+// The gateway did not answer at all (network error): wait until it does.
+class GatewayUnreachable extends Error {}
+// The gateway answered that this try failed and may be retried; names the try's session.
+class TryFailed extends Error {
+    constructor(message, sid) {
+        super(message);
+        this.sessionId = sid;
+    }
+}
 
 const root = document.getElementById('deskgate-client');
 const screenEl = document.getElementById('screen');
@@ -67,7 +90,11 @@ const perUserCredentials = root.dataset.credentials === 'per_user';
 let state = root.dataset.state || 'connecting';
 let rfb = null;
 let sessionId = null;
-let attempt = 0;            // failed attempts since the last successful connect
+let attempt = 0;            // failed tries since the last lasting connection
+let failingSince = null;    // when the desktop first failed (ms), since the last lasting connection
+let connectedAt = null;     // when the current connection reached the desktop (ms)
+let gatewayLostAt = null;   // when the gateway stopped answering (ms), since it last answered
+let everConnected = false;  // this connection (since the user's last start) reached the desktop
 let retryTimer = null;
 let countdownTimer = null;
 let userDisconnect = false;
@@ -89,13 +116,14 @@ function setState(next) {
     return true;
 }
 
+// The overlay always offers the way back to the portal; Reconnect only once it has stopped.
 function showStatus(text, {detail = null, final = false} = {}) {
     statusText.textContent = text;
     statusDetail.textContent = detail || '';
     statusDetail.hidden = !detail;
     reconnectButton.hidden = !final;
-    backLink.hidden = !final;
-    statusActions.hidden = !final;
+    backLink.hidden = false;
+    statusActions.hidden = false;
     statusEl.classList.toggle('status-final', final);
     statusEl.hidden = false;
     credentialsForm.hidden = true;
@@ -140,19 +168,24 @@ function postJson(url, body) {
     });
 }
 
-// Step 1: a fresh session ticket from the gateway.
-async function requestTicket() {
+// Step 1: a fresh session ticket from the gateway. ``retryOf``: the previous try's session.
+async function requestTicket(retryOf) {
     let resp;
     try {
         // The desktop area's size: an RDP bridge starts at it (VNC desktops resize later).
         const area = screenEl.getBoundingClientRect();
-        resp = await postJson(connectUrl, {
+        const body = {
             width: Math.round(area.width) || window.innerWidth,
             height: Math.round(area.height) || window.innerHeight,
-        });
+        };
+        if (retryOf) {
+            body.retry_of = retryOf;
+        }
+        resp = await postJson(connectUrl, body);
     } catch {
-        throw new Error('The gateway cannot be reached.');
+        throw new GatewayUnreachable('The gateway cannot be reached.');
     }
+    gatewayLostAt = null;
     if (resp.status === 401) {
         goToLogin();
     }
@@ -165,9 +198,11 @@ async function requestTicket() {
                                     && failure.credentials === 'required')) {
             throw new CredentialsNeeded(reason);
         }
-        // Server-side trouble may pass; a refusal (4xx) will not.
-        if (resp.status >= 500 || resp.status === 408 || resp.status === 429) {
-            throw new Error(reason);
+        // Server-side trouble may pass; a refusal (4xx) will not, nor what the gateway says
+        // a retry cannot help (a desktop under maintenance).
+        if (failure.reconnect !== false
+                && (resp.status >= 500 || resp.status === 408 || resp.status === 429)) {
+            throw new TryFailed(reason, typeof failure.session_id === 'string' ? failure.session_id : null);
         }
         throw new FinalError(reason);
     }
@@ -184,7 +219,8 @@ function websocketUrl(relative) {
     return url.href;
 }
 
-// Asks whether the dropped session may be resumed. Returns {reconnect, reason}.
+// Asks whether the dropped session may be resumed. Returns {reconnect, reason, reached}:
+// reached is false when the gateway did not answer at all.
 async function sessionStatus(sid) {
     let resp;
     try {
@@ -193,22 +229,22 @@ async function sessionStatus(sid) {
             headers: {'Accept': 'application/json'},
         });
     } catch {
-        return {reconnect: true, reason: null}; // gateway unreachable: keep trying
+        return {reconnect: true, reason: null, reached: false};
     }
     if (resp.status === 401) {
         goToLogin();
     }
     if (resp.status === 403 || resp.status === 404) {
-        return {reconnect: false, reason: await readError(resp)};
+        return {reconnect: false, reason: await readError(resp), reached: true};
     }
     if (!resp.ok) {
-        return {reconnect: true, reason: null};
+        return {reconnect: true, reason: null, reached: true};
     }
     try {
         const body = await resp.json();
-        return {reconnect: body.reconnect !== false, reason: body.close_reason || null};
+        return {reconnect: body.reconnect !== false, reason: body.close_reason || null, reached: true};
     } catch {
-        return {reconnect: true, reason: null};
+        return {reconnect: true, reason: null, reached: true};
     }
 }
 
@@ -229,7 +265,7 @@ async function connect(gen) {
     securityFailure = null;
     let ticket;
     try {
-        ticket = await requestTicket();
+        ticket = await requestTicket(sessionId);
     } catch (err) {
         if (err instanceof Redirecting || gen !== generation) {
             return;
@@ -238,10 +274,15 @@ async function connect(gen) {
             askForCredentials(err.message);
             return;
         }
-        if (err instanceof FinalError || state === 'connecting') {
-            finish('Could not connect', err.message);
-        } else {
+        if (err instanceof GatewayUnreachable) {
+            waitForGateway(gen, err.message);
+        } else if (err instanceof TryFailed) {
+            if (err.sessionId) {
+                sessionId = err.sessionId; // the next try continues this attempt
+            }
             scheduleReconnect(gen, err.message);
+        } else {
+            finish('Could not connect', err.message);
         }
         return;
     }
@@ -337,7 +378,9 @@ function onConnect(own) {
     if (own !== rfb) {
         return;
     }
-    attempt = 0;
+    connectedAt = Date.now();
+    gatewayLostAt = null;
+    everConnected = true;
     clearTimers();
     setState('connected');
     hideStatus();
@@ -418,6 +461,11 @@ async function onDisconnect(own, gen, detail) {
     }
     rfb = null;
     stopNotifications();
+    if (connectedAt !== null && Date.now() - connectedAt >= LASTING_CONNECTION_S * 1000) {
+        attempt = 0;
+        failingSince = null;
+    }
+    connectedAt = null;
     if (gen !== generation) {
         return;
     }
@@ -430,21 +478,26 @@ async function onDisconnect(own, gen, detail) {
         return;
     }
     setState('reconnecting');
-    showStatus('Connection lost', {detail: 'Checking the session…'});
+    showStatus(everConnected ? 'Connection lost' : 'Connecting…', {detail: 'Checking the session…'});
     let verdict;
     try {
-        verdict = sessionId ? await sessionStatus(sessionId) : {reconnect: true, reason: null};
+        verdict = sessionId ? await sessionStatus(sessionId) : {reconnect: true, reason: null, reached: true};
     } catch (err) {
         if (err instanceof Redirecting) {
             return;
         }
-        verdict = {reconnect: true, reason: null};
+        verdict = {reconnect: true, reason: null, reached: true};
     }
     if (gen !== generation || state !== 'reconnecting') {
         return;
     }
+    if (!verdict.reached) {
+        waitForGateway(gen, 'The gateway cannot be reached.');
+        return;
+    }
     if (!verdict.reconnect) {
-        finish('Disconnected', verdict.reason || 'The session has ended.');
+        finish(everConnected ? 'Disconnected' : 'Could not connect',
+               verdict.reason || 'The session has ended.');
         return;
     }
     scheduleReconnect(gen, verdict.reason || (detail && detail.clean ? null : 'The connection dropped.'));
@@ -456,14 +509,40 @@ function backoffSeconds(n) {
     return Math.min(BACKOFF_MAX_S, base * jitter);
 }
 
+function sentence(text) {
+    const t = (text || '').trim();
+    if (!t) {
+        return '';
+    }
+    const s = t.charAt(0).toUpperCase() + t.slice(1);
+    return /[.!?]$/.test(s) ? s : `${s}.`;
+}
+
+// The gateway answers but the desktop does not: try again with backoff until GIVE_UP_AFTER_S
+// have passed since it first failed, then stop and say so.
 function scheduleReconnect(gen, reason) {
     attempt += 1;
     setState('reconnecting');
-    const delayMs = Math.round(backoffSeconds(attempt) * 1000);
-    const due = Date.now() + delayMs;
+    const now = Date.now();
+    if (failingSince === null) {
+        failingSince = now;
+    }
+    const leftMs = failingSince + GIVE_UP_AFTER_S * 1000 - now;
+    if (leftMs < BACKOFF_FIRST_S * 1000) {
+        const title = 'The desktop cannot be reached';
+        const why = sentence(reason);
+        finish(title, `${why && why !== `${title}.` ? `${why} ` : ''}Deskgate stopped trying after`
+               + ` ${attempt} tries in ${Math.round((now - failingSince) / 1000)} s. Try again`
+               + ' later, or go back to your desktops.');
+        root.dataset.gaveUp = 'desktop';
+        return;
+    }
+    const delayMs = Math.min(leftMs, Math.round(backoffSeconds(attempt) * 1000));
+    const due = now + delayMs;
+    const again = everConnected ? 'Reconnecting' : 'Trying again';
     const tick = () => {
         const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-        showStatus(`Reconnecting in ${left} s (attempt ${attempt})`, {detail: reason});
+        showStatus(`${again} in ${left} s (attempt ${attempt})`, {detail: sentence(reason) || null});
     };
     clearTimers();
     tick();
@@ -473,15 +552,64 @@ function scheduleReconnect(gen, reason) {
         if (gen !== generation || state !== 'reconnecting') {
             return;
         }
-        showStatus(`Reconnecting (attempt ${attempt})…`, {detail: reason});
+        showStatus(`${again} (attempt ${attempt})…`, {detail: sentence(reason) || null});
         connect(gen);
     }, delayMs);
+}
+
+// The gateway does not answer (restarting, or the network is down): ask GET /healthz every
+// GATEWAY_PROBE_MS and reconnect as soon as it answers; stop after GATEWAY_GIVE_UP_S.
+function waitForGateway(gen, reason) {
+    setState('reconnecting');
+    clearTimers();
+    if (gatewayLostAt === null) {
+        gatewayLostAt = Date.now();
+    }
+    showStatus('Waiting for the gateway…',
+               {detail: `${sentence(reason)} Reconnecting as soon as it answers.`});
+    const probe = async () => {
+        retryTimer = null;
+        if (gen !== generation || state !== 'reconnecting') {
+            return;
+        }
+        if (Date.now() - gatewayLostAt > GATEWAY_GIVE_UP_S * 1000) {
+            finish('The gateway cannot be reached',
+                   `It has not answered for ${GATEWAY_GIVE_UP_S} s. Try again later.`);
+            root.dataset.gaveUp = 'gateway';
+            return;
+        }
+        let answered = false;
+        try {
+            const resp = await fetch('/healthz', {
+                cache: 'no-store',
+                signal: AbortSignal.timeout(GATEWAY_PROBE_TIMEOUT_MS),
+            });
+            answered = resp.ok;
+        } catch {
+            answered = false;
+        }
+        if (gen !== generation || state !== 'reconnecting' || retryTimer !== null) {
+            return;
+        }
+        if (answered) {
+            showStatus('Reconnecting…', {detail: 'The gateway answers again.'});
+            connect(gen);
+            return;
+        }
+        retryTimer = setTimeout(probe, GATEWAY_PROBE_MS);
+    };
+    retryTimer = setTimeout(probe, GATEWAY_PROBE_MS);
 }
 
 function start() {
     generation += 1;
     userDisconnect = false;
     attempt = 0;
+    failingSince = null;
+    connectedAt = null;
+    gatewayLostAt = null;
+    everConnected = false;
+    delete root.dataset.gaveUp;
     sessionId = null;
     clearTimers();
     setState('connecting');

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +52,9 @@ def test_init_users_desktops_assign_audit(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no desktop named" in missing.stderr
     deskgate("user", "disable", "alice", config=config)
     users = deskgate("user", "list", config=config).stdout
-    assert "disabled" in users.split("alice")[1].splitlines()[0]
+    header, *rows = [line.split() for line in users.splitlines()]
+    alice = dict(zip(header, next(r for r in rows if r[1] == "alice"), strict=False))
+    assert alice["DISABLED"] == "yes" and alice["IDENTITY"] == "local"
     audit = deskgate("audit", config=config).stdout
     for fragment in ("user created", "desktop created (static, vnc)", "desktop assigned",
                      "user disabled"):
@@ -117,3 +121,60 @@ def test_rdp_desktop_verified_against_a_ca(tmp_path: Path) -> None:
     listing = deskgate("desktop", "list", config=config).stdout
     assert "as bob, certificates: ca" in listing
     assert "certificates: ca" in deskgate("audit", config=config).stdout
+
+
+def _serve(config: Path, *args: str, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+    """``deskgate serve`` expected to fail at start (bounded by the timeout)."""
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(config), "serve",
+                           *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_serve_on_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
+    """A port in use: one line naming the address and the setting, exit 1, no traceback, and
+    no "listening on" for a port that is not listened on."""
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        config = tmp_path / "data" / "deskgate.toml"
+        deskgate("init", "--data", str(config.parent), "--port", str(port), "--no-demo")
+        proc = _serve(config)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (f"deskgate: cannot listen on 127.0.0.1:{port}"
+                                       " (server.port): Address already in use"), proc.stderr
+        assert "listening on" not in proc.stderr + proc.stdout
+
+        proc = _serve(config, "--port", str(port))
+        assert proc.returncode == 1 and "(--port)" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+        # The metrics listener: the main port is free (and said to be listened on), the
+        # metrics port is the busy one.
+        main = free_port()
+        proc = _serve(config, "--port", str(main),
+                      env={"DESKGATE_METRICS_METRICS_PORT": str(port)})
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1] == (f"deskgate: cannot listen on 127.0.0.1:{port}"
+                             " (metrics.metrics_port): Address already in use"), proc.stderr
+        assert "Traceback" not in proc.stderr and "metrics on" not in proc.stderr
+        assert f"listening on 127.0.0.1:{main}" in proc.stderr
+
+
+def test_unusable_runtime_folder_names_its_setting(tmp_path: Path) -> None:
+    config = tmp_path / "data" / "deskgate.toml"
+    deskgate("init", "--data", str(config.parent), "--port", str(free_port()), "--no-demo")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = _serve(config, env={"DESKGATE_DESKTOPS_RUNTIME_DIR": str(blocker / "runtime")})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"deskgate: cannot prepare the runtime folder {blocker / 'runtime'}"
+        " (desktops.runtime_dir): Not a directory"), proc.stderr
+    assert "data folder" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port: int = s.getsockname()[1]
+        return port

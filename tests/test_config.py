@@ -49,3 +49,24 @@ def test_bad_values(tmp_path: Path) -> None:
         load_settings(path, env={"DESKGATE_SERVER_PUBLIC_URL": "ftp://x"})
     with pytest.raises(ConfigError, match="run `deskgate init`"):
         load_settings(tmp_path / "missing.toml", env={})
+
+
+def test_rdp_display_base_and_logon_timeout(tmp_path: Path) -> None:
+    path = _write(tmp_path, render_toml({"secret_key": new_secret_key()})
+                  + "\n[rdp]\nrdp_display_base = 140\nrdp_logon_timeout_seconds = 30\n")
+    s = load_settings(path, env={})
+    assert (s.rdp_display_base, s.rdp_logon_timeout_seconds, s.display_base) == (140, 30.0, 20)
+    # The bases may be equal: the allocator keeps the displays apart (tests/proxy).
+    s = load_settings(path, env={"DESKGATE_DESKTOPS_DISPLAY_BASE": "140"})
+    assert s.display_base == s.rdp_display_base == 140
+    assert load_settings(_write(tmp_path, render_toml({"secret_key": new_secret_key()})),
+                         env={}).rdp_display_base == 60  # fmt: skip
+    for env, message in (
+        ({"DESKGATE_RDP_RDP_DISPLAY_BASE": "0"}, "rdp.rdp_display_base must be an X display number"),
+        ({"DESKGATE_RDP_RDP_DISPLAY_BASE": "99999"}, "rdp.rdp_display_base must be an X display number"),
+        ({"DESKGATE_RDP_RDP_DISPLAY_BASE": "sixty"}, "rdp_display_base"),
+        ({"DESKGATE_DESKTOPS_DISPLAY_BASE": "-1"}, "desktops.display_base must be an X display number"),
+        ({"DESKGATE_RDP_RDP_LOGON_TIMEOUT_SECONDS": "0"}, "rdp_logon_timeout_seconds"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(path, env=env)

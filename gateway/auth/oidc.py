@@ -7,6 +7,9 @@ exchanges the code and validates the ID token, failing closed on anything unexpe
 Every failure is an :class:`OidcError` whose ``detail`` names the exact cause for the audit log
 (one of :data:`DETAILS`) and whose ``reason`` is safe to show. Tokens, codes and secrets are never
 logged, and never appear in an error.
+
+One module because every step above checks what the previous one fetched (discovery -> keys ->
+token -> claims) against the same provider's configuration; split, each part would need it all.
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ _REASONS: dict[str, str] = {
     "userinfo error": "the identity provider's user information could not be read",
     "userinfo sub mismatch": _UNVERIFIED,
     "malformed token": _UNVERIFIED,
+    # mix-up (RFC 9700 4.4): an answer meant for, or coming from, another provider
+    "issuer mix-up": "the answer did not come from the identity provider you chose; start again",
+    "iss missing": "the answer did not say which identity provider sent it; start again",
+    "provider mix-up": "the answer did not come from the identity provider you chose; start again",
 }
 DETAILS: frozenset[str] = frozenset(_REASONS)
 
@@ -165,6 +172,11 @@ class OidcClient:
     def jwks_fetches(self) -> int:
         return self._jwks_fetches
 
+    @property
+    def redirect_uri(self) -> str:
+        """This provider's own callback: an answer arriving there can only be meant for it."""
+        return self._redirect_uri
+
     # ---------------------------------------------------------------- errors and HTTP
 
     def _fail(self, detail: str, note: str = "") -> OidcError:
@@ -247,6 +259,8 @@ class OidcClient:
                 return f"{key} not a usable URL"
         if self.config.use_userinfo and "userinfo_endpoint" not in doc:
             return "use_userinfo is set but there is no userinfo_endpoint"
+        if not isinstance(doc.get("authorization_response_iss_parameter_supported", False), bool):
+            return "authorization_response_iss_parameter_supported is not a boolean"
         if self._auth_method(doc) is None:
             return "neither client_secret_basic nor client_secret_post is supported"
         algs = doc.get("id_token_signing_alg_values_supported")
@@ -289,6 +303,18 @@ class OidcClient:
             },
         )
         return AuthRequest(url=url, state=state, nonce=nonce, code_verifier=verifier)
+
+    async def check_response_issuer(self, iss: str | None) -> None:
+        """RFC 9207: the authorization response's ``iss`` must be this provider's issuer. Required
+        when the provider advertises ``authorization_response_iss_parameter_supported``; checked
+        whenever present. Raises "issuer mix-up" or "iss missing"."""
+        doc = await self.discovery()
+        if iss is None:
+            if doc.get("authorization_response_iss_parameter_supported") is True:
+                raise self._fail("iss missing")
+            return
+        if iss != self.config.issuer:  # RFC 9207 2.4: simple string comparison; issuers are public
+            raise self._fail("issuer mix-up", f"iss={iss[:128]!r}")
 
     async def end_session_url(self, *, id_token_hint: str, post_logout_redirect_uri: str) -> str | None:
         doc = await self.discovery()

@@ -25,7 +25,8 @@ def csrf_ok(expected: str | None, supplied: str | None) -> bool:
     """Constant-time comparison; a missing token on either side fails."""
     if not expected or not supplied:
         return False
-    return hmac.compare_digest(expected.encode(), supplied.encode())
+    # surrogatepass: a header's bytes that were not UTF-8 compare (unequal) instead of raising.
+    return hmac.compare_digest(expected.encode(), supplied.encode("utf-8", "surrogatepass"))
 
 
 class WebSessions:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.model import Endpoint, Secret
 
@@ -41,6 +41,10 @@ class ProviderContext:
     data_dir: Path  # the local provider keeps state under data_dir/"desktops"/str(id)
     run_as_user: str = "deskgate-desktop"  # used only when the gateway runs as root
     display_base: int = 20  # first X display number the local provider may use
+    stop_on_exit: bool = False  # stop local desktops at shutdown (else the next run takes over)
+    # A desktop's stored password by desktop id, for probes that must log in (static VNC);
+    # None: such desktops are not probed.
+    credentials: Callable[[int], Awaitable[Secret | None]] | None = None
 
 
 class DesktopProvider(Protocol):
@@ -62,8 +66,23 @@ class DesktopProvider(Protocol):
     async def stop(self, spec: DesktopSpec) -> None: ...
 
     async def close(self) -> None:
-        """Application shutdown: stop every process this provider started."""
+        """Application shutdown. Processes that must outlive the gateway (local desktops) keep
+        running unless ``ProviderContext.stop_on_exit``; nothing else is left behind."""
         ...
+
+
+@runtime_checkable
+class CachingState(Protocol):
+    """A provider that caches desktops' states and can be told that one is stale."""
+
+    def forget(self, desktop_id: int) -> None: ...
+
+
+@runtime_checkable
+class Recovering(Protocol):
+    """A provider that takes over, at start-up, what an earlier gateway run left running."""
+
+    async def recover(self) -> None: ...
 
 
 class DesktopLog(logging.LoggerAdapter):  # type: ignore[type-arg]

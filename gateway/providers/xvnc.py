@@ -1,7 +1,16 @@
 """Start and stop a TigerVNC ``Xvnc`` display with openbox and an xterm.
 
-Used by the local provider and by test fixtures. Every process is started in its own process
-group and stopped by its PID; nothing here looks processes up by name.
+Used by the local provider, the RDP bridges and test fixtures. Every process is started in its
+own process group and stopped by its PID (checked against its start time, so a reused PID is never
+signalled). A ``detached`` display (local desktops) is not a child of the gateway at all: it
+outlives the gateway process and can be taken over by the next one (``XvncDisplay.adopted``).
+
+One socket, one server: a display is never started on a unix socket path that a live Xvnc
+serves, and a stopped display removes its socket and files only when no live Xvnc serves that
+path (an old server must not delete a newer one's socket).
+
+One module: starting, watching and stopping a display share its process bookkeeping; the
+process identity helpers live in ``procs.py``.
 
 Readiness is observed, never slept for: the RFB banner on the VNC socket, then the window
 manager's ``_NET_SUPPORTING_WM_CHECK`` on the root window (an xterm started before openbox is up
@@ -20,6 +29,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat as stat_mod
 import struct
 import tempfile
 import time
@@ -28,9 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
 from gateway.errors import DesktopUnavailable
 from gateway.model import Secret
+from gateway.providers import procs
 from gateway.providers.base import probe_rfb
+from gateway.providers.procs import ProcessId
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +66,19 @@ def lock_file(display: int) -> Path:
     return Path(f"/tmp/.X{display}-lock")  # noqa: S108 - fixed by the X11 protocol
 
 
+# Display numbers that an Xvnc of this process is being started on (no lock file yet): the
+# machine's X displays are one namespace, so this is deliberately one set for the process.
+_STARTING: set[int] = set()
+
+
 def free_display(start: int) -> int:
-    """The first display number >= ``start`` with neither a lock file nor an X socket.
+    """The first display number >= ``start`` with neither a lock file nor an X socket, and not
+    being started by this process right now.
 
     Another process may take it before Xvnc starts; ``start_display`` retries on that race.
     """
     n = start
-    while lock_file(n).exists() or (X11_UNIX_DIR / f"X{n}").exists():
+    while n in _STARTING or lock_file(n).exists() or (X11_UNIX_DIR / f"X{n}").exists():
         n += 1
     return n
 
@@ -186,6 +207,45 @@ async def write_vnc_password_file(path: Path, password: str, owner: tuple[int, i
         raise XvncStartError("vncpasswd failed")
 
 
+# vncpasswd obfuscates with DES under this fixed key (bit-reversed per byte for standard DES,
+# like the VncAuth key): the file hides the password from a glance, not from its reader.
+_VNCPASSWD_KEY = bytes(int(f"{b:08b}"[::-1], 2) for b in (23, 82, 107, 6, 35, 78, 88, 7))
+
+
+def read_private_file(path: Path, limit: int, owner: int | None = None) -> bytes:
+    """At most ``limit`` + 1 bytes of a regular file in a folder that another user may control:
+    never through a symlink, never blocking on a FIFO, never a file with other hard links (a
+    link to someone else's file), and only owned by ``owner`` when given. ``OSError`` or
+    ``ValueError`` otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise ValueError(f"{path} is not a plain file")
+        if owner is not None and st.st_uid != owner:
+            raise ValueError(f"{path} has an unexpected owner")
+        return f.read(limit + 1)
+
+
+def read_vnc_password_file(path: Path, owner: int | None = None) -> Secret:
+    """The password in a ``vncpasswd -f`` file (to take over a display started by an earlier
+    gateway run), read as ``read_private_file`` does; ``OSError``/``ValueError`` when
+    unreadable or malformed."""
+    raw = read_private_file(path, 64, owner)
+    if len(raw) < 8:
+        raise ValueError("not a VNC password file")
+    decryptor = Cipher(TripleDES(_VNCPASSWD_KEY * 3), modes.ECB()).decryptor()  # noqa: S305
+    plain = (decryptor.update(raw[:8]) + decryptor.finalize()).rstrip(b"\0")
+    if not plain:
+        raise ValueError("empty VNC password")
+    return Secret(plain.decode("latin-1"))
+
+
+def xvnc_serving(unix_path: Path) -> list[ProcessId]:
+    """Live Xvnc processes started to serve ``unix_path`` (from their command lines)."""
+    return procs.pids_with_args("Xvnc", "-rfbunixpath", str(unix_path))
+
+
 async def _run_quiet(argv: Sequence[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
     """Run a short X client; (exit status, stdout). Killed if it outlives ``timeout``."""
     proc = await asyncio.create_subprocess_exec(
@@ -221,6 +281,8 @@ class XvncDisplay:
     password: Secret | None = field(default=None, repr=False)
     xauthority: Path | None = None
     password_file: Path | None = None
+    detached: bool = False  # not our children: they outlive the gateway (see start_display)
+    idents: list[ProcessId] = field(default_factory=list)  # parallel to pids
     _procs: list[asyncio.subprocess.Process] = field(default_factory=list, repr=False)
     _owns_state_dir: bool = field(default=False, repr=False)
     _stopped: bool = field(default=False, repr=False)
@@ -228,6 +290,17 @@ class XvncDisplay:
     @property
     def xvnc_pid(self) -> int:
         return self.pids[0]
+
+    @classmethod
+    def adopted(cls, *, display: int, unix_path: Path, idents: Sequence[ProcessId], state_dir: Path,
+                password: Secret | None, xauthority: Path | None,
+                password_file: Path | None) -> XvncDisplay:
+        """A detached display started by an earlier gateway run (``idents``: Xvnc first), as
+        if this run had started it. The caller has checked that the processes are its own."""
+        return cls(display=display, rfbport=None, unix_path=unix_path,
+                   pids=[i.pid for i in idents], state_dir=state_dir, password=password,
+                   xauthority=xauthority, password_file=password_file, detached=True,
+                   idents=list(idents))
 
     def env(self) -> dict[str, str]:
         """Environment for an X client on this display (DISPLAY, XAUTHORITY when used)."""
@@ -241,7 +314,9 @@ class XvncDisplay:
 
     def alive(self) -> bool:
         """True while the Xvnc process runs (cheap: no connection is made)."""
-        return not self._stopped and pid_alive(self.xvnc_pid)
+        if self._stopped:
+            return False
+        return self.idents[0].alive() if self.idents else pid_alive(self.xvnc_pid)
 
     async def answers(self, timeout: float = 2.0) -> bool:
         """True when the VNC socket answers with an RFB banner."""
@@ -257,11 +332,21 @@ class XvncDisplay:
         if self._stopped:
             return
         self._stopped = True
-        await _terminate(list(reversed(self._procs)), timeout)
+        if self.detached:
+            left = await procs.terminate(list(reversed(self.idents)), timeout)
+            if left:
+                log.error("display :%d: processes %s did not stop", self.display,
+                          [p.pid for p in left])
+        else:
+            await _terminate(list(reversed(self._procs)), timeout)
         self._cleanup_files()
 
     def _cleanup_files(self) -> None:
-        paths = [self.password_file, self.xauthority, self.unix_path]
+        # The socket path and the files beside it may already belong to a newer server (an
+        # earlier one that outlived its gateway is stopped later): leave them to it.
+        newer = self.unix_path is not None and any(
+            p.pid != self.xvnc_pid for p in xvnc_serving(self.unix_path))
+        paths = [] if newer else [self.password_file, self.xauthority, self.unix_path]
         for p in paths:
             if p is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -352,9 +437,21 @@ def _client_env(run_as: _RunAs, home: Path, display: int,
 
 async def _exec_as(d: XvncDisplay, run_as: _RunAs, argv: Sequence[str], env: dict[str, str],
                    home: Path, stdin: int | None, stdout: int | None,
-                   stderr: int | None) -> asyncio.subprocess.Process:
+                   stderr: int | None) -> asyncio.subprocess.Process | None:
     """Start a program of display ``d`` as ``run_as`` (primary group only, umask 077), in its
-    own process group (stopped by killpg), and make it one of ``d``'s processes."""
+    own process group (stopped by killpg), and make it one of ``d``'s processes. For a detached
+    display it is not our child (``procs.spawn_detached``) and None is returned."""
+    if d.detached:
+        out = stderr if isinstance(stderr, int) and stderr >= 0 else None
+        try:
+            ident = await procs.spawn_detached(argv, env=env, cwd=home, output=out,
+                                               uid=run_as.uid if run_as.switch else None,
+                                               gid=run_as.gid if run_as.switch else None)
+        except OSError as e:
+            raise XvncStartError(f"{argv[0]} could not be started: {e}") from None
+        d.idents.append(ident)
+        d.pids.append(ident.pid)
+        return None
     proc = await asyncio.create_subprocess_exec(
         *argv,
         env=env,
@@ -370,6 +467,7 @@ async def _exec_as(d: XvncDisplay, run_as: _RunAs, argv: Sequence[str], env: dic
     )
     d._procs.append(proc)
     d.pids.append(proc.pid)
+    d.idents.append(procs.identify(proc.pid) or ProcessId(proc.pid, -1, argv[0], -1))
     return proc
 
 
@@ -390,6 +488,7 @@ async def start_display(
     display_base: int = 20,
     state_dir: Path | None = None,
     xauth: bool = False,
+    detached: bool = False,
 ) -> XvncDisplay:
     """Start Xvnc (+ openbox, + xterm) and return once each is ready.
 
@@ -403,6 +502,10 @@ async def start_display(
       temporary folder (removed by ``stop``) when None.
     - ``xauth``: require an MIT-MAGIC-COOKIE (``-auth``); X clients then need ``d.env()``.
       Without it any local user can open the X display, which only suits tests.
+    - ``detached``: the processes are not children of the gateway (own sessions, no pipes):
+      they keep running when the gateway exits or dies, until ``stop``.
+    - ``unix_path`` served by a live Xvnc already: ``XvncStartError`` (never a second server
+      on one socket; the caller stops or takes over the first).
 
     Raises ``XvncStartError`` (a ``DesktopUnavailable``) naming the step that failed; every
     process already started is stopped first.
@@ -420,11 +523,12 @@ async def start_display(
         run_as.chown(state_dir)
     _ensure_x11_unix_dir()
 
-    attempts = 1 if display is not None else 5
+    attempts = 1 if display is not None else 20
     number = display if display is not None else free_display(display_base)
     deadline = time.monotonic() + ready_timeout
     try:
         for attempt in range(attempts):
+            _STARTING.add(number)
             try:
                 return await _start_once(
                     number=number,
@@ -442,11 +546,15 @@ async def start_display(
                     state_dir=state_dir,
                     owns_state_dir=owns_state_dir,
                     xauth=xauth,
+                    detached=detached,
                 )
             except _DisplayTaken:
                 if attempt + 1 == attempts:
                     raise XvncStartError(f"display :{number} is in use") from None
-                number = free_display(number + 1)
+                taken, number = number, free_display(number + 1)
+                _STARTING.discard(taken)
+            finally:
+                _STARTING.discard(number)
         raise AssertionError("unreachable")
     except BaseException:
         if owns_state_dir:
@@ -456,6 +564,25 @@ async def start_display(
 
 class _DisplayTaken(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A process of a display being started: our child (``proc``) or detached (None)."""
+
+    ident: ProcessId
+    proc: asyncio.subprocess.Process | None
+
+    def exited(self) -> bool:
+        if self.proc is not None and self.proc.returncode is not None:
+            return True
+        return not self.ident.alive()
+
+    async def status(self) -> str:
+        """Its exit status when it was our child; a detached process's is not ours to see."""
+        if self.proc is None:
+            return "exited"
+        return str(await self.proc.wait())
 
 
 async def _start_once(
@@ -475,6 +602,7 @@ async def _start_once(
     state_dir: Path,
     owns_state_dir: bool,
     xauth: bool,
+    detached: bool,
 ) -> XvncDisplay:
     d = XvncDisplay(
         display=number,
@@ -483,6 +611,7 @@ async def _start_once(
         pids=[],
         state_dir=state_dir,
         password=Secret(password) if password is not None else None,
+        detached=detached,
         _owns_state_dir=False,  # start_display removes it on failure; set below on success
     )
     argv = [
@@ -503,6 +632,9 @@ async def _start_once(
     else:
         argv += ["-rfbport", "-1"]
     if unix_path is not None:
+        serving = xvnc_serving(unix_path)
+        if serving:
+            raise XvncStartError(f"Xvnc (pid {serving[0].pid}) already serves {unix_path}")
         with contextlib.suppress(FileNotFoundError):
             unix_path.unlink()  # a stale socket from a killed server
         # Only the socket's owner (the gateway) can connect, so TigerVNC's blacklist, which
@@ -523,9 +655,10 @@ async def _start_once(
     child_env = _client_env(run_as, home, number, d.xauthority)
     tool_env = d.env()
 
-    async def spawn(args: Sequence[str], stderr: int) -> asyncio.subprocess.Process:
-        return await _exec_as(d, run_as, args, child_env, home, asyncio.subprocess.DEVNULL,
+    async def spawn(args: Sequence[str], stderr: int) -> _Started:
+        proc = await _exec_as(d, run_as, args, child_env, home, asyncio.subprocess.DEVNULL,
                               stderr, stderr)
+        return _Started(d.idents[-1], proc)
 
     log_path = state_dir / "xvnc.log"
     try:
@@ -534,16 +667,16 @@ async def _start_once(
             xvnc = await spawn(argv, log_fd)
         finally:
             os.close(log_fd)
-        log.debug("Xvnc :%d pid %d started", number, xvnc.pid)
+        log.debug("Xvnc :%d pid %d started", number, xvnc.ident.pid)
 
         # 1. The VNC socket answers with an RFB banner.
         while True:
-            if xvnc.returncode is not None or not pid_alive(xvnc.pid):
-                await xvnc.wait()
+            if xvnc.exited():
+                status = await xvnc.status()
                 detail = _fatal_error(log_path)
                 if "already active" in detail or "already running" in detail:
                     raise _DisplayTaken()
-                raise XvncStartError(f"Xvnc :{number} exited ({xvnc.returncode}): {detail}")
+                raise XvncStartError(f"Xvnc :{number} exited ({status}): {detail}")
             if await d.answers(timeout=0.5):
                 break
             if time.monotonic() > deadline:
@@ -554,7 +687,7 @@ async def _start_once(
         if window_manager:
             wm = await spawn(["openbox"], asyncio.subprocess.DEVNULL)
             while True:
-                if wm.returncode is not None or not pid_alive(wm.pid):
+                if wm.exited():
                     raise XvncStartError(f"openbox on :{number} exited")
                 rc, out = await _run_quiet(["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"], tool_env, 2.0)
                 if rc == 0 and "window id #" in out:
@@ -578,9 +711,9 @@ async def _start_once(
             ]
             term = await spawn(args, asyncio.subprocess.DEVNULL)
             while True:
-                if term.returncode is not None or not pid_alive(term.pid):
+                if term.exited():
                     raise XvncStartError(f"xterm on :{number} exited")
-                if await visible_window(d, term.pid):
+                if await visible_window(d, term.ident.pid):
                     break
                 if time.monotonic() > deadline:
                     raise XvncStartError(f"the xterm on :{number} did not appear in time")
@@ -610,10 +743,14 @@ async def spawn_on_display(
     ``extra_env``) and umask 077. It joins ``d``'s processes: ``d.stop()`` stops it (before
     Xvnc) and reaps it, and its PID is appended to ``d.pids``.
     """
+    if d.detached:
+        raise ValueError("spawn_on_display is for displays the gateway owns (not detached)")
     run_as = _RunAs.resolve(user)
     env = _client_env(run_as, home, d.display, d.xauthority)
     env.update(extra_env or {})
-    return await _exec_as(d, run_as, argv, env, home, stdin, stdout, stderr)
+    proc = await _exec_as(d, run_as, argv, env, home, stdin, stdout, stderr)
+    assert proc is not None  # only detached displays start processes that are not children
+    return proc
 
 
 async def x_client_output(d: XvncDisplay, argv: Sequence[str], timeout: float = 3.0) -> tuple[int, str]:

@@ -8,17 +8,37 @@ that socket as an ``Endpoint``.
 - Credentials reach FreeRDP on stdin (``/from-stdin:force``), never on its command line, in its
   environment or in a log line. Every process runs as ``run_as_user`` when the gateway is root,
   with a private HOME (0700) removed when the bridge stops.
-- ``acquire`` returns once ``xfreerdp`` has mapped its window and is still running a moment later,
-  or raises ``BridgeError`` with a reason for the person (wrong credentials, unreachable,
-  certificate refused, busy). FreeRDP 2.11 exits 147 both for a closed port and for a refused NLA
-  login; a TCP probe of the server tells them apart.
+- ``acquire`` returns once ``xfreerdp`` has mapped its window, is still running a moment later,
+  and the server has confirmed that the account is signed in (see "Sign-in" below), or raises
+  ``BridgeError`` with a reason for the person (wrong credentials, unreachable, certificate
+  refused, busy). FreeRDP 2.11 exits 147 both for a closed port and for a refused NLA login; a
+  TCP probe of the server tells them apart.
 - ``release`` starts a grace period: a browser that reconnects within it gets the same bridge and
   so the same remote session. ``watch_exit`` reports an ``xfreerdp`` that ended on its own.
 - Processes are stopped by PID (their process groups: TERM, wait, KILL) and reaped.
+- X displays: from ``display_base`` (``[rdp] rdp_display_base``) up, the first number with no lock
+  file or X socket that no other bridge start of this gateway holds; a number another X server
+  (a local desktop, whatever its base) takes first is skipped. Bounded by ``DISPLAY_ATTEMPTS``.
 
-Known limits: a frozen server keeps ``xfreerdp`` running (no no-update timer here); against xrdp
-over TLS (no NLA) a wrong password does not end ``xfreerdp`` (xrdp shows its own login dialog), so
-``acquire`` succeeds and the person sees that dialog.
+One module: the bridge's life (start, sign-in, reuse, grace, exit) is one state machine over the
+same ``_Bridge`` record, and splitting it would spread that state across files.
+
+Sign-in: without NLA a server that refuses the account does not end the connection, it shows its
+own sign-in screen (xrdp: a "login failed" dialog naming the account, then its login form; Windows:
+its logon screen), which must never reach the person. So the browser is admitted only after a
+positive sign-in signal, read from FreeRDP's own log (selected tags at DEBUG, line-buffered):
+
+- NLA negotiated (CredSSP checked the account before any screen) and the window is up;
+- a Save Session Info PDU with a logon notification (``LogonInfoV1/V2``, ``LogonPlainNotify``:
+  Windows), or the device channel's "user logged on" (rdpdr);
+- the session's clipboard channel ready (cliprdr ``MonitorReady``): xrdp's chansrv runs only in a
+  signed-in session (measured with xrdp 0.9.21 over TLS: about 0.4 s after the window for the
+  right password, never for a wrong one).
+
+A logon error in a Save Session Info PDU refuses at once; no signal within ``logon_timeout`` of
+the window refuses too (the server shows its own sign-in screen): both as refused credentials.
+
+Known limit: a frozen server keeps ``xfreerdp`` running (no no-update timer here).
 """
 
 from __future__ import annotations
@@ -46,8 +66,11 @@ from gateway.providers.base import probe_rfb
 from gateway.providers.local import ensure_system_user, first_closed_folder
 from gateway.providers.xvnc import (
     UNIX_PATH_MAX,
+    X11_UNIX_DIR,
     XvncDisplay,
     XvncStartError,
+    free_display,
+    lock_file,
     pid_alive,
     random_vnc_password,
     spawn_on_display,
@@ -65,9 +88,11 @@ _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 CONNECT_TIMEOUT = 30.0  # start of xfreerdp to its window mapped
 SETTLE_SECONDS = 0.4  # the window must stay with a running xfreerdp this long
+LOGON_TIMEOUT = 15.0  # the window up to the server's sign-in confirmation (see "Sign-in")
 PROBE_TIMEOUT = 3.0
 STOP_TIMEOUT = 5.0
 OUTPUT_LINES = 80  # xfreerdp output kept per bridge for classifying its exit
+DISPLAY_ATTEMPTS = 20  # X display numbers tried per bridge when other X servers take them first
 
 # Reasons shown to the person (never a password, never the private address).
 REASON_CREDENTIALS = "the remote desktop refused the user name or password"
@@ -81,6 +106,7 @@ REASON_LOGGED_OFF = "the remote desktop session was logged off"
 REASON_TIMEOUT = "the remote desktop did not answer in time"
 REASON_START = "the remote desktop bridge could not be started"
 REASON_SHUTDOWN = "the gateway is shutting down"
+REASON_CLOSED_AT_SIGN_IN = "the remote desktop closed the connection before the sign-in"
 
 # FreeRDP 2.11 exit codes (client/X11/xf_client.h) and the error-info codes it passes through.
 _EXIT_LOGOFF_BY_USER = 12  # ERRINFO_LOGOFF_BY_USER
@@ -108,6 +134,62 @@ _CREDENTIAL_TEXT = (
     "STATUS_WRONG_PASSWORD",
 )
 _CERTIFICATE_TEXT = ("certificate not trusted", "Host key verification failed", "HOST IDENTIFICATION")
+
+# FreeRDP log tags raised to DEBUG for the sign-in signals (``/log-filters``; little output).
+_LOGON_LOG_TAGS = (
+    "com.freerdp.core.nego",  # "Negotiated NLA security"
+    "com.freerdp.core.info",  # Save Session Info: LogonInfoV1/V2, LogonPlainNotify, LogonErrorInfo
+    "com.freerdp.channels.cliprdr.client",  # "MonitorReady"
+    "com.freerdp.channels.rdpdr.client",  # "... to RDPDR_CHANNEL_STATE_USER_LOGGEDON"
+)
+# "[18:59:07:416] [24113:24126] [DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady"
+_WLOG_LINE = re.compile(
+    r"^\[[\d:]+\] \[\d+:\d+\] \[(?:TRACE|DEBUG|INFO|WARN|ERROR|FATAL)\]\[(?P<tag>[\w.]+)\] - (?P<msg>.*)$"
+)
+_LOGON_ERROR = re.compile(
+    r"^LogonErrorInfo: Data: 0x(?P<data>[0-9A-Fa-f]{8}) Type: 0x(?P<type>[0-9A-Fa-f]{8})$"
+)
+# [MS-RDPBCGR] 2.2.10.1.1.4.1.1 ErrorNotificationType: bad password, update password, other failure
+# (3, LOGON_WARNING, only offers session options: not a refusal).
+_LOGON_FAILURE_TYPES = (0, 1, 2)
+_RDPDR_LOGGED_ON = " to RDPDR_CHANNEL_STATE_USER_LOGGEDON"
+
+
+@dataclass(eq=False)
+class _SignIn:
+    """What FreeRDP's log said about the sign-in so far (see "Sign-in" in the module text)."""
+
+    nla: bool = False  # CredSSP negotiated: the server checks the account before the session
+    confirmed: str = ""  # which signal confirmed that the account is signed in
+    refused: str = ""  # which signal refused it
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def note(self, line: str) -> None:
+        m = _WLOG_LINE.match(line)
+        if m is None:
+            return
+        tag, msg = m.group("tag"), m.group("msg").rstrip()
+        if tag == "com.freerdp.core.nego" and msg.startswith("Negotiated NLA"):
+            self.nla = True
+        elif tag == "com.freerdp.core.info":
+            if msg.startswith(("LogonInfoV1:", "LogonInfoV2:", "LogonPlainNotify")):
+                self._confirm("logon notification")
+            elif (e := _LOGON_ERROR.match(msg)) and int(e.group("type"), 16) in _LOGON_FAILURE_TYPES:
+                self._refuse(f"logon error type {int(e.group('type'), 16)}, data 0x{e.group('data')}")
+        elif tag == "com.freerdp.channels.cliprdr.client" and msg == "MonitorReady":
+            self._confirm("the session's clipboard channel is ready")
+        elif tag == "com.freerdp.channels.rdpdr.client" and msg.endswith(_RDPDR_LOGGED_ON):
+            self._confirm("user logged on (rdpdr)")
+
+    def _confirm(self, what: str) -> None:
+        if not self.confirmed and not self.refused:
+            self.confirmed = what
+            self.changed.set()
+
+    def _refuse(self, what: str) -> None:
+        if not self.confirmed and not self.refused:
+            self.refused = what
+            self.changed.set()
 
 
 class BridgeError(DesktopUnavailable):
@@ -217,6 +299,7 @@ class _Bridge:
     watchers: list[Callable[[str], None]] = field(default_factory=list)
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES))
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    sign_in: _SignIn = field(default_factory=_SignIn)
 
     @property
     def pids(self) -> list[int]:
@@ -249,6 +332,7 @@ class RdpBridges:
         grace_seconds: float = 60.0,
         display_base: int = 60,
         connect_timeout: float = CONNECT_TIMEOUT,
+        logon_timeout: float = LOGON_TIMEOUT,
     ) -> None:
         if os.geteuid() == 0 and run_as_user is None:
             raise ConfigError("the RDP bridge needs run_as_user when the gateway runs as root")
@@ -257,7 +341,9 @@ class RdpBridges:
         self._max = max_bridges
         self._grace = grace_seconds
         self._display_base = display_base
+        self._displays_starting: set[int] = set()  # display numbers this gateway's bridges are taking
         self._connect_timeout = connect_timeout
+        self._logon_timeout = logon_timeout
         self._bridges: dict[str, _Bridge] = {}
         self._starting: set[str] = set()
         self._locks: dict[str, _KeyLock] = {}
@@ -395,6 +481,10 @@ class RdpBridges:
         self._closed = True
         bridges = list(self._bridges.values())
         await asyncio.gather(*(self._stop(b) for b in bridges), return_exceptions=True)
+        # A grace period that ended just now is stopping its bridge: let it finish (bounded), so
+        # that its folder is removed too.
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=STOP_TIMEOUT + 2)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -506,19 +596,7 @@ class RdpBridges:
         home = folder / "home"
         vnc_password = random_vnc_password()
         try:
-            display = await start_display(
-                unix_path=folder / "vnc.sock",
-                password=vnc_password,
-                geometry=f"{width}x{height}",
-                name="remote desktop",
-                user=user.pw_name if user is not None else None,
-                home=home,
-                state_dir=folder,
-                xauth=True,
-                window_manager=False,
-                xterm=False,
-                display_base=self._display_base,
-            )
+            display = await self._start_display(folder, vnc_password, width, height, user, home)
         except XvncStartError as e:
             blog.error("Xvnc did not start: %s", e.reason)
             shutil.rmtree(folder, ignore_errors=True)
@@ -552,12 +630,52 @@ class RdpBridges:
         )
         return bridge
 
-    def _xfreerdp_argv(self, target: RdpTarget) -> list[str]:
-        argv = ["xfreerdp", target.server_argument(), f"/u:{target.username}"]
+    async def _start_display(self, folder: Path, vnc_password: str, width: int, height: int,
+                             user: pwd.struct_passwd | None, home: Path) -> XvncDisplay:
+        """The bridge's Xvnc on the first display >= ``display_base`` that has no lock file or
+        X socket and that no other bridge of this gateway is taking; when another X server (a
+        local desktop started at the same moment, whatever its base) takes it first, the next
+        one. Bounded by ``DISPLAY_ATTEMPTS``."""
+        candidate = self._display_base
+        for _ in range(DISPLAY_ATTEMPTS):
+            number = free_display(candidate)
+            while number in self._displays_starting:
+                number = free_display(number + 1)
+            self._displays_starting.add(number)
+            try:
+                return await start_display(
+                    display=number,
+                    unix_path=folder / "vnc.sock",
+                    password=vnc_password,
+                    geometry=f"{width}x{height}",
+                    name="remote desktop",
+                    user=user.pw_name if user is not None else None,
+                    home=home,
+                    state_dir=folder,
+                    xauth=True,
+                    window_manager=False,
+                    xterm=False,
+                )
+            except XvncStartError as e:
+                taken = e.reason.endswith("is in use") or lock_file(number).exists() or (
+                    X11_UNIX_DIR / f"X{number}").exists()  # fmt: skip
+                if not taken:
+                    raise
+                candidate = number + 1
+            finally:
+                self._displays_starting.discard(number)
+        raise XvncStartError(f"no free X display from :{self._display_base} after {DISPLAY_ATTEMPTS} tries")
+
+    @staticmethod
+    def _xfreerdp_argv(target: RdpTarget) -> list[str]:
+        # stdbuf: FreeRDP writes its DEBUG lines to a block-buffered stdout; the sign-in signals
+        # must arrive when they happen. (stdbuf execs xfreerdp: same PID.)
+        argv = ["stdbuf", "-oL", "-eL", "xfreerdp", target.server_argument(), f"/u:{target.username}"]
         if target.domain:
             argv.append(f"/d:{target.domain}")
         # The browser sends scancodes; the server maps them with this layout (not the bridge's).
         argv += ["/f", "/dynamic-resolution", "/bpp:24", f"/kbd:{klid(target.keyboard_layout)}"]
+        argv.append("/log-filters:" + ",".join(f"{tag}:DEBUG" for tag in _LOGON_LOG_TAGS))
         if target.security != "negotiate":
             argv.append(f"/sec:{target.security}")
         if target.cert_policy == "ignore":
@@ -607,23 +725,39 @@ class RdpBridges:
 
         deadline = time.monotonic() + self._connect_timeout
         seen_at: float | None = None
+        sign_in = bridge.sign_in
         while True:
             if proc.returncode is not None:
                 await self._raise_start_failure(bridge, proc.returncode)
+            if sign_in.refused:
+                self._refuse_sign_in(bridge, sign_in.refused)
             now = time.monotonic()
             if seen_at is not None and now - seen_at >= SETTLE_SECONDS:
-                break
+                if sign_in.nla or sign_in.confirmed:
+                    break
+                if now - seen_at >= self._logon_timeout:
+                    self._refuse_sign_in(bridge, f"no sign-in signal within {self._logon_timeout:g} s of"
+                                                 " its screen (it shows its own sign-in screen)")
             if seen_at is None:
                 if await self._find_window(bridge):
                     seen_at = time.monotonic()
                     continue
-            if now > deadline:
-                bridge.blog.warning("no xfreerdp window within %g s", self._connect_timeout)
-                if not await tcp_reachable(target.host, target.port):
-                    raise BridgeError(REASON_UNREACHABLE, "unreachable")
-                raise BridgeError(REASON_TIMEOUT, "timeout")
-            await asyncio.sleep(0.1)
+                if now > deadline:
+                    bridge.blog.warning("no xfreerdp window within %g s", self._connect_timeout)
+                    if not await tcp_reachable(target.host, target.port):
+                        raise BridgeError(REASON_UNREACHABLE, "unreachable")
+                    raise BridgeError(REASON_TIMEOUT, "timeout")
+            sign_in.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sign_in.changed.wait(), 0.1)
+        bridge.blog.info("signed in: %s", "NLA" if sign_in.nla else sign_in.confirmed)
         bridge.tasks.append(asyncio.ensure_future(self._watch(bridge, proc)))
+
+    @staticmethod
+    def _refuse_sign_in(bridge: _Bridge, why: str) -> None:
+        """The server did not sign the account in: its own sign-in screen never reaches the person."""
+        bridge.blog.warning("the server did not sign %s in: %s", bridge.target.username, why)
+        raise BridgeError(REASON_CREDENTIALS, "credentials")
 
     async def _find_window(self, bridge: _Bridge) -> str:
         assert bridge.proc is not None
@@ -642,6 +776,7 @@ class RdpBridges:
             line = line.removeprefix("Password: ").removeprefix("Domain: ")
             if line:
                 bridge.output.append(line)
+                bridge.sign_in.note(line)
                 bridge.blog.debug("xfreerdp: %s", line)
 
     async def _drain_output(self, bridge: _Bridge) -> None:
@@ -664,12 +799,15 @@ class RdpBridges:
         elif code in (_EXIT_DNS_ERROR, _EXIT_DNS_NAME_NOT_FOUND):
             reason, kind = REASON_UNREACHABLE, "unreachable"
         elif code in (_EXIT_TRANSPORT_FAILED, _EXIT_CONN_FAILED, _EXIT_CONNECT_FAILED):
-            # FreeRDP 2.11 says the same for a closed port and a refused NLA login.
+            # FreeRDP 2.11 says the same for a closed port and a refused NLA login; without NLA
+            # an open port that dropped the connection has not refused the account.
             reachable = await tcp_reachable(target.host, target.port)
-            if reachable:
+            if not reachable:
+                reason, kind = REASON_UNREACHABLE, "unreachable"
+            elif bridge.sign_in.nla or target.security == "nla":
                 reason, kind = REASON_CREDENTIALS, "credentials"
             else:
-                reason, kind = REASON_UNREACHABLE, "unreachable"
+                reason, kind = REASON_CLOSED_AT_SIGN_IN, "failed"
         elif code in (_EXIT_TLS_CONNECT_FAILED, _EXIT_NEGO_FAILURE):
             reason, kind = REASON_SECURITY, "security"
         else:

@@ -144,4 +144,36 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (user_id, desktop_id)
         )""",
     ],
+    [
+        # Brute-force brakes shared by every gateway process: one row per counted event (a
+        # sign-in attempt, by client address) in a sliding window, taken before the work it
+        # pays for; and where each waiting pre-login came from, to throttle and cap per address.
+        """CREATE TABLE rate_slots (
+            id INTEGER PRIMARY KEY,
+            bucket TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX rate_slots_by_bucket ON rate_slots(bucket, at)",
+        "CREATE INDEX rate_slots_by_time ON rate_slots(at)",
+        "ALTER TABLE oidc_logins ADD COLUMN client_ip TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX oidc_logins_by_address ON oidc_logins(client_ip, created_at)",
+    ],
+    [
+        # User names are unique by their look-alike key too (gateway.names.name_key: NFKC, case
+        # fold, UTS #39 skeleton). SQL cannot compute it: the store fills it in when it opens,
+        # and leaves it empty on a row whose key an older row already has (both are kept and
+        # reported; neither is merged or renamed).
+        "ALTER TABLE users ADD COLUMN name_key TEXT",
+        "CREATE UNIQUE INDEX users_by_name_key ON users(name_key)",
+    ],
+    [
+        # Connection attempts that never reached the desktop are "failed" (not "closed"); a
+        # retry of such an attempt starts the same row again and counts its tries.
+        "ALTER TABLE sessions ADD COLUMN tries INTEGER NOT NULL DEFAULT 1",
+    ],
+    [
+        # New recovery codes, encrypted, kept with the web session that enrolled until the person
+        # says they saved them (the page can be reloaded); gone with the session in any case.
+        "ALTER TABLE web_sessions ADD COLUMN recovery_codes_enc TEXT",
+    ],
 ]

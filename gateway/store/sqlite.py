@@ -1,34 +1,55 @@
-"""SQLite store (aiosqlite): the embedded default."""
+"""SQLite store (aiosqlite): the embedded default.
+
+One module on purpose: it is the Store Protocol's SQLite implementation, every SQL statement of
+the embedded store in one place, beside the connections and transactions they run on.
+
+Concurrency: one connection serves every read and write of this process, one statement at a
+time (``_lock``), each statement in its own autocommit transaction whose cursor is closed before
+the next begins. So a read never holds a snapshot while another connection (the audit writer,
+another process) commits, and a write never has to upgrade a stale read transaction, which
+SQLite refuses at once with "database is locked" instead of waiting. A write waits up to
+``BUSY_TIMEOUT_MS`` for another connection's write to finish; past that the request fails with
+``StoreBusy`` (HTTP 503, "try again") and a logged warning, and nothing is half written.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from ..errors import Conflict
+from ..errors import Conflict, StoreBusy
 from ..model import (
     AUDIT_GENESIS,
     ApiToken,
     AuditEvent,
     Desktop,
     OidcLogin,
+    PendingCaps,
     Session,
     SessionState,
     User,
     WebSession,
     WebSessionState,
 )
+from ..names import name_key
 from .migrations import MIGRATIONS
 
+log = logging.getLogger("deskgate.store")
+
+# How long a write waits for another connection's write transaction to end.
+BUSY_TIMEOUT_MS = 5000
+
 _USER_COLUMNS = ("id, name, is_admin, disabled, totp_enrolled, failed_attempts, locked_until,"
-                 " source")
+                 " source, name_key")
 # A user reaches a desktop assigned to them, or to one of their groups.
 _ASSIGNED_TO_USER = ("SELECT desktop_id FROM assignments WHERE user_id = ? UNION"
                      " SELECT g.desktop_id FROM group_assignments g JOIN user_groups u"
@@ -37,13 +58,16 @@ _DESKTOP_COLUMNS = ("id, name, provider, host, port, protocol, password_enc IS N
                     " maintenance, options")
 _TOKEN_COLUMNS = "id, name, user_id, read_only, created_at, expires_at, last_used"  # noqa: S105
 _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
-                    " close_reason, close_final, bytes_up, bytes_down, client_ip, user_agent")
+                    " close_reason, close_final, bytes_up, bytes_down, client_ip, user_agent, tries")
+# A session row in one of these states is over: nothing changes it any more, except a retry
+# of a failed attempt (``retry_session``).
+_ENDED = "('closed', 'failed')"
 
 
 def _user(row: Iterable[Any]) -> User:
-    uid, name, admin, disabled, enrolled, failed, locked, source = row
+    uid, name, admin, disabled, enrolled, failed, locked, source, key = row
     return User(int(uid), str(name), bool(admin), bool(disabled), bool(enrolled), int(failed),
-                float(locked), str(source))
+                float(locked), str(source), None if key is None else str(key))
 
 
 _AUDIT_COLUMNS = ("id, at, kind, user_name, desktop_name, client_ip, detail, prev_hash,"
@@ -70,7 +94,21 @@ def _token(r: Sequence[Any]) -> ApiToken:
 def _session(row: Sequence[Any]) -> Session:
     return Session(row[0], int(row[1]), int(row[2]), row[3], SessionState(row[4]), float(row[5]),
                    None if row[6] is None else float(row[6]), row[7], bool(row[8]), int(row[9]),
-                   int(row[10]), row[11], row[12])
+                   int(row[10]), row[11], row[12], int(row[13]))
+
+
+@contextlib.contextmanager
+def _busy(sql: str) -> Iterator[None]:
+    """Another connection held the write lock for longer than the busy timeout: say so in the
+    log (the statement's kind, never its values) and fail the request with a clear 503."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        log.warning("database busy for over %d ms; refused: %s", BUSY_TIMEOUT_MS,
+                    " ".join(sql.split()[:3]))
+        raise StoreBusy() from None
 
 
 class SQLiteStore:
@@ -79,6 +117,9 @@ class SQLiteStore:
         self._db: aiosqlite.Connection | None = None
         self._audit_db: aiosqlite.Connection | None = None
         self._audit_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one statement at a time on the main connection
+        self._write_db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -91,11 +132,15 @@ class SQLiteStore:
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA foreign_keys=ON")
-        await self.db.execute("PRAGMA busy_timeout=5000")
+        await self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self.path.chmod(0o600)
         await self._migrate()
+        await self._fill_name_keys()
 
     async def close(self) -> None:
+        if self._write_db is not None:
+            await self._write_db.close()
+            self._write_db = None
         if self._audit_db is not None:
             await self._audit_db.close()
             self._audit_db = None
@@ -121,44 +166,93 @@ class SQLiteStore:
                 await self.db.execute("ROLLBACK")
                 raise
 
+    async def _fill_name_keys(self) -> None:
+        """Give each account without one its look-alike key, oldest first. An account whose key
+        an older one holds keeps an empty key (both accounts stay as they are) and is reported."""
+        rows = await self._all("SELECT id, name FROM users WHERE name_key IS NULL ORDER BY id")
+        for uid, name in rows:
+            key = name_key(str(name))
+            try:
+                await self._exec("UPDATE users SET name_key = ? WHERE id = ?", (key, uid))
+            except aiosqlite.IntegrityError:
+                older = await self._one("SELECT id, name FROM users WHERE name_key = ?", (key,))
+                log.warning("user #%s %r looks like user #%s %r: both accounts are kept; give"
+                            " desktops by id (deskgate assign DESKTOP --user-id N), and disable"
+                            " the one that should not be used", uid, name,
+                            older[0] if older else "?", older[1] if older else "?")
+
     async def schema_version(self) -> int:
         row = await self._one("SELECT MAX(version) FROM schema_version")
         return int(row[0]) if row and row[0] is not None else 0
 
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        # Run to completion in one step: a statement left half-read keeps a read transaction
-        # open on this connection, and its next write then fails at once ("database is
-        # locked") when the audit connection committed in between.
-        rows = list(await self.db.execute_fetchall(sql, args))
-        return rows[0] if rows else None
+        async with self._lock:
+            with _busy(sql):
+                async with self.db.execute(sql, args) as cur:
+                    return await cur.fetchone()
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async with self.db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        async with self._lock:
+            with _busy(sql):
+                async with self.db.execute(sql, args) as cur:
+                    return list(await cur.fetchall())
 
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
-        # One statement, its own transaction: safe to run again when SQLite answers "locked"
-        # at once (a WAL snapshot gone stale under the audit connection's commit), which
-        # busy_timeout does not wait out. Bounded: 5 tries within about a second.
-        for attempt in range(5):
-            try:
+        async with self._lock:
+            with _busy(sql):
                 async with self.db.execute(sql, args) as cur:
                     return int(cur.rowcount)
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 4:
-                    raise
-                await asyncio.sleep(0.05 * 2 ** attempt)
-        raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction on the store's own writer connection.
+
+        BEGIN IMMEDIATE takes the database's write lock up front and waits for it (busy timeout),
+        where a statement on the shared connection could fail at once with "database is locked"
+        (a read snapshot that turns into a write); and no other coroutine's statement runs
+        inside it. Used where a check and its write must be one step, also across processes.
+        """
+        async with self._write_lock:
+            if self._write_db is None:
+                self._write_db = await aiosqlite.connect(self.path, isolation_level=None)
+                await self._write_db.execute("PRAGMA busy_timeout=10000")
+                await self._write_db.execute("PRAGMA foreign_keys=ON")
+            db = self._write_db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def _write_one(self, sql: str, args: Mapping[str, Any] | Sequence[Any]) -> Any:
+        """One statement in its own write transaction; its first row (RETURNING), or None."""
+        async with self._write() as db, db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _write_exec(self, sql: str, args: Mapping[str, Any] | Sequence[Any]) -> int:
+        async with self._write() as db, db.execute(sql, args) as cur:
+            return int(cur.rowcount)
 
     # users ---------------------------------------------------------------------------------
     async def create_user(self, name: str, password_hash: str | None, is_admin: bool,
                           source: str = "local") -> User:
+        """A new account. Conflict when the name, or a name that looks like it (same
+        :func:`name_key`), is taken."""
+        key = name_key(name)
         try:
             await self._exec(
-                "INSERT INTO users (name, password_hash, is_admin, created_at, source)"
-                " VALUES (?, ?, ?, ?, ?)", (name, password_hash, is_admin, time.time(), source))
+                "INSERT INTO users (name, password_hash, is_admin, created_at, source, name_key)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (name, password_hash, is_admin, time.time(), source,
+                                               key))
         except aiosqlite.IntegrityError as exc:
-            raise Conflict(f"user {name!r} already exists") from exc
+            row = await self._one("SELECT id, name FROM users WHERE name = ? OR name_key = ?"
+                                  " ORDER BY name = ? DESC LIMIT 1", (name, key, name))
+            if row is None or row[1] == name:
+                raise Conflict(f"user {name!r} already exists") from exc
+            raise Conflict(f"user name {name!r} is taken: it looks like the existing user"
+                           f" {row[1]!r} (#{row[0]})") from exc
         user = await self.get_user_by_name(name)
         assert user is not None
         return user
@@ -191,6 +285,11 @@ class SQLiteStore:
         except aiosqlite.IntegrityError as exc:
             raise Conflict("this identity is already linked to an account") from exc
 
+    async def list_identities(self) -> list[tuple[str, str, int]]:
+        """(provider, subject, user id) of every single sign-on identity."""
+        return [(str(p), str(s), int(u)) for p, s, u in await self._all(
+            "SELECT provider, subject, user_id FROM identities ORDER BY provider, subject")]
+
     async def identity_user(self, provider: str, subject: str) -> int | None:
         row = await self._one("SELECT user_id FROM identities WHERE provider = ? AND subject = ?",
                               (provider, subject))
@@ -210,18 +309,52 @@ class SQLiteStore:
     async def set_disabled(self, user_id: int, disabled: bool) -> None:
         await self._exec("UPDATE users SET disabled = ? WHERE id = ?", (disabled, user_id))
 
-    async def record_failure(self, user_id: int, lock_threshold: int, lock_until: float) -> int:
-        """Count one failure; lock the account when the count reaches the threshold."""
-        await self._exec(
-            "UPDATE users SET failed_attempts = failed_attempts + 1,"
-            " locked_until = CASE WHEN failed_attempts + 1 >= ? THEN ? ELSE locked_until END"
-            " WHERE id = ?", (lock_threshold, lock_until, user_id))
-        row = await self._one("SELECT failed_attempts FROM users WHERE id = ?", (user_id,))
-        return int(row[0]) if row else 0
+    async def reserve_attempt(self, user_id: int, threshold: int, now: float,
+                              lock_until: float) -> int | None:
+        """Count one sign-in attempt on an account BEFORE it is checked, in one atomic step.
+
+        Refused (None, nothing counted) while the account is locked. Otherwise the attempt counts
+        as a failure until :meth:`release_attempt` gives it back, and the attempt that reaches
+        ``threshold`` locks the account at once, so concurrent attempts are refused while it is
+        checked. After a lock has run out, one more attempt may be checked (its failure locks
+        again). Returns the count including this attempt.
+        """
+        base = ("CASE WHEN locked_until > 0 AND failed_attempts >= :t THEN :t - 1"
+                " ELSE failed_attempts END")
+        row = await self._write_one(
+            f"UPDATE users SET failed_attempts = {base} + 1,"
+            f" locked_until = CASE WHEN {base} + 1 >= :t THEN :until ELSE 0 END"
+            " WHERE id = :id AND locked_until <= :now RETURNING failed_attempts",
+            {"t": threshold, "until": lock_until, "id": user_id, "now": now})
+        return None if row is None else int(row[0])
+
+    async def release_attempt(self, user_id: int, threshold: int) -> None:
+        """Give back one reserved attempt that passed; lift the lock it may have set."""
+        await self._write_exec(
+            "UPDATE users SET failed_attempts = CASE WHEN failed_attempts > 0"
+            " THEN failed_attempts - 1 ELSE 0 END,"
+            " locked_until = CASE WHEN failed_attempts - 1 < :t THEN 0 ELSE locked_until END"
+            " WHERE id = :id", {"t": threshold, "id": user_id})
 
     async def clear_failures(self, user_id: int) -> None:
-        await self._exec("UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE id = ?",
-                         (user_id,))
+        await self._write_exec(
+            "UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE id = ?", (user_id,))
+
+    async def take_rate_slot(self, bucket: str, now: float, window_start: float,
+                             limit: int) -> int | None:
+        """One event in ``bucket`` at ``now`` unless ``limit`` of them are after
+        ``window_start``: the slot's id, or None (nothing written). Atomic."""
+        row = await self._write_one(
+            "INSERT INTO rate_slots (bucket, at) SELECT :b, :now WHERE (SELECT COUNT(*) FROM"
+            " rate_slots WHERE bucket = :b AND at > :start) < :limit RETURNING id",
+            {"b": bucket, "now": now, "start": window_start, "limit": limit})
+        return None if row is None else int(row[0])
+
+    async def give_back_rate_slot(self, slot_id: int) -> None:
+        await self._write_exec("DELETE FROM rate_slots WHERE id = ?", (slot_id,))
+
+    async def purge_rate_slots(self, before: float) -> int:
+        return await self._write_exec("DELETE FROM rate_slots WHERE at <= ?", (before,))
 
     # second factor ---------------------------------------------------------------------------
     async def get_totp(self, user_id: int) -> tuple[str | None, bool, int]:
@@ -297,6 +430,15 @@ class SQLiteStore:
 
     async def delete_user_web_sessions(self, user_id: int) -> None:
         await self._exec("DELETE FROM web_sessions WHERE user_id = ?", (user_id,))
+
+    async def set_web_session_recovery_codes(self, ws_id: str, codes_enc: str | None) -> None:
+        await self._exec("UPDATE web_sessions SET recovery_codes_enc = ? WHERE id = ?",
+                         (codes_enc, ws_id))
+
+    async def get_web_session_recovery_codes(self, ws_id: str) -> str | None:
+        row = await self._one("SELECT recovery_codes_enc FROM web_sessions WHERE id = ?",
+                              (ws_id,))
+        return None if row is None or row[0] is None else str(row[0])
 
     # desktops -----------------------------------------------------------------------------------
     async def create_desktop(self, name: str, provider: str, host: str, port: int,
@@ -417,12 +559,48 @@ class SQLiteStore:
             "DELETE FROM user_credentials WHERE user_id = ? AND desktop_id = ?",
             (user_id, desktop_id)) == 1
 
-    async def save_oidc_login(self, state_hash: str, login: OidcLogin) -> None:
-        await self._exec(
-            "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc, verifier_enc,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (state_hash, login.provider, login.browser_hash, login.nonce_enc, login.verifier_enc,
-             login.created_at))
+    async def save_oidc_login(self, state_hash: str, login: OidcLogin, *, client_ip: str = "",
+                              caps: PendingCaps | None = None) -> str | None:
+        """Store a pre-login; None when stored. With ``caps``, in one transaction: purge the
+        expired ones, then store it only while every cap allows one more; else nothing is
+        written and the answer names the cap that is full: "per_minute", "per_address" or
+        "total"."""
+        counts = {
+            "total": "SELECT COUNT(*) FROM oidc_logins",
+            "per_address": "SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip",
+            "per_minute": "SELECT COUNT(*) FROM oidc_logins WHERE client_ip = :ip"
+                          " AND created_at > :minute"}
+        full = ""
+        args: dict[str, Any] = {
+            "state": state_hash, "provider": login.provider, "browser": login.browser_hash,
+            "nonce": login.nonce_enc, "verifier": login.verifier_enc, "at": login.created_at,
+            "ip": client_ip}
+        if caps is not None:
+            full = " WHERE " + " AND ".join(f"({sql}) < :{cap}" for cap, sql in counts.items())
+            args.update(total=caps.total, per_address=caps.per_address,
+                        per_minute=caps.per_minute, minute=caps.minute_start)
+        async with self._write() as db:
+            if caps is not None:
+                await db.execute("DELETE FROM oidc_logins WHERE created_at < ?",
+                                 (caps.expired_before,))
+            async with db.execute(
+                    "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce_enc,"
+                    " verifier_enc, created_at, client_ip) SELECT :state, :provider, :browser,"
+                    " :nonce, :verifier, :at, :ip" + full, args) as cur:
+                if cur.rowcount == 1:
+                    return None
+            for cap in ("per_minute", "per_address", "total"):
+                async with db.execute(counts[cap], args) as cur:
+                    row = await cur.fetchone()
+                if row is not None and int(row[0]) >= args[cap]:
+                    return cap
+            return "total"
+
+    async def count_oidc_logins(self, client_ip: str, since: float) -> int:
+        """Pre-logins from ``client_ip`` created after ``since`` (a read; nothing written)."""
+        row = await self._one("SELECT COUNT(*) FROM oidc_logins WHERE client_ip = ?"
+                              " AND created_at > ?", (client_ip, since))
+        return int(row[0])
 
     async def take_oidc_login(self, state_hash: str) -> OidcLogin | None:
         """Return and delete the record: a state is good for one callback only."""
@@ -436,16 +614,17 @@ class SQLiteStore:
         return OidcLogin(row[0], row[1], row[2], row[3], float(row[4]))
 
     async def purge_oidc_logins(self, before: float) -> int:
-        return await self._exec("DELETE FROM oidc_logins WHERE created_at < ?", (before,))
+        return await self._write_exec("DELETE FROM oidc_logins WHERE created_at < ?", (before,))
 
     # connection sessions -----------------------------------------------------------------------
     async def create_session(self, session: Session) -> None:
         await self._exec(
-            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO sessions ({_SESSION_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (session.id, session.user_id, session.desktop_id, session.web_session_id,
              session.state.value, session.started_at, session.ended_at, session.close_reason,
              session.close_final, session.bytes_up, session.bytes_down, session.client_ip,
-             session.user_agent))
+             session.user_agent, session.tries))
 
     async def get_session(self, session_id: str) -> Session | None:
         row = await self._one(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?",
@@ -453,28 +632,74 @@ class SQLiteStore:
         return _session(row) if row else None
 
     async def set_session_state(self, session_id: str, state: SessionState) -> None:
-        await self._exec("UPDATE sessions SET state = ? WHERE id = ? AND state != 'closed'",
+        await self._exec(f"UPDATE sessions SET state = ? WHERE id = ? AND state NOT IN {_ENDED}",
                          (state.value, session_id))
 
     async def close_session(self, session_id: str, ended_at: float, reason: str, final: bool,
-                            bytes_up: int, bytes_down: int) -> None:
-        await self._exec(
+                            bytes_up: int, bytes_down: int) -> bool:
+        """An active session (one that reached its desktop) ends; False when it was not active
+        (still starting: see ``fail_session``; or ended already)."""
+        return await self._exec(
             "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?, close_final = ?,"
-            " bytes_up = ?, bytes_down = ? WHERE id = ? AND state != 'closed'",
-            (ended_at, reason, final, bytes_up, bytes_down, session_id))
+            " bytes_up = ?, bytes_down = ? WHERE id = ? AND state = 'active'",
+            (ended_at, reason, final, bytes_up, bytes_down, session_id)) == 1
+
+    async def fail_session(self, session_id: str, ended_at: float, reason: str,
+                           final: bool) -> int | None:
+        """A starting session that never reached its desktop becomes "failed"; returns its
+        tries, or None when it was not starting (it reached the desktop, or has ended)."""
+        row = await self._one(
+            "UPDATE sessions SET state = 'failed', ended_at = ?, close_reason = ?, close_final = ?"
+            " WHERE id = ? AND state = 'starting' RETURNING tries",
+            (ended_at, reason, final, session_id))
+        return None if row is None else int(row[0])
+
+    async def retry_session(self, session_id: str, *, user_id: int, desktop_id: int,
+                            web_session_id: str, started_at: float, client_ip: str,
+                            user_agent: str) -> Session | None:
+        """Start a failed attempt of this user, desktop and web session again (one more try),
+        atomically: of concurrent retries of one attempt, one gets it; None for the others and
+        for anything else (not failed, someone else's)."""
+        row = await self._one(
+            "UPDATE sessions SET state = 'starting', tries = tries + 1, started_at = ?,"
+            " ended_at = NULL, close_reason = NULL, close_final = FALSE, client_ip = ?,"
+            " user_agent = ? WHERE id = ? AND user_id = ? AND desktop_id = ?"
+            f" AND web_session_id = ? AND state = 'failed' RETURNING {_SESSION_COLUMNS}",
+            (started_at, client_ip, user_agent, session_id, user_id, desktop_id, web_session_id))
+        return _session(row) if row else None
 
     async def close_open_sessions(self, ended_at: float, reason: str) -> int:
-        return await self._exec(
+        """At start-up: sessions a previous run left open end, with ``reason``; those that never
+        reached their desktop as failed attempts."""
+        failed = await self._exec(
+            "UPDATE sessions SET state = 'failed', ended_at = ?, close_reason = ?"
+            " WHERE state = 'starting'", (ended_at, reason))
+        return failed + await self._exec(
             "UPDATE sessions SET state = 'closed', ended_at = ?, close_reason = ?"
-            " WHERE state != 'closed'", (ended_at, reason))
+            f" WHERE state NOT IN {_ENDED}", (ended_at, reason))
 
     async def list_sessions(self, *, active_only: bool = False, limit: int = 100,
                             user_id: int | None = None,
-                            desktop_id: int | None = None) -> list[Session]:
+                            desktop_id: int | None = None, state: str | None = None,
+                            search: str = "", offset: int = 0) -> list[Session]:
+        """Newest first. ``search`` matches (case-insensitively, as a substring) the session id,
+        client address, user agent, user name, desktop name or desktop host."""
         conditions: list[str] = []
         args: list[Any] = []
         if active_only:
-            conditions.append("state != 'closed'")
+            conditions.append(f"state NOT IN {_ENDED}")
+        if state is not None:
+            conditions.append("state = ?")
+            args.append(state)
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = "%" + escaped + "%"
+            conditions.append("(id LIKE ? ESCAPE '\\' OR client_ip LIKE ? ESCAPE '\\'"
+                              " OR user_agent LIKE ? ESCAPE '\\'"
+                              " OR user_id IN (SELECT id FROM users WHERE name LIKE ? ESCAPE '\\')"
+                              " OR desktop_id IN (SELECT id FROM desktops"
+                              " WHERE name LIKE ? ESCAPE '\\' OR host LIKE ? ESCAPE '\\'))")
+            args += [like] * 6  # one per LIKE above
         if user_id is not None:
             conditions.append("user_id = ?")
             args.append(user_id)
@@ -483,8 +708,8 @@ class SQLiteStore:
             args.append(desktop_id)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self._all(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY started_at DESC LIMIT ?",
-            (*args, limit))
+            f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY started_at DESC"
+            " LIMIT ? OFFSET ?", (*args, limit, offset))
         return [_session(r) for r in rows]
 
     # API tokens -----------------------------------------------------------------------------
@@ -524,9 +749,10 @@ class SQLiteStore:
         async with self._audit_lock:
             if self._audit_db is None:
                 self._audit_db = await aiosqlite.connect(self.path, isolation_level=None)
-                await self._audit_db.execute("PRAGMA busy_timeout=5000")
+                await self._audit_db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db = self._audit_db
-            await db.execute("BEGIN IMMEDIATE")
+            with _busy("BEGIN IMMEDIATE audit"):
+                await db.execute("BEGIN IMMEDIATE")
             try:
                 async with db.execute(
                         "SELECT row_hash FROM audit WHERE row_hash IS NOT NULL"

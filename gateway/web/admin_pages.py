@@ -27,7 +27,9 @@ from ..keyboards import LAYOUTS, describe, klid
 from ..keys import ADMIN, SERVICES
 from ..model import AuditEvent, Desktop, User
 from ..services import PROVIDER_NAMES, RDP_SECURITY, ca_names
+from ..textsafe import visible
 from .common import check_form_csrf, redirect, render, require_admin
+from .inputs import parse_int, path_id
 
 log = logging.getLogger("deskgate.web.admin")
 
@@ -59,17 +61,11 @@ def _info(request: web.Request) -> str | None:
 
 
 def _id(request: web.Request, what: str) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise NotFound(f"no such {what}") from None
+    return path_id(request, "id", what)
 
 
 def _int(value: str, what: str) -> int:
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise BadRequest(f"{what} must be a whole number") from None
+    return parse_int(value, what)
 
 
 def when(at: float | None) -> str:
@@ -132,7 +128,8 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
             form.get("name", ""), form.get("provider", ""),
             host=form.get("host", "").strip() if static else "",
             port=_int(form.get("port", ""), "port") if static else 0,
-            password=form.get("password") or None, protocol="rdp" if rdp else "vnc",
+            password=(form.get("password") or None) if static else None,
+            protocol="rdp" if rdp else "vnc",
             options=options)
     except GatewayError as exc:
         return await _desktops_page(request, http_status=exc.http_status, error=exc.reason,
@@ -342,14 +339,15 @@ CSV_COLUMNS = ("id", "time", "kind", "user", "desktop", "client_ip", "detail", "
 
 def _cell(value: str | None) -> str:
     """Text as a spreadsheet shows it, not runs it: user names and details come from anyone
-    who types into the sign-in form, so a leading =, +, - or @ is defused with a quote mark."""
-    text = value or ""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    who types into the sign-in form, so control characters are shown as escapes (one event, one
+    row) and a leading =, +, - or @ is defused with a quote mark."""
+    text = visible(value or "")
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def csv_row(e: AuditEvent) -> list[str]:
     at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="milliseconds")
-    return [str(e.id), at.replace("+00:00", "Z"), e.kind, _cell(e.user), _cell(e.desktop),
+    return [str(e.id), at.replace("+00:00", "Z"), _cell(e.kind), _cell(e.user), _cell(e.desktop),
             _cell(e.client_ip), _cell(e.detail), e.row_hash or ""]
 
 

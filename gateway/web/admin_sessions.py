@@ -9,57 +9,122 @@ the same relay websocket handler as a person's own session (``client.relay_socke
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from ua_parser import parse as ua_parse
 
 from ..broker import Admission
 from ..errors import BadRequest
 from ..keys import ADMIN, BROKER, EVENTS, LIVE, SHUTTING_DOWN, STORE
-from ..model import SessionState, User, WebSession
+from ..model import Desktop, Session, SessionState, User, WebSession
 from .client import relay_socket
-from .common import check_csrf, client_ip, render, require_admin
+from .common import check_csrf, client_ip, render, require_admin, user_agent
+from .inputs import form_fields, json_object
 from .sse import EventStream
 
 routes = web.RouteTableDef()
 
 SNAPSHOT_SECONDS = 1.0
-RECENT_LIMIT = 25
+RECENT_LIMIT = 25  # closed sessions per page of history
+FAILED_LIMIT = 25  # the newest failed attempts
+MAX_PAGE = 10_000
+FAILED = "failed"  # SessionState.FAILED: an attempt that never reached the desktop
 
 
 def _session_id(request: web.Request) -> str:
     return request.match_info["session_id"][:64]
 
 
-async def snapshot(app: web.Application) -> dict[str, Any]:
-    """Live sessions with their figures, and the most recent closed ones with their reasons."""
+@functools.lru_cache(maxsize=2048)
+def browser_and_os(user_agent: str) -> str:
+    """ "Firefox 121 on Windows 10" from a User-Agent header ("" when nothing is known).
+
+    ua-parser (the Python port of uap-core's maintained rule set) rather than rules of our own:
+    browsers and their version strings change monthly, and its rules follow them. Cached: the
+    same few agents come back every second."""
+    if not user_agent:
+        return ""
+    result = ua_parse(user_agent[:512])
+    parts = []
+    if result.user_agent is not None and result.user_agent.family != "Other":
+        ua = result.user_agent
+        parts.append(f"{ua.family} {ua.major}" if ua.major else ua.family)
+    if result.os is not None and result.os.family != "Other":
+        os_ = result.os
+        parts.append(("on " if parts else "") + (f"{os_.family} {os_.major}" if os_.major
+                                                 else os_.family))
+    return " ".join(parts)
+
+
+def _history_query(query: Mapping[str, str]) -> tuple[int, str]:
+    """(page, search) from the event stream's query: page 1 is the newest; bad values: 400."""
+    raw = query.get("page", "1").strip() or "1"
+    if not raw.isdigit() or len(raw) > 5 or not 1 <= int(raw) <= MAX_PAGE:
+        raise BadRequest(f"page is a number from 1 to {MAX_PAGE}")
+    return int(raw), query.get("q", "").strip()[:100]
+
+
+async def snapshot(app: web.Application, page: int = 1, search: str = "") -> dict[str, Any]:
+    """Live sessions with their figures; one page of closed sessions (newest first) and the
+    newest failed attempts, both filtered by ``search``; names link to ids, desktops carry
+    their address, user agents a readable browser and OS."""
     admin = app[ADMIN]
     store = app[STORE]
-    recent = [s for s in await admin.recent_sessions(100) if s.state is SessionState.CLOSED]
-    users = {u.id: u.name for u in await store.list_users()} if recent else {}
-    desktops = {d.id: d.name for d in await store.list_desktops()} if recent else {}
+    closed = await store.list_sessions(state=SessionState.CLOSED.value, search=search,
+                                       limit=RECENT_LIMIT + 1,
+                                       offset=(page - 1) * RECENT_LIMIT)
+    failed = await store.list_sessions(state=FAILED, search=search, limit=FAILED_LIMIT)
+    users = {u.id: u.name for u in await store.list_users()}
+    desktops = {d.id: d for d in await store.list_desktops()}
+    user_ids = {name: uid for uid, name in users.items()}
+    desktop_ids = {d.name: d for d in desktops.values()}
+    live = admin.live_figures()
+    agents = {s.user_agent for s in (*closed, *failed)} | {f["user_agent"] or "" for f in live}
+    browsers = await asyncio.to_thread(lambda: {a: browser_and_os(a) for a in agents})
+
+    def desktop_fields(d: Desktop | None) -> dict[str, Any]:
+        if d is None:
+            return {"desktop_id": None, "address": ""}
+        address = f"{d.host}:{d.port}" if d.provider == "static" else f"{d.provider}, this host"
+        return {"desktop_id": d.id, "address": address}
+
+    def row(s: Session) -> dict[str, Any]:
+        d = desktops.get(s.desktop_id)
+        return {
+            "id": s.id, "user": users.get(s.user_id, f"#{s.user_id}"),
+            "user_id": s.user_id if s.user_id in users else None,
+            "desktop": d.name if d else f"#{s.desktop_id}", **desktop_fields(d),
+            "client_ip": s.client_ip, "browser": browsers.get(s.user_agent, ""),
+            "user_agent": s.user_agent, "started_at": s.started_at, "ended_at": s.ended_at,
+            "close_reason": s.close_reason, "final": s.close_final,
+            "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
+        }
+
     bridges = app[BROKER].bridges
     count, rss_bytes, cpu_seconds = bridges.totals() if bridges is not None else (0, 0, 0.0)
     return {
         "now": time.time(),
-        "live": admin.live_figures(),
+        "live": [{**f, "user_id": user_ids.get(f["user"]),
+                  **desktop_fields(desktop_ids.get(f["desktop"])),
+                  "browser": browsers.get(f["user_agent"] or "", "")} for f in live],
         "bridges": {"count": count, "rss_bytes": rss_bytes, "cpu_seconds": round(cpu_seconds, 1)},
-        "recent": [{
-            "id": s.id, "user": users.get(s.user_id, f"#{s.user_id}"),
-            "desktop": desktops.get(s.desktop_id, f"#{s.desktop_id}"),
-            "client_ip": s.client_ip, "started_at": s.started_at, "ended_at": s.ended_at,
-            "close_reason": s.close_reason, "final": s.close_final,
-            "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
-        } for s in recent[:RECENT_LIMIT]],
+        "recent": [row(s) for s in closed[:RECENT_LIMIT]],
+        "page": page, "page_size": RECENT_LIMIT, "has_older": len(closed) > RECENT_LIMIT,
+        "search": search,
+        "failed": [row(s) for s in failed],
     }
 
 
 @routes.get("/admin/sessions")
 async def sessions_page(request: web.Request) -> web.StreamResponse:
     await require_admin(request)
-    return render(request, "admin_sessions.html")
+    _, search = _history_query(request.query)
+    return render(request, "admin_sessions.html", search=search)
 
 
 @routes.get("/admin/sessions/events")
@@ -67,10 +132,11 @@ async def sessions_events(request: web.Request) -> web.StreamResponse:
     """A snapshot every second and on every session start or close, until the browser leaves."""
     await require_admin(request)
     app = request.app
+    page, search = _history_query(request.query)
     async with app[EVENTS].subscribe() as queue:
         stream = await EventStream.open(request)
         try:
-            await stream.send(await snapshot(app), event="snapshot")
+            await stream.send(await snapshot(app, page, search), event="snapshot")
             due = time.monotonic() + SNAPSHOT_SECONDS
             while stream.open_for(app[SHUTTING_DOWN]):
                 trigger = "tick"
@@ -82,7 +148,7 @@ async def sessions_events(request: web.Request) -> web.StreamResponse:
                         queue.get_nowait()
                 except TimeoutError:
                     pass
-                data = await snapshot(app)
+                data = await snapshot(app, page, search)
                 data["trigger"] = trigger
                 await stream.send(data, event="snapshot")
                 await stream.heartbeat()
@@ -95,16 +161,10 @@ async def sessions_events(request: web.Request) -> web.StreamResponse:
 async def _fields(request: web.Request) -> dict[str, str]:
     """The action's fields from JSON (fetch, X-CSRF-Token) or a form (_csrf); CSRF checked."""
     if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("malformed JSON") from None
-        if not isinstance(body, dict):
-            raise BadRequest("expected a JSON object")
+        body = await json_object(request)
         check_csrf(request, request.headers.get("X-CSRF-Token"))
         return {k: v for k, v in body.items() if isinstance(v, str)}
-    form = await request.post()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = await form_fields(request)
     check_csrf(request, request.headers.get("X-CSRF-Token") or fields.get("_csrf"))
     return fields
 
@@ -147,7 +207,7 @@ async def watch_connect(request: web.Request) -> web.StreamResponse:
     check_csrf(request, request.headers.get("X-CSRF-Token"))
     watch_id, ticket = await request.app[BROKER].watch(
         admin, ws, _session_id(request), request.app[LIVE], client_ip(request),
-        request.headers.get("User-Agent", ""))
+        user_agent(request))
     return web.json_response({"watch_id": watch_id,
                               "ws_url": f"/ws/watch/{watch_id}?ticket={quote(ticket)}"})
 

@@ -19,6 +19,7 @@ from ..errors import BadRequest, Forbidden, Unauthorized
 from ..keys import ADMIN, AUDIT, SERVICES
 from ..model import ApiToken, AuditEvent, Desktop, Session, User
 from .common import check_csrf, client_ip, require_admin
+from .inputs import json_object, parse_int, query_int
 from .openapi import (
     BOOLEAN,
     CSRF_HEADER,
@@ -67,9 +68,14 @@ _USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "l
             id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
             source=STRING, locked_until=TIMESTAMP)
 _SESSION = obj(("id", "user_id", "desktop_id", "state", "started_at"),
-               id=STRING, user_id=INTEGER, desktop_id=INTEGER, state=STRING,
+               id=STRING, user_id=INTEGER, desktop_id=INTEGER,
+               state={**STRING, "enum": ["starting", "active", "closed", "failed"],
+                      "description": "failed: a connection attempt that never reached the"
+                                     " desktop (close_reason says why), not a session"},
                started_at=TIMESTAMP, ended_at=nullable(NUMBER), close_reason=nullable(STRING),
-               bytes_up=INTEGER, bytes_down=INTEGER, client_ip=STRING, user_agent=STRING)
+               bytes_up=INTEGER, bytes_down=INTEGER, client_ip=STRING, user_agent=STRING,
+               tries={**INTEGER, "description": "connection tries of this attempt (a client"
+                                                " retrying a desktop that is down reuses it)"})
 _USER_DETAIL = {"allOf": [ref("User"), {"type": "object", "properties": {
     "groups": array(STRING),
     "desktops": array(obj(("id", "name"), id=INTEGER, name=STRING)),
@@ -144,12 +150,7 @@ def _guard(op: Operation) -> Handler:
 
 # input ------------------------------------------------------------------------------------------
 async def _body(request: web.Request, op_fields: set[str]) -> dict[str, Any]:
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = await json_object(request, empty=True)
     unknown = sorted(set(body) - op_fields)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
@@ -172,29 +173,13 @@ _TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", dict: "object"}
 
 
 def _id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise BadRequest("ids are integers") from None
+    return parse_int(request.match_info["id"], "id")
 
-
-def _query_int(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
 
 
 def _limit(request: web.Request, default: int) -> int:
-    limit = _query_int(request, "limit")
-    if limit is None:
-        return default
-    if not 0 < limit <= MAX_LIMIT:
-        raise BadRequest(f"limit is 1-{MAX_LIMIT}")
-    return limit
+    limit = query_int(request, "limit", 1, MAX_LIMIT)
+    return default if limit is None else limit
 
 
 def parse_time(raw: str, name: str) -> float:
@@ -233,7 +218,7 @@ def session_json(s: Session) -> dict[str, Any]:
     return {"id": s.id, "user_id": s.user_id, "desktop_id": s.desktop_id, "state": str(s.state),
             "started_at": s.started_at, "ended_at": s.ended_at, "close_reason": s.close_reason,
             "bytes_up": s.bytes_up, "bytes_down": s.bytes_down, "client_ip": s.client_ip,
-            "user_agent": s.user_agent}
+            "user_agent": s.user_agent, "tries": s.tries}
 
 
 def token_json(t: ApiToken, owner: str | None, now: float) -> dict[str, Any]:
@@ -369,7 +354,7 @@ async def _assignment(request: web.Request, remove: bool) -> web.StreamResponse:
     body = await _body(request, {"user_id", "group"})
     user_id, group = _typed(body, "user_id", int), _typed(body, "group", str)
     if remove and not body:  # DELETE bodies are unusual: query parameters work as well
-        user_id, group = _query_int(request, "user_id"), request.query.get("group")
+        user_id, group = query_int(request, "user_id"), request.query.get("group")
     view = await request.app[ADMIN].assign(_admin(request), _id(request), user_id=user_id,
                                            group=group, remove=remove)
     return web.json_response(await _desktop_out(request, view))
@@ -468,7 +453,7 @@ async def query_audit(request: web.Request) -> web.StreamResponse:
         kind=q.get("kind") or None,
         since=parse_time(q["since"], "since") if q.get("since") else None,
         until=parse_time(q["until"], "until") if q.get("until") else None,
-        before_id=_query_int(request, "before_id"))
+        before_id=query_int(request, "before_id"))
     return web.json_response({"events": [audit_json(e) for e in events],
                               "next_before_id": events[-1].id if len(events) == limit else None})
 

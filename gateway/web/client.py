@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from aiohttp._websocket.models import WebSocketError
 
-from ..broker import Admission, Broker
+from ..broker import NO_SUCH_DESKTOP, Admission, Broker
 from ..errors import (
     WS_BROWSER_LOST,
     WS_FRAME_ERROR,
@@ -45,7 +45,8 @@ from ..live import LiveSession
 from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
-from .common import check_csrf, client_ip, load_user, render, require_signed_in
+from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
+from .inputs import json_object, path_id
 from .sse import EventStream
 from .wsframes import RelayWebSocket
 
@@ -66,9 +67,9 @@ _FINAL_ERRORS = (UpstreamAuthFailed, ProtocolError, Forbidden, Unauthorized)
 
 def _desktop_id(request: web.Request) -> int:
     try:
-        return int(request.match_info["desktop_id"])
-    except ValueError:
-        raise NotFound("no such desktop") from None
+        return path_id(request, "desktop_id", "desktop")
+    except NotFound:
+        raise NotFound(NO_SUCH_DESKTOP) from None
 
 
 @routes.get(r"/desktops/{desktop_id}")
@@ -80,26 +81,30 @@ async def client_page(request: web.Request) -> web.StreamResponse:
                   may_store_credentials=request.app[SETTINGS].rdp_store_credentials)
 
 
-async def _window_size(request: web.Request) -> tuple[int, int]:
-    """The browser's desktop area, when it says (RDP bridges start at that size); else 0, 0."""
+async def _connect_body(request: web.Request) -> tuple[int, int, str | None]:
+    """What the browser says when it connects: its desktop area (RDP bridges start at that
+    size; else 0, 0) and ``retry_of``, its previous try's session id when this is a retry."""
     if not request.can_read_body or request.content_type != "application/json":
-        return 0, 0
-    try:
-        body = await request.json()
-        width, height = int(body.get("width", 0)), int(body.get("height", 0))
-    except (ValueError, TypeError, AttributeError):
-        raise BadRequest("the window size must be two whole numbers") from None
-    return (width, height) if 16 <= width <= 8192 and 16 <= height <= 8192 else (0, 0)
+        return 0, 0, None
+    body = await json_object(request)
+    width, height = body.get("width", 0), body.get("height", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
+        raise BadRequest("the window size must be two whole numbers")
+    retry_of = body.get("retry_of")
+    if retry_of is not None and not (isinstance(retry_of, str) and 0 < len(retry_of) <= 64):
+        raise BadRequest("retry_of must be a session id (a string of 1 to 64 characters)")
+    size = (width, height) if 16 <= width <= 8192 and 16 <= height <= 8192 else (0, 0)
+    return *size, retry_of
 
 
 @routes.post(r"/desktops/{desktop_id}/connect")
 async def connect(request: web.Request) -> web.StreamResponse:
     ws, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    width, height = await _window_size(request)
+    width, height, retry_of = await _connect_body(request)
     session, ticket = await request.app[BROKER].connect(
-        user, ws, _desktop_id(request), client_ip(request), request.headers.get("User-Agent", ""),
-        width, height)
+        user, ws, _desktop_id(request), client_ip(request), user_agent(request),
+        width, height, retry_of=retry_of)
     return web.json_response({
         "session_id": session.id,
         "ws_url": f"/ws/sessions/{session.id}?ticket={quote(ticket)}",
@@ -112,11 +117,8 @@ async def save_credentials(request: web.Request) -> web.StreamResponse:
     or (``"remember": false``, or storing is off) used for the next connection only."""
     _, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("expected a JSON object") from None
-    if not isinstance(body, dict) or not all(
+    body = await json_object(request)
+    if not all(
             isinstance(body.get(k, ""), str) for k in ("username", "domain", "password")):
         raise BadRequest("username, domain and password are strings")
     if not isinstance(body.get("remember", True), bool):

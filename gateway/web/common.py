@@ -11,6 +11,7 @@ from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME, csrf_ok
 from ..errors import CsrfError, Forbidden, Unauthorized
 from ..keys import AUDIT, SETTINGS, STORE, TEMPLATES
 from ..model import User, WebSession, WebSessionState
+from .inputs import form_fields, header_text
 
 WEB_SESSION = web.RequestKey("web_session", WebSession)
 USER = web.RequestKey("user", User)
@@ -19,10 +20,15 @@ PRE_TOKEN = web.RequestKey("pre_token", str)
 
 def client_ip(request: web.Request) -> str:
     if request.app[SETTINGS].trust_proxy_headers:
-        forwarded = request.headers.get("X-Forwarded-For", "")
+        forwarded = header_text(request, "X-Forwarded-For", 1000)
         if forwarded:
             return forwarded.split(",")[0].strip()[:64]
     return request.remote or "unknown"
+
+
+def user_agent(request: web.Request) -> str:
+    """The browser's User-Agent, as much as is kept (300 characters), storable as text."""
+    return header_text(request, "User-Agent")
 
 
 def current(request: web.Request) -> tuple[WebSession | None, User | None]:
@@ -56,8 +62,7 @@ def check_csrf(request: web.Request, supplied: str | None) -> None:
 
 
 async def check_form_csrf(request: web.Request) -> dict[str, str]:
-    form = await request.post()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = await form_fields(request)
     check_csrf(request, fields.get("_csrf"))
     return fields
 

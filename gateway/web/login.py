@@ -6,9 +6,8 @@ from aiohttp import web
 
 from ..errors import WS_SIGNED_OUT, GatewayError
 from ..keys import LIVE, SERVICES, SETTINGS, SSO
-from ..model import WebSessionState
+from ..model import WebSession, WebSessionState
 from .common import (
-    WEB_SESSION,
     check_form_csrf,
     clear_session_cookie,
     client_ip,
@@ -16,6 +15,7 @@ from .common import (
     redirect,
     render,
     set_session_cookie,
+    user_agent,
 )
 
 routes = web.RouteTableDef()
@@ -46,7 +46,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     password = form.get("password", "")[:1000]
     try:
         cookie, _, _ = await request.app[SERVICES].sign_in_password(
-            username, password, client_ip(request), request.headers.get("User-Agent", ""))
+            username, password, client_ip(request), user_agent(request))
     except GatewayError as exc:
         return _login_page(request, http_status=exc.http_status, error=exc.reason)
     response = redirect("/login/totp")
@@ -90,15 +90,52 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
                                                            client_ip(request))
     except GatewayError as exc:
         return await _second_factor_page(request, http_status=exc.http_status, error=exc.reason)
-    response: web.StreamResponse
-    if result.recovery_codes is not None:
-        # Shown exactly once, in the response to the confirming code; only hashes are stored.
-        request[WEB_SESSION] = result.web_session
-        response = render(request, "recovery.html", codes=result.recovery_codes)
-    else:
-        response = redirect("/")
+    # Enrolment's new recovery codes are shown by GET /login/recovery (POST, redirect, GET):
+    # reloading shows the same codes again, never an error or new codes.
+    response = redirect("/login/recovery" if result.recovery_codes is not None else "/")
     set_session_cookie(request, response, result.cookie)
     return response
+
+
+async def _unsaved_codes(request: web.Request) -> tuple[WebSession, list[str] | None]:
+    ws, _ = current(request)
+    if ws is None or ws.state is not WebSessionState.AUTHENTICATED:
+        raise web.HTTPSeeOther("/login")
+    return ws, await request.app[SERVICES].unsaved_recovery_codes(ws)
+
+
+@routes.get("/login/recovery")
+async def recovery_page(request: web.Request) -> web.StreamResponse:
+    """The recovery codes of this web session's enrolment, until the person says they saved
+    them (they are kept encrypted with this web session only; the account keeps hashes)."""
+    _, codes = await _unsaved_codes(request)
+    if codes is None:
+        raise web.HTTPSeeOther("/")
+    return render(request, "recovery.html", codes=codes)
+
+
+@routes.get("/login/recovery.txt")
+async def recovery_download(request: web.Request) -> web.StreamResponse:
+    ws, codes = await _unsaved_codes(request)
+    if codes is None:
+        raise web.HTTPSeeOther("/")
+    _, user = current(request)
+    name = user.name if user is not None else ""
+    public_url = request.app[SETTINGS].public_url
+    text = "\n".join([f"Deskgate recovery codes for {name} at {public_url}",
+                      "Each code signs you in once, instead of the authenticator app's code.", "",
+                      *codes, ""])
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={
+        "Content-Disposition": 'attachment; filename="deskgate-recovery-codes.txt"',
+        "Cache-Control": "no-store"})
+
+
+@routes.post("/login/recovery")
+async def recovery_saved(request: web.Request) -> web.StreamResponse:
+    await check_form_csrf(request)
+    ws, _ = await _unsaved_codes(request)
+    await request.app[SERVICES].recovery_codes_saved(ws)
+    return redirect("/")
 
 
 @routes.post("/logout")

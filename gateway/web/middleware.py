@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import secrets
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
 from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME
 from ..config import Settings
-from ..errors import WS_INTERNAL, GatewayError, Unauthorized
+from ..errors import WS_INTERNAL, BadRequest, GatewayError, Unauthorized
 from ..keys import SERVICES, SETTINGS
 from .common import PRE_TOKEN, USER, WEB_SESSION, load_user, render
 
@@ -30,6 +31,21 @@ def csp_for(settings: Settings) -> str:
     through as well."""
     origins = sorted({f"{u.scheme}://{u.netloc}" for u in (urlsplit(p.issuer) for p in settings.oidc)})
     return CSP.format(form_action=" ".join(["'self'", *origins]))
+
+
+# What the Server header says: the product, never a version of it, of Python or of aiohttp.
+SERVER = "Deskgate"
+
+
+def hide_server_version() -> None:
+    """Make ``SERVER`` the default Server header of every response in this process.
+
+    Pages get it from ``security_headers`` too, but aiohttp answers some requests before any
+    application sees them (a malformed request line, a header too large, a bad method); those
+    responses would carry aiohttp's default, ``Python/3.x aiohttp/3.y``. aiohttp has no setting
+    for it (aio-libs/aiohttp#3607) and reads the module's default at every response.
+    """
+    setattr(web_response, "SERVER_SOFTWARE", SERVER)  # noqa: B010 (not exported for mypy)
 
 
 def wants_json(request: web.Request) -> bool:
@@ -68,31 +84,84 @@ async def started_responses(request: web.Request, handler: Handler) -> web.Strea
     return started
 
 
+# What escapes a handler when the request itself was bad and no input reader caught it (they all
+# should: gateway/web/inputs.py): a 400, and a warning with the traceback to find the reader
+# that let it through. Numbers too large for the store, nesting too deep, text that cannot be
+# decoded or encoded.
+_BAD_INPUT = (OverflowError, RecursionError, UnicodeError)
+
+
+def _error_response(request: web.Request, exc: GatewayError) -> web.StreamResponse:
+    if wants_json(request):
+        body: dict[str, str | bool] = {"error": exc.reason}
+        if exc.asks_for_credentials:
+            body["credentials"] = "required"
+        if exc.session_id is not None:
+            body["session_id"] = exc.session_id
+        if not exc.reconnect:
+            body["reconnect"] = False
+        return web.json_response(body, status=exc.http_status)
+    if isinstance(exc, Unauthorized):
+        raise web.HTTPSeeOther("/login") from None
+    return render(request, "error.html", http_status=exc.http_status, status=exc.http_status,
+                  message=exc.reason)
+
+
+def _not_found(request: web.Request) -> web.StreamResponse:
+    if wants_json(request):
+        return web.json_response({"error": "not found"}, status=404)
+    return render(request, "error.html", http_status=404, status=404,
+                  message="There is nothing at this address.")
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _static(request: web.Request) -> bool:
+    route = request.match_info.route
+    return isinstance(route.resource, web.StaticResource)
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status == 404 and not wants_json(request):
-            return render(request, "error.html", http_status=404, status=404,
-                          message="There is nothing at this address.")
+            return _not_found(request)
         raise
     except GatewayError as exc:
-        if wants_json(request):
-            body = {"error": exc.reason}
-            if exc.asks_for_credentials:
-                body["credentials"] = "required"
-            return web.json_response(body, status=exc.http_status)
-        if isinstance(exc, Unauthorized):
-            raise web.HTTPSeeOther("/login") from None
-        return render(request, "error.html", http_status=exc.http_status, status=exc.http_status,
-                      message=exc.reason)
+        return _error_response(request, exc)
+    except _BAD_INPUT as exc:
+        log.warning("bad input on %s %s answered 400: %s", request.method, request.path,
+                    type(exc).__name__, exc_info=True)
+        return _error_response(request, BadRequest(
+            "the request holds a value this gateway cannot take"))
+    except ConnectionError as exc:
+        if not _client_gone(request):
+            return _unhandled(request)
+        # The client went away in the middle of its request (its body, most often): nobody
+        # is left to answer, and nothing went wrong here.
+        log.info("%s %s: the client went away (%s)", request.method, request.path,
+                 type(exc).__name__)
+        return web.Response(status=400, text="the request was cut short")
+    except OSError as exc:
+        if _static(request) and exc.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL):
+            return _not_found(request)  # a file name no file can have
+        return _unhandled(request)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        if wants_json(request):
-            return web.json_response({"error": "internal error"}, status=500)
-        return render(request, "error.html", http_status=500, status=500,
-                      message="Something went wrong on our side. Try again in a moment.")
+        return _unhandled(request)
+
+
+def _unhandled(request: web.Request) -> web.StreamResponse:
+    """A real bug: logged with its traceback (called inside the ``except``), a plain 500 page."""
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    if wants_json(request):
+        return web.json_response({"error": "internal error"}, status=500)
+    return render(request, "error.html", http_status=500, status=500,
+                  message="Something went wrong on our side. Try again in a moment.")
 
 
 @web.middleware
@@ -125,6 +194,7 @@ async def web_session(request: web.Request, handler: Handler) -> web.StreamRespo
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
+    headers["Server"] = SERVER
     headers.setdefault("Content-Security-Policy", csp_for(request.app[SETTINGS]))
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")

@@ -47,7 +47,8 @@ def ref(name: str) -> Schema:
 
 
 STRING: Schema = {"type": "string"}
-INTEGER: Schema = {"type": "integer"}
+# Whole numbers are 64-bit (SQLite INTEGER): larger ones are refused with a 400.
+INTEGER: Schema = {"type": "integer", "format": "int64"}
 NUMBER: Schema = {"type": "number"}
 BOOLEAN: Schema = {"type": "boolean"}
 TIMESTAMP: Schema = {"type": "number", "description": "seconds since the epoch (UTC)"}

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..textsafe import visible_data
+
 # A comment line at least this often, so that proxies keep the stream open.
 HEARTBEAT_SECONDS = 10.0
 
@@ -37,8 +39,10 @@ class EventStream:
         return not shutting_down.is_set() and transport is not None and not transport.is_closing()
 
     async def send(self, data: dict[str, Any], event: str | None = None) -> None:
+        """One event; names, user agents and reasons in ``data`` show control characters
+        visibly (the page puts them into the dashboard as they arrive)."""
         lines = f"event: {event}\n" if event else ""
-        lines += f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+        lines += f"data: {json.dumps(visible_data(data), separators=(',', ':'))}\n\n"
         await self._write(lines)
 
     async def heartbeat(self) -> None:

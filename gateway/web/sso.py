@@ -8,13 +8,19 @@ from ..crypto import new_token
 from ..errors import GatewayError
 from ..keys import SETTINGS, SSO
 from ..model import WebSessionState
-from .common import client_ip, current, redirect, render, set_session_cookie
+from .common import client_ip, current, redirect, render, set_session_cookie, user_agent
 
 routes = web.RouteTableDef()
 
 # Binds a pre-login record to the browser that started it (login CSRF, state injection).
 BROWSER_COOKIE = "deskgate_oidc"
-CALLBACK_PATH = "/login/oidc/callback"
+# Older versions shared one callback between all providers (open to mix-up): refused now.
+RETIRED_CALLBACK_PATH = "/login/oidc/callback"
+
+
+def callback_path(provider_id: str) -> str:
+    """Each provider's own redirect URI path: an answer there can only be meant for it."""
+    return f"/login/oidc/{provider_id}/callback"
 
 
 @routes.get(r"/login/oidc/{provider_id}")
@@ -45,15 +51,26 @@ def _failure(request: web.Request, exc: GatewayError) -> web.Response:
     return response
 
 
-@routes.get(CALLBACK_PATH)
+@routes.get(RETIRED_CALLBACK_PATH)
+async def retired_callback(request: web.Request) -> web.StreamResponse:
+    try:
+        await request.app[SSO].retired_callback(client_ip(request))
+    except GatewayError as exc:
+        return _failure(request, exc)
+    raise web.HTTPNotFound()  # not reached: the service always refuses
+
+
+@routes.get(callback_path("{provider_id}"))
 async def callback(request: web.Request) -> web.StreamResponse:
     query = request.query
+    iss = query.get("iss")
     try:
         result = await request.app[SSO].complete(
+            request.match_info["provider_id"][:32],
             state=query.get("state", "")[:200], code=query.get("code", "")[:2000] or None,
-            error=query.get("error", "")[:64] or None,
+            error=query.get("error", "")[:64] or None, iss=None if iss is None else iss[:512],
             browser_token=request.cookies.get(BROWSER_COOKIE), ip=client_ip(request),
-            user_agent=request.headers.get("User-Agent", ""))
+            user_agent=user_agent(request))
     except GatewayError as exc:
         return _failure(request, exc)
     response = redirect("/login/totp" if result.needs_totp else "/")

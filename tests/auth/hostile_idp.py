@@ -6,7 +6,9 @@ authorization code flow with PKCE:
 * ``/.well-known/openid-configuration`` (issuer = its own base URL, ``http://127.0.0.1:<port>``)
 * ``/jwks`` — the public halves of :attr:`HostileIdp.keys` (RSA 2048 by default, each with a kid)
 * ``/authorize`` — approves at once as :attr:`HostileIdp.user_claims` and redirects to
-  ``redirect_uri?code=...&state=...`` (use it for web-level tests; follow the redirects yourself)
+  ``redirect_uri?code=...&state=...`` (with ``&iss=...`` if :attr:`HostileIdp.send_iss`; use it
+  for web-level tests; follow the redirects yourself), or, as a mix-up attacker, sends the browser
+  wherever :attr:`HostileIdp.authorize_redirect` says
 * ``/token`` — checks client authentication, the code, ``redirect_uri`` and the PKCE verifier,
   records every request in :attr:`HostileIdp.token_requests`, and answers with an ID token it
   signs itself (nonce from the authorization request, ``at_hash`` of the access token)
@@ -200,6 +202,11 @@ class HostileIdp:
     token_extra: dict[str, Any] = field(default_factory=dict)  # merged into the token answer
     userinfo: dict[str, Any] | None = None  # answered instead of the user's claims
     userinfo_error: tuple[int, Any] | None = None
+    send_iss: bool = False  # RFC 9207: add iss=<issuer> to the authorization response
+    # A mix-up attacker: /authorize sends the browser to the URL this returns (given the query)
+    # instead of approving; e.g. to an honest provider's authorize endpoint with parameters of
+    # the attacker's choice.
+    authorize_redirect: Callable[[dict[str, str]], str] | None = None
 
     # what happened
     discovery_fetches: int = 0
@@ -384,6 +391,8 @@ class HostileIdp:
     async def _authorize(self, request: web.Request) -> web.Response:
         q = dict(request.query)
         self.authorize_requests.append(q)
+        if self.authorize_redirect is not None:
+            raise web.HTTPFound(self.authorize_redirect(q))
         if q.get("client_id") not in self.clients or q.get("response_type") != "code":
             return web.Response(status=400, text="bad authorization request")
         redirect_uri = q.get("redirect_uri", "")
@@ -398,6 +407,8 @@ class HostileIdp:
         params = {"code": code}
         if "state" in q:
             params["state"] = q["state"]
+        if self.send_iss:
+            params["iss"] = self.issuer
         sep = "&" if "?" in redirect_uri else "?"
         raise web.HTTPFound(redirect_uri + sep + urlencode(params))
 

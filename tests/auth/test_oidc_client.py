@@ -474,6 +474,7 @@ async def test_discovery_with_a_different_issuer(
         {"authorization_endpoint": "javascript:alert(1)"},
         {"token_endpoint": "http://evil.example/token"},  # plain http to a non-loopback host
         {"token_endpoint_auth_methods_supported": ["private_key_jwt"]},
+        {"authorization_response_iss_parameter_supported": "true"},  # RFC 9207: a boolean
     ],
 )
 async def test_unusable_discovery(

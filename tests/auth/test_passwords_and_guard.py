@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth.guard import IpThrottle
+from gateway.auth.guard import AddressWindow
 from gateway.crypto import hash_password, verify_password
 from gateway.errors import AccountLocked, AuthenticationFailed, BadRequest, TooManyRequests
 from gateway.services import Services
@@ -55,17 +55,18 @@ async def test_five_wrong_passwords_lock_for_a_while(services: Services, store: 
     await services.sign_in_password("frank", "another password", "10.0.0.4", "ua")
 
 
-def test_ip_throttle_sliding_window() -> None:
+async def test_address_window_slides_and_gives_back(store: SQLiteStore) -> None:
     now = [1000.0]
-    throttle = IpThrottle(3, clock=lambda: now[0])
-    for _ in range(3):
-        throttle.check("10.1.1.1")
-        throttle.failure("10.1.1.1")
-    with pytest.raises(TooManyRequests):
-        throttle.check("10.1.1.1")
-    throttle.check("10.1.1.2")  # other addresses are not affected
+    window = AddressWindow(store, "signin", 3, clock=lambda: now[0])
+    slots = [await window.take("10.1.1.1") for _ in range(3)]
+    assert None not in slots
+    assert await window.take("10.1.1.1") is None
+    assert await window.take("10.1.1.2") is not None  # other addresses are not affected
+    await window.give_back(slots[0])  # a check that passed costs nothing
+    assert await window.take("10.1.1.1") is not None
+    assert await window.take("10.1.1.1") is None
     now[0] += 61
-    throttle.check("10.1.1.1")
+    assert await window.take("10.1.1.1") is not None
 
 
 async def test_throttle_spans_accounts(settings: object, store: SQLiteStore) -> None:

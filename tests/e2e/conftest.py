@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from e2e_support import (
     free_port,
     healthy,
     need,
+    private_runtime_dir,
     run_cli,
     signed_in_state,
     stop_pid,
@@ -116,16 +118,20 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, relay: Relay) -> Iterator[
     assert config.exists(), "init wrote no deskgate.toml"
 
     log_path = data / "serve.log"
+    runtime = private_runtime_dir()
     with open(log_path, "wb") as log:
+        # Local desktops outlive the gateway unless told otherwise: these stop with it, and
+        # live in a runtime folder of their own (not /run/deskgate, which other runs use).
         proc = subprocess.Popen(
-            [deskgate_exe(), "--config", str(config), "serve"],
+            [deskgate_exe(), "--config", str(config), "serve", "--stop-desktops-on-exit"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
             start_new_session=True,
             # A frozen desktop is reported after 2 s + 2 s instead of 10 s + 10 s.
-            env={**os.environ, "DESKGATE_RELAY_DESKTOP_UNRESPONSIVE_SECONDS": "2"},
+            env={**os.environ, "DESKGATE_DESKTOPS_RUNTIME_DIR": str(runtime),
+                 "DESKGATE_RELAY_DESKTOP_UNRESPONSIVE_SECONDS": "2"},
         )
     gw = Gateway(
         base_url=base,
@@ -172,6 +178,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, relay: Relay) -> Iterator[
     finally:
         stop_pid(proc)
         print(f"\n--- deskgate serve log (tail) ---\n{gw.log_tail()}")
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 # -- Chromium -----------------------------------------------------------------------------------

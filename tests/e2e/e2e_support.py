@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -246,9 +247,18 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # its own group: started with a new session
             proc.wait(5)
-    # Children it started (local desktops) share its process group; stop any that remain.
+    # Anything else left in its process group. (Local desktops are not in it: they outlive
+    # the gateway unless it runs with --stop-desktops-on-exit.)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
+
+
+def private_runtime_dir() -> Path:
+    """A runtime folder for one gateway's local desktops: short (unix socket paths) and open to
+    the desktop user for passing through, not for listing."""
+    d = Path(tempfile.mkdtemp(prefix="dg-rt-", dir="/tmp"))  # noqa: S108 - private, 0711
+    os.chmod(d, 0o711)  # noqa: S103 - traverse only
+    return d
 
 
 def sign_in(page: Any, gw: Gateway, account: Account, shots: Path | None = None) -> None:

@@ -30,9 +30,10 @@ from e2e_support import (
     stop_pid,
     wait_until,
 )
-from rdp_servers import RdpServer, pid_alive, pids_of_uid
+from rdp_servers import RdpServer, free_display, pid_alive, pids_of_uid
 
 GRACE_SECONDS = 2.0
+LOGON_TIMEOUT_SECONDS = 8.0  # xrdp confirms a right password's sign-in in about 0.5 s
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RdpGateway:
     gw: Gateway
     runtime_dir: Path  # the bridges' folders (rdp-XXXX) live here, and only this gateway's
     proc: subprocess.Popen[bytes]
+    display_base: int  # [rdp] rdp_display_base
 
     def add_rdp_desktop(self, name: str, port: int, user: str, password: str, *extra: str,
                         assign: tuple[str, ...] = ()) -> str:
@@ -58,9 +60,12 @@ class RdpGateway:
 
 @contextlib.contextmanager
 def rdp_gateway(data: Path, users: tuple[str, ...], grace: float = GRACE_SECONDS) -> Iterator[RdpGateway]:
-    """``deskgate init`` + ``serve`` (DEBUG log) with ``[rdp] rdp_grace_seconds`` = ``grace``
-    and a private ``[desktops] runtime_dir`` the unprivileged bridge user can traverse."""
+    """``deskgate init`` + ``serve`` (DEBUG log) with ``[rdp] rdp_grace_seconds`` = ``grace``,
+    ``rdp_logon_timeout_seconds`` = ``LOGON_TIMEOUT_SECONDS``, ``rdp_display_base`` a free X
+    display from :500 up, and a private ``[desktops] runtime_dir`` the unprivileged bridge user
+    can traverse."""
     runtime = Path(tempfile.mkdtemp(prefix="dg-e2e-rdp-", dir="/tmp"))
+    display_base = free_display(500, 600)
     os.chmod(runtime, 0o711)  # noqa: S103 - traverse only: the bridge user must reach its folder
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -70,7 +75,8 @@ def rdp_gateway(data: Path, users: tuple[str, ...], grace: float = GRACE_SECONDS
     assert m, f"no admin password in init output: {out!r}"
     config = data / "deskgate.toml"
     with open(config, "a") as f:
-        f.write(f'\n[desktops]\nruntime_dir = "{runtime}"\n\n[rdp]\nrdp_grace_seconds = {grace}\n')
+        f.write(f'\n[desktops]\nruntime_dir = "{runtime}"\n\n[rdp]\nrdp_grace_seconds = {grace}\n'
+                f"rdp_logon_timeout_seconds = {LOGON_TIMEOUT_SECONDS}\nrdp_display_base = {display_base}\n")
     log_path = data / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -87,12 +93,22 @@ def rdp_gateway(data: Path, users: tuple[str, ...], grace: float = GRACE_SECONDS
             pw = f"{name}-Pw-{os.urandom(4).hex()}"
             gw.cli("user", "add", name, "--password-stdin", stdin=pw + "\n")
             gw.accounts[name] = Account(name, pw)
-        yield RdpGateway(gw, runtime, proc)
+        yield RdpGateway(gw, runtime, proc, display_base)
     finally:
         stop_pid(proc)
         print(f"\n--- deskgate serve log (RDP gateway, tail) ---\n{gw.log_tail(60)}")
         wait_until(lambda: not bridge_processes(runtime), 10, "the bridges to stop with the gateway")
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def bridge_displays(runtime_dir: Path) -> list[int]:
+    """The X display numbers of this gateway's running bridges (their Xvnc command lines)."""
+    found = []
+    for argv in bridge_processes(runtime_dir).values():
+        m = re.match(r"\S*Xvnc :(\d+) ", argv)
+        if m:
+            found.append(int(m.group(1)))
+    return sorted(found)
 
 
 # -- the process table -----------------------------------------------------------------------------

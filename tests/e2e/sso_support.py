@@ -34,6 +34,7 @@ from e2e_support import (
 OIDC_MOCK = REPO / ".venv-oidc" / "bin" / "oidc-provider-mock"
 PROVIDER_ID = "mock"
 PROVIDER_LABEL = "Mock IdP"
+CALLBACK_PATH = f"/login/oidc/{PROVIDER_ID}/callback"  # each provider has its own redirect URI
 CLIENT_ID = "deskgate"
 CLIENT_SECRET = "s3cret-client"
 ADMIN_GROUP = "deskgate-admins"
@@ -121,7 +122,7 @@ def start_mock_idp(workdir: Path, users: list[dict[str, Any]]) -> MockIdP:
 # -- a gateway that trusts the provider -----------------------------------------------------------
 
 
-def oidc_table(idp: MockIdP) -> str:
+def oidc_table(idp: MockIdP, require_totp: bool = True) -> str:
     # The mock's scopes_supported has no "groups" scope; its custom "groups" claim comes anyway.
     return (
         "\n[oidc.mock]\n"
@@ -133,13 +134,15 @@ def oidc_table(idp: MockIdP) -> str:
         'username_claim = "preferred_username"\n'
         'groups_claim = "groups"\n'
         f'admin_group = "{ADMIN_GROUP}"\n'
-        "require_totp = true\n"
+        f"require_totp = {'true' if require_totp else 'false'}\n"
         "trust_idp_mfa = false\n"
     )
 
 
-def start_sso_gateway(data: Path, idp: MockIdP) -> tuple[Gateway, subprocess.Popen[bytes]]:
-    """`deskgate init`, our provider's table appended to its configuration, `deskgate serve`."""
+def start_sso_gateway(data: Path, idp: MockIdP, *, require_totp: bool = True,
+                      more_toml: str = "") -> tuple[Gateway, subprocess.Popen[bytes]]:
+    """`deskgate init`, our provider's table (and ``more_toml``) appended to its configuration,
+    `deskgate serve`."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     out = run_cli("init", "--data", str(data), "--host", "127.0.0.1", "--port", str(port),
@@ -148,7 +151,7 @@ def start_sso_gateway(data: Path, idp: MockIdP) -> tuple[Gateway, subprocess.Pop
     assert m, f"no admin password in init output: {out!r}"
     config = data / "deskgate.toml"
     with open(config, "a", encoding="utf-8") as f:
-        f.write(oidc_table(idp))
+        f.write(oidc_table(idp, require_totp) + more_toml)
     log_path = data / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -259,7 +262,7 @@ def sso_sign_in(page: Any, gw: Gateway, account: SsoAccount, predefined: bool = 
     callbacks: list[str] = []
 
     def on_request(req: Any) -> None:
-        if "/login/oidc/callback" in req.url:
+        if CALLBACK_PATH in req.url:
             callbacks.append(req.url)
 
     page.on("request", on_request)

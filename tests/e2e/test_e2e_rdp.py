@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,9 @@ from e2e_support import Watched, screen_box, shot, shot_to, sign_in, wait_for_co
 from pngpixels import Pixel, count, is_ansi_blue, is_white
 from rdp_e2e_support import (
     GRACE_SECONDS,
+    LOGON_TIMEOUT_SECONDS,
     RdpGateway,
+    bridge_displays,
     bridge_processes,
     ps_args,
     rdp_gateway,
@@ -260,6 +263,9 @@ def test_shadow_nla_desktop_shows_remote_colour(
     print(f"\nshadow+NLA: page to remote colour {time.monotonic() - t0:.1f} s")
     shot_to(page, "rdp-shadow-connected.png")
     assert shadow_server.password not in ps_args()
+    # The bridge's X display comes from [rdp] rdp_display_base (not a fixed :60).
+    displays = bridge_displays(rdpgw.runtime_dir)
+    assert len(displays) == 1 and displays[0] >= rdpgw.display_base, (displays, rdpgw.display_base)
     page.wait_for_timeout(1000)  # let a few more framebuffer updates arrive
     assert_not_received(w, shadow_server.password)
     assert shadow_server.password not in rdpgw.log_text()
@@ -493,6 +499,146 @@ def test_per_user_account_is_asked_in_the_browser(
     wait_account_form(page)
     assert page.is_checked("#rdp-remember")  # the default stays: remember
     shot_to(page, "rdp-per-user-not-remembered-asks-again.png")
+    page.goto(rdpgw.gw.base_url + "/")
+    wait_no_bridges(rdpgw)
+
+
+# -- 3a. servers without NLA: a refused account never shows the server's own sign-in screen --------
+
+# What xrdp's own screens say (its "Connection Log" dialog after a refused login, its login form).
+XRDP_SCREEN_WORDS = ("login failed", "connection log", "sesman", "session manager", "xrdp")
+REFUSAL_WITHIN = LOGON_TIMEOUT_SECONDS + FAILURE_WITHIN
+
+
+def ocr(page: Any, name: str) -> str:
+    """The text tesseract reads on a screenshot of the page (saved as an artifact)."""
+    path = shot_to(page, name)
+    out = subprocess.run(["tesseract", str(path), "-"], capture_output=True, text=True, timeout=60)
+    return out.stdout.lower()
+
+
+def watch_screens_until(page: Any, done_js: str, within: float, prefix: str) -> list[str]:
+    """Screenshots read by OCR every ~0.7 s until ``done_js`` holds (bounded): their texts."""
+    texts = []
+    deadline = time.monotonic() + within
+    for i in range(int(within / 0.5) + 2):
+        texts.append(ocr(page, f"{prefix}-{i:02d}.png"))
+        if page.evaluate(done_js):
+            return texts
+        if time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(500)
+    last = " ".join(texts[-1].split()) if texts else ""
+    raise AssertionError(f"not done within {within} s: {status_of(page)}; the page read: {last!r}")
+
+
+def session_close_reasons(rdpgw: RdpGateway, desktop_id: str) -> list[str]:
+    """The recorded close reason of every session of the desktop (the gateway's database)."""
+    db = sqlite3.connect(f"file:{rdpgw.gw.data_dir / 'deskgate.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT close_reason FROM sessions WHERE desktop_id = ? ORDER BY started_at",
+                          (int(desktop_id),)).fetchall()  # fmt: skip
+    finally:
+        db.close()
+    return [r[0] for r in rows]
+
+
+def assert_no_server_screen(texts: list[str], server: RdpServer, w: Watched, *,
+                            account_form: bool = False) -> None:
+    """No text of xrdp's screens (nor the account's name, unless the gateway's own account form
+    shows it) in any screenshot, and no websocket."""
+    words = XRDP_SCREEN_WORDS if account_form else (*XRDP_SCREEN_WORDS, server.username.lower())
+    for text in texts:
+        for word in words:
+            assert word not in text, f"the xrdp screen showed in the browser ({word!r}): {text!r}"
+    # The browser never got as far as the desktop's picture: no websocket was opened.
+    assert w.ws_urls == [], w.ws_urls
+
+
+def test_xrdp_over_tls_wrong_password_is_refused_not_shown(
+    rdpgw: RdpGateway, xrdp_server: RdpServer, erin_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+) -> None:  # fmt: skip
+    """xrdp without NLA keeps a refused login's connection open on its own "login failed"
+    dialog (naming the account, then a login form for any account): the person sees the
+    gateway's refusal instead, and the audit and the session's close reason say so."""
+    wrong = f"Wrong-{time.time_ns()}"
+    PASSWORDS.append(wrong)
+    name = "tls refused"
+    desktop_id = rdpgw.add_rdp_desktop(name, xrdp_server.port, xrdp_server.username, wrong,
+                                       "--security", "tls", "--cert-fingerprint",
+                                       xrdp_server.certificate_sha256(), assign=("erin",))  # fmt: skip
+    w = new_page(erin_state)
+    page = w.page
+    posts = connect_posts(page)
+    t0 = time.monotonic()
+    open_rdp(page, rdpgw, desktop_id)
+    texts = watch_screens_until(
+        page, "document.getElementById('deskgate-client').dataset.state === 'disconnected'",
+        REFUSAL_WITHIN, "rdp-xrdp-wrong-password",
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    state, text, detail = status_of(page)
+    texts.append(ocr(page, "rdp-xrdp-wrong-password.png"))
+    print(f"\nxrdp over TLS, wrong password: {text!r} / {detail!r} after {took:.1f} s")
+    assert text == "Could not connect"
+    assert detail == "the remote desktop refused the user name or password", detail
+    assert "refused the user name" in " ".join(texts[-1].split()), texts[-1]  # what the person reads
+    assert_no_server_screen(texts, xrdp_server, w)
+    page.wait_for_timeout(2000)  # final: no retry loop
+    assert status_of(page)[0] == "disconnected" and len(posts) == 1, (status_of(page), len(posts))
+
+    audit = rdpgw.gw.cli("audit", "--limit", "20")
+    assert re.search(rf"session\.denied.*desktop={re.escape(name)}.*rdp bridge: the remote desktop refused"
+                     r" the user name or password", audit), audit  # fmt: skip
+    refused = "the remote desktop refused the user name or password"
+    assert session_close_reasons(rdpgw, desktop_id) == [refused]
+    assert "did not sign" in rdpgw.log_text()  # why, for the admin
+    wait_no_bridges(rdpgw)
+    assert wrong not in ps_args() and wrong not in rdpgw.log_text()
+    assert_not_bodies(w, wrong)
+
+
+def test_xrdp_over_tls_per_user_wrong_password_is_forgotten_and_asked_again(
+    rdpgw: RdpGateway, rdp_server_factory: Callable[[str], RdpServer], erin_state: dict[str, Any],
+    new_page: Callable[..., Watched],
+) -> None:  # fmt: skip
+    xrdp_server = rdp_server_factory("xrdp")  # a fresh xrdp session: its xterm has its own colour
+    PASSWORDS.append(xrdp_server.password)
+    desktop_id = add_per_user_desktop(rdpgw, "tls per user", xrdp_server.port, "--security", "tls",
+                                      "--cert-fingerprint", xrdp_server.certificate_sha256(),
+                                      assign="erin")  # fmt: skip
+    wrong = f"Wrong-{time.time_ns()}"
+    PASSWORDS.append(wrong)
+    w = new_page(erin_state)
+    page = w.page
+    posts = connect_posts(page)
+    open_rdp(page, rdpgw, desktop_id)
+    wait_account_form(page)
+    enter_account(page, xrdp_server.username, wrong)
+    texts = watch_screens_until(
+        page, "/refused the user name or password/.test(document.getElementById('status-detail')"
+              ".textContent) && !document.getElementById('rdp-credentials').hidden",
+        REFUSAL_WITHIN, "rdp-xrdp-per-user-wrong",
+    )  # fmt: skip
+    state, text, detail = status_of(page)
+    print(f"\nxrdp over TLS, per-user wrong password: {text!r} / {detail!r}")
+    assert state == "disconnected" and "was forgotten: enter it again" in detail, (state, detail)
+    assert page.input_value("#rdp-username") == xrdp_server.username
+    assert page.input_value("#rdp-password") == ""
+    assert_no_server_screen(texts, xrdp_server, w, account_form=True)
+    assert "credentials forgotten" in rdpgw.gw.cli("audit", "--limit", "20")
+    page.wait_for_timeout(2000)  # no retry loop: the form waits for the person
+    assert status_of(page)[0] == "disconnected" and len(posts) == 2, len(posts)
+    wait_no_bridges(rdpgw)
+
+    # The right password in the same form signs in: the remote xterm's colour.
+    enter_account(page, xrdp_server.username, xrdp_server.password)
+    wait_state(page, "connected", 60_000)
+    wait_for_colour(page, near(xrdp_server.colour), 200_000, "the xrdp xterm colour", timeout=40)
+    shot_to(page, "rdp-xrdp-per-user-connected.png")
+    assert_not_bodies(w, wrong)
+    assert wrong not in rdpgw.log_text() and wrong not in ps_args()
     page.goto(rdpgw.gw.base_url + "/")
     wait_no_bridges(rdpgw)
 

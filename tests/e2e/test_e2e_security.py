@@ -111,7 +111,7 @@ def test_unassigned_desktop_is_refused(
 
     bob.goto(gateway.base_url + "/")
     status, body = post_connect(bob, gateway, static_id)
-    assert status == 403, (status, body)
+    assert status == 404, (status, body)  # as for a desktop that does not exist
     assert "ws_url" not in body and "session_id" not in body
 
     bob_cookie = cookie_header(bob, gateway)

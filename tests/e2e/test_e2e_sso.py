@@ -32,6 +32,7 @@ from e2e_support import (
 from pngpixels import distinct_colours, is_green
 from sso_support import (
     ADMIN_GROUP,
+    CALLBACK_PATH,
     CLIENT_ID,
     PROVIDER_ID,
     MockIdP,
@@ -134,7 +135,7 @@ def test_sso_sign_in_enrol_and_connect_through_group(
     how = sso_sign_in(page, sso_gw, carol, shots="sso")
     assert how == "enrolled"
     callback = urlsplit(carol.callback_urls[-1])
-    assert f"{callback.scheme}://{callback.netloc}{callback.path}" == sso_gw.base_url + "/login/oidc/callback"
+    assert f"{callback.scheme}://{callback.netloc}{callback.path}" == sso_gw.base_url + CALLBACK_PATH
     assert {"code", "state"} <= set(parse_qs(callback.query)), callback.query
 
     shot_to(page, "sso-portal.png")
@@ -239,7 +240,7 @@ def test_consent_denied_shows_error_and_retry(
 ) -> None:
     page = new_page().page
     start_at_idp(page, sso_gw)
-    with page.expect_response(lambda r: "/login/oidc/callback" in r.url) as info:
+    with page.expect_response(lambda r: CALLBACK_PATH in r.url) as info:
         page.get_by_role("button", name="Deny access").click()
     resp = info.value
     query = parse_qs(urlsplit(resp.url).query)
@@ -267,7 +268,7 @@ def test_replayed_callback_is_refused(
     gina = people["gina"]
     page = new_page().page
     callbacks: list[str] = []
-    page.on("request", lambda r: callbacks.append(r.url) if "/login/oidc/callback" in r.url else None)
+    page.on("request", lambda r: callbacks.append(r.url) if CALLBACK_PATH in r.url else None)
     start_at_idp(page, sso_gw)
     authorize_at_idp(page, "gina", predefined=False)
     page.wait_for_url(re.compile(r"/login/totp"))
@@ -297,7 +298,7 @@ def test_callback_opened_in_another_browser_is_refused(
     authorize_url = victim.url
     # The provider's redirect for the victim's request, taken outside the victim's browser.
     callback = authorize_outside_browser(authorize_url, "carol")
-    assert callback.startswith(sso_gw.base_url + "/login/oidc/callback?"), callback
+    assert callback.startswith(sso_gw.base_url + CALLBACK_PATH + "?"), callback
 
     attacker = new_page().page
     assert navigation_status(attacker, callback) in range(400, 500)

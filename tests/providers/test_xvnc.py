@@ -16,7 +16,10 @@ from gateway.providers.xvnc import (
     free_display,
     free_tcp_port,
     lock_file,
+    read_private_file,
+    read_vnc_password_file,
     start_display,
+    xvnc_serving,
 )
 
 pytestmark = [needs_xvnc, pytest.mark.timeout(60)]
@@ -131,3 +134,68 @@ async def test_sigkilled_display_cleans_its_lock() -> None:
 
 async def test_fixture_display(vnc_tcp: XvncDisplay) -> None:
     assert await vnc_tcp.answers()
+
+
+# -- one socket, one server ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("detached", [False, True])
+async def test_never_a_second_server_on_a_live_socket(tmp_path: Path, detached: bool) -> None:
+    sock = tmp_path / "vnc.sock"
+    async with await start_display(unix_path=sock, xterm=False, window_manager=False,
+                                   detached=detached) as first:
+        with pytest.raises(XvncStartError, match=f"pid {first.xvnc_pid}"):
+            await start_display(unix_path=sock, xterm=False, window_manager=False,
+                                detached=detached)
+        assert [p.pid for p in xvnc_serving(sock)] == [first.xvnc_pid]
+        assert await probe_rfb(unix_path=sock)
+
+
+async def test_an_old_display_stopped_late_leaves_the_new_socket_alone(tmp_path: Path) -> None:
+    """An earlier server on a socket path died (kill -9) and a new one now serves that path:
+    stopping (cleaning up after) the old one must not delete the new one's socket and files."""
+    sock = tmp_path / "vnc.sock"
+    old = await start_display(unix_path=sock, password="oldpass1", state_dir=tmp_path,
+                              xterm=False, window_manager=False, detached=True)
+    os.kill(old.xvnc_pid, 9)
+    for _ in range(100):
+        if not old.alive():
+            break
+        await asyncio.sleep(0.05)
+    new = await start_display(unix_path=sock, password="newpass1", state_dir=tmp_path,
+                              xterm=False, window_manager=False, detached=True)
+    try:
+        await old.stop()
+        assert sock.exists() and await probe_rfb(unix_path=sock)
+        assert new.password_file is not None and new.password_file.exists()
+        assert read_vnc_password_file(new.password_file).reveal() == "newpass1"
+    finally:
+        await new.stop()
+    assert not sock.exists()
+    assert all(pid_gone(pid) for pid in old.pids + new.pids)
+
+
+async def test_detached_display_is_not_our_child(tmp_path: Path) -> None:
+    async with await start_display(unix_path=tmp_path / "s", detached=True) as d:
+        assert len(d.pids) == 3
+        for pid in d.pids:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            assert ppid != os.getpid() and os.getsid(pid) == pid
+    assert all(pid_gone(pid) for pid in d.pids)
+
+
+def test_private_files_are_read_safely(tmp_path: Path) -> None:
+    """Files in a folder the desktop user controls: no FIFO (would block), no symlink, no
+    hard link to another file."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError):
+        read_private_file(fifo, 64)
+    target = tmp_path / "target"
+    target.write_bytes(b"x" * 8)
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(OSError):
+        read_private_file(tmp_path / "link", 64)
+    os.link(target, tmp_path / "hard")
+    with pytest.raises(ValueError):
+        read_private_file(tmp_path / "hard", 64)

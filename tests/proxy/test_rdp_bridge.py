@@ -23,7 +23,7 @@ from rdp_servers import RdpServer, free_port, make_test_ca, needs_rdp, pid_alive
 
 from gateway.errors import WS_UPSTREAM_AUTH
 from gateway.model import Endpoint, RelayCounters, RelayPolicy, Secret
-from gateway.providers.xvnc import x_client_output
+from gateway.providers.xvnc import XvncDisplay, free_display, free_tcp_port, start_display, x_client_output
 from gateway.proxy import relay_vnc
 from gateway.proxy.rdp import BridgeError, RdpBridges, RdpTarget
 
@@ -298,6 +298,7 @@ async def test_shadow_nla_session(
     assert_secret_hidden(stats["pids"], shadow_server.password)
     print(f"\nshadow+NLA: acquire {connected:.2f} s, remote pixels after {took:.2f} s")
     await relay.close()
+    assert "signed in: NLA" in rdp_log.text
     assert shadow_server.password not in rdp_log.text
 
 
@@ -315,6 +316,60 @@ async def test_nla_wrong_password_is_refused_quickly(
     assert len(bridges) == 0
     await wait_gone(bridge_processes(rdp_runtime_dir), 5)
     assert "Wrong-pw-123" not in rdp_log.text
+
+
+@pytest.mark.parametrize("security", ["tls", "negotiate"])
+async def test_xrdp_wrong_password_without_nla_is_refused_not_shown(
+    rdp_runtime_dir: Path, xrdp_server: RdpServer, rdp_log: pytest.LogCaptureFixture, security: str
+) -> None:
+    """xrdp over TLS keeps the connection after a refused login and shows its own login dialog:
+    the bridge must refuse instead of handing that screen over."""
+    wrong = f"Wrong-{time.time_ns()}"
+    attempts = 5  # at once, each its own bridge
+    b = RdpBridges(rdp_runtime_dir, run_as_user=BRIDGE_USER if os.geteuid() == 0 else None,
+                   grace_seconds=1.0, logon_timeout=8.0)  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        results = await asyncio.gather(
+            *(b.acquire(f"xrdp-bad-{i}", xrdp_server.target(password=Secret(wrong), security=security))
+              for i in range(attempts)),
+            return_exceptions=True,
+        )  # fmt: skip
+        took = time.monotonic() - t0
+        for caught in results:
+            assert isinstance(caught, BridgeError), caught
+            assert caught.reason == "the remote desktop refused the user name or password"
+            assert caught.kind == "credentials" and caught.ws_code == WS_UPSTREAM_AUTH
+        assert len(b) == 0
+        await wait_gone(bridge_processes(rdp_runtime_dir), 10)
+        assert [p.name for p in rdp_runtime_dir.iterdir() if p.name.startswith("rdp-")] == []
+        print(f"\nxrdp ({security}) {attempts} wrong passwords at once refused in {took:.2f} s")
+        assert f"did not sign {xrdp_server.username} in" in rdp_log.text
+        assert wrong not in rdp_log.text
+
+        # The right password over the same security signs in, confirmed by the session itself.
+        await b.acquire("xrdp-good", xrdp_server.target(security=security))
+        assert "signed in: the session's clipboard channel is ready" in rdp_log.text
+        assert xrdp_server.password not in rdp_log.text
+    finally:
+        await b.close()
+    await wait_gone(bridge_processes(rdp_runtime_dir), 10)
+
+
+async def test_right_password_over_rdp_security_is_never_called_refused(
+    bridges: RdpBridges, xrdp_server: RdpServer, rdp_log: pytest.LogCaptureFixture
+) -> None:
+    """Standard RDP security to this xrdp 0.9.21 from FreeRDP 2.11 ends in xrdp's "MAC checksum
+    error" right after the client info, right password or not (exit 131, port open). Without NLA
+    an open port that drops the connection has not refused the account: never say it did."""
+    try:
+        await bridges.acquire("xrdp-rdp-sec", xrdp_server.target(security="rdp"))
+    except BridgeError as e:
+        print(f"\nxrdp with RDP security: {e.kind}: {e.reason}")
+        assert e.kind != "credentials", e.reason
+        assert e.reason == "the remote desktop closed the connection before the sign-in"
+    else:
+        assert "signed in: the session's clipboard channel is ready" in rdp_log.text
 
 
 async def test_server_down_cannot_be_reached(bridges: RdpBridges, rdp_runtime_dir: Path) -> None:
@@ -495,3 +550,48 @@ async def test_tofu_trusts_the_first_certificate_and_refuses_a_changed_one(
             await again.acquire("tofu", target, 800, 600)
     finally:
         await again.close()
+
+
+async def test_bridges_and_local_desktops_with_the_same_display_base_never_share_a_display(
+    rdp_runtime_dir: Path, shadow_server: RdpServer
+) -> None:
+    """``rdp_display_base`` equal to ``display_base``: ten bridges and a local desktop (the
+    same ``start_display`` the local provider uses) started at the same moment all get displays
+    of their own at or above the base, and each bridge's Xvnc runs on the number it reports.
+
+    (Several local desktops started at once may still exhaust ``start_display``'s own five
+    tries against each other and the bridges: that retry limit is the local provider's.)"""
+    base = free_display(400)
+    bridges_at_once, local_at_once = 10, 1
+    b = RdpBridges(rdp_runtime_dir, run_as_user=BRIDGE_USER if os.geteuid() == 0 else None,
+                   grace_seconds=1.0, display_base=base, max_bridges=bridges_at_once)  # fmt: skip
+    local: list[XvncDisplay] = []
+
+    async def local_desktop() -> XvncDisplay:
+        d = await start_display(rfbport=free_tcp_port(), display_base=base, xterm=False, window_manager=False)
+        local.append(d)
+        return d
+
+    try:
+        results = await asyncio.gather(
+            *(b.acquire(f"same-base-{i}", shadow_server.target(), 640, 480) for i in range(bridges_at_once)),
+            *(local_desktop() for _ in range(local_at_once)),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert failures == [], failures
+        bridge_displays = sorted(int(st["display"]) for st in b.stats())
+        local_displays = sorted(d.display for d in local)
+        everything = bridge_displays + local_displays
+        print(f"\nbase :{base}: bridges {bridge_displays}, local desktops {local_displays}")
+        assert (len(bridge_displays), len(local_displays)) == (bridges_at_once, local_at_once)
+        assert len(set(everything)) == len(everything), everything
+        assert min(everything) >= base
+        for st in b.stats():
+            xvnc_argv = Path(f"/proc/{st['pids'][0]}/cmdline").read_bytes().split(b"\0")
+            assert xvnc_argv[1] == f":{st['display']}".encode(), xvnc_argv[:2]
+        assert all(d.alive() for d in local)
+    finally:
+        await b.close()
+        await asyncio.gather(*(d.stop() for d in local), return_exceptions=True)
+    await wait_gone(bridge_processes(rdp_runtime_dir), 10)

@@ -47,11 +47,11 @@ async def open_relay(client: TestClient, csrf: str, http: Any = None  # type: ig
 
 
 async def row_of(store: SQLiteStore, session_id: str, timeout: float = 15.0) -> Session:
-    """The session's row once it is closed."""
+    """The session's row once it has ended: closed, or failed (never reached the desktop)."""
     for _ in range(int(timeout / 0.1)):
         session = await store.get_session(session_id)
         assert session is not None
-        if session.state.value == "closed":
+        if session.state.value in ("closed", "failed"):
             return session
         await asyncio.sleep(0.1)
     raise AssertionError(f"session {session_id} still open")

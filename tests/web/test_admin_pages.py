@@ -302,6 +302,10 @@ async def test_user_page_lists_groups_desktops_and_sessions(client: Client,
                                            web_session_id=ws_id, state=SessionState.ACTIVE,
                                            started_at=T0, client_ip="192.0.2.9"))
     await store.close_session("s-gone", T0 + 90, "closed by the user", False, 2048, 3 * 1024 ** 2)
+    await store.create_session(Session(id="s-failed", user_id=bob, desktop_id=direct,
+                                       web_session_id=ws_id, state=SessionState.STARTING,
+                                       started_at=T0, client_ip="192.0.2.9"))
+    await store.fail_session("s-failed", T0 + 5, "the desktop cannot be reached", False)
     await post(client, f"/admin/desktops/{via}/delete", csrf, confirm="yes")
     html = await (await client.get(f"/admin/users/{bob}")).text()
     sessions = re.search(r'id="user-sessions">(.*?)</table>', html, re.S)
@@ -311,6 +315,8 @@ async def test_user_page_lists_groups_desktops_and_sessions(client: Client,
     assert "2025-03-01 12:00:00 active Direct 0 B 0 B 192.0.2.9" in text
     assert (f"2025-03-01 12:00:00 2025-03-01 12:01:30 deleted desktop #{via} 2.0 KB 3.0 MB"
             " 192.0.2.9 closed by the user") in text
+    assert ("2025-03-01 12:00:00 2025-03-01 12:00:05 Direct 0 B 0 B 192.0.2.9 failed attempt"
+            " the desktop cannot be reached") in text
 
 
 # audit -----------------------------------------------------------------------------------------

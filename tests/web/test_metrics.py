@@ -73,7 +73,9 @@ async def test_counters_move_when_a_session_runs(settings: Settings,
             return await resp.text()
 
         before = await scrape()
-        assert value(before, 'deskgate_desktops{state="unknown"}') == 1
+        # Before anyone connected: the desktop is probed (a login, closed at once) and runs.
+        assert value(before, 'deskgate_desktops{state="running"}') == 1
+        assert value(before, 'deskgate_desktops{state="unknown"}') == 0
         # A failed sign-in, counted from the audit trail.
         await password_step(client, "alice", "wrong one")
         csrf_token = await sign_in(client.session, "alice", base=base)

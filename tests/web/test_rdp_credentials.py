@@ -216,7 +216,7 @@ async def test_not_assigned_and_shared_desktops_refuse_credentials(client: Clien
         assert resp.status == 400  # a shared desktop has its own account
         resp = await s.post(f"{base}/desktops/3/credentials", headers=headers(csrf),
                             json={"username": "x", "password": SECRET})
-        assert resp.status == 403  # not assigned
+        assert resp.status == 404  # not assigned: the same answer as a missing desktop
 
 
 async def test_api_and_admin_pages_show_the_credentials_mode(client: Client) -> None:

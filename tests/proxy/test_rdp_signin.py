@@ -1,0 +1,92 @@
+"""The RDP bridge's sign-in signals, read from FreeRDP 2.11's log lines.
+
+The xrdp and FreeRDP-shadow lines were recorded from the real servers of tests/rdp_servers.py
+(xfreerdp with the bridge's ``/log-filters``); the Windows ones (Save Session Info PDUs) follow
+FreeRDP's format strings in libfreerdp2 (``LogonInfoV2: SessionId: 0x%08X UserName: [%s] Domain:
+[%s]``, ``LogonErrorInfo: Data: 0x%08X Type: 0x%08X``). No server runs here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.proxy.rdp import RdpBridges, RdpTarget, _SignIn
+
+P = "[18:59:07:416] [24113:24126] "
+
+
+def read(*lines: str) -> _SignIn:
+    s = _SignIn()
+    for line in lines:
+        s.note(line)
+    return s
+
+
+def test_xrdp_session_clipboard_confirms() -> None:
+    s = read(P + "[DEBUG][com.freerdp.core.nego] - Negotiated TLS security",
+             P + "[DEBUG][com.freerdp.channels.cliprdr.client] - ServerCapabilities",
+             P + "[DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady")
+    assert (s.nla, s.confirmed, s.refused) == (False, "the session's clipboard channel is ready", "")
+    assert s.changed.is_set()
+
+
+def test_xrdp_login_dialog_says_nothing() -> None:
+    """What xfreerdp printed while xrdp showed "login failed": no signal at all."""
+    s = read(P + "[DEBUG][com.freerdp.core.nego] - Negotiated TLS security",
+             P + "[DEBUG][com.freerdp.core.info] - Client Info Packet Flags = INFO_MOUSE|INFO_AUTOLOGON",
+             P + "[INFO][com.freerdp.gdi] - Local framebuffer format  PIXEL_FORMAT_BGRX32",
+             P + "[INFO][com.freerdp.channels.rdpsnd.client] - [static] Loaded fake backend for rdpsnd")
+    assert (s.nla, s.confirmed, s.refused) == (False, "", "")
+    assert not s.changed.is_set()
+
+
+def test_nla_is_noted() -> None:
+    assert read(P + "[DEBUG][com.freerdp.core.nego] - Negotiated NLA security").nla
+
+
+@pytest.mark.parametrize("line", [
+    "[DEBUG][com.freerdp.core.info] - LogonInfoV2: SessionId: 0x00000002 UserName: [alice] Domain: [CORP]",
+    "[DEBUG][com.freerdp.core.info] - LogonInfoV1: SessionId: 0x00000002 UserName: [alice] Domain: [CORP]",
+    "[DEBUG][com.freerdp.core.info] - LogonPlainNotify",
+    "[DEBUG][com.freerdp.channels.rdpdr.client] - [RDPDR] transition from RDPDR_CHANNEL_STATE_READY"
+    " to RDPDR_CHANNEL_STATE_USER_LOGGEDON",
+])
+def test_windows_logon_notifications_confirm(line: str) -> None:
+    assert read(P + line).confirmed
+
+
+@pytest.mark.parametrize("kind,refused", [(0, True), (1, True), (2, True), (3, False)])
+def test_logon_errors_refuse_but_warnings_do_not(kind: int, refused: bool) -> None:
+    s = read(P + f"[DEBUG][com.freerdp.core.info] - LogonErrorInfo: Data: 0xFFFFFFFE Type: 0x{kind:08X}")
+    assert bool(s.refused) is refused and not s.confirmed
+
+
+def test_the_first_verdict_stands() -> None:
+    refused_first = read(
+        P + "[DEBUG][com.freerdp.core.info] - LogonErrorInfo: Data: 0x00000000 Type: 0x00000000",
+        P + "[DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady",
+    )
+    assert refused_first.refused and not refused_first.confirmed
+
+
+@pytest.mark.parametrize("line", [
+    # a signal's words elsewhere in a line (say, a user name a server sends back) are not a signal
+    P + "[DEBUG][com.freerdp.core.info] - LogonInfoV2: SessionId: 0x1 UserName: "
+        "[x] [DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady",
+    "MonitorReady",
+    "Password: MonitorReady",
+    P + "[DEBUG][com.freerdp.channels.rdpsnd.client] - MonitorReady",
+    P + "[DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady soon",
+])
+def test_only_a_whole_line_of_the_right_tag_counts(line: str) -> None:
+    s = read(line)
+    assert s.confirmed in ("", "logon notification"), s.confirmed
+    assert s.confirmed != "the session's clipboard channel is ready"
+
+
+def test_xfreerdp_runs_line_buffered_with_the_sign_in_tags() -> None:
+    argv = RdpBridges._xfreerdp_argv(RdpTarget("127.0.0.1", 3389, "alice"))
+    assert argv[:4] == ["stdbuf", "-oL", "-eL", "xfreerdp"]
+    [filters] = [a for a in argv if a.startswith("/log-filters:")]
+    assert filters == ("/log-filters:com.freerdp.core.nego:DEBUG,com.freerdp.core.info:DEBUG,"
+                       "com.freerdp.channels.cliprdr.client:DEBUG,com.freerdp.channels.rdpdr.client:DEBUG")
