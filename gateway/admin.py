@@ -13,8 +13,8 @@ from typing import Any
 from .audit import Audit, AuditKind
 from .broker import Providers, desktop_spec
 from .crypto import SecretBox, new_token, token_hash
-from .errors import WS_ADMIN_DISCONNECT, BadRequest, NotFound, Unauthorized
-from .live import LiveSessions
+from .errors import WS_ACCOUNT_DISABLED, WS_ADMIN_DISCONNECT, BadRequest, NotFound, Unauthorized
+from .live import ACCOUNT_DISABLED, LiveSessions
 from .model import ApiToken, AuditEvent, Desktop, Session, User
 from .providers import DesktopSpec
 from .services import desktop_name, rdp_options
@@ -83,9 +83,10 @@ class AdminService:
         if disabled:
             # Deleting the web sessions ends their desktop connections within seconds (sweep).
             await self.store.delete_user_web_sessions(user.id)
+            # On another node or from the command line, the sweep ends them for the same reason.
             for live in self._live:
-                if live.user_name == user.name:
-                    await live.end(WS_ADMIN_DISCONNECT, "your account was disabled", final=True)
+                if live.user_id == user.id:
+                    await live.end(WS_ACCOUNT_DISABLED, ACCOUNT_DISABLED, final=True)
         await self._record(admin, "user disabled" if disabled else "user enabled",
                            user=user.name)
         return await self.user(user.id)

@@ -25,7 +25,7 @@ from .auth.totp import TotpFactor
 from .broker import Broker, Providers, stored_passwords
 from .config import Settings
 from .crypto import SecretBox
-from .errors import WS_GOING_AWAY, WS_SIGNED_OUT, ConfigError
+from .errors import WS_GOING_AWAY, ConfigError
 from .events import EventBus
 from .keys import (
     ADMIN,
@@ -44,6 +44,7 @@ from .keys import (
     WEBSOCKETS,
 )
 from .live import LiveSessions
+from .metrics import SHUTDOWN
 from .metrics import install as install_metrics
 from .providers import ProviderContext
 from .proxy.rdp import RdpBridges
@@ -157,7 +158,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
                     live.sample(now)
                 if tick % 5 == 0:
                     await app[BROKER].expire_unused_tickets()
-                    await app[LIVE].sweep(app[STORE], WS_SIGNED_OUT, now)
+                    await app[LIVE].sweep(app[STORE], now, app[SERVICES].sessions.expiry)
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -171,15 +172,19 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_websockets(app: web.Application) -> None:
+    """Relays first, through their sessions, so that each is recorded as ended by the shutdown;
+    then any other websocket."""
     app[SHUTTING_DOWN].set()
-    sockets = app[WEBSOCKETS]
-    for ws in [*sockets]:
-        await ws.close(code=WS_GOING_AWAY, message=b"the gateway is shutting down")
+    await app[LIVE].end_all(WS_GOING_AWAY, SHUTDOWN, final=False)
+    for ws in [*app[WEBSOCKETS]]:
+        if not ws.closed:
+            await ws.close(code=WS_GOING_AWAY, message=SHUTDOWN.encode())
 
 
 def create_app(settings: Settings) -> web.Application:
     middleware.hide_server_version()
-    app = web.Application(middlewares=[middleware.errors, middleware.web_session],
+    app = web.Application(middlewares=[middleware.started_responses, middleware.errors,
+                                       middleware.web_session],
                           client_max_size=64 * 1024)
     app[SETTINGS] = settings
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
@@ -199,6 +204,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_housekeeping)
     app.on_shutdown.append(_close_websockets)
     app.on_response_prepare.append(middleware.security_headers)
+    app.on_response_prepare.append(middleware.remember_prepared)
     install_metrics(app)  # after _state: it counts through the audit writer
     for module in (login, sso, portal, client, api, admin_pages, admin_sessions):
         app.add_routes(module.routes)

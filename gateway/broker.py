@@ -16,8 +16,10 @@ from .errors import (
     CredentialsRequired,
     DesktopUnavailable,
     Forbidden,
+    GatewayError,
     NotFound,
     TicketError,
+    TooManyRequests,
     UnderMaintenance,
 )
 from .keyboards import layout_of
@@ -183,6 +185,8 @@ class Broker:
         self._settings = settings
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
+        # One connect at a time per person, so that the open-sessions count cannot be raced.
+        self._connecting: dict[int, asyncio.Lock] = {}
         self._one_connection: dict[tuple[int, int], _OneConnection] = {}
 
     async def spec(self, desktop: Desktop) -> DesktopSpec:
@@ -224,8 +228,27 @@ class Broker:
         ``retry_of``: the session id of the client's previous try. When that was a failed
         attempt of this person, desktop and web session, this try continues it (same row, one
         more try) instead of recording a new attempt; anything else starts a new one.
-        """
+
+        At most ``max_sessions_per_user`` open sessions (starting or active) per person:
+        beyond it, TooManyRequests (429) before anything starts."""
         desktop = await self.check_access(user, desktop_id, client_ip)
+        # A lock per person who ever connected (kept: dropping one could let two connects in).
+        async with self._connecting.setdefault(user.id, asyncio.Lock()):
+            limit = self._settings.max_sessions_per_user
+            if len(await self._store.list_sessions(active_only=True, user_id=user.id,
+                                                   limit=limit)) >= limit:
+                await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
+                                         desktop=desktop.name, client_ip=client_ip,
+                                         detail="session limit")
+                raise TooManyRequests(
+                    f"you already have {limit} desktop connections open, the most one person"
+                    " may have; close one and try again")
+            return await self._connect(user, web_session, desktop, client_ip, user_agent,
+                                       width, height, retry_of)
+
+    async def _connect(self, user: User, web_session: WebSession, desktop: Desktop,
+                       client_ip: str, user_agent: str, width: int, height: int,
+                       retry_of: str | None) -> tuple[Session, str]:
         if desktop.maintenance:
             await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
                                      desktop=desktop.name, client_ip=client_ip,
@@ -294,12 +317,24 @@ class Broker:
 
     async def admit(self, ticket: str, *, session_id: str, user: User,
                     web_session: WebSession) -> Admission:
-        """Consume the ticket (once) and resolve the desktop's endpoint. Fails closed."""
+        """Consume the ticket (once) and resolve the desktop's endpoint. Fails closed; once the
+        ticket is spent, a failure records the attempt as failed, with its reason."""
         self._tickets.consume(ticket, user_id=user.id, web_session_id=web_session.id,
                               session_id=session_id)
         session = await self._store.get_session(session_id)
         if session is None or session.state is not SessionState.STARTING:
             raise TicketError("this connection session is no longer open")
+        try:
+            return await self._admission(session, user)
+        except BaseException as exc:
+            reason = exc.reason if isinstance(exc, GatewayError) else (
+                "the connection to the browser was lost" if isinstance(
+                    exc, asyncio.CancelledError) else "internal error in the gateway")
+            await asyncio.shield(self._failed(session, reason, final=isinstance(exc, Forbidden),
+                                              user=user.name))
+            raise
+
+    async def _admission(self, session: Session, user: User) -> Admission:
         desktop = await self.check_access(user, session.desktop_id, session.client_ip)
         policy = RelayPolicy(max_clipboard_bytes=self._settings.max_clipboard_bytes)
         if desktop.protocol == "rdp":

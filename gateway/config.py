@@ -77,6 +77,8 @@ class Settings:
     # [relay]
     connect_timeout_seconds: float = 10.0
     max_clipboard_bytes: int = 1 << 20
+    max_sessions_per_user: int = 4  # desktop connections one person may hold open at once
+    desktop_unresponsive_seconds: float = 10.0  # silence, then as long for a probe: "not responding"
     # [rdp]
     rdp_max_bridges: int = 20
     rdp_grace_seconds: float = 60.0
@@ -139,7 +141,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir",
                  "stop_desktops_on_exit"),
-    "relay": ("connect_timeout_seconds", "max_clipboard_bytes"),
+    "relay": ("connect_timeout_seconds", "max_clipboard_bytes", "max_sessions_per_user",
+              "desktop_unresponsive_seconds"),
     "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials", "rdp_display_base",
             "rdp_logon_timeout_seconds"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
@@ -267,7 +270,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("metrics.metrics_port must be between 0 (off) and 65535")
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",
                  "lockout_threshold", "lockout_minutes", "ip_throttle_per_minute",
-                 "sso_starts_per_minute", "sso_pending_per_address", "sso_pending_max"):
+                 "sso_starts_per_minute", "sso_pending_per_address", "sso_pending_max",
+                 "max_sessions_per_user", "desktop_unresponsive_seconds"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")
 

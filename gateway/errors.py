@@ -9,7 +9,13 @@ from __future__ import annotations
 # Websocket close codes. 1000-1015 are defined by RFC 6455; 4000-4999 are private use.
 WS_NORMAL = 1000
 WS_GOING_AWAY = 1001
+WS_FRAME_ERROR = 1002  # a frame that breaks RFC 6455 (e.g. an unmasked client frame)
+WS_UNSUPPORTED_DATA = 1003  # a text message: the relay carries binary RFB only
+# Recorded, never sent: the browser vanished without a close frame (RFC 6455 reserves 1006 for it).
+WS_BROWSER_LOST = 1006
+WS_INVALID_TEXT = 1007
 WS_POLICY = 1008
+WS_MESSAGE_TOO_BIG = 1009
 WS_INTERNAL = 1011
 WS_UNAUTHORIZED = 4001
 WS_FORBIDDEN = 4003
@@ -18,9 +24,12 @@ WS_UPSTREAM_UNREACHABLE = 4010
 WS_UPSTREAM_AUTH = 4011
 WS_UPSTREAM_CLOSED = 4012
 WS_PROTOCOL = 4013
-WS_IDLE = 4020
+WS_IDLE = 4020  # signed out after the web session's idle time without input
+WS_INPUT_LIMIT = 4021  # the browser sent more input than a person can
 WS_ADMIN_DISCONNECT = 4030
 WS_SIGNED_OUT = 4031
+WS_ACCOUNT_DISABLED = 4032
+WS_SESSION_EXPIRED = 4033  # the web session reached its absolute lifetime
 
 
 class GatewayError(Exception):
@@ -141,6 +150,35 @@ class ProtocolError(GatewayError):
     http_status = 400
     ws_code = WS_PROTOCOL
     reason = "protocol error"
+
+
+class FrameError(ProtocolError):
+    """A websocket frame that breaks RFC 6455 (unmasked, reserved bits, bad opcode)."""
+
+    ws_code = WS_FRAME_ERROR
+    reason = "the browser sent a malformed websocket frame"
+
+
+class UnsupportedData(ProtocolError):
+    ws_code = WS_UNSUPPORTED_DATA
+    reason = "text messages are not accepted: the connection carries binary RFB only"
+
+
+class InvalidText(ProtocolError):
+    ws_code = WS_INVALID_TEXT
+    reason = "the browser sent text that is not valid UTF-8"
+
+
+class MessageTooBig(ProtocolError):
+    ws_code = WS_MESSAGE_TOO_BIG
+    reason = "the browser sent a websocket message larger than the gateway accepts"
+
+
+class InputLimit(ProtocolError):
+    """More input than a person produces: the session is closed rather than slowing others."""
+
+    ws_code = WS_INPUT_LIMIT
+    reason = "the browser sent more input than the gateway accepts"
 
 
 class StoreBusy(GatewayError):

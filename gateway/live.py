@@ -1,7 +1,8 @@
 """The sessions relaying right now on this node, so that they can be ended from outside.
 
-A connection is ended when its web session ends (sign-out, expiry, the account disabled) and,
-later, by an admin. While a person works in a desktop, their web session is kept alive.
+A connection is ended when its web session ends (sign-out, expiry, the account disabled), by an
+admin, and when the gateway shuts down, each with its own close code and reason. While a person
+works in a desktop, their web session is kept alive.
 """
 
 from __future__ import annotations
@@ -13,9 +14,18 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import WS_NORMAL
-from .model import RelayCounters
+from .errors import (
+    WS_ACCOUNT_DISABLED,
+    WS_IDLE,
+    WS_NORMAL,
+    WS_SESSION_EXPIRED,
+    WS_SIGNED_OUT,
+)
+from .model import RelayCounters, WebSession
 from .store import Store
+
+ACCOUNT_DISABLED = "your account was disabled"
+SIGNED_OUT = "you were signed out"
 
 log = logging.getLogger("deskgate.live")
 
@@ -40,6 +50,8 @@ class LiveSession:
     rtt_ms: float | None = None  # round trip gateway <-> browser, when measured
     rate_down: float = 0.0  # bytes per second to the browser, over the last sample
     rate_up: float = 0.0
+    user_id: int = 0
+    responding: bool = True  # False while the desktop does not answer
     _last_sample: tuple[float, int, int] | None = None
     _listeners: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
 
@@ -47,6 +59,12 @@ class LiveSession:
         if self.end_reason is None:
             self.end_reason, self.end_final, self.end_code = reason, final, code
             await self.close(code, reason)
+
+    def set_responding(self, responding: bool) -> None:
+        """The desktop stopped or started answering again: tell the person's page."""
+        if responding != self.responding:
+            self.responding = responding
+            self.notify({"type": "desktop", "responding": responding})
 
     def notify(self, event: dict[str, Any]) -> None:
         """Tell the person's client something (an admin message, "being watched")."""
@@ -85,6 +103,7 @@ class LiveSession:
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 1),
             "idle_s": None if not last_input else round(now - last_input, 1),
             "watchers": self.watchers, "watch_of": self.watch_of,
+            "responding": self.responding,
         }
 
 
@@ -112,13 +131,32 @@ class LiveSessions:
             if live.web_session_id == web_session_id:
                 await live.end(code, reason, final=True)
 
-    async def sweep(self, store: Store, code: int, now: float) -> None:
-        """End relays whose web session is gone; keep working people's web sessions alive."""
+    async def sweep(self, store: Store, now: float,
+                    expiry: Callable[[WebSession, float], str | None]) -> None:
+        """End relays whose web session is gone or expired, each with the reason; keep working
+        people's web sessions alive. ``expiry(web_session, now)`` says "idle", "lifetime" or
+        None (still valid)."""
         for live in self:
             ws = await store.get_web_session(live.web_session_id)
+            ended = None if ws is None else expiry(ws, now)
             if ws is None:
-                log.info("[user=%s session=%s] web session ended", live.user_name,
-                         live.session_id)
-                await live.end(code, "you were signed out", final=True)
-            elif live.counters.last_input > ws.last_seen:
-                await store.touch_web_session(ws.id, min(now, live.counters.last_input))
+                user = await store.get_user(live.user_id)
+                if user is None or user.disabled:
+                    code, reason = WS_ACCOUNT_DISABLED, ACCOUNT_DISABLED
+                else:
+                    code, reason = WS_SIGNED_OUT, SIGNED_OUT
+            elif ended == "idle":
+                code, reason = WS_IDLE, "you were signed out after a time without any input"
+            elif ended is not None:
+                code, reason = WS_SESSION_EXPIRED, "your sign-in expired; sign in again"
+            else:
+                if live.counters.last_input > ws.last_seen:
+                    await store.touch_web_session(ws.id, min(now, live.counters.last_input))
+                continue
+            log.info("[user=%s session=%s] %s", live.user_name, live.session_id, reason)
+            await live.end(code, reason, final=True)
+
+    async def end_all(self, code: int, reason: str, *, final: bool) -> None:
+        """End every relay (the gateway shutting down), each recorded with ``reason``."""
+        await asyncio.gather(*(live.end(code, reason, final=final) for live in self),
+                             return_exceptions=True)

@@ -26,14 +26,25 @@ from prometheus_client.registry import Collector
 
 from .audit import AuditKind
 from .errors import (
+    WS_ACCOUNT_DISABLED,
     WS_ADMIN_DISCONNECT,
+    WS_BROWSER_LOST,
     WS_FORBIDDEN,
+    WS_FRAME_ERROR,
     WS_GOING_AWAY,
+    WS_IDLE,
+    WS_INPUT_LIMIT,
+    WS_INTERNAL,
+    WS_INVALID_TEXT,
+    WS_MESSAGE_TOO_BIG,
     WS_NORMAL,
+    WS_NOT_FOUND,
     WS_POLICY,
     WS_PROTOCOL,
+    WS_SESSION_EXPIRED,
     WS_SIGNED_OUT,
     WS_UNAUTHORIZED,
+    WS_UNSUPPORTED_DATA,
     WS_UPSTREAM_AUTH,
     WS_UPSTREAM_CLOSED,
     WS_UPSTREAM_UNREACHABLE,
@@ -46,24 +57,33 @@ from .proxy.rdp import RdpBridges
 
 log = logging.getLogger("deskgate.metrics")
 
-CLOSE_REASONS = ("user", "browser_lost", "admin", "signed_out", "desktop", "refused", "error",
+CLOSE_REASONS = ("user", "browser_lost", "admin", "signed_out", "account_disabled", "expired",
+                 "idle", "desktop", "refused", "protocol_error", "input_limit", "error",
                  "shutdown", "other")
 SIGNIN_FAILURES = ("password", "unknown_user", "disabled", "locked", "throttled", "second_factor",
                    "sso", "other")
 DESKTOP_STATES = ("running", "stopped", "unknown", "maintenance")
 BROWSER_LOST = "the connection to the browser was lost"
+SHUTDOWN = "the gateway is shutting down"
+# Each way a relay ends has its own close code (gateway/errors.py), so the code says which.
+_CLOSE_CATEGORIES = {
+    WS_NORMAL: "user", WS_BROWSER_LOST: "browser_lost", WS_ADMIN_DISCONNECT: "admin",
+    WS_SIGNED_OUT: "signed_out", WS_ACCOUNT_DISABLED: "account_disabled",
+    WS_SESSION_EXPIRED: "expired", WS_IDLE: "idle", WS_GOING_AWAY: "shutdown",
+    WS_UPSTREAM_UNREACHABLE: "desktop", WS_UPSTREAM_AUTH: "desktop",
+    WS_UPSTREAM_CLOSED: "desktop", WS_UNAUTHORIZED: "refused", WS_FORBIDDEN: "refused",
+    WS_NOT_FOUND: "refused", WS_PROTOCOL: "protocol_error", WS_FRAME_ERROR: "protocol_error",
+    WS_UNSUPPORTED_DATA: "protocol_error", WS_INVALID_TEXT: "protocol_error",
+    WS_MESSAGE_TOO_BIG: "protocol_error", WS_POLICY: "protocol_error",
+    WS_INPUT_LIMIT: "input_limit", WS_INTERNAL: "error",
+}
 
 
-def close_category(code: int, reason: str) -> str:
-    """A close (websocket code and reason text) as one of ``CLOSE_REASONS``."""
-    if code == WS_NORMAL:
-        return "browser_lost" if reason == BROWSER_LOST else "user"
-    return {
-        WS_ADMIN_DISCONNECT: "admin", WS_SIGNED_OUT: "signed_out", WS_GOING_AWAY: "shutdown",
-        WS_UPSTREAM_UNREACHABLE: "desktop", WS_UPSTREAM_AUTH: "desktop",
-        WS_UPSTREAM_CLOSED: "desktop", WS_UNAUTHORIZED: "refused", WS_FORBIDDEN: "refused",
-        WS_PROTOCOL: "error", WS_POLICY: "error",
-    }.get(code, "other")
+def close_category(code: int, reason: str = "") -> str:
+    """A close (websocket code; the reason text is not needed) as one of ``CLOSE_REASONS``."""
+    if code == WS_NORMAL and reason == BROWSER_LOST:  # rows written before 1006 was recorded
+        return "browser_lost"
+    return _CLOSE_CATEGORIES.get(code, "other")
 
 
 def signin_failure_category(kind: AuditKind, detail: str) -> str | None:

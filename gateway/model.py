@@ -211,3 +211,10 @@ class RelayPolicy:
     clipboard_to_desktop: bool = True
     clipboard_from_desktop: bool = True
     max_clipboard_bytes: int = 1 << 20
+    # Input from one browser, as token buckets (a rate and a burst). A person sends a few KiB/s
+    # (keys, pointer moves, update requests) and now and then a clipboard paste; more than this
+    # ends the session (InputLimit) instead of taking the gateway's time from everyone else.
+    input_bytes_per_second: int = 128 * 1024
+    input_burst_bytes: int = (1 << 20) + 256 * 1024  # a full clipboard paste and then some
+    input_messages_per_second: int = 1000
+    input_burst_messages: int = 5000

@@ -69,6 +69,7 @@ const fullscreenButton = document.getElementById('fullscreen');
 const disconnectButton = document.getElementById('disconnect');
 const forgetButton = document.getElementById('forget-account');
 const watchedIndicator = document.getElementById('watched-indicator');
+const desktopUnresponsive = document.getElementById('desktop-unresponsive');
 const adminMessage = document.getElementById('admin-message');
 const adminMessageFrom = document.getElementById('admin-message-from');
 const adminMessageText = document.getElementById('admin-message-text');
@@ -394,6 +395,12 @@ function setWatched(watchers) {
     root.dataset.watchers = String(watchers || 0);
 }
 
+// The gateway's word on whether the desktop answers (see desktop_unresponsive_seconds).
+function setDesktopResponding(responding) {
+    desktopUnresponsive.hidden = responding;
+    root.dataset.desktopResponding = String(responding);
+}
+
 function showAdminMessage(from, text) {
     adminMessageFrom.textContent = from ? `Message from ${from}:` : 'Message from an administrator:';
     adminMessageText.textContent = text;
@@ -406,6 +413,7 @@ function stopNotifications() {
         notifications = null;
     }
     setWatched(0);
+    setDesktopResponding(true);
 }
 
 function listenForNotifications(sid) {
@@ -426,6 +434,8 @@ function listenForNotifications(sid) {
             showAdminMessage(event.from, event.text);
         } else if (event.type === 'watched') {
             setWatched(Number(event.watchers) || 0);
+        } else if (event.type === 'desktop') {
+            setDesktopResponding(event.responding !== false);
         }
     });
     source.addEventListener('error', () => {

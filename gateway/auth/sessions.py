@@ -55,12 +55,20 @@ class WebSessions:
         if ws is None:
             return None
         now = self._clock()
-        if now - ws.last_seen > self._idle or now - ws.created_at > self._lifetime:
+        if self.expiry(ws, now) is not None:
             await self._store.delete_web_session(ws.id)
             return None
         if now - ws.last_seen > _TOUCH_EVERY:
             await self._store.touch_web_session(ws.id, now)
         return ws
+
+    def expiry(self, ws: WebSession, now: float) -> str | None:
+        """Why ``ws`` has ended by ``now``: "idle", "lifetime"; None while it is valid."""
+        if now - ws.created_at > self._lifetime:
+            return "lifetime"
+        if now - ws.last_seen > self._idle:
+            return "idle"
+        return None
 
     async def promote(self, ws: WebSession, user: User) -> tuple[str, WebSession]:
         """Second factor done: replace the half-signed-in session with a fresh authenticated one."""

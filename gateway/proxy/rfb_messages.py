@@ -75,8 +75,12 @@ class ClientMessageParser:
     def __init__(self, policy: RelayPolicy) -> None:
         self._policy = policy
         self._buf = bytearray()
+        self.limited = False
 
-    def feed(self, data: bytes) -> list[ClientMessage]:
+    def feed(self, data: bytes, max_messages: int | None = None) -> list[ClientMessage]:
+        """The messages completed so far; at most ``max_messages`` of them, the rest kept (then
+        ``limited`` is True): a flood of tiny messages costs no more than that many parses."""
+        self.limited = False
         # Usually nothing is pending and ``data`` holds whole messages: parse it in place (a
         # slice of all of it is ``data`` itself), and keep only an incomplete tail.
         buf: bytes | bytearray = data
@@ -86,6 +90,9 @@ class ClientMessageParser:
         messages: list[ClientMessage] = []
         pos, end = 0, len(buf)
         while pos < end:
+            if max_messages is not None and len(messages) >= max_messages:
+                self.limited = True
+                break
             length = self._length(buf, pos)
             if length is None or end - pos < length:
                 break

@@ -9,7 +9,15 @@ holds, offers the browser security type None, and relays until either side ends:
   This direction is not parsed, so ``RelayPolicy.clipboard_from_desktop`` is not enforced here:
   ServerCutText passes unchanged.
 - browser -> desktop: every message goes through ``rfb_messages.ClientMessageParser``, which
-  drops what the policy forbids and raises ``ProtocolError`` on anything it cannot frame.
+  drops what the policy forbids and raises ``ProtocolError`` on anything it cannot frame. Before
+  parsing, each message is charged to the session's input budget (``InputBudget``): a browser
+  sending more than a person can is closed with ``InputLimit``.
+- the desktop's liveness: when nothing has come from the desktop for ``unresponsive_after``
+  seconds, the relay asks it for one pixel (a non-incremental FramebufferUpdateRequest of 1x1,
+  written between whole client messages; an idle desktop answers it at once, while it need not
+  answer the browser's incremental requests). No answer within as long again: ``on_responding
+  (False)``; its next bytes: ``on_responding(True)``. The browser gets the one-pixel update like
+  any other.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
-from gateway.errors import DesktopUnavailable, ProtocolError, UpstreamClosed
+from gateway.errors import DesktopUnavailable, InputLimit, ProtocolError, UpstreamClosed
 from gateway.model import Endpoint, RelayCounters, RelayPolicy
 from gateway.proxy.rfb import BrowserHandshake, DesktopHandshake
 from gateway.proxy.rfb_messages import SET_DESKTOP_SIZE, ClientMessageParser
@@ -32,6 +40,43 @@ from gateway.proxy.rfb_messages import SET_DESKTOP_SIZE, ClientMessageParser
 log = logging.getLogger("deskgate.relay")
 
 READ_BUFFER_SIZE = 256 * 1024
+# Nothing from the desktop for this long: ask it for a pixel; no answer for as long again: frozen.
+UNRESPONSIVE_AFTER = 10.0
+# One pixel, non-incremental: a desktop must answer it however idle it is.
+PROBE = struct.pack(">BBHHHH", 3, 0, 0, 0, 1, 1)
+
+
+class InputBudget:
+    """Token buckets of bytes and of messages from one browser (rates from ``RelayPolicy``)."""
+
+    def __init__(self, policy: RelayPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate_bytes = float(policy.input_bytes_per_second)
+        self._rate_messages = float(policy.input_messages_per_second)
+        self._burst_bytes = float(max(policy.input_burst_bytes,
+                                      policy.max_clipboard_bytes + 256 * 1024))
+        self._burst_messages = float(policy.input_burst_messages)
+        self._bytes, self._messages = self._burst_bytes, self._burst_messages
+        self._clock = clock
+        self._at = clock()
+
+    def charge(self, size: int) -> int:
+        """Take ``size`` bytes (before parsing); raise ``InputLimit`` when the byte bucket is
+        empty. Returns how many RFB messages may be parsed now (see ``spend``)."""
+        now = self._clock()
+        elapsed, self._at = max(0.0, now - self._at), now
+        self._bytes = min(self._burst_bytes, self._bytes + elapsed * self._rate_bytes) - size
+        self._messages = min(self._burst_messages, self._messages + elapsed * self._rate_messages)
+        if self._bytes < 0:
+            raise InputLimit(f"the browser sent more input than a person can (over "
+                             f"{self._rate_bytes / 1024:g} KiB/s); the connection was closed")
+        return int(self._messages)
+
+    def spend(self, messages: int, *, more: bool) -> None:
+        """``messages`` were parsed; ``more``: the parser stopped at the allowance."""
+        self._messages -= messages
+        if more:
+            raise InputLimit(f"the browser sent more messages than a person can (over "
+                             f"{self._rate_messages:g} a second); the connection was closed")
 
 
 class ClientChannel(Protocol):
@@ -66,6 +111,12 @@ class _DesktopStream(asyncio.BufferedProtocol):
         self._wakeup: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._transport: asyncio.Transport | None = None
+        self.last_received = time.monotonic()  # when the desktop last sent anything
+
+    @property
+    def paused(self) -> bool:
+        """Reading paused because the browser is slow: the desktop's silence says nothing."""
+        return self._paused
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,6 +127,7 @@ class _DesktopStream(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
+        self.last_received = time.monotonic()
         if self._filled >= self._size:
             assert self._transport is not None
             self._transport.pause_reading()
@@ -150,6 +202,8 @@ async def relay_vnc(
     connect_timeout: float = 10.0,
     on_ready: Callable[[str], None] | None = None,
     on_resize: Callable[[int, int], None] | None = None,
+    on_responding: Callable[[bool], None] | None = None,
+    unresponsive_after: float = UNRESPONSIVE_AFTER,
 ) -> None:
     """Relay one browser channel to one VNC desktop until either side ends.
 
@@ -157,8 +211,9 @@ async def relay_vnc(
     no handshake within ``connect_timeout``), ``UpstreamAuthFailed`` (credentials refused, or no
     usable security type), ``UpstreamClosed`` (the desktop ended the session) and
     ``ProtocolError`` (the browser or the desktop broke RFB). ``on_ready`` gets the desktop name
-    once ServerInit has been forwarded. Whatever happens, cancellation included, the desktop
-    socket is closed on the way out; ``CancelledError`` propagates.
+    once ServerInit has been forwarded; ``on_responding`` is told when the desktop stops
+    answering and when it answers again (see the module docstring). Whatever happens,
+    cancellation included, the desktop socket is closed on the way out; ``CancelledError`` propagates.
 
     ``counters.bytes_down`` counts the bytes forwarded to the browser from ServerInit on;
     ``counters.bytes_up`` the client messages forwarded to the desktop after ClientInit.
@@ -166,7 +221,7 @@ async def relay_vnc(
     stream = await _connect(endpoint, connect_timeout)
     try:
         await _session(channel, stream, endpoint, policy, counters, connect_timeout, on_ready,
-                       on_resize)
+                       on_resize, on_responding, unresponsive_after)
     except BaseException:
         stream.abort()  # errors and cancellation: drop the desktop connection at once
         raise
@@ -182,6 +237,8 @@ async def _session(
     timeout: float,
     on_ready: Callable[[str], None] | None,
     on_resize: Callable[[int, int], None] | None = None,
+    on_responding: Callable[[bool], None] | None = None,
+    unresponsive_after: float = UNRESPONSIVE_AFTER,
 ) -> None:
     desktop = DesktopHandshake(endpoint.password)
     await _desktop_until(stream, desktop, lambda: desktop.authenticated, timeout)
@@ -211,9 +268,11 @@ async def _session(
         on_ready(desktop.server_init.name)
 
     parser = ClientMessageParser(policy)
+    budget = InputBudget(policy)
     await _relay(
         _pump_down(stream, channel, counters),
-        _pump_up(channel, stream, parser, counters, browser.remainder(), on_resize),
+        _pump_up(channel, stream, parser, counters, browser.remainder(), on_resize, budget),
+        _watch_desktop(stream, unresponsive_after, on_responding),
     )
 
 
@@ -272,11 +331,17 @@ async def _pump_up(
     counters: RelayCounters,
     data: bytes | None,
     on_resize: Callable[[int, int], None] | None = None,
+    budget: InputBudget | None = None,
 ) -> None:
     while data is not None:
+        # Charged before parsing: a flood costs no more parsing than its budget.
+        allowed = None if budget is None else budget.charge(len(data))
+        messages = parser.feed(data, allowed)
+        if budget is not None:
+            budget.spend(len(messages), more=parser.limited)
         forward = []
         had_input = False
-        for message in parser.feed(data):
+        for message in messages:
             if not message.forward:
                 counters.messages_dropped += 1
                 continue
@@ -294,6 +359,35 @@ async def _pump_up(
             counters.bytes_up += len(payload)
             await stream.drain()
         data = await channel.receive()
+
+
+async def _watch_desktop(stream: _DesktopStream, after: float,
+                         on_responding: Callable[[bool], None] | None) -> None:
+    """Probe a silent desktop with one pixel; report when it stops and starts answering."""
+    responding = True
+    probe_at: float | None = None
+    while True:
+        await asyncio.sleep(min(1.0, after / 4))
+        now = time.monotonic()
+        if stream.paused:  # a slow browser, not a silent desktop
+            probe_at = None
+            continue
+        if probe_at is not None and stream.last_received >= probe_at:
+            probe_at = None  # answered
+            if not responding:
+                responding = True
+                log.info("the desktop answers again")
+                if on_responding is not None:
+                    on_responding(True)
+        if probe_at is None:
+            if now - stream.last_received >= after:
+                stream.write(PROBE)  # between whole client messages: the pumps write whole ones
+                probe_at = now
+        elif responding and now - probe_at >= after:
+            responding = False
+            log.info("the desktop has not answered for %.0f s", now - stream.last_received)
+            if on_responding is not None:
+                on_responding(False)
 
 
 async def _relay(*pumps: Coroutine[Any, Any, None]) -> None:

@@ -14,35 +14,49 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp._websocket.models import WebSocketError
 
 from ..broker import NO_SUCH_DESKTOP, Admission, Broker
 from ..errors import (
+    WS_BROWSER_LOST,
+    WS_FRAME_ERROR,
     WS_GOING_AWAY,
+    WS_INTERNAL,
+    WS_INVALID_TEXT,
+    WS_MESSAGE_TOO_BIG,
     WS_NORMAL,
+    WS_UNSUPPORTED_DATA,
     WS_UPSTREAM_CLOSED,
     BadRequest,
     DesktopUnavailable,
     Forbidden,
+    FrameError,
     GatewayError,
+    InvalidText,
+    MessageTooBig,
     NotFound,
     ProtocolError,
     Unauthorized,
+    UnsupportedData,
     UpstreamAuthFailed,
 )
 from ..keys import BROKER, EVENTS, LIVE, SERVICES, SETTINGS, SHUTTING_DOWN, STORE, WEBSOCKETS
 from ..live import LiveSession
-from ..metrics import METRICS
+from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
 from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
 from .sse import EventStream
+from .wsframes import RelayWebSocket
 
 log = logging.getLogger("deskgate.session")
 routes = web.RouteTableDef()
 
 # Largest websocket message accepted from a browser: a capped clipboard plus framing.
 _MAX_WS_MESSAGE = (1 << 20) + 4096
+# How long a close waits for the browser's close frame before dropping the connection.
+_CLOSE_TIMEOUT = 5.0
 # Pings find browsers that vanished without closing (a laptop lid, a dead network).
 _HEARTBEAT = 30.0
 # Round-trip measurement: a timestamped websocket PING this often.
@@ -147,7 +161,8 @@ async def session_status(request: web.Request) -> web.StreamResponse:
 
 @routes.get(r"/sessions/{session_id}/events")
 async def session_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events for the person in a session: admin messages, "being watched"."""
+    """Server-sent events for the person in a session: admin messages, "being watched", and
+    whether the desktop answers ({"type": "desktop", "responding": bool})."""
     _, user = require_signed_in(request)
     session_id = request.match_info["session_id"][:64]
     session = await request.app[STORE].get_session(session_id)
@@ -158,6 +173,8 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     queue = live.listen()
     try:
         await stream.send({"type": "watched", "watchers": live.watchers})
+        if not live.responding:  # a page that (re)opens while the desktop is not answering
+            await stream.send({"type": "desktop", "responding": False})
         while stream.open_for(request.app[SHUTTING_DOWN]) and request.app[LIVE].get(
                 session_id) is live:
             try:
@@ -179,7 +196,9 @@ class WebSocketChannel:
 
     The websocket runs with ``autoping=False``: PINGs from the browser are answered here, and
     PONGs that echo our timestamped PINGs give the round-trip time. aiohttp's heartbeat (empty
-    PINGs) still finds browsers that vanished; its PONGs are ignored here.
+    PINGs) still finds browsers that vanished; its PONGs are ignored here. A text message or a
+    broken frame raises the ``ProtocolError`` whose close code says which (1003, 1002, 1007,
+    1009); ``browser_closed`` tells a close frame from the browser from a lost connection.
     """
 
     def __init__(self, ws: web.WebSocketResponse,
@@ -188,6 +207,7 @@ class WebSocketChannel:
         self._on_rtt = on_rtt
         self._outstanding: bytes | None = None
         self._sent_at = 0.0
+        self.browser_closed = False
 
     async def receive(self) -> bytes | None:
         while True:
@@ -202,8 +222,11 @@ class WebSocketChannel:
                 self._pong(msg.data)
                 continue
             if msg.type is WSMsgType.TEXT:
-                raise ProtocolError("text websocket messages are not RFB")
-            return None  # close, closing, closed or error: the browser is gone
+                raise UnsupportedData()
+            if msg.type is WSMsgType.ERROR:
+                raise frame_error(msg.data)
+            self.browser_closed = msg.type is WSMsgType.CLOSE
+            return None  # closed or closing: the browser is gone
 
     async def send(self, data: bytes) -> None:
         await self._ws.send_bytes(data)
@@ -226,9 +249,31 @@ class WebSocketChannel:
             await asyncio.sleep(interval)
 
 
+_FRAME_ERRORS: dict[int, type[ProtocolError]] = {
+    WS_FRAME_ERROR: FrameError, WS_UNSUPPORTED_DATA: UnsupportedData,
+    WS_INVALID_TEXT: InvalidText, WS_MESSAGE_TOO_BIG: MessageTooBig}
+
+
+def frame_error(exc: object) -> ProtocolError:
+    """The websocket reader's error as the ProtocolError that closes with the same code."""
+    if not isinstance(exc, WebSocketError):
+        return FrameError()
+    detail = str(exc.args[1]) if len(exc.args) > 1 else ""
+    kind = _FRAME_ERRORS.get(exc.code, FrameError)
+    if detail.startswith("the browser"):  # the frame scanner's own sentences
+        return kind(detail)
+    return kind(f"{kind.reason} ({detail})" if detail else None)
+
+
+def _close_reason(reason: str) -> bytes:
+    """A close reason is at most 123 bytes of UTF-8 on the wire: cut on a character boundary."""
+    return reason.encode()[:120].decode(errors="ignore").encode()
+
+
 async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
-    # A close reason is at most 123 bytes on the wire.
-    await ws.close(code=code, message=reason.encode()[:120])
+    if code == WS_BROWSER_LOST:  # recorded only; never sent (RFC 6455 7.4.1)
+        code = WS_GOING_AWAY
+    await ws.close(code=code, message=_close_reason(reason))
 
 
 # How a relay websocket's ticket is turned into an admission: the person's own session, or an
@@ -274,113 +319,181 @@ def _bridge_hooks(broker: Broker, admission: Admission, live: LiveSession
     return None, tasks  # a watcher never resizes the person's desktop
 
 
+async def _admission(request: web.Request, admit: Admit
+                     ) -> tuple[Admission, WebSession, LiveSession | None]:
+    """Origin, web session and ticket checked; raises GatewayError with the reason."""
+    app = request.app
+    if request.headers.get("Origin") != app[SETTINGS].public_origin:
+        raise Forbidden("websocket origin not allowed")
+    web_session = await app[SERVICES].sessions.load(request.cookies.get("deskgate_session"))
+    if web_session is None or web_session.state is not WebSessionState.AUTHENTICATED:
+        raise Unauthorized("not signed in")
+    user = await load_user(request, web_session)
+    if user is None:
+        raise Unauthorized("not signed in")
+    ticket = request.query.get("ticket", "")
+    if len(ticket) > 200:
+        raise BadRequest("malformed ticket")
+    admission = await admit(request, user, web_session, ticket)
+    watched = app[LIVE].get(admission.watch_of) if admission.watch_of else None
+    if admission.watch_of and watched is None:
+        raise NotFound("the watched session has ended")
+    return admission, web_session, watched
+
+
 async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse:
     """The relay websocket: check origin, web session and ticket, then relay until the end.
 
     Shared by the person's own sessions and admins' view-only watches (``Admission.watch_of``):
-    a watch counts as a watcher of the watched session and ends with it.
+    a watch counts as a watcher of the watched session and ends with it. Whatever happens after
+    the upgrade, the browser gets a close frame with a code and a reason (unless it is gone),
+    and nothing reaches the HTTP error middleware.
     """
     app = request.app
-    settings = app[SETTINGS]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=_MAX_WS_MESSAGE,
-                               protocols=("binary",), autoping=False, heartbeat=_HEARTBEAT)
+    # autoclose=False: a browser's close frame is answered by the clean-up, with the reason.
+    ws = RelayWebSocket(compress=False, max_msg_size=_MAX_WS_MESSAGE, protocols=("binary",),
+                        autoping=False, autoclose=False, heartbeat=_HEARTBEAT,
+                        timeout=_CLOSE_TIMEOUT)
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
     ip = client_ip(request)
     try:
-        if request.headers.get("Origin") != settings.public_origin:
-            raise Forbidden("websocket origin not allowed")
-        web_session = await app[SERVICES].sessions.load(request.cookies.get("deskgate_session"))
-        if web_session is None or web_session.state is not WebSessionState.AUTHENTICATED:
-            raise Unauthorized("not signed in")
-        user = await load_user(request, web_session)
-        if user is None:
-            raise Unauthorized("not signed in")
-        ticket = request.query.get("ticket", "")
-        if len(ticket) > 200:
-            raise BadRequest("malformed ticket")
-        admission = await admit(request, user, web_session, ticket)
-        watched = app[LIVE].get(admission.watch_of) if admission.watch_of else None
-        if admission.watch_of and watched is None:
-            raise NotFound("the watched session has ended")
+        admission, web_session, watched = await _admission(request, admit)
     except GatewayError as exc:
         log.info("websocket refused [ip=%s]: %s", ip, exc.reason)
         await _close(ws, exc.ws_code, exc.reason)
         return ws
+    except Exception:
+        log.exception("websocket admission failed [ip=%s]", ip)
+        await _close(ws, WS_INTERNAL, "internal error in the gateway")
+        return ws
+    await Relay(request, ws, admission, web_session, watched).run()
+    return ws
 
-    broker = app[BROKER]
-    metrics = app[METRICS]
-    counters = RelayCounters()
-    started: list[asyncio.Task[None]] = []
-    reason, final, code = "closed by the user", False, WS_NORMAL
-    session = admission.session
-    context = f"[user={user.name} session={session.id} desktop={admission.desktop.name}]"
-    live = LiveSession(session.id, web_session.id, user.name, admission.desktop.name,
-                       counters, functools.partial(_close, ws), client_ip=ip, user_agent=session.user_agent,
-                       protocol=admission.desktop.protocol, watch_of=admission.watch_of)
-    channel = WebSocketChannel(ws, on_rtt=lambda ms: setattr(live, "rtt_ms", ms))
 
-    def on_ready(_name: str) -> None:
-        if watched is None:
-            metrics.connect_latency(time.time() - session.started_at)
-            started.append(asyncio.ensure_future(broker.started(session)))
+class Relay:
+    """One admitted relay websocket: registered as live, relayed, and cleaned up in steps that
+    each run whatever the ones before them did (see ``_clean_up``)."""
 
-    app[LIVE].add(live)
-    if watched is not None:
-        watched.watchers += 1
-        watched.notify({"type": "watched", "watchers": watched.watchers})
-    else:
-        metrics.session_started()
-    events = app[EVENTS]
-    events.publish("session.started", session=live.figures(live.started_at))
-    pinger = asyncio.create_task(channel.measure_rtt())
-    on_resize, resizes = _bridge_hooks(broker, admission, live)
-    try:
-        await relay_vnc(channel, admission.endpoint, admission.policy, counters,
-                        connect_timeout=settings.connect_timeout_seconds, on_ready=on_ready,
-                        on_resize=on_resize)
-    except GatewayError as exc:
-        reason, code = exc.reason, exc.ws_code
-        final = isinstance(exc, _FINAL_ERRORS)
-        if isinstance(exc, DesktopUnavailable) and not isinstance(exc, UpstreamAuthFailed):
-            broker.unreachable(admission.desktop.id)
-    except (ConnectionError, aiohttp.ClientError):
-        reason = "the connection to the browser was lost"
-    except asyncio.CancelledError:
-        # aiohttp cancels the handler when the browser's TCP connection goes away.
-        if app[SHUTTING_DOWN].is_set():
-            reason, code = "the gateway is shutting down", WS_GOING_AWAY
-        elif ws.close_code is None:
-            reason = "the connection to the browser was lost"
-        raise
-    finally:
-        pinger.cancel()
-        for task in resizes:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, admission: Admission,
+                 web_session: WebSession, watched: LiveSession | None) -> None:
+        self.app = request.app
+        self.ws = ws
+        self.admission = admission
+        self.watched = watched
+        self.ip = client_ip(request)
+        self.counters = RelayCounters()
+        self.started: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.code, self.reason, self.final = WS_NORMAL, "closed by the user", False
+        session, desktop = admission.session, admission.desktop
+        self.context = f"[user={admission.user.name} session={session.id} desktop={desktop.name}]"
+        self.live = LiveSession(
+            session.id, web_session.id, admission.user.name, desktop.name, self.counters,
+            functools.partial(_close, ws), client_ip=self.ip, user_agent=session.user_agent,
+            protocol=desktop.protocol, watch_of=admission.watch_of, user_id=admission.user.id)
+        self.channel = WebSocketChannel(ws, on_rtt=lambda ms: setattr(self.live, "rtt_ms", ms))
+
+    def _on_ready(self, _name: str) -> None:
+        if self.watched is None:
+            session = self.admission.session
+            self.app[METRICS].connect_latency(time.time() - session.started_at)
+            self.started.append(asyncio.ensure_future(self.app[BROKER].started(session)))
+
+    def _on_responding(self, responding: bool) -> None:
+        self.live.set_responding(responding)
+
+    async def run(self) -> None:
+        app, live = self.app, self.live
+        resizes: set[asyncio.Task[None]] = set()
+        try:
+            app[LIVE].add(live)
+            if self.watched is not None:
+                self.watched.watchers += 1
+                self.watched.notify({"type": "watched", "watchers": self.watched.watchers})
+            else:
+                app[METRICS].session_started()
+            app[EVENTS].publish("session.started", session=live.figures(live.started_at))
+            self.tasks.append(asyncio.create_task(self.channel.measure_rtt()))
+            on_resize, resizes = _bridge_hooks(app[BROKER], self.admission, live)
+            settings = app[SETTINGS]
+            await relay_vnc(self.channel, self.admission.endpoint, self.admission.policy,
+                            self.counters, connect_timeout=settings.connect_timeout_seconds,
+                            on_ready=self._on_ready, on_resize=on_resize,
+                            on_responding=self._on_responding,
+                            unresponsive_after=settings.desktop_unresponsive_seconds)
+            if not self.channel.browser_closed:
+                self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the browser's TCP connection goes away.
+            if app[SHUTTING_DOWN].is_set():
+                self.code, self.reason = WS_GOING_AWAY, SHUTDOWN
+            elif not self.channel.browser_closed:
+                self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
+            raise
+        except GatewayError as exc:
+            self.code, self.reason = exc.ws_code, exc.reason
+            self.final = isinstance(exc, _FINAL_ERRORS)
+            if isinstance(exc, DesktopUnavailable) and not isinstance(exc, UpstreamAuthFailed):
+                app[BROKER].unreachable(self.admission.desktop.id)
+        except (ConnectionError, aiohttp.ClientError):
+            self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
+        except Exception:
+            log.exception("%s relay failed", self.context)
+            self.code, self.reason = WS_INTERNAL, "internal error in the gateway"
+        finally:
+            self.tasks.extend(resizes)
+            await asyncio.shield(self._clean_up())
+
+    async def _clean_up(self) -> None:
+        """Every step runs, in order, even when one before it raised (each is logged)."""
+        app, live, admission, counters = self.app, self.live, self.admission, self.counters
+        for task in self.tasks:
             task.cancel()
         if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin
-            reason, final, code = live.end_reason, live.end_final, live.end_code
-        log.info("%s closed: %s (%d B up, %d B down)", context, reason, counters.bytes_up,
-                 counters.bytes_down)
-        for task in started:
-            await asyncio.shield(task)
-        # The stored row first, so that the client's status check after the close and the
-        # dashboard's next snapshot both see the session closed, with its reason.
-        await asyncio.shield(broker.finish(admission, reason, final=final,
-                                           bytes_up=counters.bytes_up,
-                                           bytes_down=counters.bytes_down, client_ip=ip))
-        app[LIVE].remove(live.session_id)
-        if watched is not None:
-            watched.watchers = max(0, watched.watchers - 1)
-            watched.notify({"type": "watched", "watchers": watched.watchers})
-            metrics.relay_closed(counters.bytes_up, counters.bytes_down)
-        else:
-            metrics.session_closed(code, reason, counters.bytes_up, counters.bytes_down)
-            for watch in app[LIVE]:
-                if watch.watch_of == live.session_id:
-                    await asyncio.shield(watch.end(WS_NORMAL, "the watched session ended",
-                                                   final=True))
-        events.publish("session.closed", id=live.session_id, reason=reason,
-                       watch_of=admission.watch_of)
-        if not ws.closed:
-            await asyncio.shield(_close(ws, code, reason))
-    return ws
+            self.reason, self.final, self.code = live.end_reason, live.end_final, live.end_code
+
+        async def started() -> None:
+            for task in self.started:
+                await task
+
+        async def finish() -> None:
+            # The stored row before the close frame, so that the client's status check after
+            # the close and the dashboard's next snapshot both see the session closed.
+            await app[BROKER].finish(admission, self.reason, final=self.final,
+                                     bytes_up=counters.bytes_up,
+                                     bytes_down=counters.bytes_down, client_ip=self.ip)
+
+        async def forget() -> None:
+            app[LIVE].remove(live.session_id)
+
+        async def count() -> None:
+            if self.watched is not None:
+                self.watched.watchers = max(0, self.watched.watchers - 1)
+                self.watched.notify({"type": "watched", "watchers": self.watched.watchers})
+                app[METRICS].relay_closed(counters.bytes_up, counters.bytes_down)
+            else:
+                app[METRICS].session_closed(self.code, self.reason, counters.bytes_up,
+                                            counters.bytes_down)
+
+        async def end_watches() -> None:
+            if self.watched is None:
+                for watch in app[LIVE]:
+                    if watch.watch_of == live.session_id:
+                        await watch.end(WS_NORMAL, "the watched session ended", final=True)
+
+        async def publish() -> None:
+            app[EVENTS].publish("session.closed", id=live.session_id, reason=self.reason,
+                                watch_of=admission.watch_of)
+
+        async def close() -> None:
+            if not self.ws.closed:
+                await _close(self.ws, self.code, self.reason)
+
+        log.info("%s closed: %s (%d B up, %d B down)", self.context, self.reason,
+                 counters.bytes_up, counters.bytes_down)
+        for step in (started, finish, forget, count, end_watches, publish, close):
+            try:
+                await step()
+            except (Exception, asyncio.CancelledError):  # a cancelled task awaited by a step
+                log.exception("%s clean-up step %s failed", self.context, step.__name__)

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 
 from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME
 from ..config import Settings
-from ..errors import BadRequest, GatewayError, Unauthorized
+from ..errors import WS_INTERNAL, BadRequest, GatewayError, Unauthorized
 from ..keys import SERVICES, SETTINGS
 from .common import PRE_TOKEN, USER, WEB_SESSION, load_user, render
 
@@ -51,6 +51,37 @@ def hide_server_version() -> None:
 def wants_json(request: web.Request) -> bool:
     return ("application/json" in request.headers.get("Accept", "")
             or request.path.startswith("/api/"))
+
+
+# The response a handler has already started (a websocket, an event stream). An error after that
+# point must not become an error page: its bytes would land inside the open stream.
+PREPARED: web.RequestKey[web.StreamResponse] = web.RequestKey("prepared", web.StreamResponse)
+
+
+async def remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
+    request[PREPARED] = response
+
+
+@web.middleware
+async def started_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: once a handler has started its response, whatever the handler or the error
+    middleware below make of a later failure, the started response is what is returned (a
+    websocket closed with 1011 and a reason); nothing else is written on its connection."""
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+    except Exception as exc:
+        if PREPARED not in request:
+            raise
+        log.error("error after %s %s started its response", request.method, request.path,
+                  exc_info=exc)
+    started = request.get(PREPARED)
+    if started is None or response is started:
+        assert response is not None
+        return response
+    if isinstance(started, web.WebSocketResponse) and not started.closed:
+        await started.close(code=WS_INTERNAL, message=b"internal error in the gateway")
+    return started
 
 
 # What escapes a handler when the request itself was bad and no input reader caught it (they all

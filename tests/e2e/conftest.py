@@ -129,7 +129,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, relay: Relay) -> Iterator[
             stdin=subprocess.DEVNULL,
             cwd=REPO,
             start_new_session=True,
-            env={**os.environ, "DESKGATE_DESKTOPS_RUNTIME_DIR": str(runtime)},
+            # A frozen desktop is reported after 2 s + 2 s instead of 10 s + 10 s.
+            env={**os.environ, "DESKGATE_DESKTOPS_RUNTIME_DIR": str(runtime),
+                 "DESKGATE_RELAY_DESKTOP_UNRESPONSIVE_SECONDS": "2"},
         )
     gw = Gateway(
         base_url=base,

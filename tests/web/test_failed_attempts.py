@@ -34,7 +34,9 @@ DOWN = "Down desktop"
 @pytest.fixture
 async def client(settings: Settings, desktop: XvncDisplay) -> AsyncIterator[Client]:
     """alice, assigned "VM" (a real Xvnc) and DOWN (a loopback port nothing listens on)."""
-    async with await app_client(settings, {"alice": False, "root": True}, desktop=desktop) as c:
+    # Up to 60 tries at once here: above the default max_sessions_per_user (test_web_limits.py).
+    async with await app_client(settings, {"alice": False, "root": True}, desktop=desktop,
+                                max_sessions_per_user=100) as c:
         services = c.server.app[SERVICES]
         await services.add_desktop(DOWN, "static", host="127.0.0.1", port=free_tcp_port(),
                                    password=VNC_PASSWORD)
