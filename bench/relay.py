@@ -1,6 +1,10 @@
-"""Relay benchmark: a VNC-like stream through the real gateway, socat and a direct TCP connection.
+"""Deskgate bench: the relay's cost against socat and direct TCP, connect storms, idle sessions,
+shutdown — one run, every figure (``bench/README.md`` says what each phase measures and why).
 
-Everything runs on loopback. The bench starts, in this order, and stops each by its PID:
+Everything runs on loopback. This module holds the relay phase and the parts every phase and
+``bench/rdp.py`` share (the fake RFB desktop, the gateway as a subprocess with its sign-in, the
+RFB client, /proc readings); ``bench/sessions.py`` holds the phases with many sessions and the
+closing summary. It stays one module because ``rdp.py`` imports these parts as ``relay``.
 
 - a fake RFB 3.8 server (this script with ``--fake-server``, its own process): security None,
   ServerInit, then on each FramebufferUpdateRequest it streams ``x`` raw 256x256 updates as fast
@@ -11,14 +15,13 @@ Everything runs on loopback. The bench starts, in this order, and stops each by 
   temporary data folder, signed in over HTTP (password, TOTP enrolment), ``POST .../connect``, then
   the websocket with the browser's side of the RFB handshake.
 
-For each path (direct, socat, gateway) the same client does the same work: the RFB handshake,
-``--fences`` ClientFence round trips one at a time (p50 / p99), then ``--mb`` MB of framebuffer
-updates counted as they arrive (MB/s), ``--repeat`` times. The relay's CPU seconds per GB and minor
-page faults per MB come from /proc/PID/stat of the relay process (socat or the gateway) before and
-after the stream; the fake server and the client are not counted there.
+Relay phase: interleaved rounds (direct, socat, gateway, ...), a fresh relay process per run, the
+same client doing the same work per run: the RFB handshake, ``--fences`` ClientFence round trips
+(p50 / p99), then ``--mb`` MB of framebuffer updates (MB/s). The headline is the relay's own CPU
+seconds per GB: utime+stime of its whole process tree from /proc, before and after the stream.
 
-    .venv/bin/python bench/relay.py            # about 10 s
-    .venv/bin/python bench/relay.py --quick    # smoke run, under 15 s
+    .venv/bin/python bench/relay.py            # every phase, about 12-15 minutes
+    .venv/bin/python bench/relay.py --quick    # every phase at a tiny scale, under a minute
 """
 
 from __future__ import annotations
