@@ -38,6 +38,8 @@ import relay as rb
 
 HANDSHAKE_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 60.0
+# The gateway says it is full (503) this many times in one batch: it is, stop asking.
+FULL_AFTER_REFUSALS = 100
 
 
 # --- one held session ---------------------------------------------------------------------------
@@ -200,11 +202,13 @@ async def open_many(gw: rb.Gateway, people: list[Person], target: int, in_flight
     t0 = time.perf_counter()
 
     pending = 0  # attempts under way: never more than the goal still needs
+    refused_before = out.refused
 
     async def worker() -> None:
         nonlocal attempts_left, pending
         while (len(out.held) + pending < goal and attempts_left > 0
-               and time.monotonic() < deadline):
+               and time.monotonic() < deadline
+               and out.refused - refused_before < FULL_AFTER_REFUSALS):
             attempts_left -= 1
             person = people[out.attempts % len(people)]
             out.attempts += 1
@@ -439,6 +443,8 @@ PHASES = {"storm": storm_phase, "idle": idle_phase, "shutdown": shutdown_phase}
 def final_summary(s: dict[str, Any], args: argparse.Namespace) -> None:
     """The issue's "Done when" figures, one line each, with the target beside the figure."""
     print("\n== summary (targets in brackets) ==")
+    if args.quick:
+        print("(--quick: a tiny scale that proves every phase runs; its figures judge nothing)")
     storm = s.get("storm")
     if storm:
         for level, r in storm.items():
