@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import html
 import os
 import re
 import signal
@@ -156,6 +157,33 @@ class Opened:
                          for kind, n in self.failed.most_common(4))
 
 
+def page_text(body: str) -> str:
+    """What a person would read of an error page (or a JSON answer), on one line."""
+    body = re.sub(r"(?is)<(head|script|style)\b.*?</\1>", " ", body[:20_000])
+    body = re.sub(r"<[^>]+>", " ", body)
+    return re.sub(r"\s+", " ", html.unescape(body)).strip()[:200]
+
+
+def log_size(gw: rb.Gateway) -> int:
+    with contextlib.suppress(OSError):
+        return (gw.data / "gateway.log").stat().st_size
+    return 0
+
+
+def log_problems(gw: rb.Gateway, since: int = 0, top: int = 3) -> list[str]:
+    """The gateway log's commonest exceptions and errors after byte ``since``, with counts."""
+    found: collections.Counter[str] = collections.Counter()
+    with contextlib.suppress(OSError), open(gw.data / "gateway.log", "rb") as f:
+        f.seek(since)
+        for raw in f.read(50 * rb.MB).decode(errors="replace").splitlines():
+            match = re.search(r"\b(\w+(?:\.\w+)*(?:Error|Exception)\b.*)", raw)
+            if match is None and " ERROR " in raw:
+                match = re.search(r" ERROR (.*)", raw)
+            if match is not None:
+                found[match.group(1).strip()[:160]] += 1
+    return [f"{n} x {line}" for line, n in found.most_common(top)]
+
+
 async def open_one(gw: rb.Gateway, person: Person) -> tuple[Held, float]:
     import aiohttp
 
@@ -165,8 +193,7 @@ async def open_one(gw: rb.Gateway, person: Person) -> tuple[Held, float]:
                 f"/desktops/{gw.desktop_id}/connect", json={"width": 1280, "height": 800},
                 headers={"X-CSRF-Token": person.csrf}) as resp:
             if resp.status != 200:
-                body = (await resp.text())[:300]
-                raise Failed(f"connect HTTP {resp.status}", re.sub(r"\s+", " ", body))
+                raise Failed(f"connect HTTP {resp.status}", page_text(await resp.text()))
             ticket = await resp.json()
         ws = await person.http.ws_connect(
             ticket["ws_url"], origin=gw.url, protocols=("binary",), autoping=True,
@@ -317,6 +344,7 @@ async def storm_phase(args: argparse.Namespace) -> dict[str, Any]:
     print("-" * len(head))
     async with gateway_with_people(args) as (gw, people):
         for in_flight in args.in_flight:
+            since = log_size(gw)
             opened = await open_many(gw, people, args.storm, in_flight, max_attempts=args.storm,
                                      time_limit=600)
             lat = opened.latencies
@@ -328,6 +356,8 @@ async def storm_phase(args: argparse.Namespace) -> dict[str, Any]:
                   flush=True)
             if opened.failed:
                 print(f"          failures: {opened.failure_text()}")
+            for line in log_problems(gw, since):
+                print(f"          gateway log: {line}")
             results[str(in_flight)] = {"attempts": opened.attempts, "opened": len(opened.held),
                                        "failed": opened.failures, "refused": opened.refused,
                                        "why": opened.failure_text()}
@@ -382,6 +412,8 @@ async def idle_phase(args: argparse.Namespace) -> dict[str, Any]:
             total = len(opened.held)
             print(f"end-to-end check: {answered} of {total} held sessions answered a ClientFence "
                   f"through the gateway{'; e.g. ' + example if example else ''}")
+            for line in log_problems(gw):
+                print(f"gateway log: {line}")
         finally:
             await close_all(opened.held)
     return {"levels": levels, "answered": answered, "held": total,
@@ -421,9 +453,7 @@ async def shutdown_phase(args: argparse.Namespace) -> dict[str, Any]:
                 audited.add(match.group(1))
         verify = subprocess.run([rb.deskgate_exe(), "--config", str(gw.config), "audit", "verify"],
                                 capture_output=True, text=True, timeout=120, cwd=rb.REPO)
-        tail = gw.log_tail()
-        problems = sorted({line.strip()[:160] for line in tail.splitlines()
-                           if "Error" in line or "error" in line})[:3]
+        problems = log_problems(gw)
     exited = "did not exit within 60 s (killed)" if code is None else f"exited {code}"
     print(f"gateway {exited} {took:.1f} s after SIGTERM")
     print(f"session rows closed: {closed} of {len(ids)}; session.disconnect audit rows: "
