@@ -20,7 +20,7 @@ same client doing the same work per run: the RFB handshake, ``--fences`` ClientF
 (p50 / p99), then ``--mb`` MB of framebuffer updates (MB/s). The headline is the relay's own CPU
 seconds per GB: utime+stime of its whole process tree from /proc, before and after the stream.
 
-    .venv/bin/python bench/relay.py            # every phase, about 12-15 minutes
+    .venv/bin/python bench/relay.py            # every phase, about 6-8 minutes on 2 CPUs
     .venv/bin/python bench/relay.py --quick    # every phase at a tiny scale, under a minute
 """
 
@@ -746,6 +746,11 @@ def report_relay(runs: list[Run], args: argparse.Namespace) -> dict[str, dict[st
         row(str(r.round), r.path, r.cpu_per_gb, r.mbps, r.rtt_p50, r.rtt_p99, r.faults_per_mb,
             r.client_cpu_per_gb, r.server_cpu_per_gb)
     summary = relay_summary(runs)
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1) / 2:
+        print(f"NOTE: load average {load:.2f} on {os.cpu_count()} CPUs: other work shares the "
+              "cores; MB/s and RTT suffer most, and the relay's CPU/GB drops too (busier "
+              "buffers, fewer and fuller reads). Compare ratios from the same run, at low load.")
     print("-" * len(head))
     for path, s in summary.items():
         row("med", path, s["cpu_per_gb"], s["mbps"], s["rtt_p50"], s["rtt_p99"],
