@@ -838,7 +838,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.mb, args.rounds, args.fences = 32, 1, 100
-        args.storm, args.sessions, args.idle_window = 40, "20,60", 2.0
+        args.storm, args.sessions, args.idle_window = 30, "20,40", 1.5
         args.shutdown_sessions, args.users = 20, 2
     args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
     args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
