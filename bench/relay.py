@@ -813,6 +813,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mb", type=int, default=512, help="MB streamed per relay run (default 512)")
     p.add_argument("--rounds", type=int, default=9,
                    help="interleaved relay rounds (direct, socat, gateway each; default 9)")
+    p.add_argument("--repeat", type=int, dest="rounds", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the former name of --rounds
     p.add_argument("--fences", type=int, default=1000, help="fence round trips per relay run")
     p.add_argument("--paths", default=",".join(PATHS), help="relay paths, comma-separated subset")
     p.add_argument("--socat-buffer", type=int, default=65536, help="socat -b (default: 64 KiB)")
