@@ -41,7 +41,7 @@ class AddressWindow:
     """
 
     def __init__(self, store: Store, kind: str, limit: int, window: float = WINDOW_SECONDS,
-                 clock: Callable[[], float] = time.time, wait: float = 30.0) -> None:
+                 clock: Callable[[], float] = time.time, wait: float = 60.0) -> None:
         self._store = store
         self._kind = kind
         self._limit = limit

@@ -67,4 +67,5 @@ def test_a_frozen_desktop_is_announced_and_recovers(
     page.screenshot(path=str(artifacts / "desktop-responding-again.png"))
     # The same connection works again: typing reaches the xterm.
     type_into_xterm(page, box, r"printf '\033[44m'; clear")
-    wait_for_colour(page, is_ansi_blue, 100_000, "the xterm to turn blue after the desktop woke")
+    wait_for_colour(page, is_ansi_blue, 100_000, "the xterm to turn blue after the desktop woke",
+                    timeout=40)
