@@ -15,7 +15,11 @@ the hard limit of 20,000 this gives 9,468 sessions; ``[relay] max_sessions`` ove
 Above capacity a new connect is refused at once with "the gateway is full" (HTTP 503), and so is
 a websocket that would exceed it meanwhile (close code 1013, "try again later"). A connect holds
 its slot until its websocket opens or its ticket expires, so many connects in flight never
-promise more slots than there are.
+promise more slots than there are. The capacity is counted in descriptors: the client page's
+notification stream (``GET /sessions/{id}/events``) holds one more, so it counts as half a
+session, and when it would not fit it is refused (503) rather than the sessions being starved;
+people working in browsers therefore fill about two thirds of the capacity, load-test clients
+that open no stream all of it.
 
 If the process reaches its descriptor limit anyway (another use of descriptors), asyncio's
 accept loop must not spin: CPython's ``_accept_connection`` (asyncio/selector_events.py) logs
@@ -129,6 +133,7 @@ class Capacity:
         self.fd_limit = fd_limit
         self.hold_seconds = hold_seconds
         self.relays = 0
+        self.streams = 0  # client pages' event streams: one descriptor each
         self.refused = 0
         self._pending = 0  # connects being made now
         self._held: dict[str, float] = {}  # session id -> until (monotonic), oldest first
@@ -151,8 +156,15 @@ class Capacity:
         return cls(capacity, fd_limit=limit, hold_seconds=hold_seconds)
 
     def in_use(self) -> int:
+        """Sessions: relaying, being connected, or connected and waiting for their websocket."""
         self._expire()
         return self.relays + self._pending + len(self._held)
+
+    def fds_in_use(self) -> int:
+        return self.in_use() * FDS_PER_SESSION + self.streams
+
+    def _full(self, fds: int) -> bool:
+        return self.fds_in_use() + fds > self.limit * FDS_PER_SESSION
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -169,7 +181,7 @@ class Capacity:
     def hold(self) -> Iterator[Hold]:
         """A slot for one connect: ``GatewayFull`` when none is free. Kept (``Hold.keep``) it
         waits for the session's websocket; otherwise it is given back on leaving."""
-        if self.in_use() >= self.limit:
+        if self._full(FDS_PER_SESSION):
             raise self._refuse()
         self._pending += 1
         hold = Hold()
@@ -184,7 +196,7 @@ class Capacity:
     def admit(self, session_id: str) -> Slot:
         """The relay of ``session_id`` starts: its connect's slot, else a free one, else
         ``GatewayFull``."""
-        if self._held.pop(session_id, None) is None and self.in_use() >= self.limit:
+        if self._held.pop(session_id, None) is None and self._full(FDS_PER_SESSION):
             raise self._refuse()
         self.relays += 1
         self._idle.clear()
@@ -199,6 +211,22 @@ class Capacity:
             slot.release()
             raise RuntimeError("admit_for_this_task outside a task")
         task.add_done_callback(lambda _task: slot.release())
+
+    def stream_for_this_task(self) -> None:
+        """A client page's event stream (one descriptor, half a session) while the current task
+        runs; ``GatewayFull`` when that would leave no room for the sessions in use."""
+        if self._full(1):
+            raise self._refuse()
+        self.streams += 1
+
+        def done(_task: object) -> None:
+            self.streams -= 1
+
+        task = asyncio.current_task()
+        if task is None:
+            self.streams -= 1
+            raise RuntimeError("stream_for_this_task outside a task")
+        task.add_done_callback(done)
 
     def _relay_done(self) -> None:
         self.relays -= 1

@@ -182,6 +182,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     live = request.app[LIVE].get(session_id)
     if session is None or session.user_id != user.id or live is None or live.watch_of:
         raise NotFound("no such live session")
+    request.app[CAPACITY].stream_for_this_task()  # one descriptor of this node's capacity
     stream = await EventStream.open(request)
     queue = live.listen()
     try:
