@@ -9,6 +9,7 @@ in its own session with the open files limit the test gives, and stopped by its 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -142,7 +143,8 @@ def gateway(data: Path, vnc_port: int, people: int, *,
         finally:
             await store.close()
 
-    asyncio.run(populate())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may run an event loop
+        pool.submit(asyncio.run, populate()).result()
     env = {**os.environ, "DESKGATE_METRICS_METRICS_PORT": str(metrics_port),
            "DESKGATE_SECURITY_IP_THROTTLE_PER_MINUTE": "1000000"}
     log_path = data / "serve.log"
