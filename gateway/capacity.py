@@ -19,7 +19,8 @@ promise more slots than there are. The capacity is counted in descriptors: the c
 notification stream (``GET /sessions/{id}/events``) holds one more, so it counts as half a
 session, and when it would not fit it is refused (503) rather than the sessions being starved;
 people working in browsers therefore fill about two thirds of the capacity, load-test clients
-that open no stream all of it.
+that open no stream all of it. ``max_sessions`` caps the sessions only; the descriptor budget
+stays what the limit allows.
 
 If the process reaches its descriptor limit anyway (another use of descriptors), asyncio's
 accept loop must not spin: CPython's ``_accept_connection`` (asyncio/selector_events.py) logs
@@ -129,8 +130,9 @@ class Capacity:
     has not opened yet (each for at most ``hold_seconds``, the ticket's lifetime)."""
 
     def __init__(self, limit: int, *, fd_limit: int, hold_seconds: float) -> None:
-        self.limit = limit
+        self.limit = limit  # sessions
         self.fd_limit = fd_limit
+        self.fd_budget = fd_limit - reserve_fds(fd_limit)  # for sessions and event streams
         self.hold_seconds = hold_seconds
         self.relays = 0
         self.streams = 0  # client pages' event streams: one descriptor each
@@ -164,7 +166,11 @@ class Capacity:
         return self.in_use() * FDS_PER_SESSION + self.streams
 
     def _full(self, fds: int) -> bool:
-        return self.fds_in_use() + fds > self.limit * FDS_PER_SESSION
+        """No room for ``fds`` more: a session (sessions at the limit, or descriptors) or an
+        event stream (descriptors)."""
+        if fds >= FDS_PER_SESSION and self.in_use() >= self.limit:
+            return True
+        return self.fds_in_use() + fds > self.fd_budget
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -16,17 +16,60 @@ import pytest
 import requests
 from crowd import Gateway, browsers, click_connect, gateway, open_relay, shared_xvnc
 
-from gateway.capacity import reserve_fds, session_capacity
+from gateway.capacity import Capacity, reserve_fds, session_capacity
+from gateway.errors import GatewayFull
 
 HARD_LIMIT = 256
 CAPACITY = session_capacity(HARD_LIMIT)
 FULL = "the gateway is full; try again later"
+RESERVE = reserve_fds(6 + 64)  # a limit whose budget is 6 descriptors: 64 + 70 // 20 = 67
 
 
 def test_the_formula() -> None:
     assert reserve_fds(HARD_LIMIT) == 64 + 256 // 20
     assert CAPACITY == (256 - 76) // 2 == 90
     assert session_capacity(20_000) == 9_468
+
+
+async def test_holds_streams_and_relays_share_the_descriptors() -> None:
+    capacity = Capacity(3, fd_limit=RESERVE + 6, hold_seconds=0.05)
+    assert capacity.fd_budget == 6
+
+    async def relay(session_id: str, done: asyncio.Event) -> None:
+        capacity.admit_for_this_task(session_id)
+        await done.wait()
+
+    with capacity.hold() as hold:
+        hold.keep("s1")
+    leave = asyncio.Event()
+    first = asyncio.create_task(relay("s1", leave))  # takes its connect's place
+    await asyncio.sleep(0)
+    assert (capacity.relays, capacity.in_use()) == (1, 1)
+    with capacity.hold() as hold:  # a connect that fails gives its place back
+        pass
+    assert capacity.in_use() == 1
+
+    async def stream(done: asyncio.Event) -> None:
+        capacity.stream_for_this_task()
+        await done.wait()
+
+    streams = [asyncio.create_task(stream(leave)) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert capacity.fds_in_use() == 4
+    with capacity.hold() as hold:  # 4 + 2 = 6: fits
+        hold.keep("s2")
+    with pytest.raises(GatewayFull), capacity.hold():  # descriptors, not sessions, are out
+        pass
+    with pytest.raises(GatewayFull):
+        capacity.stream_for_this_task()
+    await asyncio.sleep(0.1)  # s2's websocket never came: its place expires with its ticket
+    assert capacity.in_use() == 1
+    leave.set()
+    await asyncio.gather(first, *streams)
+    await asyncio.sleep(0)
+    assert (capacity.relays, capacity.streams, capacity.fds_in_use()) == (0, 0, 0)
+    assert await capacity.drained(1)
+    assert capacity.refused == 2
 
 
 @pytest.fixture
