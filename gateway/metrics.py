@@ -25,7 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from .audit import AuditKind
-from .capacity import Capacity, open_fds
+from .capacity import BackoffListener, Capacity, open_fds
 from .errors import (
     WS_ACCOUNT_DISABLED,
     WS_ADMIN_DISCONNECT,
@@ -279,7 +279,7 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         runner = web.AppRunner(site_app, access_log=None)
         await runner.setup()
         for sock in sockets:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, BackoffListener.wrap(sock)).start()
         log.info("metrics on http://%s/metrics", address(settings.metrics_host,
                                                            settings.metrics_port))
     try:
