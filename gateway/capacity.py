@@ -27,9 +27,9 @@ accept loop must not spin: CPython's ``_accept_connection`` (asyncio/selector_ev
 "socket.accept() out of system resource", pauses the listener and schedules a retry in
 ``ACCEPT_RETRY_DELAY`` (1 s) — but then carries on with the next of its ``backlog`` accepts in
 the same round, each failing, logging and scheduling one more retry. The retries multiply, and
-the log with them (python/cpython#151615). ``BackoffListener`` ends such a round after its first failure (one retry per
-second, one accept call), and ``AcceptErrorLog`` lets one such log line a minute through, with
-the count of those it held back.
+the log with them (python/cpython#151615). ``BackoffListener`` ends such a round after its first
+failure (one retry per second, one accept call), and ``AcceptErrorLog`` lets one such log line a
+minute through, with the count of those it held back.
 """
 
 from __future__ import annotations
