@@ -97,7 +97,7 @@ async def test_connects_past_capacity_are_refused_and_the_gateway_stays_well(
 
         admitted = [(b, a) for (b, _), (s, a) in zip(people, answers, strict=True) if s == 200]
         refused = [(b, c) for (b, c), (s, _) in zip(people, answers, strict=True) if s == 503]
-        opening = asyncio.Semaphore(16)  # the one test Xvnc handshakes one client at a time
+        opening = asyncio.Semaphore(4)  # the one test Xvnc handshakes one client at a time
 
         async def relay(b: aiohttp.ClientSession, answer: dict) -> aiohttp.ClientWebSocketResponse:  # type: ignore[type-arg]
             async with opening:
@@ -128,7 +128,7 @@ async def test_connects_past_capacity_are_refused_and_the_gateway_stays_well(
     log = gw.log()
     assert "out of system resource" not in log
     assert "Traceback" not in log
-    assert len(log.splitlines()) < 5 * (CAPACITY + 10), log[-3000:]
+    assert len(log.splitlines()) < 20 * (CAPACITY + 10), log[-3000:]  # no line floods
 
 
 def test_at_the_descriptor_limit_the_listener_backs_off_quietly(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ async def test_sigterm_with_live_sessions_closes_each_with_its_reason_and_audit(
         async with browsers(gw, SESSIONS) as people:
             answers = await asyncio.gather(*(click_connect(gw, b, csrf) for b, csrf in people))
             assert [s for s, _ in answers] == [200] * SESSIONS, answers[:3]
-            opening = asyncio.Semaphore(int(os.environ.get("SHUTDOWN_OPENING", "16")))
+            opening = asyncio.Semaphore(int(os.environ.get("SHUTDOWN_OPENING", "4")))
 
             async def relay(b: aiohttp.ClientSession, answer: dict  # type: ignore[type-arg]
                             ) -> aiohttp.ClientWebSocketResponse:
