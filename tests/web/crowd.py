@@ -32,6 +32,8 @@ from gateway.crypto import hash_password
 from gateway.providers.xvnc import free_display
 from gateway.store.sqlite import SQLiteStore
 
+XVNC_PIDS: dict[int, int] = {}  # port -> pid of the Xvnc that shared_xvnc started
+
 
 @contextlib.contextmanager
 def shared_xvnc(folder: Path) -> Iterator[int]:
@@ -55,8 +57,10 @@ def shared_xvnc(folder: Path) -> Iterator[int]:
                 pass
             assert xvnc.poll() is None and time.monotonic() < deadline, "Xvnc did not start"
             time.sleep(0.05)
+        XVNC_PIDS[port] = xvnc.pid
         yield port
     finally:
+        XVNC_PIDS.pop(port, None)
         xvnc.terminate()
         xvnc.wait(10)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from crowd import browsers, click_connect, gateway, open_relay, shared_xvnc
+from crowd import XVNC_PIDS, browsers, click_connect, gateway, open_relay, shared_xvnc
 
 from gateway.config import load_settings
 from gateway.model import SessionState
@@ -74,6 +76,50 @@ async def test_sigterm_with_live_sessions_closes_each_with_its_reason_and_audit(
         kinds = [e.kind for e in await store.list_audit(limit=SESSIONS * 10)]
         assert kinds.count("session.connect") == SESSIONS
         assert kinds.count("session.disconnect") == SESSIONS
+    finally:
+        await store.close()
+    verify = gw.cli("audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+async def test_sigterm_while_relays_wait_for_a_frozen_desktop_still_closes_their_books(
+        tmp_path: Path) -> None:
+    """Relays that outlast aiohttp's own shutdown wait (5 s): here they wait for a desktop that
+    stopped answering (a stopped Xvnc) up to the connect timeout (10 s). The store stays open
+    until each has recorded how it ended."""
+    with shared_xvnc(tmp_path) as vnc_port, gateway(tmp_path / "data", vnc_port, 10) as gw:
+        xvnc_pid = XVNC_PIDS[vnc_port]
+        async with browsers(gw, 10) as people:
+            answers = await asyncio.gather(*(click_connect(gw, b, csrf) for b, csrf in people))
+            assert [s for s, _ in answers] == [200] * 10, answers[:3]
+            working = [await open_relay(gw, b, a) for (b, _), (_, a) in zip(
+                people[:5], answers[:5], strict=True)]
+            os.kill(xvnc_pid, signal.SIGSTOP)  # the desktop freezes
+            try:
+                waiting = [await b.ws_connect(gw.base + a["ws_url"], origin=gw.base,
+                                              protocols=("binary",))
+                           for (b, _), (_, a) in zip(people[5:], answers[5:], strict=True)]
+                await asyncio.sleep(1)  # their relays are now waiting for the desktop's banner
+                readers = [asyncio.create_task(_read_until_closed(ws))
+                           for ws in working + waiting]
+                status = await asyncio.to_thread(gw.stop, 90)
+                await asyncio.gather(*readers)
+            finally:
+                os.kill(xvnc_pid, signal.SIGCONT)
+        assert status == 0, gw.log()[-3000:]
+
+    log = gw.log()
+    assert "no active connection" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    store = SQLiteStore(load_settings(gw.config, env={}).database_path)
+    await store.open()
+    try:
+        rows = await store.list_sessions(limit=20)
+        assert len(rows) == 10
+        assert Counter((s.state, s.close_reason) for s in rows) == {
+            (SessionState.CLOSED, REASON): 5, (SessionState.FAILED, REASON): 5}, rows
+        kinds = Counter(e.kind for e in await store.list_audit(limit=200))
+        assert (kinds["session.disconnect"], kinds["session.failed"]) == (5, 5), kinds
     finally:
         await store.close()
     verify = gw.cli("audit", "verify")
