@@ -23,6 +23,7 @@ from .auth.oidc import OidcClient
 from .auth.sessions import WebSessions
 from .auth.totp import TotpFactor
 from .broker import Broker, Providers, stored_passwords
+from .capacity import Capacity
 from .config import Settings
 from .crypto import SecretBox
 from .errors import WS_GOING_AWAY, ConfigError
@@ -31,6 +32,7 @@ from .keys import (
     ADMIN,
     AUDIT,
     BROKER,
+    CAPACITY,
     EVENTS,
     LIVE,
     PROVIDERS,
@@ -127,6 +129,11 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # The relays' close bookkeeping (session rows, audit) needs the store: normally it has
+        # finished in _close_websockets; a relay still closing now gets its last moments.
+        if not await app[CAPACITY].drained(_LAST_CLOSE_SECONDS):
+            log.warning("%d sessions were still closing when the database closed",
+                        app[CAPACITY].relays)
         await bridges.close()
         await providers.close()
         await store.close()
@@ -171,14 +178,28 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+# Shutdown, in order: aiohttp stops the listeners; _close_websockets ends every relay and waits
+# (at most SHUTDOWN_GRACE_SECONDS) for each to close its session row and write its audit event;
+# then aiohttp waits for (and then cancels) the remaining requests; only then do the cleanup
+# contexts close the store.
+SHUTDOWN_GRACE_SECONDS = 30.0
+_LAST_CLOSE_SECONDS = 5.0
+
+
 async def _close_websockets(app: web.Application) -> None:
     """Relays first, through their sessions, so that each is recorded as ended by the shutdown;
-    then any other websocket."""
+    then any other websocket; then wait until every relay has finished its clean-up."""
     app[SHUTTING_DOWN].set()
+    if len(app[LIVE]):
+        log.info("shutting down: ending %d sessions", len(app[LIVE]))
+    # All at once: each close waits for its browser's answer (bounded by the socket's timeout).
     await app[LIVE].end_all(WS_GOING_AWAY, SHUTDOWN, final=False)
-    for ws in [*app[WEBSOCKETS]]:
-        if not ws.closed:
-            await ws.close(code=WS_GOING_AWAY, message=SHUTDOWN.encode())
+    await asyncio.gather(*(ws.close(code=WS_GOING_AWAY, message=SHUTDOWN.encode())
+                           for ws in [*app[WEBSOCKETS]] if not ws.closed),
+                         return_exceptions=True)
+    if not await app[CAPACITY].drained(SHUTDOWN_GRACE_SECONDS):
+        log.warning("%d sessions did not finish closing in %.0f s", app[CAPACITY].relays,
+                    SHUTDOWN_GRACE_SECONDS)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -192,6 +213,7 @@ def create_app(settings: Settings) -> web.Application:
     app[LIVE] = LiveSessions()
     app[EVENTS] = EventBus()
     app[SHUTTING_DOWN] = asyncio.Event()
+    app[CAPACITY] = Capacity.for_process(settings.max_sessions, settings.ticket_ttl_seconds)
     # Autoescaping keeps outside text from becoming HTML; page_value keeps its control
     # characters (bidi overrides, escapes, line breaks) from reordering or hiding what is shown.
     templates = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),

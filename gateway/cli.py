@@ -19,6 +19,7 @@ from pathlib import Path
 from .admin import AdminService
 from .audit import verify_chain
 from .broker import Providers
+from .capacity import AcceptErrorLog, BackoffListener, raise_fd_limit
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .crypto import new_token
 from .errors import BadRequest, GatewayError
@@ -130,8 +131,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Bound before anything starts or logs: a busy port is one clear line naming its setting.
     sockets = bind(host, port, port_setting="--port" if args.port else "server.port",
                    host_setting="--host" if args.host else "server.host")
-    logging.getLogger("deskgate").info("Deskgate on %s (listening on %s)", settings.public_url,
-                                       address(host, port))
+    # Descriptors bound the sessions this process relays (gateway/capacity.py): take all the
+    # hard limit allows; at the limit the listener backs off and says so once a minute.
+    before, after = raise_fd_limit()
+    logging.getLogger("asyncio").addFilter(AcceptErrorLog())
+    sockets = [BackoffListener.wrap(sock) for sock in sockets]
+    logging.getLogger("deskgate").info("Deskgate on %s (listening on %s; open files limit %d%s)",
+                                       settings.public_url, address(host, port), after,
+                                       f", raised from {before}" if after > before else "")
     web.run_app(create_app(settings), sock=sockets, print=None, access_log=None,
                 shutdown_timeout=5)
     return 0

@@ -79,6 +79,7 @@ class Settings:
     max_clipboard_bytes: int = 1 << 20
     max_sessions_per_user: int = 4  # desktop connections one person may hold open at once
     desktop_unresponsive_seconds: float = 10.0  # silence, then as long for a probe: "not responding"
+    max_sessions: int = 0  # 0: as many as the open files limit allows (gateway/capacity.py)
     # [rdp]
     rdp_max_bridges: int = 20
     rdp_grace_seconds: float = 60.0
@@ -142,7 +143,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir",
                  "stop_desktops_on_exit"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes", "max_sessions_per_user",
-              "desktop_unresponsive_seconds"),
+              "desktop_unresponsive_seconds", "max_sessions"),
     "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials", "rdp_display_base",
             "rdp_logon_timeout_seconds"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
@@ -266,6 +267,8 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{section}.{name} must be an X display number from 1 to {MAX_DISPLAY_BASE}")
     if not 0 < s.rdp_logon_timeout_seconds <= 600:
         raise ConfigError("rdp.rdp_logon_timeout_seconds must be above 0 and at most 600")
+    if s.max_sessions < 0:
+        raise ConfigError("relay.max_sessions cannot be negative (0: as the open files limit allows)")
     if not 0 <= s.metrics_port < 65536:
         raise ConfigError("metrics.metrics_port must be between 0 (off) and 65535")
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",

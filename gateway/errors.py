@@ -17,6 +17,7 @@ WS_INVALID_TEXT = 1007
 WS_POLICY = 1008
 WS_MESSAGE_TOO_BIG = 1009
 WS_INTERNAL = 1011
+WS_TRY_AGAIN_LATER = 1013
 WS_UNAUTHORIZED = 4001
 WS_FORBIDDEN = 4003
 WS_NOT_FOUND = 4004
@@ -186,6 +187,14 @@ class StoreBusy(GatewayError):
 
     http_status = 503
     reason = "the gateway is busy; try again in a moment"
+
+
+class GatewayFull(GatewayError):
+    """This node relays as many sessions as its file descriptors allow (gateway/capacity.py)."""
+
+    http_status = 503
+    ws_code = WS_TRY_AGAIN_LATER
+    reason = "the gateway is full; try again later"
 
 
 class ConfigError(GatewayError):

@@ -11,6 +11,7 @@ from aiohttp import web
 from .admin import AdminService
 from .audit import Audit
 from .broker import Broker, Providers
+from .capacity import Capacity
 from .config import Settings
 from .events import EventBus
 from .live import LiveSessions
@@ -31,5 +32,6 @@ TICKETS = web.AppKey("tickets", TicketBook)
 LIVE = web.AppKey("live", LiveSessions)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 BROKER = web.AppKey("broker", Broker)
+CAPACITY = web.AppKey("capacity", Capacity)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")

@@ -25,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from .audit import AuditKind
+from .capacity import BackoffListener, Capacity, open_fds
 from .errors import (
     WS_ACCOUNT_DISABLED,
     WS_ADMIN_DISCONNECT,
@@ -43,13 +44,14 @@ from .errors import (
     WS_PROTOCOL,
     WS_SESSION_EXPIRED,
     WS_SIGNED_OUT,
+    WS_TRY_AGAIN_LATER,
     WS_UNAUTHORIZED,
     WS_UNSUPPORTED_DATA,
     WS_UPSTREAM_AUTH,
     WS_UPSTREAM_CLOSED,
     WS_UPSTREAM_UNREACHABLE,
 )
-from .keys import ADMIN, AUDIT, BROKER, LIVE, SETTINGS
+from .keys import ADMIN, AUDIT, BROKER, CAPACITY, LIVE, SETTINGS
 from .listen import address, bind
 from .live import LiveSessions
 from .model import Desktop
@@ -75,7 +77,7 @@ _CLOSE_CATEGORIES = {
     WS_NOT_FOUND: "refused", WS_PROTOCOL: "protocol_error", WS_FRAME_ERROR: "protocol_error",
     WS_UNSUPPORTED_DATA: "protocol_error", WS_INVALID_TEXT: "protocol_error",
     WS_MESSAGE_TOO_BIG: "protocol_error", WS_POLICY: "protocol_error",
-    WS_INPUT_LIMIT: "input_limit", WS_INTERNAL: "error",
+    WS_INPUT_LIMIT: "input_limit", WS_INTERNAL: "error", WS_TRY_AGAIN_LATER: "refused",
 }
 
 
@@ -122,6 +124,8 @@ class _LiveCollector(Collector):
         relayed.add_metric(["up"], up)
         relayed.add_metric(["down"], down)
         yield relayed
+        if m.capacity is not None:
+            yield from _capacity_figures(m.capacity)
         if m.bridges is not None:
             bridges, rss_bytes, cpu_seconds = m.bridges.totals()
             count = GaugeMetricFamily("deskgate_rdp_bridges", "RDP bridges running on this node")
@@ -137,11 +141,33 @@ class _LiveCollector(Collector):
             yield cpu
 
 
+def _capacity_figures(capacity: Capacity) -> Iterable[Any]:
+    """This node's session capacity (gateway/capacity.py) and its use."""
+    figures: list[tuple[str, str, float | None]] = [
+        ("deskgate_session_capacity", "Sessions this node relays at most (open files limit,"
+         " or relay.max_sessions)", capacity.limit),
+        ("deskgate_sessions_in_use", "Capacity in use: relays (watches included) and connects"
+         " waiting for their websocket", capacity.in_use()),
+        ("deskgate_open_fds", "File descriptors this process has open", open_fds()),
+        ("deskgate_fd_limit", "This process's open files limit (soft)", capacity.fd_limit),
+    ]
+    for name, text, value in figures:
+        if value is not None:
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], value)
+            yield gauge
+    refused = CounterMetricFamily("deskgate_sessions_refused_full",
+                                  "Connects and websockets refused: the gateway is full")
+    refused.add_metric([], capacity.refused)
+    yield refused
+
+
 class Metrics:
     """The application's registry and the few calls that feed it."""
 
     def __init__(self, live: LiveSessions) -> None:
         self.live = live
+        self.capacity: Capacity | None = None
         self.bridges: RdpBridges | None = None  # set once the app's state is open
         self.registry = CollectorRegistry()
         self.closed_bytes_up = 0
@@ -253,7 +279,7 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         runner = web.AppRunner(site_app, access_log=None)
         await runner.setup()
         for sock in sockets:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, BackoffListener.wrap(sock)).start()
         log.info("metrics on http://%s/metrics", address(settings.metrics_host,
                                                            settings.metrics_port))
     try:
@@ -267,5 +293,6 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 def install(app: web.Application) -> None:
     """Wire metrics into ``app``: the registry under ``METRICS``, the route, the lifetime."""
     app[METRICS] = Metrics(app[LIVE])
+    app[METRICS].capacity = app[CAPACITY]
     add_routes(app)
     app.cleanup_ctx.append(metrics_ctx)

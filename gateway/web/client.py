@@ -40,7 +40,17 @@ from ..errors import (
     UnsupportedData,
     UpstreamAuthFailed,
 )
-from ..keys import BROKER, EVENTS, LIVE, SERVICES, SETTINGS, SHUTTING_DOWN, STORE, WEBSOCKETS
+from ..keys import (
+    BROKER,
+    CAPACITY,
+    EVENTS,
+    LIVE,
+    SERVICES,
+    SETTINGS,
+    SHUTTING_DOWN,
+    STORE,
+    WEBSOCKETS,
+)
 from ..live import LiveSession
 from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
 from ..model import RelayCounters, User, WebSession, WebSessionState
@@ -102,9 +112,12 @@ async def connect(request: web.Request) -> web.StreamResponse:
     ws, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
     width, height, retry_of = await _connect_body(request)
-    session, ticket = await request.app[BROKER].connect(
-        user, ws, _desktop_id(request), client_ip(request), user_agent(request),
-        width, height, retry_of=retry_of)
+    # A slot of this node's capacity (gateway/capacity.py), kept for the session's websocket.
+    with request.app[CAPACITY].hold() as hold:
+        session, ticket = await request.app[BROKER].connect(
+            user, ws, _desktop_id(request), client_ip(request), user_agent(request),
+            width, height, retry_of=retry_of)
+        hold.keep(session.id)
     return web.json_response({
         "session_id": session.id,
         "ws_url": f"/ws/sessions/{session.id}?ticket={quote(ticket)}",
@@ -169,6 +182,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     live = request.app[LIVE].get(session_id)
     if session is None or session.user_id != user.id or live is None or live.watch_of:
         raise NotFound("no such live session")
+    request.app[CAPACITY].stream_for_this_task()  # one descriptor of this node's capacity
     stream = await EventStream.open(request)
     queue = live.listen()
     try:
@@ -334,6 +348,8 @@ async def _admission(request: web.Request, admit: Admit
     ticket = request.query.get("ticket", "")
     if len(ticket) > 200:
         raise BadRequest("malformed ticket")
+    # Capacity: this session's slot from its connect, else a free one, else "full".
+    app[CAPACITY].admit_for_this_task(request.match_info.get("session_id", "")[:64])
     admission = await admit(request, user, web_session, ticket)
     watched = app[LIVE].get(admission.watch_of) if admission.watch_of else None
     if admission.watch_of and watched is None:

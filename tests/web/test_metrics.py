@@ -110,6 +110,7 @@ def test_label_sets_are_bounded() -> None:
     assert close_category(4030, "anything an admin typed") == "admin"
     assert close_category(1000, "the connection to the browser was lost") == "browser_lost"
     assert close_category(1000, "closed by the user") == "user"
+    assert close_category(1013, "the gateway is full; try again later") == "refused"
     assert close_category(4999, "?") == "other"
     assert signin_failure_category(AuditKind.SIGNIN_FAILED, "idp corp: bad nonce") == "sso"
     assert signin_failure_category(AuditKind.SIGNIN_FAILED, "something new") == "other"
