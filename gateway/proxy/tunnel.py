@@ -363,11 +363,18 @@ async def _pump_up(
 
 async def _watch_desktop(stream: _DesktopStream, after: float,
                          on_responding: Callable[[bool], None] | None) -> None:
-    """Probe a silent desktop with one pixel; report when it stops and starts answering."""
+    """Probe a silent desktop with one pixel; report when it stops and starts answering.
+
+    Wakes only when something can be due (``after`` s from the desktop's last bytes or from the
+    probe, at the earliest in a quarter of ``after``): about once per ``after`` for an idle
+    desktop, not every second, so that thousands of idle relays cost few wake-ups."""
     responding = True
     probe_at: float | None = None
+    step = after / 4
     while True:
-        await asyncio.sleep(min(1.0, after / 4))
+        now = time.monotonic()
+        due = stream.last_received + after if probe_at is None else probe_at + after
+        await asyncio.sleep(max(step, due - now))
         now = time.monotonic()
         if stream.paused:  # a slow browser, not a silent desktop
             probe_at = None
