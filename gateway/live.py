@@ -26,6 +26,8 @@ from .store import Store
 
 ACCOUNT_DISABLED = "your account was disabled"
 SIGNED_OUT = "you were signed out"
+# What a LiveSession's listeners get once it is no longer live (never sent to a browser).
+ENDED: dict[str, Any] = {"type": "ended"}
 
 log = logging.getLogger("deskgate.live")
 
@@ -118,7 +120,9 @@ class LiveSessions:
         self._live[live.session_id] = live
 
     def remove(self, session_id: str) -> None:
-        self._live.pop(session_id, None)
+        live = self._live.pop(session_id, None)
+        if live is not None:
+            live.notify(ENDED)  # its listeners stop waiting
 
     def get(self, session_id: str) -> LiveSession | None:
         return self._live.get(session_id)

@@ -40,13 +40,13 @@ from ..errors import (
     UpstreamAuthFailed,
 )
 from ..keys import BROKER, EVENTS, LIVE, SERVICES, SETTINGS, SHUTTING_DOWN, STORE, WEBSOCKETS
-from ..live import LiveSession
+from ..live import ENDED, LiveSession
 from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
 from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
-from .sse import EventStream
+from .sse import HEARTBEAT_SECONDS, EventStream
 from .wsframes import RelayWebSocket
 
 log = logging.getLogger("deskgate.session")
@@ -173,14 +173,18 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         await stream.send({"type": "watched", "watchers": live.watchers})
         if not live.responding:  # a page that (re)opens while the desktop is not answering
             await stream.send({"type": "desktop", "responding": False})
+        # Woken by an event, by the session's end (ENDED, also on shutdown) or for a heartbeat;
+        # a browser that left is found by the next write.
         while stream.open_for(request.app[SHUTTING_DOWN]) and request.app[LIVE].get(
                 session_id) is live:
             try:
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
                     event = await queue.get()
             except TimeoutError:
                 await stream.heartbeat()
                 continue
+            if event is ENDED:
+                break
             await stream.send(event)
     except ConnectionError:
         pass  # the browser went away
