@@ -252,9 +252,10 @@ class WebSocketChannel:
             if self._on_rtt is not None:
                 self._on_rtt((time.monotonic() - self._sent_at) * 1000.0)
 
-    def start_pings(self, interval: float = PING_INTERVAL) -> None:
-        """PING now, then every ``interval`` s, on one timer handle, until ``stop_pings``."""
-        self._ping(asyncio.get_running_loop(), interval)
+    def start_pings(self, interval: float | None = None) -> None:
+        """PING now, then every ``interval`` s (``PING_INTERVAL``), on one timer handle, until
+        ``stop_pings``."""
+        self._ping(asyncio.get_running_loop(), PING_INTERVAL if interval is None else interval)
 
     def stop_pings(self) -> None:
         if self._timer is not None:
