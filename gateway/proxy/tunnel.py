@@ -240,6 +240,36 @@ async def _session(
     on_responding: Callable[[bool], None] | None = None,
     unresponsive_after: float = UNRESPONSIVE_AFTER,
 ) -> None:
+    # The handshakes run in a frame of their own, so that nothing of them is kept for the
+    # session's life (thousands of idle sessions).
+    started = await _handshakes(channel, stream, endpoint, counters, timeout, on_ready)
+    if started is None:
+        return
+    remainder = started[0]
+    del started
+    parser = ClientMessageParser(policy)
+    budget = InputBudget(policy)
+    watch = _DesktopWatch(stream, unresponsive_after, on_responding)
+    watch.start()
+    try:
+        await _relay(
+            _pump_down(stream, channel, counters),
+            _pump_up(channel, stream, parser, counters, remainder, on_resize, budget),
+        )
+    finally:
+        watch.stop()
+
+
+async def _handshakes(
+    channel: ClientChannel,
+    stream: _DesktopStream,
+    endpoint: Endpoint,
+    counters: RelayCounters,
+    timeout: float,
+    on_ready: Callable[[str], None] | None,
+) -> tuple[bytes | None] | None:
+    """Both RFB handshakes, ServerInit forwarded; (the browser's bytes after its handshake,);
+    None when the browser left during its handshake."""
     desktop = DesktopHandshake(endpoint.password)
     await _desktop_until(stream, desktop, lambda: desktop.authenticated, timeout)
 
@@ -251,7 +281,7 @@ async def _session(
             while not browser.done:
                 data = await channel.receive()
                 if data is None:
-                    return
+                    return None
                 reply = browser.feed(data)
                 if reply:
                     await channel.send(reply)
@@ -266,18 +296,7 @@ async def _session(
     counters.bytes_down += len(first)
     if on_ready is not None:
         on_ready(desktop.server_init.name)
-
-    parser = ClientMessageParser(policy)
-    budget = InputBudget(policy)
-    watch = _DesktopWatch(stream, unresponsive_after, on_responding)
-    watch.start()
-    try:
-        await _relay(
-            _pump_down(stream, channel, counters),
-            _pump_up(channel, stream, parser, counters, browser.remainder(), on_resize, budget),
-        )
-    finally:
-        watch.stop()
+    return (browser.remainder(),)
 
 
 async def _connect(endpoint: Endpoint, timeout: float) -> _DesktopStream:
