@@ -26,11 +26,13 @@ from .store import Store
 
 ACCOUNT_DISABLED = "your account was disabled"
 SIGNED_OUT = "you were signed out"
+# What a LiveSession's listeners get once it is no longer live (never sent to a browser).
+ENDED: dict[str, Any] = {"type": "ended"}
 
 log = logging.getLogger("deskgate.live")
 
 
-@dataclass
+@dataclass(slots=True)
 class LiveSession:
     session_id: str
     web_session_id: str
@@ -53,7 +55,7 @@ class LiveSession:
     user_id: int = 0
     responding: bool = True  # False while the desktop does not answer
     _last_sample: tuple[float, int, int] | None = None
-    _listeners: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
+    _listeners: set[asyncio.Queue[dict[str, Any]]] | None = None  # made on the first listen()
 
     async def end(self, code: int, reason: str, *, final: bool) -> None:
         if self.end_reason is None:
@@ -68,17 +70,20 @@ class LiveSession:
 
     def notify(self, event: dict[str, Any]) -> None:
         """Tell the person's client something (an admin message, "being watched")."""
-        for queue in self._listeners:
+        for queue in self._listeners or ():
             if queue.qsize() < 100:
                 queue.put_nowait(event)
 
     def listen(self) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        if self._listeners is None:
+            self._listeners = set()
         self._listeners.add(queue)
         return queue
 
     def unlisten(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        self._listeners.discard(queue)
+        if self._listeners is not None:
+            self._listeners.discard(queue)
 
     def sample(self, now: float) -> None:
         """Update the throughput figures from the byte counters."""
@@ -115,7 +120,9 @@ class LiveSessions:
         self._live[live.session_id] = live
 
     def remove(self, session_id: str) -> None:
-        self._live.pop(session_id, None)
+        live = self._live.pop(session_id, None)
+        if live is not None:
+            live.notify(ENDED)  # its listeners stop waiting
 
     def get(self, session_id: str) -> LiveSession | None:
         return self._live.get(session_id)
@@ -135,24 +142,38 @@ class LiveSessions:
                     expiry: Callable[[WebSession, float], str | None]) -> None:
         """End relays whose web session is gone or expired, each with the reason; keep working
         people's web sessions alive. ``expiry(web_session, now)`` says "idle", "lifetime" or
-        None (still valid)."""
-        for live in self:
-            ws = await store.get_web_session(live.web_session_id)
-            ended = None if ws is None else expiry(ws, now)
+        None (still valid).
+
+        A fixed number of statements per sweep however many relays run: one read of their web
+        sessions, one of their users only when some web session is gone, one keep-alive write.
+        """
+        lives = list(self)
+        if not lives:
+            return
+        sessions = await store.get_web_sessions({live.web_session_id for live in lives})
+        gone = [live for live in lives if live.web_session_id not in sessions]
+        disabled = await store.disabled_or_gone_users({live.user_id for live in gone})
+        seen: dict[str, float] = {}
+        ends: list[tuple[LiveSession, int, str]] = []
+        for live in lives:
+            ws = sessions.get(live.web_session_id)
             if ws is None:
-                user = await store.get_user(live.user_id)
-                if user is None or user.disabled:
-                    code, reason = WS_ACCOUNT_DISABLED, ACCOUNT_DISABLED
+                if live.user_id in disabled:
+                    ends.append((live, WS_ACCOUNT_DISABLED, ACCOUNT_DISABLED))
                 else:
-                    code, reason = WS_SIGNED_OUT, SIGNED_OUT
-            elif ended == "idle":
-                code, reason = WS_IDLE, "you were signed out after a time without any input"
-            elif ended is not None:
-                code, reason = WS_SESSION_EXPIRED, "your sign-in expired; sign in again"
-            else:
-                if live.counters.last_input > ws.last_seen:
-                    await store.touch_web_session(ws.id, min(now, live.counters.last_input))
+                    ends.append((live, WS_SIGNED_OUT, SIGNED_OUT))
                 continue
+            ended = expiry(ws, now)
+            if ended == "idle":
+                ends.append((live, WS_IDLE, "you were signed out after a time without any input"))
+            elif ended is not None:
+                ends.append((live, WS_SESSION_EXPIRED, "your sign-in expired; sign in again"))
+            elif live.counters.last_input > ws.last_seen:
+                last = min(now, live.counters.last_input)
+                seen[ws.id] = max(seen.get(ws.id, 0.0), last)
+        if seen:
+            await store.touch_web_sessions(seen)
+        for live, code, reason in ends:
             log.info("[user=%s session=%s] %s", live.user_name, live.session_id, reason)
             await live.end(code, reason, final=True)
 

@@ -240,6 +240,36 @@ async def _session(
     on_responding: Callable[[bool], None] | None = None,
     unresponsive_after: float = UNRESPONSIVE_AFTER,
 ) -> None:
+    # The handshakes run in a frame of their own, so that nothing of them is kept for the
+    # session's life (thousands of idle sessions).
+    started = await _handshakes(channel, stream, endpoint, counters, timeout, on_ready)
+    if started is None:
+        return
+    remainder = started[0]
+    del started
+    parser = ClientMessageParser(policy)
+    budget = InputBudget(policy)
+    watch = _DesktopWatch(stream, unresponsive_after, on_responding)
+    watch.start()
+    try:
+        await _relay(
+            _pump_down(stream, channel, counters),
+            _pump_up(channel, stream, parser, counters, remainder, on_resize, budget),
+        )
+    finally:
+        watch.stop()
+
+
+async def _handshakes(
+    channel: ClientChannel,
+    stream: _DesktopStream,
+    endpoint: Endpoint,
+    counters: RelayCounters,
+    timeout: float,
+    on_ready: Callable[[str], None] | None,
+) -> tuple[bytes | None] | None:
+    """Both RFB handshakes, ServerInit forwarded; (the browser's bytes after its handshake,);
+    None when the browser left during its handshake."""
     desktop = DesktopHandshake(endpoint.password)
     await _desktop_until(stream, desktop, lambda: desktop.authenticated, timeout)
 
@@ -251,7 +281,7 @@ async def _session(
             while not browser.done:
                 data = await channel.receive()
                 if data is None:
-                    return
+                    return None
                 reply = browser.feed(data)
                 if reply:
                     await channel.send(reply)
@@ -266,14 +296,7 @@ async def _session(
     counters.bytes_down += len(first)
     if on_ready is not None:
         on_ready(desktop.server_init.name)
-
-    parser = ClientMessageParser(policy)
-    budget = InputBudget(policy)
-    await _relay(
-        _pump_down(stream, channel, counters),
-        _pump_up(channel, stream, parser, counters, browser.remainder(), on_resize, budget),
-        _watch_desktop(stream, unresponsive_after, on_responding),
-    )
+    return (browser.remainder(),)
 
 
 async def _connect(endpoint: Endpoint, timeout: float) -> _DesktopStream:
@@ -361,33 +384,68 @@ async def _pump_up(
         data = await channel.receive()
 
 
-async def _watch_desktop(stream: _DesktopStream, after: float,
-                         on_responding: Callable[[bool], None] | None) -> None:
-    """Probe a silent desktop with one pixel; report when it stops and starts answering."""
-    responding = True
-    probe_at: float | None = None
-    while True:
-        await asyncio.sleep(min(1.0, after / 4))
+class _DesktopWatch:
+    """Probe a silent desktop with one pixel; report when it stops and starts answering.
+
+    A timer callback, not a task: it runs only when something can be due (``after`` s from the
+    desktop's last bytes or from the probe, at the earliest a quarter of ``after`` later), about
+    once per ``after`` for an idle desktop, so that thousands of idle relays cost little memory
+    and few wake-ups."""
+
+    __slots__ = ("_stream", "_after", "_on_responding", "_responding", "_probe_at", "_timer",
+                 "_loop")
+
+    def __init__(self, stream: _DesktopStream, after: float,
+                 on_responding: Callable[[bool], None] | None) -> None:
+        self._stream, self._after, self._on_responding = stream, after, on_responding
+        self._responding = True
+        self._probe_at: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _schedule(self) -> None:
+        stream, after = self._stream, self._after
+        due = stream.last_received + after if self._probe_at is None else self._probe_at + after
+        delay = max(after / 4, due - time.monotonic())
+        self._timer = self._loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        try:
+            self._check()
+        finally:
+            self._schedule()
+
+    def _check(self) -> None:
+        stream, after = self._stream, self._after
         now = time.monotonic()
         if stream.paused:  # a slow browser, not a silent desktop
-            probe_at = None
-            continue
-        if probe_at is not None and stream.last_received >= probe_at:
-            probe_at = None  # answered
-            if not responding:
-                responding = True
+            self._probe_at = None
+            return
+        if self._probe_at is not None and stream.last_received >= self._probe_at:
+            self._probe_at = None  # answered
+            if not self._responding:
+                self._responding = True
                 log.info("the desktop answers again")
-                if on_responding is not None:
-                    on_responding(True)
-        if probe_at is None:
+                if self._on_responding is not None:
+                    self._on_responding(True)
+        if self._probe_at is None:
             if now - stream.last_received >= after:
                 stream.write(PROBE)  # between whole client messages: the pumps write whole ones
-                probe_at = now
-        elif responding and now - probe_at >= after:
-            responding = False
+                self._probe_at = now
+        elif self._responding and now - self._probe_at >= after:
+            self._responding = False
             log.info("the desktop has not answered for %.0f s", now - stream.last_received)
-            if on_responding is not None:
-                on_responding(False)
+            if self._on_responding is not None:
+                self._on_responding(False)
 
 
 async def _relay(*pumps: Coroutine[Any, Any, None]) -> None:

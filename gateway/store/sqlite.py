@@ -20,7 +20,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -424,6 +424,37 @@ class SQLiteStore:
 
     async def touch_web_session(self, ws_id: str, now: float) -> None:
         await self._exec("UPDATE web_sessions SET last_seen = ? WHERE id = ?", (now, ws_id))
+
+    async def get_web_sessions(self, ws_ids: Collection[str]) -> dict[str, WebSession]:
+        """The web sessions among ``ws_ids`` that still exist, by id: one query however many."""
+        if not ws_ids:
+            return {}
+        rows = await self._all(
+            "SELECT id, user_id, state, csrf_token, created_at, last_seen, client_ip, user_agent,"
+            " idp, id_token_enc FROM web_sessions WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(ws_ids)),))
+        return {row[0]: WebSession(row[0], int(row[1]), WebSessionState(row[2]), row[3],
+                                   float(row[4]), float(row[5]), row[6], row[7], row[8], row[9])
+                for row in rows}
+
+    async def touch_web_sessions(self, seen: Mapping[str, float]) -> None:
+        """``last_seen`` moved forward (never back) for each web session id: one statement."""
+        if not seen:
+            return
+        await self._exec(
+            "UPDATE web_sessions AS w SET last_seen = MAX(w.last_seen, t.seen) FROM"
+            " (SELECT key AS id, value AS seen FROM json_each(?)) AS t WHERE w.id = t.id",
+            (json.dumps(dict(seen)),))
+
+    async def disabled_or_gone_users(self, user_ids: Collection[int]) -> set[int]:
+        """The ids among ``user_ids`` whose account is disabled or deleted: one query."""
+        if not user_ids:
+            return set()
+        wanted = {int(u) for u in user_ids}
+        rows = await self._all(
+            "SELECT id FROM users WHERE disabled = 0 AND id IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted(wanted)),))
+        return wanted - {int(r[0]) for r in rows}
 
     async def delete_web_session(self, ws_id: str) -> None:
         await self._exec("DELETE FROM web_sessions WHERE id = ?", (ws_id,))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -51,13 +50,13 @@ from ..keys import (
     STORE,
     WEBSOCKETS,
 )
-from ..live import LiveSession
+from ..live import ENDED, LiveSession
 from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
 from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
-from .sse import EventStream
+from .sse import HEARTBEAT_SECONDS, EventStream
 from .wsframes import RelayWebSocket
 
 log = logging.getLogger("deskgate.session")
@@ -67,10 +66,9 @@ routes = web.RouteTableDef()
 _MAX_WS_MESSAGE = (1 << 20) + 4096
 # How long a close waits for the browser's close frame before dropping the connection.
 _CLOSE_TIMEOUT = 5.0
-# Pings find browsers that vanished without closing (a laptop lid, a dead network).
-_HEARTBEAT = 30.0
-# Round-trip measurement: a timestamped websocket PING this often.
-RTT_INTERVAL = 5.0
+# One websocket PING per session this often: its PONG gives the dashboard's round-trip time, and
+# a PING unanswered for as long finds a browser that vanished without closing.
+PING_INTERVAL = 30.0
 # Reasons after which the client must not reconnect by itself.
 _FINAL_ERRORS = (UpstreamAuthFailed, ProtocolError, Forbidden, Unauthorized)
 
@@ -189,14 +187,18 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         await stream.send({"type": "watched", "watchers": live.watchers})
         if not live.responding:  # a page that (re)opens while the desktop is not answering
             await stream.send({"type": "desktop", "responding": False})
+        # Woken by an event, by the session's end (ENDED, also on shutdown) or for a heartbeat;
+        # a browser that left is found by the next write.
         while stream.open_for(request.app[SHUTTING_DOWN]) and request.app[LIVE].get(
                 session_id) is live:
             try:
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
                     event = await queue.get()
             except TimeoutError:
                 await stream.heartbeat()
                 continue
+            if event is ENDED:
+                break
             await stream.send(event)
     except ConnectionError:
         pass  # the browser went away
@@ -206,22 +208,34 @@ async def session_events(request: web.Request) -> web.StreamResponse:
 
 
 class WebSocketChannel:
-    """The browser's websocket as the byte path's ClientChannel, measuring the round trip.
+    """The browser's websocket as the byte path's ClientChannel, with one ping timer.
 
-    The websocket runs with ``autoping=False``: PINGs from the browser are answered here, and
-    PONGs that echo our timestamped PINGs give the round-trip time. aiohttp's heartbeat (empty
-    PINGs) still finds browsers that vanished; its PONGs are ignored here. A text message or a
-    broken frame raises the ``ProtocolError`` whose close code says which (1003, 1002, 1007,
-    1009); ``browser_closed`` tells a close frame from the browser from a lost connection.
+    The websocket runs with ``autoping=False`` and without aiohttp's heartbeat: PINGs from the
+    browser are answered here, and one timer per session (``start_pings``) sends a PING every
+    ``PING_INTERVAL`` s whose PONG gives the round-trip time and shows the browser is still
+    there. A PING still unanswered when the next is due means the browser vanished without
+    closing (a laptop lid, a dead network): the connection is dropped and the relay ends as
+    "browser lost". The payload is a sequence number: it only matches a PONG to its PING.
+    A text message or a broken frame raises the ``ProtocolError`` whose close code says which
+    (1003, 1002, 1007, 1009); ``browser_closed`` tells a close frame from the browser from a
+    lost connection.
     """
 
+    __slots__ = ("_ws", "_on_rtt", "_transport", "_outstanding", "_sent_at", "_seq", "_timer",
+                 "browser_closed", "lost")
+
     def __init__(self, ws: web.WebSocketResponse,
-                 on_rtt: Callable[[float], None] | None = None) -> None:
+                 on_rtt: Callable[[float], None] | None = None,
+                 transport: asyncio.Transport | None = None) -> None:
         self._ws = ws
         self._on_rtt = on_rtt
+        self._transport = transport
         self._outstanding: bytes | None = None
         self._sent_at = 0.0
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
         self.browser_closed = False
+        self.lost = False  # no PONG within a ping interval
 
     async def receive(self) -> bytes | None:
         while True:
@@ -237,10 +251,11 @@ class WebSocketChannel:
                 continue
             if msg.type is WSMsgType.TEXT:
                 raise UnsupportedData()
-            if msg.type is WSMsgType.ERROR:
+            if msg.type is WSMsgType.ERROR and not (
+                    self.lost or isinstance(msg.data, ConnectionError)):
                 raise frame_error(msg.data)
             self.browser_closed = msg.type is WSMsgType.CLOSE
-            return None  # closed or closing: the browser is gone
+            return None  # closed, closing or lost: the browser is gone
 
     async def send(self, data: bytes) -> None:
         await self._ws.send_bytes(data)
@@ -251,16 +266,47 @@ class WebSocketChannel:
             if self._on_rtt is not None:
                 self._on_rtt((time.monotonic() - self._sent_at) * 1000.0)
 
-    async def measure_rtt(self, interval: float = RTT_INTERVAL) -> None:
-        """Send a PING with an unguessable payload every ``interval`` s until the socket closes."""
-        while not self._ws.closed:
-            self._outstanding = os.urandom(8) + struct.pack(">d", time.time())
-            self._sent_at = time.monotonic()
-            try:
-                await self._ws.ping(self._outstanding)
-            except (ConnectionError, RuntimeError):
-                return
-            await asyncio.sleep(interval)
+    def start_pings(self, interval: float | None = None) -> None:
+        """PING now, then every ``interval`` s (``PING_INTERVAL``), on one timer handle, until
+        ``stop_pings``."""
+        self._ping(asyncio.get_running_loop(), PING_INTERVAL if interval is None else interval)
+
+    def stop_pings(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _ping(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._timer = None
+        if self._ws.closed:
+            return
+        if self._outstanding is not None:  # the last PING was never answered
+            self.lost = True
+            log.info("no answer from the browser for %.0f s: connection dropped", interval)
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._seq += 1
+        self._outstanding = _SEQ.pack(self._seq)
+        self._sent_at = time.monotonic()
+        try:
+            _run_now(self._ws.ping(self._outstanding))
+        except (ConnectionError, RuntimeError):
+            return
+        self._timer = loop.call_later(interval, self._ping, loop, interval)
+
+
+_SEQ = struct.Struct(">Q")
+
+
+def _run_now(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that writes at once and then at most waits for the transport to drain
+    (a control frame's send): its write happens here, without a task; the wait is not kept."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
 
 
 _FRAME_ERRORS: dict[int, type[ProtocolError]] = {
@@ -368,7 +414,7 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
     app = request.app
     # autoclose=False: a browser's close frame is answered by the clean-up, with the reason.
     ws = RelayWebSocket(compress=False, max_msg_size=_MAX_WS_MESSAGE, protocols=("binary",),
-                        autoping=False, autoclose=False, heartbeat=_HEARTBEAT,
+                        autoping=False, autoclose=False,
                         timeout=_CLOSE_TIMEOUT)
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
@@ -408,13 +454,16 @@ class Relay:
             session.id, web_session.id, admission.user.name, desktop.name, self.counters,
             functools.partial(_close, ws), client_ip=self.ip, user_agent=session.user_agent,
             protocol=desktop.protocol, watch_of=admission.watch_of, user_id=admission.user.id)
-        self.channel = WebSocketChannel(ws, on_rtt=lambda ms: setattr(self.live, "rtt_ms", ms))
+        self.channel = WebSocketChannel(ws, on_rtt=self._on_rtt, transport=request.transport)
 
     def _on_ready(self, _name: str) -> None:
         if self.watched is None:
             session = self.admission.session
             self.app[METRICS].connect_latency(time.time() - session.started_at)
             self.started.append(asyncio.ensure_future(self.app[BROKER].started(session)))
+
+    def _on_rtt(self, ms: float) -> None:
+        self.live.rtt_ms = ms
 
     def _on_responding(self, responding: bool) -> None:
         self.live.set_responding(responding)
@@ -430,7 +479,7 @@ class Relay:
             else:
                 app[METRICS].session_started()
             app[EVENTS].publish("session.started", session=live.figures(live.started_at))
-            self.tasks.append(asyncio.create_task(self.channel.measure_rtt()))
+            self.channel.start_pings()
             on_resize, resizes = _bridge_hooks(app[BROKER], self.admission, live)
             settings = app[SETTINGS]
             await relay_vnc(self.channel, self.admission.endpoint, self.admission.policy,
@@ -464,6 +513,7 @@ class Relay:
     async def _clean_up(self) -> None:
         """Every step runs, in order, even when one before it raised (each is logged)."""
         app, live, admission, counters = self.app, self.live, self.admission, self.counters
+        self.channel.stop_pings()
         for task in self.tasks:
             task.cancel()
         if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin

@@ -29,7 +29,13 @@ def csp_for(settings: Settings) -> str:
     """The page policy. Forms post only to us, but browsers apply form-action to redirects too:
     signing out redirects to the identity provider's end-session endpoint, so its origin is let
     through as well."""
-    origins = sorted({f"{u.scheme}://{u.netloc}" for u in (urlsplit(p.issuer) for p in settings.oidc)})
+    return _csp(tuple(p.issuer for p in settings.oidc))
+
+
+@functools.lru_cache(maxsize=16)
+def _csp(issuers: tuple[str, ...]) -> str:
+    """One string shared by every response (each live websocket keeps its response headers)."""
+    origins = sorted({f"{u.scheme}://{u.netloc}" for u in map(urlsplit, issuers)})
     return CSP.format(form_action=" ".join(["'self'", *origins]))
 
 
