@@ -6,7 +6,8 @@ holds, offers the browser security type None, and relays until either side ends:
 - desktop -> browser: raw bytes, read into two reused buffers in turn (``_DesktopStream``, a
   ``BufferedProtocol``): one fills while the other is being sent to the browser, straight from
   the buffer (``ClientChannel.send_chunk``: no copy, the frame header written into room left
-  before the bytes); reading pauses when the filling one is full, so a slow browser slows the
+  before the bytes; chunks under ``SMALL_CHUNK`` are copied instead, so a quiet session keeps
+  to one buffer); reading pauses when the filling one is full, so a slow browser slows the
   desktop down instead of filling memory.
   This direction is not parsed, so ``RelayPolicy.clipboard_from_desktop`` is not enforced here:
   ServerCutText passes unchanged.
@@ -45,6 +46,9 @@ READ_BUFFER_SIZE = 256 * 1024
 # Room left before the bytes of each chunk for the channel's framing: the longest header of an
 # unmasked websocket frame (2 + 8 bytes of length).
 HEADER_ROOM = 10
+# Chunks smaller than this are copied and the same buffer refills: the copy is cheap, and a quiet
+# session touches the first pages of one buffer only (its resident memory stays a few KiB).
+SMALL_CHUNK = 16 * 1024
 # Nothing from the desktop for this long: ask it for a pixel; no answer for as long again: frozen.
 UNRESPONSIVE_AFTER = 10.0
 # One pixel, non-incremental: a desktop must answer it however idle it is.
@@ -204,12 +208,17 @@ class _DesktopStream(asyncio.BufferedProtocol):
         self._emptied()
         return data
 
-    async def read_chunk(self) -> memoryview | None:
-        """Every byte received so far (at most ``size``) after ``HEADER_ROOM`` bytes of room, not
-        copied: the filling buffer, handed over while the other one fills. Valid until the next
-        ``read_chunk()``, which refills it. None once the desktop closed."""
+    async def read_chunk(self) -> bytes | memoryview | None:
+        """Every byte received so far (at most ``size``): below ``SMALL_CHUNK`` bytes a copy;
+        else, not copied, the filling buffer with ``HEADER_ROOM`` bytes of room before the data,
+        handed over while the other one fills: valid until the next ``read_chunk()``, which
+        refills it. None once the desktop closed."""
         if not await self._received():
             return None
+        if self._filled < SMALL_CHUNK:
+            data = bytes(self._view[HEADER_ROOM : HEADER_ROOM + self._filled])
+            self._emptied()
+            return data
         chunk = self._view[: HEADER_ROOM + self._filled]
         self._turn ^= 1
         self._view = self._buffers[self._turn]
@@ -368,6 +377,10 @@ async def _pump_down(stream: _DesktopStream, channel: ClientChannel, counters: R
         chunk = await stream.read_chunk()
         if chunk is None:
             raise UpstreamClosed()
+        if isinstance(chunk, bytes):
+            await channel.send(chunk)
+            counters.bytes_down += len(chunk)
+            continue
         if send_chunk is not None:
             await send_chunk(chunk)
         else:
