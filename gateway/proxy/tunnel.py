@@ -48,7 +48,7 @@ READ_BUFFER_SIZE = 256 * 1024
 HEADER_ROOM = 10
 # Chunks smaller than this are copied and the same buffer refills: the copy is cheap, and a quiet
 # session touches the first pages of one buffer only (its resident memory stays a few KiB).
-SMALL_CHUNK = 16 * 1024
+SMALL_CHUNK = 4 * 1024
 # Nothing from the desktop for this long: ask it for a pixel; no answer for as long again: frozen.
 UNRESPONSIVE_AFTER = 10.0
 # One pixel, non-incremental: a desktop must answer it however idle it is.
