@@ -3,9 +3,12 @@
 ``relay_vnc`` connects to the desktop, authenticates to it with the credentials the gateway
 holds, offers the browser security type None, and relays until either side ends:
 
-- desktop -> browser: raw bytes, read into one reused buffer (``_DesktopStream``, a
-  ``BufferedProtocol``) that fills while the previous chunk is being sent to the browser; reading
-  pauses when it is full, so a slow browser slows the desktop down instead of filling memory.
+- desktop -> browser: raw bytes, read into two reused buffers in turn (``_DesktopStream``, a
+  ``BufferedProtocol``): one fills while the other is being sent to the browser, straight from
+  the buffer (``ClientChannel.send_chunk``: no copy, the frame header written into room left
+  before the bytes; chunks under ``SMALL_CHUNK`` are copied instead, so a quiet session keeps
+  to one buffer); reading pauses when the filling one is full, so a slow browser slows the
+  desktop down instead of filling memory.
   This direction is not parsed, so ``RelayPolicy.clipboard_from_desktop`` is not enforced here:
   ServerCutText passes unchanged.
 - browser -> desktop: every message goes through ``rfb_messages.ClientMessageParser``, which
@@ -40,6 +43,12 @@ from gateway.proxy.rfb_messages import SET_DESKTOP_SIZE, ClientMessageParser
 log = logging.getLogger("deskgate.relay")
 
 READ_BUFFER_SIZE = 256 * 1024
+# Room left before the bytes of each chunk for the channel's framing: the longest header of an
+# unmasked websocket frame (2 + 8 bytes of length).
+HEADER_ROOM = 10
+# Chunks smaller than this are copied and the same buffer refills: the copy is cheap, and a quiet
+# session touches the first pages of one buffer only (its resident memory stays a few KiB).
+SMALL_CHUNK = 4 * 1024
 # Nothing from the desktop for this long: ask it for a pixel; no answer for as long again: frozen.
 UNRESPONSIVE_AFTER = 10.0
 # One pixel, non-incremental: a desktop must answer it however idle it is.
@@ -91,21 +100,37 @@ class ClientChannel(Protocol):
         ...
 
 
-class _DesktopStream(asyncio.BufferedProtocol):
-    """The desktop socket, read into one reused buffer of ``size`` bytes.
+class ChunkChannel(ClientChannel, Protocol):
+    """A channel that sends the relay's buffer as it is (used when the channel has it)."""
 
-    Reads append to the buffer while the relay is busy sending what came before, so a busy relay
-    takes bigger chunks instead of more of them; reading pauses only once the buffer is full, and
-    resumes when ``read()`` empties it. A browser that stops reading stops the gateway reading
-    from the desktop after at most ``size`` bytes.
+    async def send_chunk(self, buffer: memoryview) -> None:
+        """Send ``buffer[HEADER_ROOM:]`` as one binary message; ``buffer[:HEADER_ROOM]`` is free
+        for framing. The relay overwrites the buffer once this returns: the channel must be done
+        with it (sent, or copied) by then."""
+        ...
+
+
+class _DesktopStream(asyncio.BufferedProtocol):
+    """The desktop socket, read into two reused buffers of ``size`` bytes, in turn.
+
+    Reads append to the filling buffer while the relay is busy sending the other one, so a busy
+    relay takes bigger chunks instead of more of them; reading pauses only once the filling buffer
+    is full, and resumes when ``read()`` or ``read_chunk()`` empties it. A browser that stops
+    reading stops the gateway reading from the desktop after at most ``size`` bytes more.
+    Each buffer has ``HEADER_ROOM`` bytes in front of the data for the channel's framing.
     """
 
     def __init__(self, size: int = READ_BUFFER_SIZE) -> None:
         # Anonymous memory: only the pages a read touched are resident, so an idle session costs a
-        # few KiB however large the buffer is (a bytearray would be zero-filled, all resident).
-        self._view = memoryview(mmap.mmap(-1, size))
+        # few KiB however large the buffers are (a bytearray would be zero-filled, all resident).
+        span = HEADER_ROOM + size
+        memory = memoryview(mmap.mmap(-1, 2 * span))
+        self._buffers = (memory[:span], memory[span:])
+        self._turn = 0  # which buffer fills
+        self._view = self._buffers[0]
         self._size = size
-        self._filled = 0
+        self._filled = 0  # bytes in the filling buffer, after its HEADER_ROOM
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
         self._eof = False
         self._wakeup: asyncio.Future[None] | None = None
@@ -121,9 +146,12 @@ class _DesktopStream(asyncio.BufferedProtocol):
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        # Kept: each asyncio.get_running_loop() costs a getpid() system call on Python 3.11.
+        self._loop = asyncio.get_running_loop()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view[self._filled :]  # never empty: reading pauses when it is full
+        # Never empty: reading pauses when it is full.
+        return self._view[HEADER_ROOM + self._filled :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
@@ -146,7 +174,8 @@ class _DesktopStream(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         if self._drained is None:
-            self._drained = asyncio.get_running_loop().create_future()
+            assert self._loop is not None
+            self._drained = self._loop.create_future()
 
     def resume_writing(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -158,23 +187,50 @@ class _DesktopStream(asyncio.BufferedProtocol):
             self._wakeup.set_result(None)
 
     # used by the relay
-    async def read(self) -> bytes | None:
-        """Every byte received so far, at most ``size``; None once the desktop closed."""
+    async def _received(self) -> bool:
+        """Wait for bytes in the filling buffer; False once the desktop closed without more."""
         while self._filled == 0:
             if self._eof:
-                return None
-            self._wakeup = asyncio.get_running_loop().create_future()
+                return False
+            assert self._loop is not None
+            self._wakeup = self._loop.create_future()
             try:
                 await self._wakeup
             finally:
                 self._wakeup = None
-        data = bytes(self._view[: self._filled])  # the one copy: channel messages are bytes
+        return True
+
+    async def read(self) -> bytes | None:
+        """Every byte received so far, at most ``size``, copied; None once the desktop closed."""
+        if not await self._received():
+            return None
+        data = bytes(self._view[HEADER_ROOM : HEADER_ROOM + self._filled])
+        self._emptied()
+        return data
+
+    async def read_chunk(self) -> bytes | memoryview | None:
+        """Every byte received so far (at most ``size``): below ``SMALL_CHUNK`` bytes a copy;
+        else, not copied, the filling buffer with ``HEADER_ROOM`` bytes of room before the data,
+        handed over while the other one fills: valid until the next ``read_chunk()``, which
+        refills it. None once the desktop closed."""
+        if not await self._received():
+            return None
+        if self._filled < SMALL_CHUNK:
+            data = bytes(self._view[HEADER_ROOM : HEADER_ROOM + self._filled])
+            self._emptied()
+            return data
+        chunk = self._view[: HEADER_ROOM + self._filled]
+        self._turn ^= 1
+        self._view = self._buffers[self._turn]
+        self._emptied()
+        return chunk
+
+    def _emptied(self) -> None:
         self._filled = 0
         if self._paused:
             self._paused = False
             if self._transport is not None and not self._eof:
                 self._transport.resume_reading()
-        return data
 
     def write(self, data: bytes) -> None:
         assert self._transport is not None
@@ -339,12 +395,20 @@ async def _desktop_until(
 
 
 async def _pump_down(stream: _DesktopStream, channel: ClientChannel, counters: RelayCounters) -> None:
+    send_chunk = getattr(channel, "send_chunk", None)
     while True:
-        data = await stream.read()
-        if data is None:
+        chunk = await stream.read_chunk()
+        if chunk is None:
             raise UpstreamClosed()
-        await channel.send(data)
-        counters.bytes_down += len(data)
+        if isinstance(chunk, bytes):
+            await channel.send(chunk)
+            counters.bytes_down += len(chunk)
+            continue
+        if send_chunk is not None:
+            await send_chunk(chunk)
+        else:
+            await channel.send(bytes(chunk[HEADER_ROOM:]))
+        counters.bytes_down += len(chunk) - HEADER_ROOM
 
 
 async def _pump_up(

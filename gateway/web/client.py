@@ -58,6 +58,7 @@ from .common import check_csrf, client_ip, load_user, render, require_signed_in,
 from .inputs import json_object, path_id
 from .sse import HEARTBEAT_SECONDS, EventStream
 from .wsframes import RelayWebSocket
+from .wssend import FrameSender
 
 log = logging.getLogger("deskgate.session")
 routes = web.RouteTableDef()
@@ -234,6 +235,7 @@ class WebSocketChannel:
         self._sent_at = 0.0
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._frames: FrameSender | None = None
         self.browser_closed = False
         self.lost = False  # no PONG within a ping interval
 
@@ -259,6 +261,12 @@ class WebSocketChannel:
 
     async def send(self, data: bytes) -> None:
         await self._ws.send_bytes(data)
+
+    async def send_chunk(self, buffer: memoryview) -> None:
+        """``buffer[tunnel.HEADER_ROOM:]`` as one frame, written in one piece without a copy."""
+        if self._frames is None:
+            self._frames = FrameSender(self._ws)
+        await self._frames.send(buffer)
 
     def _pong(self, data: bytes) -> None:
         if self._outstanding is not None and data == self._outstanding:

@@ -15,7 +15,7 @@ import pytest
 from gateway.errors import DesktopUnavailable, ProtocolError, UpstreamClosed
 from gateway.model import Endpoint, RelayCounters, RelayPolicy
 from gateway.proxy import relay_vnc
-from gateway.proxy.tunnel import READ_BUFFER_SIZE
+from gateway.proxy.tunnel import HEADER_ROOM, READ_BUFFER_SIZE
 
 if TYPE_CHECKING:
     from conftest import MemoryChannel
@@ -336,3 +336,43 @@ async def test_set_desktop_size_is_reported(fake_desktop: FakeDesktop, channel: 
     await asyncio.wait_for(fake_desktop.closed.wait(), 5)
     assert sizes == [(1600, 900)]
     assert bytes(fake_desktop.received) == resize  # forwarded unchanged
+
+
+async def test_chunks_sent_from_the_buffer_are_not_overwritten_while_in_flight(
+    fake_desktop: FakeDesktop, channel: MemoryChannel
+) -> None:
+    """A channel with ``send_chunk`` gets the relay's own buffer (no copy), with room for its
+    header in front; while it is still sending, the desktop's next bytes go elsewhere."""
+    stream = bytes(range(251)) * (24 * 1024 * 1024 // 251)  # 24 MB, no period of 256 KiB
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for at in range(0, len(stream), 100_003):  # odd-sized writes: chunks start anywhere
+            writer.write(stream[at:at + 100_003])
+            await writer.drain()
+
+    class SlowChunkChannel(type(channel)):  # type: ignore[misc]
+        chunks = 0
+        changed = 0
+
+        async def send_chunk(self, buffer: memoryview) -> None:
+            self.chunks += 1
+            assert len(buffer) > HEADER_ROOM
+            buffer[:HEADER_ROOM] = b"\xee" * HEADER_ROOM  # the room is the channel's to write
+            before = bytes(buffer[HEADER_ROOM:])
+            for _ in range(3):  # a slow send: the desktop keeps arriving meanwhile
+                await asyncio.sleep(0.002)
+            if bytes(buffer[HEADER_ROOM:]) != before:
+                self.changed += 1
+            await self.send(before)
+
+    slow: Any = SlowChunkChannel()
+    fake_desktop.session = session
+    counters = RelayCounters()
+    relay = asyncio.create_task(relay_vnc(slow, Endpoint(port=fake_desktop.port), RelayPolicy(),
+                                          counters))
+    await slow.handshake()
+    assert await slow.read(len(stream), timeout=60) == stream
+    assert slow.chunks > 0 and slow.changed == 0
+    assert counters.bytes_down == len(SERVER_INIT) + len(stream)
+    slow.close()
+    await asyncio.wait_for(relay, 10)
