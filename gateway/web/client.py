@@ -223,7 +223,7 @@ class WebSocketChannel:
     """
 
     __slots__ = ("_ws", "_on_rtt", "_transport", "_outstanding", "_sent_at", "_seq", "_timer",
-                 "browser_closed", "lost")
+                 "browser_closed", "lost", "_frames")
 
     def __init__(self, ws: web.WebSocketResponse,
                  on_rtt: Callable[[float], None] | None = None,
