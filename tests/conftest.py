@@ -42,4 +42,8 @@ def services(settings: Settings, store: SQLiteStore) -> Services:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Browser tests run last: Playwright's sync API keeps an event loop running on the main
     thread for as long as its session-scoped browser lives, which async tests cannot share."""
+    browser = Path(__file__).parent / "e2e"
+    for item in items:  # every test in tests/e2e is a browser test, marked or not
+        if item.path.is_relative_to(browser) and item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.e2e)
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
