@@ -126,10 +126,17 @@ async def _fake_session(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     fixed = {0: 19, 3: 9, 4: 7, 5: 5, 150: 9, 250: 3}  # bytes after the type byte
     while True:
         kind = (await read(1))[0]
-        if kind == 3:  # FramebufferUpdateRequest: x = number of updates to stream
+        if kind == 3:  # FramebufferUpdateRequest
             rest = await read(9)
-            (count,) = struct.unpack_from(">H", rest, 1)
-            for _ in range(count):
+            incremental, count = struct.unpack_from(">BH", rest, 0)
+            if not incremental:
+                # Non-incremental (the gateway's liveness probe asks for one pixel): answered at
+                # once with the area asked for, as a real desktop does however idle it is.
+                x, y, w, h = struct.unpack_from(">HHHH", rest, 1)
+                writer.write(struct.pack(">BxH", 0, 1) + struct.pack(">HHHHi", x, y, w, h, 0)
+                             + bytes(w * h * 4))
+                continue
+            for _ in range(count):  # incremental: x = number of updates to stream
                 writer.write(block)
                 await writer.drain()
         elif kind == 248:  # ClientFence -> ServerFence with the same payload

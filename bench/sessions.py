@@ -115,7 +115,14 @@ class Held:
         """A ClientFence through the gateway to the desktop and its ServerFence back."""
         payload = struct.pack(">I", seq & 0xFFFFFFFF)
         await self.send(struct.pack(">BxxxIB", 248, rb.FENCE_REQUEST, 4) + payload)
-        reply = await self.read(13)
+        kind = await self.read(1)
+        while kind == b"\0":  # FramebufferUpdates (answers to the gateway's liveness probes)
+            (rects,) = struct.unpack(">xH", await self.read(3))
+            for _ in range(rects):
+                (w, h) = struct.unpack_from(">HH", await self.read(12), 4)
+                await self.read(w * h * 4)  # raw, 32 bpp (the fake desktop's only encoding)
+            kind = await self.read(1)
+        reply = kind + await self.read(12)
         if reply[0] != 248 or reply[9:] != payload:
             raise Failed("fence", f"unexpected reply {reply!r}")
 

@@ -36,6 +36,7 @@ from .keys import (
     EVENTS,
     LIVE,
     PROVIDERS,
+    RELAY_TASKS,
     SERVICES,
     SETTINGS,
     SHUTTING_DOWN,
@@ -155,17 +156,11 @@ async def _single_sign_on(app: web.Application) -> AsyncIterator[None]:
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
-        tick = 0
         while True:
-            await asyncio.sleep(1)
-            tick += 1
+            await asyncio.sleep(5)
             try:
-                now = time.time()
-                for live in app[LIVE]:
-                    live.sample(now)
-                if tick % 5 == 0:
-                    await app[BROKER].expire_unused_tickets()
-                    await app[LIVE].sweep(app[STORE], now, app[SERVICES].sessions.expiry)
+                await app[BROKER].expire_unused_tickets()
+                await app[LIVE].sweep(app[STORE], time.time(), app[SERVICES].sessions.expiry)
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -210,6 +205,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
     app[WEBSOCKETS] = sockets
+    app[RELAY_TASKS] = set()
     app[LIVE] = LiveSessions()
     app[EVENTS] = EventBus()
     app[SHUTTING_DOWN] = asyncio.Event()

@@ -28,6 +28,8 @@ ACCOUNT_DISABLED = "your account was disabled"
 SIGNED_OUT = "you were signed out"
 # What a LiveSession's listeners get once it is no longer live (never sent to a browser).
 ENDED: dict[str, Any] = {"type": "ended"}
+# Throughput figures are averages over windows at least this long (see LiveSession.rates).
+RATE_WINDOW = 1.0
 
 log = logging.getLogger("deskgate.live")
 
@@ -50,7 +52,7 @@ class LiveSession:
     watch_of: str | None = None  # set on an admin's view-only watch of another session
     watchers: int = 0  # admins watching this session now
     rtt_ms: float | None = None  # round trip gateway <-> browser, when measured
-    rate_down: float = 0.0  # bytes per second to the browser, over the last sample
+    rate_down: float = 0.0  # bytes per second to the browser, over the last window (rates())
     rate_up: float = 0.0
     user_id: int = 0
     responding: bool = True  # False while the desktop does not answer
@@ -85,18 +87,23 @@ class LiveSession:
         if self._listeners is not None:
             self._listeners.discard(queue)
 
-    def sample(self, now: float) -> None:
-        """Update the throughput figures from the byte counters."""
+    def rates(self, now: float) -> None:
+        """Update the throughput figures from the byte counters, when someone looks.
+
+        Nothing samples an unwatched session (thousands of idle sessions cost nothing here):
+        each look that comes ``RATE_WINDOW`` s or more after the last one closes a window and
+        gives its average; the first look's window is the session's life so far."""
         up, down = self.counters.bytes_up, self.counters.bytes_down
-        if self._last_sample is not None:
-            then, last_up, last_down = self._last_sample
+        then, last_up, last_down = self._last_sample or (self.started_at, 0, 0)
+        if now - then >= RATE_WINDOW or self._last_sample is None:
             if now > then:
                 self.rate_up = (up - last_up) / (now - then)
                 self.rate_down = (down - last_down) / (now - then)
-        self._last_sample = (now, up, down)
+            self._last_sample = (now, up, down)
 
     def figures(self, now: float) -> dict[str, Any]:
         """What the admin dashboard shows of a live session."""
+        self.rates(now)
         last_input = self.counters.last_input
         return {
             "id": self.session_id, "user": self.user_name, "desktop": self.desktop_name,

@@ -3,40 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from aiohttp import WSMsgType, web
-from aiohttp._websocket.models import WebSocketError
+from aiohttp import web
 
 from ..broker import NO_SUCH_DESKTOP, Admission, Broker
+from ..capacity import Slot
 from ..errors import (
     WS_BROWSER_LOST,
-    WS_FRAME_ERROR,
     WS_GOING_AWAY,
     WS_INTERNAL,
-    WS_INVALID_TEXT,
-    WS_MESSAGE_TOO_BIG,
     WS_NORMAL,
-    WS_UNSUPPORTED_DATA,
     WS_UPSTREAM_CLOSED,
     BadRequest,
     DesktopUnavailable,
     Forbidden,
-    FrameError,
     GatewayError,
-    InvalidText,
-    MessageTooBig,
     NotFound,
     ProtocolError,
     Unauthorized,
-    UnsupportedData,
     UpstreamAuthFailed,
 )
 from ..keys import (
@@ -44,6 +34,7 @@ from ..keys import (
     CAPACITY,
     EVENTS,
     LIVE,
+    RELAY_TASKS,
     SERVICES,
     SETTINGS,
     SHUTTING_DOWN,
@@ -54,11 +45,11 @@ from ..live import ENDED, LiveSession
 from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
+from .browserws import BrowserSocket, close_reason, take_over
 from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
 from .sse import HEARTBEAT_SECONDS, EventStream
 from .wsframes import RelayWebSocket
-from .wssend import FrameSender
 
 log = logging.getLogger("deskgate.session")
 routes = web.RouteTableDef()
@@ -208,141 +199,6 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     return stream.response
 
 
-class WebSocketChannel:
-    """The browser's websocket as the byte path's ClientChannel, with one ping timer.
-
-    The websocket runs with ``autoping=False`` and without aiohttp's heartbeat: PINGs from the
-    browser are answered here, and one timer per session (``start_pings``) sends a PING every
-    ``PING_INTERVAL`` s whose PONG gives the round-trip time and shows the browser is still
-    there. A PING still unanswered when the next is due means the browser vanished without
-    closing (a laptop lid, a dead network): the connection is dropped and the relay ends as
-    "browser lost". The payload is a sequence number: it only matches a PONG to its PING.
-    A text message or a broken frame raises the ``ProtocolError`` whose close code says which
-    (1003, 1002, 1007, 1009); ``browser_closed`` tells a close frame from the browser from a
-    lost connection.
-    """
-
-    __slots__ = ("_ws", "_on_rtt", "_transport", "_outstanding", "_sent_at", "_seq", "_timer",
-                 "browser_closed", "lost", "_frames")
-
-    def __init__(self, ws: web.WebSocketResponse,
-                 on_rtt: Callable[[float], None] | None = None,
-                 transport: asyncio.Transport | None = None) -> None:
-        self._ws = ws
-        self._on_rtt = on_rtt
-        self._transport = transport
-        self._outstanding: bytes | None = None
-        self._sent_at = 0.0
-        self._seq = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._frames: FrameSender | None = None
-        self.browser_closed = False
-        self.lost = False  # no PONG within a ping interval
-
-    async def receive(self) -> bytes | None:
-        while True:
-            msg = await self._ws.receive()
-            if msg.type is WSMsgType.BINARY:
-                data: bytes = msg.data
-                return data
-            if msg.type is WSMsgType.PING:
-                await self._ws.pong(msg.data)
-                continue
-            if msg.type is WSMsgType.PONG:
-                self._pong(msg.data)
-                continue
-            if msg.type is WSMsgType.TEXT:
-                raise UnsupportedData()
-            if msg.type is WSMsgType.ERROR and not (
-                    self.lost or isinstance(msg.data, ConnectionError)):
-                raise frame_error(msg.data)
-            self.browser_closed = msg.type is WSMsgType.CLOSE
-            return None  # closed, closing or lost: the browser is gone
-
-    async def send(self, data: bytes) -> None:
-        await self._ws.send_bytes(data)
-
-    async def send_chunk(self, buffer: memoryview) -> None:
-        """``buffer[tunnel.HEADER_ROOM:]`` as one frame, written in one piece without a copy."""
-        if self._frames is None:
-            self._frames = FrameSender(self._ws)
-        await self._frames.send(buffer)
-
-    def _pong(self, data: bytes) -> None:
-        if self._outstanding is not None and data == self._outstanding:
-            self._outstanding = None
-            if self._on_rtt is not None:
-                self._on_rtt((time.monotonic() - self._sent_at) * 1000.0)
-
-    def start_pings(self, interval: float | None = None) -> None:
-        """PING now, then every ``interval`` s (``PING_INTERVAL``), on one timer handle, until
-        ``stop_pings``."""
-        self._ping(asyncio.get_running_loop(), PING_INTERVAL if interval is None else interval)
-
-    def stop_pings(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _ping(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
-        self._timer = None
-        if self._ws.closed:
-            return
-        if self._outstanding is not None:  # the last PING was never answered
-            self.lost = True
-            log.info("no answer from the browser for %.0f s: connection dropped", interval)
-            if self._transport is not None:
-                self._transport.abort()
-            return
-        self._seq += 1
-        self._outstanding = _SEQ.pack(self._seq)
-        self._sent_at = time.monotonic()
-        try:
-            _run_now(self._ws.ping(self._outstanding))
-        except (ConnectionError, RuntimeError):
-            return
-        self._timer = loop.call_later(interval, self._ping, loop, interval)
-
-
-_SEQ = struct.Struct(">Q")
-
-
-def _run_now(coro: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine that writes at once and then at most waits for the transport to drain
-    (a control frame's send): its write happens here, without a task; the wait is not kept."""
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    coro.close()
-
-
-_FRAME_ERRORS: dict[int, type[ProtocolError]] = {
-    WS_FRAME_ERROR: FrameError, WS_UNSUPPORTED_DATA: UnsupportedData,
-    WS_INVALID_TEXT: InvalidText, WS_MESSAGE_TOO_BIG: MessageTooBig}
-
-
-def frame_error(exc: object) -> ProtocolError:
-    """The websocket reader's error as the ProtocolError that closes with the same code."""
-    if not isinstance(exc, WebSocketError):
-        return FrameError()
-    detail = str(exc.args[1]) if len(exc.args) > 1 else ""
-    kind = _FRAME_ERRORS.get(exc.code, FrameError)
-    if detail.startswith("the browser"):  # the frame scanner's own sentences
-        return kind(detail)
-    return kind(f"{kind.reason} ({detail})" if detail else None)
-
-
-def _close_reason(reason: str) -> bytes:
-    """A close reason is at most 123 bytes of UTF-8 on the wire: cut on a character boundary."""
-    return reason.encode()[:120].decode(errors="ignore").encode()
-
-
-async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
-    if code == WS_BROWSER_LOST:  # recorded only; never sent (RFC 6455 7.4.1)
-        code = WS_GOING_AWAY
-    await ws.close(code=code, message=_close_reason(reason))
-
 
 # How a relay websocket's ticket is turned into an admission: the person's own session, or an
 # admin's watch of someone else's. (request, user, web session, ticket) -> Admission.
@@ -388,8 +244,9 @@ def _bridge_hooks(broker: Broker, admission: Admission, live: LiveSession
 
 
 async def _admission(request: web.Request, admit: Admit
-                     ) -> tuple[Admission, WebSession, LiveSession | None]:
-    """Origin, web session and ticket checked; raises GatewayError with the reason."""
+                     ) -> tuple[Admission, WebSession, LiveSession | None, Slot]:
+    """Origin, web session and ticket checked, and a slot of this node's capacity taken;
+    raises GatewayError with the reason (and then holds no slot)."""
     app = request.app
     if request.headers.get("Origin") != app[SETTINGS].public_origin:
         raise Forbidden("websocket origin not allowed")
@@ -403,56 +260,84 @@ async def _admission(request: web.Request, admit: Admit
     if len(ticket) > 200:
         raise BadRequest("malformed ticket")
     # Capacity: this session's slot from its connect, else a free one, else "full".
-    app[CAPACITY].admit_for_this_task(request.match_info.get("session_id", "")[:64])
-    admission = await admit(request, user, web_session, ticket)
-    watched = app[LIVE].get(admission.watch_of) if admission.watch_of else None
-    if admission.watch_of and watched is None:
-        raise NotFound("the watched session has ended")
-    return admission, web_session, watched
+    slot = app[CAPACITY].admit(request.match_info.get("session_id", "")[:64])
+    try:
+        admission = await admit(request, user, web_session, ticket)
+        watched = app[LIVE].get(admission.watch_of) if admission.watch_of else None
+        if admission.watch_of and watched is None:
+            raise NotFound("the watched session has ended")
+    except BaseException:
+        slot.release()
+        raise
+    return admission, web_session, watched, slot
 
 
 async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse:
     """The relay websocket: check origin, web session and ticket, then relay until the end.
 
     Shared by the person's own sessions and admins' view-only watches (``Admission.watch_of``):
-    a watch counts as a watcher of the watched session and ends with it. Whatever happens after
-    the upgrade, the browser gets a close frame with a code and a reason (unless it is gone),
-    and nothing reaches the HTTP error middleware.
+    a watch counts as a watcher of the watched session and ends with it. aiohttp does the
+    upgrade and, when admission fails, the close frame with the code and the reason; an
+    admitted connection is taken over (``browserws.take_over``) and relayed in a task of its
+    own, so that this handler returns and keeps nothing for the session's life. Whatever happens
+    after the upgrade, the browser gets a close frame with a code and a reason (unless it is
+    gone), and nothing reaches the HTTP error middleware.
     """
     app = request.app
-    # autoclose=False: a browser's close frame is answered by the clean-up, with the reason.
+    # autoclose=False: the browser's close frame is answered by the clean-up, with the reason.
     ws = RelayWebSocket(compress=False, max_msg_size=_MAX_WS_MESSAGE, protocols=("binary",),
-                        autoping=False, autoclose=False,
-                        timeout=_CLOSE_TIMEOUT)
+                        autoping=False, autoclose=False, timeout=_CLOSE_TIMEOUT)
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
     ip = client_ip(request)
     try:
-        admission, web_session, watched = await _admission(request, admit)
+        admission, web_session, watched, slot = await _admission(request, admit)
     except GatewayError as exc:
         log.info("websocket refused [ip=%s]: %s", ip, exc.reason)
-        await _close(ws, exc.ws_code, exc.reason)
+        await ws.close(code=exc.ws_code, message=close_reason(exc.reason))
         return ws
     except Exception:
         log.exception("websocket admission failed [ip=%s]", ip)
-        await _close(ws, WS_INTERNAL, "internal error in the gateway")
+        await ws.close(code=WS_INTERNAL, message=close_reason("internal error in the gateway"))
         return ws
-    await Relay(request, ws, admission, web_session, watched).run()
+    relay = Relay(app, ip, admission, web_session, watched)
+    try:
+        relay.browser = await take_over(request, relay.make_browser)
+    except BaseException:
+        slot.release()
+        relay.abandon()
+        raise
+    task = relay.task = asyncio.ensure_future(relay.run())
+    tasks = app[RELAY_TASKS]
+    tasks.add(task)
+
+    def done(_task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        slot.release()
+
+    task.add_done_callback(done)
     return ws
 
 
-class Relay:
-    """One admitted relay websocket: registered as live, relayed, and cleaned up in steps that
-    each run whatever the ones before them did (see ``_clean_up``)."""
+async def _close(browser: BrowserSocket, code: int, reason: str) -> None:
+    if code == WS_BROWSER_LOST:  # recorded only; never sent (RFC 6455 7.4.1)
+        code = WS_GOING_AWAY
+    await browser.close(code, reason)
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, admission: Admission,
+
+class Relay:
+    """One admitted relay: registered as live, relayed, and cleaned up in steps that each run
+    whatever the ones before them did (see ``_clean_up``)."""
+
+    def __init__(self, app: web.Application, ip: str, admission: Admission,
                  web_session: WebSession, watched: LiveSession | None) -> None:
-        self.app = request.app
-        self.ws = ws
+        self.app = app
         self.admission = admission
         self.watched = watched
-        self.ip = client_ip(request)
+        self.ip = ip
         self.counters = RelayCounters()
+        self.browser: BrowserSocket | None = None
+        self.task: asyncio.Task[None] | None = None  # run(), once the connection is taken over
         self.started: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.code, self.reason, self.final = WS_NORMAL, "closed by the user", False
@@ -460,9 +345,33 @@ class Relay:
         self.context = f"[user={admission.user.name} session={session.id} desktop={desktop.name}]"
         self.live = LiveSession(
             session.id, web_session.id, admission.user.name, desktop.name, self.counters,
-            functools.partial(_close, ws), client_ip=self.ip, user_agent=session.user_agent,
+            self._close, client_ip=ip, user_agent=session.user_agent,
             protocol=desktop.protocol, watch_of=admission.watch_of, user_id=admission.user.id)
-        self.channel = WebSocketChannel(ws, on_rtt=self._on_rtt, transport=request.transport)
+
+    def make_browser(self) -> BrowserSocket:
+        return BrowserSocket(max_message=_MAX_WS_MESSAGE, ping_interval=PING_INTERVAL,
+                             close_timeout=_CLOSE_TIMEOUT, on_rtt=self._on_rtt)
+
+    def abandon(self) -> None:
+        """The connection could not be taken over: the session is recorded as lost."""
+        self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
+        task = asyncio.ensure_future(self.app[BROKER].finish(
+            self.admission, self.reason, final=False, bytes_up=0, bytes_down=0,
+            client_ip=self.ip))
+        self.app[RELAY_TASKS].add(task)
+        task.add_done_callback(self.app[RELAY_TASKS].discard)
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Ended from outside (``LiveSession.end``: sign-out, an admin, the shutdown): the relay
+        stops, its clean-up stores the row and then sends the close frame with the reason
+        (``live.end_reason``); this returns once it has done so."""
+        if self.browser is None:
+            return
+        if self.task is None or self.task.done():
+            await _close(self.browser, code, reason)
+            return
+        self.browser.stop()
+        await asyncio.wait([self.task])
 
     def _on_ready(self, _name: str) -> None:
         if self.watched is None:
@@ -477,7 +386,8 @@ class Relay:
         self.live.set_responding(responding)
 
     async def run(self) -> None:
-        app, live = self.app, self.live
+        app, live, browser = self.app, self.live, self.browser
+        assert browser is not None
         resizes: set[asyncio.Task[None]] = set()
         try:
             app[LIVE].add(live)
@@ -487,21 +397,20 @@ class Relay:
             else:
                 app[METRICS].session_started()
             app[EVENTS].publish("session.started", session=live.figures(live.started_at))
-            self.channel.start_pings()
+            browser.start_pings()
             on_resize, resizes = _bridge_hooks(app[BROKER], self.admission, live)
             settings = app[SETTINGS]
-            await relay_vnc(self.channel, self.admission.endpoint, self.admission.policy,
+            await relay_vnc(browser, self.admission.endpoint, self.admission.policy,
                             self.counters, connect_timeout=settings.connect_timeout_seconds,
                             on_ready=self._on_ready, on_resize=on_resize,
                             on_responding=self._on_responding,
                             unresponsive_after=settings.desktop_unresponsive_seconds)
-            if not self.channel.browser_closed:
+            if not browser.browser_closed:
                 self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
         except asyncio.CancelledError:
-            # aiohttp cancels the handler when the browser's TCP connection goes away.
             if app[SHUTTING_DOWN].is_set():
                 self.code, self.reason = WS_GOING_AWAY, SHUTDOWN
-            elif not self.channel.browser_closed:
+            elif not browser.browser_closed:
                 self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
             raise
         except GatewayError as exc:
@@ -521,7 +430,9 @@ class Relay:
     async def _clean_up(self) -> None:
         """Every step runs, in order, even when one before it raised (each is logged)."""
         app, live, admission, counters = self.app, self.live, self.admission, self.counters
-        self.channel.stop_pings()
+        browser = self.browser
+        assert browser is not None
+        browser.stop_pings()
         for task in self.tasks:
             task.cancel()
         if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin
@@ -561,8 +472,7 @@ class Relay:
                                 watch_of=admission.watch_of)
 
         async def close() -> None:
-            if not self.ws.closed:
-                await _close(self.ws, self.code, self.reason)
+            await _close(browser, self.code, self.reason)  # once; nothing if the browser is gone
 
         log.info("%s closed: %s (%d B up, %d B down)", self.context, self.reason,
                  counters.bytes_up, counters.bytes_down)
