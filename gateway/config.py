@@ -79,6 +79,9 @@ class Settings:
     max_clipboard_bytes: int = 1 << 20
     max_sessions_per_user: int = 4  # desktop connections one person may hold open at once
     desktop_unresponsive_seconds: float = 10.0  # silence, then as long for a probe: "not responding"
+    # The silence before a probe while the person has given no input for as long (an idle
+    # session costs a probe a minute, not six).
+    desktop_idle_probe_seconds: float = 60.0
     max_sessions: int = 0  # 0: as many as the open files limit allows (gateway/capacity.py)
     # [rdp]
     rdp_max_bridges: int = 20
@@ -143,7 +146,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "desktops": ("run_as_user", "display_base", "desktop_geometry", "runtime_dir",
                  "stop_desktops_on_exit"),
     "relay": ("connect_timeout_seconds", "max_clipboard_bytes", "max_sessions_per_user",
-              "desktop_unresponsive_seconds", "max_sessions"),
+              "desktop_unresponsive_seconds", "desktop_idle_probe_seconds", "max_sessions"),
     "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials", "rdp_display_base",
             "rdp_logon_timeout_seconds"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
@@ -274,7 +277,8 @@ def _check(s: Settings) -> None:
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",
                  "lockout_threshold", "lockout_minutes", "ip_throttle_per_minute",
                  "sso_starts_per_minute", "sso_pending_per_address", "sso_pending_max",
-                 "max_sessions_per_user", "desktop_unresponsive_seconds"):
+                 "max_sessions_per_user", "desktop_unresponsive_seconds",
+                 "desktop_idle_probe_seconds"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")
 

@@ -16,7 +16,9 @@ holds, offers the browser security type None, and relays until either side ends:
   parsing, each message is charged to the session's input budget (``InputBudget``): a browser
   sending more than a person can is closed with ``InputLimit``.
 - the desktop's liveness: when nothing has come from the desktop for ``unresponsive_after``
-  seconds, the relay asks it for one pixel (a non-incremental FramebufferUpdateRequest of 1x1,
+  seconds (``idle_probe_after`` while the person has given no key or pointer input for as
+  long: an unattended session is asked once a minute, not six times), the relay asks it for
+  one pixel (a non-incremental FramebufferUpdateRequest of 1x1,
   written between whole client messages; an idle desktop answers it at once, while it need not
   answer the browser's incremental requests). No answer within as long again: ``on_responding
   (False)``; its next bytes: ``on_responding(True)``. The browser gets the one-pixel update like
@@ -260,6 +262,7 @@ async def relay_vnc(
     on_resize: Callable[[int, int], None] | None = None,
     on_responding: Callable[[bool], None] | None = None,
     unresponsive_after: float = UNRESPONSIVE_AFTER,
+    idle_probe_after: float | None = None,
 ) -> None:
     """Relay one browser channel to one VNC desktop until either side ends.
 
@@ -277,7 +280,7 @@ async def relay_vnc(
     stream = await _connect(endpoint, connect_timeout)
     try:
         await _session(channel, stream, endpoint, policy, counters, connect_timeout, on_ready,
-                       on_resize, on_responding, unresponsive_after)
+                       on_resize, on_responding, unresponsive_after, idle_probe_after)
     except BaseException:
         stream.abort()  # errors and cancellation: drop the desktop connection at once
         raise
@@ -295,6 +298,7 @@ async def _session(
     on_resize: Callable[[int, int], None] | None = None,
     on_responding: Callable[[bool], None] | None = None,
     unresponsive_after: float = UNRESPONSIVE_AFTER,
+    idle_probe_after: float | None = None,
 ) -> None:
     # The handshakes run in a frame of their own, so that nothing of them is kept for the
     # session's life (thousands of idle sessions).
@@ -305,7 +309,8 @@ async def _session(
     del started
     parser = ClientMessageParser(policy)
     budget = InputBudget(policy)
-    watch = _DesktopWatch(stream, unresponsive_after, on_responding)
+    watch = _DesktopWatch(stream, unresponsive_after, on_responding, counters,
+                          idle_probe_after or unresponsive_after)
     watch.start()
     try:
         await _relay(
@@ -451,17 +456,23 @@ async def _pump_up(
 class _DesktopWatch:
     """Probe a silent desktop with one pixel; report when it stops and starts answering.
 
-    A timer callback, not a task: it runs only when something can be due (``after`` s from the
-    desktop's last bytes or from the probe, at the earliest a quarter of ``after`` later), about
-    once per ``after`` for an idle desktop, so that thousands of idle relays cost little memory
-    and few wake-ups."""
+    A timer callback, not a task: it runs only when something can be due (the silence before a
+    probe from the desktop's last bytes, or ``after`` from the probe; at the earliest a quarter
+    of ``after`` later, at the latest ``after``), so that thousands of idle relays cost little
+    memory and few wake-ups. The silence before a probe is ``after`` while
+    the person gives input (a key or the pointer, ``counters.last_input``) and ``idle_after``
+    once they have given none for as long: whoever waits on a frozen screen is told within
+    ``2 * after``, an unattended session is asked far less often."""
 
-    __slots__ = ("_stream", "_after", "_on_responding", "_responding", "_probe_at", "_timer",
-                 "_loop")
+    __slots__ = ("_stream", "_after", "_idle_after", "_counters", "_on_responding",
+                 "_responding", "_probe_at", "_timer", "_loop")
 
     def __init__(self, stream: _DesktopStream, after: float,
-                 on_responding: Callable[[bool], None] | None) -> None:
+                 on_responding: Callable[[bool], None] | None,
+                 counters: RelayCounters | None = None, idle_after: float | None = None) -> None:
         self._stream, self._after, self._on_responding = stream, after, on_responding
+        self._idle_after = max(after, idle_after or after)
+        self._counters = counters
         self._responding = True
         self._probe_at: float | None = None
         self._loop = asyncio.get_running_loop()
@@ -475,10 +486,22 @@ class _DesktopWatch:
             self._timer.cancel()
             self._timer = None
 
+    def _silence(self) -> float:
+        """How long the desktop may be silent before it is asked for a pixel."""
+        if self._idle_after == self._after or self._counters is None:
+            return self._after
+        idle_for = time.time() - self._counters.last_input
+        return self._after if idle_for < self._idle_after else self._idle_after
+
     def _schedule(self) -> None:
         stream, after = self._stream, self._after
-        due = stream.last_received + after if self._probe_at is None else self._probe_at + after
-        delay = max(after / 4, due - time.monotonic())
+        if self._probe_at is None:
+            due = stream.last_received + self._silence()
+        else:
+            due = self._probe_at + after
+        # At most ``after`` ahead: a person who starts typing on a frozen screen is not left
+        # waiting for an unattended session's long silence.
+        delay = max(after / 4, min(after, due - time.monotonic()))
         self._timer = self._loop.call_later(delay, self._tick)
 
     def _tick(self) -> None:
@@ -502,7 +525,7 @@ class _DesktopWatch:
                 if self._on_responding is not None:
                     self._on_responding(True)
         if self._probe_at is None:
-            if now - stream.last_received >= after:
+            if now - stream.last_received >= self._silence():
                 stream.write(PROBE)  # between whole client messages: the pumps write whole ones
                 self._probe_at = now
         elif self._responding and now - self._probe_at >= after:

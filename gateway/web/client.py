@@ -404,7 +404,8 @@ class Relay:
                             self.counters, connect_timeout=settings.connect_timeout_seconds,
                             on_ready=self._on_ready, on_resize=on_resize,
                             on_responding=self._on_responding,
-                            unresponsive_after=settings.desktop_unresponsive_seconds)
+                            unresponsive_after=settings.desktop_unresponsive_seconds,
+                            idle_probe_after=settings.desktop_idle_probe_seconds)
             if not browser.browser_closed:
                 self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
         except asyncio.CancelledError:

@@ -131,7 +131,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, relay: Relay) -> Iterator[
             start_new_session=True,
             # A frozen desktop is reported after 2 s + 2 s instead of 10 s + 10 s.
             env={**os.environ, "DESKGATE_DESKTOPS_RUNTIME_DIR": str(runtime),
-                 "DESKGATE_RELAY_DESKTOP_UNRESPONSIVE_SECONDS": "2"},
+                 "DESKGATE_RELAY_DESKTOP_UNRESPONSIVE_SECONDS": "2",
+                 "DESKGATE_RELAY_DESKTOP_IDLE_PROBE_SECONDS": "2"},
         )
     gw = Gateway(
         base_url=base,

@@ -65,3 +65,37 @@ async def test_an_idle_desktop_answers_a_stopped_one_is_reported_then_recovers(
     finally:
         channel.close()
         await asyncio.wait_for(relay, 10)
+
+
+KEY_SHIFT = 0xFFE1
+
+
+async def test_an_unattended_session_is_probed_less_often_than_one_in_use(
+        start_desktop: Callable[..., Desktop], new_channel: Callable[[], MemoryChannel]) -> None:
+    """Silence before a probe: 30 s while nobody gives input, 1 s once someone does."""
+    desktop = start_desktop(None)
+    channel = new_channel()
+    counters = RelayCounters()
+    relay = asyncio.create_task(relay_vnc(
+        channel, Endpoint(port=desktop.port), RelayPolicy(), counters,
+        unresponsive_after=1.0, idle_probe_after=30.0))
+    try:
+        await channel.handshake()
+        channel.push(FULL_REQUEST)
+        await channel.read(4)
+        for _ in range(20):  # until the whole update has arrived: 1 s without a byte
+            sent = len(channel.sent)
+            await asyncio.sleep(1)
+            if len(channel.sent) == sent:
+                break
+        # Unattended: several times the in-use silence passes without a probe (nothing comes).
+        sent_before = len(channel.sent)
+        await asyncio.sleep(4)
+        assert len(channel.sent) == sent_before, "an unattended session was probed"
+        # A key (Shift, down and up: nothing changes on the screen) makes it a session in use.
+        for down in (1, 0):
+            channel.push(struct.pack(">BBxxI", 4, down, KEY_SHIFT))
+        assert await until(lambda: len(channel.sent) > sent_before, 5), "no probe once in use"
+    finally:
+        channel.close()
+        await asyncio.wait_for(relay, 10)

@@ -1,5 +1,6 @@
-"""Binary frames written from the relay's buffer: the same bytes as aiohttp's, one write each,
-and the buffer is the caller's again only once the transport has let go of it."""
+"""Binary frames written from the relay's buffer on a connection taken over from aiohttp
+(``browserws``): the same bytes as aiohttp's, one write each, and the buffer is the caller's
+again only once the transport has let go of it."""
 
 from __future__ import annotations
 
@@ -12,17 +13,32 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.proxy.tunnel import HEADER_ROOM
-from gateway.web.wssend import FrameSender
+from gateway.web.browserws import BrowserSocket, take_over
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 65537, 256 * 1024]
 Handler = Callable[[web.WebSocketResponse], Awaitable[None]]
+Taken = Callable[[BrowserSocket], Awaitable[None]]
 
 
-async def serve(handler: Handler) -> AsyncIterator[TestServer]:
+def browser_socket() -> BrowserSocket:
+    return BrowserSocket(max_message=1 << 20, ping_interval=3600.0, close_timeout=5.0)
+
+
+async def serve(handler: Handler | None = None, taken: Taken | None = None
+                ) -> AsyncIterator[TestServer]:
+    """A server whose websocket is given to ``handler`` as aiohttp's, or to ``taken`` once
+    taken over, in a task of its own, as the relay does (aiohttp's handler returns)."""
+    tasks: set[asyncio.Task[None]] = set()
+
     async def ws_view(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False)
         await ws.prepare(request)
-        await handler(ws)
+        if handler is not None:
+            await handler(ws)
+        else:
+            assert taken is not None
+            task = asyncio.ensure_future(taken(await take_over(request, browser_socket)))
+            tasks.add(task)
         return ws  # no close handshake: the raw clients read to the end of the connection
 
     app = web.Application()
@@ -50,10 +66,10 @@ def payload(size: int) -> bytes:
 HEADERS = [2, 2, 2, 4, 4, 4, 10, 10, 10]  # the header of each of SIZES' frames
 
 
-async def wire_bytes(handler: Handler) -> bytes:
+async def wire_bytes(handler: Handler | None = None, taken: Taken | None = None) -> bytes:
     """The server's bytes after the upgrade: as long as the frames of SIZES, and then more
     if there are any (a few ms to show them)."""
-    async for server in serve(handler):
+    async for server in serve(handler, taken):
         reader, writer = await open_raw(server)
         data = await asyncio.wait_for(reader.readexactly(sum(HEADERS) + sum(SIZES)), 30)
         try:
@@ -72,10 +88,9 @@ async def test_frames_from_the_buffer_are_byte_identical_to_aiohttps() -> None:
 
     writes: list[int] = []
 
-    async def by_sender(ws: web.WebSocketResponse) -> None:
-        sender = FrameSender(ws)
-        assert ws._writer is not None
-        transport = ws._writer.transport
+    async def by_sender(browser: BrowserSocket) -> None:
+        transport = browser._transport
+        assert transport is not None
         write = transport.write
 
         def counted(data: bytes | bytearray | memoryview) -> None:
@@ -86,11 +101,14 @@ async def test_frames_from_the_buffer_are_byte_identical_to_aiohttps() -> None:
         for size in SIZES:
             buffer = memoryview(bytearray(HEADER_ROOM + size))
             buffer[HEADER_ROOM:] = payload(size)
-            await sender.send(buffer)
+            await browser.send_chunk(buffer)
         transport.write = write  # type: ignore[method-assign]
 
+    frames = sum(HEADERS) + sum(SIZES)
     expected = await wire_bytes(by_aiohttp)
-    assert await wire_bytes(by_sender) == expected
+    assert expected[frames:frames + 1] == b"\x88"  # aiohttp's close frame when its handler returns
+    # Taken over: the same frames, and nothing from aiohttp after them.
+    assert await wire_bytes(taken=by_sender) == expected[:frames]
     assert writes == [h + s for h, s in zip(HEADERS, SIZES, strict=True)]  # one write per frame
 
 
@@ -99,14 +117,13 @@ async def test_a_browser_that_does_not_read_holds_the_sender_and_nothing_is_lost
     sent, held = asyncio.Event(), asyncio.Event()
     left: list[int] = []
 
-    async def handler(ws: web.WebSocketResponse) -> None:
-        sender = FrameSender(ws)
-        assert ws._writer is not None
-        transport = ws._writer.transport
+    async def handler(browser: BrowserSocket) -> None:
+        transport = browser._transport
+        assert transport is not None
         buffer = memoryview(bytearray(HEADER_ROOM + size))
         for turn in range(3):
             buffer[HEADER_ROOM:] = bytes([turn + 1]) * size
-            task = asyncio.create_task(sender.send(buffer))
+            task = asyncio.create_task(browser.send_chunk(buffer))
             if turn == 0:  # the browser reads nothing until ``held``: the send cannot finish
                 await asyncio.sleep(0.1)
                 assert not task.done()
@@ -117,7 +134,7 @@ async def test_a_browser_that_does_not_read_holds_the_sender_and_nothing_is_lost
             assert transport.get_write_buffer_size() == 0
         sent.set()
 
-    async for server in serve(handler):
+    async for server in serve(taken=handler):
         reader, writer = await open_raw(server)
         await asyncio.wait_for(held.wait(), 30)
         received = bytearray()
