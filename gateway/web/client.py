@@ -338,7 +338,7 @@ class Relay:
         self.counters = RelayCounters()
         self.browser: BrowserSocket | None = None
         self.task: asyncio.Task[None] | None = None  # run(), once the connection is taken over
-        self.started: list[asyncio.Task[None]] = []
+        self.started: set[asyncio.Task[None]] = set()  # the row's "connected", while written
         self.tasks: list[asyncio.Task[None]] = []
         self.code, self.reason, self.final = WS_NORMAL, "closed by the user", False
         session, desktop = admission.session, admission.desktop
@@ -377,7 +377,9 @@ class Relay:
         if self.watched is None:
             session = self.admission.session
             self.app[METRICS].connect_latency(time.time() - session.started_at)
-            self.started.append(asyncio.ensure_future(self.app[BROKER].started(session)))
+            task = asyncio.ensure_future(self.app[BROKER].started(session))
+            self.started.add(task)
+            task.add_done_callback(self.started.discard)
 
     def _on_rtt(self, ms: float) -> None:
         self.live.rtt_ms = ms
@@ -440,7 +442,7 @@ class Relay:
             self.reason, self.final, self.code = live.end_reason, live.end_final, live.end_code
 
         async def started() -> None:
-            for task in self.started:
+            for task in list(self.started):
                 await task
 
         async def finish() -> None:
