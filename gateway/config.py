@@ -79,9 +79,9 @@ class Settings:
     max_clipboard_bytes: int = 1 << 20
     max_sessions_per_user: int = 4  # desktop connections one person may hold open at once
     desktop_unresponsive_seconds: float = 10.0  # silence, then as long for a probe: "not responding"
-    # The silence before a probe while the person has given no input for as long (an idle
-    # session costs a probe a minute, not six).
-    desktop_idle_probe_seconds: float = 60.0
+    # The silence before a probe while the person has given no input for as long: an
+    # unattended session is asked every 5 minutes, not every 10 s.
+    desktop_idle_probe_seconds: float = 300.0
     max_sessions: int = 0  # 0: as many as the open files limit allows (gateway/capacity.py)
     # [rdp]
     rdp_max_bridges: int = 20

@@ -17,8 +17,8 @@ holds, offers the browser security type None, and relays until either side ends:
   sending more than a person can is closed with ``InputLimit``.
 - the desktop's liveness: when nothing has come from the desktop for ``unresponsive_after``
   seconds (``idle_probe_after`` while the person has given no key or pointer input for as
-  long: an unattended session is asked once a minute, not six times), the relay asks it for
-  one pixel (a non-incremental FramebufferUpdateRequest of 1x1,
+  long: an unattended session is asked every few minutes, not every few seconds), the relay
+  asks it for one pixel (a non-incremental FramebufferUpdateRequest of 1x1,
   written between whole client messages; an idle desktop answers it at once, while it need not
   answer the browser's incremental requests). No answer within as long again: ``on_responding
   (False)``; its next bytes: ``on_responding(True)``. The browser gets the one-pixel update like
