@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Set
 from typing import Any
 from urllib.parse import quote
 
@@ -217,14 +217,17 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     return await relay_socket(request, _admit_own)
 
 
+_NO_TASKS: frozenset[asyncio.Task[None]] = frozenset()
+
+
 def _bridge_hooks(broker: Broker, admission: Admission, live: LiveSession
-                  ) -> tuple[Callable[[int, int], None] | None, set[asyncio.Task[None]]]:
+                  ) -> tuple[Callable[[int, int], None] | None, Set[asyncio.Task[None]]]:
     """For an RDP bridge: follow the browser's size, and end the connection with a clear reason
     when the remote session ends (server closed or killed, remote logoff)."""
-    tasks: set[asyncio.Task[None]] = set()
     key, bridges = admission.bridge_key, broker.bridges
     if key is None or bridges is None:
-        return None, tasks
+        return None, _NO_TASKS
+    tasks: set[asyncio.Task[None]] = set()
 
     def spawn(coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -329,6 +332,9 @@ class Relay:
     """One admitted relay: registered as live, relayed, and cleaned up in steps that each run
     whatever the ones before them did (see ``_clean_up``)."""
 
+    __slots__ = ("app", "admission", "watched", "ip", "counters", "browser", "task", "started",
+                 "tasks", "code", "reason", "final", "context", "live")
+
     def __init__(self, app: web.Application, ip: str, admission: Admission,
                  web_session: WebSession, watched: LiveSession | None) -> None:
         self.app = app
@@ -338,7 +344,7 @@ class Relay:
         self.counters = RelayCounters()
         self.browser: BrowserSocket | None = None
         self.task: asyncio.Task[None] | None = None  # run(), once the connection is taken over
-        self.started: set[asyncio.Task[None]] = set()  # the row's "connected", while written
+        self.started: list[asyncio.Task[None]] = []  # the row's "connected", while written
         self.tasks: list[asyncio.Task[None]] = []
         self.code, self.reason, self.final = WS_NORMAL, "closed by the user", False
         session, desktop = admission.session, admission.desktop
@@ -378,8 +384,8 @@ class Relay:
             session = self.admission.session
             self.app[METRICS].connect_latency(time.time() - session.started_at)
             task = asyncio.ensure_future(self.app[BROKER].started(session))
-            self.started.add(task)
-            task.add_done_callback(self.started.discard)
+            self.started.append(task)
+            task.add_done_callback(self.started.remove)
 
     def _on_rtt(self, ms: float) -> None:
         self.live.rtt_ms = ms
@@ -390,7 +396,7 @@ class Relay:
     async def run(self) -> None:
         app, live, browser = self.app, self.live, self.browser
         assert browser is not None
-        resizes: set[asyncio.Task[None]] = set()
+        resizes: Set[asyncio.Task[None]] = _NO_TASKS
         try:
             app[LIVE].add(live)
             if self.watched is not None:
