@@ -7,8 +7,10 @@ holds, offers the browser security type None, and relays until either side ends:
   ``BufferedProtocol``): one fills while the other is being sent to the browser, straight from
   the buffer (``ClientChannel.send_chunk``: no copy, the frame header written into room left
   before the bytes; chunks under ``SMALL_CHUNK`` are copied instead, so a quiet session keeps
-  to one buffer); reading pauses when the filling one is full, so a slow browser slows the
-  desktop down instead of filling memory.
+  to one buffer). A buffer that fills while the relay holds nothing is set aside for it and
+  reading goes on into the other; reading pauses only when both are taken, so a slow browser
+  slows the desktop down instead of filling memory, and a relay that keeps up does not pause and
+  resume reading for every chunk.
   This direction is not parsed, so ``RelayPolicy.clipboard_from_desktop`` is not enforced here:
   ServerCutText passes unchanged.
 - browser -> desktop: every message goes through ``rfb_messages.ClientMessageParser``, which
@@ -114,9 +116,12 @@ class _DesktopStream(asyncio.BufferedProtocol):
     """The desktop socket, read into two reused buffers of ``size`` bytes, in turn.
 
     Reads append to the filling buffer while the relay is busy sending the other one, so a busy
-    relay takes bigger chunks instead of more of them; reading pauses only once the filling buffer
-    is full, and resumes when ``read()`` or ``read_chunk()`` empties it. A browser that stops
-    reading stops the gateway reading from the desktop after at most ``size`` bytes more.
+    relay takes bigger chunks instead of more of them. A buffer that fills up while the other one
+    is free (the relay is not holding it) is set aside for the relay and reading goes on into the
+    other one at once; only when both are taken (one full, one with the relay) does reading pause,
+    until ``read_chunk()`` gives one back. So a relay that keeps up never pauses and resumes
+    reading (two ``epoll_ctl`` calls per chunk), and a browser that stops reading stops the
+    gateway reading from the desktop after at most ``size`` bytes more.
     Each buffer has ``HEADER_ROOM`` bytes in front of the data for the channel's framing.
     """
 
@@ -130,6 +135,8 @@ class _DesktopStream(asyncio.BufferedProtocol):
         self._view = self._buffers[0]
         self._size = size
         self._filled = 0  # bytes in the filling buffer, after its HEADER_ROOM
+        self._full: memoryview | None = None  # the other buffer, full, set aside for the relay
+        self._lent = False  # the relay holds the other buffer (until its next read_chunk())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
         self._eof = False
@@ -150,16 +157,22 @@ class _DesktopStream(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # Never empty: reading pauses when it is full.
+        # Never empty: a full buffer is set aside, or reading pauses.
         return self._view[HEADER_ROOM + self._filled :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
         self.last_received = time.monotonic()
         if self._filled >= self._size:
-            assert self._transport is not None
-            self._transport.pause_reading()
-            self._paused = True
+            if self._full is None and not self._lent:  # the other buffer is free: fill it next
+                self._full = self._view[: HEADER_ROOM + self._filled]
+                self._turn ^= 1
+                self._view = self._buffers[self._turn]
+                self._filled = 0
+            else:
+                assert self._transport is not None
+                self._transport.pause_reading()
+                self._paused = True
         self._wake()
 
     def eof_received(self) -> bool:
@@ -188,8 +201,9 @@ class _DesktopStream(asyncio.BufferedProtocol):
 
     # used by the relay
     async def _received(self) -> bool:
-        """Wait for bytes in the filling buffer; False once the desktop closed without more."""
-        while self._filled == 0:
+        """Wait for bytes (a full buffer set aside, or some in the filling one); False once the
+        desktop closed without more."""
+        while self._filled == 0 and self._full is None:
             if self._eof:
                 return False
             assert self._loop is not None
@@ -201,25 +215,38 @@ class _DesktopStream(asyncio.BufferedProtocol):
         return True
 
     async def read(self) -> bytes | None:
-        """Every byte received so far, at most ``size``, copied; None once the desktop closed."""
+        """The bytes received so far, at most ``size``, copied; None once the desktop closed."""
         if not await self._received():
             return None
+        if self._full is not None:
+            data = bytes(self._full[HEADER_ROOM:])
+            self._full = None
+            self._resume()
+            return data
         data = bytes(self._view[HEADER_ROOM : HEADER_ROOM + self._filled])
         self._emptied()
         return data
 
     async def read_chunk(self) -> bytes | memoryview | None:
-        """Every byte received so far (at most ``size``): below ``SMALL_CHUNK`` bytes a copy;
-        else, not copied, the filling buffer with ``HEADER_ROOM`` bytes of room before the data,
-        handed over while the other one fills: valid until the next ``read_chunk()``, which
-        refills it. None once the desktop closed."""
-        if not await self._received():
+        """The bytes received so far (at most ``size``): below ``SMALL_CHUNK`` bytes a copy;
+        else, not copied, a buffer with ``HEADER_ROOM`` bytes of room before the data, handed
+        over while the other one fills: valid until the next ``read_chunk()``, which may refill
+        it. None once the desktop closed."""
+        self._lent = False  # the caller is done with the last chunk
+        if (self._filled == 0 and self._full is None) and not await self._received():
             return None
+        chunk = self._full
+        if chunk is not None:  # set aside while the relay was busy: older than the filling one
+            self._full = None
+            self._lent = True
+            # A full filling buffer stays paused: the other one is lent now.
+            return chunk
         if self._filled < SMALL_CHUNK:
             data = bytes(self._view[HEADER_ROOM : HEADER_ROOM + self._filled])
             self._emptied()
             return data
         chunk = self._view[: HEADER_ROOM + self._filled]
+        self._lent = True
         self._turn ^= 1
         self._view = self._buffers[self._turn]
         self._emptied()
@@ -227,7 +254,10 @@ class _DesktopStream(asyncio.BufferedProtocol):
 
     def _emptied(self) -> None:
         self._filled = 0
-        if self._paused:
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._paused and self._filled < self._size:
             self._paused = False
             if self._transport is not None and not self._eof:
                 self._transport.resume_reading()
