@@ -40,11 +40,17 @@ from gateway.model import Endpoint, RelayCounters, RelayPolicy
 from gateway.proxy.rfb import BrowserHandshake, DesktopHandshake
 from gateway.proxy.rfb_messages import SET_DESKTOP_SIZE, ClientMessageParser
 
-# Bigger reads mean fewer websocket messages and event-loop turns per byte: bench/relay.py measured
-# the gateway's CPU per GB at 64 KiB 1.1 s, 128 KiB 0.83 s, 256 KiB 0.48 s, 512 KiB 0.44 s.
 log = logging.getLogger("deskgate.relay")
 
-READ_BUFFER_SIZE = 256 * 1024
+# Bigger reads mean fewer websocket messages and event-loop turns per byte. The relay costs about
+# 0.47 CPU-s per GB in copies and TCP, whatever the size, plus about 30 us per chunk: measured with
+# ``bench/relay.py --phases relay --rounds 3 --paths socat,gateway`` three times per size,
+# interleaved (2 CPUs; socat 0.52-0.56 s/GB meanwhile), the gateway's CPU per GB was 256 KiB 0.62,
+# 512 KiB 0.54, 1 MiB 0.46-0.49. Above 512 KiB the gain is small and the cost moves elsewhere:
+# the bench's websocket client spent 0.45, 0.51, 0.56 s/GB on 256 KiB, 512 KiB, 1 MiB frames, and
+# at 1 MiB over half the sends were partial (the transport copies what the kernel did not take).
+# A session that streamed keeps 2 x this resident; an idle one, only what its small reads touched.
+READ_BUFFER_SIZE = 512 * 1024
 # Room left before the bytes of each chunk for the channel's framing: the longest header of an
 # unmasked websocket frame (2 + 8 bytes of length).
 HEADER_ROOM = 10

@@ -384,14 +384,18 @@ async def test_a_full_buffer_is_set_aside_and_reading_pauses_only_when_both_are_
     refilled, whichever way the buffers were handed over."""
     size = 64 * 1024
     data = bytes(range(251)) * (8 * size // 251)  # no period of the buffer size
-    sent = asyncio.Event()
+    sent, finished = asyncio.Event(), asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(data)
-        await writer.drain()
-        sent.set()
-        await reader.read()  # until the stream closes its end
-        writer.close()
+        try:
+            writer.write(data)
+            await writer.drain()
+            sent.set()
+            await reader.read()  # until the stream closes its end
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            finished.set()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -426,5 +430,6 @@ async def test_a_full_buffer_is_set_aside_and_reading_pauses_only_when_both_are_
         await asyncio.wait_for(sent.wait(), 30)
     finally:
         stream.close()
+        await asyncio.wait_for(finished.wait(), 30)
         server.close()
         await server.wait_closed()
