@@ -54,6 +54,10 @@ READ_BUFFER_SIZE = 512 * 1024
 # Room left before the bytes of each chunk for the channel's framing: the longest header of an
 # unmasked websocket frame (2 + 8 bytes of length).
 HEADER_ROOM = 10
+# Where the bytes start in each buffer: on a cache line. Measured as READ_BUFFER_SIZE was, twice,
+# interleaved: bytes at offset HEADER_ROOM (unaligned) 0.48 and 0.50 CPU-s/GB, at 64 0.42 and 0.42,
+# at 4096 0.42 and 0.48: the kernel's copies into and out of the buffer are cheaper aligned.
+DATA_ALIGN = 64
 # Chunks smaller than this are copied and the same buffer refills: the copy is cheap, and a quiet
 # session touches the first pages of one buffer only (its resident memory stays a few KiB).
 SMALL_CHUNK = 4 * 1024
@@ -134,9 +138,11 @@ class _DesktopStream(asyncio.BufferedProtocol):
     def __init__(self, size: int = READ_BUFFER_SIZE) -> None:
         # Anonymous memory: only the pages a read touched are resident, so an idle session costs a
         # few KiB however large the buffers are (a bytearray would be zero-filled, all resident).
-        span = HEADER_ROOM + size
-        memory = memoryview(mmap.mmap(-1, 2 * span))
-        self._buffers = (memory[:span], memory[span:])
+        # The bytes start on a cache line (HEADER_ROOM before them is free for the header).
+        stride = -(-(DATA_ALIGN + size) // DATA_ALIGN) * DATA_ALIGN
+        memory = memoryview(mmap.mmap(-1, 2 * stride))
+        self._buffers = tuple(memory[at + DATA_ALIGN - HEADER_ROOM : at + DATA_ALIGN + size]
+                              for at in (0, stride))
         self._turn = 0  # which buffer fills
         self._view = self._buffers[0]
         self._size = size
