@@ -42,13 +42,13 @@ from gateway.proxy.rfb_messages import SET_DESKTOP_SIZE, ClientMessageParser
 
 log = logging.getLogger("deskgate.relay")
 
-# Bigger reads mean fewer websocket messages and event-loop turns per byte. The relay costs about
-# 0.47 CPU-s per GB in copies and TCP, whatever the size, plus about 30 us per chunk: measured with
-# ``bench/relay.py --phases relay --rounds 3 --paths socat,gateway`` three times per size,
-# interleaved (2 CPUs; socat 0.52-0.56 s/GB meanwhile), the gateway's CPU per GB was 256 KiB 0.62,
-# 512 KiB 0.54, 1 MiB 0.46-0.49. Above 512 KiB the gain is small and the cost moves elsewhere:
-# the bench's websocket client spent 0.45, 0.51, 0.56 s/GB on 256 KiB, 512 KiB, 1 MiB frames, and
-# at 1 MiB over half the sends were partial (the transport copies what the kernel did not take).
+# Bigger reads mean fewer websocket messages and event-loop turns per byte, but colder copies.
+# Measured with ``bench/relay.py --phases relay --rounds 3 --paths socat,gateway`` three times per
+# size, interleaved (2 CPUs, socat 0.50-0.60 s/GB meanwhile), the gateway's CPU per GB was, with the
+# bytes unaligned: 256 KiB 0.62, 512 KiB 0.54, 1 MiB 0.46-0.49; aligned (DATA_ALIGN): 256 KiB 0.52,
+# 512 KiB 0.42, 1 MiB 0.44. Above 512 KiB the cost also moves elsewhere: the bench's websocket
+# client spent about 0.45, 0.5, 0.56 s/GB on 256 KiB, 512 KiB, 1 MiB frames, and at 1 MiB over half
+# the sends were partial (the transport copies what the kernel did not take).
 # A session that streamed keeps 2 x this resident; an idle one, only what its small reads touched.
 READ_BUFFER_SIZE = 512 * 1024
 # Room left before the bytes of each chunk for the channel's framing: the longest header of an
