@@ -7,8 +7,10 @@ holds, offers the browser security type None, and relays until either side ends:
   ``BufferedProtocol``): one fills while the other is being sent to the browser, straight from
   the buffer (``ClientChannel.send_chunk``: no copy, the frame header written into room left
   before the bytes; chunks under ``SMALL_CHUNK`` are copied instead, so a quiet session keeps
-  to one buffer); reading pauses when the filling one is full, so a slow browser slows the
-  desktop down instead of filling memory.
+  to one buffer). A buffer that fills while the relay holds nothing is set aside for it and
+  reading goes on into the other; reading pauses only when both are taken, so a slow browser
+  slows the desktop down instead of filling memory, and a relay that keeps up does not pause and
+  resume reading for every chunk.
   This direction is not parsed, so ``RelayPolicy.clipboard_from_desktop`` is not enforced here:
   ServerCutText passes unchanged.
 - browser -> desktop: every message goes through ``rfb_messages.ClientMessageParser``, which
@@ -40,14 +42,24 @@ from gateway.model import Endpoint, RelayCounters, RelayPolicy
 from gateway.proxy.rfb import BrowserHandshake, DesktopHandshake
 from gateway.proxy.rfb_messages import SET_DESKTOP_SIZE, ClientMessageParser
 
-# Bigger reads mean fewer websocket messages and event-loop turns per byte: bench/relay.py measured
-# the gateway's CPU per GB at 64 KiB 1.1 s, 128 KiB 0.83 s, 256 KiB 0.48 s, 512 KiB 0.44 s.
 log = logging.getLogger("deskgate.relay")
 
-READ_BUFFER_SIZE = 256 * 1024
+# Bigger reads mean fewer websocket messages and event-loop turns per byte, but colder copies.
+# Measured with ``bench/relay.py --phases relay --rounds 3 --paths socat,gateway`` three times per
+# size, interleaved (2 CPUs, socat 0.50-0.60 s/GB meanwhile), the gateway's CPU per GB was, with the
+# bytes unaligned: 256 KiB 0.62, 512 KiB 0.54, 1 MiB 0.46-0.49; aligned (DATA_ALIGN): 256 KiB 0.52,
+# 512 KiB 0.42, 1 MiB 0.44. Above 512 KiB the cost also moves elsewhere: the bench's websocket
+# client spent about 0.45, 0.5, 0.56 s/GB on 256 KiB, 512 KiB, 1 MiB frames, and at 1 MiB over half
+# the sends were partial (the transport copies what the kernel did not take).
+# A session that streamed keeps 2 x this resident; an idle one, only what its small reads touched.
+READ_BUFFER_SIZE = 512 * 1024
 # Room left before the bytes of each chunk for the channel's framing: the longest header of an
 # unmasked websocket frame (2 + 8 bytes of length).
 HEADER_ROOM = 10
+# Where the bytes start in each buffer: on a cache line. Measured as READ_BUFFER_SIZE was, twice,
+# interleaved: bytes at offset HEADER_ROOM (unaligned) 0.48 and 0.50 CPU-s/GB, at 64 0.42 and 0.42,
+# at 4096 0.42 and 0.48: the kernel's copies into and out of the buffer are cheaper aligned.
+DATA_ALIGN = 64
 # Chunks smaller than this are copied and the same buffer refills: the copy is cheap, and a quiet
 # session touches the first pages of one buffer only (its resident memory stays a few KiB).
 SMALL_CHUNK = 4 * 1024
@@ -116,22 +128,29 @@ class _DesktopStream(asyncio.BufferedProtocol):
     """The desktop socket, read into two reused buffers of ``size`` bytes, in turn.
 
     Reads append to the filling buffer while the relay is busy sending the other one, so a busy
-    relay takes bigger chunks instead of more of them; reading pauses only once the filling buffer
-    is full, and resumes when ``read()`` or ``read_chunk()`` empties it. A browser that stops
-    reading stops the gateway reading from the desktop after at most ``size`` bytes more.
+    relay takes bigger chunks instead of more of them. A buffer that fills up while the other one
+    is free (the relay is not holding it) is set aside for the relay and reading goes on into the
+    other one at once; only when both are taken (one full, one with the relay) does reading pause,
+    until ``read_chunk()`` gives one back. So a relay that keeps up never pauses and resumes
+    reading (two ``epoll_ctl`` calls per chunk), and a browser that stops reading stops the
+    gateway reading from the desktop after at most ``size`` bytes more.
     Each buffer has ``HEADER_ROOM`` bytes in front of the data for the channel's framing.
     """
 
     def __init__(self, size: int = READ_BUFFER_SIZE) -> None:
         # Anonymous memory: only the pages a read touched are resident, so an idle session costs a
         # few KiB however large the buffers are (a bytearray would be zero-filled, all resident).
-        span = HEADER_ROOM + size
-        memory = memoryview(mmap.mmap(-1, 2 * span))
-        self._buffers = (memory[:span], memory[span:])
+        # The bytes start on a cache line (HEADER_ROOM before them is free for the header).
+        stride = -(-(DATA_ALIGN + size) // DATA_ALIGN) * DATA_ALIGN
+        memory = memoryview(mmap.mmap(-1, 2 * stride))
+        self._buffers = tuple(memory[at + DATA_ALIGN - HEADER_ROOM : at + DATA_ALIGN + size]
+                              for at in (0, stride))
         self._turn = 0  # which buffer fills
         self._view = self._buffers[0]
         self._size = size
         self._filled = 0  # bytes in the filling buffer, after its HEADER_ROOM
+        self._full: memoryview | None = None  # the other buffer, full, set aside for the relay
+        self._lent = False  # the relay holds the other buffer (until its next read_chunk())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
         self._eof = False
@@ -152,16 +171,22 @@ class _DesktopStream(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # Never empty: reading pauses when it is full.
+        # Never empty: a full buffer is set aside, or reading pauses.
         return self._view[HEADER_ROOM + self._filled :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
         self.last_received = time.monotonic()
         if self._filled >= self._size:
-            assert self._transport is not None
-            self._transport.pause_reading()
-            self._paused = True
+            if self._full is None and not self._lent:  # the other buffer is free: fill it next
+                self._full = self._view[: HEADER_ROOM + self._filled]
+                self._turn ^= 1
+                self._view = self._buffers[self._turn]
+                self._filled = 0
+            else:
+                assert self._transport is not None
+                self._transport.pause_reading()
+                self._paused = True
         self._wake()
 
     def eof_received(self) -> bool:
@@ -190,8 +215,9 @@ class _DesktopStream(asyncio.BufferedProtocol):
 
     # used by the relay
     async def _received(self) -> bool:
-        """Wait for bytes in the filling buffer; False once the desktop closed without more."""
-        while self._filled == 0:
+        """Wait for bytes (a full buffer set aside, or some in the filling one); False once the
+        desktop closed without more."""
+        while self._filled == 0 and self._full is None:
             if self._eof:
                 return False
             assert self._loop is not None
@@ -203,25 +229,38 @@ class _DesktopStream(asyncio.BufferedProtocol):
         return True
 
     async def read(self) -> bytes | None:
-        """Every byte received so far, at most ``size``, copied; None once the desktop closed."""
+        """The bytes received so far, at most ``size``, copied; None once the desktop closed."""
         if not await self._received():
             return None
+        if self._full is not None:
+            data = bytes(self._full[HEADER_ROOM:])
+            self._full = None
+            self._resume()
+            return data
         data = bytes(self._view[HEADER_ROOM : HEADER_ROOM + self._filled])
         self._emptied()
         return data
 
     async def read_chunk(self) -> bytes | memoryview | None:
-        """Every byte received so far (at most ``size``): below ``SMALL_CHUNK`` bytes a copy;
-        else, not copied, the filling buffer with ``HEADER_ROOM`` bytes of room before the data,
-        handed over while the other one fills: valid until the next ``read_chunk()``, which
-        refills it. None once the desktop closed."""
-        if not await self._received():
+        """The bytes received so far (at most ``size``): below ``SMALL_CHUNK`` bytes a copy;
+        else, not copied, a buffer with ``HEADER_ROOM`` bytes of room before the data, handed
+        over while the other one fills: valid until the next ``read_chunk()``, which may refill
+        it. None once the desktop closed."""
+        self._lent = False  # the caller is done with the last chunk
+        if (self._filled == 0 and self._full is None) and not await self._received():
             return None
+        chunk = self._full
+        if chunk is not None:  # set aside while the relay was busy: older than the filling one
+            self._full = None
+            self._lent = True
+            # A full filling buffer stays paused: the other one is lent now.
+            return chunk
         if self._filled < SMALL_CHUNK:
             data = bytes(self._view[HEADER_ROOM : HEADER_ROOM + self._filled])
             self._emptied()
             return data
         chunk = self._view[: HEADER_ROOM + self._filled]
+        self._lent = True
         self._turn ^= 1
         self._view = self._buffers[self._turn]
         self._emptied()
@@ -229,7 +268,10 @@ class _DesktopStream(asyncio.BufferedProtocol):
 
     def _emptied(self) -> None:
         self._filled = 0
-        if self._paused:
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._paused and self._filled < self._size:
             self._paused = False
             if self._transport is not None and not self._eof:
                 self._transport.resume_reading()

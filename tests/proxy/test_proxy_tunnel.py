@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import socket
 import struct
 import time
@@ -15,7 +16,7 @@ import pytest
 from gateway.errors import DesktopUnavailable, ProtocolError, UpstreamClosed
 from gateway.model import Endpoint, RelayCounters, RelayPolicy
 from gateway.proxy import relay_vnc
-from gateway.proxy.tunnel import HEADER_ROOM, READ_BUFFER_SIZE
+from gateway.proxy.tunnel import DATA_ALIGN, HEADER_ROOM, READ_BUFFER_SIZE, _DesktopStream
 
 if TYPE_CHECKING:
     from conftest import MemoryChannel
@@ -376,3 +377,70 @@ async def test_chunks_sent_from_the_buffer_are_not_overwritten_while_in_flight(
     assert counters.bytes_down == len(SERVER_INIT) + len(stream)
     slow.close()
     await asyncio.wait_for(relay, 10)
+
+
+async def test_a_full_buffer_is_set_aside_and_reading_pauses_only_when_both_are_taken() -> None:
+    """A buffer that fills while the relay holds nothing is set aside and reading goes on into
+    the other one; reading pauses once both are taken, and a chunk the relay holds is never
+    refilled, whichever way the buffers were handed over."""
+    size = 64 * 1024
+    data = bytes(range(251)) * (8 * size // 251)  # no period of the buffer size
+    sent, finished = asyncio.Event(), asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(data)
+            await writer.drain()
+            sent.set()
+            await reader.read()  # until the stream closes its end
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            finished.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    _, stream = await loop.create_connection(lambda: _DesktopStream(size), "127.0.0.1", port)
+
+    async def until_paused() -> None:
+        async with asyncio.timeout(30):
+            while not stream.paused:
+                await asyncio.sleep(0.001)
+
+    try:
+        await until_paused()  # nothing taken: one buffer set aside, the other full
+        received = bytearray()
+        chunk = await stream.read_chunk()
+        assert isinstance(chunk, memoryview) and len(chunk) == HEADER_ROOM + size
+        assert stream.paused  # the relay holds one buffer, the other is full
+        held = bytes(chunk[HEADER_ROOM:])
+        assert held == data[:size]  # the set-aside buffer comes first
+        received += held
+        chunk = await stream.read_chunk()  # the first one is free again: reading resumes
+        assert isinstance(chunk, memoryview) and bytes(chunk[HEADER_ROOM:]) == data[size:2 * size]
+        held = bytes(chunk[HEADER_ROOM:])
+        await until_paused()  # the freed buffer fills while the relay holds this chunk
+        assert bytes(chunk[HEADER_ROOM:]) == held  # not refilled while held
+        received += held
+        while len(received) < len(data):
+            next_chunk = await asyncio.wait_for(stream.read_chunk(), 30)
+            assert next_chunk is not None
+            received += next_chunk[HEADER_ROOM:] if isinstance(next_chunk, memoryview) else next_chunk
+        assert received == data
+        await asyncio.wait_for(sent.wait(), 30)
+    finally:
+        stream.close()
+        await asyncio.wait_for(finished.wait(), 30)
+        server.close()
+        await server.wait_closed()
+
+
+def test_the_bytes_of_each_buffer_start_on_a_cache_line() -> None:
+    """The kernel copies into and out of the buffers: aligned, those copies cost less."""
+    for size in (READ_BUFFER_SIZE, 64 * 1024, 1000):
+        stream = _DesktopStream(size)
+        for buffer in stream._buffers:
+            assert len(buffer) == HEADER_ROOM + size
+            start = ctypes.addressof(ctypes.c_char.from_buffer(buffer, HEADER_ROOM))
+            assert start % DATA_ALIGN == 0
