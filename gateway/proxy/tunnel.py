@@ -60,9 +60,14 @@ HEADER_ROOM = 10
 # interleaved: bytes at offset HEADER_ROOM (unaligned) 0.48 and 0.50 CPU-s/GB, at 64 0.42 and 0.42,
 # at 4096 0.42 and 0.48: the kernel's copies into and out of the buffer are cheaper aligned.
 DATA_ALIGN = 64
-# Chunks smaller than this are copied and the same buffer refills: the copy is cheap, and a quiet
-# session touches the first pages of one buffer only (its resident memory stays a few KiB).
+# Chunks smaller than this are copied: the copy is cheap.
 SMALL_CHUNK = 4 * 1024
+# A quiet stream (its last chunk was small) reads into one buffer that all streams share, and keeps
+# what came as a copy while it stays small: an idle session's trickle (the desktop's handshake,
+# answers to liveness probes, a blinking cursor) never touches its own buffers' pages. Sharing is
+# safe: asyncio calls get_buffer(), recv_into() and buffer_updated() in one callback.
+QUIET_READ = 64 * 1024
+_QUIET = memoryview(bytearray(QUIET_READ))
 # Nothing from the desktop for this long: ask it for a pixel; no answer for as long again: frozen.
 UNRESPONSIVE_AFTER = 10.0
 # One pixel, non-incremental: a desktop must answer it however idle it is.
@@ -135,6 +140,9 @@ class _DesktopStream(asyncio.BufferedProtocol):
     reading (two ``epoll_ctl`` calls per chunk), and a browser that stops reading stops the
     gateway reading from the desktop after at most ``size`` bytes more.
     Each buffer has ``HEADER_ROOM`` bytes in front of the data for the channel's framing.
+    While the stream is quiet (its last chunk was small), reads go into a buffer all streams
+    share and are kept as a copy (``QUIET_READ``); the first read that is not small moves them
+    into the own buffers. ``release_pages`` gives those buffers' pages back once it is quiet again.
     """
 
     def __init__(self, size: int = READ_BUFFER_SIZE) -> None:
@@ -142,7 +150,8 @@ class _DesktopStream(asyncio.BufferedProtocol):
         # few KiB however large the buffers are (a bytearray would be zero-filled, all resident).
         # The bytes start on a cache line (HEADER_ROOM before them is free for the header).
         stride = -(-(DATA_ALIGN + size) // DATA_ALIGN) * DATA_ALIGN
-        memory = memoryview(mmap.mmap(-1, 2 * stride))
+        mapping = mmap.mmap(-1, 2 * stride)
+        memory = memoryview(mapping)
         self._buffers = tuple(memory[at + DATA_ALIGN - HEADER_ROOM : at + DATA_ALIGN + size]
                               for at in (0, stride))
         self._turn = 0  # which buffer fills
@@ -157,6 +166,11 @@ class _DesktopStream(asyncio.BufferedProtocol):
         self._wakeup: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._transport: asyncio.Transport | None = None
+        self._memory = mapping
+        self._quiet = True  # the last chunk was small: read into _QUIET (see QUIET_READ)
+        self._in_quiet = False  # the read under way goes into _QUIET
+        self._small = b""  # bytes read while quiet, copied, not yet taken
+        self._touched = False  # the own buffers hold resident pages (see release_pages)
         self.last_received = time.monotonic()  # when the desktop last sent anything
 
     @property
@@ -171,12 +185,33 @@ class _DesktopStream(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._quiet and self._filled == 0 and self._full is None:
+            self._in_quiet = True
+            return _QUIET
+        self._in_quiet = False
         # Never empty: a full buffer is set aside, or reading pauses.
         return self._view[HEADER_ROOM + self._filled :]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._filled += nbytes
         self.last_received = time.monotonic()
+        if self._in_quiet:
+            self._in_quiet = False
+            if len(self._small) + nbytes < SMALL_CHUNK:
+                self._small += _QUIET[:nbytes]
+                self._wake()
+                return
+            # No longer a trickle: these bytes and what is kept go into the filling buffer.
+            self._quiet = False
+            self._touched = True
+            kept = len(self._small)
+            view = self._view
+            view[HEADER_ROOM : HEADER_ROOM + kept] = self._small
+            view[HEADER_ROOM + kept : HEADER_ROOM + kept + nbytes] = _QUIET[:nbytes]
+            self._small = b""
+            nbytes += kept
+        else:
+            self._touched = True
+        self._filled += nbytes
         if self._filled >= self._size:
             if self._full is None and not self._lent:  # the other buffer is free: fill it next
                 self._full = self._view[: HEADER_ROOM + self._filled]
@@ -217,7 +252,7 @@ class _DesktopStream(asyncio.BufferedProtocol):
     async def _received(self) -> bool:
         """Wait for bytes (a full buffer set aside, or some in the filling one); False once the
         desktop closed without more."""
-        while self._filled == 0 and self._full is None:
+        while self._filled == 0 and self._full is None and not self._small:
             if self._eof:
                 return False
             assert self._loop is not None
@@ -232,6 +267,9 @@ class _DesktopStream(asyncio.BufferedProtocol):
         """The bytes received so far, at most ``size``, copied; None once the desktop closed."""
         if not await self._received():
             return None
+        if self._small:
+            data, self._small = self._small, b""
+            return data
         if self._full is not None:
             data = bytes(self._full[HEADER_ROOM:])
             self._full = None
@@ -247,8 +285,12 @@ class _DesktopStream(asyncio.BufferedProtocol):
         over while the other one fills: valid until the next ``read_chunk()``, which may refill
         it. None once the desktop closed."""
         self._lent = False  # the caller is done with the last chunk
-        if (self._filled == 0 and self._full is None) and not await self._received():
+        if (self._filled == 0 and self._full is None and not self._small
+                and not await self._received()):
             return None
+        if self._small:  # quiet: a copy already
+            data, self._small = self._small, b""
+            return data
         chunk = self._full
         if chunk is not None:  # set aside while the relay was busy: older than the filling one
             self._full = None
@@ -257,6 +299,7 @@ class _DesktopStream(asyncio.BufferedProtocol):
             return chunk
         if self._filled < SMALL_CHUNK:
             data = bytes(self._view[HEADER_ROOM : HEADER_ROOM + self._filled])
+            self._quiet = True  # a trickle again: the next reads go into _QUIET
             self._emptied()
             return data
         chunk = self._view[: HEADER_ROOM + self._filled]
@@ -275,6 +318,17 @@ class _DesktopStream(asyncio.BufferedProtocol):
             self._paused = False
             if self._transport is not None and not self._eof:
                 self._transport.resume_reading()
+
+    def release_pages(self) -> bool:
+        """Give the own buffers' pages back to the system when the stream is quiet and holds
+        nothing (a session that once streamed a full screen and then went idle keeps no
+        resident buffers); True if it did. The next burst starts on fresh zero pages."""
+        if not (self._touched and self._quiet and self._filled == 0 and self._full is None
+                and not self._lent and not self._in_quiet):
+            return False
+        self._memory.madvise(mmap.MADV_DONTNEED)
+        self._touched = False
+        return True
 
     def write(self, data: bytes) -> None:
         assert self._transport is not None
@@ -559,6 +613,7 @@ class _DesktopWatch:
         if stream.paused:  # a slow browser, not a silent desktop
             self._probe_at = None
             return
+        stream.release_pages()  # a stream gone quiet keeps no resident buffers
         if self._probe_at is not None and stream.last_received >= self._probe_at:
             self._probe_at = None  # answered
             if not self._responding:

@@ -444,3 +444,72 @@ def test_the_bytes_of_each_buffer_start_on_a_cache_line() -> None:
             assert len(buffer) == HEADER_ROOM + size
             start = ctypes.addressof(ctypes.c_char.from_buffer(buffer, HEADER_ROOM))
             assert start % DATA_ALIGN == 0
+
+
+def resident_kib(stream: _DesktopStream) -> int:
+    """Resident KiB of the stream's own buffers (their mapping in /proc/self/smaps)."""
+    start = ctypes.addressof(ctypes.c_char.from_buffer(stream._buffers[0]))
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    for i, line in enumerate(lines):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            low, high = (int(x, 16) for x in head.split("-"))
+            if low <= start < high:
+                for field in lines[i + 1:]:
+                    if field.startswith("Rss:"):
+                        return int(field.split()[1])
+    raise AssertionError("the stream's mapping is not in /proc/self/smaps")
+
+
+async def test_a_quiet_stream_keeps_no_resident_buffers() -> None:
+    """A trickle of small reads never touches the stream's own buffers; a burst does, and once
+    the stream is quiet again ``release_pages`` gives them back; no byte is lost or reordered."""
+    peer: list[asyncio.StreamWriter] = []
+    connected = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer.append(writer)
+        connected.set()
+        await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    _, stream = await loop.create_connection(lambda: _DesktopStream(), "127.0.0.1", port)
+    await asyncio.wait_for(connected.wait(), 10)
+    desktop = peer[0]
+
+    async def receive(count: int) -> bytes:
+        got = bytearray()
+        async with asyncio.timeout(30):
+            while len(got) < count:
+                chunk = await stream.read_chunk()
+                assert chunk is not None
+                got += chunk[HEADER_ROOM:] if isinstance(chunk, memoryview) else chunk
+        return bytes(got)
+
+    try:
+        assert resident_kib(stream) == 0
+        for i in range(50):  # a trickle: answers to probes, a blinking cursor
+            desktop.write(bytes([i]) * 20)
+            await desktop.drain()
+            assert await receive(20) == bytes([i]) * 20
+        assert resident_kib(stream) == 0, "small reads touched the stream's own buffers"
+        burst = bytes(range(256)) * (3 * READ_BUFFER_SIZE // 256)
+        desktop.write(burst)
+        await desktop.drain()
+        assert await receive(len(burst)) == burst
+        desktop.write(b"tail")  # small again: the stream is quiet
+        await desktop.drain()
+        assert await receive(4) == b"tail"
+        assert resident_kib(stream) > 0
+        assert stream.release_pages()
+        assert resident_kib(stream) == 0
+        desktop.write(burst)  # the next burst on fresh pages: the same bytes
+        await desktop.drain()
+        assert await receive(len(burst)) == burst
+    finally:
+        stream.close()
+        desktop.close()
+        server.close()
+        await server.wait_closed()
