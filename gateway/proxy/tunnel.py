@@ -411,7 +411,8 @@ async def _session(
     try:
         await _relay(
             down=_pump_down(stream, channel, counters),
-            up=_pump_up(channel, stream, parser, counters, remainder, on_resize, budget),
+            up=_pump_up(channel, stream, parser, counters, remainder, on_resize, budget,
+                        watch.input),
         )
     finally:
         watch.stop()
@@ -520,6 +521,7 @@ async def _pump_up(
     data: bytes | None,
     on_resize: Callable[[int, int], None] | None = None,
     budget: InputBudget | None = None,
+    on_input: Callable[[], None] | None = None,
 ) -> None:
     while data is not None:
         # Charged before parsing: a flood costs no more parsing than its budget.
@@ -541,6 +543,8 @@ async def _pump_up(
                 on_resize(width, height)
         if had_input:
             counters.last_input = time.time()
+            if on_input is not None:
+                on_input()
         if forward:
             payload = b"".join(forward)
             stream.write(payload)
@@ -554,14 +558,14 @@ class _DesktopWatch:
 
     A timer callback, not a task: it runs only when something can be due (the silence before a
     probe from the desktop's last bytes, or ``after`` from the probe; at the earliest a quarter
-    of ``after`` later, at the latest ``after``), so that thousands of idle relays cost little
-    memory and few wake-ups. The silence before a probe is ``after`` while
-    the person gives input (a key or the pointer, ``counters.last_input``) and ``idle_after``
-    once they have given none for as long: whoever waits on a frozen screen is told within
-    ``2 * after``, an unattended session is asked far less often."""
+    of ``after`` later; ``input()`` cuts an unattended session's long wait short), so that
+    thousands of idle relays cost little memory and few wake-ups. The silence before a probe
+    is ``after`` while the person gives input (a key or the pointer, ``counters.last_input``)
+    and ``idle_after`` once they have given none for as long: whoever waits on a frozen screen
+    is told within ``2 * after``, an unattended session is asked far less often."""
 
     __slots__ = ("_stream", "_after", "_idle_after", "_counters", "_on_responding",
-                 "_responding", "_probe_at", "_timer", "_loop")
+                 "_responding", "_probe_at", "_timer", "_loop", "_long")
 
     def __init__(self, stream: _DesktopStream, after: float,
                  on_responding: Callable[[bool], None] | None,
@@ -573,6 +577,7 @@ class _DesktopWatch:
         self._probe_at: float | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._long = False  # the timer waits out an unattended session's long silence
 
     def start(self) -> None:
         self._schedule()
@@ -589,15 +594,22 @@ class _DesktopWatch:
         idle_for = time.time() - self._counters.last_input
         return self._after if idle_for < self._idle_after else self._idle_after
 
+    def input(self) -> None:
+        """The person gave input (a key, the pointer): an unattended session's long wait ends,
+        so that whoever starts typing on a frozen screen is told within ``2 * after``."""
+        if self._long and self._timer is not None:
+            self._timer.cancel()
+            self._schedule()
+
     def _schedule(self) -> None:
         stream, after = self._stream, self._after
+        silence = self._silence()
         if self._probe_at is None:
-            due = stream.last_received + self._silence()
+            due = stream.last_received + silence
         else:
             due = self._probe_at + after
-        # At most ``after`` ahead: a person who starts typing on a frozen screen is not left
-        # waiting for an unattended session's long silence.
-        delay = max(after / 4, min(after, due - time.monotonic()))
+        self._long = self._probe_at is None and silence > after
+        delay = max(after / 4, due - time.monotonic())
         self._timer = self._loop.call_later(delay, self._tick)
 
     def _tick(self) -> None:
