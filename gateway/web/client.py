@@ -49,7 +49,6 @@ from .browserws import BrowserSocket, close_reason, take_over
 from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
 from .sse import HEARTBEAT_SECONDS, EventStream
-from .wsframes import RelayWebSocket
 
 log = logging.getLogger("deskgate.session")
 routes = web.RouteTableDef()
@@ -287,9 +286,10 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
     gone), and nothing reaches the HTTP error middleware.
     """
     app = request.app
-    # autoclose=False: the browser's close frame is answered by the clean-up, with the reason.
-    ws = RelayWebSocket(compress=False, max_msg_size=_MAX_WS_MESSAGE, protocols=("binary",),
-                        autoping=False, autoclose=False, timeout=_CLOSE_TIMEOUT)
+    # aiohttp's websocket for the upgrade and admission only (the browser sends nothing before
+    # the relay's RFB greeting); from then on, BrowserSocket reads every frame.
+    ws = web.WebSocketResponse(compress=False, max_msg_size=_MAX_WS_MESSAGE,
+                               protocols=("binary",), autoping=False, timeout=_CLOSE_TIMEOUT)
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
     ip = client_ip(request)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 import struct
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,8 +18,10 @@ from relaysupport import Closed, RawWebSocket, live_count, row_of, store_of
 from websupport import app_client, connect, eventually, sign_in
 
 from gateway.config import Settings
+from gateway.errors import ProtocolError
 from gateway.metrics import METRICS
 from gateway.providers.xvnc import XvncDisplay, free_tcp_port
+from gateway.web.browserws import BrowserSocket
 
 MIB = 1 << 20
 
@@ -78,30 +81,66 @@ async def _relay(client: TestClient, csrf: str, *, handshake: bool = True  # typ
     return raw, conn["session_id"]
 
 
-def test_the_frame_scanner_finds_unmasked_and_oversized_frames_byte_by_byte() -> None:
-    from gateway.web.wsframes import FrameScanner
+async def _socket_pair() -> tuple[BrowserSocket, socket.socket]:
+    """A ``BrowserSocket`` on one end of a real socket pair (its frames to the browser go out
+    there); the other end, to read them."""
+    ours, theirs = socket.socketpair()
+    _, browser = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: BrowserSocket(max_message=1000, ping_interval=3600.0, close_timeout=1.0),
+        sock=ours)
+    theirs.setblocking(False)
+    return browser, theirs
 
+
+async def _outcome(browser: BrowserSocket) -> tuple[list[bytes], int | None]:
+    """The messages ``receive`` gives, then the close code of the error it raises (None if it
+    ends without one)."""
+    messages: list[bytes] = []
+    browser.stop_pings()
+    while True:
+        try:
+            async with asyncio.timeout(0.05):
+                data = await browser.receive()
+        except TimeoutError:
+            return messages, None
+        except ProtocolError as exc:
+            return messages, exc.ws_code
+        if data is None:
+            return messages, None
+        messages.append(data)
+
+
+async def test_browser_frames_are_parsed_alike_however_they_are_split() -> None:
+    """Whole, one byte at a time and split at every offset: the same messages, the same error
+    at the bad frame, PINGs answered, and after an error the browser's close frame still found."""
     raw = RawWebSocket(None, None)  # type: ignore[arg-type]
-    good = raw.frame(2, b"\x05\x00\x00\x01\x00\x01") * 3
-    unmasked = raw.frame(2, b"\x05\x00\x00\x01\x00\x01", mask=False)
-    for data, bad_at, header, code in (
-            (good, None, 0, None), (good + unmasked, len(good), 2, 1002),
-            (good + raw.frame(2, b"x" * 2000), len(good), 8, 1009)):
-        scanner = FrameScanner(1000)
-        assert scanner.feed(data) == bad_at  # in one piece: where the bad frame starts
-        assert (scanner.failed.code if scanner.failed else None) == code
-        scanner = FrameScanner(1000)
-        found = [scanner.feed(data[i:i + 1]) for i in range(len(data))]  # one byte at a time
-        assert [i for i, f in enumerate(found) if f is not None] == (
-            [] if bad_at is None else [bad_at + header - 1])  # once its header is complete
-        assert (scanner.failed.code if scanner.failed else None) == code
-    # After a failure, the client's close frame is still found (masked, split anywhere).
-    scanner = FrameScanner(1000)
-    assert scanner.feed(unmasked) == 0
+    message = b"\x05\x00\x00\x01\x00\x01"
+    good = raw.frame(2, message) + raw.frame(9, b"hi") + raw.frame(2, b"a", fin=False) + \
+        raw.frame(0, b"b")
+    unmasked = raw.frame(2, message, mask=False)
     close = raw.frame(8, struct.pack(">H", 1002))
-    for i in range(len(close)):
-        scanner.feed(close[i:i + 1])
-    assert scanner.close_code == 1002
+    cases = ((good, None), (good + unmasked + close, 1002),
+             (good + raw.frame(2, b"x" * 2000) + close, 1009), (good + raw.frame(1, b"t"), 1003),
+             (good + raw.frame(1, b"\xff"), 1007), (good + raw.frame(0, b"c"), 1002),
+             (good + bytes([0x82 | 0x40, 0x80]) + b"\0\0\0\0", 1002),
+             (good + bytes([0x09, 0x82]) + b"\0\0\0\0\0\0", 1002))
+    for data, code in cases:
+        for cuts in ([len(data)], list(range(1, len(data) + 1)),
+                     *([at, len(data)] for at in range(1, len(data)))):
+            browser, theirs = await _socket_pair()
+            try:
+                start = 0
+                for end in cuts:
+                    browser.data_received(data[start:end])
+                    start = end
+                assert await _outcome(browser) == ([message, b"ab"], code), (code, cuts[:3])
+                await asyncio.sleep(0)
+                assert theirs.recv(64) == b"\x8a\x02hi"  # the PING's PONG, unmasked
+                if close in data:
+                    assert browser.browser_closed and browser.close_code == 1002
+            finally:
+                browser.abort()
+                theirs.close()
 
 
 @pytest.mark.parametrize(("case", "code", "words"), [
