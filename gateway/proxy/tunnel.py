@@ -129,7 +129,27 @@ class ChunkChannel(ClientChannel, Protocol):
         ...
 
 
-class _DesktopStream(asyncio.BufferedProtocol):
+class WriteFlow:
+    """asyncio's write flow control for a protocol: the transport's ``pause_writing`` makes a
+    future that ``resume_writing`` (or the connection's loss) resolves; whoever writes awaits
+    ``_drained`` while it is set. The protocol sets both slots in its ``__init__``."""
+
+    __slots__ = ("_drained", "_loop")
+    _drained: asyncio.Future[None] | None
+    _loop: asyncio.AbstractEventLoop | None
+
+    def pause_writing(self) -> None:
+        if self._drained is None:
+            assert self._loop is not None
+            self._drained = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+
+class _DesktopStream(WriteFlow, asyncio.BufferedProtocol):
     """The desktop socket, read into two reused buffers of ``size`` bytes, in turn.
 
     Reads append to the filling buffer while the relay is busy sending the other one, so a busy
@@ -233,16 +253,6 @@ class _DesktopStream(asyncio.BufferedProtocol):
         self._eof = True
         self._wake()
         self.resume_writing()
-
-    def pause_writing(self) -> None:
-        if self._drained is None:
-            assert self._loop is not None
-            self._drained = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():

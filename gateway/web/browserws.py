@@ -45,7 +45,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..errors import FrameError, InvalidText, MessageTooBig, ProtocolError, UnsupportedData
-from ..proxy.tunnel import HEADER_ROOM
+from ..proxy.tunnel import HEADER_ROOM, WriteFlow
 
 try:
     from websockets.speedups import apply_mask
@@ -114,13 +114,13 @@ async def take_over(request: web.Request, make: Callable[[], BrowserSocket]) -> 
     return browser
 
 
-class BrowserSocket(asyncio.Protocol):
+class BrowserSocket(WriteFlow, asyncio.Protocol):
     """One browser's relay websocket after the upgrade (see the module's text); the relay's
     ``ClientChannel``."""
 
-    __slots__ = ("_max", "_ping_interval", "_close_timeout", "_on_rtt", "_transport", "_loop",
+    __slots__ = ("_max", "_ping_interval", "_close_timeout", "_on_rtt", "_transport",
                  "_buf", "_skip", "_parts", "_parts_opcode", "_parts_size", "_inbox",
-                 "_inbox_size", "_error", "_failed", "_eof", "_waiter", "_drained",
+                 "_inbox_size", "_error", "_failed", "_eof", "_waiter",
                  "_close_sent", "_close_wait", "_read_paused", "_timer", "_outstanding",
                  "_sent_at", "_seq", "_stopped", "browser_closed", "lost", "close_code")
 
@@ -170,16 +170,6 @@ class BrowserSocket(asyncio.Protocol):
         if self._close_wait is not None and not self._close_wait.done():
             self._close_wait.set_result(None)
         self._wake()
-
-    def pause_writing(self) -> None:
-        if self._drained is None:
-            assert self._loop is not None
-            self._drained = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
 
     def eof_received(self) -> bool:
         return False  # a half-closed browser is gone: close
