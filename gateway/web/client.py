@@ -35,7 +35,6 @@ from ..keys import (
     EVENTS,
     LIVE,
     RELAY_TASKS,
-    SERVICES,
     SETTINGS,
     SHUTTING_DOWN,
     STORE,
@@ -46,7 +45,7 @@ from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
 from ..model import RelayCounters, User, WebSession, WebSessionState
 from ..proxy.tunnel import relay_vnc
 from .browserws import BrowserSocket, close_reason, take_over
-from .common import check_csrf, client_ip, load_user, render, require_signed_in, user_agent
+from .common import check_csrf, client_ip, current, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
 from .sse import HEARTBEAT_SECONDS, EventStream
 
@@ -252,11 +251,9 @@ async def _admission(request: web.Request, admit: Admit
     app = request.app
     if request.headers.get("Origin") != app[SETTINGS].public_origin:
         raise Forbidden("websocket origin not allowed")
-    web_session = await app[SERVICES].sessions.load(request.cookies.get("deskgate_session"))
-    if web_session is None or web_session.state is not WebSessionState.AUTHENTICATED:
-        raise Unauthorized("not signed in")
-    user = await load_user(request, web_session)
-    if user is None:
+    web_session, user = current(request)  # loaded by the web_session middleware
+    if (web_session is None or user is None
+            or web_session.state is not WebSessionState.AUTHENTICATED):
         raise Unauthorized("not signed in")
     ticket = request.query.get("ticket", "")
     if len(ticket) > 200:
