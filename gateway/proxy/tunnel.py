@@ -1,5 +1,9 @@
 """The VNC byte path: one browser channel, one desktop socket, the RFB machines between them.
 
+Over 400 lines as one concern: the relay loop and the three things it must do per connection
+(read the desktop into reused buffers, meter and parse the browser's input, watch the desktop's
+liveness); splitting them would put the loop's shared state behind more calls.
+
 ``relay_vnc`` connects to the desktop, authenticates to it with the credentials the gateway
 holds, offers the browser security type None, and relays until either side ends:
 
@@ -661,11 +665,12 @@ async def _relay(down: Coroutine[Any, Any, None], up: Coroutine[Any, Any, None])
     current = asyncio.current_task()
     assert current is not None
     task = asyncio.ensure_future(down)
-    state = {"up_running": True, "interrupted": False}
+    up_running, interrupted = True, False
 
     def down_done(_task: asyncio.Task[None]) -> None:
-        if state["up_running"]:  # down ended first: stop up, which waits in this task
-            state["interrupted"] = True
+        nonlocal interrupted
+        if up_running:  # down ended first: stop up, which waits in this task
+            interrupted = True
             current.cancel()
 
     task.add_done_callback(down_done)
@@ -673,10 +678,10 @@ async def _relay(down: Coroutine[Any, Any, None], up: Coroutine[Any, Any, None])
         await up
     except asyncio.CancelledError:
         # Cancelled by down_done only (not also from outside): down's outcome is the relay's.
-        if not state["interrupted"] or current.uncancel() > 0:
+        if not interrupted or current.uncancel() > 0:
             raise
     finally:
-        state["up_running"] = False
+        up_running = False
         task.remove_done_callback(down_done)
         if not task.done():
             task.cancel()

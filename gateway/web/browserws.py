@@ -1,6 +1,9 @@
 """The relay's websocket once admitted: the browser's connection, taken from aiohttp into a
 transport and a protocol of the relay's own (``BrowserSocket``).
 
+Over 400 lines as one concern: RFC 6455's server side for the relay (frame parsing, control
+frames, close handshake, flow control) and the hand-over from aiohttp that it exists for.
+
 Why not aiohttp's ``WebSocketResponse`` for the relay's whole life: until its handler returns,
 aiohttp keeps the request (parsed headers, cookies, URL, match info), the response with its
 reader queue and frame parser, and the chain of middleware and handler coroutines above it:
@@ -388,10 +391,6 @@ class BrowserSocket(WriteFlow, asyncio.Protocol):
         from now on; the connection stays open for the relay's own ``close``."""
         self._stopped = True
         self._wake()
-
-    @property
-    def closed(self) -> bool:
-        return self._close_sent or self._eof
 
     def abort(self) -> None:
         if self._transport is not None:

@@ -1,4 +1,7 @@
-"""The desktop client page, the connect call that mints a ticket, and the relay websocket."""
+"""The desktop client page, the connect call that mints a ticket, and the relay websocket.
+
+Over 400 lines because the relay's connection life (``Relay``: registration, metrics, clean-up)
+still lives here beside the handlers; it is to move to a relay module of its own."""
 
 from __future__ import annotations
 
