@@ -27,7 +27,13 @@ from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Secret, Session, SessionState, User, WebSession
 from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from .providers.base import CachingState, Recovering
-from .proxy.rdp import REASON_CREDENTIALS, BridgeError, RdpBridges, RdpTarget
+from .proxy.rdp import (
+    REASON_CREDENTIALS,
+    BridgeError,
+    CredentialsRefused,
+    RdpBridges,
+    RdpTarget,
+)
 from .services import rdp_account
 from .store import Store
 from .tickets import TicketBook
@@ -149,9 +155,16 @@ def per_user(desktop: Desktop) -> bool:
     return desktop.protocol == "rdp" and desktop.option("credentials", "shared") == "per_user"
 
 
-# The 424 answer when a per-user desktop refused the person's stored account (now forgotten).
-REASON_OWN_CREDENTIALS = (f"{REASON_CREDENTIALS}; your saved account for this desktop was"
-                          " forgotten: enter it again")
+class OwnCredentialsRefused(CredentialsRefused):
+    """A per-user desktop refused the person's stored account (now forgotten): ask again."""
+
+    reason = (f"{REASON_CREDENTIALS}; your saved account for this desktop was forgotten:"
+              " enter it again")
+    asks_for_credentials = True
+
+    def __init__(self, *, session_id: str | None = None) -> None:
+        super().__init__(kind="credentials", session_id=session_id)
+
 
 # An account entered for one connection (not stored) waits this long for its connect; after
 # that it lives only as long as the bridge it signed in.
@@ -169,8 +182,6 @@ class _OneConnection:
     used: bool = False  # a bridge signed in with it: it lives as long as that bridge only
 
 
-# RDP failures that retrying cannot fix: the client shows them and stops.
-_FINAL_BRIDGE_FAILURES = ("credentials", "certificate", "security")
 
 
 class Broker:
@@ -274,8 +285,8 @@ class Broker:
             except DesktopUnavailable as exc:
                 await self._failed(session, exc.reason, final=False, user=user.name,
                                    desktop=desktop.name)
-                exc.session_id = session.id  # the client's retry continues this attempt
-                raise
+                # The client's retry continues this attempt.
+                raise exc.of_attempt(session.id) from None
             if target is not None:
                 await self._start_bridge(user, desktop, target, session, width, height)
         except DesktopUnavailable:
@@ -330,8 +341,8 @@ class Broker:
             reason = exc.reason if isinstance(exc, GatewayError) else (
                 "the connection to the browser was lost" if isinstance(
                     exc, asyncio.CancelledError) else "internal error in the gateway")
-            await asyncio.shield(self._failed(session, reason, final=isinstance(exc, Forbidden),
-                                              user=user.name))
+            final = isinstance(exc, GatewayError) and exc.final
+            await asyncio.shield(self._failed(session, reason, final=final, user=user.name))
             raise
 
     async def _admission(self, session: Session, user: User) -> Admission:
@@ -386,20 +397,15 @@ class Broker:
         try:
             await bridges.acquire(key, target, w, h)
         except BridgeError as exc:
-            final = exc.kind in _FINAL_BRIDGE_FAILURES
             client_ip = session.client_ip
-            await self._failed(session, exc.reason, final=final, user=user.name,
+            await self._failed(session, exc.reason, final=exc.final, user=user.name,
                                desktop=desktop.name, where="rdp bridge: ")
-            if exc.kind == "credentials" and per_user(desktop):
+            if isinstance(exc, CredentialsRefused) and per_user(desktop):
                 # The next attempt asks for the account again instead of repeating this one.
                 self._one_connection.pop((user.id, desktop.id), None)
                 await self._forget(user, desktop, client_ip, "refused by the desktop")
-                exc = BridgeError(REASON_OWN_CREDENTIALS, "credentials")
-                exc.asks_for_credentials = True
-            if final:
-                exc.http_status = 424  # the client shows it and does not retry
-            exc.session_id = session.id  # a retry continues this attempt
-            raise exc
+                raise OwnCredentialsRefused(session_id=session.id) from None
+            raise exc.of_attempt(session.id) from None  # a retry continues this attempt
         entry = self._one_connection.get((user.id, desktop.id))
         if entry is not None:
             self._one_connection[(user.id, desktop.id)] = replace(entry, used=True)

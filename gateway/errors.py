@@ -6,6 +6,9 @@ response (HTTP page, JSON body or websocket close frame) only at the edge.
 
 from __future__ import annotations
 
+import copy
+from typing import Self
+
 # Websocket close codes. 1000-1015 are defined by RFC 6455; 4000-4999 are private use.
 WS_NORMAL = 1000
 WS_GOING_AWAY = 1001
@@ -45,17 +48,24 @@ class GatewayError(Exception):
     # The person's own account for a per-user RDP desktop is needed (none stored, or it was just
     # refused and forgotten): JSON answers say "credentials": "required".
     asks_for_credentials = False
-    # A connection attempt that failed: its session id, so that the client's retry continues
-    # the same attempt (JSON answers say "session_id").
-    session_id: str | None = None
-    # False: trying again at once cannot help (JSON answers say "reconnect": false), so the
-    # client shows the reason and stops instead of retrying by itself.
-    reconnect = True
+    # True: trying again at once cannot help, so the client shows the reason and stops instead
+    # of reconnecting by itself (a websocket's close is recorded as final; JSON answers whose
+    # status would invite a retry say "reconnect": false).
+    final = False
 
-    def __init__(self, reason: str | None = None) -> None:
+    def __init__(self, reason: str | None = None, *, session_id: str | None = None) -> None:
         if reason is not None:
             self.reason = reason
+        # A connection attempt that failed: its session id, so that the client's retry
+        # continues the same attempt (JSON answers say "session_id").
+        self.session_id = session_id
         super().__init__(self.reason)
+
+    def of_attempt(self, session_id: str) -> Self:
+        """This error as the answer to the connection attempt ``session_id`` (a copy)."""
+        answer = copy.copy(self)
+        answer.session_id = session_id
+        return answer
 
 
 class BadRequest(GatewayError):
@@ -65,12 +75,14 @@ class BadRequest(GatewayError):
 
 
 class Unauthorized(GatewayError):
+    final = True
     http_status = 401
     ws_code = WS_UNAUTHORIZED
     reason = "not signed in"
 
 
 class Forbidden(GatewayError):
+    final = True
     http_status = 403
     ws_code = WS_FORBIDDEN
     reason = "forbidden"
@@ -124,7 +136,7 @@ class UnderMaintenance(DesktopUnavailable):
     """The desktop takes no new connections until an admin ends its maintenance."""
 
     reason = "this desktop is under maintenance; try again later"
-    reconnect = False
+    final = True
 
 
 class CredentialsRequired(GatewayError):
@@ -137,6 +149,7 @@ class CredentialsRequired(GatewayError):
 
 
 class UpstreamAuthFailed(DesktopUnavailable):
+    final = True
     ws_code = WS_UPSTREAM_AUTH
     reason = "the desktop refused the gateway's credentials"
 
@@ -148,6 +161,7 @@ class UpstreamClosed(GatewayError):
 
 
 class ProtocolError(GatewayError):
+    final = True
     http_status = 400
     ws_code = WS_PROTOCOL
     reason = "protocol error"

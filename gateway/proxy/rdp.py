@@ -196,16 +196,33 @@ class BridgeError(DesktopUnavailable):
     """The bridge could not be started or ended; ``reason`` is for the person.
 
     ``kind``: "credentials", "unreachable", "certificate", "security", "busy", "timeout",
-    "start", "shutdown" or "failed". Refused credentials carry the upstream-auth close code.
+    "start", "shutdown" or "failed". ``BridgeError.of`` picks the class: what retrying cannot
+    fix (the server refused the account, its certificate or its security) is a ``BridgeRefused``.
     """
 
     reason = REASON_UNREACHABLE
 
-    def __init__(self, reason: str | None = None, kind: str = "failed") -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str | None = None, kind: str = "failed", *,
+                 session_id: str | None = None) -> None:
+        super().__init__(reason, session_id=session_id)
         self.kind = kind
-        if kind == "credentials":
-            self.ws_code = WS_UPSTREAM_AUTH
+
+    @staticmethod
+    def of(reason: str, kind: str) -> BridgeError:
+        refused = {"credentials": CredentialsRefused, "certificate": BridgeRefused,
+                   "security": BridgeRefused}
+        return refused.get(kind, BridgeError)(reason, kind)
+
+
+class BridgeRefused(BridgeError):
+    """The server refused the bridge in a way a retry cannot change: the client shows it."""
+
+    http_status = 424
+    final = True
+
+
+class CredentialsRefused(BridgeRefused):
+    ws_code = WS_UPSTREAM_AUTH
 
 
 @dataclass(frozen=True)
@@ -757,7 +774,7 @@ class RdpBridges:
     def _refuse_sign_in(bridge: _Bridge, why: str) -> None:
         """The server did not sign the account in: its own sign-in screen never reaches the person."""
         bridge.blog.warning("the server did not sign %s in: %s", bridge.target.username, why)
-        raise BridgeError(REASON_CREDENTIALS, "credentials")
+        raise BridgeError.of(REASON_CREDENTIALS, "credentials")
 
     async def _find_window(self, bridge: _Bridge) -> str:
         assert bridge.proc is not None
@@ -820,7 +837,7 @@ class RdpBridges:
             "" if reachable is None else f", port {'open' if reachable else 'closed'}",
             " | ".join(last) or "no error output",
         )
-        raise BridgeError(reason, kind)
+        raise BridgeError.of(reason, kind)
 
     async def _watch(self, bridge: _Bridge, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()

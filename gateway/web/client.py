@@ -28,7 +28,6 @@ from ..errors import (
     Forbidden,
     GatewayError,
     NotFound,
-    ProtocolError,
     Unauthorized,
     UpstreamAuthFailed,
 )
@@ -62,8 +61,6 @@ _CLOSE_TIMEOUT = 5.0
 # One websocket PING per session this often: its PONG gives the dashboard's round-trip time, and
 # a PING unanswered for as long finds a browser that vanished without closing.
 PING_INTERVAL = 30.0
-# Reasons after which the client must not reconnect by itself.
-_FINAL_ERRORS = (UpstreamAuthFailed, ProtocolError, Forbidden, Unauthorized)
 
 
 def _desktop_id(request: web.Request) -> int:
@@ -424,7 +421,7 @@ class Relay:
             raise
         except GatewayError as exc:
             self.code, self.reason = exc.ws_code, exc.reason
-            self.final = isinstance(exc, _FINAL_ERRORS)
+            self.final = exc.final
             if isinstance(exc, DesktopUnavailable) and not isinstance(exc, UpstreamAuthFailed):
                 app[BROKER].unreachable(self.admission.desktop.id)
         except (ConnectionError, aiohttp.ClientError):

@@ -104,8 +104,8 @@ def _error_response(request: web.Request, exc: GatewayError) -> web.StreamRespon
             body["credentials"] = "required"
         if exc.session_id is not None:
             body["session_id"] = exc.session_id
-        if not exc.reconnect:
-            body["reconnect"] = False
+        if exc.final and (exc.http_status >= 500 or exc.http_status in (408, 429)):
+            body["reconnect"] = False  # a status the client would otherwise retry
         return web.json_response(body, status=exc.http_status)
     if isinstance(exc, Unauthorized):
         raise web.HTTPSeeOther("/login") from None

@@ -33,9 +33,9 @@ class FakeBridges:
                       height: int = 800) -> Endpoint:
         self.targets.append(target)
         if target.password is not None and target.password.reveal().startswith("wrong"):
-            raise BridgeError(REASON_CREDENTIALS, "credentials")
+            raise BridgeError.of(REASON_CREDENTIALS, "credentials")
         if target.password is not None and target.password.reveal().startswith("cert"):
-            raise BridgeError(REASON_CERTIFICATE, "certificate")
+            raise BridgeError.of(REASON_CERTIFICATE, "certificate")
         self.live.add(key)
         return Endpoint(host="127.0.0.1", port=1)
 
