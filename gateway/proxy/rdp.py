@@ -61,7 +61,7 @@ from typing import Any
 
 from gateway.errors import WS_UPSTREAM_AUTH, ConfigError, DesktopUnavailable
 from gateway.keyboards import DEFAULT_LAYOUT, klid
-from gateway.model import Endpoint, Secret
+from gateway.model import Endpoint, Secret, window_size
 from gateway.providers.base import probe_rfb
 from gateway.providers.local import ensure_system_user, first_closed_folder
 from gateway.providers.xvnc import (
@@ -359,7 +359,7 @@ class RdpBridges:
     async def acquire(self, key: str, target: RdpTarget, width: int = 1280, height: int = 800) -> Endpoint:
         """The bridge for ``key``, started unless a live one exists (then its grace timer is
         cancelled and the same remote session continues). Raises ``BridgeError``."""
-        if not (16 <= width <= 8192 and 16 <= height <= 8192):
+        if window_size(width, height) is None:
             raise ValueError("bridge size out of range")
         self._check_open()
         async with self._keyed(key):

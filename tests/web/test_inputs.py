@@ -1,4 +1,4 @@
-"""The shared readers of request input that need no request."""
+"""The shared readers of request input that need no request: times and window sizes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.errors import BadRequest
+from gateway.model import WINDOW_MAX, WINDOW_MIN, window_size
 from gateway.web.inputs import parse_time
 
 NOON = datetime(2025, 1, 31, 12, 0, tzinfo=UTC).timestamp()
@@ -34,3 +35,10 @@ def test_parse_time_names_the_field_and_the_expected_form() -> None:
     with pytest.raises(BadRequest, match=r"^before must look like 2025-01-31T13:45$"):
         parse_time("yesterday", "before")
 
+
+def test_window_size_bounds() -> None:
+    assert (WINDOW_MIN, WINDOW_MAX) == (16, 8192)
+    assert window_size(16, 8192) == (16, 8192)
+    assert window_size(1280, 800) == (1280, 800)
+    for width, height in ((15, 800), (1280, 8193), (0, 0), (-1, 800), (1280, 15)):
+        assert window_size(width, height) is None
