@@ -24,7 +24,17 @@ from .errors import (
 )
 from .keyboards import layout_of
 from .live import LiveSessions
-from .model import Desktop, Endpoint, RelayPolicy, Secret, Session, SessionState, User, WebSession
+from .model import (
+    Desktop,
+    Endpoint,
+    RelayPolicy,
+    Secret,
+    Session,
+    SessionState,
+    User,
+    WebSession,
+    window_size,
+)
 from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from .providers.base import CachingState, Recovering
 from .proxy.rdp import (
@@ -392,8 +402,7 @@ class Broker:
         bridges = self._rdp_bridges()
         key = bridge_key(user.id, desktop.id)
         geometry = self._settings.desktop_geometry.split("x")
-        w = width if 16 <= width <= 8192 else int(geometry[0])
-        h = height if 16 <= height <= 8192 else int(geometry[1])
+        w, h = window_size(width, height) or (int(geometry[0]), int(geometry[1]))
         try:
             await bridges.acquire(key, target, w, h)
         except BridgeError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from typing import TYPE_CHECKING
 
 import jinja2
 from aiohttp import web
@@ -20,6 +21,9 @@ from .sso import SsoService
 from .store import Store
 from .tickets import TicketBook
 
+if TYPE_CHECKING:  # metrics.py imports this module: its type only, for the checker
+    from .metrics import Metrics
+
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 AUDIT = web.AppKey("audit", Audit)
@@ -34,6 +38,7 @@ SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 BROKER = web.AppKey("broker", Broker)
 CAPACITY = web.AppKey("capacity", Capacity)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
 # The relays running on this node, each in a task of its own once its websocket is taken over
 # from aiohttp (web/browserws.py): kept here so that none is collected while it runs.

@@ -52,6 +52,7 @@ from .errors import (
     WS_UPSTREAM_UNREACHABLE,
 )
 from .keys import ADMIN, AUDIT, BROKER, CAPACITY, LIVE, SETTINGS
+from .keys import METRICS as METRICS  # declared in keys.py; named here for web/client.py
 from .listen import address, bind
 from .live import LiveSessions
 from .model import Desktop
@@ -220,12 +221,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-
-
-# Declared here, beside its type: gateway/keys.py cannot import this module (it imports keys).
-METRICS = web.AppKey("metrics", Metrics)
 
 
 async def desktop_states(app: web.Application) -> list[str]:

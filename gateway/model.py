@@ -218,3 +218,14 @@ class RelayPolicy:
     input_burst_bytes: int = (1 << 20) + 256 * 1024  # a full clipboard paste and then some
     input_messages_per_second: int = 1000
     input_burst_messages: int = 5000
+
+
+# A browser window's size in pixels as the gateway takes it (an RDP bridge's screen follows it).
+WINDOW_MIN, WINDOW_MAX = 16, 8192
+
+
+def window_size(width: int, height: int) -> tuple[int, int] | None:
+    """``(width, height)`` when both are from ``WINDOW_MIN`` to ``WINDOW_MAX``, else None."""
+    if WINDOW_MIN <= width <= WINDOW_MAX and WINDOW_MIN <= height <= WINDOW_MAX:
+        return width, height
+    return None

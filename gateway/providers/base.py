@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+from gateway.logs import TaggedLog
 from gateway.model import Endpoint, Secret
 
 RFB_BANNER_PREFIX = b"RFB 003."
@@ -85,16 +86,9 @@ class Recovering(Protocol):
     async def recover(self) -> None: ...
 
 
-class DesktopLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every line with ``[desktop=<name>]``."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra or {}
-        return f"[desktop={extra.get('desktop', '?')}] {msg}", kwargs
-
-
-def desktop_log(logger: logging.Logger, name: str) -> DesktopLog:
-    return DesktopLog(logger, {"desktop": name})
+def desktop_log(logger: logging.Logger, name: str) -> TaggedLog:
+    """``logger`` with every line prefixed ``[desktop=<name>]``."""
+    return TaggedLog(logger, {"desktop": name})
 
 
 async def probe_rfb(

@@ -54,14 +54,15 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import WS_UPSTREAM_AUTH, ConfigError, DesktopUnavailable
 from gateway.keyboards import DEFAULT_LAYOUT, klid
-from gateway.model import Endpoint, Secret
+from gateway.logs import TaggedLog
+from gateway.model import Endpoint, Secret, window_size
 from gateway.providers.base import probe_rfb
 from gateway.providers.local import ensure_system_user, first_closed_folder
 from gateway.providers.xvnc import (
@@ -285,14 +286,6 @@ def _valid_host(host: str) -> bool:
         return bare == host and bool(_HOSTNAME_RE.match(host))
 
 
-class BridgeLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every line with ``[bridge=<key>]``."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra or {}
-        return f"[bridge={extra.get('bridge', '?')}] {msg}", kwargs
-
-
 @dataclass(eq=False)
 class _KeyLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -306,7 +299,7 @@ class _Bridge:
     folder: Path
     display: XvncDisplay
     endpoint: Endpoint
-    blog: BridgeLog
+    blog: TaggedLog
     started_at: float = field(default_factory=time.time)
     proc: asyncio.subprocess.Process | None = None
     window: str = ""
@@ -376,7 +369,7 @@ class RdpBridges:
     async def acquire(self, key: str, target: RdpTarget, width: int = 1280, height: int = 800) -> Endpoint:
         """The bridge for ``key``, started unless a live one exists (then its grace timer is
         cancelled and the same remote session continues). Raises ``BridgeError``."""
-        if not (16 <= width <= 8192 and 16 <= height <= 8192):
+        if window_size(width, height) is None:
             raise ValueError("bridge size out of range")
         self._check_open()
         async with self._keyed(key):
@@ -388,7 +381,7 @@ class RdpBridges:
                 current.blog.info("replaced: %s", "target changed" if current.running() else "not running")
                 await self._stop(current)
             if len(self._bridges) + len(self._starting) >= self._max:
-                BridgeLog(log, {"bridge": key}).warning("refused: %d bridges running", self._max)
+                TaggedLog(log, {"bridge": key}).warning("refused: %d bridges running", self._max)
                 raise BridgeError(REASON_BUSY, "busy")
             self._starting.add(key)
             try:
@@ -570,7 +563,7 @@ class RdpBridges:
             self._user = await ensure_system_user(self._run_as_user)
         return self._user
 
-    def _prepare_folder(self, user: pwd.struct_passwd | None, blog: BridgeLog) -> Path:
+    def _prepare_folder(self, user: pwd.struct_passwd | None, blog: TaggedLog) -> Path:
         """``<runtime_dir>/rdp-XXXX`` (0700, the desktop user's) with ``home`` inside."""
         self._runtime_dir.mkdir(parents=True, exist_ok=True)
         if user is not None and (closed := first_closed_folder(self._runtime_dir, user)):
@@ -606,7 +599,7 @@ class RdpBridges:
         return store
 
     async def _start(self, key: str, target: RdpTarget, width: int, height: int) -> _Bridge:
-        blog = BridgeLog(log, {"bridge": key})
+        blog = TaggedLog(log, {"bridge": key})
         t0 = time.monotonic()
         user = await self._desktop_user()
         folder = self._prepare_folder(user, blog)

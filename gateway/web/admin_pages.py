@@ -29,7 +29,7 @@ from ..model import AuditEvent, Desktop, User
 from ..services import PROVIDER_NAMES, RDP_SECURITY, ca_names
 from ..textsafe import visible
 from .common import check_form_csrf, redirect, render, require_admin
-from .inputs import parse_int, path_id
+from .inputs import parse_int, parse_time, path_id
 
 log = logging.getLogger("deskgate.web.admin")
 
@@ -282,26 +282,12 @@ async def user_change(request: web.Request) -> web.StreamResponse:
 FILTER_FIELDS = ("user", "desktop", "kind", "from", "to")
 
 
-def _moment(value: str, what: str) -> float | None:
-    """A date-time from the filter form (``datetime-local``, read as UTC), or None if empty."""
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{what} must look like 2025-01-31T13:45") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
 def audit_filters(query: Mapping[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
     """(the form's values, ``list_audit`` keyword arguments). Raises BadRequest."""
     values = {k: query.get(k, "").strip()[:256] for k in FILTER_FIELDS}
     args: dict[str, Any] = {k: values[k] or None for k in ("user", "desktop", "kind")}
-    args["since"] = _moment(values["from"], "from")
-    args["until"] = _moment(values["to"], "before")
+    args["since"] = parse_time(values["from"], "from")
+    args["until"] = parse_time(values["to"], "before")
     return values, args
 
 

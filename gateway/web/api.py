@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +18,7 @@ from ..errors import BadRequest, Forbidden, Unauthorized
 from ..keys import ADMIN, AUDIT, SERVICES
 from ..model import ApiToken, AuditEvent, Desktop, Session, User
 from .common import check_csrf, client_ip, require_admin
-from .inputs import json_object, parse_int, query_int
+from .inputs import json_object, parse_int, parse_time, query_int
 from .openapi import (
     BOOLEAN,
     CSRF_HEADER,
@@ -180,19 +179,6 @@ def _id(request: web.Request) -> int:
 def _limit(request: web.Request, default: int) -> int:
     limit = query_int(request, "limit", 1, MAX_LIMIT)
     return default if limit is None else limit
-
-
-def parse_time(raw: str, name: str) -> float:
-    """Seconds since the epoch, or an ISO 8601 date or time (UTC unless it says otherwise)."""
-    try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be ISO 8601 or seconds since the epoch") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _admin(request: web.Request) -> User:
@@ -451,8 +437,8 @@ async def query_audit(request: web.Request) -> web.StreamResponse:
     events = await request.app[ADMIN].audit(
         limit=limit, user=q.get("user") or None, desktop=q.get("desktop") or None,
         kind=q.get("kind") or None,
-        since=parse_time(q["since"], "since") if q.get("since") else None,
-        until=parse_time(q["until"], "until") if q.get("until") else None,
+        since=parse_time(q.get("since", ""), "since", epoch_seconds=True),
+        until=parse_time(q.get("until", ""), "until", epoch_seconds=True),
         before_id=query_int(request, "before_id"))
     return web.json_response({"events": [audit_json(e) for e in events],
                               "next_before_id": events[-1].id if len(events) == limit else None})

@@ -44,7 +44,7 @@ from ..keys import (
 )
 from ..live import ENDED, LiveSession
 from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
-from ..model import RelayCounters, User, WebSession, WebSessionState
+from ..model import RelayCounters, User, WebSession, WebSessionState, window_size
 from ..proxy.tunnel import relay_vnc
 from .browserws import BrowserSocket, close_reason, take_over
 from .common import check_csrf, client_ip, current, render, require_signed_in, user_agent
@@ -91,7 +91,7 @@ async def _connect_body(request: web.Request) -> tuple[int, int, str | None]:
     retry_of = body.get("retry_of")
     if retry_of is not None and not (isinstance(retry_of, str) and 0 < len(retry_of) <= 64):
         raise BadRequest("retry_of must be a session id (a string of 1 to 64 characters)")
-    size = (width, height) if 16 <= width <= 8192 and 16 <= height <= 8192 else (0, 0)
+    size = window_size(width, height) or (0, 0)
     return *size, retry_of
 
 

@@ -8,8 +8,10 @@ than any real request, lone surrogates (which no store or terminal can encode), 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -56,6 +58,25 @@ def query_int(request: web.Request, name: str, low: int = INT_MIN,
     if raw is None or raw == "":
         return None
     return parse_int(raw, name, low, high)
+
+
+def parse_time(raw: str, what: str, *, epoch_seconds: bool = False) -> float | None:
+    """A moment as seconds since the epoch, or None when ``raw`` is empty: an ISO 8601 date or
+    date-time (UTC unless it says otherwise; a form's ``datetime-local`` is one) or, with
+    ``epoch_seconds`` (the API), a number of seconds since the epoch. Else BadRequest naming
+    ``what``."""
+    if not raw:
+        return None
+    if epoch_seconds:
+        with contextlib.suppress(ValueError):
+            return float(raw)
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        expected = ("be ISO 8601 or seconds since the epoch" if epoch_seconds
+                    else "look like 2025-01-31T13:45")
+        raise BadRequest(f"{what} must {expected}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def header_text(request: web.Request, name: str, limit: int = 300) -> str:

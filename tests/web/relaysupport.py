@@ -14,8 +14,7 @@ from aiohttp.test_utils import TestClient
 from websupport import base_url, connect, rfb_handshake
 from yarl import URL
 
-from gateway.keys import LIVE, STORE
-from gateway.metrics import METRICS
+from gateway.keys import LIVE, METRICS, STORE
 from gateway.model import Session
 from gateway.store.sqlite import SQLiteStore
 

@@ -19,7 +19,7 @@ from websupport import app_client, connect, eventually, sign_in
 
 from gateway.config import Settings
 from gateway.errors import ProtocolError
-from gateway.metrics import METRICS
+from gateway.keys import METRICS
 from gateway.providers.xvnc import XvncDisplay, free_tcp_port
 from gateway.web.browserws import BrowserSocket
 

@@ -1,0 +1,332 @@
+"""The DesktopProvider contract (gateway/providers/base.py), one suite run over every provider.
+
+Each provider comes with a harness that knows how to give the suite what it needs from that
+provider with real parts only: a desktop that can run (the static provider's is a TigerVNC Xvnc
+the harness starts on a loopback port; the local provider starts its own), a desktop that is not
+there, a desktop the provider cannot make reachable, and what the provider documents about
+stopping. A new provider (libvirt, ssh) is one more harness appended to ``HARNESSES``; every
+contract check then runs over it.
+
+Every desktop a harness or a provider started is stopped by PID in the harness's teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from provider_support import pid_gone
+
+from gateway.errors import DesktopUnavailable
+from gateway.model import Endpoint, Secret
+from gateway.providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
+from gateway.providers.local import LocalProvider
+from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display, xvnc_serving
+from gateway.proxy.rfb import DesktopHandshake
+
+pytestmark = pytest.mark.timeout(120)
+
+STATES = {"running", "stopped", "unknown"}  # what DesktopProvider.state documents
+RFB_VERSION = re.compile(rb"RFB 003\.00[3-8]\n")
+
+
+def require_xvnc() -> None:
+    if shutil.which("Xvnc") is None:
+        pytest.skip("TigerVNC Xvnc missing")
+
+
+class Harness:
+    """One provider under the contract. Subclasses fill in how to reach each situation."""
+
+    name = ""
+    can_stop = True  # False: stop() leaves the desktop running, as the provider documents
+    absent_state = "stopped"  # state() of a desktop that is not there / was never started
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.provider: DesktopProvider = self.make()
+
+    def make(self) -> DesktopProvider:
+        raise NotImplementedError
+
+    async def desktop(self, n: int) -> DesktopSpec:
+        """A desktop ``ensure_running`` can make reachable (skips where that is impossible)."""
+        raise NotImplementedError
+
+    def absent(self) -> DesktopSpec:
+        """A desktop that is not there (nothing serves it, nothing started it)."""
+        raise NotImplementedError
+
+    async def broken(self) -> tuple[DesktopProvider, DesktopSpec, str]:
+        """(provider, spec, reason pattern): ``ensure_running`` must raise DesktopUnavailable
+        with a reason matching the pattern."""
+        raise NotImplementedError
+
+    async def servers(self, spec: DesktopSpec) -> int:
+        """How many servers serve ``spec`` right now (a second one would be a double start)."""
+        raise NotImplementedError
+
+    async def teardown(self) -> None:
+        await self.provider.close()
+
+
+class StaticHarness(Harness):
+    """Static desktops exist by themselves: the harness starts a real Xvnc (VncAuth) on a free
+    loopback port for each desktop; the provider knows its stored password, as the gateway's
+    does, so that its state probe logs in."""
+
+    name = "static"
+    can_stop = False  # static.py: "A static desktop is not ours to stop: nothing happens."
+    PASSWORD = "secret12"  # noqa: S105 - the test desktop's VNC password
+
+    def __init__(self, data_dir: Path) -> None:
+        self.displays: list[XvncDisplay] = []
+        super().__init__(data_dir)
+
+    def make(self) -> DesktopProvider:
+        async def stored(desktop_id: int) -> Secret | None:
+            return Secret(self.PASSWORD)
+
+        return make_provider("static", ProviderContext(data_dir=self.data_dir, credentials=stored))
+
+    async def desktop(self, n: int) -> DesktopSpec:
+        require_xvnc()
+        d = await start_display(rfbport=free_tcp_port(), password=self.PASSWORD,
+                                name=f"static {n}", window_manager=False, xterm=False)
+        self.displays.append(d)
+        assert d.rfbport is not None
+        return DesktopSpec(id=n, name=f"static {n}", provider="static", host="127.0.0.1",
+                           port=d.rfbport, password=Secret(self.PASSWORD))
+
+    def absent(self) -> DesktopSpec:
+        return DesktopSpec(id=90, name="static absent", provider="static", host="127.0.0.1",
+                           port=free_tcp_port(), password=Secret(self.PASSWORD))
+
+    async def broken(self) -> tuple[DesktopProvider, DesktopSpec, str]:
+        # A VNC desktop is not checked by ensure_running (the session's own handshake tells,
+        # with the reason; a banner-only check would count towards TigerVNC's blacklist): the
+        # desktop that cannot be reached is one the provider checks by TCP connect.
+        spec = DesktopSpec(id=91, name="static unreachable", provider="static",
+                           host="127.0.0.1", port=free_tcp_port(), protocol="rdp")
+        return self.provider, spec, r"^desktop static unreachable is not answering$"
+
+    async def servers(self, spec: DesktopSpec) -> int:
+        return sum(1 for d in self.displays if d.rfbport == spec.port and d.alive())
+
+    async def teardown(self) -> None:
+        try:
+            await self.provider.close()
+        finally:
+            for d in self.displays:
+                pids = list(d.pids)
+                await d.stop()
+                assert all(pid_gone(pid) for pid in pids)
+
+
+class LocalHarness(Harness):
+    """Local desktops are started by the provider itself (as ``deskgate-desktop``); it stops
+    them when closed (``stop_on_exit``), and the teardown checks every process is gone."""
+
+    name = "local"
+    USER = "deskgate-desktop"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.started: list[DesktopSpec] = []  # specs handed out: their sockets are checked
+        self.extra: list[DesktopProvider] = []  # providers of broken(), closed in teardown
+        super().__init__(data_dir)
+
+    def make(self) -> DesktopProvider:
+        return self._local(self.data_dir)
+
+    def _local(self, data_dir: Path) -> LocalProvider:
+        return LocalProvider(ProviderContext(data_dir=data_dir, run_as_user=self.USER,
+                                             stop_on_exit=True))
+
+    async def desktop(self, n: int) -> DesktopSpec:
+        require_xvnc()
+        if os.geteuid() != 0:
+            pytest.skip("local desktops run as a system user the tests create: needs root")
+        spec = DesktopSpec(id=n, name=f"local {n}", provider="local", geometry="1024x768")
+        self.started.append(spec)
+        return spec
+
+    def absent(self) -> DesktopSpec:
+        return DesktopSpec(id=90, name="local absent", provider="local")
+
+    async def broken(self) -> tuple[DesktopProvider, DesktopSpec, str]:
+        # Its runtime folder under a folder the desktop user cannot enter (pytest-like 0700).
+        if os.geteuid() != 0:
+            pytest.skip("a folder closed to the desktop user needs root to matter")
+        closed = self.data_dir / "closed"
+        closed.mkdir(mode=0o700)
+        p = self._local(closed / "data")
+        self.extra.append(p)
+        spec = DesktopSpec(id=91, name="local closed", provider="local")
+        return p, spec, (r"^desktop local closed could not be started \(runtime folder"
+                         r" permissions: see desktops\.runtime_dir\)$")
+
+    async def servers(self, spec: DesktopSpec) -> int:
+        assert isinstance(self.provider, LocalProvider)
+        return len(xvnc_serving(self.provider.socket_path(spec)))
+
+    async def teardown(self) -> None:
+        p = self.provider
+        assert isinstance(p, LocalProvider)
+        pids = [pid for d in p._displays.values() for pid in d.pids]
+        try:
+            for other in self.extra:
+                await other.close()
+            await p.close()
+        finally:
+            # Whatever still serves a desktop's socket (it should be nothing) is stopped by PID.
+            left = [x.pid for s in self.started for x in xvnc_serving(p.socket_path(s))]
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+        assert not left, f"Xvnc still serving after close: {left}"
+        assert all(pid_gone(pid) for pid in pids)
+
+
+# Every provider the contract runs over; a new provider appends its harness here.
+HARNESSES: list[type[Harness]] = [StaticHarness, LocalHarness]
+
+
+@pytest.fixture(params=HARNESSES, ids=lambda h: h.name)
+async def harness(request: pytest.FixtureRequest, data_dir: Path) -> AsyncIterator[Harness]:
+    h: Harness = request.param(data_dir)
+    try:
+        yield h
+    finally:
+        await h.teardown()
+
+
+async def rfb_login(ep: Endpoint) -> bytes:
+    """Open the endpoint, read the server's 12-byte RFB version, then log in with the
+    endpoint's password as a session does (TigerVNC blacklists peers that close before a
+    login). Returns the version."""
+    if ep.unix_path is not None:
+        reader, writer = await asyncio.open_unix_connection(ep.unix_path)
+    else:
+        reader, writer = await asyncio.open_connection(ep.host, ep.port)
+    try:
+        version = await asyncio.wait_for(reader.readexactly(12), 5)
+        shake = DesktopHandshake(ep.password)
+        data = version
+        while True:
+            writer.write(shake.feed(data))
+            if shake.authenticated:
+                return version
+            data = await asyncio.wait_for(reader.read(4096), 5)
+            if not data:
+                raise shake.eof_error()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def refuses_connections(ep: Endpoint) -> bool:
+    try:
+        if ep.unix_path is not None:
+            _, writer = await asyncio.open_unix_connection(ep.unix_path)
+        else:
+            _, writer = await asyncio.open_connection(ep.host, ep.port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+# -- the contract -------------------------------------------------------------------------------
+
+
+async def test_a_running_desktop_serves_rfb_at_its_endpoint(harness: Harness) -> None:
+    """ensure_running, then endpoint: an address where a real RFB server answers and lets the
+    gateway in with the endpoint's credentials; state says "running"."""
+    spec = await harness.desktop(1)
+    await harness.provider.ensure_running(spec)
+    ep = await harness.provider.endpoint(spec)
+    assert (ep.unix_path is not None) != (ep.port != 0), ep
+    assert RFB_VERSION.fullmatch(await rfb_login(ep))
+    state = await harness.provider.state(spec)
+    assert state in STATES and state == "running"
+
+
+async def test_a_desktop_that_is_not_there(harness: Harness) -> None:
+    """state() of a desktop nothing serves: a documented state, never "running"; stopping it
+    is harmless."""
+    spec = harness.absent()
+    state = await harness.provider.state(spec)
+    assert state in STATES and state != "running"
+    assert state == harness.absent_state
+    await harness.provider.stop(spec)
+    assert await harness.provider.state(spec) == harness.absent_state
+
+
+async def test_concurrent_ensure_running_starts_one_desktop(harness: Harness) -> None:
+    """Ten callers at once: no error, one desktop, and each caller's endpoint works."""
+    spec = await harness.desktop(2)
+    p = harness.provider
+
+    async def caller() -> Endpoint:
+        await p.ensure_running(spec)
+        return await p.endpoint(spec)
+
+    endpoints = await asyncio.gather(*(caller() for _ in range(10)))
+    assert await harness.servers(spec) == 1
+    assert all(ep == endpoints[0] for ep in endpoints)  # same address, same credentials
+    for ep in endpoints:
+        assert RFB_VERSION.fullmatch(await rfb_login(ep))
+    await p.ensure_running(spec)  # again, later: still the same desktop
+    assert await p.endpoint(spec) == endpoints[0]
+    assert await harness.servers(spec) == 1
+    assert await p.state(spec) == "running"
+
+
+async def test_stop(harness: Harness) -> None:
+    """Where the provider can stop: the desktop stops (not "running", its endpoint refuses).
+    Where it cannot (static): stop() changes nothing, as documented."""
+    spec = await harness.desktop(3)
+    p = harness.provider
+    await p.ensure_running(spec)
+    ep = await p.endpoint(spec)
+    await p.stop(spec)
+    if harness.can_stop:
+        state = await p.state(spec)
+        assert state in STATES and state != "running"
+        assert await refuses_connections(ep)
+        assert await harness.servers(spec) == 0
+        await p.stop(spec)  # stopping again is harmless
+    else:
+        assert await p.state(spec) == "running"
+        assert await harness.servers(spec) == 1
+        assert RFB_VERSION.fullmatch(await rfb_login(await p.endpoint(spec)))
+
+
+async def test_close_is_idempotent(harness: Harness) -> None:
+    spec = await harness.desktop(4)
+    await harness.provider.ensure_running(spec)
+    await harness.provider.close()
+    await harness.provider.close()
+
+
+async def test_close_without_use_is_idempotent(harness: Harness) -> None:
+    await harness.provider.close()
+    await harness.provider.close()
+
+
+async def test_a_desktop_that_cannot_be_reached_is_a_clear_error(harness: Harness) -> None:
+    """DesktopUnavailable, whose reason (shown to the user) names the desktop and the cause."""
+    provider, spec, reason = await harness.broken()
+    with pytest.raises(DesktopUnavailable) as raised:
+        await provider.ensure_running(spec)
+    assert re.search(reason, raised.value.reason), raised.value.reason
+    assert spec.name in raised.value.reason
+    state = await provider.state(spec)
+    assert state in STATES and state != "running"
