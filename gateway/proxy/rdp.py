@@ -62,17 +62,13 @@ from typing import Any
 from gateway.errors import WS_UPSTREAM_AUTH, ConfigError, DesktopUnavailable
 from gateway.keyboards import DEFAULT_LAYOUT, klid
 from gateway.model import Endpoint, Secret
-from gateway.providers.base import probe_rfb
-from gateway.providers.local import ensure_system_user, first_closed_folder
-from gateway.providers.xvnc import (
-    UNIX_PATH_MAX,
-    X11_UNIX_DIR,
+from gateway.probe import probe_rfb
+from gateway.xdisplay import XvncStartError
+from gateway.xdisplay.files import random_vnc_password
+from gateway.xdisplay.numbers import UNIX_PATH_MAX, X11_UNIX_DIR, free_display, lock_file, pid_alive
+from gateway.xdisplay.sysuser import ensure_system_user, first_closed_folder
+from gateway.xdisplay.xvnc import (
     XvncDisplay,
-    XvncStartError,
-    free_display,
-    lock_file,
-    pid_alive,
-    random_vnc_password,
     spawn_on_display,
     start_display,
     visible_window,

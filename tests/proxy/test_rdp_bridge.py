@@ -23,9 +23,10 @@ from rdp_servers import RdpServer, free_port, make_test_ca, needs_rdp, pid_alive
 
 from gateway.errors import WS_UPSTREAM_AUTH
 from gateway.model import Endpoint, RelayCounters, RelayPolicy, Secret
-from gateway.providers.xvnc import XvncDisplay, free_display, free_tcp_port, start_display, x_client_output
 from gateway.proxy import relay_vnc
 from gateway.proxy.rdp import BridgeError, RdpBridges, RdpTarget
+from gateway.xdisplay.numbers import free_display, free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay, start_display, x_client_output
 
 if TYPE_CHECKING:
     from conftest import MemoryChannel
