@@ -27,13 +27,9 @@ from .live import LiveSessions
 from .model import Desktop, Endpoint, RelayPolicy, Secret, Session, SessionState, User, WebSession
 from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from .providers.base import CachingState, Recovering
-from .proxy.rdp import (
-    REASON_CREDENTIALS,
-    BridgeError,
-    CredentialsRefused,
-    RdpBridges,
-    RdpTarget,
-)
+from .rdp.bridges import RdpBridges
+from .rdp.errors import REASON_CREDENTIALS, BridgeError, CredentialsRefused
+from .rdp.target import RdpTarget
 from .services import rdp_account
 from .store import Store
 from .tickets import TicketBook
@@ -180,8 +176,6 @@ class _OneConnection:
     enc_password: str
     at: float
     used: bool = False  # a bridge signed in with it: it lives as long as that bridge only
-
-
 
 
 class Broker:

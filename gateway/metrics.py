@@ -55,7 +55,7 @@ from .keys import ADMIN, AUDIT, BROKER, CAPACITY, LIVE, SETTINGS
 from .listen import address, bind
 from .live import LiveSessions
 from .model import Desktop
-from .proxy.rdp import RdpBridges
+from .rdp.bridges import RdpBridges
 
 log = logging.getLogger("deskgate.metrics")
 

@@ -29,8 +29,8 @@ from .errors import (
 from .keyboards import DEFAULT_LAYOUT, klid, layout_of
 from .model import AuditEvent, Desktop, Secret, User, WebSession, WebSessionState
 from .names import name_key
-from .proxy.rdp import CERT_POLICIES, SECURITY_MODES
 from .proxy.rfb import DesktopHandshake
+from .rdp.target import CERT_POLICIES, SECURITY_MODES
 from .store import Store
 
 PROVIDER_NAMES = ("static", "local")

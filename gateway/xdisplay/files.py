@@ -29,7 +29,6 @@ def random_vnc_password() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-
 def write_xauthority(path: Path, display: int, owner: tuple[int, int] | None = None) -> None:
     """An Xauthority file with one fresh MIT-MAGIC-COOKIE-1 for ``display`` (mode 0600)."""
 

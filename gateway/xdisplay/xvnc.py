@@ -66,10 +66,6 @@ def xterm_font_args() -> list[str]:
     return ["-fn", "10x20"]
 
 
-
-
-
-
 async def _run_quiet(argv: Sequence[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
     """Run a short X client; (exit status, stdout). Killed if it outlives ``timeout``."""
     proc = await asyncio.create_subprocess_exec(
@@ -232,10 +228,6 @@ def _fatal_error(path: Path) -> str:
         if "Fatal server error" in line:
             return " ".join(lines[i + 1 : i + 3]).removeprefix("(EE) ")
     return " ".join(lines[-2:])
-
-
-
-
 
 
 async def _exec_as(d: XvncDisplay, run_as: RunAs, argv: Sequence[str], env: dict[str, str],

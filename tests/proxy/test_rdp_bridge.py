@@ -24,7 +24,9 @@ from rdp_servers import RdpServer, free_port, make_test_ca, needs_rdp, pid_alive
 from gateway.errors import WS_UPSTREAM_AUTH
 from gateway.model import Endpoint, RelayCounters, RelayPolicy, Secret
 from gateway.proxy import relay_vnc
-from gateway.proxy.rdp import BridgeError, RdpBridges, RdpTarget
+from gateway.rdp.bridges import RdpBridges
+from gateway.rdp.errors import BridgeError
+from gateway.rdp.target import RdpTarget
 from gateway.xdisplay.numbers import free_display, free_tcp_port
 from gateway.xdisplay.xvnc import XvncDisplay, start_display, x_client_output
 
@@ -230,7 +232,7 @@ async def bridges(rdp_runtime_dir: Path) -> AsyncIterator[RdpBridges]:
 
 @pytest.fixture
 def rdp_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="gateway.proxy.rdp")
+    caplog.set_level(logging.DEBUG, logger="gateway.rdp")
     return caplog
 
 
