@@ -29,8 +29,8 @@ from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext,
 from .providers.base import CachingState, Recovering
 from .rdp.bridges import RdpBridges
 from .rdp.errors import REASON_CREDENTIALS, BridgeError, CredentialsRefused
+from .rdp.options import rdp_account
 from .rdp.target import RdpTarget
-from .services import rdp_account
 from .store import Store
 from .tickets import TicketBook
 
