@@ -124,7 +124,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from gateway.providers.xvnc import free_tcp_port, start_display
+    from gateway.xdisplay.numbers import free_tcp_port
+    from gateway.xdisplay.xvnc import start_display
 
     desktop = await start_display(rfbport=free_tcp_port(), name="flood", geometry="640x480",
                                   window_manager=False, xterm=False)

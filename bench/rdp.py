@@ -334,7 +334,8 @@ def write_xsession(server: RdpServer) -> None:
 
 
 async def run_vnc(args: argparse.Namespace, tmp: Path) -> Row:
-    from gateway.providers.xvnc import free_tcp_port, start_display
+    from gateway.xdisplay.numbers import free_tcp_port
+    from gateway.xdisplay.xvnc import start_display
 
     display = await start_display(rfbport=free_tcp_port(), password=None, name="bench-vnc",
                                   geometry=f"{W}x{H}", window_manager=False, xterm=False)

@@ -17,7 +17,8 @@ from .errors import WS_ACCOUNT_DISABLED, WS_ADMIN_DISCONNECT, BadRequest, NotFou
 from .live import ACCOUNT_DISABLED, LiveSessions
 from .model import ApiToken, AuditEvent, Desktop, Session, User
 from .providers import DesktopSpec
-from .services import desktop_name, rdp_options
+from .rdp.options import rdp_options
+from .services import desktop_name
 from .store import Store
 
 TOKEN_PREFIX = "dg_"  # noqa: S105 (marks Deskgate tokens, e.g. for secret scanners)

@@ -50,7 +50,7 @@ from .live import LiveSessions
 from .metrics import SHUTDOWN
 from .metrics import install as install_metrics
 from .providers import ProviderContext
-from .proxy.rdp import RdpBridges
+from .rdp.bridges import RdpBridges
 from .services import Services
 from .sso import LOGIN_TTL, SsoService
 from .store import Store

@@ -6,14 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .audit import Audit, AuditKind
 from .config import Settings
 from .crypto import SecretBox, new_token
 from .errors import (
-    BadRequest,
-    CredentialsRequired,
     DesktopUnavailable,
     Forbidden,
     GatewayError,
@@ -22,7 +20,6 @@ from .errors import (
     TooManyRequests,
     UnderMaintenance,
 )
-from .keyboards import layout_of
 from .live import LiveSessions
 from .model import (
     Desktop,
@@ -35,16 +32,12 @@ from .model import (
     WebSession,
     window_size,
 )
+from .protocols import DesktopProtocol, Start, protocol_map
 from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from .providers.base import CachingState, Recovering
-from .proxy.rdp import (
-    REASON_CREDENTIALS,
-    BridgeError,
-    CredentialsRefused,
-    RdpBridges,
-    RdpTarget,
-)
-from .services import rdp_account
+from .rdp.accounts import RdpAccounts
+from .rdp.adapter import RdpProtocol
+from .rdp.bridges import RdpBridges
 from .store import Store
 from .tickets import TicketBook
 
@@ -155,50 +148,10 @@ def desktop_spec(desktop: Desktop, geometry: str, password: Secret | None = None
                        geometry=geometry, protocol=desktop.protocol)
 
 
-def bridge_key(user_id: int, desktop_id: int) -> str:
-    """One RDP bridge per person and desktop: reconnecting resumes the same remote session."""
-    return f"{user_id}:{desktop_id}"
-
-
-def per_user(desktop: Desktop) -> bool:
-    """An RDP desktop where each person signs in with their own account."""
-    return desktop.protocol == "rdp" and desktop.option("credentials", "shared") == "per_user"
-
-
-class OwnCredentialsRefused(CredentialsRefused):
-    """A per-user desktop refused the person's stored account (now forgotten): ask again."""
-
-    reason = (f"{REASON_CREDENTIALS}; your saved account for this desktop was forgotten:"
-              " enter it again")
-    asks_for_credentials = True
-
-    def __init__(self, *, session_id: str | None = None) -> None:
-        super().__init__(kind="credentials", session_id=session_id)
-
-
-# An account entered for one connection (not stored) waits this long for its connect; after
-# that it lives only as long as the bridge it signed in.
-ONE_CONNECTION_SECONDS = 120.0
-
-
-@dataclass(frozen=True)
-class _OneConnection:
-    """A person's own account entered for one connection, kept in memory only (encrypted)."""
-
-    username: str
-    domain: str
-    enc_password: str
-    at: float
-    used: bool = False  # a bridge signed in with it: it lives as long as that bridge only
-
-
-
-
 class Broker:
     def __init__(self, store: Store, box: SecretBox, providers: Providers, tickets: TicketBook,
                  audit: Audit, settings: Settings, bridges: RdpBridges | None = None) -> None:
         self._store = store
-        self.bridges = bridges
         self._box = box
         self._providers = providers
         self._tickets = tickets
@@ -208,7 +161,35 @@ class Broker:
         self._watches: dict[str, _PendingWatch] = {}
         # One connect at a time per person, so that the open-sessions count cannot be raced.
         self._connecting: dict[int, asyncio.Lock] = {}
-        self._one_connection: dict[tuple[int, int], _OneConnection] = {}
+        # What differs by protocol (gateway/protocols.py): never a branch on it here.
+        self._protocols = protocol_map(
+            endpoint=self._provider_endpoint, bridges=bridges, store=store, box=box, audit=audit,
+            store_credentials=settings.rdp_store_credentials, check_access=self.check_access)
+        rdp = self._protocols["rdp"]
+        assert isinstance(rdp, RdpProtocol)
+        self._rdp = rdp
+        # A person's own account on a per-user RDP desktop (the web handlers save and forget it).
+        self.rdp_accounts: RdpAccounts = rdp.accounts
+
+    @property
+    def bridges(self) -> RdpBridges | None:
+        """This node's RDP bridges (None: it bridges none)."""
+        return self._rdp.bridges
+
+    @bridges.setter
+    def bridges(self, bridges: RdpBridges | None) -> None:
+        self._rdp.bridges = bridges
+
+    def _protocol(self, desktop: Desktop) -> DesktopProtocol:
+        try:
+            return self._protocols[desktop.protocol]
+        except KeyError:
+            raise DesktopUnavailable(f"this gateway does not serve {desktop.protocol}"
+                                     " desktops") from None
+
+    async def _provider_endpoint(self, desktop: Desktop) -> Endpoint:
+        """Where the desktop's provider says it listens (with its password decrypted)."""
+        return await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
 
     async def spec(self, desktop: Desktop) -> DesktopSpec:
         """What a provider needs to connect: the spec with the desktop's password decrypted.
@@ -275,8 +256,10 @@ class Broker:
                                      desktop=desktop.name, client_ip=client_ip,
                                      detail="maintenance")
             raise UnderMaintenance()
-        # A per-user desktop without this person's account: ask for it before anything starts.
-        target = await self.rdp_target(desktop, user.id) if desktop.protocol == "rdp" else None
+        # Before anything is recorded: a protocol may refuse at once (RDP: a per-user desktop
+        # without this person's account asks for it).
+        protocol = self._protocol(desktop)
+        start = await protocol.prepare(user, desktop)
         now, user_agent = time.time(), user_agent[:300]
         session = None
         if retry_of:
@@ -297,10 +280,10 @@ class Broker:
                                    desktop=desktop.name)
                 # The client's retry continues this attempt.
                 raise exc.of_attempt(session.id) from None
-            if target is not None:
-                await self._start_bridge(user, desktop, target, session, width, height)
+            if start is not None:
+                await self._start(protocol, start, user, desktop, session, width, height)
         except DesktopUnavailable:
-            raise  # recorded above (the bridge's failures in _start_bridge)
+            raise  # recorded above (the protocol's failures in _start)
         except BaseException:
             # Anything else (a provider's bug, the request cancelled): no row stays "starting".
             await asyncio.shield(self._failed(session, "the connection could not be prepared",
@@ -358,124 +341,23 @@ class Broker:
     async def _admission(self, session: Session, user: User) -> Admission:
         desktop = await self.check_access(user, session.desktop_id, session.client_ip)
         policy = RelayPolicy(max_clipboard_bytes=self._settings.max_clipboard_bytes)
-        if desktop.protocol == "rdp":
-            # The bridge started at connect; this holds it (and resumes it after a grace stop).
-            key = bridge_key(user.id, desktop.id)
-            endpoint = await self._rdp_bridges().acquire(key,
-                                                         await self.rdp_target(desktop, user.id))
-            return Admission(session, user, desktop, endpoint, policy, bridge_key=key)
-        endpoint = await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
-        return Admission(session, user, desktop, endpoint, policy)
+        endpoint, key = await self._protocol(desktop).admit(user, desktop)
+        return Admission(session, user, desktop, endpoint, policy, bridge_key=key)
 
-    def _rdp_bridges(self) -> RdpBridges:
-        if self.bridges is None:
-            raise DesktopUnavailable("this gateway does not bridge RDP")
-        return self.bridges
-
-    async def rdp_target(self, desktop: Desktop, user_id: int) -> RdpTarget:
-        """The server and the account the bridge of ``user_id`` signs in with: the desktop's
-        shared account, or (per-user desktop) that person's own, else CredentialsRequired."""
-        if per_user(desktop):
-            stored = self._entered_for_one_connection(user_id, desktop.id)
-            if stored is None and self._settings.rdp_store_credentials:
-                stored = await self._store.get_user_credentials(user_id, desktop.id)
-            if stored is None:
-                raise CredentialsRequired()
-            username, domain, enc = stored
-        else:
-            username, domain = desktop.option("username"), desktop.option("domain")
-            enc = (await self._store.get_desktop_password(desktop.id) or ""
-                   if desktop.has_password else "")
-        return RdpTarget(
-            host=desktop.host, port=desktop.port, username=username,
-            domain=domain, password=self._box.decrypt(enc) if enc else None,
-            security=desktop.option("security", "negotiate"),
-            cert_policy=desktop.option("cert_policy", "ignore"),
-            cert_fingerprint=desktop.option("cert_fingerprint"),
-            cert_ca=desktop.option("cert_ca"),
-            keyboard_layout=layout_of(desktop.option("keyboard_layout")))
-
-    async def _start_bridge(self, user: User, desktop: Desktop, target: RdpTarget,
-                            session: Session, width: int, height: int) -> None:
-        """Start the RDP bridge before any ticket exists, so that a wrong password, an
-        unreachable server or a refused certificate is the answer to the click itself."""
-        bridges = self._rdp_bridges()
-        key = bridge_key(user.id, desktop.id)
+    async def _start(self, protocol: DesktopProtocol, start: Start, user: User,
+                     desktop: Desktop, session: Session, width: int, height: int) -> None:
+        """The protocol's work before any ticket exists (RDP: the bridge), so that a wrong
+        password, an unreachable server or a refused certificate is the answer to the click
+        itself; its failure is recorded, and answered as the protocol says."""
         geometry = self._settings.desktop_geometry.split("x")
         w, h = window_size(width, height) or (int(geometry[0]), int(geometry[1]))
         try:
-            await bridges.acquire(key, target, w, h)
-        except BridgeError as exc:
-            client_ip = session.client_ip
+            await start(w, h)
+        except DesktopUnavailable as exc:
             await self._failed(session, exc.reason, final=exc.final, user=user.name,
-                               desktop=desktop.name, where="rdp bridge: ")
-            if isinstance(exc, CredentialsRefused) and per_user(desktop):
-                # The next attempt asks for the account again instead of repeating this one.
-                self._one_connection.pop((user.id, desktop.id), None)
-                await self._forget(user, desktop, client_ip, "refused by the desktop")
-                raise OwnCredentialsRefused(session_id=session.id) from None
-            raise exc.of_attempt(session.id) from None  # a retry continues this attempt
-        entry = self._one_connection.get((user.id, desktop.id))
-        if entry is not None:
-            self._one_connection[(user.id, desktop.id)] = replace(entry, used=True)
-        # The ticket's holder acquires it again at admission; until then (and if the ticket is
-        # never used) the bridge runs on the reconnect grace timer.
-        bridges.release(key)
-
-    # a person's own account on a per-user RDP desktop --------------------------------------------
-    async def save_credentials(self, user: User, desktop_id: int, client_ip: str, *,
-                               username: str, domain: str, password: str,
-                               remember: bool = True) -> bool:
-        """The person's own account for a per-user desktop assigned to them: stored (encrypted)
-        when ``remember`` and ``[rdp] rdp_store_credentials`` allow, else kept in memory for
-        the next connection only (and its bridge's life). Returns whether it was stored."""
-        desktop = await self.check_access(user, desktop_id, client_ip)
-        if not per_user(desktop):
-            raise BadRequest("this desktop signs in with its own account")
-        username, domain, password = rdp_account(username, domain, password)
-        enc = self._box.encrypt(password)
-        if remember and self._settings.rdp_store_credentials:
-            self._one_connection.pop((user.id, desktop.id), None)
-            await self._store.set_user_credentials(user.id, desktop.id, username, domain, enc)
-            await self._audit.record(AuditKind.CREDENTIALS, user=user.name, desktop=desktop.name,
-                                     client_ip=client_ip, detail=f"credentials saved ({username})")
-            return True
-        for k in list(self._one_connection):  # bounded: drop the unused and the ended ones
-            self._entered_for_one_connection(*k)
-        self._one_connection[(user.id, desktop.id)] = _OneConnection(username, domain, enc,
-                                                                     time.monotonic())
-        await self._forget(user, desktop, client_ip, "not to be remembered")
-        await self._audit.record(AuditKind.CREDENTIALS, user=user.name, desktop=desktop.name,
-                                 client_ip=client_ip,
-                                 detail=f"credentials entered for one connection ({username}),"
-                                        " not stored")
-        return False
-
-    def _entered_for_one_connection(self, user_id: int,
-                                     desktop_id: int) -> tuple[str, str, str] | None:
-        """An account entered for one connection: fresh, or its bridge still runs; else gone."""
-        entry = self._one_connection.get((user_id, desktop_id))
-        if entry is None:
-            return None
-        fresh = not entry.used and time.monotonic() - entry.at < ONE_CONNECTION_SECONDS
-        if fresh or (self.bridges is not None
-                     and self.bridges.running(bridge_key(user_id, desktop_id))):
-            return entry.username, entry.domain, entry.enc_password
-        del self._one_connection[(user_id, desktop_id)]
-        return None
-
-    async def forget_credentials(self, user: User, desktop_id: int, client_ip: str) -> bool:
-        """Forget the person's stored account for a desktop; False when none was stored."""
-        desktop = await self.check_access(user, desktop_id, client_ip)
-        in_memory = self._one_connection.pop((user.id, desktop.id), None) is not None
-        return await self._forget(user, desktop, client_ip, "by the user") or in_memory
-
-    async def _forget(self, user: User, desktop: Desktop, client_ip: str, why: str) -> bool:
-        if not await self._store.delete_user_credentials(user.id, desktop.id):
-            return False
-        await self._audit.record(AuditKind.CREDENTIALS, user=user.name, desktop=desktop.name,
-                                 client_ip=client_ip, detail=f"credentials forgotten ({why})")
-        return True
+                               desktop=desktop.name, where=protocol.where)
+            raise await protocol.refused(exc, user, desktop, session.client_ip,
+                                         session.id) from None
 
     async def watch(self, admin: User, web_session: WebSession, target_id: str,
                     live: LiveSessions, client_ip: str, user_agent: str = "") -> tuple[str, str]:
@@ -514,15 +396,7 @@ class Broker:
         desktop = await self._store.get_desktop(pending.target.desktop_id)
         if desktop is None:
             raise NotFound("no such desktop")
-        key = None
-        if desktop.protocol == "rdp":  # watch the person's own bridge display
-            key = bridge_key(pending.target.user_id, desktop.id)
-            # The watched person's running bridge as it is (per-user desktop: their account); a
-            # watch never starts or replaces a bridge, so it needs no account of its own.
-            endpoint = await self._rdp_bridges().attach(key)
-        else:
-            endpoint = await self._providers.get(desktop.provider).endpoint(
-                await self.spec(desktop))
+        endpoint, key = await self._protocol(desktop).watch(pending.target.user_id, desktop)
         # Enforced by the byte path: no keys, pointer, clipboard, resize or power from a watcher.
         policy = RelayPolicy(view_only=True, clipboard_to_desktop=False,
                              max_clipboard_bytes=self._settings.max_clipboard_bytes)
@@ -549,8 +423,7 @@ class Broker:
     async def finish(self, admission: Admission, reason: str, *, final: bool, bytes_up: int,
                      bytes_down: int, client_ip: str) -> None:
         self._providers.disconnected(admission.session.desktop_id, admission.session.id)
-        if admission.bridge_key is not None and self.bridges is not None:
-            self.bridges.release(admission.bridge_key)
+        self._protocol(admission.desktop).release(admission.bridge_key)
         if admission.watch_of is not None:
             await self._audit.record(
                 AuditKind.ADMIN, desktop=admission.desktop.name, client_ip=client_ip,

@@ -28,13 +28,8 @@ from .live import LiveSessions
 from .model import Desktop, User
 from .names import name_key
 from .providers import ProviderContext
-from .services import (
-    MAX_CA_PEM,
-    RDP_CERT_POLICIES,
-    RDP_SECURITY,
-    Services,
-    address_problem,
-)
+from .rdp.options import MAX_CA_PEM, OPTIONS
+from .services import Services, address_problem
 from .store.sqlite import SQLiteStore
 from .textsafe import log_handler, visible
 
@@ -204,6 +199,36 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _rdp_flag_arguments(p: argparse.ArgumentParser) -> None:
+    """The RDP options' flags (gateway.rdp.options.OPTIONS)."""
+    for option in OPTIONS:
+        cli = option.cli
+        if cli is None:
+            continue
+        if cli.switch is not None:
+            p.add_argument(cli.flag, action="store_true", help=cli.help)
+        else:
+            p.add_argument(cli.flag, metavar=cli.metavar, choices=option.choices or None,
+                           help=cli.help)
+
+
+def _rdp_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The RDP options given on the command line, by option name."""
+    given = {}
+    for option in OPTIONS:
+        cli = option.cli
+        if cli is None:
+            continue
+        value = getattr(args, cli.dest)
+        if cli.switch is not None:
+            value = cli.switch if value else None
+        elif cli.file:
+            value = _read_text(value)
+        if value:
+            given[option.name] = value
+    return given
+
+
 def cmd_desktop(args: argparse.Namespace) -> int:
     settings = _settings(args)
     password = _read_password(args)
@@ -213,15 +238,7 @@ def cmd_desktop(args: argparse.Namespace) -> int:
             if args.vnc and args.rdp:
                 raise BadRequest("give --vnc or --rdp, not both")
             host, port = args.vnc or args.rdp or ("", 0)
-            options = {k: v for k, v in (("username", args.user), ("domain", args.domain),
-                                         ("security", args.security),
-                                         ("cert_policy", args.cert),
-                                         ("cert_fingerprint", args.cert_fingerprint),
-                                         ("cert_ca", _read_text(args.cert_ca)),
-                                         ("credentials",
-                                          "per_user" if args.per_user_credentials else None),
-                                         ("keyboard_layout", args.keyboard_layout))
-                       if v}
+            options = _rdp_flags(args)
             desktop = await services.add_desktop(
                 args.name, args.provider, host=host, port=port, password=password,
                 protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None)
@@ -279,13 +296,15 @@ async def _set_desktop(services: Services, settings: Settings, args: argparse.Na
         if wanted != desktop.protocol:
             raise BadRequest(f"{desktop.name} is a {desktop.protocol.upper()} desktop:"
                              f" give --{desktop.protocol} HOST:PORT")
-    if address is None and password is None and not args.clear_password and args.rename is None:
+    rdp = _rdp_flags(args)
+    if (address is None and password is None and not args.clear_password and args.rename is None
+            and not rdp):
         raise BadRequest("nothing to change: give --vnc/--rdp HOST:PORT, --password-stdin,"
-                         " --clear-password or --rename NEW")
+                         " --clear-password, --rename NEW or RDP options")
     host, port = address if address is not None else (None, None)
     changed = await _admin_service(services, settings).update_desktop(
         CLI_ACTOR, desktop.id, name=args.rename, host=host, port=port, password=password,
-        clear_password=args.clear_password)
+        clear_password=args.clear_password, rdp=rdp or None)
     print(f"Desktop {changed.name} changed")
     if address is not None:
         await _warn_if_silent(services, changed)
@@ -449,32 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=("static", "local"), required=True)
     p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT", help="static: VNC server")
     p.add_argument("--rdp", type=_host_port, metavar="HOST:PORT", help="static: RDP server")
-    p.add_argument("--user", help="rdp: the account to sign in with")
-    p.add_argument("--per-user-credentials", action="store_true",
-                   help="rdp: each person signs in with their own account on the server"
-                        " (entered once in the browser and stored encrypted; no --user)")
-    p.add_argument("--domain", help="rdp: the account's domain")
-    p.add_argument("--security", choices=RDP_SECURITY,
-                   help="rdp: security mode (default: negotiate)")
-    p.add_argument("--cert", choices=RDP_CERT_POLICIES,
-                   help="rdp: server certificate policy: ignore, tofu (trust the first"
-                        " certificate seen, refuse a changed one), fingerprint or ca (default:"
-                        " ignore, or fingerprint/ca when --cert-fingerprint/--cert-ca is given)")
-    p.add_argument("--cert-fingerprint", metavar="SHA256", help="rdp: pinned certificate")
-    p.add_argument("--cert-ca", metavar="PEM_FILE",
-                   help="rdp: verify the server's certificate against this CA (its certificate"
-                        " in a PEM file) and the desktop's host name (policy ca)")
-    p.add_argument("--keyboard-layout", metavar="LAYOUT",
-                   help="rdp: the keyboard layout the server maps keys with: a name (us, gb, de,"
-                        " fr, ch-de, es, it, ...) or a layout id such as 0x00000407"
-                        " (default: us)")
+    _rdp_flag_arguments(p)
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")
     dsub.add_parser("list", help="list desktops")
     p = dsub.add_parser("remove", help="remove a desktop with its assignments (its past"
                                        " sessions stay in the history)")
     p.add_argument("name")
-    p = dsub.add_parser("set", help="change a desktop's address, password or name")
+    p = dsub.add_parser("set", help="change a desktop's address, password, name or RDP options")
     p.add_argument("name")
     p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT",
                    help="static VNC desktop: new address")
@@ -484,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a new VNC or RDP password on stdin (stored encrypted)")
     p.add_argument("--clear-password", action="store_true", help="forget the stored password")
     p.add_argument("--rename", metavar="NEW", help="a new name")
+    _rdp_flag_arguments(p)
     desk.set_defaults(func=cmd_desktop)
 
     p = sub.add_parser("assign", help="assign a desktop to a user or to an IdP group")

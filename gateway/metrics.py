@@ -56,7 +56,7 @@ from .keys import METRICS as METRICS  # declared in keys.py; named here for web/
 from .listen import address, bind
 from .live import LiveSessions
 from .model import Desktop
-from .proxy.rdp import RdpBridges
+from .rdp.bridges import RdpBridges
 
 log = logging.getLogger("deskgate.metrics")
 

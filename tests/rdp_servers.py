@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from gateway.proxy.rdp import RdpTarget
+    from gateway.rdp.target import RdpTarget
 
 # Distinctive backgrounds of the remote xterms, as (r, g, b).
 XRDP_COLOUR = (0x2A, 0x7A, 0x3B)  # green
@@ -143,9 +143,9 @@ class RdpServer:
         return [p.pid for p in self.procs]
 
     def target(self, **overrides: object) -> RdpTarget:
-        """A ``gateway.proxy.rdp.RdpTarget`` for this server (``overrides`` replace fields)."""
+        """A ``gateway.rdp.target.RdpTarget`` for this server (``overrides`` replace fields)."""
         from gateway.model import Secret
-        from gateway.proxy.rdp import RdpTarget
+        from gateway.rdp.target import RdpTarget
 
         values: dict[str, object] = {
             "host": self.host,

@@ -86,6 +86,24 @@ def test_rdp_desktops_need_an_account_and_say_their_certificate_policy(tmp_path:
     assert "rdp-secret" not in listing + deskgate("audit", config=config).stdout
 
 
+def test_rdp_options_change_from_the_command_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    deskgate("init", "--data", str(data), "--no-demo")
+    config = data / "deskgate.toml"
+    deskgate("desktop", "add", "Win", "--provider", "static", "--rdp", "10.1.2.3:3389",
+             "--user", "bob", config=config)
+    deskgate("desktop", "set", "Win", "--keyboard-layout", "de", "--cert", "tofu",
+             "--security", "tls", config=config)
+    listing = deskgate("desktop", "list", config=config).stdout
+    assert "rdp 10.1.2.3:3389 as bob, certificates: tofu, keyboard 0x00000407" in listing
+    audit = deskgate("audit", config=config).stdout
+    assert "RDP cert_policy=tofu, keyboard_layout=0x00000407, security=tls" in audit
+    deskgate("desktop", "add", "Lab", "--provider", "static", "--vnc", "10.1.2.3:5901",
+             config=config)
+    vnc = deskgate("desktop", "set", "Lab", "--domain", "CORP", config=config, check=False)
+    assert vnc.returncode == 1 and "only RDP desktops have RDP options" in vnc.stderr
+
+
 def test_rdp_desktop_with_per_user_credentials(tmp_path: Path) -> None:
     data = tmp_path / "data"
     deskgate("init", "--data", str(data), "--no-demo")

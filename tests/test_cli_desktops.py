@@ -18,10 +18,11 @@ from gateway.errors import NotFound
 from gateway.live import LiveSessions
 from gateway.model import Secret, User
 from gateway.providers import ProviderContext
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display
 from gateway.proxy.rfb import vnc_auth_response
 from gateway.services import Services
 from gateway.store.sqlite import SQLiteStore
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
 ADMIN = User(id=0, name="tester", is_admin=True, disabled=False, totp_enrolled=False)
 

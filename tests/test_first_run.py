@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.providers.xvnc import free_tcp_port
+from gateway.xdisplay.numbers import free_tcp_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,6 @@ connects to it and with which credentials, and stops what it started. Drivers ar
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,9 +15,6 @@ from typing import Protocol, runtime_checkable
 
 from gateway.logs import TaggedLog
 from gateway.model import Endpoint, Secret
-
-RFB_BANNER_PREFIX = b"RFB 003."
-RFB_BANNER_LEN = 12
 
 
 @dataclass(frozen=True)
@@ -89,40 +85,3 @@ class Recovering(Protocol):
 def desktop_log(logger: logging.Logger, name: str) -> TaggedLog:
     """``logger`` with every line prefixed ``[desktop=<name>]``."""
     return TaggedLog(logger, {"desktop": name})
-
-
-async def probe_rfb(
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    unix_path: str | Path | None = None,
-    timeout: float = 5.0,
-    banner_required: bool = True,
-) -> bool:
-    """True when the server accepts a connection and (if required) sends an RFB 3.x banner.
-
-    The connection is closed right after the banner: no security handshake is attempted, so
-    a probe never counts as a failed login. Bounded by ``timeout`` seconds in total.
-    """
-
-    async def attempt() -> bool:
-        if unix_path is not None:
-            reader, writer = await asyncio.open_unix_connection(str(unix_path))
-        else:
-            reader, writer = await asyncio.open_connection(host, port)
-        try:
-            if not banner_required:
-                return True
-            banner = await reader.readexactly(RFB_BANNER_LEN)
-            return banner.startswith(RFB_BANNER_PREFIX) and banner.endswith(b"\n")
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
-
-    try:
-        return await asyncio.wait_for(attempt(), timeout)
-    except (OSError, asyncio.IncompleteReadError, TimeoutError):
-        return False

@@ -16,7 +16,8 @@ signalled, and the desktop then does not start. Within one gateway an asyncio lo
 across processes (a CLI command, a second gateway) a file lock per desktop orders these steps.
 
 One module: starting, taking over and stopping a desktop share its locks and checks; the record
-format is in ``local_state``, process identity in ``procs``, the display itself in ``xvnc``.
+format is in ``local_state``; the display itself, process identity and the desktop user are in
+``gateway.xdisplay``.
 """
 
 from __future__ import annotations
@@ -28,31 +29,25 @@ import logging
 import os
 import pwd
 import re
-import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway.errors import ConfigError, DesktopUnavailable
 from gateway.model import Endpoint, Secret
-from gateway.providers import procs
-from gateway.providers.base import DesktopSpec, ProviderContext, desktop_log, probe_rfb
+from gateway.probe import probe_rfb
+from gateway.providers.base import DesktopSpec, ProviderContext, desktop_log
 from gateway.providers.local_state import (
     DesktopRecord,
     read_record,
     remove_record,
     write_record,
 )
-from gateway.providers.xvnc import (
-    GEOMETRY_RE,
-    UNIX_PATH_MAX,
-    XvncDisplay,
-    XvncStartError,
-    random_vnc_password,
-    read_vnc_password_file,
-    start_display,
-    xvnc_serving,
-)
+from gateway.xdisplay import XvncStartError, procs
+from gateway.xdisplay.files import random_vnc_password, read_vnc_password_file
+from gateway.xdisplay.numbers import GEOMETRY_RE, UNIX_PATH_MAX, xvnc_serving
+from gateway.xdisplay.sysuser import ensure_system_user, first_closed_folder
+from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +58,6 @@ READY_TIMEOUT = 20.0
 PROBE_TIMEOUT = 5.0
 FILE_LOCK_TIMEOUT = 60.0  # another process starting or stopping this desktop holds its lock
 CLIENTS = ("openbox", "xterm")  # what a desktop runs beside Xvnc (see start_display)
-NOLOGIN = "/usr/sbin/nologin"
 RUNTIME_KEY = "desktops.runtime_dir"  # the setting that names the runtime folder, for messages
 
 
@@ -382,52 +376,3 @@ def _is(p: procs.ProcessId) -> bool:
     """``p`` still runs, as the same program (name and uid as recorded)."""
     now = procs.identify(p.pid)
     return now is not None and now.start == p.start and now.uid == p.uid and now.name == p.name
-
-
-async def ensure_system_user(name: str) -> pwd.struct_passwd:
-    """The unprivileged user ``name``, created as a system user with no login shell when
-    missing (desktops and RDP bridges run as it)."""
-    with contextlib.suppress(KeyError):
-        return _checked_user(pwd.getpwnam(name))
-    proc = await asyncio.create_subprocess_exec(
-        "useradd",
-        "--system",
-        "--user-group",
-        "--no-create-home",
-        "--home-dir",
-        "/nonexistent",
-        "--shell",
-        NOLOGIN,
-        name,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        log.error("useradd %s failed: %s", name, err.decode(errors="replace").strip())
-        raise DesktopUnavailable("desktop user could not be created") from None
-    log.info("created system user %s for local desktops", name)
-    return _checked_user(entry)
-
-
-def first_closed_folder(path: Path, user: pwd.struct_passwd) -> Path | None:
-    """The first of ``path`` and its parents that ``user`` cannot pass through, if any."""
-    return next((p for p in [path, *path.parents] if not _can_traverse(p, user)), None)
-
-
-def _checked_user(entry: pwd.struct_passwd) -> pwd.struct_passwd:
-    if entry.pw_uid == 0 or entry.pw_gid == 0:
-        raise ConfigError(f"run_as_user {entry.pw_name} is privileged; choose another user")
-    return entry
-
-
-def _can_traverse(path: Path, user: pwd.struct_passwd) -> bool:
-    st = path.stat()
-    if st.st_uid == user.pw_uid:
-        return bool(st.st_mode & stat.S_IXUSR)
-    if st.st_gid == user.pw_gid:
-        return bool(st.st_mode & stat.S_IXGRP)
-    return bool(st.st_mode & stat.S_IXOTH)

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.providers.procs import ProcessId, boot_id
-from gateway.providers.xvnc import create_private_file, read_private_file
+from gateway.xdisplay.files import create_private_file, read_private_file
+from gateway.xdisplay.procs import ProcessId, boot_id
 
 RECORD_NAME = "desktop.json"
 MAX_RECORD_BYTES = 16 * 1024

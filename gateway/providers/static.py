@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from gateway.errors import DesktopUnavailable, ProtocolError, UpstreamAuthFailed
 from gateway.model import Endpoint, Secret
-from gateway.providers.base import DesktopSpec, ProviderContext, desktop_log, probe_rfb
+from gateway.probe import probe_rfb
+from gateway.providers.base import DesktopSpec, ProviderContext, desktop_log
 from gateway.proxy.rfb import DesktopHandshake
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,11 @@ from aiohttp import web
 from ..admin import DesktopView
 from ..audit import AuditKind
 from ..errors import BadRequest, GatewayError, NotFound
-from ..keyboards import LAYOUTS, describe, klid
+from ..keyboards import describe
 from ..keys import ADMIN, SERVICES
 from ..model import AuditEvent, Desktop, User
-from ..services import PROVIDER_NAMES, RDP_SECURITY, ca_names
+from ..rdp.options import EDITABLE, OPTIONS, ca_names
+from ..services import PROVIDER_NAMES
 from ..textsafe import visible
 from .common import check_form_csrf, redirect, render, require_admin
 from .inputs import parse_int, parse_time, path_id
@@ -85,7 +86,8 @@ def size(n: int) -> str:
 
 
 FORMATTERS: dict[str, Any] = {"when": when, "size": size, "keyboard": describe, "ca_names": ca_names,
-                              "layouts": [(klid(c), label) for c, label in LAYOUTS.values()]}
+                              "rdp_fields": [o for o in OPTIONS if o.form is not None],
+                              "rdp_editable": [o for o in EDITABLE if o.form is not None]}
 
 
 # desktops --------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ async def _desktops_page(request: web.Request, *, http_status: int = 200,
     rows = [DesktopRow(v, s) for v, s in zip(views, states, strict=True)]
     return render(request, "admin_desktops.html", http_status=http_status, error=error,
                   info=None if error else _info(request), rows=rows,
-                  providers=PROVIDER_NAMES, rdp_security_modes=RDP_SECURITY,
+                  providers=PROVIDER_NAMES,
                   form=dict(form or {}), **FORMATTERS)
 
 
@@ -117,8 +119,8 @@ async def desktops(request: web.Request) -> web.StreamResponse:
 async def desktop_create(request: web.Request) -> web.StreamResponse:
     await require_admin(request)
     form = await check_form_csrf(request)
-    fields = ("name", "provider", "host", "port", "protocol", "rdp_username", "rdp_domain",
-              "rdp_security", "rdp_cert_fingerprint", "rdp_credentials", "rdp_keyboard_layout", "rdp_cert_ca")
+    fields = ("name", "provider", "host", "port", "protocol",
+              *(o.form_name for o in OPTIONS if o.form is not None))
     kept = {k: form.get(k, "") for k in fields}  # never the password
     try:
         static = form.get("provider") == "static"
@@ -168,8 +170,7 @@ async def _desktop_action(request: web.Request, me: User, desktop_id: int,
             port=_int(form.get("port", ""), "port") if static else None,
             password=password or None, clear_password=clear,
             maintenance=form.get("maintenance") == "yes",
-            rdp={k[4:]: form[k] for k in ("rdp_credentials", "rdp_keyboard_layout") if k in form}
-            or None)
+            rdp={o.name: form[o.form_name] for o in EDITABLE if o.form_name in form} or None)
         return "saved"
     if action == "assign":
         remove = form.get("op") == "remove"

@@ -17,6 +17,7 @@ from ..audit import AuditKind
 from ..errors import BadRequest, Forbidden, Unauthorized
 from ..keys import ADMIN, AUDIT, SERVICES
 from ..model import ApiToken, AuditEvent, Desktop, Session, User
+from ..rdp.options import OPTIONS as RDP_OPTIONS
 from .common import check_csrf, client_ip, require_admin
 from .inputs import json_object, parse_int, parse_time, query_int
 from .openapi import (
@@ -49,20 +50,13 @@ _DESKTOP = obj(
     has_password={**BOOLEAN, "description": "the password itself is write-only"},
     maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
     state={**STRING, "description": "running, stopped or unknown"},
-    rdp={"type": ["object", "null"], "description": "RDP options (null for VNC): username,"
-         " domain, security, cert_policy, cert_fingerprint, cert_ca, credentials (shared or"
-         " per_user),"
-         " keyboard_layout (a layout id such as 0x00000407; empty: US English)",
-         "additionalProperties": STRING})
-_RDP_OPTIONS = {"type": "object", "description": "RDP: username (required unless credentials is"
-                " per_user), domain, security (negotiate, nla, tls, rdp), cert_policy (ignore,"
-                " tofu, fingerprint, ca), cert_fingerprint (SHA-256 hex), cert_ca (PEM of the"
-                " CA that must have issued the server's certificate for its host), credentials (shared: the"
-                " desktop's one account, the default; per_user: each person's own account,"
-                " entered once and stored encrypted, or asked at connect), keyboard_layout (the"
-                " layout the server maps keys with: us, gb, de, fr, ... or a layout id such as"
-                " 0x00000407; default us). On PATCH, the options given replace those values only",
-                "additionalProperties": STRING}
+    rdp={"type": ["object", "null"], "description": "RDP options (null for VNC)",
+         "properties": {o.name: o.schema() for o in RDP_OPTIONS}, "additionalProperties": STRING})
+# One RDP option table (gateway/rdp/options.py) describes what is accepted.
+_RDP_OPTIONS = {"type": "object", "description": "RDP options; on PATCH, the options given"
+                " replace those values only",
+                "properties": {o.name: o.schema() for o in RDP_OPTIONS},
+                "additionalProperties": False}
 _USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "locked_until"),
             id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
             source=STRING, locked_until=TIMESTAMP)

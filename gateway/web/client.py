@@ -124,7 +124,7 @@ async def save_credentials(request: web.Request) -> web.StreamResponse:
         raise BadRequest("username, domain and password are strings")
     if not isinstance(body.get("remember", True), bool):
         raise BadRequest("remember is true or false")
-    saved = await request.app[BROKER].save_credentials(
+    saved = await request.app[BROKER].rdp_accounts.save(
         user, _desktop_id(request), client_ip(request), username=body.get("username", ""),
         domain=body.get("domain", ""), password=body.get("password", ""),
         remember=body.get("remember", True))
@@ -135,8 +135,8 @@ async def save_credentials(request: web.Request) -> web.StreamResponse:
 async def forget_credentials(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    forgotten = await request.app[BROKER].forget_credentials(user, _desktop_id(request),
-                                                             client_ip(request))
+    forgotten = await request.app[BROKER].rdp_accounts.forget(user, _desktop_id(request),
+                                                              client_ip(request))
     return web.json_response({"forgotten": forgotten})
 
 

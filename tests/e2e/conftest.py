@@ -61,7 +61,8 @@ def loop_thread() -> Iterator[LoopThread]:
 def static_xvnc(loop_thread: LoopThread) -> Iterator[Desktop]:
     need("Xvnc")
     need("xterm")
-    from gateway.providers.xvnc import free_tcp_port, start_display
+    from gateway.xdisplay.numbers import free_tcp_port
+    from gateway.xdisplay.xvnc import start_display
 
     d = loop_thread.run(
         start_display(

@@ -24,7 +24,7 @@ from e2e_support import (
 )
 from pngpixels import is_ansi_blue
 
-from gateway.providers.xvnc import lock_file
+from gateway.xdisplay.numbers import lock_file
 
 pytestmark = pytest.mark.e2e
 

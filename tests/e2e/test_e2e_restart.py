@@ -38,8 +38,8 @@ from e2e_support import (
 )
 from pngpixels import is_ansi_blue
 
-from gateway.providers.procs import identify
-from gateway.providers.xvnc import xvnc_serving
+from gateway.xdisplay.numbers import xvnc_serving
+from gateway.xdisplay.procs import identify
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
 
 @pytest.fixture

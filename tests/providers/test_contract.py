@@ -21,13 +21,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display, xvnc_serving
 from provider_support import pid_gone
 
 from gateway.errors import DesktopUnavailable
 from gateway.model import Endpoint, Secret
 from gateway.providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from gateway.providers.local import LocalProvider
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display, xvnc_serving
 from gateway.proxy.rfb import DesktopHandshake
 
 pytestmark = pytest.mark.timeout(120)

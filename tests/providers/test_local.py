@@ -15,12 +15,14 @@ from provider_support import needs_root, needs_xvnc, pid_gone
 
 from gateway.errors import DesktopUnavailable
 from gateway.model import Secret
-from gateway.providers import DesktopSpec, ProviderContext, make_provider, procs
-from gateway.providers.base import probe_rfb
+from gateway.probe import probe_rfb
+from gateway.providers import DesktopSpec, ProviderContext, make_provider
 from gateway.providers.local import LocalProvider
 from gateway.providers.local_state import DesktopRecord, write_record
-from gateway.providers.xvnc import XvncDisplay, lock_file, x_client_output, xvnc_serving
 from gateway.proxy.rfb import DesktopHandshake
+from gateway.xdisplay import procs
+from gateway.xdisplay.numbers import lock_file, xvnc_serving
+from gateway.xdisplay.xvnc import XvncDisplay, x_client_output
 
 pytestmark = [needs_xvnc, pytest.mark.timeout(120)]
 

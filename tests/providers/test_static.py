@@ -9,11 +9,12 @@ from provider_support import needs_xvnc
 from gateway.broker import Providers
 from gateway.errors import ConfigError, DesktopUnavailable, UpstreamAuthFailed
 from gateway.model import Secret
+from gateway.probe import probe_rfb
 from gateway.providers import PROVIDERS, DesktopSpec, ProviderContext, make_provider
-from gateway.providers.base import probe_rfb
 from gateway.providers.static import StaticProvider
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port
 from gateway.proxy.rfb import DesktopHandshake
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay
 
 pytestmark = pytest.mark.timeout(60)
 

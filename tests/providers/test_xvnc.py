@@ -9,18 +9,11 @@ from pathlib import Path
 import pytest
 from provider_support import needs_xvnc, pid_gone
 
-from gateway.providers.base import probe_rfb
-from gateway.providers.xvnc import (
-    XvncDisplay,
-    XvncStartError,
-    free_display,
-    free_tcp_port,
-    lock_file,
-    read_private_file,
-    read_vnc_password_file,
-    start_display,
-    xvnc_serving,
-)
+from gateway.probe import probe_rfb
+from gateway.xdisplay import XvncStartError
+from gateway.xdisplay.files import read_private_file, read_vnc_password_file
+from gateway.xdisplay.numbers import free_display, free_tcp_port, lock_file, xvnc_serving
+from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
 pytestmark = [needs_xvnc, pytest.mark.timeout(60)]
 

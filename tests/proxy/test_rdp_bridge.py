@@ -23,9 +23,12 @@ from rdp_servers import RdpServer, free_port, make_test_ca, needs_rdp, pid_alive
 
 from gateway.errors import WS_UPSTREAM_AUTH
 from gateway.model import Endpoint, RelayCounters, RelayPolicy, Secret
-from gateway.providers.xvnc import XvncDisplay, free_display, free_tcp_port, start_display, x_client_output
 from gateway.proxy import relay_vnc
-from gateway.proxy.rdp import BridgeError, RdpBridges, RdpTarget
+from gateway.rdp.bridges import RdpBridges
+from gateway.rdp.errors import BridgeError
+from gateway.rdp.target import RdpTarget
+from gateway.xdisplay.numbers import free_display, free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay, start_display, x_client_output
 
 if TYPE_CHECKING:
     from conftest import MemoryChannel
@@ -229,7 +232,7 @@ async def bridges(rdp_runtime_dir: Path) -> AsyncIterator[RdpBridges]:
 
 @pytest.fixture
 def rdp_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="gateway.proxy.rdp")
+    caplog.set_level(logging.DEBUG, logger="gateway.rdp")
     return caplog
 
 

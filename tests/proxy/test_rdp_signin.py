@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.proxy.rdp import RdpBridges, RdpTarget, _SignIn
+from gateway.rdp.freerdp import SignIn, xfreerdp_argv
+from gateway.rdp.target import RdpTarget
 
 P = "[18:59:07:416] [24113:24126] "
 
 
-def read(*lines: str) -> _SignIn:
-    s = _SignIn()
+def read(*lines: str) -> SignIn:
+    s = SignIn()
     for line in lines:
         s.note(line)
     return s
@@ -85,7 +86,7 @@ def test_only_a_whole_line_of_the_right_tag_counts(line: str) -> None:
 
 
 def test_xfreerdp_runs_line_buffered_with_the_sign_in_tags() -> None:
-    argv = RdpBridges._xfreerdp_argv(RdpTarget("127.0.0.1", 3389, "alice"))
+    argv = xfreerdp_argv(RdpTarget("127.0.0.1", 3389, "alice"))
     assert argv[:4] == ["stdbuf", "-oL", "-eL", "xfreerdp"]
     [filters] = [a for a in argv if a.startswith("/log-filters:")]
     assert filters == ("/log-filters:com.freerdp.core.nego:DEBUG,com.freerdp.core.info:DEBUG,"

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from websupport import VNC_PASSWORD
 
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
 
 @pytest.fixture

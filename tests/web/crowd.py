@@ -29,8 +29,8 @@ from websupport import PASSWORD, rfb_handshake, sign_in
 
 from gateway.config import load_settings
 from gateway.crypto import hash_password
-from gateway.providers.xvnc import free_display
 from gateway.store.sqlite import SQLiteStore
+from gateway.xdisplay.numbers import free_display
 
 XVNC_PIDS: dict[int, int] = {}  # port -> pid of the Xvnc that shared_xvnc started
 

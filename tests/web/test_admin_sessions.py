@@ -25,7 +25,7 @@ from websupport import (
 
 from gateway.config import Settings
 from gateway.keys import LIVE, STORE
-from gateway.providers.xvnc import XvncDisplay
+from gateway.xdisplay.xvnc import XvncDisplay
 
 SHIFT_L = 0xFFE1
 

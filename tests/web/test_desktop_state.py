@@ -10,7 +10,7 @@ from websupport import app_client, base_url, connect, rfb_handshake, sign_in
 
 from gateway.config import Settings
 from gateway.keys import ADMIN, STORE
-from gateway.providers.xvnc import XvncDisplay
+from gateway.xdisplay.xvnc import XvncDisplay
 
 
 def accepted(d: XvncDisplay) -> int:

@@ -25,8 +25,9 @@ from gateway.config import Settings
 from gateway.errors import WS_UPSTREAM_UNREACHABLE
 from gateway.keys import ADMIN, BROKER, SERVICES, STORE
 from gateway.model import SessionState
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port
 from gateway.web.admin_sessions import snapshot
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay
 
 DOWN = "Down desktop"
 

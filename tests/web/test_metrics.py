@@ -21,7 +21,8 @@ from gateway.config import Settings
 from gateway.keys import STORE
 from gateway.metrics import close_category, signin_failure_category
 from gateway.model import Secret
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay
 
 TOKEN = "metrics-token-for-tests-0123456789"
 

@@ -16,7 +16,8 @@ from websupport import Client, app_client, sign_in
 from gateway.config import Settings
 from gateway.keys import ADMIN, BROKER, SERVICES, STORE
 from gateway.model import Endpoint
-from gateway.proxy.rdp import REASON_CERTIFICATE, REASON_CREDENTIALS, BridgeError, RdpTarget
+from gateway.rdp.errors import REASON_CERTIFICATE, REASON_CREDENTIALS, BridgeError
+from gateway.rdp.target import RdpTarget
 
 SECRET = "My-Own-Windows-Pw-7"  # noqa: S105 - a test password that must never come back
 BOB_SECRET = "Bobs-Own-Pw-99"  # noqa: S105

@@ -30,8 +30,8 @@ from gateway.app import build_services, create_app
 from gateway.config import Settings
 from gateway.crypto import hash_password
 from gateway.model import SessionState
-from gateway.providers.xvnc import free_display, free_tcp_port
 from gateway.store.sqlite import SQLiteStore
+from gateway.xdisplay.numbers import free_display, free_tcp_port
 
 PEOPLE = int(os.environ.get("RUSH_PEOPLE", "200"))
 

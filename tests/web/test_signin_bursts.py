@@ -26,8 +26,8 @@ from gateway.auth.local import cpu_count
 from gateway.config import Settings, new_secret_key, render_toml
 from gateway.crypto import hash_password
 from gateway.keys import STORE
-from gateway.providers.xvnc import free_tcp_port
 from gateway.store.sqlite import SQLiteStore
+from gateway.xdisplay.numbers import free_tcp_port
 
 BURST = 200
 

@@ -29,8 +29,8 @@ from websupport import sign_in as sign_in_async
 
 from gateway.config import Settings
 from gateway.keys import STORE
-from gateway.providers.xvnc import XvncDisplay
 from gateway.textsafe import SafeFormatter, log_handler, visible
+from gateway.xdisplay.xvnc import XvncDisplay
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auth"))
 from hostile_idp import HostileIdp, hostile_idp  # noqa: E402, F401 (the fixture)

@@ -37,8 +37,9 @@ from websupport import (
 
 from gateway.app import build_services
 from gateway.config import Settings
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port
 from gateway.store.sqlite import SQLiteStore
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay
 
 ADMIN_JSON = {"Accept": "application/json"}
 

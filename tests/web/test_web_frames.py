@@ -20,8 +20,9 @@ from websupport import app_client, connect, eventually, sign_in
 from gateway.config import Settings
 from gateway.errors import ProtocolError
 from gateway.keys import METRICS
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port
 from gateway.web.browserws import BrowserSocket
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay
 
 MIB = 1 << 20
 

@@ -24,7 +24,7 @@ from websupport import (
 
 from gateway.config import Settings
 from gateway.model import RelayPolicy
-from gateway.providers.xvnc import XvncDisplay
+from gateway.xdisplay.xvnc import XvncDisplay
 
 MIB = 1 << 20
 SHIFT_L = 0xFFE1

@@ -17,8 +17,8 @@ from websupport import app_client, base_url, connect, sign_in
 from gateway.config import Settings
 from gateway.keys import LIVE
 from gateway.metrics import BROWSER_LOST
-from gateway.providers.xvnc import XvncDisplay
 from gateway.web import client as client_module
+from gateway.xdisplay.xvnc import XvncDisplay
 
 
 class Browser:

@@ -13,7 +13,7 @@ from websupport import VNC_PASSWORD, app_client, base_url, connect, rfb_handshak
 
 from gateway.config import Settings
 from gateway.keys import STORE
-from gateway.providers.xvnc import XvncDisplay
+from gateway.xdisplay.xvnc import XvncDisplay
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_services, create_app
 from gateway.config import Settings
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port
 from gateway.store.sqlite import SQLiteStore
+from gateway.xdisplay.numbers import free_tcp_port
+from gateway.xdisplay.xvnc import XvncDisplay
 
 PASSWORD = "a long enough password"
 VNC_PASSWORD = "vncpw123"

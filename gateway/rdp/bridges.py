@@ -20,23 +20,10 @@ that socket as an ``Endpoint``.
   file or X socket that no other bridge start of this gateway holds; a number another X server
   (a local desktop, whatever its base) takes first is skipped. Bounded by ``DISPLAY_ATTEMPTS``.
 
-One module: the bridge's life (start, sign-in, reuse, grace, exit) is one state machine over the
-same ``_Bridge`` record, and splitting it would spread that state across files.
-
-Sign-in: without NLA a server that refuses the account does not end the connection, it shows its
-own sign-in screen (xrdp: a "login failed" dialog naming the account, then its login form; Windows:
-its logon screen), which must never reach the person. So the browser is admitted only after a
-positive sign-in signal, read from FreeRDP's own log (selected tags at DEBUG, line-buffered):
-
-- NLA negotiated (CredSSP checked the account before any screen) and the window is up;
-- a Save Session Info PDU with a logon notification (``LogonInfoV1/V2``, ``LogonPlainNotify``:
-  Windows), or the device channel's "user logged on" (rdpdr);
-- the session's clipboard channel ready (cliprdr ``MonitorReady``): xrdp's chansrv runs only in a
-  signed-in session (measured with xrdp 0.9.21 over TLS: about 0.4 s after the window for the
-  right password, never for a wrong one).
-
-A logon error in a Save Session Info PDU refuses at once; no signal within ``logon_timeout`` of
-the window refuses too (the server shows its own sign-in screen): both as refused credentials.
+One module (over 400 lines): the bridge's life (start, sign-in, reuse, grace, exit) is one state
+machine over the same ``_Bridge`` record, and splitting it would spread that state across files.
+What xfreerdp is told and what its exits and log lines mean is in ``gateway.rdp.freerdp``; the
+reasons and errors in ``gateway.rdp.errors``; the server and account in ``gateway.rdp.target``.
 
 Known limit: a frozen server keeps ``xfreerdp`` running (no no-update timer here).
 """
@@ -46,11 +33,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import logging
 import os
 import pwd
-import re
 import shutil
 import tempfile
 import time
@@ -59,21 +44,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import WS_UPSTREAM_AUTH, ConfigError, DesktopUnavailable
-from gateway.keyboards import DEFAULT_LAYOUT, klid
+from gateway.errors import ConfigError
 from gateway.logs import TaggedLog
 from gateway.model import Endpoint, Secret, window_size
-from gateway.providers.base import probe_rfb
-from gateway.providers.local import ensure_system_user, first_closed_folder
-from gateway.providers.xvnc import (
-    UNIX_PATH_MAX,
-    X11_UNIX_DIR,
+from gateway.rdp.errors import (
+    REASON_BUSY,
+    REASON_CREDENTIALS,
+    REASON_ENDED,
+    REASON_SHUTDOWN,
+    REASON_START,
+    REASON_TIMEOUT,
+    REASON_UNREACHABLE,
+    BridgeError,
+)
+from gateway.rdp.freerdp import (
+    SignIn,
+    exit_reason,
+    output_line,
+    start_failure,
+    tcp_reachable,
+    xfreerdp_argv,
+)
+from gateway.rdp.target import RdpTarget
+from gateway.xdisplay import XvncStartError
+from gateway.xdisplay.files import random_vnc_password
+from gateway.xdisplay.numbers import UNIX_PATH_MAX, X11_UNIX_DIR, free_display, lock_file, pid_alive
+from gateway.xdisplay.sysuser import ensure_system_user, first_closed_folder
+from gateway.xdisplay.xvnc import (
     XvncDisplay,
-    XvncStartError,
-    free_display,
-    lock_file,
-    pid_alive,
-    random_vnc_password,
     spawn_on_display,
     start_display,
     visible_window,
@@ -82,208 +80,13 @@ from gateway.providers.xvnc import (
 
 log = logging.getLogger(__name__)
 
-SECURITY_MODES = ("negotiate", "nla", "tls", "rdp")
-CERT_POLICIES = ("ignore", "tofu", "fingerprint", "ca")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})$")
-_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 CONNECT_TIMEOUT = 30.0  # start of xfreerdp to its window mapped
 SETTLE_SECONDS = 0.4  # the window must stay with a running xfreerdp this long
 LOGON_TIMEOUT = 15.0  # the window up to the server's sign-in confirmation (see "Sign-in")
-PROBE_TIMEOUT = 3.0
 STOP_TIMEOUT = 5.0
 OUTPUT_LINES = 80  # xfreerdp output kept per bridge for classifying its exit
 DISPLAY_ATTEMPTS = 20  # X display numbers tried per bridge when other X servers take them first
-
-# Reasons shown to the person (never a password, never the private address).
-REASON_CREDENTIALS = "the remote desktop refused the user name or password"
-REASON_UNREACHABLE = "the remote desktop cannot be reached"
-REASON_CERTIFICATE = "the remote desktop's certificate was refused"
-REASON_SECURITY = "the remote desktop refused the connection's security settings"
-REASON_BUSY = "the gateway is busy: too many RDP sessions on this node"
-REASON_ENDED = "the remote desktop ended the session"
-REASON_LOST = "the connection to the remote desktop was lost"
-REASON_LOGGED_OFF = "the remote desktop session was logged off"
-REASON_TIMEOUT = "the remote desktop did not answer in time"
-REASON_START = "the remote desktop bridge could not be started"
-REASON_SHUTDOWN = "the gateway is shutting down"
-REASON_CLOSED_AT_SIGN_IN = "the remote desktop closed the connection before the sign-in"
-
-# FreeRDP 2.11 exit codes (client/X11/xf_client.h) and the error-info codes it passes through.
-_EXIT_LOGOFF_BY_USER = 12  # ERRINFO_LOGOFF_BY_USER
-_EXIT_CONN_FAILED = 131
-_EXIT_AUTH_FAILURE = 132
-_EXIT_NEGO_FAILURE = 133
-_EXIT_LOGON_FAILURE = 134
-_EXIT_ACCOUNT_LOCKED_OUT = 135
-_EXIT_DNS_ERROR = 139
-_EXIT_DNS_NAME_NOT_FOUND = 140
-_EXIT_CONNECT_FAILED = 141
-_EXIT_TLS_CONNECT_FAILED = 143
-_EXIT_TRANSPORT_FAILED = 147
-_EXIT_PASSWORD_EXPIRED = 148
-_CREDENTIAL_TEXT = (
-    "ERRCONNECT_LOGON_FAILURE",
-    "ERRCONNECT_AUTHENTICATION_FAILED",
-    "ERRCONNECT_WRONG_PASSWORD",
-    "ERRCONNECT_ACCOUNT_LOCKED_OUT",
-    "ERRCONNECT_PASSWORD_EXPIRED",
-    "ERRCONNECT_PASSWORD_CERTAINLY_EXPIRED",
-    "ERRCONNECT_ACCOUNT_DISABLED",
-    "ERRCONNECT_ACCOUNT_RESTRICTION",
-    "STATUS_LOGON_FAILURE",
-    "STATUS_WRONG_PASSWORD",
-)
-_CERTIFICATE_TEXT = ("certificate not trusted", "Host key verification failed", "HOST IDENTIFICATION")
-
-# FreeRDP log tags raised to DEBUG for the sign-in signals (``/log-filters``; little output).
-_LOGON_LOG_TAGS = (
-    "com.freerdp.core.nego",  # "Negotiated NLA security"
-    "com.freerdp.core.info",  # Save Session Info: LogonInfoV1/V2, LogonPlainNotify, LogonErrorInfo
-    "com.freerdp.channels.cliprdr.client",  # "MonitorReady"
-    "com.freerdp.channels.rdpdr.client",  # "... to RDPDR_CHANNEL_STATE_USER_LOGGEDON"
-)
-# "[18:59:07:416] [24113:24126] [DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady"
-_WLOG_LINE = re.compile(
-    r"^\[[\d:]+\] \[\d+:\d+\] \[(?:TRACE|DEBUG|INFO|WARN|ERROR|FATAL)\]\[(?P<tag>[\w.]+)\] - (?P<msg>.*)$"
-)
-_LOGON_ERROR = re.compile(
-    r"^LogonErrorInfo: Data: 0x(?P<data>[0-9A-Fa-f]{8}) Type: 0x(?P<type>[0-9A-Fa-f]{8})$"
-)
-# [MS-RDPBCGR] 2.2.10.1.1.4.1.1 ErrorNotificationType: bad password, update password, other failure
-# (3, LOGON_WARNING, only offers session options: not a refusal).
-_LOGON_FAILURE_TYPES = (0, 1, 2)
-_RDPDR_LOGGED_ON = " to RDPDR_CHANNEL_STATE_USER_LOGGEDON"
-
-
-@dataclass(eq=False)
-class _SignIn:
-    """What FreeRDP's log said about the sign-in so far (see "Sign-in" in the module text)."""
-
-    nla: bool = False  # CredSSP negotiated: the server checks the account before the session
-    confirmed: str = ""  # which signal confirmed that the account is signed in
-    refused: str = ""  # which signal refused it
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def note(self, line: str) -> None:
-        m = _WLOG_LINE.match(line)
-        if m is None:
-            return
-        tag, msg = m.group("tag"), m.group("msg").rstrip()
-        if tag == "com.freerdp.core.nego" and msg.startswith("Negotiated NLA"):
-            self.nla = True
-        elif tag == "com.freerdp.core.info":
-            if msg.startswith(("LogonInfoV1:", "LogonInfoV2:", "LogonPlainNotify")):
-                self._confirm("logon notification")
-            elif (e := _LOGON_ERROR.match(msg)) and int(e.group("type"), 16) in _LOGON_FAILURE_TYPES:
-                self._refuse(f"logon error type {int(e.group('type'), 16)}, data 0x{e.group('data')}")
-        elif tag == "com.freerdp.channels.cliprdr.client" and msg == "MonitorReady":
-            self._confirm("the session's clipboard channel is ready")
-        elif tag == "com.freerdp.channels.rdpdr.client" and msg.endswith(_RDPDR_LOGGED_ON):
-            self._confirm("user logged on (rdpdr)")
-
-    def _confirm(self, what: str) -> None:
-        if not self.confirmed and not self.refused:
-            self.confirmed = what
-            self.changed.set()
-
-    def _refuse(self, what: str) -> None:
-        if not self.confirmed and not self.refused:
-            self.refused = what
-            self.changed.set()
-
-
-class BridgeError(DesktopUnavailable):
-    """The bridge could not be started or ended; ``reason`` is for the person.
-
-    ``kind``: "credentials", "unreachable", "certificate", "security", "busy", "timeout",
-    "start", "shutdown" or "failed". ``BridgeError.of`` picks the class: what retrying cannot
-    fix (the server refused the account, its certificate or its security) is a ``BridgeRefused``.
-    """
-
-    reason = REASON_UNREACHABLE
-
-    def __init__(self, reason: str | None = None, kind: str = "failed", *,
-                 session_id: str | None = None) -> None:
-        super().__init__(reason, session_id=session_id)
-        self.kind = kind
-
-    @staticmethod
-    def of(reason: str, kind: str) -> BridgeError:
-        refused = {"credentials": CredentialsRefused, "certificate": BridgeRefused,
-                   "security": BridgeRefused}
-        return refused.get(kind, BridgeError)(reason, kind)
-
-
-class BridgeRefused(BridgeError):
-    """The server refused the bridge in a way a retry cannot change: the client shows it."""
-
-    http_status = 424
-    final = True
-
-
-class CredentialsRefused(BridgeRefused):
-    ws_code = WS_UPSTREAM_AUTH
-
-
-@dataclass(frozen=True)
-class RdpTarget:
-    """One RDP server and the account the bridge signs in with."""
-
-    host: str
-    port: int
-    username: str
-    domain: str = ""
-    password: Secret | None = None
-    security: str = "negotiate"  # negotiate | nla | tls | rdp   (xfreerdp /sec:...; negotiate = none)
-    cert_policy: str = "ignore"  # ignore | tofu | fingerprint
-    cert_fingerprint: str = ""  # fingerprint policy: SHA-256 of the server certificate (hex, colons optional)
-    cert_ca: str = ""  # ca policy: the PEM certificate(s) of the CA(s) that issue the server's
-    keyboard_layout: int = DEFAULT_LAYOUT  # the KLID announced to the server (xfreerdp /kbd:)
-
-    def __post_init__(self) -> None:
-        if not _valid_host(self.host):
-            raise ValueError("RdpTarget: bad host")
-        if not 1 <= self.port <= 65535:
-            raise ValueError("RdpTarget: bad port")
-        for name, value in (("username", self.username), ("domain", self.domain)):
-            if any(ord(c) < 32 or ord(c) == 127 for c in value):
-                raise ValueError(f"RdpTarget: control characters in {name}")
-        if not self.username:
-            raise ValueError("RdpTarget: a user name is required")
-        if self.password is not None and any(c in self.password.reveal() for c in "\r\n\0"):
-            raise ValueError("RdpTarget: the password holds a line break or NUL")  # value not shown
-        if self.security not in SECURITY_MODES:
-            raise ValueError(f"RdpTarget: security must be one of {', '.join(SECURITY_MODES)}")
-        if self.cert_policy not in CERT_POLICIES:
-            raise ValueError(f"RdpTarget: cert_policy must be one of {', '.join(CERT_POLICIES)}")
-        if self.cert_policy == "fingerprint" and not _FINGERPRINT_RE.match(self.normalized_fingerprint):
-            raise ValueError("RdpTarget: cert_fingerprint must be 64 hex digits (SHA-256)")
-        if self.cert_policy == "ca" and "-----BEGIN CERTIFICATE-----" not in self.cert_ca:
-            raise ValueError("RdpTarget: the ca policy needs cert_ca (PEM)")
-        if not 0 < self.keyboard_layout <= 0xFFFFFFFF:
-            raise ValueError("RdpTarget: keyboard_layout must be a keyboard layout id")
-
-    @property
-    def normalized_fingerprint(self) -> str:
-        return re.sub(r"[\s:]", "", self.cert_fingerprint).lower()
-
-    def server_argument(self) -> str:
-        """``/v:`` value; IPv6 literals in brackets."""
-        host = self.host.strip("[]")
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(host).version == 6:
-                return f"/v:[{host}]:{self.port}"
-        return f"/v:{host}:{self.port}"
-
-
-def _valid_host(host: str) -> bool:
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(bare)
-        return True
-    except ValueError:
-        return bare == host and bool(_HOSTNAME_RE.match(host))
 
 
 @dataclass(eq=False)
@@ -309,7 +112,7 @@ class _Bridge:
     watchers: list[Callable[[str], None]] = field(default_factory=list)
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES))
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    sign_in: _SignIn = field(default_factory=_SignIn)
+    sign_in: SignIn = field(default_factory=SignIn)
 
     @property
     def pids(self) -> list[int]:
@@ -676,31 +479,6 @@ class RdpBridges:
                 self._displays_starting.discard(number)
         raise XvncStartError(f"no free X display from :{self._display_base} after {DISPLAY_ATTEMPTS} tries")
 
-    @staticmethod
-    def _xfreerdp_argv(target: RdpTarget) -> list[str]:
-        # stdbuf: FreeRDP writes its DEBUG lines to a block-buffered stdout; the sign-in signals
-        # must arrive when they happen. (stdbuf execs xfreerdp: same PID.)
-        argv = ["stdbuf", "-oL", "-eL", "xfreerdp", target.server_argument(), f"/u:{target.username}"]
-        if target.domain:
-            argv.append(f"/d:{target.domain}")
-        # The browser sends scancodes; the server maps them with this layout (not the bridge's).
-        argv += ["/f", "/dynamic-resolution", "/bpp:24", f"/kbd:{klid(target.keyboard_layout)}"]
-        argv.append("/log-filters:" + ",".join(f"{tag}:DEBUG" for tag in _LOGON_LOG_TAGS))
-        if target.security != "negotiate":
-            argv.append(f"/sec:{target.security}")
-        if target.cert_policy == "ignore":
-            argv.append("/cert:ignore")
-        elif target.cert_policy == "ca":
-            argv.append("/cert:deny")  # trusted: issued by cert_ca for this host name, else refused
-        elif target.cert_policy == "tofu":
-            argv.append("/cert:tofu,deny")  # deny: a changed certificate ends it, no prompt
-        else:
-            fp = target.normalized_fingerprint
-            pairs = ":".join(fp[i : i + 2] for i in range(0, len(fp), 2))
-            argv.append(f"/cert:deny,fingerprint:sha256:{pairs}")
-        if target.password is not None:
-            argv.append("/from-stdin:force")
-        return argv
 
     async def _connect(self, bridge: _Bridge, user: pwd.struct_passwd | None, home: Path) -> None:
         target = bridge.target
@@ -709,7 +487,7 @@ class RdpBridges:
             extra_env["XDG_CONFIG_HOME"] = str(self._tofu_store(user))
         elif target.cert_policy == "ca":
             extra_env.update(self._trust_only(bridge.folder, target.cert_ca))
-        argv = self._xfreerdp_argv(target)
+        argv = xfreerdp_argv(target)
         proc = await spawn_on_display(
             bridge.display,
             argv,
@@ -782,8 +560,7 @@ class RdpBridges:
             raw = await proc.stdout.readline()
             if not raw:
                 return
-            line = raw.decode(errors="replace").rstrip()
-            line = line.removeprefix("Password: ").removeprefix("Domain: ")
+            line = output_line(raw)
             if line:
                 bridge.output.append(line)
                 bridge.sign_in.note(line)
@@ -797,31 +574,8 @@ class RdpBridges:
 
     async def _raise_start_failure(self, bridge: _Bridge, code: int) -> None:
         await self._drain_output(bridge)
-        text = "\n".join(bridge.output)
-        target = bridge.target
-        reachable: bool | None = None
-        if any(t in text for t in _CERTIFICATE_TEXT):
-            reason, kind = REASON_CERTIFICATE, "certificate"
-        elif code in (
-            _EXIT_AUTH_FAILURE, _EXIT_LOGON_FAILURE, _EXIT_ACCOUNT_LOCKED_OUT, _EXIT_PASSWORD_EXPIRED
-        ) or any(t in text for t in _CREDENTIAL_TEXT):
-            reason, kind = REASON_CREDENTIALS, "credentials"
-        elif code in (_EXIT_DNS_ERROR, _EXIT_DNS_NAME_NOT_FOUND):
-            reason, kind = REASON_UNREACHABLE, "unreachable"
-        elif code in (_EXIT_TRANSPORT_FAILED, _EXIT_CONN_FAILED, _EXIT_CONNECT_FAILED):
-            # FreeRDP 2.11 says the same for a closed port and a refused NLA login; without NLA
-            # an open port that dropped the connection has not refused the account.
-            reachable = await tcp_reachable(target.host, target.port)
-            if not reachable:
-                reason, kind = REASON_UNREACHABLE, "unreachable"
-            elif bridge.sign_in.nla or target.security == "nla":
-                reason, kind = REASON_CREDENTIALS, "credentials"
-            else:
-                reason, kind = REASON_CLOSED_AT_SIGN_IN, "failed"
-        elif code in (_EXIT_TLS_CONNECT_FAILED, _EXIT_NEGO_FAILURE):
-            reason, kind = REASON_SECURITY, "security"
-        else:
-            reason, kind = f"the remote desktop connection failed (code {code})", "failed"
+        reason, kind, reachable = await start_failure(code, bridge.output, bridge.target,
+                                                      bridge.sign_in.nla)
         last = [ln for ln in bridge.output if "ERROR" in ln][-3:]
         bridge.blog.warning(
             "xfreerdp exited %d before connecting (%s%s): %s",
@@ -848,20 +602,6 @@ class RdpBridges:
         async with self._keyed(bridge.key):
             if not bridge.stopping:
                 await self._stop(bridge)
-
-
-def exit_reason(code: int) -> str:
-    """Why an xfreerdp that was connected ended, for the person."""
-    if code == _EXIT_LOGOFF_BY_USER:
-        return REASON_LOGGED_OFF
-    if code in (_EXIT_CONN_FAILED, _EXIT_TRANSPORT_FAILED):
-        return REASON_LOST
-    return REASON_ENDED
-
-
-async def tcp_reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
-    """True when a TCP connection to host:port opens within ``timeout``."""
-    return await probe_rfb(host=host.strip("[]"), port=port, timeout=timeout, banner_required=False)
 
 
 def _rss_bytes(pid: int) -> int:

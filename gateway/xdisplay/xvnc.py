@@ -9,8 +9,10 @@ One socket, one server: a display is never started on a unix socket path that a 
 serves, and a stopped display removes its socket and files only when no live Xvnc serves that
 path (an old server must not delete a newer one's socket).
 
-One module: starting, watching and stopping a display share its process bookkeeping; the
-process identity helpers live in ``procs.py``.
+One module (over 400 lines): starting, watching and stopping a display share its process
+bookkeeping (``XvncDisplay``'s process lists, filled as each client starts); display numbers are
+in ``numbers``, its files in ``files``, the user it runs as in ``sysuser``, process identity in
+``procs``.
 
 Readiness is observed, never slept for: the RFB banner on the VNC socket, then the window
 manager's ``_NET_SUPPORTING_WM_CHECK`` on the root window (an xterm started before openbox is up
@@ -23,14 +25,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
-import re
-import secrets
 import shutil
 import signal
-import socket
-import stat as stat_mod
-import struct
 import tempfile
 import time
 from collections.abc import Sequence
@@ -38,63 +34,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
-from gateway.errors import DesktopUnavailable
 from gateway.model import Secret
-from gateway.providers import procs
-from gateway.providers.base import probe_rfb
-from gateway.providers.procs import ProcessId
+from gateway.probe import probe_rfb
+from gateway.xdisplay import XvncStartError, procs
+from gateway.xdisplay.files import create_private_file, write_vnc_password_file, write_xauthority
+from gateway.xdisplay.numbers import (
+    _STARTING,
+    GEOMETRY_RE,
+    UNIX_PATH_MAX,
+    X11_UNIX_DIR,
+    ensure_x11_unix_dir,
+    free_display,
+    lock_file,
+    pid_alive,
+    xvnc_serving,
+)
+from gateway.xdisplay.procs import ProcessId
+from gateway.xdisplay.sysuser import RunAs, client_env
 
 log = logging.getLogger(__name__)
 
-GEOMETRY_RE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
-X11_UNIX_DIR = Path("/tmp/.X11-unix")  # noqa: S108 - fixed by the X11 protocol
-UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
 STOP_TIMEOUT = 5.0
 _FONT_DIRS = (Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts/opentype"))
-
-
-class XvncStartError(DesktopUnavailable):
-    """The display did not come up; ``reason`` says which step failed (never a password)."""
-
-    reason = "the desktop could not be started"
-
-
-def lock_file(display: int) -> Path:
-    return Path(f"/tmp/.X{display}-lock")  # noqa: S108 - fixed by the X11 protocol
-
-
-# Display numbers that an Xvnc of this process is being started on (no lock file yet): the
-# machine's X displays are one namespace, so this is deliberately one set for the process.
-_STARTING: set[int] = set()
-
-
-def free_display(start: int) -> int:
-    """The first display number >= ``start`` with neither a lock file nor an X socket, and not
-    being started by this process right now.
-
-    Another process may take it before Xvnc starts; ``start_display`` retries on that race.
-    """
-    n = start
-    while n in _STARTING or lock_file(n).exists() or (X11_UNIX_DIR / f"X{n}").exists():
-        n += 1
-    return n
-
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def random_vnc_password() -> str:
-    """8 random characters: the most VncAuth uses."""
-    alphabet = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def xterm_font_args() -> list[str]:
@@ -103,147 +64,6 @@ def xterm_font_args() -> list[str]:
         if d.is_dir() and any(d.rglob("*Mono*.[ot]tf")):
             return ["-fa", "Monospace", "-fs", "14"]
     return ["-fn", "10x20"]
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # The state follows the parenthesised command name, which may itself hold spaces.
-    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "")
-
-
-@dataclass(frozen=True)
-class _RunAs:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-    switch: bool  # True when we are root and must drop to uid/gid
-
-    @classmethod
-    def resolve(cls, user: str | None) -> _RunAs:
-        me = os.geteuid()
-        try:
-            entry = pwd.getpwuid(me) if user is None else pwd.getpwnam(user)
-        except KeyError:
-            raise XvncStartError(f"no such user {user}") from None
-        if entry.pw_uid != me and me != 0:
-            raise XvncStartError(f"cannot run the desktop as {entry.pw_name}: not root")
-        return cls(
-            name=entry.pw_name,
-            uid=entry.pw_uid,
-            gid=entry.pw_gid,
-            home=Path(entry.pw_dir),
-            switch=entry.pw_uid != me,
-        )
-
-    @property
-    def owner(self) -> tuple[int, int] | None:
-        """(uid, gid) for files the desktop processes must read, None when no switch."""
-        return (self.uid, self.gid) if self.switch else None
-
-    def chown(self, path: Path) -> None:
-        if self.switch:
-            os.chown(path, self.uid, self.gid, follow_symlinks=False)
-
-
-def write_xauthority(path: Path, display: int, owner: tuple[int, int] | None = None) -> None:
-    """An Xauthority file with one fresh MIT-MAGIC-COOKIE-1 for ``display`` (mode 0600)."""
-
-    def field_(b: bytes) -> bytes:
-        return struct.pack(">H", len(b)) + b
-
-    family_wild = 0xFFFF
-    entry = (
-        struct.pack(">H", family_wild)
-        + field_(b"")
-        + field_(str(display).encode())
-        + field_(b"MIT-MAGIC-COOKIE-1")
-        + field_(secrets.token_bytes(16))
-    )
-    with os.fdopen(create_private_file(path, owner), "wb") as f:
-        f.write(entry)
-
-
-def create_private_file(path: Path, owner: tuple[int, int] | None = None) -> int:
-    """A new file (mode 0600) opened for writing; returns the descriptor.
-
-    The folder may belong to the desktop user, who could plant a symlink there to make a root
-    gateway write or chown another file: whatever is at ``path`` is unlinked, the file is
-    created with O_EXCL|O_NOFOLLOW, and ownership is changed through the descriptor.
-    """
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-async def write_vnc_password_file(path: Path, password: str, owner: tuple[int, int] | None = None) -> None:
-    """``vncpasswd -f`` from stdin into ``path`` (mode 0600); the password never hits argv."""
-    if not 1 <= len(password) <= 8:
-        raise ValueError("a VncAuth password has 1 to 8 characters")
-    fd = create_private_file(path, owner)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "vncpasswd",
-            "-f",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=fd,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-    finally:
-        os.close(fd)
-    await asyncio.wait_for(proc.communicate(f"{password}\n".encode()), 10)
-    if proc.returncode != 0 or path.stat().st_size == 0:
-        raise XvncStartError("vncpasswd failed")
-
-
-# vncpasswd obfuscates with DES under this fixed key (bit-reversed per byte for standard DES,
-# like the VncAuth key): the file hides the password from a glance, not from its reader.
-_VNCPASSWD_KEY = bytes(int(f"{b:08b}"[::-1], 2) for b in (23, 82, 107, 6, 35, 78, 88, 7))
-
-
-def read_private_file(path: Path, limit: int, owner: int | None = None) -> bytes:
-    """At most ``limit`` + 1 bytes of a regular file in a folder that another user may control:
-    never through a symlink, never blocking on a FIFO, never a file with other hard links (a
-    link to someone else's file), and only owned by ``owner`` when given. ``OSError`` or
-    ``ValueError`` otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise ValueError(f"{path} is not a plain file")
-        if owner is not None and st.st_uid != owner:
-            raise ValueError(f"{path} has an unexpected owner")
-        return f.read(limit + 1)
-
-
-def read_vnc_password_file(path: Path, owner: int | None = None) -> Secret:
-    """The password in a ``vncpasswd -f`` file (to take over a display started by an earlier
-    gateway run), read as ``read_private_file`` does; ``OSError``/``ValueError`` when
-    unreadable or malformed."""
-    raw = read_private_file(path, 64, owner)
-    if len(raw) < 8:
-        raise ValueError("not a VNC password file")
-    decryptor = Cipher(TripleDES(_VNCPASSWD_KEY * 3), modes.ECB()).decryptor()  # noqa: S305
-    plain = (decryptor.update(raw[:8]) + decryptor.finalize()).rstrip(b"\0")
-    if not plain:
-        raise ValueError("empty VNC password")
-    return Secret(plain.decode("latin-1"))
-
-
-def xvnc_serving(unix_path: Path) -> list[ProcessId]:
-    """Live Xvnc processes started to serve ``unix_path`` (from their command lines)."""
-    return procs.pids_with_args("Xvnc", "-rfbunixpath", str(unix_path))
 
 
 async def _run_quiet(argv: Sequence[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
@@ -410,32 +230,7 @@ def _fatal_error(path: Path) -> str:
     return " ".join(lines[-2:])
 
 
-def _ensure_x11_unix_dir() -> None:
-    """Unprivileged X servers need /tmp/.X11-unix to exist with mode 1777."""
-    if not X11_UNIX_DIR.exists() and os.geteuid() == 0:
-        with contextlib.suppress(FileExistsError):
-            X11_UNIX_DIR.mkdir()
-            os.chmod(X11_UNIX_DIR, 0o1777)  # noqa: S103 - sticky /tmp-like dir, as X11 wants
-
-
-def _client_env(run_as: _RunAs, home: Path, display: int,
-                xauthority: Path | None) -> dict[str, str]:
-    """The minimal environment of a desktop's programs: nothing of the gateway's own."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": str(home),
-        "USER": run_as.name,
-        "LOGNAME": run_as.name,
-        "SHELL": "/bin/bash",  # a system user's login shell is nologin: xterm needs a real one
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "DISPLAY": f":{display}",
-    }
-    if xauthority is not None:
-        env["XAUTHORITY"] = str(xauthority)
-    return env
-
-
-async def _exec_as(d: XvncDisplay, run_as: _RunAs, argv: Sequence[str], env: dict[str, str],
+async def _exec_as(d: XvncDisplay, run_as: RunAs, argv: Sequence[str], env: dict[str, str],
                    home: Path, stdin: int | None, stdout: int | None,
                    stderr: int | None) -> asyncio.subprocess.Process | None:
     """Start a program of display ``d`` as ``run_as`` (primary group only, umask 077), in its
@@ -516,12 +311,12 @@ async def start_display(
         raise ValueError(f"bad geometry {geometry!r}, expected WIDTHxHEIGHT")
     if unix_path is not None and len(os.fsencode(unix_path)) > UNIX_PATH_MAX:
         raise ValueError(f"unix socket path too long ({unix_path})")
-    run_as = _RunAs.resolve(user)
+    run_as = RunAs.resolve(user)
     owns_state_dir = state_dir is None
     if state_dir is None:
         state_dir = Path(tempfile.mkdtemp(prefix="deskgate-xvnc-"))
         run_as.chown(state_dir)
-    _ensure_x11_unix_dir()
+    ensure_x11_unix_dir()
 
     attempts = 1 if display is not None else 20
     number = display if display is not None else free_display(display_base)
@@ -593,7 +388,7 @@ async def _start_once(
     password: str | None,
     geometry: str,
     name: str,
-    run_as: _RunAs,
+    run_as: RunAs,
     home: Path,
     window_manager: bool,
     xterm: bool,
@@ -652,7 +447,7 @@ async def _start_once(
         write_xauthority(d.xauthority, number, run_as.owner)
         argv += ["-auth", str(d.xauthority)]
 
-    child_env = _client_env(run_as, home, number, d.xauthority)
+    child_env = client_env(run_as, home, number, d.xauthority)
     tool_env = d.env()
 
     async def spawn(args: Sequence[str], stderr: int) -> _Started:
@@ -745,8 +540,8 @@ async def spawn_on_display(
     """
     if d.detached:
         raise ValueError("spawn_on_display is for displays the gateway owns (not detached)")
-    run_as = _RunAs.resolve(user)
-    env = _client_env(run_as, home, d.display, d.xauthority)
+    run_as = RunAs.resolve(user)
+    env = client_env(run_as, home, d.display, d.xauthority)
     env.update(extra_env or {})
     proc = await _exec_as(d, run_as, argv, env, home, stdin, stdout, stderr)
     assert proc is not None  # only detached displays start processes that are not children
