@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gateway.providers.xvnc import XvncDisplay, free_tcp_port, start_display, xvnc_serving
 from provider_support import pid_gone
 
 from gateway.errors import DesktopUnavailable
@@ -29,6 +28,8 @@ from gateway.model import Endpoint, Secret
 from gateway.providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from gateway.providers.local import LocalProvider
 from gateway.proxy.rfb import DesktopHandshake
+from gateway.xdisplay.numbers import free_tcp_port, xvnc_serving
+from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
 pytestmark = pytest.mark.timeout(120)
 
