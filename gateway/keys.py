@@ -36,5 +36,5 @@ CAPACITY = web.AppKey("capacity", Capacity)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
 # The relays running on this node, each in a task of its own once its websocket is taken over
-# from aiohttp (web/browserws.py): kept here so that none is collected while it runs.
+# from aiohttp (proxy/browserws.py): kept here so that none is collected while it runs.
 RELAY_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("relay_tasks")

@@ -45,8 +45,8 @@ from ..keys import (
 from ..live import ENDED, LiveSession
 from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
 from ..model import RelayCounters, User, WebSession, WebSessionState
+from ..proxy.browserws import BrowserSocket, close_reason, take_over
 from ..proxy.tunnel import relay_vnc
-from .browserws import BrowserSocket, close_reason, take_over
 from .common import check_csrf, client_ip, current, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
 from .sse import HEARTBEAT_SECONDS, EventStream
@@ -302,7 +302,7 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
         return ws
     relay = Relay(app, ip, admission, web_session, watched)
     try:
-        relay.browser = await take_over(request, relay.make_browser)
+        relay.browser = await take_over(request.transport, relay.make_browser)
     except BaseException:
         slot.release()
         relay.abandon()

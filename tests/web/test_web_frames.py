@@ -21,7 +21,7 @@ from gateway.config import Settings
 from gateway.errors import ProtocolError
 from gateway.metrics import METRICS
 from gateway.providers.xvnc import XvncDisplay, free_tcp_port
-from gateway.web.browserws import BrowserSocket
+from gateway.proxy.browserws import BrowserSocket
 
 MIB = 1 << 20
 
