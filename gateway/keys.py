@@ -15,6 +15,7 @@ from .capacity import Capacity
 from .config import Settings
 from .events import EventBus
 from .live import LiveSessions
+from .relay import RelayDeps
 from .services import Services
 from .sso import SsoService
 from .store import Store
@@ -38,3 +39,5 @@ WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("web
 # The relays running on this node, each in a task of its own once its websocket is taken over
 # from aiohttp (proxy/browserws.py): kept here so that none is collected while it runs.
 RELAY_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("relay_tasks")
+# What every relay is given (gateway/relay.py), made once the state is open.
+RELAYS = web.AppKey("relays", RelayDeps)
