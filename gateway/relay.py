@@ -23,6 +23,9 @@ logged loudly and refused (as noVNC's ``_updateConnectionState`` keeps its legal
 one place). The state carries the ``Ending``: the close code, the reason, and ``final`` (the
 client must not reconnect by itself), which comes from the error's class attribute.
 
+One module of about 400 lines for one concern: the states, the narrow interfaces of what the
+relay is given, and the class that walks them (its bookkeeping reads the state it moves).
+
 What the relay needs comes in at construction (``RelayDeps``, made once by the app, and the
 connection's admission and capacity slot): no web framework here, no call back into the web
 layer. Its dependency on RDP is two callables (``BridgeHooks``).
@@ -150,20 +153,15 @@ class SessionRecords(Protocol):
     """The session's row and audit trail (the broker)."""
 
     async def started(self, session: Session) -> None: ...
-
     async def finish(self, admission: Admission, reason: str, *, final: bool, bytes_up: int,
                      bytes_down: int, client_ip: str) -> None: ...
-
     def unreachable(self, desktop_id: int) -> None: ...
 
 
 class RelayMetrics(Protocol):
     def session_started(self) -> None: ...
-
     def session_closed(self, code: int, reason: str, bytes_up: int, bytes_down: int) -> None: ...
-
     def relay_closed(self, bytes_up: int, bytes_down: int) -> None: ...
-
     def connect_latency(self, seconds: float) -> None: ...
 
 
@@ -205,7 +203,7 @@ class Relay:
     """One admitted connection, from its hand-over to its close (see the module's text)."""
 
     __slots__ = ("_deps", "admission", "watched", "client_ip", "counters", "browser", "task",
-                 "state", "live", "_slot", "_started", "_spawned")
+                 "state", "live", "_slot", "_active_write", "_spawned")
 
     def __init__(self, deps: RelayDeps, admission: Admission, *, client_ip: str,
                  web_session_id: str, watched: LiveSession | None, slot: Slot) -> None:
@@ -217,7 +215,7 @@ class Relay:
         self.browser: BrowserSocket | None = None
         self.task: asyncio.Task[None] | None = None
         self._slot = slot  # given back once the relay is closed
-        self._started: asyncio.Task[None] | None = None  # the row's "active", while written
+        self._active_write: asyncio.Task[None] | None = None  # the row's "active"
         self._spawned: set[asyncio.Future[None]] | None = None  # RDP resizes and exit
         session, desktop = admission.session, admission.desktop
         self.state = RelayState(
@@ -226,10 +224,6 @@ class Relay:
             session.id, web_session_id, admission.user.name, desktop.name, self.counters,
             self.end, client_ip=client_ip, user_agent=session.user_agent,
             protocol=desktop.protocol, watch_of=admission.watch_of, user_id=admission.user.id)
-
-    @property
-    def context(self) -> str:
-        return self.state.context
 
     def make_browser(self) -> BrowserSocket:
         return BrowserSocket(max_message=MAX_MESSAGE, ping_interval=PING_INTERVAL,
@@ -266,8 +260,9 @@ class Relay:
 
     def _done(self, _task: asyncio.Task[None]) -> None:
         self._slot.release()
-        if self.state.phase is not Phase.CLOSED:  # cancelled before it could start
-            log.error("%s relay task ended in state %s", self.context, self.state.phase.value)
+        state = self.state
+        if state.phase is not Phase.CLOSED:  # cancelled before it could start
+            log.error("%s relay task ended in state %s", state.context, state.phase.value)
 
     # --- relaying -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -299,10 +294,10 @@ class Relay:
         except ConnectionError:
             ending = LOST
         except Exception:
-            log.exception("%s relay failed", self.context)
+            log.exception("%s relay failed", self.state.context)
             ending = INTERNAL
         finally:
-            await asyncio.shield(self._close(ending, self._started_written, self._finish,
+            await asyncio.shield(self._close(ending, self._started, self._finish,
                                              self._forget, self._count, self._end_watches,
                                              self._publish, self._close_frame))
 
@@ -324,7 +319,7 @@ class Relay:
         if self.watched is None:
             session = self.admission.session
             self._deps.metrics.connect_latency(time.time() - session.started_at)
-            self._started = asyncio.ensure_future(self._deps.records.started(session))
+            self._active_write = asyncio.ensure_future(self._deps.records.started(session))
 
     def _on_rtt(self, ms: float) -> None:
         self.live.rtt_ms = ms
@@ -364,19 +359,19 @@ class Relay:
         for task in list(self._spawned or ()):
             task.cancel()
         counters = self.counters
-        log.info("%s closed: %s (%d B up, %d B down)", self.context, self.state.reason,
+        log.info("%s closed: %s (%d B up, %d B down)", self.state.context, self.state.reason,
                  counters.bytes_up, counters.bytes_down)
         for step in steps:
             try:
                 await step()
             except (Exception, asyncio.CancelledError):  # a cancelled task awaited by a step
-                log.exception("%s clean-up step %s failed", self.context,
+                log.exception("%s clean-up step %s failed", self.state.context,
                               step.__name__.lstrip("_"))
         self.state.move(Phase.CLOSED)
 
-    async def _started_written(self) -> None:
-        if self._started is not None:
-            await self._started
+    async def _started(self) -> None:
+        if self._active_write is not None:
+            await self._active_write
 
     async def _finish(self) -> None:
         # The stored row before the close frame, so that the client's status check after the
