@@ -35,8 +35,10 @@ from .keys import (
     CAPACITY,
     EVENTS,
     LIVE,
+    METRICS,
     PROVIDERS,
     RELAY_TASKS,
+    RELAYS,
     SERVICES,
     SETTINGS,
     SHUTTING_DOWN,
@@ -46,11 +48,11 @@ from .keys import (
     TICKETS,
     WEBSOCKETS,
 )
-from .live import LiveSessions
-from .metrics import SHUTDOWN
+from .live import SHUTDOWN, LiveSessions
 from .metrics import install as install_metrics
 from .providers import ProviderContext
 from .rdp.bridges import RdpBridges
+from .relay import BridgeHooks, RelayDeps, RelayTimes
 from .services import Services
 from .sso import LOGIN_TTL, SsoService
 from .store import Store
@@ -125,6 +127,10 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
                          logon_timeout=settings.rdp_logon_timeout_seconds)
     app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings,
                          bridges)
+    rdp = app[BROKER].bridges  # the relay's RDP hooks: two callables of the broker's bridges
+    app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
+                            RelayTimes.of(settings), app[SHUTTING_DOWN],
+                            None if rdp is None else BridgeHooks(rdp.resized, rdp.watch_exit))
     app[ADMIN] = AdminService(store, services.box, services.audit, providers, app[LIVE],
                               settings.desktop_geometry)
     try:

@@ -16,6 +16,7 @@ from .capacity import Capacity
 from .config import Settings
 from .events import EventBus
 from .live import LiveSessions
+from .relay import RelayDeps
 from .services import Services
 from .sso import SsoService
 from .store import Store
@@ -41,5 +42,7 @@ TEMPLATES = web.AppKey("templates", jinja2.Environment)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
 # The relays running on this node, each in a task of its own once its websocket is taken over
-# from aiohttp (web/browserws.py): kept here so that none is collected while it runs.
+# from aiohttp (proxy/browserws.py): kept here so that none is collected while it runs.
 RELAY_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("relay_tasks")
+# What every relay is given (gateway/relay.py), made once the state is open.
+RELAYS = web.AppKey("relays", RelayDeps)

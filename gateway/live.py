@@ -26,6 +26,8 @@ from .store import Store
 
 ACCOUNT_DISABLED = "your account was disabled"
 SIGNED_OUT = "you were signed out"
+BROWSER_LOST = "the connection to the browser was lost"
+SHUTDOWN = "the gateway is shutting down"
 # What a LiveSession's listeners get once it is no longer live (never sent to a browser).
 ENDED: dict[str, Any] = {"type": "ended"}
 # Throughput figures are averages over windows at least this long (see LiveSession.rates).
@@ -41,7 +43,8 @@ class LiveSession:
     user_name: str
     desktop_name: str
     counters: RelayCounters
-    close: Callable[[int, str], Awaitable[None]]  # (websocket close code, reason)
+    # Ends the relay (gateway/relay.py: ``Relay.end``): (websocket close code, reason, final).
+    close: Callable[[int, str, bool], Awaitable[None]]
     end_reason: str | None = None  # set when ended from outside (sign-out, expiry, an admin)
     end_final: bool = False
     end_code: int = WS_NORMAL
@@ -62,7 +65,7 @@ class LiveSession:
     async def end(self, code: int, reason: str, *, final: bool) -> None:
         if self.end_reason is None:
             self.end_reason, self.end_final, self.end_code = reason, final, code
-            await self.close(code, reason)
+            await self.close(code, reason, final)
 
     def set_responding(self, responding: bool) -> None:
         """The desktop stopped or started answering again: tell the person's page."""

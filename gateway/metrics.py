@@ -51,10 +51,9 @@ from .errors import (
     WS_UPSTREAM_CLOSED,
     WS_UPSTREAM_UNREACHABLE,
 )
-from .keys import ADMIN, AUDIT, BROKER, CAPACITY, LIVE, SETTINGS
-from .keys import METRICS as METRICS  # declared in keys.py; named here for web/client.py
+from .keys import ADMIN, AUDIT, BROKER, CAPACITY, LIVE, METRICS, SETTINGS
 from .listen import address, bind
-from .live import LiveSessions
+from .live import BROWSER_LOST, LiveSessions
 from .model import Desktop
 from .rdp.bridges import RdpBridges
 
@@ -66,8 +65,6 @@ CLOSE_REASONS = ("user", "browser_lost", "admin", "signed_out", "account_disable
 SIGNIN_FAILURES = ("password", "unknown_user", "disabled", "locked", "throttled", "second_factor",
                    "sso", "other")
 DESKTOP_STATES = ("running", "stopped", "unknown", "maintenance")
-BROWSER_LOST = "the connection to the browser was lost"
-SHUTDOWN = "the gateway is shutting down"
 # Each way a relay ends has its own close code (gateway/errors.py), so the code says which.
 _CLOSE_CATEGORIES = {
     WS_NORMAL: "user", WS_BROWSER_LOST: "browser_lost", WS_ADMIN_DISCONNECT: "admin",

@@ -26,7 +26,7 @@ def live_session(n: int, web_session_id: str, user_id: int,
                  ended: dict[str, tuple[int, str]]) -> LiveSession:
     sid = f"s{n}"
 
-    async def close(code: int, reason: str) -> None:
+    async def close(code: int, reason: str, final: bool) -> None:
         ended[sid] = (code, reason)
 
     return LiveSession(sid, web_session_id, f"u{user_id}", "VM", RelayCounters(), close,

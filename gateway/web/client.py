@@ -1,66 +1,45 @@
-"""The desktop client page, the connect call that mints a ticket, and the relay websocket.
-
-Over 400 lines because the relay's connection life (``Relay``: registration, metrics, clean-up)
-still lives here beside the handlers; it is to move to a relay module of its own."""
+"""The desktop client page, the connect call that mints a ticket, and the relay websocket
+(admission and hand-over; the connection's life is ``gateway/relay.py``'s)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Set
-from typing import Any
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
-import aiohttp
 from aiohttp import web
 
-from ..broker import NO_SUCH_DESKTOP, Admission, Broker
-from ..capacity import Slot
+from ..broker import NO_SUCH_DESKTOP, Admission
 from ..errors import (
-    WS_BROWSER_LOST,
-    WS_GOING_AWAY,
     WS_INTERNAL,
-    WS_NORMAL,
-    WS_UPSTREAM_CLOSED,
     BadRequest,
-    DesktopUnavailable,
     Forbidden,
     GatewayError,
     NotFound,
     Unauthorized,
-    UpstreamAuthFailed,
 )
 from ..keys import (
     BROKER,
     CAPACITY,
-    EVENTS,
     LIVE,
     RELAY_TASKS,
+    RELAYS,
     SETTINGS,
     SHUTTING_DOWN,
     STORE,
     WEBSOCKETS,
 )
-from ..live import ENDED, LiveSession
-from ..metrics import BROWSER_LOST, METRICS, SHUTDOWN
-from ..model import RelayCounters, User, WebSession, WebSessionState, window_size
-from ..proxy.tunnel import relay_vnc
-from .browserws import BrowserSocket, close_reason, take_over
+from ..live import ENDED
+from ..model import User, WebSession, WebSessionState, window_size
+from ..proxy.browserws import close_reason, take_over
+from ..relay import CLOSE_TIMEOUT, MAX_MESSAGE, Relay
 from .common import check_csrf, client_ip, current, render, require_signed_in, user_agent
 from .inputs import json_object, path_id
 from .sse import HEARTBEAT_SECONDS, EventStream
 
 log = logging.getLogger("deskgate.session")
 routes = web.RouteTableDef()
-
-# Largest websocket message accepted from a browser: a capped clipboard plus framing.
-_MAX_WS_MESSAGE = (1 << 20) + 4096
-# How long a close waits for the browser's close frame before dropping the connection.
-_CLOSE_TIMEOUT = 5.0
-# One websocket PING per session this often: its PONG gives the dashboard's round-trip time, and
-# a PING unanswered for as long finds a browser that vanished without closing.
-PING_INTERVAL = 30.0
 
 
 def _desktop_id(request: web.Request) -> int:
@@ -215,39 +194,10 @@ async def session_socket(request: web.Request) -> web.StreamResponse:
     return await relay_socket(request, _admit_own)
 
 
-_NO_TASKS: frozenset[asyncio.Task[None]] = frozenset()
-
-
-def _bridge_hooks(broker: Broker, admission: Admission, live: LiveSession
-                  ) -> tuple[Callable[[int, int], None] | None, Set[asyncio.Task[None]]]:
-    """For an RDP bridge: follow the browser's size, and end the connection with a clear reason
-    when the remote session ends (server closed or killed, remote logoff)."""
-    key, bridges = admission.bridge_key, broker.bridges
-    if key is None or bridges is None:
-        return None, _NO_TASKS
-    tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    def on_resize(width: int, height: int) -> None:
-        spawn(bridges.resized(key, width, height))
-
-    def on_exit(reason: str) -> None:
-        spawn(live.end(WS_UPSTREAM_CLOSED, reason, final=False))
-
-    if admission.watch_of is None:
-        bridges.watch_exit(key, on_exit)
-        return on_resize, tasks
-    return None, tasks  # a watcher never resizes the person's desktop
-
-
-async def _admission(request: web.Request, admit: Admit
-                     ) -> tuple[Admission, WebSession, LiveSession | None, Slot]:
-    """Origin, web session and ticket checked, and a slot of this node's capacity taken;
-    raises GatewayError with the reason (and then holds no slot)."""
+async def _admission(request: web.Request, admit: Admit, ip: str) -> Relay:
+    """Origin, web session and ticket checked, and a slot of this node's capacity taken: the
+    relay that holds the slot from now on. Raises GatewayError with the reason (and then holds
+    no slot)."""
     app = request.app
     if request.headers.get("Origin") != app[SETTINGS].public_origin:
         raise Forbidden("websocket origin not allowed")
@@ -265,33 +215,41 @@ async def _admission(request: web.Request, admit: Admit
         watched = app[LIVE].get(admission.watch_of) if admission.watch_of else None
         if admission.watch_of and watched is None:
             raise NotFound("the watched session has ended")
+        return Relay(app[RELAYS], admission, client_ip=ip, web_session_id=web_session.id,
+                     watched=watched, slot=slot)
     except BaseException:
         slot.release()
         raise
-    return admission, web_session, watched, slot
+
+
+def _keep(app: web.Application, task: asyncio.Task[None]) -> None:
+    """Hold a relay's task until it is done (nothing else refers to it)."""
+    tasks = app[RELAY_TASKS]
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse:
-    """The relay websocket: check origin, web session and ticket, then relay until the end.
+    """The relay websocket: admission, then hand-over to a ``Relay`` (gateway/relay.py).
 
-    Shared by the person's own sessions and admins' view-only watches (``Admission.watch_of``):
-    a watch counts as a watcher of the watched session and ends with it. aiohttp does the
-    upgrade and, when admission fails, the close frame with the code and the reason; an
-    admitted connection is taken over (``browserws.take_over``) and relayed in a task of its
-    own, so that this handler returns and keeps nothing for the session's life. Whatever happens
-    after the upgrade, the browser gets a close frame with a code and a reason (unless it is
-    gone), and nothing reaches the HTTP error middleware.
+    Shared by the person's own sessions and admins' view-only watches (``Admission.watch_of``).
+    aiohttp does the upgrade and, when admission fails, the close frame with the code and the
+    reason; an admitted connection is taken over (``proxy/browserws.take_over``) by the relay,
+    which runs in a task of its own until it has closed and done its bookkeeping, so that this
+    handler returns and keeps nothing for the session's life. Whatever happens after the
+    upgrade, the browser gets a close frame with a code and a reason (unless it is gone), and
+    nothing reaches the HTTP error middleware.
     """
     app = request.app
     # aiohttp's websocket for the upgrade and admission only (the browser sends nothing before
-    # the relay's RFB greeting); from then on, BrowserSocket reads every frame.
-    ws = web.WebSocketResponse(compress=False, max_msg_size=_MAX_WS_MESSAGE,
-                               protocols=("binary",), autoping=False, timeout=_CLOSE_TIMEOUT)
+    # the relay's RFB greeting); from then on, the relay's BrowserSocket reads every frame.
+    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MESSAGE,
+                               protocols=("binary",), autoping=False, timeout=CLOSE_TIMEOUT)
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
     ip = client_ip(request)
     try:
-        admission, web_session, watched, slot = await _admission(request, admit)
+        relay = await _admission(request, admit, ip)
     except GatewayError as exc:
         log.info("websocket refused [ip=%s]: %s", ip, exc.reason)
         await ws.close(code=exc.ws_code, message=close_reason(exc.reason))
@@ -300,190 +258,10 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
         log.exception("websocket admission failed [ip=%s]", ip)
         await ws.close(code=WS_INTERNAL, message=close_reason("internal error in the gateway"))
         return ws
-    relay = Relay(app, ip, admission, web_session, watched)
     try:
-        relay.browser = await take_over(request, relay.make_browser)
+        browser = await take_over(request.transport, relay.make_browser)
     except BaseException:
-        slot.release()
-        relay.abandon()
+        _keep(app, relay.abandon())
         raise
-    task = relay.task = asyncio.ensure_future(relay.run())
-    tasks = app[RELAY_TASKS]
-    tasks.add(task)
-
-    def done(_task: asyncio.Task[None]) -> None:
-        tasks.discard(task)
-        slot.release()
-
-    task.add_done_callback(done)
+    _keep(app, relay.start(browser))
     return ws
-
-
-async def _close(browser: BrowserSocket, code: int, reason: str) -> None:
-    if code == WS_BROWSER_LOST:  # recorded only; never sent (RFC 6455 7.4.1)
-        code = WS_GOING_AWAY
-    await browser.close(code, reason)
-
-
-class Relay:
-    """One admitted relay: registered as live, relayed, and cleaned up in steps that each run
-    whatever the ones before them did (see ``_clean_up``)."""
-
-    __slots__ = ("app", "admission", "watched", "ip", "counters", "browser", "task", "started",
-                 "tasks", "code", "reason", "final", "context", "live")
-
-    def __init__(self, app: web.Application, ip: str, admission: Admission,
-                 web_session: WebSession, watched: LiveSession | None) -> None:
-        self.app = app
-        self.admission = admission
-        self.watched = watched
-        self.ip = ip
-        self.counters = RelayCounters()
-        self.browser: BrowserSocket | None = None
-        self.task: asyncio.Task[None] | None = None  # run(), once the connection is taken over
-        self.started: list[asyncio.Task[None]] = []  # the row's "connected", while written
-        self.tasks: list[asyncio.Task[None]] = []
-        self.code, self.reason, self.final = WS_NORMAL, "closed by the user", False
-        session, desktop = admission.session, admission.desktop
-        self.context = f"[user={admission.user.name} session={session.id} desktop={desktop.name}]"
-        self.live = LiveSession(
-            session.id, web_session.id, admission.user.name, desktop.name, self.counters,
-            self._close, client_ip=ip, user_agent=session.user_agent,
-            protocol=desktop.protocol, watch_of=admission.watch_of, user_id=admission.user.id)
-
-    def make_browser(self) -> BrowserSocket:
-        return BrowserSocket(max_message=_MAX_WS_MESSAGE, ping_interval=PING_INTERVAL,
-                             close_timeout=_CLOSE_TIMEOUT, on_rtt=self._on_rtt)
-
-    def abandon(self) -> None:
-        """The connection could not be taken over: the session is recorded as lost."""
-        self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
-        task = asyncio.ensure_future(self.app[BROKER].finish(
-            self.admission, self.reason, final=False, bytes_up=0, bytes_down=0,
-            client_ip=self.ip))
-        self.app[RELAY_TASKS].add(task)
-        task.add_done_callback(self.app[RELAY_TASKS].discard)
-
-    async def _close(self, code: int, reason: str) -> None:
-        """Ended from outside (``LiveSession.end``: sign-out, an admin, the shutdown): the relay
-        stops, its clean-up stores the row and then sends the close frame with the reason
-        (``live.end_reason``); this returns once it has done so."""
-        if self.browser is None:
-            return
-        if self.task is None or self.task.done():
-            await _close(self.browser, code, reason)
-            return
-        self.browser.stop()
-        await asyncio.wait([self.task])
-
-    def _on_ready(self, _name: str) -> None:
-        if self.watched is None:
-            session = self.admission.session
-            self.app[METRICS].connect_latency(time.time() - session.started_at)
-            task = asyncio.ensure_future(self.app[BROKER].started(session))
-            self.started.append(task)
-            task.add_done_callback(self.started.remove)
-
-    def _on_rtt(self, ms: float) -> None:
-        self.live.rtt_ms = ms
-
-    def _on_responding(self, responding: bool) -> None:
-        self.live.set_responding(responding)
-
-    async def run(self) -> None:
-        app, live, browser = self.app, self.live, self.browser
-        assert browser is not None
-        resizes: Set[asyncio.Task[None]] = _NO_TASKS
-        try:
-            app[LIVE].add(live)
-            if self.watched is not None:
-                self.watched.watchers += 1
-                self.watched.notify({"type": "watched", "watchers": self.watched.watchers})
-            else:
-                app[METRICS].session_started()
-            app[EVENTS].publish("session.started", session=live.figures(live.started_at))
-            browser.start_pings()
-            on_resize, resizes = _bridge_hooks(app[BROKER], self.admission, live)
-            settings = app[SETTINGS]
-            await relay_vnc(browser, self.admission.endpoint, self.admission.policy,
-                            self.counters, connect_timeout=settings.connect_timeout_seconds,
-                            on_ready=self._on_ready, on_resize=on_resize,
-                            on_responding=self._on_responding,
-                            unresponsive_after=settings.desktop_unresponsive_seconds,
-                            idle_probe_after=settings.desktop_idle_probe_seconds)
-            if not browser.browser_closed:
-                self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
-        except asyncio.CancelledError:
-            if app[SHUTTING_DOWN].is_set():
-                self.code, self.reason = WS_GOING_AWAY, SHUTDOWN
-            elif not browser.browser_closed:
-                self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
-            raise
-        except GatewayError as exc:
-            self.code, self.reason = exc.ws_code, exc.reason
-            self.final = exc.final
-            if isinstance(exc, DesktopUnavailable) and not isinstance(exc, UpstreamAuthFailed):
-                app[BROKER].unreachable(self.admission.desktop.id)
-        except (ConnectionError, aiohttp.ClientError):
-            self.code, self.reason = WS_BROWSER_LOST, BROWSER_LOST
-        except Exception:
-            log.exception("%s relay failed", self.context)
-            self.code, self.reason = WS_INTERNAL, "internal error in the gateway"
-        finally:
-            self.tasks.extend(resizes)
-            await asyncio.shield(self._clean_up())
-
-    async def _clean_up(self) -> None:
-        """Every step runs, in order, even when one before it raised (each is logged)."""
-        app, live, admission, counters = self.app, self.live, self.admission, self.counters
-        browser = self.browser
-        assert browser is not None
-        browser.stop_pings()
-        for task in self.tasks:
-            task.cancel()
-        if live.end_reason is not None:  # ended from outside: sign-out, expiry, an admin
-            self.reason, self.final, self.code = live.end_reason, live.end_final, live.end_code
-
-        async def started() -> None:
-            for task in list(self.started):
-                await task
-
-        async def finish() -> None:
-            # The stored row before the close frame, so that the client's status check after
-            # the close and the dashboard's next snapshot both see the session closed.
-            await app[BROKER].finish(admission, self.reason, final=self.final,
-                                     bytes_up=counters.bytes_up,
-                                     bytes_down=counters.bytes_down, client_ip=self.ip)
-
-        async def forget() -> None:
-            app[LIVE].remove(live.session_id)
-
-        async def count() -> None:
-            if self.watched is not None:
-                self.watched.watchers = max(0, self.watched.watchers - 1)
-                self.watched.notify({"type": "watched", "watchers": self.watched.watchers})
-                app[METRICS].relay_closed(counters.bytes_up, counters.bytes_down)
-            else:
-                app[METRICS].session_closed(self.code, self.reason, counters.bytes_up,
-                                            counters.bytes_down)
-
-        async def end_watches() -> None:
-            if self.watched is None:
-                for watch in app[LIVE]:
-                    if watch.watch_of == live.session_id:
-                        await watch.end(WS_NORMAL, "the watched session ended", final=True)
-
-        async def publish() -> None:
-            app[EVENTS].publish("session.closed", id=live.session_id, reason=self.reason,
-                                watch_of=admission.watch_of)
-
-        async def close() -> None:
-            await _close(browser, self.code, self.reason)  # once; nothing if the browser is gone
-
-        log.info("%s closed: %s (%d B up, %d B down)", self.context, self.reason,
-                 counters.bytes_up, counters.bytes_down)
-        for step in (started, finish, forget, count, end_watches, publish, close):
-            try:
-                await step()
-            except (Exception, asyncio.CancelledError):  # a cancelled task awaited by a step
-                log.exception("%s clean-up step %s failed", self.context, step.__name__)

@@ -20,7 +20,7 @@ from websupport import app_client, connect, eventually, sign_in
 from gateway.config import Settings
 from gateway.errors import ProtocolError
 from gateway.keys import METRICS
-from gateway.web.browserws import BrowserSocket
+from gateway.proxy.browserws import BrowserSocket
 from gateway.xdisplay.numbers import free_tcp_port
 from gateway.xdisplay.xvnc import XvncDisplay
 

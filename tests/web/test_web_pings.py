@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient
 from relaysupport import row_of, store_of
 from websupport import app_client, base_url, connect, sign_in
 
+from gateway import relay as relay_module
 from gateway.config import Settings
 from gateway.keys import LIVE
 from gateway.metrics import BROWSER_LOST
-from gateway.web import client as client_module
 from gateway.xdisplay.xvnc import XvncDisplay
 
 
@@ -63,7 +63,7 @@ class Browser:
 @pytest.fixture
 async def client(settings: Settings, desktop: XvncDisplay,
                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    monkeypatch.setattr(client_module, "PING_INTERVAL", 0.5)
+    monkeypatch.setattr(relay_module, "PING_INTERVAL", 0.5)
     async with await app_client(settings, {"alice": False}, desktop) as c:
         yield c
 

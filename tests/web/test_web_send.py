@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.proxy.browserws import BrowserSocket, take_over
 from gateway.proxy.tunnel import HEADER_ROOM
-from gateway.web.browserws import BrowserSocket, take_over
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 65537, 256 * 1024]
 Handler = Callable[[web.WebSocketResponse], Awaitable[None]]
@@ -37,7 +37,7 @@ async def serve(handler: Handler | None = None, taken: Taken | None = None
             await handler(ws)
         else:
             assert taken is not None
-            task = asyncio.ensure_future(taken(await take_over(request, browser_socket)))
+            task = asyncio.ensure_future(taken(await take_over(request.transport, browser_socket)))
             tasks.add(task)
         return ws  # no close handshake: the raw clients read to the end of the connection
 

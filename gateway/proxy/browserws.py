@@ -1,5 +1,6 @@
-"""The relay's websocket once admitted: the browser's connection, taken from aiohttp into a
-transport and a protocol of the relay's own (``BrowserSocket``).
+"""The relay's websocket once admitted: the browser's connection, taken from the web server
+(aiohttp) into a transport and a protocol of the relay's own (``BrowserSocket``). Byte path: no
+aiohttp in here; the web handler passes its upgraded transport to ``take_over``.
 
 Over 400 lines as one concern: RFC 6455's server side for the relay (frame parsing, control
 frames, close handshake, flow control) and the hand-over from aiohttp that it exists for.
@@ -45,10 +46,8 @@ import struct
 import time
 from collections.abc import Callable
 
-from aiohttp import web
-
 from ..errors import FrameError, InvalidText, MessageTooBig, ProtocolError, UnsupportedData
-from ..proxy.tunnel import HEADER_ROOM, WriteFlow
+from .tunnel import HEADER_ROOM, WriteFlow
 
 try:
     from websockets.speedups import apply_mask
@@ -96,10 +95,11 @@ def close_reason(reason: str) -> bytes:
     return reason.encode()[:120].decode(errors="ignore").encode()
 
 
-async def take_over(request: web.Request, make: Callable[[], BrowserSocket]) -> BrowserSocket:
-    """Move an upgraded websocket's connection out of aiohttp into ``make()``'s protocol (see
-    the module's text). aiohttp's transport is left aborted: its handler should return."""
-    old = request.transport
+async def take_over(old: asyncio.Transport | None,
+                    make: Callable[[], BrowserSocket]) -> BrowserSocket:
+    """Move an upgraded websocket's connection (``old``: the web server's transport, e.g.
+    aiohttp's ``request.transport``) into ``make()``'s protocol (see the module's text). The old
+    transport is left aborted: the web handler that upgraded it should return."""
     if old is None or old.is_closing():
         raise ConnectionResetError("the browser's connection closed during admission")
     if old.get_extra_info("sslcontext") is not None:
