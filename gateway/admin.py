@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .audit import Audit, AuditKind
-from .broker import Providers, desktop_spec
 from .crypto import SecretBox, new_token, token_hash
 from .errors import WS_ACCOUNT_DISABLED, WS_ADMIN_DISCONNECT, BadRequest, NotFound, Unauthorized
 from .live import ACCOUNT_DISABLED, LiveSessions
 from .model import ApiToken, AuditEvent, Desktop, Session, User
 from .providers import DesktopSpec
+from .providers.registry import Providers, desktop_spec
 from .rdp.options import rdp_options
 from .services import desktop_name
 from .store import Store

@@ -22,7 +22,7 @@ from .auth.local import LocalAccounts
 from .auth.oidc import OidcClient
 from .auth.sessions import WebSessions
 from .auth.totp import TotpFactor
-from .broker import Broker, Providers, stored_passwords
+from .broker import Broker
 from .capacity import Capacity
 from .config import Settings
 from .crypto import SecretBox
@@ -51,6 +51,7 @@ from .keys import (
 from .live import SHUTDOWN, LiveSessions
 from .metrics import install as install_metrics
 from .providers import ProviderContext
+from .providers.registry import Providers, stored_passwords
 from .rdp.bridges import RdpBridges
 from .relay import BridgeHooks, RelayDeps, RelayTimes
 from .services import Services

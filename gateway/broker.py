@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .audit import Audit, AuditKind
@@ -22,10 +21,10 @@ from .errors import (
 )
 from .live import LiveSessions
 from .model import (
+    Admission,
     Desktop,
     Endpoint,
     RelayPolicy,
-    Secret,
     Session,
     SessionState,
     User,
@@ -33,8 +32,8 @@ from .model import (
     window_size,
 )
 from .protocols import DesktopProtocol, Start, protocol_map
-from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
-from .providers.base import CachingState, Recovering
+from .providers import DesktopSpec
+from .providers.registry import Providers, desktop_spec
 from .rdp.accounts import RdpAccounts
 from .rdp.adapter import RdpProtocol
 from .rdp.bridges import RdpBridges
@@ -44,21 +43,6 @@ from .tickets import TicketBook
 log = logging.getLogger("deskgate.broker")
 # The one answer to a desktop id that is not the person's: missing and unassigned alike.
 NO_SUCH_DESKTOP = "no such desktop"
-# The portal waits at most this long for a desktop to say whether it runs.
-_STATE_TIMEOUT = 2.0
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What the websocket handler needs once a ticket has been consumed."""
-
-    session: Session
-    user: User
-    desktop: Desktop
-    endpoint: Endpoint
-    policy: RelayPolicy
-    watch_of: str | None = None  # an admin's view-only watch of this live session
-    bridge_key: str | None = None  # RDP: the bridge this connection holds (released at the end)
 
 
 @dataclass(frozen=True)
@@ -70,82 +54,6 @@ class _PendingWatch:
     client_ip: str
     user_agent: str
     minted_at: float
-
-
-def stored_passwords(store: Store, box: SecretBox) -> Callable[[int], Awaitable[Secret | None]]:
-    """A desktop's stored password by id (decrypted), for providers that must log in to probe."""
-    async def lookup(desktop_id: int) -> Secret | None:
-        enc = await store.get_desktop_password(desktop_id)
-        return box.decrypt(enc) if enc else None
-    return lookup
-
-
-class Providers:
-    """Provider instances by name, made on first use and closed on shutdown; and which desktops
-    have a live session now (told by the broker)."""
-
-    def __init__(self, ctx: ProviderContext) -> None:
-        self._ctx = ctx
-        self._providers: dict[str, DesktopProvider] = {}
-        self._live: dict[int, set[str]] = {}
-
-    def connected(self, desktop_id: int, session_id: str) -> None:
-        self._live.setdefault(desktop_id, set()).add(session_id)
-
-    def disconnected(self, desktop_id: int, session_id: str) -> None:
-        sessions = self._live.get(desktop_id)
-        if sessions is not None:
-            sessions.discard(session_id)
-            if not sessions:
-                del self._live[desktop_id]
-
-    def unreachable(self, desktop_id: int) -> None:
-        """A session could not reach the desktop: providers that cache its state ask again."""
-        for provider in self._providers.values():
-            if isinstance(provider, CachingState):
-                provider.forget(desktop_id)
-
-    async def state(self, spec: DesktopSpec) -> str:
-        """"running" while a session to the desktop is live; else the provider's answer within
-        a couple of seconds, else "unknown".
-
-        Pages, the API and metrics all ask through here: a slow or broken provider must not
-        hold any of them up.
-        """
-        if self._live.get(spec.id):
-            return "running"
-        try:
-            async with asyncio.timeout(_STATE_TIMEOUT):
-                return await self.get(spec.provider).state(spec)
-        except TimeoutError:
-            return "unknown"
-        except Exception:  # a broken provider must not break the page asking
-            log.exception("[desktop=%s] state query failed", spec.name)
-            return "unknown"
-
-    def get(self, name: str) -> DesktopProvider:
-        if name not in self._providers:
-            self._providers[name] = make_provider(name, self._ctx)
-        return self._providers[name]
-
-    async def recover(self) -> None:
-        """Start-up: every provider that can takes over what an earlier run left running."""
-        for name in PROVIDERS:
-            provider = self.get(name)
-            if isinstance(provider, Recovering):
-                await provider.recover()
-
-    async def close(self) -> None:
-        for provider in self._providers.values():
-            await provider.close()
-        self._providers.clear()
-
-
-def desktop_spec(desktop: Desktop, geometry: str, password: Secret | None = None) -> DesktopSpec:
-    """A desktop as its provider sees it; ``password`` only where the provider connects."""
-    return DesktopSpec(id=desktop.id, name=desktop.name, provider=desktop.provider,
-                       host=desktop.host, port=desktop.port, password=password,
-                       geometry=geometry, protocol=desktop.protocol)
 
 
 class Broker:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .admin import AdminService
 from .audit import verify_chain
-from .broker import Providers
 from .capacity import AcceptErrorLog, BackoffListener, raise_fd_limit
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .crypto import new_token
@@ -28,6 +27,7 @@ from .live import LiveSessions
 from .model import Desktop, User
 from .names import name_key
 from .providers import ProviderContext
+from .providers.registry import Providers
 from .rdp.options import MAX_CA_PEM, OPTIONS
 from .services import Services, address_problem
 from .store.sqlite import SQLiteStore

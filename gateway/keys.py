@@ -11,11 +11,12 @@ from aiohttp import web
 
 from .admin import AdminService
 from .audit import Audit
-from .broker import Broker, Providers
+from .broker import Broker
 from .capacity import Capacity
 from .config import Settings
 from .events import EventBus
 from .live import LiveSessions
+from .providers.registry import Providers
 from .relay import RelayDeps
 from .services import Services
 from .sso import SsoService

@@ -229,3 +229,16 @@ def window_size(width: int, height: int) -> tuple[int, int] | None:
     if WINDOW_MIN <= width <= WINDOW_MAX and WINDOW_MIN <= height <= WINDOW_MAX:
         return width, height
     return None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A connection the broker admitted (its ticket consumed): what the relay needs."""
+
+    session: Session
+    user: User
+    desktop: Desktop
+    endpoint: Endpoint
+    policy: RelayPolicy
+    watch_of: str | None = None  # an admin's view-only watch of this live session
+    bridge_key: str | None = None  # RDP: the bridge this connection holds (released at the end)

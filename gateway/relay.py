@@ -40,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .capacity import Slot
 from .config import Settings
@@ -56,12 +56,9 @@ from .errors import (
 )
 from .events import EventBus
 from .live import BROWSER_LOST, SHUTDOWN, LiveSession, LiveSessions
-from .model import RelayCounters, Session
+from .model import Admission, RelayCounters, Session
 from .proxy.browserws import BrowserSocket
 from .proxy.tunnel import relay_vnc
-
-if TYPE_CHECKING:  # made by the broker, which the relay never calls but through SessionRecords
-    from .broker import Admission
 
 log = logging.getLogger("deskgate.session")
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from gateway.admin import AdminService
-from gateway.broker import Providers
 from gateway.errors import NotFound
 from gateway.live import LiveSessions
 from gateway.model import Secret, User
 from gateway.providers import ProviderContext
+from gateway.providers.registry import Providers
 from gateway.proxy.rfb import vnc_auth_response
 from gateway.services import Services
 from gateway.store.sqlite import SQLiteStore

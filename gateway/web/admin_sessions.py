@@ -18,10 +18,9 @@ from urllib.parse import quote
 from aiohttp import web
 from ua_parser import parse as ua_parse
 
-from ..broker import Admission
 from ..errors import BadRequest
 from ..keys import ADMIN, BROKER, EVENTS, LIVE, SHUTTING_DOWN, STORE
-from ..model import Desktop, Session, SessionState, User, WebSession
+from ..model import Admission, Desktop, Session, SessionState, User, WebSession
 from .client import relay_socket
 from .common import check_csrf, client_ip, render, require_admin, user_agent
 from .inputs import form_fields, json_object

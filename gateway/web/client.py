@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..broker import NO_SUCH_DESKTOP, Admission
+from ..broker import NO_SUCH_DESKTOP
 from ..errors import (
     WS_INTERNAL,
     BadRequest,
@@ -31,7 +31,7 @@ from ..keys import (
     WEBSOCKETS,
 )
 from ..live import ENDED
-from ..model import User, WebSession, WebSessionState, window_size
+from ..model import Admission, User, WebSession, WebSessionState, window_size
 from ..proxy.browserws import close_reason, take_over
 from ..relay import CLOSE_TIMEOUT, MAX_MESSAGE, Relay
 from .common import check_csrf, client_ip, current, render, require_signed_in, user_agent

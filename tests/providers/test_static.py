@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from provider_support import needs_xvnc
 
-from gateway.broker import Providers
 from gateway.errors import ConfigError, DesktopUnavailable, UpstreamAuthFailed
 from gateway.model import Secret
 from gateway.probe import probe_rfb
 from gateway.providers import PROVIDERS, DesktopSpec, ProviderContext, make_provider
+from gateway.providers.registry import Providers
 from gateway.providers.static import StaticProvider
 from gateway.proxy.rfb import DesktopHandshake
 from gateway.xdisplay.numbers import free_tcp_port
