@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from .audit import Audit, AuditKind
+from .cases.rdp_options_tmp import rdp_account
 from .config import Settings
 from .crypto import SecretBox, new_token
 from .errors import (
@@ -28,7 +29,6 @@ from .model import Desktop, Endpoint, RelayPolicy, Secret, Session, SessionState
 from .providers import PROVIDERS, DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from .providers.base import CachingState, Recovering
 from .proxy.rdp import REASON_CREDENTIALS, BridgeError, RdpBridges, RdpTarget
-from .services import rdp_account
 from .store import Store
 from .tickets import TicketBook
 
