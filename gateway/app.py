@@ -9,13 +9,13 @@ import os
 import time
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import jinja2
 from aiohttp import web
 
-from .admin import AdminService
 from .audit import Audit
 from .auth.guard import AddressWindow, LoginGuard, PreLogins
 from .auth.local import LocalAccounts
@@ -24,24 +24,35 @@ from .auth.sessions import WebSessions
 from .auth.totp import TotpFactor
 from .broker import Broker
 from .capacity import Capacity
+from .cases.access import Access
+from .cases.accounts import Accounts
+from .cases.audit_trail import AuditTrail
+from .cases.catalog import Catalog
+from .cases.sessions import Sessions
+from .cases.signin import SignIn
+from .cases.sso import LOGIN_TTL, SingleSignOn
 from .config import Settings
 from .crypto import SecretBox
 from .errors import WS_GOING_AWAY, ConfigError
 from .events import EventBus
 from .keys import (
-    ADMIN,
+    ACCESS,
+    ACCOUNTS,
     AUDIT,
+    AUDIT_TRAIL,
     BROKER,
     CAPACITY,
+    CATALOG,
     EVENTS,
     LIVE,
     METRICS,
     PROVIDERS,
     RELAY_TASKS,
     RELAYS,
-    SERVICES,
+    SESSIONS,
     SETTINGS,
     SHUTTING_DOWN,
+    SIGNIN,
     SSO,
     STORE,
     TEMPLATES,
@@ -54,8 +65,6 @@ from .providers import ProviderContext
 from .providers.registry import Providers, stored_passwords
 from .rdp.bridges import RdpBridges
 from .relay import BridgeHooks, RelayDeps, RelayTimes
-from .services import Services
-from .sso import LOGIN_TTL, SsoService
 from .store import Store
 from .store.sqlite import SQLiteStore
 from .textsafe import multiline, page_value
@@ -71,13 +80,43 @@ STATIC_DIR = ROOT / "static"
 NOVNC_DIR = ROOT / "node_modules" / "@novnc" / "novnc"
 
 
-def build_services(settings: Settings, store: SQLiteStore) -> Services:
-    box = SecretBox(settings.secret_key)
+@dataclass(frozen=True)
+class Cases:
+    """The use cases of one process, one object per area (gateway/cases/), on one store; and
+    what they were built on, for the tests."""
+
+    store: SQLiteStore
+    box: SecretBox
+    audit: Audit
+    signin: SignIn
+    accounts: Accounts
+    catalog: Catalog
+    access: Access
+    sessions: Sessions
+    audit_trail: AuditTrail
+
+
+def build_cases(settings: Settings, store: SQLiteStore, *, box: SecretBox | None = None,
+                providers: Providers | None = None, live: LiveSessions | None = None) -> Cases:
+    """The use cases on ``store``. Without ``providers`` and ``live`` (the command line), a
+    provider is made only when a change needs one, and no session is live here."""
+    box = SecretBox(settings.secret_key) if box is None else box
     audit = Audit(store)
+    live = LiveSessions() if live is None else live
+    if providers is None:
+        providers = Providers(ProviderContext(settings.desktop_runtime_dir, settings.run_as_user,
+                                              settings.display_base,
+                                              credentials=stored_passwords(store, box)))
     guard = LoginGuard(store, AddressWindow(store, "signin", settings.ip_throttle_per_minute),
                        settings.lockout_threshold, settings.lockout_minutes * 60.0)
-    return Services(store, box, audit, LocalAccounts(store), TotpFactor(store, box), guard,
-                    WebSessions(store, settings))
+    local = LocalAccounts(store)
+    accounts = Accounts(store, audit, local, live)
+    catalog = Catalog(store, box, audit, providers, live, accounts, settings.desktop_geometry)
+    return Cases(store, box, audit,
+                 SignIn(store, box, audit, local, TotpFactor(store, box), guard,
+                        WebSessions(store, settings)),
+                 accounts, catalog, Access(store, audit, catalog), Sessions(store, audit, live),
+                 AuditTrail(store, audit))
 
 
 def prepare_runtime_dir(settings: Settings) -> Path:
@@ -108,15 +147,21 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     closed = await store.close_open_sessions(time.time(), "the gateway restarted")
     if closed:
         log.info("closed %d sessions left open by a previous run", closed)
-    services = build_services(settings, store)
+    box = SecretBox(settings.secret_key)
     providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base,
                                           stop_on_exit=settings.stop_desktops_on_exit,
-                                          credentials=stored_passwords(store, services.box)))
+                                          credentials=stored_passwords(store, box)))
     await providers.recover()  # local desktops left running by the previous run
+    cases = build_cases(settings, store, box=box, providers=providers, live=app[LIVE])
     tickets = TicketBook(settings.ticket_ttl_seconds)
     app[STORE] = store
-    app[AUDIT] = services.audit
-    app[SERVICES] = services
+    app[AUDIT] = cases.audit
+    app[SIGNIN] = cases.signin
+    app[ACCOUNTS] = cases.accounts
+    app[CATALOG] = cases.catalog
+    app[ACCESS] = cases.access
+    app[SESSIONS] = cases.sessions
+    app[AUDIT_TRAIL] = cases.audit_trail
     app[PROVIDERS] = providers
     app[TICKETS] = tickets
     # RDP desktops: a private xfreerdp-in-Xvnc bridge per person and desktop.
@@ -126,14 +171,12 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
                          grace_seconds=settings.rdp_grace_seconds,
                          display_base=settings.rdp_display_base,
                          logon_timeout=settings.rdp_logon_timeout_seconds)
-    app[BROKER] = Broker(store, services.box, providers, tickets, services.audit, settings,
+    app[BROKER] = Broker(store, box, providers, tickets, cases.audit, settings, cases.access,
                          bridges)
     rdp = app[BROKER].bridges  # the relay's RDP hooks: two callables of the broker's bridges
     app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
                             RelayTimes.of(settings), app[SHUTTING_DOWN],
                             None if rdp is None else BridgeHooks(rdp.resized, rdp.watch_exit))
-    app[ADMIN] = AdminService(store, services.box, services.audit, providers, app[LIVE],
-                              settings.desktop_geometry)
     try:
         yield
     finally:
@@ -154,10 +197,9 @@ async def _single_sign_on(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
         # Each provider has its own redirect URI (mix-up defence, RFC 9700 4.4.2).
         clients = {p.id: OidcClient(p, http, base + callback_path(p.id)) for p in settings.oidc}
-        services = app[SERVICES]
-        app[SSO] = SsoService(app[STORE], services.box, services.audit, services.sessions,
-                              clients, {p.id: p for p in settings.oidc},
-                              prelogins=pre_logins(settings, app[STORE]))
+        app[SSO] = SingleSignOn(app[STORE], SecretBox(settings.secret_key), app[AUDIT],
+                                app[SIGNIN].sessions, clients, {p.id: p for p in settings.oidc},
+                                prelogins=pre_logins(settings, app[STORE]))
         yield
 
 
@@ -167,7 +209,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(5)
             try:
                 await app[BROKER].expire_unused_tickets()
-                await app[LIVE].sweep(app[STORE], time.time(), app[SERVICES].sessions.expiry)
+                await app[LIVE].sweep(app[STORE], time.time(), app[SIGNIN].sessions.expiry)
             except Exception:
                 log.exception("housekeeping failed")
 

@@ -66,7 +66,13 @@ async def verify_chain(store: Store) -> tuple[str | None, int]:
         after = rows[-1].id
 
 
-AuditListener = Callable[[AuditKind, str], None]
+# Structured reason codes of failed sign-ins: metrics count these, never the detail text.
+SIGNIN_CODES = ("password", "unknown_user", "disabled", "locked", "throttled", "second_factor",
+                "sso", "other")
+
+# A listener hears (kind, detail, code). The code is not stored: the stored rows are hash-chained
+# (``AuditEvent.expected_hash``), and a column outside the hash could be edited unnoticed.
+AuditListener = Callable[[AuditKind, str, str | None], None]
 
 
 class Audit:
@@ -87,9 +93,11 @@ class Audit:
 
     async def record(self, kind: AuditKind, *, user: str | None = None,
                      desktop: str | None = None, client_ip: str | None = None,
-                     detail: str = "") -> None:
+                     detail: str = "", code: str | None = None) -> None:
+        """Store one event; ``code`` is a structured reason (``SIGNIN_CODES`` for sign-in
+        failures) that only the listeners hear."""
         await self._store.append_audit(time.time(), kind.value, user, desktop, client_ip, detail)
         log.info("audit %s [user=%s desktop=%s ip=%s] %s", kind.value, user, desktop, client_ip,
                  detail)
         for listener in self._listeners:
-            listener(kind, detail)
+            listener(kind, detail, code)

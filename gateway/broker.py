@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from .audit import Audit, AuditKind
+from .cases.access import Access
 from .config import Settings
 from .crypto import SecretBox, new_token
 from .errors import (
@@ -41,8 +42,6 @@ from .store import Store
 from .tickets import TicketBook
 
 log = logging.getLogger("deskgate.broker")
-# The one answer to a desktop id that is not the person's: missing and unassigned alike.
-NO_SUCH_DESKTOP = "no such desktop"
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,10 @@ class _PendingWatch:
 
 class Broker:
     def __init__(self, store: Store, box: SecretBox, providers: Providers, tickets: TicketBook,
-                 audit: Audit, settings: Settings, bridges: RdpBridges | None = None) -> None:
+                 audit: Audit, settings: Settings, access: Access,
+                 bridges: RdpBridges | None = None) -> None:
         self._store = store
+        self._access = access
         self._box = box
         self._providers = providers
         self._tickets = tickets
@@ -72,7 +73,7 @@ class Broker:
         # What differs by protocol (gateway/protocols.py): never a branch on it here.
         self._protocols = protocol_map(
             endpoint=self._provider_endpoint, bridges=bridges, store=store, box=box, audit=audit,
-            store_credentials=settings.rdp_store_credentials, check_access=self.check_access)
+            store_credentials=settings.rdp_store_credentials, check_access=access.check_access)
         rdp = self._protocols["rdp"]
         assert isinstance(rdp, RdpProtocol)
         self._rdp = rdp
@@ -106,30 +107,6 @@ class Broker:
         return desktop_spec(desktop, self._settings.desktop_geometry,
                             self._box.decrypt(enc) if enc else None)
 
-    async def desktops_for(self, user: User) -> list[tuple[Desktop, str]]:
-        """The user's desktops with their state as the provider sees it (asked concurrently)."""
-        desktops = await self._store.desktops_for_user(user.id)
-        states = await asyncio.gather(*(self._state(d) for d in desktops))
-        return list(zip(desktops, states, strict=True))
-
-    async def _state(self, desktop: Desktop) -> str:
-        return await self._providers.state(desktop_spec(desktop, self._settings.desktop_geometry))
-
-    async def check_access(self, user: User, desktop_id: int, client_ip: str) -> Desktop:
-        """The desktop, if it is assigned to ``user``; else NotFound. A desktop that exists but
-        is not theirs and one that does not exist get the same answer, so that nobody learns
-        which desktop ids exist by trying them (the audit trail tells the two apart)."""
-        desktop = await self._store.get_desktop(desktop_id)
-        if desktop is None or user.disabled or not await self._store.is_assigned(desktop.id,
-                                                                                   user.id):
-            await self._audit.record(AuditKind.CONNECT_DENIED, user=user.name,
-                                     desktop=desktop.name if desktop else None,
-                                     client_ip=client_ip,
-                                     detail=f"desktop {desktop_id}: "
-                                            + ("not assigned" if desktop else "no such desktop"))
-            raise NotFound(NO_SUCH_DESKTOP)
-        return desktop
-
     async def connect(self, user: User, web_session: WebSession, desktop_id: int,
                       client_ip: str, user_agent: str = "", width: int = 0,
                       height: int = 0, retry_of: str | None = None) -> tuple[Session, str]:
@@ -141,7 +118,7 @@ class Broker:
 
         At most ``max_sessions_per_user`` open sessions (starting or active) per person:
         beyond it, TooManyRequests (429) before anything starts."""
-        desktop = await self.check_access(user, desktop_id, client_ip)
+        desktop = await self._access.check_access(user, desktop_id, client_ip)
         # A lock per person who ever connected (kept: dropping one could let two connects in).
         async with self._connecting.setdefault(user.id, asyncio.Lock()):
             limit = self._settings.max_sessions_per_user
@@ -247,7 +224,7 @@ class Broker:
             raise
 
     async def _admission(self, session: Session, user: User) -> Admission:
-        desktop = await self.check_access(user, session.desktop_id, session.client_ip)
+        desktop = await self._access.check_access(user, session.desktop_id, session.client_ip)
         policy = RelayPolicy(max_clipboard_bytes=self._settings.max_clipboard_bytes)
         endpoint, key = await self._protocol(desktop).admit(user, desktop)
         return Admission(session, user, desktop, endpoint, policy, bridge_key=key)

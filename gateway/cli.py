@@ -1,6 +1,7 @@
 """Command line: builds Settings and runs the server, or runs one admin command.
 
-Admin commands use the same service layer as the web pages.
+Admin commands use the same use cases as the web pages (gateway/cases/), acting as
+``Actor.cli()``: the audit trail says "(by the command line)".
 """
 
 from __future__ import annotations
@@ -15,23 +16,23 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .admin import AdminService
-from .audit import verify_chain
 from .capacity import AcceptErrorLog, BackoffListener, raise_fd_limit
+from .cases.actor import Actor
+from .cases.catalog import Catalog, provider_names
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .crypto import new_token
 from .errors import BadRequest, GatewayError
 from .listen import address, bind
-from .live import LiveSessions
 from .model import Desktop, User
 from .names import name_key
-from .providers import ProviderContext
-from .providers.registry import Providers
 from .rdp.options import MAX_CA_PEM, OPTIONS
-from .services import Services, address_problem
 from .store.sqlite import SQLiteStore
 from .textsafe import log_handler, visible
+
+if TYPE_CHECKING:
+    from .app import Cases
 
 DEFAULT_CONFIG = "data/deskgate.toml"
 DEMO_DESKTOP = "Demo desktop"
@@ -59,16 +60,20 @@ def _read_text(path: str | None) -> str | None:
         raise GatewayError(f"{path} is not a text (PEM) file") from None
 
 
-async def _with_services(settings: Settings,
-                         action: Callable[[Services], Awaitable[int]]) -> int:
-    from .app import build_services
+async def _with_cases(settings: Settings, action: Callable[[Cases], Awaitable[int]]) -> int:
+    """Run one command's ``action`` on the use cases over the configured database. No session
+    is live in this process; a provider is made only if a change needs it."""
+    from .app import build_cases
 
     store = SQLiteStore(settings.database_path)
     await store.open()
     try:
-        return await action(build_services(settings, store))
+        return await action(build_cases(settings, store))
     finally:
         await store.close()
+
+
+CLI = Actor.cli()  # every change made here is audited "(by the command line)"
 
 
 # init ------------------------------------------------------------------------------------------
@@ -99,17 +104,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     config_path.chmod(0o600)
     settings = load_settings(config_path, env={})
 
-    async def populate(services: Services) -> int:
-        _, password = await services.add_user(args.admin, admin=True)
+    async def populate(cases: Cases) -> int:
+        admin, password = await cases.accounts.add_user(CLI, args.admin, admin=True)
         if not args.no_demo:
-            await services.add_desktop(DEMO_DESKTOP, "local")
-            await services.assign(DEMO_DESKTOP, args.admin)
+            demo = await cases.catalog.add_desktop(CLI, DEMO_DESKTOP, "local")
+            await cases.catalog.assign(CLI, demo.id, user_id=admin.id)
         print(f"Configuration: {config_path}")
         assert password is not None  # generated
         print(first_admin_block(public_url, args.admin, password))
         return 0
 
-    return asyncio.run(_with_services(settings, populate))
+    return asyncio.run(_with_cases(settings, populate))
 
 
 # serve -----------------------------------------------------------------------------------------
@@ -144,32 +149,31 @@ def cmd_user(args: argparse.Namespace) -> int:
     settings = _settings(args)
     password = _read_password(args)
 
-    async def run(services: Services) -> int:
+    async def run(cases: Cases) -> int:
+        accounts = cases.accounts
         if args.user_cmd == "add":
-            user, generated = await services.add_user(args.name, admin=args.admin,
+            user, generated = await accounts.add_user(CLI, args.name, admin=args.admin,
                                                       password=password)
             print(f"User {user.id} {user.name}{' (admin)' if user.is_admin else ''}")
             if generated:
                 print(f"Password: {generated}")
         elif args.user_cmd == "passwd":
-            generated = await services.set_password(args.name, password)
+            generated = await accounts.set_password(CLI, args.name, password)
             print(f"Password changed for {args.name}")
             if generated:
                 print(f"Password: {generated}")
         elif args.user_cmd in ("disable", "enable"):
-            admin = _admin_service(services, settings)
-            user = await services.user(args.name)
-            await admin.set_disabled(CLI_ACTOR, user.id, args.user_cmd == "disable")
+            user = await accounts.user(args.name)
+            await accounts.set_disabled(CLI, user.id, args.user_cmd == "disable")
             print(f"User {args.name} {args.user_cmd}d")
         elif args.user_cmd == "reset-totp":
-            admin = _admin_service(services, settings)
-            await admin.reset_totp(CLI_ACTOR, (await services.user(args.name)).id)
+            await accounts.reset_totp(CLI, (await accounts.user(args.name)).id)
             print(f"Second factor reset for {args.name}: they enrol again at next sign-in")
         else:  # list
-            _print_users(await services.store.list_users(), await services.identities())
+            _print_users(await accounts.users(), await accounts.identities())
         return 0
 
-    return asyncio.run(_with_services(settings, run))
+    return asyncio.run(_with_cases(settings, run))
 
 
 def _print_users(users: Sequence[User], identities: Mapping[int, str]) -> None:
@@ -233,26 +237,26 @@ def cmd_desktop(args: argparse.Namespace) -> int:
     settings = _settings(args)
     password = _read_password(args)
 
-    async def run(services: Services) -> int:
+    async def run(cases: Cases) -> int:
+        catalog = cases.catalog
         if args.desktop_cmd == "add":
             if args.vnc and args.rdp:
                 raise BadRequest("give --vnc or --rdp, not both")
             host, port = args.vnc or args.rdp or ("", 0)
             options = _rdp_flags(args)
-            desktop = await services.add_desktop(
-                args.name, args.provider, host=host, port=port, password=password,
+            desktop = await catalog.add_desktop(
+                CLI, args.name, args.provider, host=host, port=port, password=password,
                 protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None)
             print(f"Desktop {desktop.id} {desktop.name}")
-            await _warn_if_silent(services, desktop)
+            await _warn_if_silent(catalog, desktop)
         elif args.desktop_cmd == "remove":
-            admin = _admin_service(services, settings)
-            desktop = await services.desktop(args.name)
-            await admin.delete_desktop(CLI_ACTOR, desktop.id)
+            desktop = await catalog.desktop_named(args.name)
+            await catalog.delete_desktop(CLI, desktop.id)
             print(f"Desktop {desktop.name} removed")
         elif args.desktop_cmd == "set":
-            await _set_desktop(services, settings, args, password)
+            await _set_desktop(catalog, args, password)
         else:
-            for d in await services.store.list_desktops():
+            for d in await catalog.desktops():
                 where = f"{d.host}:{d.port}" if d.provider == "static" else "on this host"
                 if d.protocol == "rdp" and d.option("credentials") == "per_user":
                     where += (f" as each user (credentials=per_user), certificates:"
@@ -266,28 +270,25 @@ def cmd_desktop(args: argparse.Namespace) -> int:
                 print(f"{d.id:4d}  {d.name:24s} {d.provider:8s} {d.protocol} {where}{secret}")
         return 0
 
-    return asyncio.run(_with_services(settings, run))
+    return asyncio.run(_with_cases(settings, run))
 
 
-async def _warn_if_silent(services: Services, desktop: Desktop) -> None:
+async def _warn_if_silent(catalog: Catalog, desktop: Desktop) -> None:
     """A warning on stderr (never an error) when a static desktop's server does not answer,
     or refuses the stored password (see ``address_problem``)."""
-    if desktop.provider != "static":
-        return
-    enc = await services.store.get_desktop_password(desktop.id) if desktop.has_password else None
-    problem = await address_problem(desktop, services.box.decrypt(enc) if enc else None)
+    problem = await catalog.address_problem(desktop)
     if problem:
         print(f"deskgate: warning: {desktop.protocol.upper()} at {desktop.host}:{desktop.port}:"
               f" {problem}; the desktop is saved anyway", file=sys.stderr)
 
 
-async def _set_desktop(services: Services, settings: Settings, args: argparse.Namespace,
+async def _set_desktop(catalog: Catalog, args: argparse.Namespace,
                        password: str | None) -> None:
     if args.vnc and args.rdp:
         raise BadRequest("give --vnc or --rdp, not both")
     if password is not None and args.clear_password:
         raise BadRequest("give --password-stdin or --clear-password, not both")
-    desktop = await services.desktop(args.name)
+    desktop = await catalog.desktop_named(args.name)
     address = args.vnc or args.rdp
     if address is not None:
         wanted = "vnc" if args.vnc else "rdp"
@@ -302,81 +303,69 @@ async def _set_desktop(services: Services, settings: Settings, args: argparse.Na
         raise BadRequest("nothing to change: give --vnc/--rdp HOST:PORT, --password-stdin,"
                          " --clear-password, --rename NEW or RDP options")
     host, port = address if address is not None else (None, None)
-    changed = await _admin_service(services, settings).update_desktop(
-        CLI_ACTOR, desktop.id, name=args.rename, host=host, port=port, password=password,
+    changed = await catalog.update_desktop(
+        CLI, desktop.id, name=args.rename, host=host, port=port, password=password,
         clear_password=args.clear_password, rdp=rdp or None)
     print(f"Desktop {changed.name} changed")
     if address is not None:
-        await _warn_if_silent(services, changed)
+        await _warn_if_silent(catalog, changed)
 
 
 def cmd_unassign(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
-    async def run(services: Services) -> int:
+    async def run(cases: Cases) -> int:
         if (args.user is None) == (args.group is None):
             raise BadRequest("name a user, or a group with --group, not both")
-        admin = _admin_service(services, settings)
-        desktop = await services.desktop(args.desktop)
-        if args.group is not None:
-            await admin.assign(CLI_ACTOR, desktop.id, group=args.group, remove=True)
-            print(f"Desktop {desktop.name} no longer assigned to group {args.group.strip()}")
+        desktop = await cases.catalog.desktop_named(args.desktop)
+        done = await cases.catalog.assign(CLI, desktop.id, user_ref=args.user, group=args.group,
+                                          remove=True)
+        if done.user is not None:
+            print(f"Desktop {desktop.name} no longer assigned to {done.user.name}")
         else:
-            user = await services.user(args.user)
-            await admin.assign(CLI_ACTOR, desktop.id, user_id=user.id, remove=True)
-            print(f"Desktop {desktop.name} no longer assigned to {user.name}")
+            print(f"Desktop {desktop.name} no longer assigned to group {done.group}")
         return 0
 
-    return asyncio.run(_with_services(settings, run))
+    return asyncio.run(_with_cases(settings, run))
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    async def run(services: Services) -> int:
+    async def run(cases: Cases) -> int:
         given = [x for x in (args.user, args.user_id, args.group) if x is not None]
         if len(given) != 1:
             raise BadRequest("name one user (USER, or --user-id N), or a group with --group")
-        if args.group is not None:
-            await services.assign_group(args.desktop, args.group)
+        desktop = await cases.catalog.desktop_named(args.desktop)
+        done = await cases.catalog.assign(CLI, desktop.id, user_ref=args.user,
+                                          user_id=args.user_id, group=args.group)
+        if done.group is not None:
             print(f"Desktop {args.desktop} assigned to group {args.group}")
         else:
-            user = await services.assign(args.desktop, args.user, user_id=args.user_id)
-            who = services.describe(user, await services.identities())
-            print(f"Desktop {args.desktop} assigned to {who}")
+            print(f"Desktop {args.desktop} assigned to {done.who}")
         return 0
 
-    return asyncio.run(_with_services(_settings(args), run))
+    return asyncio.run(_with_cases(_settings(args), run))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    async def run(services: Services) -> int:
+    async def run(cases: Cases) -> int:
         if args.audit_cmd == "verify":
-            problem, checked = await verify_chain(services.store)
+            problem, checked = await cases.audit_trail.verify()
             if problem:
                 print(f"audit trail BROKEN: {problem}")
                 return 2
             print(f"audit trail intact: {checked} rows checked")
             return 0
-        for e in reversed(await services.audit_events(args.limit)):
+        for e in reversed(await cases.audit_trail.events(args.limit)):
             when = datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             # Names and details come from outside: one event, one line, no terminal escapes.
             print(visible(f"{when}  {e.kind:34s} user={e.user or '-'} desktop={e.desktop or '-'}"
                           f" ip={e.client_ip or '-'}  {e.detail}"))
         return 0
 
-    return asyncio.run(_with_services(_settings(args), run))
+    return asyncio.run(_with_cases(_settings(args), run))
 
 
 # API tokens ------------------------------------------------------------------------------------
-CLI_ACTOR = User(id=0, name="the command line", is_admin=True, disabled=False,
-                 totp_enrolled=False)  # names the command line as the actor in the audit trail
-
-
-def _admin_service(services: Services, settings: Settings) -> AdminService:
-    """The admin use cases for one command: no live sessions or providers are touched here."""
-    ctx = ProviderContext(settings.desktop_runtime_dir, settings.run_as_user, settings.display_base)
-    return AdminService(services.store, services.box, services.audit, Providers(ctx),
-                        LiveSessions(), settings.desktop_geometry)
-
 
 def _when(at: float | None) -> str:
     return "-" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M")
@@ -385,26 +374,24 @@ def _when(at: float | None) -> str:
 def cmd_token(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
-    async def run(services: Services) -> int:
-        admin = _admin_service(services, settings)
+    async def run(cases: Cases) -> int:
+        accounts = cases.accounts
         if args.token_cmd == "create":  # noqa: S105 (a subcommand name)
-            owner = await services.user(args.admin_user)
-            if not owner.is_admin or owner.disabled:
-                raise BadRequest(f"{owner.name} is not an enabled admin: tokens act as an admin")
-            token, secret = await admin.create_token(owner, args.name, days=args.days,
-                                                     read_only=args.read_only)
+            owner = await accounts.user(args.admin_user)
+            token, secret = await accounts.create_token(CLI, owner, args.name, days=args.days,
+                                                        read_only=args.read_only)
             print(f"Token {token.id} {token.name} for {owner.name}"
                   f"{' (read-only)' if token.read_only else ''}, expires {_when(token.expires_at)}"
                   " UTC")
             print(f"Secret: {secret}")
             print("The secret is shown only now. Send it as: Authorization: Bearer <secret>")
         elif args.token_cmd == "revoke":  # noqa: S105 (a subcommand name)
-            await admin.revoke_token(CLI_ACTOR, args.id)
+            await accounts.revoke_token(CLI, args.id)
             print(f"Token {args.id} revoked")
         else:  # list
-            names = {u.id: u.name for u in await services.store.list_users()}
+            names = {u.id: u.name for u in await accounts.users()}
             now = time.time()
-            for t in await admin.tokens():
+            for t in await accounts.tokens():
                 flags = [f for f, on in (("read-only", t.read_only),
                                          ("expired", t.expires_at <= now)) if on]
                 print(f"{t.id:4d}  {t.name:24s} {names.get(t.user_id, '?'):16s}"
@@ -412,7 +399,7 @@ def cmd_token(args: argparse.Namespace) -> int:
                       f"  {' '.join(flags)}".rstrip())
         return 0
 
-    return asyncio.run(_with_services(settings, run))
+    return asyncio.run(_with_cases(settings, run))
 
 
 # parser ----------------------------------------------------------------------------------------
@@ -465,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = desk.add_subparsers(dest="desktop_cmd", required=True)
     p = dsub.add_parser("add", help="add a desktop")
     p.add_argument("name")
-    p.add_argument("--provider", choices=("static", "local"), required=True)
+    p.add_argument("--provider", choices=provider_names(), required=True)
     p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT", help="static: VNC server")
     p.add_argument("--rdp", type=_host_port, metavar="HOST:PORT", help="static: RDP server")
     _rdp_flag_arguments(p)

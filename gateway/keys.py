@@ -9,17 +9,21 @@ from typing import TYPE_CHECKING
 import jinja2
 from aiohttp import web
 
-from .admin import AdminService
 from .audit import Audit
 from .broker import Broker
 from .capacity import Capacity
+from .cases.access import Access
+from .cases.accounts import Accounts
+from .cases.audit_trail import AuditTrail
+from .cases.catalog import Catalog
+from .cases.sessions import Sessions
+from .cases.signin import SignIn
+from .cases.sso import SingleSignOn
 from .config import Settings
 from .events import EventBus
 from .live import LiveSessions
 from .providers.registry import Providers
 from .relay import RelayDeps
-from .services import Services
-from .sso import SsoService
 from .store import Store
 from .tickets import TicketBook
 
@@ -29,10 +33,15 @@ if TYPE_CHECKING:  # metrics.py imports this module: its type only, for the chec
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 AUDIT = web.AppKey("audit", Audit)
-SERVICES = web.AppKey("services", Services)
-ADMIN = web.AppKey("admin", AdminService)
+# The use cases, one per area (gateway/cases/).
+SIGNIN = web.AppKey("signin", SignIn)
+SSO = web.AppKey("sso", SingleSignOn)
+ACCOUNTS = web.AppKey("accounts", Accounts)
+CATALOG = web.AppKey("catalog", Catalog)
+ACCESS = web.AppKey("access", Access)
+SESSIONS = web.AppKey("sessions", Sessions)
+AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 EVENTS = web.AppKey("events", EventBus)
-SSO = web.AppKey("sso", SsoService)
 PROVIDERS = web.AppKey("providers", Providers)
 TICKETS = web.AppKey("tickets", TicketBook)
 LIVE = web.AppKey("live", LiveSessions)

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from .audit import AuditKind
+from .audit import SIGNIN_CODES, AuditKind
 from .capacity import BackoffListener, Capacity, open_fds
 from .errors import (
     WS_ACCOUNT_DISABLED,
@@ -51,7 +51,7 @@ from .errors import (
     WS_UPSTREAM_CLOSED,
     WS_UPSTREAM_UNREACHABLE,
 )
-from .keys import ADMIN, AUDIT, BROKER, CAPACITY, LIVE, METRICS, SETTINGS
+from .keys import AUDIT, BROKER, CAPACITY, CATALOG, LIVE, METRICS, SETTINGS
 from .listen import address, bind
 from .live import BROWSER_LOST, LiveSessions
 from .model import Desktop
@@ -62,8 +62,7 @@ log = logging.getLogger("deskgate.metrics")
 CLOSE_REASONS = ("user", "browser_lost", "admin", "signed_out", "account_disabled", "expired",
                  "idle", "desktop", "refused", "protocol_error", "input_limit", "error",
                  "shutdown", "other")
-SIGNIN_FAILURES = ("password", "unknown_user", "disabled", "locked", "throttled", "second_factor",
-                   "sso", "other")
+SIGNIN_FAILURES = SIGNIN_CODES
 DESKTOP_STATES = ("running", "stopped", "unknown", "maintenance")
 # Each way a relay ends has its own close code (gateway/errors.py), so the code says which.
 _CLOSE_CATEGORIES = {
@@ -86,18 +85,16 @@ def close_category(code: int, reason: str = "") -> str:
     return _CLOSE_CATEGORIES.get(code, "other")
 
 
-def signin_failure_category(kind: AuditKind, detail: str) -> str | None:
-    """A failed sign-in audit event as one of ``SIGNIN_FAILURES``; None if not a failure."""
+def signin_failure_category(kind: AuditKind, code: str | None) -> str | None:
+    """A failed sign-in audit event, by its reason code, as one of ``SIGNIN_FAILURES``; None if
+    not a failure."""
     if kind is AuditKind.THROTTLED:
         return "throttled"
     if kind is AuditKind.SECOND_FACTOR_FAILED:
         return "second_factor"
     if kind is not AuditKind.SIGNIN_FAILED:
         return None
-    if detail.startswith("idp"):
-        return "sso"
-    return {"wrong password": "password", "unknown user": "unknown_user",
-            "account disabled": "disabled", "account locked": "locked"}.get(detail, "other")
+    return code if code in SIGNIN_FAILURES else "other"
 
 
 class _LiveCollector(Collector):
@@ -204,8 +201,8 @@ class Metrics:
     def connect_latency(self, seconds: float) -> None:
         self.latency.observe(max(0.0, seconds))
 
-    def audit_event(self, kind: AuditKind, detail: str) -> None:
-        category = signin_failure_category(kind, detail)
+    def audit_event(self, kind: AuditKind, detail: str, code: str | None) -> None:
+        category = signin_failure_category(kind, code)
         if category is not None:
             self.signin_failures.labels(category).inc()
 
@@ -221,12 +218,12 @@ class Metrics:
 
 
 async def desktop_states(app: web.Application) -> list[str]:
-    admin = app[ADMIN]
-    desktops = await admin.store.list_desktops()
+    catalog = app[CATALOG]
+    desktops = await catalog.desktops()
 
     async def one(desktop: Desktop) -> str:
         # Bounded and fail-safe: see ``Providers.state``.
-        return "maintenance" if desktop.maintenance else await admin.state(desktop)
+        return "maintenance" if desktop.maintenance else await catalog.state(desktop)
 
     return list(await asyncio.gather(*(one(d) for d in desktops)))
 
@@ -256,7 +253,7 @@ def add_routes(app: web.Application) -> None:
 async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     """Sign-in failure counting and the tokenless site when a port is set.
 
-    Runs after the state context (it needs the audit writer and the admin service)."""
+    Runs after the state context (it needs the audit writer and the catalog)."""
     metrics = app[METRICS]
     metrics.bridges = app[BROKER].bridges
     undo = app[AUDIT].listen(metrics.audit_event)

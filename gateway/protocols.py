@@ -30,6 +30,11 @@ from gateway.rdp.adapter import RdpProtocol
 from gateway.rdp.bridges import RdpBridges
 from gateway.store import Store
 
+# The protocols a desktop may speak: the keys of ``protocol_map``.
+PROTOCOLS = ("vnc", "rdp")
+# Which providers can serve each (a provider not named serves VNC only).
+BRIDGED = {"rdp": ("static",)}
+
 Start = Callable[[int, int], Awaitable[None]]  # (width, height) of the browser's desktop area
 
 
@@ -81,8 +86,10 @@ def protocol_map(*, endpoint: Callable[[Desktop], Awaitable[Endpoint]],
 
     ``endpoint``: a VNC desktop's endpoint from its provider; the rest is RDP's (its bridges,
     and what a person's own account needs)."""
-    return {
+    adapters: dict[str, DesktopProtocol] = {
         "vnc": VncProtocol(endpoint),
         "rdp": RdpProtocol(bridges, store, box, audit, store_credentials=store_credentials,
                            check_access=check_access),
     }
+    assert tuple(adapters) == PROTOCOLS
+    return adapters

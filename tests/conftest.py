@@ -1,4 +1,4 @@
-"""Shared fixtures: a bare configuration, then a store and the service layer built on it."""
+"""Shared fixtures: a bare configuration, then a store and the use cases built on it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import build_services
+from gateway.app import Cases, build_cases
 from gateway.config import Settings, load_settings, new_secret_key, render_toml
-from gateway.services import Services
 from gateway.store.sqlite import SQLiteStore
 
 
@@ -35,8 +34,8 @@ async def store(settings: Settings) -> AsyncIterator[SQLiteStore]:
 
 
 @pytest.fixture
-def services(settings: Settings, store: SQLiteStore) -> Services:
-    return build_services(settings, store)
+def cases(settings: Settings, store: SQLiteStore) -> Cases:
+    return build_cases(settings, store)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

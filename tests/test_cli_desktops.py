@@ -12,19 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway.admin import AdminService
+from gateway.app import Cases
+from gateway.cases.actor import Actor
 from gateway.errors import NotFound
-from gateway.live import LiveSessions
-from gateway.model import Secret, User
-from gateway.providers import ProviderContext
-from gateway.providers.registry import Providers
+from gateway.model import Secret
 from gateway.proxy.rfb import vnc_auth_response
-from gateway.services import Services
 from gateway.store.sqlite import SQLiteStore
 from gateway.xdisplay.numbers import free_tcp_port
 from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
-ADMIN = User(id=0, name="tester", is_admin=True, disabled=False, totp_enrolled=False)
+CLI = Actor.cli()  # who makes the changes that set the scene
+ADMIN = Actor("tester", None, True)
 
 
 def deskgate(*args: str, config: Path, stdin: str | None = None,
@@ -126,8 +124,8 @@ def test_set_remove_and_unassign_from_the_command_line(config: Path) -> None:
     audit = deskgate("audit", config=config).stdout
     for fragment in ("desktop changed: host, port, password set (by the command line)",
                      "desktop changed: name, password cleared (by the command line)",
-                     "desktop unassigned (by the command line)",
-                     "desktop unassigned group staff (by the command line)",
+                     "desktop unassigned from #2 alice (local) (by the command line)",
+                     "desktop unassigned from group staff (by the command line)",
                      "desktop deleted (by the command line)"):
         assert fragment in audit, fragment
     assert "newpass12" not in audit
@@ -164,10 +162,9 @@ def test_many_command_line_changes_at_once_keep_every_change_and_the_audit_chain
 
 async def test_concurrent_removals_of_one_desktop_are_one_removal(settings: object,
                                                                   store: SQLiteStore,
-                                                                  services: Services) -> None:
-    admin = AdminService(store, services.box, services.audit,
-                         Providers(ProviderContext(data_dir=store.path.parent)), LiveSessions())
-    desktop = await services.add_desktop("Once", "static", host="127.0.0.1", port=5901)
+                                                                  cases: Cases) -> None:
+    admin = cases.catalog
+    desktop = await admin.add_desktop(CLI, "Once", "static", host="127.0.0.1", port=5901)
     results = await asyncio.gather(*(admin.delete_desktop(ADMIN, desktop.id) for _ in range(100)),
                                    return_exceptions=True)
     assert sum(r is None for r in results) == 1
@@ -175,7 +172,7 @@ async def test_concurrent_removals_of_one_desktop_are_one_removal(settings: obje
     events = await store.list_audit(limit=500)
     assert sum(e.detail.startswith("desktop deleted") for e in events) == 1
 
-    desktops = [await services.add_desktop(f"P{i}", "static", host="127.0.0.1", port=5901)
+    desktops = [await admin.add_desktop(CLI, f"P{i}", "static", host="127.0.0.1", port=5901)
                 for i in range(50)]
     await asyncio.gather(*(admin.update_desktop(ADMIN, d.id, port=6000 + i, password=f"pw-{i:05d}")
                            for i, d in enumerate(desktops)))
@@ -183,7 +180,7 @@ async def test_concurrent_removals_of_one_desktop_are_one_removal(settings: obje
         now = await admin.desktop(d.id)
         assert now.port == 6000 + i and now.has_password
         enc = await store.get_desktop_password(d.id)
-        assert enc is not None and services.box.decrypt(enc).reveal() == f"pw-{i:05d}"
+        assert enc is not None and cases.box.decrypt(enc).reveal() == f"pw-{i:05d}"
 
 
 async def test_desktop_add_checks_the_address_with_a_login_that_vnc_servers_do_not_count(

@@ -1,4 +1,4 @@
-"""Admin pages: desktops, users and the audit trail, as plain forms over ``AdminService``.
+"""Admin pages: desktops, users and the audit trail, as plain forms over the use cases.
 
 Every handler starts with ``require_admin`` (deny by default; refusals are audited) and every
 POST with ``check_form_csrf``. Changes answer with a 303 back to the page and an ``?info=`` code
@@ -20,16 +20,16 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ..admin import DesktopView
 from ..audit import AuditKind
+from ..cases.actor import Actor
+from ..cases.catalog import DesktopView, provider_names
 from ..errors import BadRequest, GatewayError, NotFound
 from ..keyboards import describe
-from ..keys import ADMIN, SERVICES
-from ..model import AuditEvent, Desktop, User
+from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG
+from ..model import AuditEvent, Desktop
 from ..rdp.options import EDITABLE, OPTIONS, ca_names
-from ..services import PROVIDER_NAMES
 from ..textsafe import visible
-from .common import check_form_csrf, redirect, render, require_admin
+from .common import actor, check_form_csrf, redirect, render, require_admin
 from .inputs import parse_int, parse_time, path_id
 
 log = logging.getLogger("deskgate.web.admin")
@@ -100,12 +100,13 @@ class DesktopRow:
 async def _desktops_page(request: web.Request, *, http_status: int = 200,
                          error: str | None = None,
                          form: Mapping[str, str] | None = None) -> web.Response:
-    views = await request.app[ADMIN].desktop_views()
-    states = await asyncio.gather(*(request.app[ADMIN].state(v.desktop) for v in views))
+    catalog = request.app[CATALOG]
+    views = await catalog.desktop_views()
+    states = await asyncio.gather(*(catalog.state(v.desktop) for v in views))
     rows = [DesktopRow(v, s) for v, s in zip(views, states, strict=True)]
     return render(request, "admin_desktops.html", http_status=http_status, error=error,
                   info=None if error else _info(request), rows=rows,
-                  providers=PROVIDER_NAMES,
+                  providers=provider_names(),
                   form=dict(form or {}), **FORMATTERS)
 
 
@@ -117,7 +118,7 @@ async def desktops(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/admin/desktops")
 async def desktop_create(request: web.Request) -> web.StreamResponse:
-    await require_admin(request)
+    _, me = await require_admin(request)
     form = await check_form_csrf(request)
     fields = ("name", "provider", "host", "port", "protocol",
               *(o.form_name for o in OPTIONS if o.form is not None))
@@ -126,8 +127,8 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
         static = form.get("provider") == "static"
         rdp = static and form.get("protocol") == "rdp"
         options = {k[4:]: v for k, v in kept.items() if k.startswith("rdp_") and v} if rdp else None
-        desktop = await request.app[SERVICES].add_desktop(
-            form.get("name", ""), form.get("provider", ""),
+        desktop = await request.app[CATALOG].add_desktop(
+            actor(request, me), form.get("name", ""), form.get("provider", ""),
             host=form.get("host", "").strip() if static else "",
             port=_int(form.get("port", ""), "port") if static else 0,
             password=(form.get("password") or None) if static else None,
@@ -141,30 +142,30 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
 
 async def _desktop_page(request: web.Request, desktop_id: int, *, http_status: int = 200,
                         error: str | None = None, confirm_delete: bool = False) -> web.Response:
-    admin = request.app[ADMIN]
-    view = await admin.desktop_view(desktop_id)
-    users = await admin.users()
+    catalog = request.app[CATALOG]
+    view = await catalog.desktop_view(desktop_id)
+    users = await request.app[ACCOUNTS].users()
     assigned = set(view.users)
     return render(request, "admin_desktop.html", http_status=http_status, error=error,
                   info=None if error else _info(request), view=view, d=view.desktop,
-                  state=await admin.state(view.desktop),
+                  state=await catalog.state(view.desktop),
                   assigned_users=[u for u in users if u.name in assigned],
                   other_users=[u for u in users if u.name not in assigned],
                   confirm_delete=confirm_delete, **FORMATTERS)
 
 
-async def _desktop_action(request: web.Request, me: User, desktop_id: int,
+async def _desktop_action(request: web.Request, me: Actor, desktop_id: int,
                           form: Mapping[str, str]) -> str:
     """Carry out one form's change; returns the ``info`` code. Raises GatewayError."""
-    admin = request.app[ADMIN]
+    catalog = request.app[CATALOG]
     action = request.match_info.get("action", "")
     if action == "":
-        desktop = await admin.desktop(desktop_id)
+        desktop = await catalog.desktop(desktop_id)
         static = desktop.provider == "static"
         password, clear = form.get("password", ""), form.get("clear_password") == "yes"
         if password and clear:
             raise BadRequest("give a new password or clear it, not both")
-        await admin.update_desktop(
+        await catalog.update_desktop(
             me, desktop_id, name=form.get("name", ""),
             host=form.get("host", "") if static else None,
             port=_int(form.get("port", ""), "port") if static else None,
@@ -175,14 +176,14 @@ async def _desktop_action(request: web.Request, me: User, desktop_id: int,
     if action == "assign":
         remove = form.get("op") == "remove"
         if "group" in form:
-            await admin.assign(me, desktop_id, group=form["group"], remove=remove)
+            await catalog.assign(me, desktop_id, group=form["group"], remove=remove)
         else:
-            await admin.assign(me, desktop_id, user_id=_int(form.get("user_id", ""), "user"),
-                               remove=remove)
+            await catalog.assign(me, desktop_id, user_id=_int(form.get("user_id", ""), "user"),
+                                 remove=remove)
         return "unassigned" if remove else "assigned"
     if action == "power":
         power = form.get("power", "")
-        await admin.power(me, desktop_id, power)
+        await catalog.power(me, desktop_id, power)
         return power
     raise NotFound()
 
@@ -200,7 +201,7 @@ async def desktop_change(request: web.Request) -> web.StreamResponse:
     form = await check_form_csrf(request)
     desktop_id = _id(request, "desktop")
     try:
-        code = await _desktop_action(request, me, desktop_id, form)
+        code = await _desktop_action(request, actor(request, me), desktop_id, form)
     except NotFound:
         raise
     except GatewayError as exc:
@@ -217,7 +218,7 @@ async def desktop_delete(request: web.Request) -> web.StreamResponse:
     desktop_id = _id(request, "desktop")
     if form.get("confirm") != "yes":
         return await _desktop_page(request, desktop_id, confirm_delete=True)
-    await request.app[ADMIN].delete_desktop(me, desktop_id)
+    await request.app[CATALOG].delete_desktop(actor(request, me), desktop_id)
     return redirect("/admin/desktops?info=deleted")
 
 
@@ -227,7 +228,7 @@ async def users(request: web.Request) -> web.StreamResponse:
     await require_admin(request)
     q = request.query.get("q", "")[:64]
     return render(request, "admin_users.html", info=_info(request), q=q,
-                  users=await request.app[ADMIN].users(q), now=time.time(), **FORMATTERS)
+                  users=await request.app[ACCOUNTS].users(q), now=time.time(), **FORMATTERS)
 
 
 @dataclass(frozen=True)
@@ -239,14 +240,14 @@ class Access:
 
 async def _user_page(request: web.Request, user_id: int, *, http_status: int = 200,
                      error: str | None = None) -> web.Response:
-    admin = request.app[ADMIN]
-    view = await admin.user_view(user_id)
+    catalog = request.app[CATALOG]
+    view = await request.app[ACCOUNTS].user_view(user_id)
     access = []
     for d in view.desktops:
-        users_, groups = await admin.store.desktop_assignments(d.id)
+        users_, groups = await catalog.assignments(d.id)
         access.append(Access(d, view.user.name in users_,
                              [g for g in groups if g in view.groups]))
-    names = {d.id: d.name for d in await admin.store.list_desktops()}
+    names = {d.id: d.name for d in await catalog.desktops()}
     return render(request, "admin_user.html", http_status=http_status, error=error,
                   info=None if error else _info(request), view=view, u=view.user,
                   access=access, desktop_names=names, now=time.time(), **FORMATTERS)
@@ -263,14 +264,14 @@ async def user_change(request: web.Request) -> web.StreamResponse:
     _, me = await require_admin(request)
     form = await check_form_csrf(request)
     user_id = _id(request, "user")
-    admin, action = request.app[ADMIN], request.match_info["action"]
+    accounts, action = request.app[ACCOUNTS], request.match_info["action"]
     back = "/admin/users" if form.get("back") == "list" else f"/admin/users/{user_id}"
     try:
         if action == "reset-totp":
-            await admin.reset_totp(me, user_id)
+            await accounts.reset_totp(actor(request, me), user_id)
             code = "totp-reset"
         else:
-            await admin.set_disabled(me, user_id, action == "disable")
+            await accounts.set_disabled(actor(request, me), user_id, action == "disable")
             code = f"{action}d"
     except NotFound:
         raise
@@ -295,7 +296,6 @@ def audit_filters(query: Mapping[str, str]) -> tuple[dict[str, str], dict[str, A
 @routes.get("/admin/audit")
 async def audit(request: web.Request) -> web.StreamResponse:
     await require_admin(request)
-    admin = request.app[ADMIN]
     values = {k: request.query.get(k, "").strip()[:256] for k in FILTER_FIELDS}
     rows: list[AuditEvent] = []
     error, status, older = None, 200, None
@@ -304,15 +304,15 @@ async def audit(request: web.Request) -> web.StreamResponse:
         before = request.query.get("before_id", "")
         if before:
             args["before_id"] = _int(before, "before_id")
-        rows = await admin.audit(limit=AUDIT_PAGE + 1, **args)
+        rows = await request.app[AUDIT_TRAIL].events(limit=AUDIT_PAGE + 1, **args)
     except GatewayError as exc:
         error, status = exc.reason, exc.http_status
     query = {k: v for k, v in values.items() if v}
     if len(rows) > AUDIT_PAGE:
         rows = rows[:AUDIT_PAGE]
         older = "/admin/audit?" + urlencode({**query, "before_id": rows[-1].id})
-    users = [u.name for u in await admin.users()]
-    desktops = [d.name for d in await admin.store.list_desktops()]
+    users = [u.name for u in await request.app[ACCOUNTS].users()]
+    desktops = [d.name for d in await request.app[CATALOG].desktops()]
     return render(request, "admin_audit.html", http_status=status, error=error, rows=rows,
                   filters=values, kinds=KIND_CHOICES, user_names=users, desktop_names=desktops,
                   filtered=bool(query), paged="before_id" in request.query,
@@ -353,7 +353,7 @@ async def audit_csv(request: web.Request) -> web.StreamResponse:
     writer.writerow(CSV_COLUMNS)
     sent, before = 0, None
     while sent < EXPORT_CAP:
-        batch = await request.app[ADMIN].audit(
+        batch = await request.app[AUDIT_TRAIL].events(
             limit=min(EXPORT_BATCH, EXPORT_CAP - sent), before_id=before, **args)
         for event in batch:
             writer.writerow(csv_row(event))

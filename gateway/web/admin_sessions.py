@@ -19,10 +19,10 @@ from aiohttp import web
 from ua_parser import parse as ua_parse
 
 from ..errors import BadRequest
-from ..keys import ADMIN, BROKER, EVENTS, LIVE, SHUTTING_DOWN, STORE
-from ..model import Admission, Desktop, Session, SessionState, User, WebSession
+from ..keys import BROKER, EVENTS, LIVE, SESSIONS, SHUTTING_DOWN
+from ..model import Admission, Desktop, Session, User, WebSession
 from .client import relay_socket
-from .common import check_csrf, client_ip, render, require_admin, user_agent
+from .common import actor, check_csrf, client_ip, render, require_admin, user_agent
 from .inputs import form_fields, json_object
 from .sse import EventStream
 
@@ -32,7 +32,6 @@ SNAPSHOT_SECONDS = 1.0
 RECENT_LIMIT = 25  # closed sessions per page of history
 FAILED_LIMIT = 25  # the newest failed attempts
 MAX_PAGE = 10_000
-FAILED = "failed"  # SessionState.FAILED: an attempt that never reached the desktop
 
 
 def _session_id(request: web.Request) -> str:
@@ -72,17 +71,14 @@ async def snapshot(app: web.Application, page: int = 1, search: str = "") -> dic
     """Live sessions with their figures; one page of closed sessions (newest first) and the
     newest failed attempts, both filtered by ``search``; names link to ids, desktops carry
     their address, user agents a readable browser and OS."""
-    admin = app[ADMIN]
-    store = app[STORE]
-    closed = await store.list_sessions(state=SessionState.CLOSED.value, search=search,
-                                       limit=RECENT_LIMIT + 1,
-                                       offset=(page - 1) * RECENT_LIMIT)
-    failed = await store.list_sessions(state=FAILED, search=search, limit=FAILED_LIMIT)
-    users = {u.id: u.name for u in await store.list_users()}
-    desktops = {d.id: d for d in await store.list_desktops()}
+    sessions = app[SESSIONS]
+    history = await sessions.history(search=search, limit=RECENT_LIMIT + 1,
+                                      offset=(page - 1) * RECENT_LIMIT, failed_limit=FAILED_LIMIT)
+    closed, failed = history.closed, history.failed
+    users, desktops = history.users, history.desktops
     user_ids = {name: uid for uid, name in users.items()}
     desktop_ids = {d.name: d for d in desktops.values()}
-    live = admin.live_figures()
+    live = sessions.live_figures()
     agents = {s.user_agent for s in (*closed, *failed)} | {f["user_agent"] or "" for f in live}
     browsers = await asyncio.to_thread(lambda: {a: browser_and_os(a) for a in agents})
 
@@ -179,7 +175,8 @@ def _done(request: web.Request, **data: Any) -> web.StreamResponse:
 async def disconnect(request: web.Request) -> web.StreamResponse:
     _, admin = await require_admin(request)
     fields = await _fields(request)
-    await request.app[ADMIN].disconnect(admin, _session_id(request), fields.get("reason", ""))
+    await request.app[SESSIONS].disconnect(actor(request, admin), _session_id(request),
+                                           fields.get("reason", ""))
     return _done(request)
 
 
@@ -187,7 +184,8 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
 async def message(request: web.Request) -> web.StreamResponse:
     _, admin = await require_admin(request)
     fields = await _fields(request)
-    await request.app[ADMIN].message(admin, _session_id(request), fields.get("text", ""))
+    await request.app[SESSIONS].message(actor(request, admin), _session_id(request),
+                                        fields.get("text", ""))
     return _done(request)
 
 

@@ -1,4 +1,4 @@
-"""The admin REST API under /api/v1: JSON in and out, the use cases of ``AdminService``.
+"""The admin REST API under /api/v1: JSON in and out, over the use cases (gateway/cases/).
 
 Every operation is declared once in ``API`` (gateway/web/openapi.py), which both registers it and
 documents it. Every operation but the OpenAPI document itself passes ``_guard``: deny by default.
@@ -12,13 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..admin import DesktopView
-from ..audit import AuditKind
+from ..cases.actor import Actor
+from ..cases.catalog import DesktopView, provider_names
 from ..errors import BadRequest, Forbidden, Unauthorized
-from ..keys import ADMIN, AUDIT, SERVICES
+from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, SESSIONS
 from ..model import ApiToken, AuditEvent, Desktop, Session, User
 from ..rdp.options import OPTIONS as RDP_OPTIONS
-from .common import check_csrf, client_ip, require_admin
+from .common import actor, check_csrf, require_admin
 from .inputs import json_object, parse_int, parse_time, query_int
 from .openapi import (
     BOOLEAN,
@@ -38,6 +38,7 @@ from .openapi import (
 )
 
 PREFIX = "/api/v1"
+_PROVIDER = {"type": "string", "enum": list(provider_names())}
 API_ADMIN = web.RequestKey("api_admin", User)
 MAX_LIMIT = 1000
 
@@ -45,7 +46,7 @@ MAX_LIMIT = 1000
 _DESKTOP = obj(
     ("id", "name", "provider", "host", "port", "protocol", "has_password", "maintenance", "users",
      "groups", "state"),
-    id=INTEGER, name=STRING, provider={"type": "string", "enum": ["static", "local"]},
+    id=INTEGER, name=STRING, provider=_PROVIDER,
     host=STRING, port=INTEGER, protocol={"type": "string", "enum": ["vnc", "rdp"]},
     has_password={**BOOLEAN, "description": "the password itself is write-only"},
     maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
@@ -91,9 +92,8 @@ _ASSIGNMENT = {**obj(user_id=INTEGER, group=STRING), "description": "exactly one
 
 # authentication ---------------------------------------------------------------------------------
 async def _refuse(request: web.Request, user: User, why: str) -> None:
-    await request.app[AUDIT].record(AuditKind.ADMIN_DENIED, user=user.name,
-                                    client_ip=client_ip(request),
-                                    detail=f"{request.method} {request.path}: {why}")
+    await request.app[AUDIT_TRAIL].refused(actor(request, user),
+                                           f"{request.method} {request.path}: {why}")
 
 
 async def authenticate(request: web.Request, op: Operation) -> User:
@@ -107,7 +107,7 @@ async def authenticate(request: web.Request, op: Operation) -> User:
         scheme, _, secret = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthorized("use Authorization: Bearer <token>")
-        token, user = await request.app[ADMIN].authenticate_token(secret.strip())
+        token, user = await request.app[ACCOUNTS].authenticate_token(secret.strip())
         if op.writes and token.read_only:
             await _refuse(request, user, f"read-only token {token.id}")
             raise Forbidden("this token is read-only")
@@ -175,8 +175,9 @@ def _limit(request: web.Request, default: int) -> int:
     return default if limit is None else limit
 
 
-def _admin(request: web.Request) -> User:
-    return request[API_ADMIN]
+def _admin(request: web.Request) -> Actor:
+    """The admin behind the request (a token's owner or a signed-in admin) as the actor."""
+    return actor(request, request[API_ADMIN])
 
 
 # output: explicit builders, never a secret --------------------------------------------------------
@@ -213,7 +214,7 @@ def audit_json(e: AuditEvent) -> dict[str, Any]:
 
 
 async def _desktop_out(request: web.Request, view: DesktopView) -> dict[str, Any]:
-    return desktop_json(view, await request.app[ADMIN].state(view.desktop))
+    return desktop_json(view, await request.app[CATALOG].state(view.desktop))
 
 
 # the document -----------------------------------------------------------------------------------
@@ -230,17 +231,17 @@ async def openapi_document(request: web.Request) -> web.StreamResponse:
                             recent=array(ref("Session"))))
 async def list_sessions(request: web.Request) -> web.StreamResponse:
     limit = _limit(request, 50)
-    admin = request.app[ADMIN]
-    return web.json_response({"live": admin.live_figures(),
+    sessions = request.app[SESSIONS]
+    return web.json_response({"live": sessions.live_figures(),
                               "recent": [session_json(s) for s in
-                                         await admin.recent_sessions(limit)]})
+                                         await sessions.recent(limit)]})
 
 
 @API.operation("POST", f"{PREFIX}/sessions/{{id}}/disconnect", "End a live session for good",
                tag="sessions", path_types={"id": STRING}, request=obj(reason=STRING))
 async def disconnect_session(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"reason"})
-    await request.app[ADMIN].disconnect(_admin(request), request.match_info["id"],
+    await request.app[SESSIONS].disconnect(_admin(request), request.match_info["id"],
                                         _typed(body, "reason", str) or "")
     return web.Response(status=204)
 
@@ -249,8 +250,8 @@ async def disconnect_session(request: web.Request) -> web.StreamResponse:
                tag="sessions", path_types={"id": STRING}, request=obj(("text",), text=STRING))
 async def message_session(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"text"})
-    await request.app[ADMIN].message(_admin(request), request.match_info["id"],
-                                     _typed(body, "text", str, required=True))
+    await request.app[SESSIONS].message(_admin(request), request.match_info["id"],
+                                        _typed(body, "text", str, required=True))
     return web.Response(status=204)
 
 
@@ -258,7 +259,7 @@ async def message_session(request: web.Request) -> web.StreamResponse:
 @API.operation("GET", f"{PREFIX}/desktops", "All desktops", tag="desktops",
                response=obj(("desktops",), desktops=array(ref("Desktop"))))
 async def list_desktops(request: web.Request) -> web.StreamResponse:
-    views = await request.app[ADMIN].desktop_views()
+    views = await request.app[CATALOG].desktop_views()
     # The states are asked all at once: each may take up to Providers.state's bound.
     return web.json_response({"desktops": list(await asyncio.gather(
         *(_desktop_out(request, v) for v in views)))})
@@ -275,7 +276,7 @@ def _rdp_body(body: dict[str, Any]) -> dict[str, str] | None:
 
 @API.operation("POST", f"{PREFIX}/desktops", "Add a desktop", tag="desktops", status=201,
                request=obj(("name", "provider"), name=STRING,
-                           provider={"type": "string", "enum": ["static", "local"]},
+                           provider=_PROVIDER,
                            host=STRING, port=INTEGER,
                            protocol={"type": "string", "enum": ["vnc", "rdp"]},
                            rdp=_RDP_OPTIONS, password={**STRING, "writeOnly": True}),
@@ -284,23 +285,20 @@ async def create_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "provider", "host", "port", "password", "protocol",
                                  "rdp"})
     rdp = _rdp_body(body)
-    desktop: Desktop = await request.app[SERVICES].add_desktop(
-        _typed(body, "name", str, required=True), _typed(body, "provider", str, required=True),
+    desktop: Desktop = await request.app[CATALOG].add_desktop(
+        _admin(request), _typed(body, "name", str, required=True),
+        _typed(body, "provider", str, required=True),
         host=_typed(body, "host", str) or "", port=_typed(body, "port", int) or 0,
         password=_typed(body, "password", str) or None,
         protocol=_typed(body, "protocol", str) or "vnc", options=rdp)
-    # Services.add_desktop records the creation; this names who did it.
-    await request.app[AUDIT].record(AuditKind.ADMIN, desktop=desktop.name,
-                                    detail=f"desktop {desktop.id} created through the API"
-                                           f" (by {_admin(request).name})")
-    view = await request.app[ADMIN].desktop_view(desktop.id)
+    view = await request.app[CATALOG].desktop_view(desktop.id)
     return web.json_response(await _desktop_out(request, view), status=201)
 
 
 @API.operation("GET", f"{PREFIX}/desktops/{{id}}", "One desktop, its assignments and state",
                tag="desktops", response=ref("Desktop"))
 async def get_desktop(request: web.Request) -> web.StreamResponse:
-    view = await request.app[ADMIN].desktop_view(_id(request))
+    view = await request.app[CATALOG].desktop_view(_id(request))
     return web.json_response(await _desktop_out(request, view))
 
 
@@ -313,20 +311,20 @@ async def update_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "host", "port", "password", "clear_password",
                                  "maintenance", "rdp"})
     desktop_id = _id(request)
-    await request.app[ADMIN].update_desktop(
+    await request.app[CATALOG].update_desktop(
         _admin(request), desktop_id, name=_typed(body, "name", str),
         host=_typed(body, "host", str), port=_typed(body, "port", int),
         password=_typed(body, "password", str), clear_password=bool(
             _typed(body, "clear_password", bool)), maintenance=_typed(body, "maintenance", bool),
         rdp=_rdp_body(body))
-    view = await request.app[ADMIN].desktop_view(desktop_id)
+    view = await request.app[CATALOG].desktop_view(desktop_id)
     return web.json_response(await _desktop_out(request, view))
 
 
 @API.operation("DELETE", f"{PREFIX}/desktops/{{id}}", "Delete a desktop (stops it first)",
                tag="desktops")
 async def delete_desktop(request: web.Request) -> web.StreamResponse:
-    await request.app[ADMIN].delete_desktop(_admin(request), _id(request))
+    await request.app[CATALOG].delete_desktop(_admin(request), _id(request))
     return web.Response(status=204)
 
 
@@ -335,8 +333,9 @@ async def _assignment(request: web.Request, remove: bool) -> web.StreamResponse:
     user_id, group = _typed(body, "user_id", int), _typed(body, "group", str)
     if remove and not body:  # DELETE bodies are unusual: query parameters work as well
         user_id, group = query_int(request, "user_id"), request.query.get("group")
-    view = await request.app[ADMIN].assign(_admin(request), _id(request), user_id=user_id,
-                                           group=group, remove=remove)
+    done = await request.app[CATALOG].assign(_admin(request), _id(request), user_id=user_id,
+                                             group=group, remove=remove)
+    view = await request.app[CATALOG].desktop_view(done.desktop.id)
     return web.json_response(await _desktop_out(request, view))
 
 
@@ -362,7 +361,7 @@ async def unassign_desktop(request: web.Request) -> web.StreamResponse:
                response=obj(("state",), state=STRING))
 async def power_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"action"})
-    state = await request.app[ADMIN].power(_admin(request), _id(request),
+    state = await request.app[CATALOG].power(_admin(request), _id(request),
                                            _typed(body, "action", str, required=True))
     return web.json_response({"state": state})
 
@@ -372,21 +371,21 @@ async def power_desktop(request: web.Request) -> web.StreamResponse:
                tag="users", query=(Param("search", STRING),),
                response=obj(("users",), users=array(ref("User"))))
 async def list_users(request: web.Request) -> web.StreamResponse:
-    users = await request.app[ADMIN].users(request.query.get("search", ""))
+    users = await request.app[ACCOUNTS].users(request.query.get("search", ""))
     return web.json_response({"users": [user_json(u) for u in users]})
 
 
 @API.operation("GET", f"{PREFIX}/users/{{id}}", "A user with groups, desktops, recent sessions",
                tag="users", response=_USER_DETAIL)
 async def get_user(request: web.Request) -> web.StreamResponse:
-    view = await request.app[ADMIN].user_view(_id(request))
+    view = await request.app[ACCOUNTS].user_view(_id(request))
     return web.json_response({**user_json(view.user), "groups": view.groups,
                               "desktops": [{"id": d.id, "name": d.name} for d in view.desktops],
                               "sessions": [session_json(s) for s in view.sessions]})
 
 
 async def _set_disabled(request: web.Request, disabled: bool) -> web.StreamResponse:
-    user = await request.app[ADMIN].set_disabled(_admin(request), _id(request), disabled)
+    user = await request.app[ACCOUNTS].set_disabled(_admin(request), _id(request), disabled)
     return web.json_response(user_json(user))
 
 
@@ -407,10 +406,8 @@ async def enable_user(request: web.Request) -> web.StreamResponse:
                "Forget a user's TOTP secret and recovery codes; they enrol again", tag="users",
                response=ref("User"))
 async def reset_totp(request: web.Request) -> web.StreamResponse:
-    admin = request.app[ADMIN]
-    user_id = _id(request)
-    await admin.reset_totp(_admin(request), user_id)
-    return web.json_response(user_json(await admin.user(user_id)))
+    user = await request.app[ACCOUNTS].reset_totp(_admin(request), _id(request))
+    return web.json_response(user_json(user))
 
 
 # audit ------------------------------------------------------------------------------------------
@@ -428,7 +425,7 @@ _TIME = {"type": "string", "description": "ISO 8601, or seconds since the epoch"
 async def query_audit(request: web.Request) -> web.StreamResponse:
     q = request.query
     limit = _limit(request, 100)
-    events = await request.app[ADMIN].audit(
+    events = await request.app[AUDIT_TRAIL].events(
         limit=limit, user=q.get("user") or None, desktop=q.get("desktop") or None,
         kind=q.get("kind") or None,
         since=parse_time(q.get("since", ""), "since", epoch_seconds=True),
@@ -442,11 +439,11 @@ async def query_audit(request: web.Request) -> web.StreamResponse:
 @API.operation("GET", f"{PREFIX}/tokens", "API tokens (never their secrets)", tag="tokens",
                response=obj(("tokens",), tokens=array(ref("ApiToken"))))
 async def list_tokens(request: web.Request) -> web.StreamResponse:
-    admin = request.app[ADMIN]
-    names = {u.id: u.name for u in await admin.users()}
+    accounts = request.app[ACCOUNTS]
+    names = {u.id: u.name for u in await accounts.users()}
     now = time.time()
     return web.json_response({"tokens": [token_json(t, names.get(t.user_id), now)
-                                         for t in await admin.tokens()]})
+                                         for t in await accounts.tokens()]})
 
 
 @API.operation("POST", f"{PREFIX}/tokens",
@@ -458,18 +455,18 @@ async def list_tokens(request: web.Request) -> web.StreamResponse:
                                                      "properties": {"secret": STRING}}]})
 async def create_token(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "days", "read_only"})
-    admin = _admin(request)
+    owner = request[API_ADMIN]
     days = _typed(body, "days", int)
-    token, secret = await request.app[ADMIN].create_token(
-        admin, _typed(body, "name", str, required=True), days=30 if days is None else days,
-        read_only=bool(_typed(body, "read_only", bool)))
-    return web.json_response({**token_json(token, admin.name, time.time()), "secret": secret},
+    token, secret = await request.app[ACCOUNTS].create_token(
+        _admin(request), owner, _typed(body, "name", str, required=True),
+        days=30 if days is None else days, read_only=bool(_typed(body, "read_only", bool)))
+    return web.json_response({**token_json(token, owner.name, time.time()), "secret": secret},
                              status=201)
 
 
 @API.operation("DELETE", f"{PREFIX}/tokens/{{id}}", "Revoke a token", tag="tokens")
 async def revoke_token(request: web.Request) -> web.StreamResponse:
-    await request.app[ADMIN].revoke_token(_admin(request), _id(request))
+    await request.app[ACCOUNTS].revoke_token(_admin(request), _id(request))
     return web.Response(status=204)
 
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..broker import NO_SUCH_DESKTOP
+from ..cases.access import NO_SUCH_DESKTOP
 from ..errors import (
     WS_INTERNAL,
     BadRequest,
@@ -20,14 +20,15 @@ from ..errors import (
     Unauthorized,
 )
 from ..keys import (
+    ACCESS,
     BROKER,
     CAPACITY,
     LIVE,
     RELAY_TASKS,
     RELAYS,
+    SESSIONS,
     SETTINGS,
     SHUTTING_DOWN,
-    STORE,
     WEBSOCKETS,
 )
 from ..live import ENDED
@@ -52,7 +53,7 @@ def _desktop_id(request: web.Request) -> int:
 @routes.get(r"/desktops/{desktop_id}")
 async def client_page(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
-    desktop = await request.app[BROKER].check_access(user, _desktop_id(request),
+    desktop = await request.app[ACCESS].check_access(user, _desktop_id(request),
                                                      client_ip(request))
     return render(request, "session.html", desktop=desktop,
                   may_store_credentials=request.app[SETTINGS].rdp_store_credentials)
@@ -122,8 +123,8 @@ async def forget_credentials(request: web.Request) -> web.StreamResponse:
 @routes.get(r"/sessions/{session_id}")
 async def session_status(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
-    session = await request.app[STORE].get_session(request.match_info["session_id"][:64])
-    if session is None or session.user_id != user.id:
+    session = await request.app[SESSIONS].session_of(user, request.match_info["session_id"])
+    if session is None:
         raise NotFound("no such session")
     live = request.app[LIVE].get(session.id)
     if live is not None and live.end_reason is not None:
@@ -145,9 +146,9 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     whether the desktop answers ({"type": "desktop", "responding": bool})."""
     _, user = require_signed_in(request)
     session_id = request.match_info["session_id"][:64]
-    session = await request.app[STORE].get_session(session_id)
+    session = await request.app[SESSIONS].session_of(user, session_id)
     live = request.app[LIVE].get(session_id)
-    if session is None or session.user_id != user.id or live is None or live.watch_of:
+    if session is None or live is None or live.watch_of:
         raise NotFound("no such live session")
     request.app[CAPACITY].stream_for_this_task()  # one descriptor of this node's capacity
     stream = await EventStream.open(request)

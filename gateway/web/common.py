@@ -6,10 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..audit import AuditKind
 from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME, csrf_ok
+from ..cases.actor import Actor
 from ..errors import CsrfError, Forbidden, Unauthorized
-from ..keys import AUDIT, SETTINGS, STORE, TEMPLATES
+from ..keys import AUDIT_TRAIL, SETTINGS, SIGNIN, TEMPLATES
 from ..model import User, WebSession, WebSessionState
 from .inputs import form_fields, header_text
 
@@ -31,6 +31,11 @@ def user_agent(request: web.Request) -> str:
     return header_text(request, "User-Agent")
 
 
+def actor(request: web.Request, user: User) -> Actor:
+    """``user`` acting from this request's client address: what the use cases audit."""
+    return Actor.of(user, client_ip(request))
+
+
 def current(request: web.Request) -> tuple[WebSession | None, User | None]:
     return request.get(WEB_SESSION), request.get(USER)
 
@@ -47,9 +52,8 @@ async def require_admin(request: web.Request) -> tuple[WebSession, User]:
     """A fully signed-in admin, or Forbidden (and an audit event). Deny by default."""
     ws, user = require_signed_in(request)
     if not user.is_admin:
-        await request.app[AUDIT].record(AuditKind.ADMIN_DENIED, user=user.name,
-                                        client_ip=client_ip(request),
-                                        detail=f"{request.method} {request.path}")
+        await request.app[AUDIT_TRAIL].refused(actor(request, user),
+                                               f"{request.method} {request.path}")
         raise Forbidden("this page is for administrators")
     return ws, user
 
@@ -95,5 +99,5 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
 
 
 async def load_user(request: web.Request, ws: WebSession) -> User | None:
-    user = await request.app[STORE].get_user(ws.user_id)
-    return None if user is None or user.disabled else user
+    """The web session's account, or None when it was disabled or deleted since."""
+    return await request.app[SIGNIN].user_of(ws)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import WS_SIGNED_OUT, GatewayError
-from ..keys import LIVE, SERVICES, SETTINGS, SSO
+from ..keys import LIVE, SETTINGS, SIGNIN, SSO
 from ..model import WebSession, WebSessionState
 from .common import (
+    actor,
     check_form_csrf,
     clear_session_cookie,
     client_ip,
@@ -45,7 +46,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     username = form.get("username", "")[:200]
     password = form.get("password", "")[:1000]
     try:
-        cookie, _, _ = await request.app[SERVICES].sign_in_password(
+        cookie, _, _ = await request.app[SIGNIN].sign_in_password(
             username, password, client_ip(request), user_agent(request))
     except GatewayError as exc:
         return _login_page(request, http_status=exc.http_status, error=exc.reason)
@@ -68,7 +69,7 @@ async def _second_factor_page(request: web.Request, *, http_status: int = 200,
     assert user is not None
     if user.totp_enrolled:
         return render(request, "totp_verify.html", http_status=http_status, error=error)
-    enrolment = await request.app[SERVICES].enrolment(user)
+    enrolment = await request.app[SIGNIN].enrolment(user)
     return render(request, "totp_enrol.html", http_status=http_status, error=error,
                   secret=enrolment.secret, otpauth_uri=enrolment.uri, qr_svg=enrolment.qr_svg)
 
@@ -86,7 +87,7 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
     ws, _ = current(request)
     assert ws is not None
     try:
-        result = await request.app[SERVICES].second_factor(ws, form.get("code", "")[:64],
+        result = await request.app[SIGNIN].second_factor(ws, form.get("code", "")[:64],
                                                            client_ip(request))
     except GatewayError as exc:
         return await _second_factor_page(request, http_status=exc.http_status, error=exc.reason)
@@ -101,7 +102,7 @@ async def _unsaved_codes(request: web.Request) -> tuple[WebSession, list[str] | 
     ws, _ = current(request)
     if ws is None or ws.state is not WebSessionState.AUTHENTICATED:
         raise web.HTTPSeeOther("/login")
-    return ws, await request.app[SERVICES].unsaved_recovery_codes(ws)
+    return ws, await request.app[SIGNIN].unsaved_recovery_codes(ws)
 
 
 @routes.get("/login/recovery")
@@ -134,16 +135,16 @@ async def recovery_download(request: web.Request) -> web.StreamResponse:
 async def recovery_saved(request: web.Request) -> web.StreamResponse:
     await check_form_csrf(request)
     ws, _ = await _unsaved_codes(request)
-    await request.app[SERVICES].recovery_codes_saved(ws)
+    await request.app[SIGNIN].recovery_codes_saved(ws)
     return redirect("/")
 
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    ws, _ = current(request)
-    if ws is not None:
+    ws, user = current(request)
+    if ws is not None and user is not None:  # the middleware loads the two together
         await check_form_csrf(request)
-        await request.app[SERVICES].sign_out(ws, client_ip(request))
+        await request.app[SIGNIN].sign_out(actor(request, user), ws)
         await request.app[LIVE].end_for_web_session(ws.id, WS_SIGNED_OUT, "you signed out")
         # RP-initiated logout: also end the session at the identity provider, when it can.
         login_url = request.app[SETTINGS].public_url.rstrip("/") + "/login"

@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from ..auth.sessions import COOKIE_NAME, PRE_COOKIE_NAME
 from ..config import Settings
 from ..errors import WS_INTERNAL, BadRequest, GatewayError, Unauthorized
-from ..keys import SERVICES, SETTINGS
+from ..keys import SETTINGS, SIGNIN
 from .common import PRE_TOKEN, USER, WEB_SESSION, load_user, render
 
 log = logging.getLogger("deskgate.web")
@@ -175,7 +175,7 @@ async def web_session(request: web.Request, handler: Handler) -> web.StreamRespo
     """Load the server-side session behind the cookie; give anonymous visitors a CSRF token."""
     if request.path.startswith(("/static/", "/novnc/")) or request.path == "/healthz":
         return await handler(request)
-    services = request.app[SERVICES]
+    services = request.app[SIGNIN]
     ws = await services.sessions.load(request.cookies.get(COOKIE_NAME))
     if ws is not None:
         user = await load_user(request, ws)

@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from hostile_idp import HostileIdp
 
 from gateway.app import create_app
+from gateway.cases.sso import LOGIN_TTL
 from gateway.config import Settings
 from gateway.keys import STORE
-from gateway.sso import LOGIN_TTL
 from gateway.store.sqlite import SQLiteStore
 
 Client = TestClient  # type: ignore[type-arg]

@@ -18,10 +18,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hostile_idp import Grant, HostileIdp, IdpKey, at_hash
 
-from gateway.app import build_services, create_app
+from gateway.app import build_cases, create_app
+from gateway.cases.actor import Actor
 from gateway.config import Settings
 from gateway.keys import STORE
 from gateway.store.sqlite import SQLiteStore
+
+CLI = Actor.cli()  # who makes the changes that set the scene
 
 Client = TestClient  # type: ignore[type-arg]
 
@@ -36,10 +39,11 @@ async def make_client(settings: Settings, hostile_idp: HostileIdp
         s = dataclasses.replace(settings, oidc=(config,))
         store = SQLiteStore(s.database_path)
         await store.open()
-        services = build_services(s, store)
+        cases = build_cases(s, store)
         if await store.get_desktop_by_name("Design VM") is None:
-            await services.add_desktop("Design VM", "static", host="127.0.0.1", port=1)
-            await services.assign_group("Design VM", "designers")
+            vm = await cases.catalog.add_desktop(CLI, "Design VM", "static", host="127.0.0.1",
+                                                 port=1)
+            await cases.catalog.assign(CLI, vm.id, group="designers")
         await store.close()
         client = TestClient(TestServer(create_app(s)))
         await client.start_server()

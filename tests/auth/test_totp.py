@@ -7,12 +7,15 @@ import base64
 import pyotp
 import pytest
 
+from gateway.app import Cases
 from gateway.auth.totp import TotpFactor
+from gateway.cases.actor import Actor
 from gateway.crypto import SecretBox
 from gateway.errors import AccountLocked, SecondFactorFailed
 from gateway.model import WebSessionState
-from gateway.services import Services
 from gateway.store.sqlite import SQLiteStore
+
+CLI = Actor.cli()  # who makes the changes that set the scene
 
 
 class Clock:
@@ -40,22 +43,22 @@ async def _enrolled(store: SQLiteStore, box: SecretBox, clock: Clock) -> tuple[T
 
 
 async def test_enrolment_shows_qr_and_keeps_secret_until_confirmed(store: SQLiteStore,
-                                                                   services: Services) -> None:
+                                                                   cases: Cases) -> None:
     user = await store.create_user("bob", None, False)
-    first = await services.totp.enrolment(user)
-    again = await services.totp.enrolment(user)
+    first = await cases.signin.totp.enrolment(user)
+    again = await cases.signin.totp.enrolment(user)
     assert first.secret == again.secret
     assert first.qr_svg.startswith("<svg") and "otpauth://totp/" in first.uri
     secret_enc, enrolled, _ = await store.get_totp(user.id)
     assert not enrolled and secret_enc is not None and first.secret not in secret_enc
     wrong = "000000" if pyotp.TOTP(first.secret).now() != "000000" else "111111"
-    assert await services.totp.confirm_enrolment(user, wrong) is None
+    assert await cases.signin.totp.confirm_enrolment(user, wrong) is None
     assert not (await store.get_totp(user.id))[1]
 
 
-async def test_window_accepts_neighbouring_steps_only(store: SQLiteStore, services: Services) -> None:
+async def test_window_accepts_neighbouring_steps_only(store: SQLiteStore, cases: Cases) -> None:
     clock = Clock(1_700_000_000.0)
-    totp, secret, uid = await _enrolled(store, services.box, clock)
+    totp, secret, uid = await _enrolled(store, cases.box, clock)
     user = await store.get_user(uid)
     assert user is not None
     gen = pyotp.TOTP(secret)
@@ -69,9 +72,9 @@ async def test_window_accepts_neighbouring_steps_only(store: SQLiteStore, servic
 
 
 async def test_replay_of_same_or_older_step_is_rejected(store: SQLiteStore,
-                                                        services: Services) -> None:
+                                                        cases: Cases) -> None:
     clock = Clock(1_700_000_000.0)
-    totp, secret, uid = await _enrolled(store, services.box, clock)
+    totp, secret, uid = await _enrolled(store, cases.box, clock)
     user = await store.get_user(uid)
     assert user is not None
     gen = pyotp.TOTP(secret)
@@ -87,32 +90,32 @@ async def test_replay_of_same_or_older_step_is_rejected(store: SQLiteStore,
 
 
 async def test_recovery_codes_are_single_use_and_hashed(store: SQLiteStore,
-                                                        services: Services) -> None:
+                                                        cases: Cases) -> None:
     user = await store.create_user("carol", None, False)
-    enrolment = await services.totp.enrolment(user)
-    codes = await services.totp.confirm_enrolment(user, pyotp.TOTP(enrolment.secret).now())
+    enrolment = await cases.signin.totp.enrolment(user)
+    codes = await cases.signin.totp.confirm_enrolment(user, pyotp.TOTP(enrolment.secret).now())
     assert codes is not None
     async with store.db.execute("SELECT code_hash FROM recovery_codes") as cur:
         stored = [r[0] for r in await cur.fetchall()]
     assert not any(c.replace("-", "") in h for c in codes for h in stored)
-    assert await services.totp.use_recovery_code(user, codes[0].upper())  # case and dash tolerant
-    assert not await services.totp.use_recovery_code(user, codes[0])
+    assert await cases.signin.totp.use_recovery_code(user, codes[0].upper())  # case and dash tolerant
+    assert not await cases.signin.totp.use_recovery_code(user, codes[0])
     assert await store.count_recovery_codes(user.id) == 9
-    assert not await services.totp.use_recovery_code(user, "nope")
+    assert not await cases.signin.totp.use_recovery_code(user, "nope")
 
 
-async def test_wrong_codes_lock_the_account(store: SQLiteStore, services: Services) -> None:
-    await services.add_user("dave", password="correct horse")
+async def test_wrong_codes_lock_the_account(store: SQLiteStore, cases: Cases) -> None:
+    await cases.accounts.add_user(CLI, "dave", password="correct horse")
     user = await store.get_user_by_name("dave")
     assert user is not None
-    enrolment = await services.totp.enrolment(user)
-    assert await services.totp.confirm_enrolment(user, pyotp.TOTP(enrolment.secret).now())
-    _, ws, _ = await services.sign_in_password("dave", "correct horse", "10.0.0.1", "ua")
+    enrolment = await cases.signin.totp.enrolment(user)
+    assert await cases.signin.totp.confirm_enrolment(user, pyotp.TOTP(enrolment.secret).now())
+    _, ws, _ = await cases.signin.sign_in_password("dave", "correct horse", "10.0.0.1", "ua")
     assert ws.state is WebSessionState.PASSWORD_OK
     for _ in range(5):
         with pytest.raises(SecondFactorFailed):
-            await services.second_factor(ws, "000000", "10.0.0.1")
+            await cases.signin.second_factor(ws, "000000", "10.0.0.1")
     with pytest.raises(AccountLocked):
-        await services.second_factor(ws, pyotp.TOTP(enrolment.secret).now(), "10.0.0.1")
+        await cases.signin.second_factor(ws, pyotp.TOTP(enrolment.secret).now(), "10.0.0.1")
     kinds = [e.kind for e in await store.list_audit(limit=20)]
     assert "account.locked" in kinds and kinds.count("second_factor.failed") >= 5

@@ -19,14 +19,17 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hostile_idp import HostileIdp
 
-from gateway.app import build_services, create_app
+from gateway.app import Cases, build_cases, create_app
+from gateway.cases.actor import Actor
+from gateway.cases.catalog import Assignment
 from gateway.config import Settings
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.keys import STORE
 from gateway.names import name_key
-from gateway.services import Services
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite import SQLiteStore
+
+CLI = Actor.cli()  # who makes the changes that set the scene
 
 Client = TestClient  # type: ignore[type-arg]
 
@@ -42,29 +45,29 @@ def test_look_alike_names_share_one_key_and_different_names_do_not() -> None:
 
 
 async def test_local_user_add_of_a_look_alike_is_refused_with_a_clear_error(
-        services: Services) -> None:
-    admin, _ = await services.add_user("admin", admin=True)
+        cases: Cases) -> None:
+    admin, _ = await cases.accounts.add_user(CLI, "admin", admin=True)
     for name in LOOK_ALIKES:
         with pytest.raises(Conflict) as err:
-            await services.add_user(name, password="a-long-password")
+            await cases.accounts.add_user(CLI, name, password="a-long-password")
         assert err.value.reason == (f"user name {name!r} is taken: it looks like the existing"
                                     f" user 'admin' (#{admin.id})")
     with pytest.raises(Conflict, match="user 'admin' already exists"):
-        await services.add_user("admin", password="a-long-password")
-    assert [u.name for u in await services.store.list_users()] == ["admin"]
+        await cases.accounts.add_user(CLI, "admin", password="a-long-password")
+    assert [u.name for u in await cases.store.list_users()] == ["admin"]
 
 
 async def test_many_colliding_user_adds_in_flight_make_exactly_one_account(
-        services: Services) -> None:
+        cases: Cases) -> None:
     names = [LOOK_ALIKES[i % len(LOOK_ALIKES)] for i in range(60)] + ["admin"] * 20
     results = await asyncio.gather(
-        *(services.add_user(n, password="a-long-password") for n in names),
+        *(cases.accounts.add_user(CLI, n, password="a-long-password") for n in names),
         return_exceptions=True)
     made = [r for r in results if not isinstance(r, BaseException)]
     errors = [r for r in results if isinstance(r, BaseException)]
     assert len(made) == 1 and len(errors) == len(names) - 1
     assert all(isinstance(e, Conflict) for e in errors), {type(e) for e in errors}
-    users = await services.store.list_users()
+    users = await cases.store.list_users()
     assert len(users) == 1 and users[0].name_key == name_key("admin")
 
 
@@ -101,29 +104,33 @@ async def test_existing_look_alike_accounts_are_kept_and_reported_at_upgrade(
 
 
 async def test_assign_takes_an_unambiguous_identity_and_lists_the_candidates_otherwise(
-        services: Services) -> None:
-    store = services.store
-    admin, _ = await services.add_user("admin", admin=True)
+        cases: Cases) -> None:
+    store = cases.store
+    admin, _ = await cases.accounts.add_user(CLI, "admin", admin=True)
     impostor = await store.create_user("admin@evil", None, False, source="evil")
     await store.link_identity("evil", "s-1", impostor.id)
     corp = await store.create_user("carol", None, False, source="corp")
     await store.link_identity("corp", "c-9", corp.id)
-    await services.add_desktop("VM", "static", host="127.0.0.1", port=5999)
+    vm = (await cases.catalog.add_desktop(CLI, "VM", "static", host="127.0.0.1", port=5999)).id
 
-    assert (await services.assign("VM", "admin")).id == admin.id
-    assert (await services.assign("VM", "corp:c-9")).id == corp.id
-    assert (await services.assign("VM", user_id=impostor.id)).id == impostor.id
+    def assigned(done: Assignment) -> int:
+        assert done.user is not None
+        return done.user.id
+
+    assert assigned(await cases.catalog.assign(CLI, vm, user_ref="admin")) == admin.id
+    assert assigned(await cases.catalog.assign(CLI, vm, user_ref="corp:c-9")) == corp.id
+    assert assigned(await cases.catalog.assign(CLI, vm, user_id=impostor.id)) == impostor.id
     with pytest.raises(BadRequest) as err:
-        await services.assign("VM", "Admin")  # only looks like a name
+        await cases.catalog.assign(CLI, vm, user_ref="Admin")  # only looks like a name
     assert err.value.reason == (f"'Admin' names no user exactly, but looks like: #{admin.id}"
                                 " admin (local). Name the account by id (--user-id N) or as"
                                 " PROVIDER:SUBJECT")
     with pytest.raises(NotFound):
-        await services.assign("VM", "nobody")
+        await cases.catalog.assign(CLI, vm, user_ref="nobody")
     with pytest.raises(NotFound):
-        await services.assign("VM", user_id=999)
+        await cases.catalog.assign(CLI, vm, user_id=999)
     with pytest.raises(NotFound):
-        await services.assign("VM", "corp:nobody")
+        await cases.catalog.assign(CLI, vm, user_ref="corp:nobody")
 
 
 # -- single sign-on ------------------------------------------------------------------------------
@@ -134,7 +141,7 @@ async def gateway(settings: Settings, hostile_idp: HostileIdp) -> AsyncIterator[
     s = dataclasses.replace(settings, oidc=(hostile_idp.config(require_totp=False),))
     store = SQLiteStore(s.database_path)
     await store.open()
-    await build_services(s, store).add_user("admin", admin=True)
+    await build_cases(s, store).accounts.add_user(CLI, "admin", admin=True)
     await store.close()
     async with TestClient(TestServer(create_app(s))) as client:
         yield client

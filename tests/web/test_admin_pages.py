@@ -14,8 +14,9 @@ import pytest
 from rdp_servers import make_test_ca
 from websupport import Client, app_client, password_step, secret_of, sign_in
 
+from gateway.cases.actor import Actor
 from gateway.config import Settings
-from gateway.keys import SERVICES, STORE
+from gateway.keys import CATALOG, STORE
 from gateway.model import Session, SessionState
 
 VNC_PASSWORD = "vnc-Secret-4711"  # must never appear in any page once given
@@ -492,8 +493,8 @@ async def test_rdp_desktop_verified_against_a_ca_says_so(client: Client, secrets
 async def test_rdp_desktop_trusting_on_first_use_says_so(client: Client,
                                                          secrets: dict[str, str]) -> None:
     await admin_in(client, secrets)
-    desktop = await client.server.app[SERVICES].add_desktop(
-        "Tofu VM", "static", host="10.9.8.4", port=3389, protocol="rdp",
+    desktop = await client.server.app[CATALOG].add_desktop(
+        Actor.cli(), "Tofu VM", "static", host="10.9.8.4", port=3389, protocol="rdp",
         options={"username": "anna", "cert_policy": "tofu"})
     page = await (await client.get(f"/admin/desktops/{desktop.id}")).text()
     assert "certificate trusted on first use, a changed one refused" in page

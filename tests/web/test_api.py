@@ -18,9 +18,10 @@ from websupport import Client, app_client, password_step, sign_in
 
 from gateway.app import create_app
 from gateway.audit import AuditKind
+from gateway.cases.actor import Actor
 from gateway.config import Settings, load_settings
 from gateway.crypto import new_token, token_hash
-from gateway.keys import ADMIN, STORE
+from gateway.keys import ACCOUNTS, AUDIT_TRAIL, STORE
 from gateway.model import User
 
 VNC_PASSWORD = "vnc-secret-42"
@@ -41,9 +42,9 @@ async def user_named(client: Client, name: str) -> User:
 
 
 async def new_token_for(client: Client, name: str = "root", *, read_only: bool = False) -> str:
-    admin = client.server.app[ADMIN]
-    _, secret = await admin.create_token(await user_named(client, name), "test",
-                                         read_only=read_only)
+    owner = await user_named(client, name)
+    _, secret = await client.server.app[ACCOUNTS].create_token(Actor.of(owner), owner, "test",
+                                                               read_only=read_only)
     return secret
 
 
@@ -83,8 +84,8 @@ async def test_non_admin_session_is_403_and_audited(client: Client) -> None:
     for method, path in routes:
         resp = await client.request(method, path, json={}, headers={"X-CSRF-Token": csrf})
         assert resp.status == 403, (method, path)
-    denied = await client.server.app[ADMIN].audit(kind=AuditKind.ADMIN_DENIED, user="alice",
-                                                  limit=1000)
+    denied = await client.server.app[AUDIT_TRAIL].events(kind=AuditKind.ADMIN_DENIED,
+                                                         user="alice", limit=1000)
     assert len(denied) == len(routes)
 
 
@@ -103,9 +104,9 @@ async def test_expired_and_revoked_tokens_are_401(client: Client) -> None:
     await app[STORE].create_api_token("old", token_hash(expired), root.id, False, now - 100,
                                       now - 1)
     revoked = await new_token_for(client)
-    token_id = (await app[ADMIN].tokens())[-1].id
+    token_id = (await app[ACCOUNTS].tokens())[-1].id
     assert (await client.get(f"{API}/desktops", headers=bearer(revoked))).status == 200
-    await app[ADMIN].revoke_token(root, token_id)
+    await app[ACCOUNTS].revoke_token(Actor.of(root), token_id)
     for method, path in api_routes(client):
         for secret in (expired, revoked):
             resp = await client.request(method, path, json={}, headers=bearer(secret))
@@ -122,7 +123,7 @@ async def test_read_only_token_may_only_read(client: Client) -> None:
     for method, path in routes:
         if method == "GET" and "{" not in path and not path.endswith("/1"):
             assert (await client.get(path, headers=bearer(secret))).status == 200, path
-    denied = await client.server.app[ADMIN].audit(kind=AuditKind.ADMIN_DENIED, limit=1000)
+    denied = await client.server.app[AUDIT_TRAIL].events(kind=AuditKind.ADMIN_DENIED, limit=1000)
     assert len(denied) == len(writes(routes)) and "read-only token" in denied[0].detail
 
 
@@ -205,7 +206,9 @@ async def test_desktop_round_trip(client: Client) -> None:
     assert any("password cleared (by root)" in d for d in details)
     assert "desktop deleted (by root)" in details
     created_by = await call("GET", "/audit?desktop=Lab", 200)
-    assert any("created through the API (by root)" in e["detail"] for e in created_by["events"])
+    # One row for the creation, naming who made it (the API and the admin pages alike).
+    assert [e["detail"] for e in created_by["events"]
+            if "created" in e["detail"]] == ["desktop created (static, vnc) (by root)"]
     assert all(VNC_PASSWORD not in body for body in bodies)
 
 
@@ -386,7 +389,7 @@ async def test_token_commands(tmp_path: Path) -> None:
     assert again.returncode == 1 and "no such token" in again.stderr
     assert "ci" not in deskgate(config, "token", "list").stdout
     audit = deskgate(config, "audit").stdout
-    assert "API token 'ci' created (read-only), 3 days (by admin)" in audit
+    assert "API token 'ci' created (read-only), 3 days, for admin (by the command line)" in audit
     assert f"API token {token_id} revoked (by the command line)" in audit
     assert secret not in audit
 

@@ -8,8 +8,9 @@ import asyncio
 
 from websupport import app_client, base_url, connect, rfb_handshake, sign_in
 
+from gateway.cases.actor import Actor
 from gateway.config import Settings
-from gateway.keys import ADMIN, STORE
+from gateway.keys import ACCOUNTS, STORE
 from gateway.xdisplay.xvnc import XvncDisplay
 
 
@@ -34,7 +35,7 @@ async def test_static_vnc_desktop_shows_running_before_its_first_session(
 
         root = await client.server.app[STORE].get_user_by_name("root")
         assert root is not None
-        _, secret = await client.server.app[ADMIN].create_token(root, "state")
+        _, secret = await client.server.app[ACCOUNTS].create_token(Actor.of(root), root, "state")
         headers = {"Authorization": f"Bearer {secret}"}
         listing = await (await client.get("/api/v1/desktops", headers=headers)).json()
         assert [d["state"] for d in listing["desktops"]] == ["running"]

@@ -21,9 +21,10 @@ from websupport import (
     sign_in,
 )
 
+from gateway.cases.actor import Actor
 from gateway.config import Settings
 from gateway.errors import WS_UPSTREAM_UNREACHABLE
-from gateway.keys import ADMIN, BROKER, SERVICES, STORE
+from gateway.keys import ACCOUNTS, BROKER, CATALOG, STORE
 from gateway.model import SessionState
 from gateway.web.admin_sessions import snapshot
 from gateway.xdisplay.numbers import free_tcp_port
@@ -38,10 +39,10 @@ async def client(settings: Settings, desktop: XvncDisplay) -> AsyncIterator[Clie
     # Up to 60 tries at once here: above the default max_sessions_per_user (test_web_limits.py).
     async with await app_client(settings, {"alice": False, "root": True}, desktop=desktop,
                                 max_sessions_per_user=100) as c:
-        services = c.server.app[SERVICES]
-        await services.add_desktop(DOWN, "static", host="127.0.0.1", port=free_tcp_port(),
-                                   password=VNC_PASSWORD)
-        await services.assign(DOWN, "alice")
+        catalog = c.server.app[CATALOG]
+        down = await catalog.add_desktop(Actor.cli(), DOWN, "static", host="127.0.0.1",
+                                         port=free_tcp_port(), password=VNC_PASSWORD)
+        await catalog.assign(Actor.cli(), down.id, user_ref="alice")
         yield c
 
 
@@ -103,10 +104,9 @@ async def test_unreachable_desktop_is_one_failed_attempt_however_often_retried(
         ("session.failed", f"session {sid}: the desktop cannot be reached")]
 
     # The admin sees it as a failed attempt (API, with its state), never as a closed session.
-    admin = app[ADMIN]
     root = await store.get_user_by_name("root")
     assert root is not None
-    _, token = await admin.create_token(root, "test", read_only=True)
+    _, token = await app[ACCOUNTS].create_token(Actor.of(root), root, "test", read_only=True)
     resp = await client.get("/api/v1/sessions", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 200
     recent = {r["id"]: r for r in (await resp.json())["recent"]}
@@ -180,9 +180,10 @@ async def test_bad_retry_of_is_refused_and_foreign_attempts_are_not_continued(
         assert "retry_of" in (await resp.json())["error"]
 
     # Another person naming alice's attempt gets an attempt of their own.
-    services = client.server.app[SERVICES]
-    await services.add_user("bea", password=PASSWORD)
-    await services.assign(DOWN, "bea")
+    app = client.server.app
+    await app[ACCOUNTS].add_user(Actor.cli(), "bea", password=PASSWORD)
+    down = await app[CATALOG].desktop_named(DOWN)
+    await app[CATALOG].assign(Actor.cli(), down.id, user_ref="bea")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
         base = base_url(client)
         other_csrf = await sign_in(other, "bea", base=base)

@@ -13,11 +13,14 @@ import aiohttp
 import pytest
 from websupport import Client, app_client, sign_in
 
+from gateway.cases.actor import Actor
 from gateway.config import Settings
-from gateway.keys import ADMIN, BROKER, SERVICES, STORE
+from gateway.keys import ACCOUNTS, BROKER, CATALOG, STORE
 from gateway.model import Endpoint
 from gateway.rdp.errors import REASON_CERTIFICATE, REASON_CREDENTIALS, BridgeError
 from gateway.rdp.target import RdpTarget
+
+CLI = Actor.cli()  # who makes the changes that set the scene
 
 SECRET = "My-Own-Windows-Pw-7"  # noqa: S105 - a test password that must never come back
 BOB_SECRET = "Bobs-Own-Pw-99"  # noqa: S105
@@ -62,12 +65,12 @@ async def rdp_port() -> AsyncIterator[int]:
 async def client(settings: Settings, rdp_port: int) -> AsyncIterator[Client]:
     c = await app_client(settings, {"root": True, "alice": False, "bob": False})
     async with c:
-        services = c.server.app[SERVICES]
-        await services.add_desktop("Own", "static", host="127.0.0.1", port=rdp_port,
-                                   protocol="rdp", options={"credentials": "per_user",
-                                                            "domain": "CORP"})
-        await services.assign("Own", "alice")
-        await services.assign("Own", "bob")
+        catalog = c.server.app[CATALOG]
+        own = await catalog.add_desktop(CLI, "Own", "static", host="127.0.0.1", port=rdp_port,
+                                        protocol="rdp", options={"credentials": "per_user",
+                                                                 "domain": "CORP"})
+        await catalog.assign(CLI, own.id, user_ref="alice")
+        await catalog.assign(CLI, own.id, user_ref="bob")
         c.server.app[BROKER].bridges = FakeBridges()  # type: ignore[assignment]
         yield c
 
@@ -139,7 +142,7 @@ async def test_connect_asks_then_uses_the_persons_own_account(client: Client) ->
         assert target.password is not None and target.password.reveal() == SECRET
 
         # Stored encrypted: not in the database file in clear.
-        raw = sqlite3.connect(client.server.app[SERVICES].store.path)  # type: ignore[attr-defined]
+        raw = sqlite3.connect(client.server.app[STORE].path)  # type: ignore[attr-defined]
         try:
             rows = raw.execute("SELECT username, password_enc FROM user_credentials").fetchall()
         finally:
@@ -206,12 +209,13 @@ async def test_other_refusals_keep_the_account(client: Client) -> None:
 
 async def test_not_assigned_and_shared_desktops_refuse_credentials(client: Client,
                                                                   rdp_port: int) -> None:
-    services = client.server.app[SERVICES]
-    await services.add_desktop("Shared", "static", host="127.0.0.1", port=rdp_port,
-                               protocol="rdp", options={"username": "svc"}, password="svc-pw")
-    await services.add_desktop("Hers", "static", host="127.0.0.1", port=rdp_port,
-                               protocol="rdp", options={"credentials": "per_user"})
-    await services.assign("Shared", "alice")
+    catalog = client.server.app[CATALOG]
+    shared = await catalog.add_desktop(CLI, "Shared", "static", host="127.0.0.1", port=rdp_port,
+                                       protocol="rdp", options={"username": "svc"},
+                                       password="svc-pw")
+    await catalog.add_desktop(CLI, "Hers", "static", host="127.0.0.1", port=rdp_port,
+                              protocol="rdp", options={"credentials": "per_user"})
+    await catalog.assign(CLI, shared.id, user_ref="alice")
     s, csrf, base = await as_user(client, "alice")
     async with s:
         resp = await s.post(f"{base}/desktops/2/credentials", headers=headers(csrf),
@@ -227,7 +231,8 @@ async def test_api_and_admin_pages_show_the_credentials_mode(client: Client) -> 
     async with s:
         root = await client.server.app[STORE].get_user_by_name("root")
         assert root is not None
-        _, token = await client.server.app[ADMIN].create_token(root, "test", read_only=False)
+        _, token = await client.server.app[ACCOUNTS].create_token(Actor.of(root), root, "test",
+                                                                  read_only=False)
         api = {"Authorization": f"Bearer {token}"}
         resp = await s.get(f"{base}/api/v1/desktops/1", headers=api)
         assert resp.status == 200, await resp.text()
@@ -286,10 +291,10 @@ async def test_storing_can_be_switched_off_for_the_gateway(settings: Settings,
                                                            rdp_port: int) -> None:
     c = await app_client(replace(settings, rdp_store_credentials=False), {"alice": False})
     async with c:
-        services = c.server.app[SERVICES]
-        await services.add_desktop("Own", "static", host="127.0.0.1", port=rdp_port,
-                                   protocol="rdp", options={"credentials": "per_user"})
-        await services.assign("Own", "alice")
+        catalog = c.server.app[CATALOG]
+        own = await catalog.add_desktop(CLI, "Own", "static", host="127.0.0.1", port=rdp_port,
+                                        protocol="rdp", options={"credentials": "per_user"})
+        await catalog.assign(CLI, own.id, user_ref="alice")
         c.server.app[BROKER].bridges = FakeBridges()  # type: ignore[assignment]
         s, csrf, base = await as_user(c, "alice")
         async with s:

@@ -12,7 +12,7 @@ from websupport import Client, app_client, sign_in
 
 from gateway.cli import build_parser
 from gateway.config import Settings
-from gateway.keys import SERVICES
+from gateway.keys import CATALOG
 from gateway.rdp.options import BY_NAME, EDITABLE, OPTIONS, rdp_options
 
 
@@ -75,7 +75,7 @@ async def test_every_option_is_on_the_admin_form(client: Client) -> None:
         "rdp_domain": "CORP", "rdp_security": "tls", "rdp_cert_policy": "tofu",
         "rdp_cert_fingerprint": "", "rdp_cert_ca": "", "rdp_keyboard_layout": "de"})
     assert resp.status == 303, await resp.text()
-    desktop = await client.server.app[SERVICES].desktop("Table VM")
+    desktop = await client.server.app[CATALOG].desktop_named("Table VM")
     assert dict(desktop.options) == {
         "credentials": "shared", "username": "anna", "domain": "CORP", "security": "tls",
         "cert_policy": "tofu", "cert_fingerprint": "", "cert_ca": "",

@@ -26,12 +26,15 @@ from websupport import (
     sign_in,
 )
 
-from gateway.app import build_services, create_app
+from gateway.app import build_cases, create_app
+from gateway.cases.actor import Actor
 from gateway.config import Settings
 from gateway.crypto import hash_password
 from gateway.model import SessionState
 from gateway.store.sqlite import SQLiteStore
 from gateway.xdisplay.numbers import free_display, free_tcp_port
+
+CLI = Actor.cli()  # who makes the changes that set the scene
 
 PEOPLE = int(os.environ.get("RUSH_PEOPLE", "200"))
 
@@ -73,8 +76,8 @@ async def rush_gateway(settings: Settings, shared_desktop: int) -> AsyncIterator
     settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{port}")
     store = SQLiteStore(settings.database_path)
     await store.open()
-    services = build_services(settings, store)
-    await services.add_desktop("VM", "static", host="127.0.0.1",
+    cases = build_cases(settings, store)
+    await cases.catalog.add_desktop(CLI, "VM", "static", host="127.0.0.1",
                                port=shared_desktop)
     pw_hash = await asyncio.to_thread(hash_password, PASSWORD)
     for n in range(PEOPLE):

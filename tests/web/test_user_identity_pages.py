@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from websupport import Client, app_client, sign_in
 
+from gateway.cases.actor import Actor
 from gateway.config import Settings
-from gateway.keys import SERVICES, STORE
+from gateway.keys import CATALOG, STORE
 
 
 @pytest.fixture
@@ -27,8 +28,8 @@ async def test_desktop_and_user_pages_show_the_provider_of_sso_users(client: Cli
     store = client.server.app[STORE]
     impostor = await store.create_user("admin@evil", None, False, source="evil")
     await store.link_identity("evil", "evil-subject-1", impostor.id)
-    desktop = await client.server.app[SERVICES].add_desktop("Lab", "static", host="127.0.0.1",
-                                                            port=5999)
+    desktop = await client.server.app[CATALOG].add_desktop(Actor.cli(), "Lab", "static",
+                                                           host="127.0.0.1", port=5999)
     await store.assign(desktop.id, impostor.id)
     await sign_in(client, "alice", {})
 

@@ -11,11 +11,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from websupport import csrf_of, password_step, secret_of
 
-from gateway.app import create_app
+from gateway.app import Cases, create_app
+from gateway.cases.actor import Actor
 from gateway.config import Settings
 from gateway.keys import SETTINGS
-from gateway.services import Services
 from gateway.store.sqlite import SQLiteStore
+
+CLI = Actor.cli()  # who makes the changes that set the scene
 
 PASSWORD = "alice's long password"
 
@@ -24,13 +26,14 @@ PASSWORD = "alice's long password"
 async def client(settings: Settings) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
     store = SQLiteStore(settings.database_path)
     await store.open()
-    from gateway.app import build_services
+    from gateway.app import build_cases
 
-    services = build_services(settings, store)
-    await services.add_user("alice", password=PASSWORD)
-    await services.add_user("bob", password=PASSWORD)
-    await services.add_desktop("Alice's desktop", "static", host="127.0.0.1", port=1)
-    await services.assign("Alice's desktop", "alice")
+    cases = build_cases(settings, store)
+    await cases.accounts.add_user(CLI, "alice", password=PASSWORD)
+    await cases.accounts.add_user(CLI, "bob", password=PASSWORD)
+    desktop = await cases.catalog.add_desktop(CLI, "Alice's desktop", "static", host="127.0.0.1",
+                                              port=1)
+    await cases.catalog.assign(CLI, desktop.id, user_ref="alice")
     await store.close()
     async with TestClient(TestServer(create_app(settings))) as c:
         yield c
@@ -150,13 +153,13 @@ async def test_unreachable_desktop_is_a_clear_error(client: TestClient) -> None:
 
 
 async def test_idle_timeout_ends_the_web_session(settings: Settings,
-                                                 store: SQLiteStore, services: Services) -> None:
+                                                 store: SQLiteStore, cases: Cases) -> None:
     from gateway.auth.sessions import WebSessions
     from gateway.model import WebSessionState
 
     now = [1000.0]
     sessions = WebSessions(store, settings, clock=lambda: now[0])
-    user, _ = await services.add_user("ida", password=PASSWORD)
+    user, _ = await cases.accounts.add_user(CLI, "ida", password=PASSWORD)
     token, _ = await sessions.create(user, WebSessionState.AUTHENTICATED, "1.2.3.4", "ua")
     now[0] += settings.session_idle_minutes * 60 - 1
     assert await sessions.load(token) is not None

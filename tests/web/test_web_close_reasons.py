@@ -35,11 +35,14 @@ from websupport import (
     sign_in,
 )
 
-from gateway.app import build_services
+from gateway.app import build_cases
+from gateway.cases.actor import Actor
 from gateway.config import Settings
 from gateway.store.sqlite import SQLiteStore
 from gateway.xdisplay.numbers import free_tcp_port
 from gateway.xdisplay.xvnc import XvncDisplay
+
+CLI = Actor.cli()  # who makes the changes that set the scene
 
 ADMIN_JSON = {"Accept": "application/json"}
 
@@ -57,11 +60,11 @@ async def test_a_shutdown_is_recorded_as_a_shutdown(
     base = f"http://127.0.0.1:{port}"
     store = SQLiteStore(settings.database_path)
     await store.open()
-    services = build_services(settings, store)
-    await services.add_user("alice", password=PASSWORD, admin=False)
-    await services.add_desktop("VM", "static", host="127.0.0.1", port=desktop.rfbport or 0,
-                               password=VNC_PASSWORD)
-    await services.assign("VM", "alice")
+    cases = build_cases(settings, store)
+    await cases.accounts.add_user(CLI, "alice", password=PASSWORD, admin=False)
+    vm = await cases.catalog.add_desktop(CLI, "VM", "static", host="127.0.0.1",
+                                         port=desktop.rfbport or 0, password=VNC_PASSWORD)
+    await cases.catalog.assign(CLI, vm.id, user_ref="alice")
     await store.close()
     env = {**os.environ, "DESKGATE_SERVER_PUBLIC_URL": base}
     proc = await asyncio.create_subprocess_exec(

@@ -16,11 +16,14 @@ import aiohttp
 import pyotp
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import build_services, create_app
+from gateway.app import build_cases, create_app
+from gateway.cases.actor import Actor
 from gateway.config import Settings
 from gateway.store.sqlite import SQLiteStore
 from gateway.xdisplay.numbers import free_tcp_port
 from gateway.xdisplay.xvnc import XvncDisplay
+
+CLI = Actor.cli()  # who makes the changes that set the scene
 
 PASSWORD = "a long enough password"
 VNC_PASSWORD = "vncpw123"
@@ -40,13 +43,13 @@ async def app_client(settings: Settings, users: Mapping[str, bool] | None = None
     settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{port}", **changes)
     store = SQLiteStore(settings.database_path)
     await store.open()
-    services = build_services(settings, store)
+    cases = build_cases(settings, store)
     for name, admin in (users or {"alice": False}).items():
-        await services.add_user(name, password=PASSWORD, admin=admin)
+        await cases.accounts.add_user(CLI, name, password=PASSWORD, admin=admin)
     if desktop is not None:
-        await services.add_desktop("VM", "static", host="127.0.0.1", port=desktop.rfbport or 0,
-                                   password=VNC_PASSWORD)
-        await services.assign("VM", "alice")
+        vm = await cases.catalog.add_desktop(CLI, "VM", "static", host="127.0.0.1",
+                                             port=desktop.rfbport or 0, password=VNC_PASSWORD)
+        await cases.catalog.assign(CLI, vm.id, user_ref="alice")
     await store.close()
     return TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port))
 

@@ -15,15 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .audit import Audit, AuditKind
-from .auth.guard import PreLogins
-from .auth.oidc import OidcClient, OidcError, OidcIdentity
-from .auth.sessions import WebSessions
-from .config import OidcProviderConfig
-from .crypto import SecretBox, token_hash
-from .errors import AuthenticationFailed, Conflict, NotFound
-from .model import OidcLogin, User, WebSession, WebSessionState
-from .store import Store
+from ..audit import Audit, AuditKind
+from ..auth.guard import PreLogins
+from ..auth.oidc import OidcClient, OidcError, OidcIdentity
+from ..auth.sessions import WebSessions
+from ..config import OidcProviderConfig
+from ..crypto import SecretBox, token_hash
+from ..errors import AuthenticationFailed, Conflict, NotFound
+from ..model import OidcLogin, User, WebSession, WebSessionState
+from ..store import Store
 
 log = logging.getLogger("deskgate.sso")
 
@@ -66,7 +66,7 @@ def _user_name(claims: Mapping[str, Any], claim: str, sub: str) -> str:
     return "".join(ch for ch in name if ch.isprintable())[:64] or sub[:64]
 
 
-class SsoService:
+class SingleSignOn:
     def __init__(self, store: Store, box: SecretBox, audit: Audit, sessions: WebSessions,
                  clients: Mapping[str, OidcClient], configs: Mapping[str, OidcProviderConfig],
                  *, prelogins: PreLogins) -> None:
@@ -93,7 +93,7 @@ class SsoService:
             request = await self._clients[provider_id].authorization_request()
         except OidcError as exc:
             await self._audit.record(AuditKind.SIGNIN_FAILED, client_ip=ip,
-                                     detail=f"idp {provider_id}: {exc.detail}")
+                                     detail=f"idp {provider_id}: {exc.detail}", code="sso")
             raise
         # Capped in all and per client address; expired ones are purged.
         await self._prelogins.save(token_hash(request.state), OidcLogin(
@@ -157,7 +157,8 @@ class SsoService:
 
     async def _fail(self, config: OidcProviderConfig | None, detail: str, ip: str) -> None:
         prefix = f"idp {config.id}: " if config else "idp: "
-        await self._audit.record(AuditKind.SIGNIN_FAILED, client_ip=ip, detail=prefix + detail)
+        await self._audit.record(AuditKind.SIGNIN_FAILED, client_ip=ip, detail=prefix + detail,
+                                 code="sso")
 
     async def _provision(self, config: OidcProviderConfig, identity: OidcIdentity,
                          ip: str) -> User:
@@ -211,7 +212,7 @@ class SsoService:
         user = await self._provision(config, identity, ip)
         if user.disabled:
             await self._audit.record(AuditKind.SIGNIN_FAILED, user=user.name, client_ip=ip,
-                                     detail=f"idp {config.id}: account disabled")
+                                     detail=f"idp {config.id}: account disabled", code="sso")
             raise AuthenticationFailed("this account is disabled")
         groups = _claim_groups(identity.claims, config.groups_claim)
         await self._store.set_user_groups(user.id, groups)

@@ -1,0 +1,303 @@
+"""The desktop catalog: desktops (add, change, delete), who they are assigned to, their state
+and power. Provider names come from the provider map (``gateway.providers.PROVIDERS``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..audit import Audit, AuditKind
+from ..crypto import SecretBox
+from ..errors import BadRequest, GatewayError, NotFound
+from ..live import LiveSessions
+from ..model import Desktop, Secret, User
+from ..protocols import BRIDGED, PROTOCOLS
+from ..providers import PROVIDERS, DesktopSpec
+from ..providers.registry import Providers, desktop_spec
+from ..proxy.rfb import DesktopHandshake
+from ..rdp.options import rdp_options
+from ..store import Store
+from .accounts import Accounts
+from .actor import Actor
+
+POWER_ACTIONS = ("start", "stop", "restart")
+
+
+def provider_names() -> tuple[str, ...]:
+    """The providers a desktop may name, as the provider map has them."""
+    return tuple(PROVIDERS)
+
+
+def desktop_name(name: str) -> str:
+    """A desktop's name, checked: 1-64 printable characters once trimmed."""
+    name = name.strip()
+    if not name or len(name) > 64 or not name.isprintable():
+        raise BadRequest("desktop names are 1-64 printable characters")
+    return name
+
+
+@dataclass(frozen=True)
+class DesktopView:
+    desktop: Desktop
+    users: list[str]
+    groups: list[str]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One assignment given or taken: to an account (``user``, ``who`` describes it) or a
+    group."""
+
+    desktop: Desktop
+    user: User | None
+    group: str | None
+    who: str
+
+
+ADDRESS_PROBE_SECONDS = 3.0
+
+
+async def address_problem(desktop: Desktop, password: Secret | None, *,
+                          timeout: float = ADDRESS_PROBE_SECONDS) -> str | None:
+    """What is wrong at a static desktop's address, or None when its server answers.
+
+    RDP: a TCP connect. VNC: a whole login, as a viewer would (shared, so nobody is
+    disconnected), closed after ServerInit. A shorter check is not kinder: TigerVNC puts a mark
+    against the peer for every connection that ends unauthenticated, even one closed right
+    after the banner (measured: four such connections and a fifth, correct login is refused
+    for a while), and a successful login clears the marks. A refused password is reported too.
+    """
+    async def check() -> str | None:
+        try:
+            reader, writer = await asyncio.open_connection(desktop.host, desktop.port)
+        except ConnectionRefusedError:
+            return "nothing answers (connection refused)"
+        except OSError as exc:
+            return f"nothing answers ({exc.strerror or type(exc).__name__})"
+        try:
+            if desktop.protocol != "vnc":
+                return None
+            handshake = DesktopHandshake(password)
+            while not handshake.authenticated:
+                data = await reader.read(4096)
+                if not data:
+                    raise handshake.eof_error()
+                writer.write(handshake.feed(data))
+            writer.write(handshake.client_init())
+            while not handshake.done:
+                data = await reader.read(65536)
+                if not data:
+                    raise handshake.eof_error()
+                handshake.feed(data)
+            return None
+        except GatewayError as exc:
+            return exc.reason
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return f"the connection failed ({exc.strerror or exc})"
+
+
+class Catalog:
+    def __init__(self, store: Store, box: SecretBox, audit: Audit, providers: Providers,
+                 live: LiveSessions, accounts: Accounts, geometry: str = "1280x800") -> None:
+        self._store = store
+        self._box = box
+        self._audit = audit
+        self._providers = providers
+        self._live = live
+        self._accounts = accounts
+        self._geometry = geometry
+
+    async def _record(self, actor: Actor, detail: str, *, desktop: str,
+                      user: str | None = None) -> None:
+        await self._audit.record(AuditKind.ADMIN, user=user, desktop=desktop,
+                                 client_ip=actor.client_ip, detail=actor.by(detail))
+
+    # reading -----------------------------------------------------------------------------------
+    async def desktop(self, desktop_id: int) -> Desktop:
+        desktop = await self._store.get_desktop(desktop_id)
+        if desktop is None:
+            raise NotFound("no such desktop")
+        return desktop
+
+    async def desktop_named(self, name: str) -> Desktop:
+        desktop = await self._store.get_desktop_by_name(name)
+        if desktop is None:
+            raise NotFound(f"no desktop named {name!r}")
+        return desktop
+
+    async def desktops(self) -> list[Desktop]:
+        return await self._store.list_desktops()
+
+    async def assignments(self, desktop_id: int) -> tuple[list[str], list[str]]:
+        """(user names, groups) the desktop is assigned to."""
+        return await self._store.desktop_assignments(desktop_id)
+
+    async def desktop_views(self) -> list[DesktopView]:
+        return [DesktopView(d, *await self.assignments(d.id)) for d in await self.desktops()]
+
+    async def desktop_view(self, desktop_id: int) -> DesktopView:
+        d = await self.desktop(desktop_id)
+        return DesktopView(d, *await self.assignments(d.id))
+
+    def _spec(self, d: Desktop) -> DesktopSpec:
+        return desktop_spec(d, self._geometry)
+
+    async def state(self, d: Desktop) -> str:
+        """The provider's answer, or "unknown" (bounded: see ``Providers.state``)."""
+        return await self._providers.state(self._spec(d))
+
+    async def address_problem(self, desktop: Desktop) -> str | None:
+        """What is wrong at a static desktop's address (see ``address_problem``); None for
+        other desktops."""
+        if desktop.provider != "static":
+            return None
+        enc = (await self._store.get_desktop_password(desktop.id) if desktop.has_password
+               else None)
+        return await address_problem(desktop, self._box.decrypt(enc) if enc else None)
+
+    # changes ---------------------------------------------------------------------------------
+    async def add_desktop(self, actor: Actor, name: str, provider: str, *, host: str = "",
+                          port: int = 0, password: str | None = None, protocol: str = "vnc",
+                          options: Mapping[str, str] | None = None) -> Desktop:
+        actor.require_admin()
+        name = desktop_name(name)
+        names = provider_names()
+        if provider not in names:
+            raise BadRequest(f"unknown provider {provider!r}; use one of {', '.join(names)}")
+        if protocol not in PROTOCOLS or provider not in BRIDGED.get(protocol, PROVIDERS):
+            raise BadRequest("protocol is vnc, or rdp for a static desktop")
+        if provider == "static" and not (host and 0 < port < 65536):
+            raise BadRequest(f"a static desktop needs --{protocol} HOST:PORT")
+        checked = rdp_options(options or {}) if protocol == "rdp" else {}
+        if checked.get("credentials") == "per_user" and password:
+            raise BadRequest("a per-user RDP desktop has no shared password: each person"
+                             " enters their own account")
+        enc = self._box.encrypt(password) if password else None
+        desktop = await self._store.create_desktop(name, provider, host, port, enc, protocol,
+                                                   checked)
+        extra = (f", certificates: {checked['cert_policy']}, credentials:"
+                 f" {checked['credentials']}" if protocol == "rdp" else "")
+        await self._record(actor, f"desktop created ({provider}, {protocol}{extra})",
+                           desktop=name)
+        return desktop
+
+    async def update_desktop(self, actor: Actor, desktop_id: int, *, name: str | None = None,
+                             host: str | None = None, port: int | None = None,
+                             password: str | None = None, clear_password: bool = False,
+                             maintenance: bool | None = None,
+                             rdp: Mapping[str, str] | None = None) -> Desktop:
+        """Change what is given; a password is write-only (set or cleared, never shown).
+
+        ``rdp`` changes RDP options (merged with the current ones and checked again); switching
+        to per-user credentials drops the shared account's password, which nobody uses then.
+        """
+        actor.require_admin()
+        d = await self.desktop(desktop_id)
+        new_options = None
+        if rdp:
+            if d.protocol != "rdp":
+                raise BadRequest("only RDP desktops have RDP options")
+            base = dict(d.options)
+            if ({"cert_fingerprint", "cert_ca"} & set(rdp)) and "cert_policy" not in rdp:
+                base.pop("cert_policy", None)  # a new pin or CA chooses its own policy
+            new_options = rdp_options({**base, **rdp})
+        credentials = (new_options or dict(d.options)).get("credentials")
+        if password and d.protocol == "rdp" and credentials == "per_user":
+            raise BadRequest("a per-user RDP desktop has no shared password: each person"
+                             " enters their own account")
+        new_name = d.name if name is None else desktop_name(name)
+        new_port = d.port if port is None else port
+        if d.provider == "static" and not 0 < new_port < 65536:
+            raise BadRequest("port must be between 1 and 65535")
+        await self._store.update_desktop(
+            d.id, name=new_name, host=d.host if host is None else host.strip(), port=new_port,
+            maintenance=d.maintenance if maintenance is None else maintenance)
+        changes = [k for k, v in (("name", name), ("host", host), ("port", port),
+                                  ("maintenance", maintenance)) if v is not None]
+        changed = {k: v for k, v in (new_options or {}).items() if v != d.option(k)}
+        if new_options is not None and changed:
+            await self._store.set_desktop_options(d.id, new_options)
+            changes.append("RDP " + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
+            if new_options["credentials"] == "per_user" and d.has_password and not password:
+                clear_password = True
+        if password:
+            await self._store.set_desktop_password(d.id, self._box.encrypt(password))
+            changes.append("password set")
+        elif clear_password:
+            await self._store.set_desktop_password(d.id, None)
+            changes.append("password cleared")
+        if maintenance and not d.maintenance:
+            for live in self._live:
+                if live.desktop_name == d.name:
+                    live.notify({"type": "message", "from": actor.name,
+                                 "text": "This desktop is going into maintenance: save your"
+                                         " work; new connections are not accepted."})
+        await self._record(actor, f"desktop changed: {', '.join(changes) or 'nothing'}",
+                           desktop=new_name)
+        return await self.desktop(d.id)
+
+    async def delete_desktop(self, actor: Actor, desktop_id: int) -> None:
+        actor.require_admin()
+        d = await self.desktop(desktop_id)
+        await self._providers.get(d.provider).stop(self._spec(d))
+        if not await self._store.delete_desktop(d.id):
+            raise NotFound("no such desktop")  # removed by someone else meanwhile: one record
+        await self._record(actor, "desktop deleted", desktop=d.name)
+
+    async def assign(self, actor: Actor, desktop_id: int, *, user_id: int | None = None,
+                     user_ref: str | None = None, group: str | None = None,
+                     remove: bool = False) -> Assignment:
+        """Give the desktop to (or with ``remove``, take it from) one account, named by id or by
+        a reference ``Accounts.user`` accepts, or an identity provider's group."""
+        actor.require_admin()
+        d = await self.desktop(desktop_id)
+        if [user_id, user_ref, group].count(None) != 2:
+            raise BadRequest("give a user or a group")
+        done = "unassigned from" if remove else "assigned to"
+        if group is not None:
+            group = group.strip()
+            if not group or len(group) > 256:
+                raise BadRequest("group names are 1-256 characters")
+            if remove:
+                await self._store.unassign_group(d.id, group)
+            else:
+                await self._store.assign_group(d.id, group)
+            await self._record(actor, f"desktop {done} group {group}", desktop=d.name)
+            return Assignment(d, None, group, f"group {group}")
+        user = (await self._accounts.user_by_id(user_id) if user_id is not None
+                else await self._accounts.user(user_ref or ""))
+        if remove:
+            await self._store.unassign(d.id, user.id)
+        else:
+            await self._store.assign(d.id, user.id)
+        who = await self._accounts.describe(user)
+        await self._record(actor, f"desktop {done} {who}", user=user.name, desktop=d.name)
+        return Assignment(d, user, None, who)
+
+    async def power(self, actor: Actor, desktop_id: int, action: str) -> str:
+        """start, stop or restart, where the provider can; returns the new state."""
+        actor.require_admin()
+        d = await self.desktop(desktop_id)
+        if d.provider != "local":
+            raise BadRequest(f"{d.provider} desktops have no power actions")
+        provider = self._providers.get(d.provider)
+        spec = self._spec(d)
+        if action not in POWER_ACTIONS:
+            raise BadRequest("power actions are start, stop and restart")
+        if action in ("stop", "restart"):
+            await provider.stop(spec)
+        if action in ("start", "restart"):
+            await provider.ensure_running(spec)
+        await self._record(actor, f"desktop power: {action}", desktop=d.name)
+        return await provider.state(spec)
