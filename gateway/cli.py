@@ -2,6 +2,9 @@
 
 Admin commands use the same use cases as the web pages (gateway/cases/), acting as
 ``Actor.cli()``: the audit trail says "(by the command line)".
+
+Over 400 lines because it is the whole command line in one place: the argument parser and one
+short function per command, each only parsing, calling a use case and printing.
 """
 
 from __future__ import annotations

@@ -182,8 +182,7 @@ async def test_bad_retry_of_is_refused_and_foreign_attempts_are_not_continued(
     # Another person naming alice's attempt gets an attempt of their own.
     app = client.server.app
     await app[ACCOUNTS].add_user(Actor.cli(), "bea", password=PASSWORD)
-    down = await app[CATALOG].desktop_named(DOWN)
-    await app[CATALOG].assign(Actor.cli(), down.id, user_ref="bea")
+    await app[CATALOG].assign(Actor.cli(), down, user_ref="bea")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
         base = base_url(client)
         other_csrf = await sign_in(other, "bea", base=base)
