@@ -69,7 +69,7 @@ from .store import Store
 from .store.sqlite import SQLiteStore
 from .textsafe import multiline, page_value
 from .tickets import TicketBook
-from .web import admin_pages, admin_sessions, api, client, login, middleware, portal, sso
+from .web import admin_pages, admin_sessions, api, client, common, login, middleware, portal, sso
 from .web.sso import callback_path
 
 log = logging.getLogger("deskgate")
@@ -246,6 +246,14 @@ async def _close_websockets(app: web.Application) -> None:
                     SHUTDOWN_GRACE_SECONDS)
 
 
+def _admin_app() -> web.Application:
+    """The admin pages and the live dashboard, for signed-in admins only (its middleware)."""
+    admin = web.Application(middlewares=[common.admin_only])
+    admin.add_routes(admin_pages.routes)
+    admin.add_routes(admin_sessions.routes)
+    return admin
+
+
 def create_app(settings: Settings) -> web.Application:
     middleware.hide_server_version()
     app = web.Application(middlewares=[middleware.started_responses, middleware.errors,
@@ -273,8 +281,11 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(middleware.security_headers)
     app.on_response_prepare.append(middleware.remember_prepared)
     install_metrics(app)  # after _state: it counts through the audit writer
-    for module in (login, sso, portal, client, api, admin_pages, admin_sessions):
+    for module in (login, sso, portal, client):
         app.add_routes(module.routes)
+    app.add_routes(admin_sessions.sockets)  # an admin's watch: a relay websocket like any other
+    app.add_subapp("/admin/", _admin_app())
+    app.add_subapp(api.PREFIX + "/", api.app())
     app.router.add_static("/static/", STATIC_DIR)
     if NOVNC_DIR.is_dir():
         app.router.add_static("/novnc/", NOVNC_DIR)

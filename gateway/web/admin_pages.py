@@ -1,7 +1,8 @@
 """Admin pages: desktops, users and the audit trail, as plain forms over the use cases.
 
-Every handler starts with ``require_admin`` (deny by default; refusals are audited) and every
-POST with ``check_form_csrf``. Changes answer with a 303 back to the page and an ``?info=`` code
+They are served by the admin sub-application (``/admin/``, gateway/app.py), whose middleware
+lets only a fully signed-in admin through (deny by default; refusals are audited); every POST
+starts with ``check_form_csrf``. Changes answer with a 303 back to the page and an ``?info=`` code
 that maps to a fixed message, so a crafted link cannot put words on an admin page.
 """
 
@@ -29,7 +30,7 @@ from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG
 from ..model import AuditEvent, Desktop
 from ..rdp.options import EDITABLE, OPTIONS, ca_names
 from ..textsafe import visible
-from .common import actor, check_form_csrf, redirect, render, require_admin
+from .common import actor, check_form_csrf, redirect, render, signed_in_admin
 from .inputs import parse_int, parse_time, path_id
 
 log = logging.getLogger("deskgate.web.admin")
@@ -100,7 +101,7 @@ class DesktopRow:
 async def _desktops_page(request: web.Request, *, http_status: int = 200,
                          error: str | None = None,
                          form: Mapping[str, str] | None = None) -> web.Response:
-    catalog = request.app[CATALOG]
+    catalog = request.config_dict[CATALOG]
     views = await catalog.desktop_views()
     states = await asyncio.gather(*(catalog.state(v.desktop) for v in views))
     rows = [DesktopRow(v, s) for v, s in zip(views, states, strict=True)]
@@ -110,15 +111,14 @@ async def _desktops_page(request: web.Request, *, http_status: int = 200,
                   form=dict(form or {}), **FORMATTERS)
 
 
-@routes.get("/admin/desktops")
+@routes.get("/desktops")
 async def desktops(request: web.Request) -> web.StreamResponse:
-    await require_admin(request)
     return await _desktops_page(request)
 
 
-@routes.post("/admin/desktops")
+@routes.post("/desktops")
 async def desktop_create(request: web.Request) -> web.StreamResponse:
-    _, me = await require_admin(request)
+    _, me = signed_in_admin(request)
     form = await check_form_csrf(request)
     fields = ("name", "provider", "host", "port", "protocol",
               *(o.form_name for o in OPTIONS if o.form is not None))
@@ -127,7 +127,7 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
         static = form.get("provider") == "static"
         rdp = static and form.get("protocol") == "rdp"
         options = {k[4:]: v for k, v in kept.items() if k.startswith("rdp_") and v} if rdp else None
-        desktop = await request.app[CATALOG].add_desktop(
+        desktop = await request.config_dict[CATALOG].add_desktop(
             actor(request, me), form.get("name", ""), form.get("provider", ""),
             host=form.get("host", "").strip() if static else "",
             port=_int(form.get("port", ""), "port") if static else 0,
@@ -142,9 +142,9 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
 
 async def _desktop_page(request: web.Request, desktop_id: int, *, http_status: int = 200,
                         error: str | None = None, confirm_delete: bool = False) -> web.Response:
-    catalog = request.app[CATALOG]
+    catalog = request.config_dict[CATALOG]
     view = await catalog.desktop_view(desktop_id)
-    users = await request.app[ACCOUNTS].users()
+    users = await request.config_dict[ACCOUNTS].users()
     assigned = set(view.users)
     return render(request, "admin_desktop.html", http_status=http_status, error=error,
                   info=None if error else _info(request), view=view, d=view.desktop,
@@ -157,7 +157,7 @@ async def _desktop_page(request: web.Request, desktop_id: int, *, http_status: i
 async def _desktop_action(request: web.Request, me: Actor, desktop_id: int,
                           form: Mapping[str, str]) -> str:
     """Carry out one form's change; returns the ``info`` code. Raises GatewayError."""
-    catalog = request.app[CATALOG]
+    catalog = request.config_dict[CATALOG]
     action = request.match_info.get("action", "")
     if action == "":
         desktop = await catalog.desktop(desktop_id)
@@ -188,16 +188,15 @@ async def _desktop_action(request: web.Request, me: Actor, desktop_id: int,
     raise NotFound()
 
 
-@routes.get(r"/admin/desktops/{id:\d+}")
+@routes.get(r"/desktops/{id:\d+}")
 async def desktop_page(request: web.Request) -> web.StreamResponse:
-    await require_admin(request)
     return await _desktop_page(request, _id(request, "desktop"))
 
 
-@routes.post(r"/admin/desktops/{id:\d+}")
-@routes.post(r"/admin/desktops/{id:\d+}/{action:assign|power}")
+@routes.post(r"/desktops/{id:\d+}")
+@routes.post(r"/desktops/{id:\d+}/{action:assign|power}")
 async def desktop_change(request: web.Request) -> web.StreamResponse:
-    _, me = await require_admin(request)
+    _, me = signed_in_admin(request)
     form = await check_form_csrf(request)
     desktop_id = _id(request, "desktop")
     try:
@@ -210,25 +209,24 @@ async def desktop_change(request: web.Request) -> web.StreamResponse:
     return redirect(f"/admin/desktops/{desktop_id}?info={code}")
 
 
-@routes.post(r"/admin/desktops/{id:\d+}/delete")
+@routes.post(r"/desktops/{id:\d+}/delete")
 async def desktop_delete(request: web.Request) -> web.StreamResponse:
     """Two steps: without ``confirm=yes`` the page asks again instead of deleting."""
-    _, me = await require_admin(request)
+    _, me = signed_in_admin(request)
     form = await check_form_csrf(request)
     desktop_id = _id(request, "desktop")
     if form.get("confirm") != "yes":
         return await _desktop_page(request, desktop_id, confirm_delete=True)
-    await request.app[CATALOG].delete_desktop(actor(request, me), desktop_id)
+    await request.config_dict[CATALOG].delete_desktop(actor(request, me), desktop_id)
     return redirect("/admin/desktops?info=deleted")
 
 
 # users -----------------------------------------------------------------------------------------
-@routes.get("/admin/users")
+@routes.get("/users")
 async def users(request: web.Request) -> web.StreamResponse:
-    await require_admin(request)
     q = request.query.get("q", "")[:64]
     return render(request, "admin_users.html", info=_info(request), q=q,
-                  users=await request.app[ACCOUNTS].users(q), now=time.time(), **FORMATTERS)
+                  users=await request.config_dict[ACCOUNTS].users(q), now=time.time(), **FORMATTERS)
 
 
 @dataclass(frozen=True)
@@ -240,8 +238,8 @@ class Access:
 
 async def _user_page(request: web.Request, user_id: int, *, http_status: int = 200,
                      error: str | None = None) -> web.Response:
-    catalog = request.app[CATALOG]
-    view = await request.app[ACCOUNTS].user_view(user_id)
+    catalog = request.config_dict[CATALOG]
+    view = await request.config_dict[ACCOUNTS].user_view(user_id)
     access = []
     for d in view.desktops:
         users_, groups = await catalog.assignments(d.id)
@@ -253,18 +251,17 @@ async def _user_page(request: web.Request, user_id: int, *, http_status: int = 2
                   access=access, desktop_names=names, now=time.time(), **FORMATTERS)
 
 
-@routes.get(r"/admin/users/{id:\d+}")
+@routes.get(r"/users/{id:\d+}")
 async def user_page(request: web.Request) -> web.StreamResponse:
-    await require_admin(request)
     return await _user_page(request, _id(request, "user"))
 
 
-@routes.post(r"/admin/users/{id:\d+}/{action:disable|enable|reset-totp}")
+@routes.post(r"/users/{id:\d+}/{action:disable|enable|reset-totp}")
 async def user_change(request: web.Request) -> web.StreamResponse:
-    _, me = await require_admin(request)
+    _, me = signed_in_admin(request)
     form = await check_form_csrf(request)
     user_id = _id(request, "user")
-    accounts, action = request.app[ACCOUNTS], request.match_info["action"]
+    accounts, action = request.config_dict[ACCOUNTS], request.match_info["action"]
     back = "/admin/users" if form.get("back") == "list" else f"/admin/users/{user_id}"
     try:
         if action == "reset-totp":
@@ -293,9 +290,8 @@ def audit_filters(query: Mapping[str, str]) -> tuple[dict[str, str], dict[str, A
     return values, args
 
 
-@routes.get("/admin/audit")
+@routes.get("/audit")
 async def audit(request: web.Request) -> web.StreamResponse:
-    await require_admin(request)
     values = {k: request.query.get(k, "").strip()[:256] for k in FILTER_FIELDS}
     rows: list[AuditEvent] = []
     error, status, older = None, 200, None
@@ -304,15 +300,15 @@ async def audit(request: web.Request) -> web.StreamResponse:
         before = request.query.get("before_id", "")
         if before:
             args["before_id"] = _int(before, "before_id")
-        rows = await request.app[AUDIT_TRAIL].events(limit=AUDIT_PAGE + 1, **args)
+        rows = await request.config_dict[AUDIT_TRAIL].events(limit=AUDIT_PAGE + 1, **args)
     except GatewayError as exc:
         error, status = exc.reason, exc.http_status
     query = {k: v for k, v in values.items() if v}
     if len(rows) > AUDIT_PAGE:
         rows = rows[:AUDIT_PAGE]
         older = "/admin/audit?" + urlencode({**query, "before_id": rows[-1].id})
-    users = [u.name for u in await request.app[ACCOUNTS].users()]
-    desktops = [d.name for d in await request.app[CATALOG].desktops()]
+    users = [u.name for u in await request.config_dict[ACCOUNTS].users()]
+    desktops = [d.name for d in await request.config_dict[CATALOG].desktops()]
     return render(request, "admin_audit.html", http_status=status, error=error, rows=rows,
                   filters=values, kinds=KIND_CHOICES, user_names=users, desktop_names=desktops,
                   filtered=bool(query), paged="before_id" in request.query,
@@ -338,10 +334,9 @@ def csv_row(e: AuditEvent) -> list[str]:
             _cell(e.client_ip), _cell(e.detail), e.row_hash or ""]
 
 
-@routes.get("/admin/audit.csv")
+@routes.get("/audit.csv")
 async def audit_csv(request: web.Request) -> web.StreamResponse:
     """The filtered trail, newest first, streamed in batches; at most ``EXPORT_CAP`` rows."""
-    await require_admin(request)
     _, args = audit_filters(request.query)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     response = web.StreamResponse(headers={
@@ -353,7 +348,7 @@ async def audit_csv(request: web.Request) -> web.StreamResponse:
     writer.writerow(CSV_COLUMNS)
     sent, before = 0, None
     while sent < EXPORT_CAP:
-        batch = await request.app[AUDIT_TRAIL].events(
+        batch = await request.config_dict[AUDIT_TRAIL].events(
             limit=min(EXPORT_BATCH, EXPORT_CAP - sent), before_id=before, **args)
         for event in batch:
             writer.writerow(csv_row(event))

@@ -15,18 +15,29 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from aiohttp import web
+from aiohttp import ChainMapProxy, web
 from ua_parser import parse as ua_parse
 
 from ..errors import BadRequest
 from ..keys import BROKER, EVENTS, LIVE, SESSIONS, SHUTTING_DOWN
 from ..model import Admission, Desktop, Session, User, WebSession
 from .client import relay_socket
-from .common import actor, check_csrf, client_ip, render, require_admin, user_agent
+from .common import (
+    actor,
+    check_csrf,
+    client_ip,
+    render,
+    require_admin,
+    signed_in_admin,
+    user_agent,
+)
 from .inputs import form_fields, json_object
 from .sse import EventStream
 
+# The dashboard, under the admin sub-application (/admin/, gateway/app.py), and the watch's
+# websocket beside the people's own (/ws/).
 routes = web.RouteTableDef()
+sockets = web.RouteTableDef()
 
 SNAPSHOT_SECONDS = 1.0
 RECENT_LIMIT = 25  # closed sessions per page of history
@@ -67,7 +78,7 @@ def _history_query(query: Mapping[str, str]) -> tuple[int, str]:
     return int(raw), query.get("q", "").strip()[:100]
 
 
-async def snapshot(app: web.Application, page: int = 1, search: str = "") -> dict[str, Any]:
+async def snapshot(app: web.Application | ChainMapProxy, page: int = 1, search: str = "") -> dict[str, Any]:
     """Live sessions with their figures; one page of closed sessions (newest first) and the
     newest failed attempts, both filtered by ``search``; names link to ids, desktops carry
     their address, user agents a readable browser and OS."""
@@ -115,18 +126,16 @@ async def snapshot(app: web.Application, page: int = 1, search: str = "") -> dic
     }
 
 
-@routes.get("/admin/sessions")
+@routes.get("/sessions")
 async def sessions_page(request: web.Request) -> web.StreamResponse:
-    await require_admin(request)
     _, search = _history_query(request.query)
     return render(request, "admin_sessions.html", search=search)
 
 
-@routes.get("/admin/sessions/events")
+@routes.get("/sessions/events")
 async def sessions_events(request: web.Request) -> web.StreamResponse:
     """A snapshot every second and on every session start or close, until the browser leaves."""
-    await require_admin(request)
-    app = request.app
+    app = request.config_dict
     page, search = _history_query(request.query)
     async with app[EVENTS].subscribe() as queue:
         stream = await EventStream.open(request)
@@ -171,39 +180,38 @@ def _done(request: web.Request, **data: Any) -> web.StreamResponse:
     raise web.HTTPSeeOther("/admin/sessions")
 
 
-@routes.post("/admin/sessions/{session_id}/disconnect")
+@routes.post("/sessions/{session_id}/disconnect")
 async def disconnect(request: web.Request) -> web.StreamResponse:
-    _, admin = await require_admin(request)
+    _, admin = signed_in_admin(request)
     fields = await _fields(request)
-    await request.app[SESSIONS].disconnect(actor(request, admin), _session_id(request),
+    await request.config_dict[SESSIONS].disconnect(actor(request, admin), _session_id(request),
                                            fields.get("reason", ""))
     return _done(request)
 
 
-@routes.post("/admin/sessions/{session_id}/message")
+@routes.post("/sessions/{session_id}/message")
 async def message(request: web.Request) -> web.StreamResponse:
-    _, admin = await require_admin(request)
+    _, admin = signed_in_admin(request)
     fields = await _fields(request)
-    await request.app[SESSIONS].message(actor(request, admin), _session_id(request),
+    await request.config_dict[SESSIONS].message(actor(request, admin), _session_id(request),
                                         fields.get("text", ""))
     return _done(request)
 
 
-@routes.get("/admin/sessions/{session_id}/watch")
+@routes.get("/sessions/{session_id}/watch")
 async def watch_page(request: web.Request) -> web.StreamResponse:
-    await require_admin(request)
     session_id = _session_id(request)
-    live = request.app[LIVE].get(session_id)
+    live = request.config_dict[LIVE].get(session_id)
     return render(request, "admin_watch.html", session_id=session_id,
                   figures=live.figures(time.time()) if live and not live.watch_of else None)
 
 
-@routes.post("/admin/sessions/{session_id}/watch/connect")
+@routes.post("/sessions/{session_id}/watch/connect")
 async def watch_connect(request: web.Request) -> web.StreamResponse:
-    ws, admin = await require_admin(request)
+    ws, admin = signed_in_admin(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    watch_id, ticket = await request.app[BROKER].watch(
-        admin, ws, _session_id(request), request.app[LIVE], client_ip(request),
+    watch_id, ticket = await request.config_dict[BROKER].watch(
+        admin, ws, _session_id(request), request.config_dict[LIVE], client_ip(request),
         user_agent(request))
     return web.json_response({"watch_id": watch_id,
                               "ws_url": f"/ws/watch/{watch_id}?ticket={quote(ticket)}"})
@@ -211,12 +219,12 @@ async def watch_connect(request: web.Request) -> web.StreamResponse:
 
 async def _admit_watch(request: web.Request, user: User, web_session: WebSession,
                        ticket: str) -> Admission:
-    return await request.app[BROKER].admit_watch(
+    return await request.config_dict[BROKER].admit_watch(
         ticket, watch_id=request.match_info["watch_id"][:64], user=user,
-        web_session=web_session, live=request.app[LIVE])
+        web_session=web_session, live=request.config_dict[LIVE])
 
 
-@routes.get("/ws/watch/{watch_id}")
+@sockets.get("/ws/watch/{watch_id}")
 async def watch_socket(request: web.Request) -> web.StreamResponse:
     """The view-only relay for an admin's watch; refused with 403 before the upgrade otherwise."""
     await require_admin(request)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..cases.actor import Actor
 from ..cases.catalog import DesktopView, provider_names
-from ..errors import BadRequest, Forbidden, Unauthorized
+from ..errors import BadRequest, Forbidden, NotFound, Unauthorized
 from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, SESSIONS
 from ..model import ApiToken, AuditEvent, Desktop, Session, User
 from ..rdp.options import OPTIONS as RDP_OPTIONS
@@ -92,7 +92,7 @@ _ASSIGNMENT = {**obj(user_id=INTEGER, group=STRING), "description": "exactly one
 
 # authentication ---------------------------------------------------------------------------------
 async def _refuse(request: web.Request, user: User, why: str) -> None:
-    await request.app[AUDIT_TRAIL].refused(actor(request, user),
+    await request.config_dict[AUDIT_TRAIL].refused(actor(request, user),
                                            f"{request.method} {request.path}: {why}")
 
 
@@ -107,7 +107,7 @@ async def authenticate(request: web.Request, op: Operation) -> User:
         scheme, _, secret = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthorized("use Authorization: Bearer <token>")
-        token, user = await request.app[ACCOUNTS].authenticate_token(secret.strip())
+        token, user = await request.config_dict[ACCOUNTS].authenticate_token(secret.strip())
         if op.writes and token.read_only:
             await _refuse(request, user, f"read-only token {token.id}")
             raise Forbidden("this token is read-only")
@@ -125,20 +125,22 @@ async def authenticate(request: web.Request, op: Operation) -> User:
     return user
 
 
-def _guard(op: Operation) -> Handler:
-    if op.public:
-        return op.handler
-
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            request[API_ADMIN] = await authenticate(request, op)
-        except Unauthorized as exc:
-            return web.json_response({"error": exc.reason}, status=401,
-                                     headers={"WWW-Authenticate": 'Bearer realm="deskgate"'})
-        return await op.handler(request)
-
-    guarded.__name__ = op.handler.__name__
-    return guarded
+@web.middleware
+async def admin_api(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The gate of the API sub-application: every operation but the public ones is for an
+    admin (``authenticate``), checked before its handler runs; an address it does not have
+    answers 404 as anywhere else."""
+    if request.match_info.http_exception is None:
+        op = API.operation_of(request.match_info.route.handler)
+        if op is None:
+            raise NotFound()  # a route outside the table: fail closed
+        if not op.public:
+            try:
+                request[API_ADMIN] = await authenticate(request, op)
+            except Unauthorized as exc:
+                return web.json_response({"error": exc.reason}, status=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="deskgate"'})
+    return await handler(request)
 
 
 # input ------------------------------------------------------------------------------------------
@@ -214,7 +216,7 @@ def audit_json(e: AuditEvent) -> dict[str, Any]:
 
 
 async def _desktop_out(request: web.Request, view: DesktopView) -> dict[str, Any]:
-    return desktop_json(view, await request.app[CATALOG].state(view.desktop))
+    return desktop_json(view, await request.config_dict[CATALOG].state(view.desktop))
 
 
 # the document -----------------------------------------------------------------------------------
@@ -231,7 +233,7 @@ async def openapi_document(request: web.Request) -> web.StreamResponse:
                             recent=array(ref("Session"))))
 async def list_sessions(request: web.Request) -> web.StreamResponse:
     limit = _limit(request, 50)
-    sessions = request.app[SESSIONS]
+    sessions = request.config_dict[SESSIONS]
     return web.json_response({"live": sessions.live_figures(),
                               "recent": [session_json(s) for s in
                                          await sessions.recent(limit)]})
@@ -241,7 +243,7 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
                tag="sessions", path_types={"id": STRING}, request=obj(reason=STRING))
 async def disconnect_session(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"reason"})
-    await request.app[SESSIONS].disconnect(_admin(request), request.match_info["id"],
+    await request.config_dict[SESSIONS].disconnect(_admin(request), request.match_info["id"],
                                         _typed(body, "reason", str) or "")
     return web.Response(status=204)
 
@@ -250,7 +252,7 @@ async def disconnect_session(request: web.Request) -> web.StreamResponse:
                tag="sessions", path_types={"id": STRING}, request=obj(("text",), text=STRING))
 async def message_session(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"text"})
-    await request.app[SESSIONS].message(_admin(request), request.match_info["id"],
+    await request.config_dict[SESSIONS].message(_admin(request), request.match_info["id"],
                                         _typed(body, "text", str, required=True))
     return web.Response(status=204)
 
@@ -259,7 +261,7 @@ async def message_session(request: web.Request) -> web.StreamResponse:
 @API.operation("GET", f"{PREFIX}/desktops", "All desktops", tag="desktops",
                response=obj(("desktops",), desktops=array(ref("Desktop"))))
 async def list_desktops(request: web.Request) -> web.StreamResponse:
-    views = await request.app[CATALOG].desktop_views()
+    views = await request.config_dict[CATALOG].desktop_views()
     # The states are asked all at once: each may take up to Providers.state's bound.
     return web.json_response({"desktops": list(await asyncio.gather(
         *(_desktop_out(request, v) for v in views)))})
@@ -285,20 +287,20 @@ async def create_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "provider", "host", "port", "password", "protocol",
                                  "rdp"})
     rdp = _rdp_body(body)
-    desktop: Desktop = await request.app[CATALOG].add_desktop(
+    desktop: Desktop = await request.config_dict[CATALOG].add_desktop(
         _admin(request), _typed(body, "name", str, required=True),
         _typed(body, "provider", str, required=True),
         host=_typed(body, "host", str) or "", port=_typed(body, "port", int) or 0,
         password=_typed(body, "password", str) or None,
         protocol=_typed(body, "protocol", str) or "vnc", options=rdp)
-    view = await request.app[CATALOG].desktop_view(desktop.id)
+    view = await request.config_dict[CATALOG].desktop_view(desktop.id)
     return web.json_response(await _desktop_out(request, view), status=201)
 
 
 @API.operation("GET", f"{PREFIX}/desktops/{{id}}", "One desktop, its assignments and state",
                tag="desktops", response=ref("Desktop"))
 async def get_desktop(request: web.Request) -> web.StreamResponse:
-    view = await request.app[CATALOG].desktop_view(_id(request))
+    view = await request.config_dict[CATALOG].desktop_view(_id(request))
     return web.json_response(await _desktop_out(request, view))
 
 
@@ -311,20 +313,20 @@ async def update_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "host", "port", "password", "clear_password",
                                  "maintenance", "rdp"})
     desktop_id = _id(request)
-    await request.app[CATALOG].update_desktop(
+    await request.config_dict[CATALOG].update_desktop(
         _admin(request), desktop_id, name=_typed(body, "name", str),
         host=_typed(body, "host", str), port=_typed(body, "port", int),
         password=_typed(body, "password", str), clear_password=bool(
             _typed(body, "clear_password", bool)), maintenance=_typed(body, "maintenance", bool),
         rdp=_rdp_body(body))
-    view = await request.app[CATALOG].desktop_view(desktop_id)
+    view = await request.config_dict[CATALOG].desktop_view(desktop_id)
     return web.json_response(await _desktop_out(request, view))
 
 
 @API.operation("DELETE", f"{PREFIX}/desktops/{{id}}", "Delete a desktop (stops it first)",
                tag="desktops")
 async def delete_desktop(request: web.Request) -> web.StreamResponse:
-    await request.app[CATALOG].delete_desktop(_admin(request), _id(request))
+    await request.config_dict[CATALOG].delete_desktop(_admin(request), _id(request))
     return web.Response(status=204)
 
 
@@ -333,9 +335,9 @@ async def _assignment(request: web.Request, remove: bool) -> web.StreamResponse:
     user_id, group = _typed(body, "user_id", int), _typed(body, "group", str)
     if remove and not body:  # DELETE bodies are unusual: query parameters work as well
         user_id, group = query_int(request, "user_id"), request.query.get("group")
-    done = await request.app[CATALOG].assign(_admin(request), _id(request), user_id=user_id,
+    done = await request.config_dict[CATALOG].assign(_admin(request), _id(request), user_id=user_id,
                                              group=group, remove=remove)
-    view = await request.app[CATALOG].desktop_view(done.desktop.id)
+    view = await request.config_dict[CATALOG].desktop_view(done.desktop.id)
     return web.json_response(await _desktop_out(request, view))
 
 
@@ -361,7 +363,7 @@ async def unassign_desktop(request: web.Request) -> web.StreamResponse:
                response=obj(("state",), state=STRING))
 async def power_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"action"})
-    state = await request.app[CATALOG].power(_admin(request), _id(request),
+    state = await request.config_dict[CATALOG].power(_admin(request), _id(request),
                                            _typed(body, "action", str, required=True))
     return web.json_response({"state": state})
 
@@ -371,21 +373,21 @@ async def power_desktop(request: web.Request) -> web.StreamResponse:
                tag="users", query=(Param("search", STRING),),
                response=obj(("users",), users=array(ref("User"))))
 async def list_users(request: web.Request) -> web.StreamResponse:
-    users = await request.app[ACCOUNTS].users(request.query.get("search", ""))
+    users = await request.config_dict[ACCOUNTS].users(request.query.get("search", ""))
     return web.json_response({"users": [user_json(u) for u in users]})
 
 
 @API.operation("GET", f"{PREFIX}/users/{{id}}", "A user with groups, desktops, recent sessions",
                tag="users", response=_USER_DETAIL)
 async def get_user(request: web.Request) -> web.StreamResponse:
-    view = await request.app[ACCOUNTS].user_view(_id(request))
+    view = await request.config_dict[ACCOUNTS].user_view(_id(request))
     return web.json_response({**user_json(view.user), "groups": view.groups,
                               "desktops": [{"id": d.id, "name": d.name} for d in view.desktops],
                               "sessions": [session_json(s) for s in view.sessions]})
 
 
 async def _set_disabled(request: web.Request, disabled: bool) -> web.StreamResponse:
-    user = await request.app[ACCOUNTS].set_disabled(_admin(request), _id(request), disabled)
+    user = await request.config_dict[ACCOUNTS].set_disabled(_admin(request), _id(request), disabled)
     return web.json_response(user_json(user))
 
 
@@ -406,7 +408,7 @@ async def enable_user(request: web.Request) -> web.StreamResponse:
                "Forget a user's TOTP secret and recovery codes; they enrol again", tag="users",
                response=ref("User"))
 async def reset_totp(request: web.Request) -> web.StreamResponse:
-    user = await request.app[ACCOUNTS].reset_totp(_admin(request), _id(request))
+    user = await request.config_dict[ACCOUNTS].reset_totp(_admin(request), _id(request))
     return web.json_response(user_json(user))
 
 
@@ -425,7 +427,7 @@ _TIME = {"type": "string", "description": "ISO 8601, or seconds since the epoch"
 async def query_audit(request: web.Request) -> web.StreamResponse:
     q = request.query
     limit = _limit(request, 100)
-    events = await request.app[AUDIT_TRAIL].events(
+    events = await request.config_dict[AUDIT_TRAIL].events(
         limit=limit, user=q.get("user") or None, desktop=q.get("desktop") or None,
         kind=q.get("kind") or None,
         since=parse_time(q.get("since", ""), "since", epoch_seconds=True),
@@ -439,7 +441,7 @@ async def query_audit(request: web.Request) -> web.StreamResponse:
 @API.operation("GET", f"{PREFIX}/tokens", "API tokens (never their secrets)", tag="tokens",
                response=obj(("tokens",), tokens=array(ref("ApiToken"))))
 async def list_tokens(request: web.Request) -> web.StreamResponse:
-    accounts = request.app[ACCOUNTS]
+    accounts = request.config_dict[ACCOUNTS]
     names = {u.id: u.name for u in await accounts.users()}
     now = time.time()
     return web.json_response({"tokens": [token_json(t, names.get(t.user_id), now)
@@ -457,7 +459,7 @@ async def create_token(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "days", "read_only"})
     owner = request[API_ADMIN]
     days = _typed(body, "days", int)
-    token, secret = await request.app[ACCOUNTS].create_token(
+    token, secret = await request.config_dict[ACCOUNTS].create_token(
         _admin(request), owner, _typed(body, "name", str, required=True),
         days=30 if days is None else days, read_only=bool(_typed(body, "read_only", bool)))
     return web.json_response({**token_json(token, owner.name, time.time()), "secret": secret},
@@ -466,8 +468,12 @@ async def create_token(request: web.Request) -> web.StreamResponse:
 
 @API.operation("DELETE", f"{PREFIX}/tokens/{{id}}", "Revoke a token", tag="tokens")
 async def revoke_token(request: web.Request) -> web.StreamResponse:
-    await request.app[ACCOUNTS].revoke_token(_admin(request), _id(request))
+    await request.config_dict[ACCOUNTS].revoke_token(_admin(request), _id(request))
     return web.Response(status=204)
 
 
-routes = API.routes(_guard)
+def app() -> web.Application:
+    """The API as a sub-application, to be mounted at ``PREFIX``."""
+    api = web.Application(middlewares=[admin_api])
+    api.add_routes(API.routes(PREFIX))
+    return api

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
-from aiohttp import web
+from aiohttp import ChainMapProxy, web
 
 from ..cases.access import NO_SUCH_DESKTOP
 from ..errors import (
@@ -53,10 +53,10 @@ def _desktop_id(request: web.Request) -> int:
 @routes.get(r"/desktops/{desktop_id}")
 async def client_page(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
-    desktop = await request.app[ACCESS].check_access(user, _desktop_id(request),
+    desktop = await request.config_dict[ACCESS].check_access(user, _desktop_id(request),
                                                      client_ip(request))
     return render(request, "session.html", desktop=desktop,
-                  may_store_credentials=request.app[SETTINGS].rdp_store_credentials)
+                  may_store_credentials=request.config_dict[SETTINGS].rdp_store_credentials)
 
 
 async def _connect_body(request: web.Request) -> tuple[int, int, str | None]:
@@ -81,8 +81,8 @@ async def connect(request: web.Request) -> web.StreamResponse:
     check_csrf(request, request.headers.get("X-CSRF-Token"))
     width, height, retry_of = await _connect_body(request)
     # A slot of this node's capacity (gateway/capacity.py), kept for the session's websocket.
-    with request.app[CAPACITY].hold() as hold:
-        session, ticket = await request.app[BROKER].connect(
+    with request.config_dict[CAPACITY].hold() as hold:
+        session, ticket = await request.config_dict[BROKER].connect(
             user, ws, _desktop_id(request), client_ip(request), user_agent(request),
             width, height, retry_of=retry_of)
         hold.keep(session.id)
@@ -104,7 +104,7 @@ async def save_credentials(request: web.Request) -> web.StreamResponse:
         raise BadRequest("username, domain and password are strings")
     if not isinstance(body.get("remember", True), bool):
         raise BadRequest("remember is true or false")
-    saved = await request.app[BROKER].rdp_accounts.save(
+    saved = await request.config_dict[BROKER].rdp_accounts.save(
         user, _desktop_id(request), client_ip(request), username=body.get("username", ""),
         domain=body.get("domain", ""), password=body.get("password", ""),
         remember=body.get("remember", True))
@@ -115,7 +115,7 @@ async def save_credentials(request: web.Request) -> web.StreamResponse:
 async def forget_credentials(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
     check_csrf(request, request.headers.get("X-CSRF-Token"))
-    forgotten = await request.app[BROKER].rdp_accounts.forget(user, _desktop_id(request),
+    forgotten = await request.config_dict[BROKER].rdp_accounts.forget(user, _desktop_id(request),
                                                               client_ip(request))
     return web.json_response({"forgotten": forgotten})
 
@@ -123,10 +123,10 @@ async def forget_credentials(request: web.Request) -> web.StreamResponse:
 @routes.get(r"/sessions/{session_id}")
 async def session_status(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
-    session = await request.app[SESSIONS].session_of(user, request.match_info["session_id"])
+    session = await request.config_dict[SESSIONS].session_of(user, request.match_info["session_id"])
     if session is None:
         raise NotFound("no such session")
-    live = request.app[LIVE].get(session.id)
+    live = request.config_dict[LIVE].get(session.id)
     if live is not None and live.end_reason is not None:
         # Ended from outside and still closing: the stored row is written a moment later.
         return web.json_response({"id": session.id, "state": "closed",
@@ -146,11 +146,11 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     whether the desktop answers ({"type": "desktop", "responding": bool})."""
     _, user = require_signed_in(request)
     session_id = request.match_info["session_id"][:64]
-    session = await request.app[SESSIONS].session_of(user, session_id)
-    live = request.app[LIVE].get(session_id)
+    session = await request.config_dict[SESSIONS].session_of(user, session_id)
+    live = request.config_dict[LIVE].get(session_id)
     if session is None or live is None or live.watch_of:
         raise NotFound("no such live session")
-    request.app[CAPACITY].stream_for_this_task()  # one descriptor of this node's capacity
+    request.config_dict[CAPACITY].stream_for_this_task()  # one descriptor of this node's capacity
     stream = await EventStream.open(request)
     queue = live.listen()
     try:
@@ -159,7 +159,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             await stream.send({"type": "desktop", "responding": False})
         # Woken by an event, by the session's end (ENDED, also on shutdown) or for a heartbeat;
         # a browser that left is found by the next write.
-        while stream.open_for(request.app[SHUTTING_DOWN]) and request.app[LIVE].get(
+        while stream.open_for(request.config_dict[SHUTTING_DOWN]) and request.config_dict[LIVE].get(
                 session_id) is live:
             try:
                 async with asyncio.timeout(HEARTBEAT_SECONDS):
@@ -185,7 +185,7 @@ Admit = Callable[[web.Request, User, WebSession, str], Awaitable[Admission]]
 
 async def _admit_own(request: web.Request, user: User, web_session: WebSession,
                      ticket: str) -> Admission:
-    return await request.app[BROKER].admit(
+    return await request.config_dict[BROKER].admit(
         ticket, session_id=request.match_info["session_id"][:64], user=user,
         web_session=web_session)
 
@@ -199,7 +199,7 @@ async def _admission(request: web.Request, admit: Admit, ip: str) -> Relay:
     """Origin, web session and ticket checked, and a slot of this node's capacity taken: the
     relay that holds the slot from now on. Raises GatewayError with the reason (and then holds
     no slot)."""
-    app = request.app
+    app = request.config_dict
     if request.headers.get("Origin") != app[SETTINGS].public_origin:
         raise Forbidden("websocket origin not allowed")
     web_session, user = current(request)  # loaded by the web_session middleware
@@ -223,7 +223,7 @@ async def _admission(request: web.Request, admit: Admit, ip: str) -> Relay:
         raise
 
 
-def _keep(app: web.Application, task: asyncio.Task[None]) -> None:
+def _keep(app: ChainMapProxy, task: asyncio.Task[None]) -> None:
     """Hold a relay's task until it is done (nothing else refers to it)."""
     tasks = app[RELAY_TASKS]
     tasks.add(task)
@@ -241,7 +241,7 @@ async def relay_socket(request: web.Request, admit: Admit) -> web.StreamResponse
     upgrade, the browser gets a close frame with a code and a reason (unless it is gone), and
     nothing reaches the HTTP error middleware.
     """
-    app = request.app
+    app = request.config_dict
     # aiohttp's websocket for the upgrade and admission only (the browser sends nothing before
     # the relay's RFB greeting); from then on, the relay's BrowserSocket reads every frame.
     ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MESSAGE,

@@ -32,7 +32,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 def _login_page(request: web.Request, *, http_status: int = 200,
                 error: str | None = None) -> web.Response:
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     return render(request, "login.html", http_status=http_status, error=error,
                   providers=[{"id": p.id, "label": p.label} for p in settings.oidc],
                   local_accounts=settings.local_accounts)
@@ -41,12 +41,12 @@ def _login_page(request: web.Request, *, http_status: int = 200,
 @routes.post("/login")
 async def login_submit(request: web.Request) -> web.StreamResponse:
     form = await check_form_csrf(request)
-    if not request.app[SETTINGS].local_accounts:
+    if not request.config_dict[SETTINGS].local_accounts:
         return _login_page(request, http_status=403, error="local accounts are turned off here")
     username = form.get("username", "")[:200]
     password = form.get("password", "")[:1000]
     try:
-        cookie, _, _ = await request.app[SIGNIN].sign_in_password(
+        cookie, _, _ = await request.config_dict[SIGNIN].sign_in_password(
             username, password, client_ip(request), user_agent(request))
     except GatewayError as exc:
         return _login_page(request, http_status=exc.http_status, error=exc.reason)
@@ -69,7 +69,7 @@ async def _second_factor_page(request: web.Request, *, http_status: int = 200,
     assert user is not None
     if user.totp_enrolled:
         return render(request, "totp_verify.html", http_status=http_status, error=error)
-    enrolment = await request.app[SIGNIN].enrolment(user)
+    enrolment = await request.config_dict[SIGNIN].enrolment(user)
     return render(request, "totp_enrol.html", http_status=http_status, error=error,
                   secret=enrolment.secret, otpauth_uri=enrolment.uri, qr_svg=enrolment.qr_svg)
 
@@ -87,7 +87,7 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
     ws, _ = current(request)
     assert ws is not None
     try:
-        result = await request.app[SIGNIN].second_factor(ws, form.get("code", "")[:64],
+        result = await request.config_dict[SIGNIN].second_factor(ws, form.get("code", "")[:64],
                                                            client_ip(request))
     except GatewayError as exc:
         return await _second_factor_page(request, http_status=exc.http_status, error=exc.reason)
@@ -102,7 +102,7 @@ async def _unsaved_codes(request: web.Request) -> tuple[WebSession, list[str] | 
     ws, _ = current(request)
     if ws is None or ws.state is not WebSessionState.AUTHENTICATED:
         raise web.HTTPSeeOther("/login")
-    return ws, await request.app[SIGNIN].unsaved_recovery_codes(ws)
+    return ws, await request.config_dict[SIGNIN].unsaved_recovery_codes(ws)
 
 
 @routes.get("/login/recovery")
@@ -122,7 +122,7 @@ async def recovery_download(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/")
     _, user = current(request)
     name = user.name if user is not None else ""
-    public_url = request.app[SETTINGS].public_url
+    public_url = request.config_dict[SETTINGS].public_url
     text = "\n".join([f"Deskgate recovery codes for {name} at {public_url}",
                       "Each code signs you in once, instead of the authenticator app's code.", "",
                       *codes, ""])
@@ -135,7 +135,7 @@ async def recovery_download(request: web.Request) -> web.StreamResponse:
 async def recovery_saved(request: web.Request) -> web.StreamResponse:
     await check_form_csrf(request)
     ws, _ = await _unsaved_codes(request)
-    await request.app[SIGNIN].recovery_codes_saved(ws)
+    await request.config_dict[SIGNIN].recovery_codes_saved(ws)
     return redirect("/")
 
 
@@ -144,11 +144,11 @@ async def logout(request: web.Request) -> web.StreamResponse:
     ws, user = current(request)
     if ws is not None and user is not None:  # the middleware loads the two together
         await check_form_csrf(request)
-        await request.app[SIGNIN].sign_out(actor(request, user), ws)
-        await request.app[LIVE].end_for_web_session(ws.id, WS_SIGNED_OUT, "you signed out")
+        await request.config_dict[SIGNIN].sign_out(actor(request, user), ws)
+        await request.config_dict[LIVE].end_for_web_session(ws.id, WS_SIGNED_OUT, "you signed out")
         # RP-initiated logout: also end the session at the identity provider, when it can.
-        login_url = request.app[SETTINGS].public_url.rstrip("/") + "/login"
-        idp_url = await request.app[SSO].logout_url(ws, login_url)
+        login_url = request.config_dict[SETTINGS].public_url.rstrip("/") + "/login"
+        idp_url = await request.config_dict[SSO].logout_url(ws, login_url)
         if idp_url:
             response = redirect(idp_url)
             clear_session_cookie(response)

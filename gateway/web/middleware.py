@@ -175,7 +175,7 @@ async def web_session(request: web.Request, handler: Handler) -> web.StreamRespo
     """Load the server-side session behind the cookie; give anonymous visitors a CSRF token."""
     if request.path.startswith(("/static/", "/novnc/")) or request.path == "/healthz":
         return await handler(request)
-    services = request.app[SIGNIN]
+    services = request.config_dict[SIGNIN]
     ws = await services.sessions.load(request.cookies.get(COOKIE_NAME))
     if ws is not None:
         user = await load_user(request, ws)
@@ -192,7 +192,7 @@ async def web_session(request: web.Request, handler: Handler) -> web.StreamRespo
         request[PRE_TOKEN] = pre
     response = await handler(request)
     if new_pre is not None:
-        settings = request.app[SETTINGS]
+        settings = request.config_dict[SETTINGS]
         response.set_cookie(PRE_COOKIE_NAME, new_pre, httponly=True, samesite="Lax",
                             secure=settings.cookie_secure, path="/")
     return response
@@ -201,12 +201,12 @@ async def web_session(request: web.Request, handler: Handler) -> web.StreamRespo
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
     headers["Server"] = SERVER
-    headers.setdefault("Content-Security-Policy", csp_for(request.app[SETTINGS]))
+    headers.setdefault("Content-Security-Policy", csp_for(request.config_dict[SETTINGS]))
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    if request.app[SETTINGS].cookie_secure:
+    if request.config_dict[SETTINGS].cookie_secure:
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if not request.path.startswith(("/static/", "/novnc/")):
         headers.setdefault("Cache-Control", "no-store")

@@ -2,9 +2,8 @@
 document, so that the two cannot drift apart.
 
 ``ApiTable.operation`` is a decorator that records a handler with its method, path, summary and
-JSON schemas. ``ApiTable.routes`` hands aiohttp every operation wrapped by the table's ``guard``
-(authentication lives with the caller, see ``gateway/web/api.py``); ``ApiTable.document`` describes
-the very same operations.
+JSON schemas. ``ApiTable.routes`` hands aiohttp every operation (the sub-application that serves them checks
+who calls, see ``gateway/web/api.py``); ``ApiTable.document`` describes the very same operations.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from aiohttp import web
 
 Schema = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Guard = Callable[["Operation"], Handler]
 
 CSRF_HEADER = "X-CSRF-Token"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
@@ -112,11 +110,20 @@ class ApiTable:
             return handler
         return register
 
-    def routes(self, guard: Guard) -> list[web.RouteDef]:
-        """Every operation as an aiohttp route, each wrapped by ``guard`` (no implicit HEAD)."""
-        return [web.RouteDef(op.method, op.path, guard(op),
+    def routes(self, prefix: str) -> list[web.RouteDef]:
+        """Every operation as an aiohttp route of a sub-application mounted at ``prefix``
+        (no implicit HEAD)."""
+        def relative(path: str) -> str:
+            if not path.startswith(prefix + "/"):
+                raise ValueError(f"{path} is not under {prefix}")
+            return path[len(prefix):]
+        return [web.RouteDef(op.method, relative(op.path), op.handler,
                              {"allow_head": False} if op.method == "GET" else {})
                 for op in self.operations]
+
+    def operation_of(self, handler: object) -> Operation | None:
+        """The operation whose handler this is (None for any other)."""
+        return next((op for op in self.operations if op.handler is handler), None)
 
     # the document ------------------------------------------------------------------------------
     def document(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class DesktopCard:
 async def portal(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
     cards = [DesktopCard(d.id, d.name, d.protocol, state)
-             for d, state in await request.app[ACCESS].desktops_for(user)]
+             for d, state in await request.config_dict[ACCESS].desktops_for(user)]
     return render(request, "portal.html", desktops=cards)
 
 

@@ -32,13 +32,13 @@ async def start(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/")
     browser = new_token()
     try:
-        url = await request.app[SSO].begin(request.match_info["provider_id"][:32], browser,
+        url = await request.config_dict[SSO].begin(request.match_info["provider_id"][:32], browser,
                                            client_ip(request))
     except GatewayError as exc:
         return _failure(request, exc)
     response = redirect(url)
     response.set_cookie(BROWSER_COOKIE, browser, httponly=True, samesite="Lax",
-                        secure=request.app[SETTINGS].cookie_secure, path="/login/oidc/",
+                        secure=request.config_dict[SETTINGS].cookie_secure, path="/login/oidc/",
                         max_age=600)
     return response
 
@@ -54,7 +54,7 @@ def _failure(request: web.Request, exc: GatewayError) -> web.Response:
 @routes.get(RETIRED_CALLBACK_PATH)
 async def retired_callback(request: web.Request) -> web.StreamResponse:
     try:
-        await request.app[SSO].retired_callback(client_ip(request))
+        await request.config_dict[SSO].retired_callback(client_ip(request))
     except GatewayError as exc:
         return _failure(request, exc)
     raise web.HTTPNotFound()  # not reached: the service always refuses
@@ -65,7 +65,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     query = request.query
     iss = query.get("iss")
     try:
-        result = await request.app[SSO].complete(
+        result = await request.config_dict[SSO].complete(
             request.match_info["provider_id"][:32],
             state=query.get("state", "")[:200], code=query.get("code", "")[:2000] or None,
             error=query.get("error", "")[:64] or None, iss=None if iss is None else iss[:512],

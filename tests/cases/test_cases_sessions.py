@@ -20,10 +20,10 @@ from gateway.store.sqlite import SQLiteStore
 
 class Closes:
     def __init__(self) -> None:
-        self.calls: list[tuple[int, str]] = []
+        self.calls: list[tuple[int, str, bool]] = []
 
-    async def __call__(self, code: int, reason: str) -> None:
-        self.calls.append((code, reason))
+    async def __call__(self, code: int, reason: str, final: bool) -> None:
+        self.calls.append((code, reason, final))
 
 
 def live_session(sid: str, closes: Closes) -> LiveSession:
@@ -58,7 +58,7 @@ async def test_history_own_sessions_disconnect_and_message(settings: Settings,
     await cases.sessions.disconnect(me, "s-live", "maintenance")
     assert queue.get_nowait() == {"type": "message", "from": "root",
                                   "text": "saving in five minutes"}
-    assert closes.calls == [(WS_ADMIN_DISCONNECT, "maintenance")]
+    assert closes.calls == [(WS_ADMIN_DISCONNECT, "maintenance", True)]  # for good
     assert [(r.user, r.desktop, r.detail) for r in await audit_since(store, mark)] == [
         ("alice", "VM", "message sent to session s-live (by root)"),
         ("alice", "VM", "session s-live disconnected: maintenance (by root)")]

@@ -55,10 +55,14 @@ def bearer(secret: str) -> dict[str, str]:
 def api_routes(client: Client) -> list[tuple[str, str]]:
     """Every (method, path) under /api/v1 that the app's router has, with ids filled in."""
     found = []
-    for route in client.server.app.router.routes():
-        path = route.resource.canonical if route.resource else ""
-        if path.startswith(API) and path not in PUBLIC and route.method != "HEAD":
-            found.append((route.method, re.sub(r"\{\w+\}", "1", path)))
+    for resource in client.server.app.router.resources():
+        info = resource.get_info()
+        if info.get("prefix") != API:
+            continue
+        for route in info["app"].router.routes():  # the API's sub-application
+            path = route.resource.canonical if route.resource else ""  # prefixed when mounted
+            if path not in PUBLIC and route.method != "HEAD":
+                found.append((route.method, re.sub(r"\{\w+\}", "1", path)))
     assert len(found) >= 19
     return found
 

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 import requests
 import schemathesis
+from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from served import Served, serve, sign_in
 from websupport import PASSWORD, csrf_of
@@ -59,15 +60,23 @@ def people(gateway: Served) -> dict[str, Who]:
 
 def router_routes(gateway: Served) -> list[tuple[str, str]]:
     """(method, path template) of every route the application registers."""
-    app = create_app(load_settings(gateway.config, env={}))
     found = []
-    for resource in app.router.resources():
-        info = resource.get_info()
-        template = info.get("formatter") or info.get("path") or (
-            info.get("prefix", "") + "/{filename}")
-        for route in resource:
-            if route.method != "HEAD":
-                found.append((route.method, str(template)))
+
+    def walk(app: web.Application) -> None:
+        for resource in app.router.resources():
+            info = resource.get_info()
+            if "app" in info:  # a sub-application (/admin/, /api/v1/): its routes too
+                walk(info["app"])  # whose routes carry the prefix once mounted
+                continue
+            template = info.get("formatter") or info.get("path") or (
+                info.get("prefix", "") + "/{filename}")
+            for route in resource:
+                if route.method != "HEAD":
+                    found.append((route.method, str(template)))
+
+    walk(create_app(load_settings(gateway.config, env={})))
+    assert any(path.startswith("/admin/") for _, path in found)
+    assert any(path.startswith("/api/v1/") for _, path in found)
     return sorted(set(found))
 
 
