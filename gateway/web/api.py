@@ -1,7 +1,11 @@
 """The admin REST API under /api/v1: JSON in and out, over the use cases (gateway/cases/).
 
 Every operation is declared once in ``API`` (gateway/web/openapi.py), which both registers it and
-documents it. Every operation but the OpenAPI document itself passes ``_guard``: deny by default.
+documents it (its schemas: gateway/web/api_schemas.py). The API is a sub-application mounted at
+``PREFIX`` whose middleware, ``admin_api``, lets every operation but the OpenAPI document itself
+through only for an admin: deny by default.
+
+About 400 lines as one concern: a short handler per operation, each beside its declaration.
 """
 
 from __future__ import annotations
@@ -13,20 +17,35 @@ from typing import Any
 from aiohttp import web
 
 from ..cases.actor import Actor
-from ..cases.catalog import DesktopView, provider_names
+from ..cases.catalog import DesktopView
 from ..errors import BadRequest, Forbidden, NotFound, Unauthorized
 from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, SESSIONS
-from ..model import ApiToken, AuditEvent, Desktop, Session, User
-from ..rdp.options import OPTIONS as RDP_OPTIONS
+from ..model import Desktop, User
+from .api_schemas import (
+    ASSIGNMENT,
+    AUDIT_EVENT,
+    DESKTOP,
+    LIVE,
+    PROTOCOL,
+    PROVIDER,
+    RDP_OPTIONS_BODY,
+    SESSION,
+    TOKEN,
+    USER,
+    USER_DETAIL,
+    audit_json,
+    desktop_json,
+    session_json,
+    token_json,
+    user_json,
+)
 from .common import actor, check_csrf, require_admin
 from .inputs import json_object, parse_int, parse_time, query_int
 from .openapi import (
     BOOLEAN,
     CSRF_HEADER,
     INTEGER,
-    NUMBER,
     STRING,
-    TIMESTAMP,
     ApiTable,
     Handler,
     Operation,
@@ -38,56 +57,12 @@ from .openapi import (
 )
 
 PREFIX = "/api/v1"
-_PROVIDER = {"type": "string", "enum": list(provider_names())}
 API_ADMIN = web.RequestKey("api_admin", User)
 MAX_LIMIT = 1000
 
-# schemas ------------------------------------------------------------------------------------------
-_DESKTOP = obj(
-    ("id", "name", "provider", "host", "port", "protocol", "has_password", "maintenance", "users",
-     "groups", "state"),
-    id=INTEGER, name=STRING, provider=_PROVIDER,
-    host=STRING, port=INTEGER, protocol={"type": "string", "enum": ["vnc", "rdp"]},
-    has_password={**BOOLEAN, "description": "the password itself is write-only"},
-    maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
-    state={**STRING, "description": "running, stopped or unknown"},
-    rdp={"type": ["object", "null"], "description": "RDP options (null for VNC)",
-         "properties": {o.name: o.schema() for o in RDP_OPTIONS}, "additionalProperties": STRING})
-# One RDP option table (gateway/rdp/options.py) describes what is accepted.
-_RDP_OPTIONS = {"type": "object", "description": "RDP options; on PATCH, the options given"
-                " replace those values only",
-                "properties": {o.name: o.schema() for o in RDP_OPTIONS},
-                "additionalProperties": False}
-_USER = obj(("id", "name", "is_admin", "disabled", "totp_enrolled", "source", "locked_until"),
-            id=INTEGER, name=STRING, is_admin=BOOLEAN, disabled=BOOLEAN, totp_enrolled=BOOLEAN,
-            source=STRING, locked_until=TIMESTAMP)
-_SESSION = obj(("id", "user_id", "desktop_id", "state", "started_at"),
-               id=STRING, user_id=INTEGER, desktop_id=INTEGER,
-               state={**STRING, "enum": ["starting", "active", "closed", "failed"],
-                      "description": "failed: a connection attempt that never reached the"
-                                     " desktop (close_reason says why), not a session"},
-               started_at=TIMESTAMP, ended_at=nullable(NUMBER), close_reason=nullable(STRING),
-               bytes_up=INTEGER, bytes_down=INTEGER, client_ip=STRING, user_agent=STRING,
-               tries={**INTEGER, "description": "connection tries of this attempt (a client"
-                                                " retrying a desktop that is down reuses it)"})
-_USER_DETAIL = {"allOf": [ref("User"), {"type": "object", "properties": {
-    "groups": array(STRING),
-    "desktops": array(obj(("id", "name"), id=INTEGER, name=STRING)),
-    "sessions": array(ref("Session"))}}]}
-_LIVE = {"type": "object", "description": "live figures of a relayed session on this gateway",
-         "properties": {"id": STRING, "user": STRING, "desktop": STRING}}
-_TOKEN = obj(("id", "name", "user_id", "user", "read_only", "created_at", "expires_at"),
-             id=INTEGER, name=STRING, user_id=INTEGER, user=nullable(STRING), read_only=BOOLEAN,
-             created_at=TIMESTAMP, expires_at=TIMESTAMP, last_used=nullable(NUMBER),
-             expired=BOOLEAN)
-_AUDIT_EVENT = obj(("id", "at", "kind", "detail"),
-                   id=INTEGER, at=TIMESTAMP, kind=STRING, user=nullable(STRING),
-                   desktop=nullable(STRING), client_ip=nullable(STRING), detail=STRING)
-
 API = ApiTable("Deskgate admin API", "1", {
-    "Desktop": _DESKTOP, "User": _USER, "Session": _SESSION, "LiveSession": _LIVE,
-    "ApiToken": _TOKEN, "AuditEvent": _AUDIT_EVENT})
-_ASSIGNMENT = {**obj(user_id=INTEGER, group=STRING), "description": "exactly one of the two"}
+    "Desktop": DESKTOP, "User": USER, "Session": SESSION, "LiveSession": LIVE,
+    "ApiToken": TOKEN, "AuditEvent": AUDIT_EVENT})
 
 
 # authentication ---------------------------------------------------------------------------------
@@ -182,39 +157,6 @@ def _admin(request: web.Request) -> Actor:
     return actor(request, request[API_ADMIN])
 
 
-# output: explicit builders, never a secret --------------------------------------------------------
-def desktop_json(view: DesktopView, state: str) -> dict[str, Any]:
-    d = view.desktop
-    return {"id": d.id, "name": d.name, "provider": d.provider, "host": d.host, "port": d.port,
-            "protocol": d.protocol, "has_password": d.has_password, "maintenance": d.maintenance,
-            "users": view.users, "groups": view.groups, "state": state,
-            "rdp": ({"credentials": "shared", "keyboard_layout": "", **dict(d.options)}
-                    if d.protocol == "rdp" else None)}
-
-
-def user_json(u: User) -> dict[str, Any]:
-    return {"id": u.id, "name": u.name, "is_admin": u.is_admin, "disabled": u.disabled,
-            "totp_enrolled": u.totp_enrolled, "source": u.source, "locked_until": u.locked_until}
-
-
-def session_json(s: Session) -> dict[str, Any]:
-    return {"id": s.id, "user_id": s.user_id, "desktop_id": s.desktop_id, "state": str(s.state),
-            "started_at": s.started_at, "ended_at": s.ended_at, "close_reason": s.close_reason,
-            "bytes_up": s.bytes_up, "bytes_down": s.bytes_down, "client_ip": s.client_ip,
-            "user_agent": s.user_agent, "tries": s.tries}
-
-
-def token_json(t: ApiToken, owner: str | None, now: float) -> dict[str, Any]:
-    return {"id": t.id, "name": t.name, "user_id": t.user_id, "user": owner,
-            "read_only": t.read_only, "created_at": t.created_at, "expires_at": t.expires_at,
-            "last_used": t.last_used, "expired": t.expires_at <= now}
-
-
-def audit_json(e: AuditEvent) -> dict[str, Any]:
-    return {"id": e.id, "at": e.at, "kind": e.kind, "user": e.user, "desktop": e.desktop,
-            "client_ip": e.client_ip, "detail": e.detail}
-
-
 async def _desktop_out(request: web.Request, view: DesktopView) -> dict[str, Any]:
     return desktop_json(view, await request.config_dict[CATALOG].state(view.desktop))
 
@@ -278,10 +220,10 @@ def _rdp_body(body: dict[str, Any]) -> dict[str, str] | None:
 
 @API.operation("POST", f"{PREFIX}/desktops", "Add a desktop", tag="desktops", status=201,
                request=obj(("name", "provider"), name=STRING,
-                           provider=_PROVIDER,
+                           provider=PROVIDER,
                            host=STRING, port=INTEGER,
-                           protocol={"type": "string", "enum": ["vnc", "rdp"]},
-                           rdp=_RDP_OPTIONS, password={**STRING, "writeOnly": True}),
+                           protocol=PROTOCOL,
+                           rdp=RDP_OPTIONS_BODY, password={**STRING, "writeOnly": True}),
                response=ref("Desktop"))
 async def create_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "provider", "host", "port", "password", "protocol",
@@ -308,7 +250,7 @@ async def get_desktop(request: web.Request) -> web.StreamResponse:
                tag="desktops", response=ref("Desktop"),
                request=obj(name=STRING, host=STRING, port=INTEGER,
                            password={**STRING, "writeOnly": True}, clear_password=BOOLEAN,
-                           maintenance=BOOLEAN, rdp=_RDP_OPTIONS))
+                           maintenance=BOOLEAN, rdp=RDP_OPTIONS_BODY))
 async def update_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "host", "port", "password", "clear_password",
                                  "maintenance", "rdp"})
@@ -343,14 +285,14 @@ async def _assignment(request: web.Request, remove: bool) -> web.StreamResponse:
 
 @API.operation("POST", f"{PREFIX}/desktops/{{id}}/assignments",
                "Assign the desktop to a user or to an identity provider group", tag="desktops",
-               request=_ASSIGNMENT, response=ref("Desktop"))
+               request=ASSIGNMENT, response=ref("Desktop"))
 async def assign_desktop(request: web.Request) -> web.StreamResponse:
     return await _assignment(request, remove=False)
 
 
 @API.operation("DELETE", f"{PREFIX}/desktops/{{id}}/assignments",
                "Remove a user's or a group's assignment (JSON body or query parameters)",
-               tag="desktops", request=_ASSIGNMENT, response=ref("Desktop"),
+               tag="desktops", request=ASSIGNMENT, response=ref("Desktop"),
                query=(Param("user_id", INTEGER), Param("group", STRING)))
 async def unassign_desktop(request: web.Request) -> web.StreamResponse:
     return await _assignment(request, remove=True)
@@ -378,7 +320,7 @@ async def list_users(request: web.Request) -> web.StreamResponse:
 
 
 @API.operation("GET", f"{PREFIX}/users/{{id}}", "A user with groups, desktops, recent sessions",
-               tag="users", response=_USER_DETAIL)
+               tag="users", response=USER_DETAIL)
 async def get_user(request: web.Request) -> web.StreamResponse:
     view = await request.config_dict[ACCOUNTS].user_view(_id(request))
     return web.json_response({**user_json(view.user), "groups": view.groups,
