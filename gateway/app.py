@@ -40,6 +40,7 @@ from .keys import (
     ACCOUNTS,
     AUDIT,
     AUDIT_TRAIL,
+    BOX,
     BROKER,
     CAPACITY,
     CATALOG,
@@ -47,6 +48,7 @@ from .keys import (
     LIVE,
     METRICS,
     PROVIDERS,
+    RDP_BRIDGES,
     RELAY_TASKS,
     RELAYS,
     SESSIONS,
@@ -85,7 +87,7 @@ class Cases:
     """The use cases of one process, one object per area (gateway/cases/), on one store; and
     what they were built on, for the tests."""
 
-    store: SQLiteStore
+    store: Store
     box: SecretBox
     audit: Audit
     signin: SignIn
@@ -96,7 +98,7 @@ class Cases:
     audit_trail: AuditTrail
 
 
-def build_cases(settings: Settings, store: SQLiteStore, *, box: SecretBox | None = None,
+def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = None,
                 providers: Providers | None = None, live: LiveSessions | None = None) -> Cases:
     """The use cases on ``store``. Without ``providers`` and ``live`` (the command line), a
     provider is made only when a change needs one, and no session is live here."""
@@ -139,22 +141,41 @@ def pre_logins(settings: Settings, store: Store) -> PreLogins:
                      settings.sso_pending_max, LOGIN_TTL)
 
 
-async def _state(app: web.Application) -> AsyncIterator[None]:
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    """The store; sessions a previous run left open are closed as it opens."""
     settings = app[SETTINGS]
-    runtime = prepare_runtime_dir(settings)
     store = SQLiteStore(settings.database_path)
     await store.open()
     closed = await store.close_open_sessions(time.time(), "the gateway restarted")
     if closed:
         log.info("closed %d sessions left open by a previous run", closed)
-    box = SecretBox(settings.secret_key)
-    providers = Providers(ProviderContext(runtime, settings.run_as_user, settings.display_base,
-                                          stop_on_exit=settings.stop_desktops_on_exit,
-                                          credentials=stored_passwords(store, box)))
-    await providers.recover()  # local desktops left running by the previous run
-    cases = build_cases(settings, store, box=box, providers=providers, live=app[LIVE])
-    tickets = TicketBook(settings.ticket_ttl_seconds)
     app[STORE] = store
+    app[BOX] = SecretBox(settings.secret_key)
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _desktop_providers(app: web.Application) -> AsyncIterator[None]:
+    """The desktop providers; local desktops left running by the previous run are taken over."""
+    settings = app[SETTINGS]
+    providers = Providers(ProviderContext(prepare_runtime_dir(settings), settings.run_as_user,
+                                          settings.display_base,
+                                          stop_on_exit=settings.stop_desktops_on_exit,
+                                          credentials=stored_passwords(app[STORE], app[BOX])))
+    await providers.recover()
+    app[PROVIDERS] = providers
+    try:
+        yield
+    finally:
+        await providers.close()
+
+
+async def _use_cases(app: web.Application) -> AsyncIterator[None]:
+    """The use cases, one object per area (gateway/cases/)."""
+    cases = build_cases(app[SETTINGS], app[STORE], box=app[BOX], providers=app[PROVIDERS],
+                        live=app[LIVE])
     app[AUDIT] = cases.audit
     app[SIGNIN] = cases.signin
     app[ACCOUNTS] = cases.accounts
@@ -162,32 +183,46 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[ACCESS] = cases.access
     app[SESSIONS] = cases.sessions
     app[AUDIT_TRAIL] = cases.audit_trail
-    app[PROVIDERS] = providers
-    app[TICKETS] = tickets
-    # RDP desktops: a private xfreerdp-in-Xvnc bridge per person and desktop.
-    bridges = RdpBridges(runtime / "rdp",
+    yield
+
+
+async def _rdp_bridges(app: web.Application) -> AsyncIterator[None]:
+    """RDP desktops: a private xfreerdp-in-Xvnc bridge per person and desktop."""
+    settings = app[SETTINGS]
+    bridges = RdpBridges(prepare_runtime_dir(settings) / "rdp",
                          run_as_user=settings.run_as_user if os.geteuid() == 0 else None,
                          max_bridges=settings.rdp_max_bridges,
                          grace_seconds=settings.rdp_grace_seconds,
                          display_base=settings.rdp_display_base,
                          logon_timeout=settings.rdp_logon_timeout_seconds)
-    app[BROKER] = Broker(store, box, providers, tickets, cases.audit, settings, cases.access,
-                         bridges)
-    rdp = app[BROKER].bridges  # the relay's RDP hooks: two callables of the broker's bridges
-    app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
-                            RelayTimes.of(settings), app[SHUTTING_DOWN],
-                            None if rdp is None else BridgeHooks(rdp.resized, rdp.watch_exit))
+    app[RDP_BRIDGES] = bridges
     try:
         yield
     finally:
-        # The relays' close bookkeeping (session rows, audit) needs the store: normally it has
-        # finished in _close_websockets; a relay still closing now gets its last moments.
-        if not await app[CAPACITY].drained(_LAST_CLOSE_SECONDS):
-            log.warning("%d sessions were still closing when the database closed",
-                        app[CAPACITY].relays)
         await bridges.close()
-        await providers.close()
-        await store.close()
+
+
+async def _broker(app: web.Application) -> AsyncIterator[None]:
+    """Connecting: tickets, the broker, and what each relay is given."""
+    settings = app[SETTINGS]
+    app[TICKETS] = TicketBook(settings.ticket_ttl_seconds)
+    bridges = app[RDP_BRIDGES]
+    app[BROKER] = Broker(app[STORE], app[BOX], app[PROVIDERS], app[TICKETS], app[AUDIT],
+                         settings, app[ACCESS], bridges)
+    app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
+                            RelayTimes.of(settings), app[SHUTTING_DOWN],
+                            BridgeHooks(bridges.resized, bridges.watch_exit))
+    yield
+
+
+async def _last_closes(app: web.Application) -> AsyncIterator[None]:
+    """Before the bridges, the providers and the store close: the relays' close bookkeeping
+    (session rows, audit) needs them. Normally it has finished in _close_websockets; a relay
+    still closing now gets its last moments."""
+    yield
+    if not await app[CAPACITY].drained(_LAST_CLOSE_SECONDS):
+        log.warning("%d sessions were still closing when the database closed",
+                    app[CAPACITY].relays)
 
 
 async def _single_sign_on(app: web.Application) -> AsyncIterator[None]:
@@ -274,7 +309,10 @@ def create_app(settings: Settings) -> web.Application:
                                    finalize=page_value)
     templates.filters["multiline"] = multiline
     app[TEMPLATES] = templates
-    app.cleanup_ctx.append(_state)
+    # One context per resource, opened in this order and closed in the reverse one.
+    for context in (_database, _desktop_providers, _use_cases, _rdp_bridges, _broker,
+                    _last_closes):
+        app.cleanup_ctx.append(context)
     app.cleanup_ctx.append(_single_sign_on)
     app.cleanup_ctx.append(_housekeeping)
     app.on_shutdown.append(_close_websockets)

@@ -20,9 +20,11 @@ from .cases.sessions import Sessions
 from .cases.signin import SignIn
 from .cases.sso import SingleSignOn
 from .config import Settings
+from .crypto import SecretBox
 from .events import EventBus
 from .live import LiveSessions
 from .providers.registry import Providers
+from .rdp.bridges import RdpBridges
 from .relay import RelayDeps
 from .store import Store
 from .tickets import TicketBook
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # metrics.py imports this module: its type only, for the chec
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
+BOX = web.AppKey("box", SecretBox)  # the secrets' encryption, with this gateway's key
 AUDIT = web.AppKey("audit", Audit)
 # The use cases, one per area (gateway/cases/).
 SIGNIN = web.AppKey("signin", SignIn)
@@ -43,6 +46,7 @@ SESSIONS = web.AppKey("sessions", Sessions)
 AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 EVENTS = web.AppKey("events", EventBus)
 PROVIDERS = web.AppKey("providers", Providers)
+RDP_BRIDGES = web.AppKey("rdp_bridges", RdpBridges)
 TICKETS = web.AppKey("tickets", TicketBook)
 LIVE = web.AppKey("live", LiveSessions)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
