@@ -14,8 +14,8 @@ from e2e_support import VIEWPORT, Account, Gateway, Watched, sign_in
 pytestmark = pytest.mark.e2e
 
 STATIC = ["new-host", "new-port", "new-protocol"]
-RDP = ["new-rdp-credentials", "new-rdp-domain", "new-rdp-security", "new-rdp-ca",
-       "new-rdp-keyboard", "new-rdp-fingerprint"]
+RDP = ["new-rdp-credentials", "new-rdp-domain", "new-rdp-security", "new-rdp-cert-policy",
+       "new-rdp-ca", "new-rdp-keyboard", "new-rdp-fingerprint"]
 RDP_SHARED = ["new-rdp-user"]
 ALL = ["new-name", "new-provider", *STATIC, "new-password", *RDP, *RDP_SHARED]
 
@@ -84,6 +84,19 @@ def test_the_form_shows_the_fields_of_the_chosen_protocol(
     page.get_by_role("button", name="Add desktop").click()
     page.wait_for_url(re.compile(r"/admin/desktops/\d+\?info=created$"))
     assert "VNC" in page.inner_text(".admin-head")
+
+    # The certificate policy is chosen on the form, and the desktop's page says what it does.
+    page.goto(gateway.base_url + "/admin/desktops")
+    page.fill("#new-name", "Form RDP tofu")
+    page.select_option("#new-provider", "static")
+    page.select_option("#new-protocol", "rdp")
+    page.fill("#new-host", "127.0.0.1")
+    page.fill("#new-port", "3389")
+    page.fill("#new-rdp-user", "anna")
+    page.select_option("#new-rdp-cert-policy", "tofu")
+    page.get_by_role("button", name="Add desktop").click()
+    page.wait_for_url(re.compile(r"/admin/desktops/\d+\?info=created$"))
+    assert "certificate trusted on first use" in page.inner_text("body")
     assert w.real_console_errors() == []
 
 
