@@ -70,9 +70,9 @@ async def verify_chain(store: Store) -> tuple[str | None, int]:
 SIGNIN_CODES = ("password", "unknown_user", "disabled", "locked", "throttled", "second_factor",
                 "sso", "other")
 
-# A listener hears (kind, detail, code). The code is not stored: the stored rows are hash-chained
+# A listener hears (kind, code). The code is not stored: the stored rows are hash-chained
 # (``AuditEvent.expected_hash``), and a column outside the hash could be edited unnoticed.
-AuditListener = Callable[[AuditKind, str, str | None], None]
+AuditListener = Callable[[AuditKind, str | None], None]
 
 
 class Audit:
@@ -100,4 +100,4 @@ class Audit:
         log.info("audit %s [user=%s desktop=%s ip=%s] %s", kind.value, user, desktop, client_ip,
                  detail)
         for listener in self._listeners:
-            listener(kind, detail, code)
+            listener(kind, code)

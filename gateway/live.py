@@ -17,7 +17,6 @@ from typing import Any
 from .errors import (
     WS_ACCOUNT_DISABLED,
     WS_IDLE,
-    WS_NORMAL,
     WS_SESSION_EXPIRED,
     WS_SIGNED_OUT,
 )
@@ -47,7 +46,6 @@ class LiveSession:
     close: Callable[[int, str, bool], Awaitable[None]]
     end_reason: str | None = None  # set when ended from outside (sign-out, expiry, an admin)
     end_final: bool = False
-    end_code: int = WS_NORMAL
     client_ip: str = ""
     user_agent: str = ""
     protocol: str = "vnc"
@@ -64,7 +62,7 @@ class LiveSession:
 
     async def end(self, code: int, reason: str, *, final: bool) -> None:
         if self.end_reason is None:
-            self.end_reason, self.end_final, self.end_code = reason, final, code
+            self.end_reason, self.end_final = reason, final
             await self.close(code, reason, final)
 
     def set_responding(self, responding: bool) -> None:

@@ -85,14 +85,14 @@ def close_category(code: int, reason: str = "") -> str:
     return _CLOSE_CATEGORIES.get(code, "other")
 
 
+_FAILED_SIGN_INS = frozenset({AuditKind.SIGNIN_FAILED, AuditKind.THROTTLED,
+                              AuditKind.SECOND_FACTOR_FAILED})
+
+
 def signin_failure_category(kind: AuditKind, code: str | None) -> str | None:
     """A failed sign-in audit event, by its reason code, as one of ``SIGNIN_FAILURES``; None if
     not a failure."""
-    if kind is AuditKind.THROTTLED:
-        return "throttled"
-    if kind is AuditKind.SECOND_FACTOR_FAILED:
-        return "second_factor"
-    if kind is not AuditKind.SIGNIN_FAILED:
+    if kind not in _FAILED_SIGN_INS:
         return None
     return code if code in SIGNIN_FAILURES else "other"
 
@@ -201,7 +201,7 @@ class Metrics:
     def connect_latency(self, seconds: float) -> None:
         self.latency.observe(max(0.0, seconds))
 
-    def audit_event(self, kind: AuditKind, detail: str, code: str | None) -> None:
+    def audit_event(self, kind: AuditKind, code: str | None) -> None:
         category = signin_failure_category(kind, code)
         if category is not None:
             self.signin_failures.labels(category).inc()

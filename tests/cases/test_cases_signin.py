@@ -18,7 +18,7 @@ from gateway.model import WebSessionState
 
 def heard(cases: Cases) -> list[tuple[AuditKind, str | None]]:
     codes: list[tuple[AuditKind, str | None]] = []
-    cases.audit.listen(lambda kind, _detail, code: codes.append((kind, code)))
+    cases.audit.listen(lambda kind, code: codes.append((kind, code)))
     return codes
 
 

@@ -59,7 +59,7 @@ async def test_a_bad_answer_is_one_failure_row_with_the_code_sso(
         sso: tuple[SingleSignOn, aiohttp.ClientSession], cases: Cases) -> None:
     service, _ = sso
     codes: list[tuple[AuditKind, str | None]] = []
-    cases.audit.listen(lambda kind, _detail, code: codes.append((kind, code)))
+    cases.audit.listen(lambda kind, code: codes.append((kind, code)))
     with pytest.raises(OidcError):
         await service.complete("hostile", state="forged", code="x", error=None, iss=None,
                                browser_token="b", ip="10.0.0.9", user_agent="ua")
