@@ -18,7 +18,9 @@ RUN_PACKAGES  := python3-venv python3-dev g++ pkg-config libicu-dev tigervnc-sta
 # a plain TCP relay as the benchmark's baseline, and real RDP servers (xrdp, FreeRDP's shadow
 # server on Xvfb) with what they need.
 TEST_PACKAGES := chromium xclip socat tesseract-ocr xrdp xorgxrdp freerdp2-shadow-x11 winpr-utils \
-                 xvfb twm xfonts-base openssl
+                 xvfb twm xfonts-base openssl \
+                 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+                 qemu-utils busybox-static cpio libvirt-dev pkg-config
 
 .PHONY: run test lint typecheck pytest bench novnc oidc-mock system-packages test-packages clean
 
