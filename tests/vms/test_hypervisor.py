@@ -23,27 +23,16 @@ from hypervisor import (
 )
 
 from gateway.probe import probe_rfb
+from gateway.providers.libvirt.domain import (
+    DomainSpec,
+    domain_xml,
+    owned_desktop_id,
+    screen_socket,
+)
 
 libvirt = pytest.importorskip("libvirt")
 
-DOMAIN = """<domain type='qemu'>
-  <name>{name}</name>
-  <metadata><dg:desktop xmlns:dg="https://deskgate.dev/libvirt/1">{id}</dg:desktop></metadata>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{image.kernel}</kernel><initrd>{image.initrd}</initrd>
-    <cmdline>console=tty0 console=ttyS0 quiet</cmdline></os>
-  <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-      <source file='{root}'/><target dev='vda' bus='virtio'/></disk>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-      <source file='{user}'/><target dev='vdb' bus='virtio'/></disk>
-    <graphics type='vnc' socket='{socket}'/>
-    <serial type='file'><source path='{serial}'/><target port='0'/></serial>
-    <video><model type='vga'/></video>
-  </devices>
-</domain>"""
+
 
 
 @pytest.fixture
@@ -58,7 +47,8 @@ def qemu_img(*args: str | Path) -> None:
     subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
 
 
-async def boot(conn: libvirt.virConnect, image: GuestImage, folder: Path, name: str) -> str:
+async def boot(conn: libvirt.virConnect, image: GuestImage, folder: Path,
+               desktop_id: int) -> str:
     """Define and start a guest with a fresh root overlay; its serial output once booted."""
     root, user, serial = folder / "root.qcow2", folder / "user.qcow2", folder / "serial.log"
     root.unlink(missing_ok=True)
@@ -71,8 +61,14 @@ async def boot(conn: libvirt.virConnect, image: GuestImage, folder: Path, name: 
     qemu = pwd.getpwnam("libvirt-qemu")  # the socket's folder: the qemu user's alone
     os.chown(screen, qemu.pw_uid, qemu.pw_gid)
     screen.chmod(0o700)
-    dom = conn.createXML(DOMAIN.format(name=name, id=1, image=image, root=root, user=user,
-                                       socket=screen / "vnc.sock", serial=serial))
+    spec = DomainSpec(desktop_id=desktop_id, vcpus=1, memory_mib=128, root_disk=root,
+                      user_volume=user, screen_socket=screen / "vnc.sock", kernel=image.kernel,
+                      initrd=image.initrd, cmdline="console=tty0 console=ttyS0 quiet",
+                      serial_log=serial)
+    dom = conn.createXML(domain_xml(spec))
+    # libvirt's own description of it says it is Deskgate's, for this desktop, on that socket.
+    assert owned_desktop_id(dom.name(), dom.XMLDesc()) == desktop_id
+    assert screen_socket(dom.XMLDesc()) == screen / "vnc.sock"
     try:
         for _ in range(300):  # boots in a few seconds under TCG; bounded at 30 s
             text = serial.read_text(errors="replace") if serial.exists() else ""
@@ -91,7 +87,7 @@ async def test_a_guest_boots_with_its_disks_and_a_private_screen(uri: str) -> No
     with tempfile.TemporaryDirectory(prefix="deskgate-vm-") as tmp:
         folder = Path(tmp)
         folder.chmod(0o711)
-        booted = await boot(conn, image, folder, "deskgate-test-boot")
+        booted = await boot(conn, image, folder, 9001)
         assert "user volume formatted" in booted  # a blank volume, formatted at first boot
         first = booted.split(BANNER, 1)[1]
         assert f"root disk: {BASE_MARKER} lost+found \n" in first
@@ -99,9 +95,32 @@ async def test_a_guest_boots_with_its_disks_and_a_private_screen(uri: str) -> No
         assert f"root disk: {ROOT_FILE} written" in first
         # A fresh root overlay on the same base, the same user volume: what a rebuild does.
         # The file the guest wrote on its root disk is gone; the user volume's file is kept.
-        second = await boot(conn, image, folder, "deskgate-test-boot")
+        second = await boot(conn, image, folder, 9001)
         assert "user volume formatted" not in second
         assert f"root disk: {BASE_MARKER} lost+found \n" in second.split(BANNER, 1)[1]
         assert f"root disk: {BASE_MARKER} lost+found \n" in second  # no {ROOT_FILE} any more
         assert f"user volume: {USER_FILE} lost+found" in second.split(BANNER, 1)[1]
     conn.close()
+
+
+def test_only_deskgates_own_domains_are_taken_as_its_own() -> None:
+    spec = DomainSpec(desktop_id=7, vcpus=2, memory_mib=512, root_disk=Path("/v/7/root.qcow2"),
+                      user_volume=Path("/v/7/user.qcow2"), screen_socket=Path("/s/7/vnc.sock"))
+    xml = domain_xml(spec)
+    assert owned_desktop_id("deskgate-7", xml) == 7
+    assert owned_desktop_id("deskgate-8", xml) is None  # name and metadata disagree
+    assert owned_desktop_id("someones-vm", xml) is None
+    assert owned_desktop_id("deskgate-7", "<domain><name>deskgate-7</name></domain>") is None
+    assert owned_desktop_id("deskgate-7", "not xml <") is None
+    assert screen_socket(xml) == Path("/s/7/vnc.sock")
+    assert "<boot dev=\"hd\"" in xml and "<kernel>" not in xml
+    # Values cannot break out of the XML: a path with quotes and angle brackets stays a value.
+    odd = DomainSpec(desktop_id=7, vcpus=1, memory_mib=64, root_disk=Path("/v/'a\"<b>.qcow2"),
+                     user_volume=Path("/v/u.qcow2"), screen_socket=Path("/s/vnc.sock"))
+    assert owned_desktop_id("deskgate-7", domain_xml(odd)) == 7
+    for bad in ({"desktop_id": 0}, {"vcpus": 0}, {"memory_mib": 1}, {"virt_type": "xen"},
+                {"root_disk": Path("relative.qcow2")}, {"kernel": Path("/k")}):
+        with pytest.raises(ValueError):
+            DomainSpec(**{"desktop_id": 7, "vcpus": 1, "memory_mib": 64,
+                          "root_disk": Path("/r"), "user_volume": Path("/u"),
+                          "screen_socket": Path("/s"), **bad})  # type: ignore[arg-type]

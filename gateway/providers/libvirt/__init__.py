@@ -1,0 +1,1 @@
+"""Desktop VMs on libvirt (work in progress: the domain description so far)."""
