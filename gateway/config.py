@@ -47,6 +47,25 @@ class OidcProviderConfig:
 
 
 @dataclass(frozen=True)
+class HypervisorConfig:
+    """One libvirt hypervisor desktop VMs run on: a ``[hypervisors.<name>]`` table.
+
+    Without any such table there is one, ``default``, at ``qemu:///system`` with KVM.
+    """
+
+    name: str
+    uri: str = "qemu:///system"
+    domain_type: str = "kvm"  # "qemu" (TCG) where KVM is missing or does not work
+    # A desktop VM's disks (root overlay and user volume): storage_dir/<desktop id>/; empty
+    # means data_dir/vms. The hypervisor's qemu user must be able to reach it.
+    storage_dir: str = ""
+    # A desktop VM's screen socket: socket_dir/<desktop id>/, a folder only the qemu user may
+    # write and the gateway read; empty means the runtime dir's "vm-screens".
+    socket_dir: str = ""
+    qemu_user: str = "libvirt-qemu"  # who QEMU runs as (the owner of the socket folders)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     # [server]
@@ -89,6 +108,10 @@ class Settings:
     rdp_store_credentials: bool = True  # per-user accounts may be stored (else asked each connect)
     rdp_display_base: int = 60  # first X display number the RDP bridges may use
     rdp_logon_timeout_seconds: float = 15.0  # bridge window up to the server's sign-in confirmation
+    # [vms]: desktop VMs' power, on every hypervisor
+    vm_stop_timeout_seconds: float = 60.0  # an ACPI shutdown, then a hard stop after this long
+    vm_start_timeout_seconds: float = 180.0  # a start until the VM's screen answers
+    vm_reconcile_seconds: float = 30.0  # how often states are compared with the hypervisors
     # [metrics]
     metrics_token: Secret = Secret("")
     metrics_host: str = "127.0.0.1"
@@ -96,6 +119,17 @@ class Settings:
     # [security] local_accounts: show the password form; [oidc.<id>] tables: identity providers
     local_accounts: bool = True
     oidc: tuple[OidcProviderConfig, ...] = ()
+    # [hypervisors.<name>] tables (none: one "default" at qemu:///system)
+    hypervisors: tuple[HypervisorConfig, ...] = ()
+
+    @property
+    def hypervisor_configs(self) -> dict[str, HypervisorConfig]:
+        """The hypervisors by name, with each one's folders filled in."""
+        configs = self.hypervisors or (HypervisorConfig("default"),)
+        return {h.name: HypervisorConfig(
+            h.name, h.uri, h.domain_type, h.storage_dir or str(self.data_dir / "vms" / h.name),
+            h.socket_dir or str(self.desktop_runtime_dir / "vm-screens" / h.name), h.qemu_user)
+            for h in configs}
 
     @property
     def database_path(self) -> Path:
@@ -149,12 +183,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
               "desktop_unresponsive_seconds", "desktop_idle_probe_seconds", "max_sessions"),
     "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials", "rdp_display_base",
             "rdp_logon_timeout_seconds"),
+    "vms": ("vm_stop_timeout_seconds", "vm_start_timeout_seconds", "vm_reconcile_seconds"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
 _SECRET_KEYS = {"secret_key", "client_secret", "metrics_token"}
 MAX_DISPLAY_BASE = 30000  # X display numbers are small integers; leave room above the base
-_OIDC_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_TABLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 def new_secret_key() -> str:
@@ -197,6 +232,9 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             if section == "oidc" and isinstance(table, dict):
                 raw["oidc"] = _oidc_providers(path, table)
                 continue
+            if section == "hypervisors" and isinstance(table, dict):
+                raw["hypervisors"] = _hypervisors(path, table)
+                continue
             if section not in SECTIONS or not isinstance(table, dict):
                 raise ConfigError(f"{path}: unknown section [{section}]")
             for key, value in table.items():
@@ -210,7 +248,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     if "data_dir" not in raw:
         raw["data_dir"] = path.parent if path is not None else Path("data")
     kinds = {f.name: f.type for f in fields(Settings)}
-    values = {name: value if name == "oidc" else _coerce(name, value, kinds[name])
+    values = {name: value if name in ("oidc", "hypervisors") else _coerce(name, value, kinds[name])
               for name, value in raw.items()}
     settings = Settings(**values)
     _check(settings)
@@ -222,7 +260,7 @@ def _oidc_providers(path: Path, tables: dict[str, Any]) -> tuple[OidcProviderCon
     providers = []
     for pid, table in tables.items():
         where = f"{path}: [oidc.{pid}]"
-        if not _OIDC_ID.match(pid) or not isinstance(table, dict):
+        if not _TABLE_NAME.match(pid) or not isinstance(table, dict):
             raise ConfigError(f"{where}: provider ids are 1-32 of a-z, 0-9, - and _")
         unknown = set(table) - set(kinds) | ({"id"} & set(table))
         if unknown:
@@ -243,6 +281,30 @@ def _oidc_providers(path: Path, tables: dict[str, Any]) -> tuple[OidcProviderCon
             raise ConfigError(f"{where}: issuer must be an https:// URL")
         providers.append(OidcProviderConfig(**values))
     return tuple(providers)
+
+
+def _hypervisors(path: Path, tables: dict[str, Any]) -> tuple[HypervisorConfig, ...]:
+    known = {f.name for f in fields(HypervisorConfig)} - {"name"}
+    found = []
+    for name, table in tables.items():
+        where = f"{path}: [hypervisors.{name}]"
+        if not _TABLE_NAME.match(name) or not isinstance(table, dict):
+            raise ConfigError(f"{where}: hypervisor names are 1-32 of a-z, 0-9, - and _")
+        unknown = set(table) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
+        if not all(isinstance(v, str) for v in table.values()):
+            raise ConfigError(f"{where}: every setting is a string")
+        config = HypervisorConfig(name, **table)
+        if config.domain_type not in ("kvm", "qemu"):
+            raise ConfigError(f"{where}: domain_type is kvm or qemu")
+        if not config.uri:
+            raise ConfigError(f"{where}: uri is required")
+        for key in ("storage_dir", "socket_dir"):
+            if getattr(config, key) and not Path(getattr(config, key)).is_absolute():
+                raise ConfigError(f"{where}: {key} must be an absolute path")
+        found.append(config)
+    return tuple(found)
 
 
 def _check(s: Settings) -> None:
@@ -272,6 +334,10 @@ def _check(s: Settings) -> None:
         raise ConfigError("rdp.rdp_logon_timeout_seconds must be above 0 and at most 600")
     if s.max_sessions < 0:
         raise ConfigError("relay.max_sessions cannot be negative (0: as the open files limit allows)")
+    if not (0 < s.vm_stop_timeout_seconds <= 3600 and 0 < s.vm_start_timeout_seconds <= 3600
+            and 1 <= s.vm_reconcile_seconds <= 3600):
+        raise ConfigError("vms: the stop and start timeouts are above 0 and at most 3600 seconds,"
+                          " the reconcile interval from 1 to 3600 seconds")
     if not 0 <= s.metrics_port < 65536:
         raise ConfigError("metrics.metrics_port must be between 0 (off) and 65535")
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",

@@ -73,6 +73,69 @@ class User:
     name_key: str | None = None
 
 
+# What a person may do to their own desktop VM from the portal (a bundle's or a desktop's policy).
+SELF_SERVICE = ("restart", "rebuild", "mode")
+# A desktop VM's running modes (as WorkSpaces has them): kept running, or stopped when idle.
+ALWAYS_ON, AUTO_STOP = "always_on", "auto_stop"
+RUNNING_MODES = (ALWAYS_ON, AUTO_STOP)
+# Where a desktop VM's screen is: its VNC console (a private unix socket), or a protocol server
+# inside the guest at the desktop's address.
+VM_PROTOCOLS = ("console", "vnc", "rdp")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A named size of desktop VM, and what it costs (as WorkSpaces bundles are)."""
+
+    id: int
+    name: str
+    vcpus: int
+    memory_mib: int
+    root_mib: int  # the root disk's size (an overlay on the base image)
+    user_mib: int  # the user volume's size (it outlives a rebuild)
+    base_image: str  # absolute path of the qcow2 base image on the hypervisor's host
+    protocol: str = "console"  # one of VM_PROTOCOLS
+    hourly_rate: float = 0.0  # AutoStop: cost per running hour
+    monthly_rate: float = 0.0  # AlwaysOn: cost per month
+    self_service: tuple[str, ...] = ()  # sorted subset of SELF_SERVICE
+    kernel: str = ""  # direct kernel boot (kernel and initrd paths); "" boots the disk
+    initrd: str = ""
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class DesktopVm:
+    """A desktop that is a VM Deskgate owns: its bundle, where it runs, its lifecycle state."""
+
+    desktop_id: int
+    bundle: Bundle
+    hypervisor: str  # a hypervisor's name in the configuration
+    state: str  # a gateway.providers.libvirt.lifecycle.VmState value
+    reason: str = ""  # why it is in that state (libvirt's error, a change seen outside Deskgate)
+    since: float = 0.0  # when it entered the state
+    mode: str = AUTO_STOP  # one of RUNNING_MODES
+    auto_stop_seconds: int = 3600  # AutoStop: stopped this long after its last session ends
+    own_self_service: tuple[str, ...] | None = None  # None: the bundle's policy
+
+    @property
+    def self_service(self) -> tuple[str, ...]:
+        """What its user may do: the desktop's own policy, else its bundle's."""
+        return self.bundle.self_service if self.own_self_service is None else self.own_self_service
+
+
+@dataclass(frozen=True)
+class VmRun:
+    """One interval a desktop VM ran (usage and cost), with its mode and rates at the time."""
+
+    desktop_id: int
+    desktop_name: str
+    started_at: float
+    ended_at: float | None  # None: running now
+    mode: str
+    hourly_rate: float
+    monthly_rate: float
+
+
 @dataclass(frozen=True)
 class Desktop:
     id: int
@@ -84,6 +147,7 @@ class Desktop:
     has_password: bool = False
     maintenance: bool = False  # no new connections; existing ones are warned
     options: tuple[tuple[str, str], ...] = ()  # protocol options (RDP user, domain, security, ...)
+    vm: DesktopVm | None = None  # provider "libvirt": the VM, its bundle and state
 
     def option(self, key: str, default: str = "") -> str:
         return dict(self.options).get(key, default)

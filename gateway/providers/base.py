@@ -8,13 +8,14 @@ connects to it and with which credentials, and stops what it started. Drivers ar
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from gateway.config import HypervisorConfig
 from gateway.logs import TaggedLog
-from gateway.model import Endpoint, Secret
+from gateway.model import DesktopVm, Endpoint, Secret
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,13 @@ class DesktopSpec:
 
     id: int
     name: str
-    provider: str  # "static" | "local"
+    provider: str  # "static" | "local" | "libvirt"
     host: str = ""  # static: VNC host
     port: int = 0  # static: VNC port
     password: Secret | None = None  # static: the desktop's VNC password, already decrypted
     geometry: str = "1280x800"
     protocol: str = "vnc"  # static: "vnc" (banner checked) or another TCP protocol (connect only)
+    vm: DesktopVm | None = None  # libvirt: the VM (bundle, hypervisor, state)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class ProviderContext:
     # A desktop's stored password by desktop id, for probes that must log in (static VNC);
     # None: such desktops are not probed.
     credentials: Callable[[int], Awaitable[Secret | None]] | None = None
+    # libvirt: the hypervisors by name (folders filled in), and how long power actions may take
+    hypervisors: Mapping[str, HypervisorConfig] = field(default_factory=dict)
+    vm_stop_timeout: float = 60.0
+    vm_start_timeout: float = 180.0
 
 
 class DesktopProvider(Protocol):
