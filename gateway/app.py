@@ -26,11 +26,14 @@ from .broker import Broker
 from .capacity import Capacity
 from .cases.access import Access
 from .cases.accounts import Accounts
+from .cases.actor import Actor
 from .cases.audit_trail import AuditTrail
+from .cases.bundles import Bundles
 from .cases.catalog import Catalog
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
 from .cases.sso import LOGIN_TTL, SingleSignOn
+from .cases.vms import DesktopVms, VmSettings
 from .config import Settings
 from .crypto import SecretBox
 from .errors import WS_GOING_AWAY, ConfigError
@@ -42,6 +45,7 @@ from .keys import (
     AUDIT_TRAIL,
     BOX,
     BROKER,
+    BUNDLES,
     CAPACITY,
     CATALOG,
     EVENTS,
@@ -59,10 +63,12 @@ from .keys import (
     STORE,
     TEMPLATES,
     TICKETS,
+    VMS,
     WEBSOCKETS,
 )
 from .live import SHUTDOWN, LiveSessions
 from .metrics import install as install_metrics
+from .model import Desktop
 from .providers import ProviderContext
 from .providers.registry import Providers, stored_passwords
 from .rdp.bridges import RdpBridges
@@ -106,19 +112,36 @@ def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = Non
     audit = Audit(store)
     live = LiveSessions() if live is None else live
     if providers is None:
-        providers = Providers(ProviderContext(settings.desktop_runtime_dir, settings.run_as_user,
-                                              settings.display_base,
-                                              credentials=stored_passwords(store, box)))
+        providers = Providers(provider_context(settings, store, box, settings.desktop_runtime_dir))
     guard = LoginGuard(store, AddressWindow(store, "signin", settings.ip_throttle_per_minute),
                        settings.lockout_threshold, settings.lockout_minutes * 60.0)
     local = LocalAccounts(store)
     accounts = Accounts(store, audit, local, live)
     catalog = Catalog(store, box, audit, providers, live, accounts, settings.desktop_geometry)
+
+    async def may_use(actor: Actor, desktop: Desktop) -> bool:
+        user = await store.get_user(actor.user_id) if actor.user_id is not None else None
+        return user is not None and not user.disabled and await store.is_assigned(desktop.id,
+                                                                                  user.id)
+
+    vms = DesktopVms(store, audit, providers, VmSettings(
+        settings.hypervisor_configs, settings.desktop_geometry, settings.vm_stop_timeout_seconds,
+        settings.vm_start_timeout_seconds, settings.vm_reconcile_seconds), may_use=may_use)
     return Cases(store, box, audit,
                  SignIn(store, box, audit, local, TotpFactor(store, box), guard,
                         WebSessions(store, settings)),
                  accounts, catalog, Access(store, audit, catalog), Sessions(store, audit, live),
-                 AuditTrail(store, audit))
+                 AuditTrail(store, audit), Bundles(store, audit), vms)
+
+
+def provider_context(settings: Settings, store: Store, box: SecretBox, runtime: Path, *,
+                     stop_on_exit: bool = False) -> ProviderContext:
+    """What every desktop provider of this process is given."""
+    return ProviderContext(runtime, settings.run_as_user, settings.display_base,
+                           stop_on_exit=stop_on_exit, credentials=stored_passwords(store, box),
+                           hypervisors=settings.hypervisor_configs,
+                           vm_stop_timeout=settings.vm_stop_timeout_seconds,
+                           vm_start_timeout=settings.vm_start_timeout_seconds)
 
 
 def prepare_runtime_dir(settings: Settings) -> Path:
@@ -160,10 +183,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _desktop_providers(app: web.Application) -> AsyncIterator[None]:
     """The desktop providers; local desktops left running by the previous run are taken over."""
     settings = app[SETTINGS]
-    providers = Providers(ProviderContext(prepare_runtime_dir(settings), settings.run_as_user,
-                                          settings.display_base,
-                                          stop_on_exit=settings.stop_desktops_on_exit,
-                                          credentials=stored_passwords(app[STORE], app[BOX])))
+    providers = Providers(provider_context(settings, app[STORE], app[BOX],
+                                           prepare_runtime_dir(settings),
+                                           stop_on_exit=settings.stop_desktops_on_exit))
     await providers.recover()
     app[PROVIDERS] = providers
     try:
@@ -183,7 +205,16 @@ async def _use_cases(app: web.Application) -> AsyncIterator[None]:
     app[ACCESS] = cases.access
     app[SESSIONS] = cases.sessions
     app[AUDIT_TRAIL] = cases.audit_trail
-    yield
+    app[BUNDLES] = cases.bundles
+    app[VMS] = cases.vms
+    keeper = asyncio.create_task(cases.vms.keep_in_step(), name="desktop VMs in step")
+    try:
+        yield
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        await cases.vms.close()
 
 
 async def _rdp_bridges(app: web.Application) -> AsyncIterator[None]:
@@ -208,7 +239,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     app[TICKETS] = TicketBook(settings.ticket_ttl_seconds)
     bridges = app[RDP_BRIDGES]
     app[BROKER] = Broker(app[STORE], app[BOX], app[PROVIDERS], app[TICKETS], app[AUDIT],
-                         settings, app[ACCESS], bridges)
+                         settings, app[ACCESS], bridges, ready=app[VMS].ready)
     app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
                             RelayTimes.of(settings), app[SHUTTING_DOWN],
                             BridgeHooks(bridges.resized, bridges.watch_exit))

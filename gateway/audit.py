@@ -29,6 +29,8 @@ class AuditKind(enum.StrEnum):
     DISCONNECT = "session.disconnect"
     CREDENTIALS = "credentials"  # a person's own account for a per-user RDP desktop
     ADMIN = "admin"
+    VM = "vm"  # a desktop VM's power, mode or policy, changed by an admin or its own user
+    VM_STATE = "vm.state"  # what Deskgate saw a desktop VM do, or did by its running mode
     ADMIN_DENIED = "admin.denied"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .audit import Audit, AuditKind
@@ -58,7 +59,8 @@ class _PendingWatch:
 class Broker:
     def __init__(self, store: Store, box: SecretBox, providers: Providers, tickets: TicketBook,
                  audit: Audit, settings: Settings, access: Access,
-                 bridges: RdpBridges | None = None) -> None:
+                 bridges: RdpBridges | None = None,
+                 ready: Callable[[Desktop], Awaitable[None]] | None = None) -> None:
         self._store = store
         self._access = access
         self._box = box
@@ -66,6 +68,9 @@ class Broker:
         self._tickets = tickets
         self._audit = audit
         self._settings = settings
+        # Makes a desktop answer before its ticket is minted (desktop VMs: start on connect,
+        # gateway/cases/vms.py); by default its provider's ensure_running.
+        self._ready = ready or self._ensure_running
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
         # One connect at a time per person, so that the open-sessions count cannot be raced.
@@ -99,6 +104,10 @@ class Broker:
     async def _provider_endpoint(self, desktop: Desktop) -> Endpoint:
         """Where the desktop's provider says it listens (with its password decrypted)."""
         return await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
+
+    async def _ensure_running(self, desktop: Desktop) -> None:
+        await self._providers.get(desktop.provider).ensure_running(
+            desktop_spec(desktop, self._settings.desktop_geometry))
 
     async def spec(self, desktop: Desktop) -> DesktopSpec:
         """What a provider needs to connect: the spec with the desktop's password decrypted.
@@ -158,12 +167,11 @@ class Broker:
             await self._store.create_session(session)
         try:
             try:
-                await self._providers.get(desktop.provider).ensure_running(
-                    desktop_spec(desktop, self._settings.desktop_geometry))
+                await self._ready(desktop)
             except DesktopUnavailable as exc:
-                await self._failed(session, exc.reason, final=False, user=user.name,
+                await self._failed(session, exc.reason, final=exc.final, user=user.name,
                                    desktop=desktop.name)
-                # The client's retry continues this attempt.
+                # The client's retry (unless final) continues this attempt.
                 raise exc.of_attempt(session.id) from None
             if start is not None:
                 await self._start(protocol, start, user, desktop, session, width, height)

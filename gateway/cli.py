@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import cli_vms
 from .capacity import AcceptErrorLog, BackoffListener, raise_fd_limit
 from .cases.actor import Actor
 from .cases.catalog import Catalog, provider_names
@@ -74,6 +75,11 @@ async def _with_cases(settings: Settings, action: Callable[[Cases], Awaitable[in
         return await action(build_cases(settings, store))
     finally:
         await store.close()
+
+
+def run_command(args: argparse.Namespace, action: Callable[[Cases], Awaitable[int]]) -> int:
+    """Run one admin command's ``action`` (see ``_with_cases``) with the configured settings."""
+    return asyncio.run(_with_cases(_settings(args), action))
 
 
 CLI = Actor.cli()  # every change made here is audited "(by the command line)"
@@ -505,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("revoke", help="revoke a token")
     p.add_argument("id", type=int)
     token.set_defaults(func=cmd_token)
+
+    cli_vms.add_commands(sub)
 
     p = sub.add_parser("audit", help="print the audit trail, or verify its hash chain")
     p.add_argument("audit_cmd", nargs="?", choices=("list", "verify"), default="list",

@@ -15,10 +15,12 @@ from .capacity import Capacity
 from .cases.access import Access
 from .cases.accounts import Accounts
 from .cases.audit_trail import AuditTrail
+from .cases.bundles import Bundles
 from .cases.catalog import Catalog
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
 from .cases.sso import SingleSignOn
+from .cases.vms import DesktopVms
 from .config import Settings
 from .crypto import SecretBox
 from .events import EventBus
@@ -44,6 +46,8 @@ CATALOG = web.AppKey("catalog", Catalog)
 ACCESS = web.AppKey("access", Access)
 SESSIONS = web.AppKey("sessions", Sessions)
 AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
+BUNDLES = web.AppKey("bundles", Bundles)
+VMS = web.AppKey("vms", DesktopVms)
 EVENTS = web.AppKey("events", EventBus)
 PROVIDERS = web.AppKey("providers", Providers)
 RDP_BRIDGES = web.AppKey("rdp_bridges", RdpBridges)

@@ -175,6 +175,9 @@ class Catalog:
         names = provider_names()
         if provider not in names:
             raise BadRequest(f"unknown provider {provider!r}; use one of {', '.join(names)}")
+        if provider == "libvirt":
+            raise BadRequest("a desktop VM is made from a bundle: deskgate vm add NAME --bundle"
+                             " BUNDLE (or the API's POST /api/v1/vms)")
         if protocol not in PROTOCOLS or provider not in BRIDGED.get(protocol, PROVIDERS):
             raise BadRequest("protocol is vnc, or rdp for a static desktop")
         if provider == "static" and not (host and 0 < port < 65536):
@@ -250,6 +253,9 @@ class Catalog:
     async def delete_desktop(self, actor: Actor, desktop_id: int) -> None:
         actor.require_admin()
         d = await self.desktop(desktop_id)
+        if d.vm is not None:
+            raise BadRequest("a desktop VM is deleted with its volumes by its power action"
+                             " delete, confirmed by typing its name")
         await self._providers.get(d.provider).stop(self._spec(d))
         if not await self._store.delete_desktop(d.id):
             raise NotFound("no such desktop")  # removed by someone else meanwhile: one record
@@ -289,6 +295,9 @@ class Catalog:
         """start, stop or restart, where the provider can; returns the new state."""
         actor.require_admin()
         d = await self.desktop(desktop_id)
+        if d.vm is not None:
+            raise BadRequest("a desktop VM's power actions go through its state machine:"
+                             " deskgate vm start|stop|reboot NAME")
         if d.provider != "local":
             raise BadRequest(f"{d.provider} desktops have no power actions")
         provider = self._providers.get(d.provider)

@@ -34,6 +34,8 @@ class Providers:
         self._ctx = ctx
         self._providers: dict[str, DesktopProvider] = {}
         self._live: dict[int, set[str]] = {}
+        # Told when a desktop's last live session on this node ends (AutoStop counts from it).
+        self.idle_listeners: list[Callable[[int], None]] = []
 
     def connected(self, desktop_id: int, session_id: str) -> None:
         self._live.setdefault(desktop_id, set()).add(session_id)
@@ -44,6 +46,8 @@ class Providers:
             sessions.discard(session_id)
             if not sessions:
                 del self._live[desktop_id]
+                for listener in self.idle_listeners:
+                    listener(desktop_id)
 
     def unreachable(self, desktop_id: int) -> None:
         """A session could not reach the desktop: providers that cache its state ask again."""

@@ -10,6 +10,7 @@ from gateway.providers.libvirt.lifecycle import (
     ACTIONS,
     PASSING,
     SETTLED,
+    Abandoned,
     Action,
     Asked,
     Done,
@@ -77,3 +78,15 @@ def test_an_action_in_progress_is_left_to_finish_unless_its_domain_is_gone() -> 
         assert step(state, Observed(Seen.MISSING)).state is S.ERROR
     for state in (S.CREATING, S.DELETING):  # not defined yet, or going away
         assert step(state, Observed(Seen.MISSING)) == Step(state)
+
+
+def test_an_interrupted_action_follows_the_hypervisor_and_says_what_was_interrupted() -> None:
+    assert step(S.STARTING, Abandoned(Seen.RUNNING)) == Step(S.RUNNING,
+                                                             "starting was interrupted")
+    assert step(S.STOPPING, Abandoned(Seen.STOPPED)) == Step(S.STOPPED,
+                                                             "stopping was interrupted")
+    assert step(S.REBUILDING, Abandoned(Seen.MISSING)) == Step(S.ERROR,
+                                                               "rebuilding was interrupted")
+    assert step(S.CREATING, Abandoned(Seen.MISSING)).state is S.ERROR
+    for state in SETTLED | {S.DELETING}:  # nothing half done (deleting finishes by itself)
+        assert step(state, Abandoned(Seen.STOPPED)) == Step(state)

@@ -7,7 +7,9 @@ Moves come from three places and only through ``step``:
 - the end of that action: done (its final state) or failed (``error``, with libvirt's reason);
 - what the hypervisor is seen to do (reconciliation): a VM in a settled state follows the
   hypervisor, which is the truth (stopped or deleted behind Deskgate's back shows so, with the
-  reason); a VM in the middle of an action is left to the action, unless its domain is gone.
+  reason); a VM in the middle of an action is left to the action, unless its domain is gone;
+- an action nobody carries on any more (the gateway stopped in the middle of it): the VM
+  follows the hypervisor, saying what was interrupted.
 
 ``creating`` is where a new desktop starts; ``deleted`` is final.
 """
@@ -70,6 +72,8 @@ ACTIONS: Mapping[Action, Rule] = MappingProxyType({
 })
 SETTLED = frozenset({S.STOPPED, S.RUNNING, S.ERROR})
 PASSING = frozenset(rule.passing for rule in ACTIONS.values())
+_ING = {S.STARTING: "starting", S.STOPPING: "stopping", S.REBOOTING: "rebooting",
+        S.REBUILDING: "rebuilding"}
 _SEEN = {Seen.RUNNING: S.RUNNING, Seen.STOPPED: S.STOPPED, Seen.MISSING: S.ERROR}
 
 
@@ -94,7 +98,14 @@ class Observed:
     seen: Seen
 
 
-Event = Asked | Done | Failed | Observed
+@dataclass(frozen=True)
+class Abandoned:
+    """The action in progress was left unfinished (its gateway stopped): ``seen`` decides."""
+
+    seen: Seen
+
+
+Event = Asked | Done | Failed | Observed | Abandoned
 
 
 @dataclass(frozen=True)
@@ -143,4 +154,11 @@ def step(state: VmState, event: Event) -> Step:
             if state is S.RUNNING and after is S.STOPPED:
                 return Step(after, "the VM stopped outside Deskgate")
             return Step(after, "started outside Deskgate" if after is S.RUNNING else "")
+        case Abandoned(seen):
+            if state not in PASSING or state is S.DELETING:
+                return Step(state)  # settled, or going away: nothing was left half done
+            if state is S.CREATING:
+                return Step(S.ERROR, "creating the VM was interrupted")
+            after = S.ERROR if seen is Seen.MISSING else _SEEN[seen]
+            return Step(after, f"{_ING[state]} was interrupted")
     raise TypeError(f"not an event: {event!r}")
