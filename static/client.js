@@ -16,6 +16,7 @@
 // reconnects as soon as it answers, for at most GATEWAY_GIVE_UP_S.
 
 import RFB from '/novnc/core/rfb.js';
+import {clearStages, watchStart} from '/static/vm_progress.js';
 
 const BACKOFF_FIRST_S = 1;
 const BACKOFF_MAX_S = 8;
@@ -86,6 +87,7 @@ const connectUrl = root.dataset.connectUrl;
 const csrfToken = root.dataset.csrf;
 const credentialsUrl = root.dataset.credentialsUrl;
 const perUserCredentials = root.dataset.credentials === 'per_user';
+const progressUrl = root.dataset.progressUrl || null; // desktop VMs: start on connect
 
 let state = root.dataset.state || 'connecting';
 let rfb = null;
@@ -131,6 +133,7 @@ function showStatus(text, {detail = null, final = false} = {}) {
 
 function hideStatus() {
     statusEl.hidden = true;
+    clearStages(statusEl.querySelector('.status-box'));
 }
 
 function goToLogin() {
@@ -181,7 +184,17 @@ async function requestTicket(retryOf) {
         if (retryOf) {
             body.retry_of = retryOf;
         }
-        resp = await postJson(connectUrl, body);
+        // A stopped desktop VM is started before the ticket comes: show its stages meanwhile.
+        const endWatch = progressUrl
+            ? watchStart(progressUrl, statusEl.querySelector('.status-box'), () => {
+                statusText.textContent = 'Starting your desktop…';
+            })
+            : null;
+        try {
+            resp = await postJson(connectUrl, body);
+        } finally {
+            endWatch?.(resp && resp.ok ? 'connecting' : null);
+        }
     } catch {
         throw new GatewayUnreachable('The gateway cannot be reached.');
     }

@@ -154,7 +154,10 @@ class Catalog:
         return desktop_spec(d, self._geometry)
 
     async def state(self, d: Desktop) -> str:
-        """The provider's answer, or "unknown" (bounded: see ``Providers.state``)."""
+        """A desktop VM's lifecycle state (kept in step with its hypervisor: gateway/cases/
+        vms.py); else the provider's answer, or "unknown" (bounded: see ``Providers.state``)."""
+        if d.vm is not None:
+            return d.vm.state
         return await self._providers.state(self._spec(d))
 
     async def address_problem(self, desktop: Desktop) -> str | None:

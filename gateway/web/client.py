@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from aiohttp import ChainMapProxy, web
 
 from ..cases.access import NO_SUCH_DESKTOP
+from ..cases.vms import STAGES
 from ..errors import (
     WS_INTERNAL,
     BadRequest,
@@ -29,6 +31,7 @@ from ..keys import (
     SESSIONS,
     SETTINGS,
     SHUTTING_DOWN,
+    VMS,
     WEBSOCKETS,
 )
 from ..live import ENDED
@@ -57,6 +60,28 @@ async def client_page(request: web.Request) -> web.StreamResponse:
                                                      client_ip(request))
     return render(request, "session.html", desktop=desktop,
                   may_store_credentials=request.config_dict[SETTINGS].rdp_store_credentials)
+
+
+@routes.get(r"/desktops/{desktop_id}/progress")
+async def start_progress(request: web.Request) -> web.StreamResponse:
+    """A desktop VM's start as the client page shows it while its connect waits: the stage
+    (starting the VM, waiting for its screen), time so far, and this desktop's usual time."""
+    _, user = require_signed_in(request)
+    desktop = await request.config_dict[ACCESS].check_access(user, _desktop_id(request),
+                                                             client_ip(request))
+    if desktop.vm is None:
+        return web.json_response({"vm": False})
+    vms = request.config_dict[VMS]
+    progress = vms.progress(desktop.id)
+    stage = progress.stage if progress else (
+        "starting" if desktop.vm.state in ("starting", "rebooting") else None)
+    started = progress.started_at if progress else desktop.vm.since
+    return web.json_response({
+        "vm": True, "state": desktop.vm.state, "stage": stage,
+        "stages": [[key, label] for key, label in STAGES.items()],
+        "elapsed": round(time.time() - started, 1) if stage else None,
+        "estimate": progress.estimate if progress else await vms.estimate(desktop.id),
+    }, headers={"Cache-Control": "no-store"})
 
 
 async def _connect_body(request: web.Request) -> tuple[int, int, str | None]:

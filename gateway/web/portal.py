@@ -1,4 +1,5 @@
-"""The portal: the signed-in user's desktops."""
+"""The portal: the signed-in user's desktops; for desktop VMs, their state and what the person
+may do to their own (restart, rebuild, running mode), as the desktop's policy allows."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..keys import ACCESS
-from .common import render, require_signed_in
+from ..cases.vms import DesktopVms
+from ..errors import GatewayError
+from ..keys import ACCESS, VMS
+from ..model import AUTO_STOP, RUNNING_MODES, Desktop, User
+from .common import actor, check_form_csrf, redirect, render, require_signed_in
+from .inputs import path_id
 
 routes = web.RouteTableDef()
+MODE_WORDS = {"always_on": "AlwaysOn", "auto_stop": "AutoStop"}
 
 
 @dataclass(frozen=True)
@@ -18,14 +24,58 @@ class DesktopCard:
     name: str
     protocol: str
     state: str
+    vm: bool = False
+    reason: str = ""
+    mode: str = ""
+    may: tuple[str, ...] = ()  # the self-service actions this person may take
+    busy: bool = False  # an action is under way: its buttons wait
+
+
+def _card(d: Desktop, state: str, vms: DesktopVms) -> DesktopCard:
+    if d.vm is None:
+        return DesktopCard(d.id, d.name, d.protocol, state)
+    settled = d.vm.state in ("running", "stopped", "error")
+    # The hypervisor's own words are for the admin (they name hosts and paths).
+    reason = ("This desktop ran into a problem; connecting tries to start it again, and your"
+              " administrator can see what went wrong." if d.vm.state == "error" else "")
+    return DesktopCard(d.id, d.name, d.protocol, state, True, reason, d.vm.mode,
+                       d.vm.self_service,
+                       busy=not settled or vms.busy(d.id))
+
+
+async def _render(request: web.Request, user: User, *, error: str | None = None,
+                  http_status: int = 200) -> web.Response:
+    vms = request.config_dict[VMS]
+    cards = [_card(d, state, vms)
+             for d, state in await request.config_dict[ACCESS].desktops_for(user)]
+    return render(request, "portal.html", desktops=cards, modes=RUNNING_MODES,
+                  mode_words=MODE_WORDS, error=error, http_status=http_status)
 
 
 @routes.get("/")
 async def portal(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
-    cards = [DesktopCard(d.id, d.name, d.protocol, state)
-             for d, state in await request.config_dict[ACCESS].desktops_for(user)]
-    return render(request, "portal.html", desktops=cards)
+    return await _render(request, user)
+
+
+@routes.post(r"/desktops/{desktop_id}/vm")
+async def self_service(request: web.Request) -> web.StreamResponse:
+    """A person's own desktop VM: restart, rebuild (typed confirmation) or its running mode.
+    The use case checks the desktop is theirs and its policy allows it, and audits it."""
+    _, user = require_signed_in(request)
+    fields = await check_form_csrf(request)
+    desktop_id = path_id(request, "desktop_id", "desktop")
+    vms = request.config_dict[VMS]
+    who = actor(request, user)
+    try:
+        if fields.get("action") == "mode":
+            await vms.set_mode(who, desktop_id, fields.get("mode", AUTO_STOP))
+        else:
+            await vms.power(who, desktop_id, fields.get("action", ""),
+                            confirm=fields.get("confirm", ""), wait=False)
+    except GatewayError as exc:
+        return await _render(request, user, error=exc.reason, http_status=exc.http_status)
+    return redirect("/")
 
 
 @routes.get("/healthz")
