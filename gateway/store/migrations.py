@@ -176,4 +176,63 @@ MIGRATIONS: list[list[str]] = [
         # says they saved them (the page can be reloaded); gone with the session in any case.
         "ALTER TABLE web_sessions ADD COLUMN recovery_codes_enc TEXT",
     ],
+    [
+        # Desktop VMs. A bundle is a named size of VM and what it costs; self_service lists what
+        # a person may do to their own VM (comma-separated, sorted; '' nothing).
+        """CREATE TABLE bundles (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            vcpus INTEGER NOT NULL,
+            memory_mib INTEGER NOT NULL,
+            root_mib INTEGER NOT NULL,
+            user_mib INTEGER NOT NULL,
+            base_image TEXT NOT NULL,
+            protocol TEXT NOT NULL DEFAULT 'console',
+            hourly_rate DOUBLE PRECISION NOT NULL DEFAULT 0,
+            monthly_rate DOUBLE PRECISION NOT NULL DEFAULT 0,
+            self_service TEXT NOT NULL DEFAULT '',
+            kernel TEXT NOT NULL DEFAULT '',
+            initrd TEXT NOT NULL DEFAULT '',
+            cmdline TEXT NOT NULL DEFAULT '',
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        # A desktop that is a VM: goes with its desktop; a bundle in use cannot be deleted.
+        # self_service NULL: the bundle's policy.
+        """CREATE TABLE desktop_vms (
+            desktop_id INTEGER PRIMARY KEY REFERENCES desktops(id) ON DELETE CASCADE,
+            bundle_id INTEGER NOT NULL REFERENCES bundles(id),
+            hypervisor TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            since DOUBLE PRECISION NOT NULL DEFAULT 0,
+            mode TEXT NOT NULL DEFAULT 'auto_stop',
+            auto_stop_seconds INTEGER NOT NULL DEFAULT 3600,
+            self_service TEXT
+        )""",
+        "CREATE INDEX desktop_vms_by_bundle ON desktop_vms(bundle_id)",
+        # Each interval a VM ran, with its mode and rates at the time (usage and cost).
+        """CREATE TABLE vm_runs (
+            id INTEGER PRIMARY KEY,
+            desktop_id INTEGER NOT NULL,  -- no reference: usage outlives a deleted desktop
+            desktop_name TEXT NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            ended_at DOUBLE PRECISION,
+            mode TEXT NOT NULL,
+            hourly_rate DOUBLE PRECISION NOT NULL DEFAULT 0,
+            monthly_rate DOUBLE PRECISION NOT NULL DEFAULT 0
+        )""",
+        # At most one open run per desktop.
+        "CREATE UNIQUE INDEX vm_runs_open ON vm_runs(desktop_id) WHERE ended_at IS NULL",
+        "CREATE INDEX vm_runs_by_time ON vm_runs(started_at)",
+        # How long each start of a VM took (to estimate the next one).
+        """CREATE TABLE vm_starts (
+            id INTEGER PRIMARY KEY,
+            desktop_id INTEGER NOT NULL,  -- no reference: kept like the usage
+            at DOUBLE PRECISION NOT NULL,
+            seconds DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX vm_starts_by_desktop ON vm_starts(desktop_id, at)",
+        # A desktop's sessions (when it was last used, who was connected when).
+        "CREATE INDEX sessions_by_desktop ON sessions(desktop_id, started_at)",
+    ],
 ]

@@ -1,7 +1,9 @@
 """SQLite store (aiosqlite): the embedded default.
 
 One module on purpose: it is the Store Protocol's SQLite implementation, every SQL statement of
-the embedded store in one place, beside the connections and transactions they run on.
+the embedded store in one place, beside the connections and transactions they run on; except the
+desktop VM tables' statements (bundles, VMs, their runs and start times), which live in
+``sqlite_vms.py``, a mixin of :class:`SQLiteStore` on the same connections and helpers.
 
 Concurrency: one connection serves every read and write of this process, one statement at a
 time (``_lock``), each statement in its own autocommit transaction whose cursor is closed before
@@ -42,6 +44,7 @@ from ..model import (
 )
 from ..names import name_key
 from .migrations import MIGRATIONS
+from .sqlite_vms import VM_COLUMNS, VM_JOIN, VmTables, desktop_vm
 
 log = logging.getLogger("deskgate.store")
 
@@ -54,8 +57,10 @@ _USER_COLUMNS = ("id, name, is_admin, disabled, totp_enrolled, failed_attempts, 
 _ASSIGNED_TO_USER = ("SELECT desktop_id FROM assignments WHERE user_id = ? UNION"
                      " SELECT g.desktop_id FROM group_assignments g JOIN user_groups u"
                      " ON u.group_name = g.group_name WHERE u.user_id = ?")
-_DESKTOP_COLUMNS = ("id, name, provider, host, port, protocol, password_enc IS NOT NULL,"
-                    " maintenance, options")
+# A desktop with its VM, if it is one: "SELECT {_DESKTOP_COLUMNS} FROM {_DESKTOPS}".
+_DESKTOP_COLUMNS = ("d.id, d.name, d.provider, d.host, d.port, d.protocol,"
+                    " d.password_enc IS NOT NULL, d.maintenance, d.options, " + VM_COLUMNS)
+_DESKTOPS = "desktops d " + VM_JOIN
 _TOKEN_COLUMNS = "id, name, user_id, read_only, created_at, expires_at, last_used"  # noqa: S105
 _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
                     " close_reason, close_final, bytes_up, bytes_down, client_ip, user_agent, tries")
@@ -78,12 +83,13 @@ def _audit(r: Sequence[Any]) -> AuditEvent:
     return AuditEvent(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
 
 
-def _desktop(row: Iterable[Any]) -> Desktop:
-    did, name, provider, host, port, protocol, has_pw, maintenance, options = row
+def _desktop(row: Sequence[Any]) -> Desktop:
+    did, name, provider, host, port, protocol, has_pw, maintenance, options = row[:9]
     parsed = json.loads(options or "{}")
     return Desktop(int(did), str(name), str(provider), str(host), int(port), str(protocol),
                    bool(has_pw), bool(maintenance),
-                   tuple(sorted((str(k), str(v)) for k, v in parsed.items())))
+                   tuple(sorted((str(k), str(v)) for k, v in parsed.items())),
+                   desktop_vm(row[9:]))
 
 
 def _token(r: Sequence[Any]) -> ApiToken:
@@ -111,7 +117,7 @@ def _busy(sql: str) -> Iterator[None]:
         raise StoreBusy() from None
 
 
-class SQLiteStore:
+class SQLiteStore(VmTables):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
@@ -487,22 +493,26 @@ class SQLiteStore:
         assert desktop is not None
         return desktop
 
+    async def _desktops(self, where: str, args: Sequence[Any] = ()) -> list[Desktop]:
+        """The desktops (each with its VM, if it is one) ``where`` selects, by name."""
+        rows = await self._all(
+            f"SELECT {_DESKTOP_COLUMNS} FROM {_DESKTOPS} {where} ORDER BY d.name", args)
+        return [_desktop(r) for r in rows]
+
     async def get_desktop(self, desktop_id: int) -> Desktop | None:
-        row = await self._one(f"SELECT {_DESKTOP_COLUMNS} FROM desktops WHERE id = ?",
-                              (desktop_id,))
-        return _desktop(row) if row else None
+        found = await self._desktops("WHERE d.id = ?", (desktop_id,))
+        return found[0] if found else None
 
     async def get_desktop_by_name(self, name: str) -> Desktop | None:
-        row = await self._one(f"SELECT {_DESKTOP_COLUMNS} FROM desktops WHERE name = ?", (name,))
-        return _desktop(row) if row else None
+        found = await self._desktops("WHERE d.name = ?", (name,))
+        return found[0] if found else None
 
     async def get_desktop_password(self, desktop_id: int) -> str | None:
         row = await self._one("SELECT password_enc FROM desktops WHERE id = ?", (desktop_id,))
         return row[0] if row else None
 
     async def list_desktops(self) -> list[Desktop]:
-        return [_desktop(r) for r in
-                await self._all(f"SELECT {_DESKTOP_COLUMNS} FROM desktops ORDER BY name")]
+        return await self._desktops("")
 
     async def assign_group(self, desktop_id: int, group: str) -> None:
         await self._exec(
@@ -527,11 +537,13 @@ class SQLiteStore:
                          (password_enc, desktop_id))
 
     async def delete_desktop(self, desktop_id: int) -> bool:
-        """Delete a desktop with its assignments; its past sessions keep their rows."""
-        await self._exec("DELETE FROM assignments WHERE desktop_id = ?", (desktop_id,))
-        await self._exec("DELETE FROM group_assignments WHERE desktop_id = ?", (desktop_id,))
-        await self._exec("DELETE FROM user_credentials WHERE desktop_id = ?", (desktop_id,))
-        return await self._exec("DELETE FROM desktops WHERE id = ?", (desktop_id,)) == 1
+        """Delete a desktop with its assignments and its VM record, in one transaction; its past
+        sessions, VM runs and start times keep their rows."""
+        async with self._write() as db:
+            for table in ("assignments", "group_assignments", "user_credentials", "desktop_vms"):
+                await db.execute(f"DELETE FROM {table} WHERE desktop_id = ?", (desktop_id,))
+            async with db.execute("DELETE FROM desktops WHERE id = ?", (desktop_id,)) as cur:
+                return int(cur.rowcount) == 1
 
     async def desktop_assignments(self, desktop_id: int) -> tuple[list[str], list[str]]:
         """(user names, group names) the desktop is assigned to."""
@@ -562,10 +574,7 @@ class SQLiteStore:
         return row is not None
 
     async def desktops_for_user(self, user_id: int) -> list[Desktop]:
-        rows = await self._all(
-            f"SELECT {_DESKTOP_COLUMNS} FROM desktops WHERE id IN ({_ASSIGNED_TO_USER}) ORDER BY name",
-            (user_id, user_id))
-        return [_desktop(r) for r in rows]
+        return await self._desktops(f"WHERE d.id IN ({_ASSIGNED_TO_USER})", (user_id, user_id))
 
     # sign-ins waiting for an identity provider's callback ----------------------------------
     # per-user RDP credentials -------------------------------------------------------------------
