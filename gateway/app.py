@@ -77,7 +77,18 @@ from .store import Store
 from .store.sqlite import SQLiteStore
 from .textsafe import multiline, page_value
 from .tickets import TicketBook
-from .web import admin_pages, admin_sessions, api, client, common, login, middleware, portal, sso
+from .web import (
+    admin_pages,
+    admin_sessions,
+    api,
+    api_vms,  # noqa: F401  (its operations join api.API's table)
+    client,
+    common,
+    login,
+    middleware,
+    portal,
+    sso,
+)
 from .web.sso import callback_path
 
 log = logging.getLogger("deskgate")
@@ -131,7 +142,7 @@ def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = Non
                  SignIn(store, box, audit, local, TotpFactor(store, box), guard,
                         WebSessions(store, settings)),
                  accounts, catalog, Access(store, audit, catalog), Sessions(store, audit, live),
-                 AuditTrail(store, audit), Bundles(store, audit), vms)
+                 AuditTrail(store, audit), Bundles(store, audit), vms, providers)
 
 
 def provider_context(settings: Settings, store: Store, box: SecretBox, runtime: Path, *,

@@ -71,9 +71,12 @@ async def _with_cases(settings: Settings, action: Callable[[Cases], Awaitable[in
 
     store = SQLiteStore(settings.database_path)
     await store.open()
+    cases = build_cases(settings, store)
     try:
-        return await action(build_cases(settings, store))
+        return await action(cases)
     finally:
+        await cases.vms.close()
+        await cases.providers.close()
         await store.close()
 
 

@@ -6,6 +6,7 @@ documents it (its schemas: gateway/web/api_schemas.py). The API is a sub-applica
 through only for an admin: deny by default.
 
 About 400 lines as one concern: a short handler per operation, each beside its declaration.
+Bundles and desktop VMs declare theirs in the same table from gateway/web/api_vms.py.
 """
 
 from __future__ import annotations

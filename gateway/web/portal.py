@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..cases.access import NO_SUCH_DESKTOP
 from ..cases.vms import DesktopVms
-from ..errors import GatewayError
+from ..errors import GatewayError, NotFound
 from ..keys import ACCESS, VMS
 from ..model import AUTO_STOP, RUNNING_MODES, Desktop, User
-from .common import actor, check_form_csrf, redirect, render, require_signed_in
+from .common import actor, check_form_csrf, client_ip, redirect, render, require_signed_in
 from .inputs import path_id
 
 routes = web.RouteTableDef()
@@ -63,8 +64,13 @@ async def self_service(request: web.Request) -> web.StreamResponse:
     """A person's own desktop VM: restart, rebuild (typed confirmation) or its running mode.
     The use case checks the desktop is theirs and its policy allows it, and audits it."""
     _, user = require_signed_in(request)
+    try:
+        desktop_id = path_id(request, "desktop_id", "desktop")
+    except NotFound:
+        raise NotFound(NO_SUCH_DESKTOP) from None
+    # Not theirs, or missing: the one answer, before anything else is looked at.
+    await request.config_dict[ACCESS].check_access(user, desktop_id, client_ip(request))
     fields = await check_form_csrf(request)
-    desktop_id = path_id(request, "desktop_id", "desktop")
     vms = request.config_dict[VMS]
     who = actor(request, user)
     try:
