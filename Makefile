@@ -22,11 +22,11 @@ TEST_PACKAGES := chromium xclip socat tesseract-ocr xrdp xorgxrdp freerdp2-shado
                  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
                  qemu-utils busybox-static cpio libvirt-dev pkg-config
 
-.PHONY: run test lint typecheck pytest bench novnc oidc-mock system-packages test-packages clean
+.PHONY: run test lint typecheck pytest bench browser-deps oidc-mock system-packages test-packages clean
 
 # Installing stays quiet (its full output goes to $(VENV)/install.log, shown when it fails), so
 # the last thing printed before the server starts is the first admin's name and password.
-run: system-packages $(VENV)/.run novnc
+run: system-packages $(VENV)/.run browser-deps
 	@if [ -f $(DATA)/deskgate.toml ]; then \
 	  echo; echo "Deskgate is set up in $(DATA)/ (its first admin's password was shown when it was" \
 	    "created; set a new one with: $(BIN)/deskgate --config $(DATA)/deskgate.toml user passwd NAME)"; \
@@ -35,7 +35,7 @@ run: system-packages $(VENV)/.run novnc
 	fi
 	@exec $(BIN)/deskgate --config $(DATA)/deskgate.toml serve
 
-test: system-packages test-packages $(VENV)/.test novnc oidc-mock lint typecheck pytest
+test: system-packages test-packages $(VENV)/.test browser-deps oidc-mock lint typecheck pytest
 
 lint:
 	$(BIN)/ruff check gateway tests bench
@@ -46,7 +46,7 @@ typecheck:
 pytest:
 	$(BIN)/pytest
 
-bench: $(VENV)/.test novnc
+bench: $(VENV)/.test browser-deps
 	$(BIN)/python bench/relay.py
 
 # Debian packages: installed only when missing; needs root (or run the printed apt-get line).
@@ -89,10 +89,11 @@ $(VENV)/.test: pyproject.toml | $(VENV)/bin/python
 	@$(call quietly,$(BIN)/pip install -q --disable-pip-version-check -e '.[test]')
 	@touch $@ $(VENV)/.run
 
-# noVNC comes from npm at set-up time, pinned by package-lock.json; it is never committed.
-novnc: node_modules/@novnc/novnc/core/rfb.js
-node_modules/@novnc/novnc/core/rfb.js: package.json package-lock.json
-	@echo "Installing noVNC from npm ..."
+# The browser-side libraries (noVNC; Chart.js for the usage page) come from npm at set-up time,
+# pinned by package-lock.json; they are never committed. npm ci installs everything in the lock.
+browser-deps: node_modules/.deskgate-installed
+node_modules/.deskgate-installed: package.json package-lock.json
+	@echo "Installing noVNC and Chart.js from npm ..."
 	@npm ci --no-audit --no-fund --loglevel=error --silent
 	@touch $@
 
