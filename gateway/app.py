@@ -33,6 +33,7 @@ from .cases.catalog import Catalog
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
 from .cases.sso import LOGIN_TTL, SingleSignOn
+from .cases.usage import Usage
 from .cases.vms import DesktopVms, VmSettings
 from .config import Settings
 from .crypto import SecretBox
@@ -63,6 +64,7 @@ from .keys import (
     STORE,
     TEMPLATES,
     TICKETS,
+    USAGE,
     VMS,
     WEBSOCKETS,
 )
@@ -80,7 +82,9 @@ from .tickets import TicketBook
 from .web import (
     admin_pages,
     admin_sessions,
+    admin_usage,
     api,
+    api_usage,  # noqa: F401  (its operations join api.API's table)
     api_vms,  # noqa: F401  (its operations join api.API's table)
     client,
     common,
@@ -97,6 +101,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
 NOVNC_DIR = ROOT / "node_modules" / "@novnc" / "novnc"
+CHARTJS_DIR = ROOT / "node_modules" / "chart.js" / "dist"  # the usage page's chart
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ class Cases:
     access: Access
     sessions: Sessions
     audit_trail: AuditTrail
+    bundles: Bundles
+    vms: DesktopVms
+    providers: Providers
+    usage: Usage
 
 
 def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = None,
@@ -142,7 +151,7 @@ def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = Non
                  SignIn(store, box, audit, local, TotpFactor(store, box), guard,
                         WebSessions(store, settings)),
                  accounts, catalog, Access(store, audit, catalog), Sessions(store, audit, live),
-                 AuditTrail(store, audit), Bundles(store, audit), vms, providers)
+                 AuditTrail(store, audit), Bundles(store, audit), vms, providers, Usage(store))
 
 
 def provider_context(settings: Settings, store: Store, box: SecretBox, runtime: Path, *,
@@ -218,6 +227,7 @@ async def _use_cases(app: web.Application) -> AsyncIterator[None]:
     app[AUDIT_TRAIL] = cases.audit_trail
     app[BUNDLES] = cases.bundles
     app[VMS] = cases.vms
+    app[USAGE] = cases.usage
     keeper = asyncio.create_task(cases.vms.keep_in_step(), name="desktop VMs in step")
     try:
         yield
@@ -324,10 +334,12 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def _admin_app() -> web.Application:
-    """The admin pages and the live dashboard, for signed-in admins only (its middleware)."""
+    """The admin pages, the live dashboard and the usage page, for signed-in admins only (its
+    middleware)."""
     admin = web.Application(middlewares=[common.admin_only])
     admin.add_routes(admin_pages.routes)
     admin.add_routes(admin_sessions.routes)
+    admin.add_routes(admin_usage.routes)
     return admin
 
 
@@ -371,4 +383,9 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_static("/novnc/", NOVNC_DIR)
     else:
         log.warning("noVNC is not installed at %s: run `npm ci`", NOVNC_DIR)
+    if CHARTJS_DIR.is_dir():
+        app.router.add_static("/chartjs/", CHARTJS_DIR)
+    else:
+        log.warning("Chart.js is not installed at %s: run `npm ci` (the usage page shows its"
+                    " tables without the chart)", CHARTJS_DIR)
     return app

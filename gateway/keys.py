@@ -20,6 +20,7 @@ from .cases.catalog import Catalog
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
 from .cases.sso import SingleSignOn
+from .cases.usage import Usage
 from .cases.vms import DesktopVms
 from .config import Settings
 from .crypto import SecretBox
@@ -48,6 +49,7 @@ SESSIONS = web.AppKey("sessions", Sessions)
 AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 BUNDLES = web.AppKey("bundles", Bundles)
 VMS = web.AppKey("vms", DesktopVms)
+USAGE = web.AppKey("usage", Usage)  # desktop VMs' usage and cost
 EVENTS = web.AppKey("events", EventBus)
 PROVIDERS = web.AppKey("providers", Providers)
 RDP_BRIDGES = web.AppKey("rdp_bridges", RdpBridges)
