@@ -2,7 +2,9 @@
 
 The relay handler calls ``session_started`` / ``session_closed`` / ``connect_latency``; sign-in
 failures are counted from the audit writer (every failure is an audit event already); live
-figures (active sessions, relayed bytes, desktops by state) are read when scraped. Labels come
+figures (active sessions, relayed bytes, desktops by state, desktop VMs by state) are read when
+scraped. The month's usage and cost per desktop VM (gateway/cases/usage.py) is read at most once
+every ``VM_USAGE_SECONDS`` however often the scrapes come, and without its per-person part. Labels come
 from small fixed sets, so that no reason text or user input can grow the series count.
 
 Served at ``GET /metrics`` on the main site with ``Authorization: Bearer <metrics_token>``
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -26,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from .audit import SIGNIN_CODES, AuditKind
 from .capacity import BackoffListener, Capacity, open_fds
+from .cases.usage import UsageReport
 from .errors import (
     WS_ACCOUNT_DISABLED,
     WS_ADMIN_DISCONNECT,
@@ -51,10 +55,11 @@ from .errors import (
     WS_UPSTREAM_CLOSED,
     WS_UPSTREAM_UNREACHABLE,
 )
-from .keys import AUDIT, BROKER, CAPACITY, CATALOG, LIVE, METRICS, SETTINGS
+from .keys import AUDIT, BROKER, CAPACITY, CATALOG, LIVE, METRICS, SETTINGS, STORE, USAGE
 from .listen import address, bind
 from .live import BROWSER_LOST, LiveSessions
 from .model import Desktop
+from .providers.libvirt.lifecycle import VmState
 from .rdp.bridges import RdpBridges
 
 log = logging.getLogger("deskgate.metrics")
@@ -64,6 +69,8 @@ CLOSE_REASONS = ("user", "browser_lost", "admin", "signed_out", "account_disable
                  "shutdown", "other")
 SIGNIN_FAILURES = SIGNIN_CODES
 DESKTOP_STATES = ("running", "stopped", "unknown", "maintenance")
+VM_STATES = tuple(s.value for s in VmState if s is not VmState.DELETED)  # a deleted one is gone
+VM_USAGE_SECONDS = 60.0
 # Each way a relay ends has its own close code (gateway/errors.py), so the code says which.
 _CLOSE_CATEGORIES = {
     WS_NORMAL: "user", WS_BROWSER_LOST: "browser_lost", WS_ADMIN_DISCONNECT: "admin",
@@ -180,6 +187,19 @@ class Metrics:
                                        ["reason"], registry=r)
         self.desktops = Gauge("deskgate_desktops", "Desktops by state (as of the last scrape)",
                               ["state"], registry=r)
+        self.desktop_vms = Gauge("deskgate_desktop_vms", "Desktop VMs by lifecycle state (as"
+                                 " the gateway keeps it in step with the hypervisors)",
+                                 ["state"], registry=r)
+        self.vm_running_hours = Gauge(
+            "deskgate_vm_running_hours", "Hours each desktop VM ran this month (UTC) so far",
+            ["desktop_id", "desktop"], registry=r)
+        self.vm_cost = Gauge(
+            "deskgate_vm_cost", "What each desktop VM costs this month (UTC) so far, in the"
+            " bundles' rate unit: AutoStop hours at their hourly rate, the monthly rate once"
+            " it ran AlwaysOn", ["desktop_id", "desktop"], registry=r)
+        self.vm_usage_read = float("-inf")  # monotonic time of the last reading
+        for state in VM_STATES:
+            self.desktop_vms.labels(state)
         for reason in CLOSE_REASONS:
             self.closed.labels(reason)
         for reason in SIGNIN_FAILURES:
@@ -213,6 +233,23 @@ class Metrics:
         for state, n in counts.items():
             self.desktops.labels(state).set(n)
 
+    def set_vm_states(self, states: Iterable[str]) -> None:
+        counts = dict.fromkeys(VM_STATES, 0)
+        for state in states:
+            if state in counts:
+                counts[state] += 1
+        for state, n in counts.items():
+            self.desktop_vms.labels(state).set(n)
+
+    def set_vm_usage(self, report: UsageReport) -> None:
+        """This month's figures per desktop VM; those no longer in it (a new month) go."""
+        self.vm_running_hours.clear()
+        self.vm_cost.clear()
+        for d in report.desktops:
+            labels = (str(d.desktop_id), d.name)
+            self.vm_running_hours.labels(*labels).set(d.running_hours)
+            self.vm_cost.labels(*labels).set(d.cost)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -228,6 +265,19 @@ async def desktop_states(app: web.Application) -> list[str]:
     return list(await asyncio.gather(*(one(d) for d in desktops)))
 
 
+async def read_vms(app: web.Application) -> None:
+    """Desktop VMs by state (one read of the store, no hypervisor asked), and this month's usage
+    per desktop VM when the last reading is older than ``VM_USAGE_SECONDS``."""
+    metrics = app[METRICS]
+    metrics.set_vm_states(d.vm.state for d in await app[STORE].list_desktop_vms()
+                          if d.vm is not None)
+    now = time.monotonic()
+    if now - metrics.vm_usage_read >= VM_USAGE_SECONDS:
+        metrics.vm_usage_read = now
+        usage = app[USAGE]
+        metrics.set_vm_usage(await usage.report(usage.current_month(), people=False))
+
+
 def _exposition_handler(app: web.Application, *, token: bool) -> Callable[
         [web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -241,6 +291,7 @@ def _exposition_handler(app: web.Application, *, token: bool) -> Callable[
                 return web.Response(status=401, text="metrics need the bearer token\n",
                                     headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         app[METRICS].set_desktop_states(await desktop_states(app))
+        await read_vms(app)
         return web.Response(body=app[METRICS].exposition(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
     return handler

@@ -1,6 +1,6 @@
 """The usage page of desktop VMs, its CSV export and GET /api/v1/usage through the real app: they
 agree on the same data, they are for admins only, and a period that is none is a 400 with its
-reason."""
+reason. And the month's usage per desktop VM in the metrics."""
 
 from __future__ import annotations
 
@@ -20,8 +20,18 @@ from websupport import Client, app_client, sign_in
 
 from gateway.cases.usage import PERIOD_RULE
 from gateway.config import Settings
-from gateway.keys import STORE
-from gateway.model import ALWAYS_ON, AUTO_STOP, Bundle, Desktop, DesktopVm, Session, SessionState
+from gateway.keys import METRICS, STORE
+from gateway.metrics import VM_USAGE_SECONDS
+from gateway.model import (
+    ALWAYS_ON,
+    AUTO_STOP,
+    Bundle,
+    Desktop,
+    DesktopVm,
+    Secret,
+    Session,
+    SessionState,
+)
 from gateway.store.sqlite import SQLiteStore
 
 PERIOD = "2024-05"  # over: its figures no longer move; 31 days, so an AlwaysOn day costs 1.0
@@ -216,3 +226,57 @@ async def test_usage_is_for_admins_only(client: Client, other: aiohttp.ClientSes
     assert resp.status == 403
     denied = await client.server.app[STORE].list_audit(kind="admin.denied", limit=10)
     assert {e.user for e in denied} == {"ann"} and len(denied) == len(paths) + 1
+
+
+async def test_metrics_show_this_months_usage_per_desktop_vm_and_vms_by_state(
+        settings: Settings) -> None:
+    token = "metrics-token-for-usage-tests-0123456789"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with await app_client(settings, metrics_token=Secret(token)) as client:
+        store = client.server.app[STORE]
+        metrics = client.server.app[METRICS]
+        now = time.time()
+        month = time.gmtime(now)
+        month_start = float(calendar.timegm((month.tm_year, month.tm_mon, 1, 0, 0, 0)))
+        started, ended = max(month_start, now - 7200), now - 1
+        auto = await vm(store, "vm-auto")
+        always = await vm(store, "vm-always", ALWAYS_ON)
+        assert await store.move_vm_state(always.id, ["stopped"], "running", "", now)
+        assert await store.open_vm_run(auto.id, auto.name, started, AUTO_STOP, 0.5, 31.0)
+        assert await store.close_vm_run(auto.id, ended)
+        assert await store.open_vm_run(always.id, always.name, started, ALWAYS_ON, 0.5, 31.0)
+
+        async def scrape() -> str:
+            resp = await client.get("/metrics", headers=headers)
+            assert resp.status == 200
+            return await resp.text()
+
+        text = await scrape()
+        hours = (ended - started) / 3600
+        auto_labels = f'{{desktop="vm-auto",desktop_id="{auto.id}"}}'
+        always_labels = f'{{desktop="vm-always",desktop_id="{always.id}"}}'
+        assert value(text, f"deskgate_vm_running_hours{auto_labels}") == pytest.approx(hours)
+        assert value(text, f"deskgate_vm_cost{auto_labels}") == pytest.approx(hours * 0.5)
+        assert value(text, f"deskgate_vm_cost{always_labels}") == 31.0
+        assert value(text, 'deskgate_desktop_vms{state="running"}') == 1
+        assert value(text, 'deskgate_desktop_vms{state="stopped"}') == 1
+        assert value(text, 'deskgate_desktop_vms{state="error"}') == 0
+
+        # Bounded work: the month's usage is read again only once its reading has aged.
+        await store.close_vm_run(always.id, now)
+        assert await store.move_vm_state(auto.id, ["stopped"], "error", "", now)
+        assert await store.open_vm_run(auto.id, auto.name, ended, AUTO_STOP, 0.5, 31.0)
+        assert await store.close_vm_run(auto.id, ended + 0.5)
+        text = await scrape()
+        assert value(text, f"deskgate_vm_running_hours{auto_labels}") == pytest.approx(hours)
+        assert value(text, 'deskgate_desktop_vms{state="error"}') == 1  # states: every scrape
+        metrics.vm_usage_read -= VM_USAGE_SECONDS
+        text = await scrape()
+        assert value(text, f"deskgate_vm_running_hours{auto_labels}") == pytest.approx(
+            hours + 0.5 / 3600)
+
+
+def value(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in metrics"
+    return float(m.group(1))
