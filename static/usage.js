@@ -33,7 +33,7 @@ function draw(series) {
                     backgroundColor: `${ok}aa`, order: 3},
                 {type: 'line', label: 'Cost', data: series.cost, yAxisID: 'cost',
                     borderColor: '#b26a00', backgroundColor: '#b26a00', pointRadius: 2,
-                    tension: 0.2, order: 1},
+                    tension: 0, order: 1},
             ],
         },
         options: {
