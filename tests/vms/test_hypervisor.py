@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import libvirt
 import pytest
 from hypervisor import (
     BANNER,
@@ -29,10 +30,6 @@ from gateway.providers.libvirt.domain import (
     owned_desktop_id,
     screen_socket,
 )
-
-libvirt = pytest.importorskip("libvirt")
-
-
 
 
 @pytest.fixture
