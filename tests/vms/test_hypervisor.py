@@ -69,7 +69,7 @@ async def boot(conn: libvirt.virConnect, image: GuestImage, folder: Path,
     try:
         for _ in range(300):  # boots in a few seconds under TCG; bounded at 30 s
             text = serial.read_text(errors="replace") if serial.exists() else ""
-            if "user volume:" in text.split(BANNER, 1)[-1]:
+            if f"root disk: {ROOT_FILE} written" in text.split(BANNER, 1)[-1]:
                 assert await probe_rfb(unix_path=screen / "vnc.sock", timeout=5)
                 return text
             await asyncio.sleep(0.1)

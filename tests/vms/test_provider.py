@@ -120,11 +120,12 @@ async def spec_for(provider: LibvirtProvider,
 
 
 async def booted(log: Path) -> str:
-    """The guest's serial output once it has booted (bounded at 30 s)."""
+    """The guest's serial output once it has booted, its last line (the file it writes on
+    its root disk at every boot) included; bounded at 30 s."""
     text = ""
     for _ in range(300):
         text = log.read_text(errors="replace") if log.exists() else ""
-        if "user volume:" in text.split(BANNER, 1)[-1]:
+        if f"root disk: {ROOT_FILE} written" in text.split(BANNER, 1)[-1]:
             return text
         await asyncio.sleep(0.1)
     raise AssertionError(f"the guest did not boot: {text[-500:]}")
