@@ -93,11 +93,11 @@ async def test_a_measured_run_is_its_running_hours_and_their_cost(
 
     d = await cases.vms.power(ADMIN, desktop.id, "start")  # returns once it runs
     began = time.time()
-    assert d.vm is not None and d.vm.state == "running"
+    assert d.vm is not None and d.vm.state == "running", d.vm and d.vm.reason
     await asyncio.sleep(RUN_SECONDS)
     d = await cases.vms.power(ADMIN, desktop.id, "stop")  # returns once it stopped
     ended = time.time()
-    assert d.vm is not None and d.vm.state == "stopped"
+    assert d.vm is not None and d.vm.state == "stopped", d.vm and d.vm.reason
     measured = ended - began
     run, = await cases.store.vm_runs(0, time.time() + 1, desktop.id)
     assert run.ended_at is not None
