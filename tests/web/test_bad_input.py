@@ -101,7 +101,7 @@ def assert_answered(resp: requests.Response, what: str) -> None:
     """A 4xx comes with a reason; nothing is a 5xx; no version in the Server header."""
     assert resp.status_code < 500, f"{what}: {resp.status_code} {resp.text[:300]}"
     # aiohttp's static files answer a missing file with an empty 404 (a page asked for an asset).
-    asset = re.search(r"/(static|novnc)/", resp.url) and resp.status_code == 404
+    asset = re.search(r"/(static|novnc|chartjs)/", resp.url) and resp.status_code == 404
     if resp.status_code >= 400 and not asset:
         assert resp.text.strip(), f"{what}: {resp.status_code} without a reason"
     server = resp.headers.get("Server", "")
