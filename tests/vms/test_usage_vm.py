@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import os
+import random
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -66,6 +67,11 @@ async def cases(settings: Settings, folder: Path, uri: str) -> AsyncIterator[Cas
                                     str(folder / "screens")),)
     store = SQLiteStore(settings.database_path)
     await store.open()
+    # Other test runs may share this libvirtd, and a domain is named by its desktop's id: this
+    # one's desktops get ids of their own (after a placeholder desktop's).
+    placeholder = await store.create_desktop("id-placeholder", "static", "127.0.0.1", 5900, None)
+    await store._exec("UPDATE desktops SET id = ? WHERE id = ?",
+                      (random.randint(10**7, 9 * 10**7), placeholder.id))
     made = build_cases(dataclasses.replace(
         settings, hypervisors=hypervisors, vm_stop_timeout_seconds=1.0,  # type: ignore[arg-type]
         vm_start_timeout_seconds=40.0, vm_reconcile_seconds=3600.0), store)
@@ -73,7 +79,7 @@ async def cases(settings: Settings, folder: Path, uri: str) -> AsyncIterator[Cas
         yield made
     finally:
         await made.vms.close()
-        for d in await store.list_desktop_vms():  # nothing left on the hypervisor
+        for d in await store.list_desktop_vms():  # nothing of this test left on the hypervisor
             await made.providers.get("libvirt").delete(made.vms._spec(d))  # type: ignore[attr-defined]
         await made.providers.close()
         await store.close()
@@ -90,6 +96,7 @@ async def test_a_measured_run_is_its_running_hours_and_their_cost(
         initrd=str(image.initrd), cmdline="console=tty0 console=ttyS0 quiet",
         hourly_rate=HOURLY, monthly_rate=30.0))
     desktop = await cases.vms.create(ADMIN, "vm-usage", bundle, auto_stop_seconds=3600)
+    assert desktop.id > 10**7  # its own domain name on a shared libvirtd
 
     d = await cases.vms.power(ADMIN, desktop.id, "start")  # returns once it runs
     began = time.time()
