@@ -28,7 +28,7 @@ BUNDLE = obj(
     monthly_rate={**NUMBER, "description": "AlwaysOn: cost per month"},
     self_service=POLICY, kernel=STRING, initrd=STRING, cmdline=STRING,
     desktops={**INTEGER, "description": "desktops made from it"})
-BUNDLE_BODY = obj(name=STRING, **_SIZES, base_image=STRING,
+BUNDLE_BODY = obj((), name=STRING, **_SIZES, base_image=STRING,
                   protocol={"type": "string", "enum": list(VM_PROTOCOLS)},
                   hourly_rate=NUMBER, monthly_rate=NUMBER, self_service=POLICY,
                   kernel=STRING, initrd=STRING, cmdline=STRING)
