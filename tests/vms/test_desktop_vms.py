@@ -16,7 +16,7 @@ from pathlib import Path
 import libvirt
 import pytest
 import pytest_asyncio
-from hypervisor import GuestImage, guest_image, hypervisor
+from hypervisor import BANNER, GuestImage, guest_image, hypervisor
 
 from gateway.app import Cases, build_cases
 from gateway.cases.actor import Actor
@@ -117,7 +117,7 @@ def domain_state(uri: str, desktop_id: int) -> int | None:
 
 async def test_many_connects_at_the_same_minute_start_a_stopped_vm_once(
         vms: Cases, image: GuestImage, uri: str) -> None:
-    bundle = await make_bundle(vms, image)
+    bundle = await make_bundle(vms, image, ready_text=BANNER)  # a start waits for the guest
     desktop = await vms.vms.create(ADMIN, "vm-one", bundle)
     assert await state_of(vms, desktop) == "stopped"
     assert domain_state(uri, desktop.id) == libvirt.VIR_DOMAIN_SHUTOFF
