@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..audit import AuditKind
 from ..cases.actor import Actor
-from ..cases.catalog import DesktopView, provider_names
+from ..cases.catalog import DesktopView, addable_providers
 from ..errors import BadRequest, GatewayError, NotFound
 from ..keyboards import describe
 from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG
@@ -107,7 +107,7 @@ async def _desktops_page(request: web.Request, *, http_status: int = 200,
     rows = [DesktopRow(v, s) for v, s in zip(views, states, strict=True)]
     return render(request, "admin_desktops.html", http_status=http_status, error=error,
                   info=None if error else _info(request), rows=rows,
-                  providers=provider_names(),
+                  providers=addable_providers(),
                   form=dict(form or {}), **FORMATTERS)
 
 

@@ -134,7 +134,8 @@ class LibvirtProvider:
                 root_disk=files.root, user_volume=files.user, screen_socket=files.screen_socket,
                 kernel=Path(bundle.kernel) if bundle.kernel else None,
                 initrd=Path(bundle.initrd) if bundle.initrd else None, cmdline=bundle.cmdline,
-                virt_type=self.config(hv_name).domain_type, serial_log=files.console_log)
+                virt_type=self.config(hv_name).domain_type, serial_log=files.console_log,
+                network=None if bundle.protocol == "console" else self.config(hv_name).network)
         except ValueError as exc:
             raise HypervisorError(f"bundle {bundle.name}: {exc}") from None
 
