@@ -151,7 +151,8 @@ class LibvirtProvider:
             await self.wait_screen(spec, self._ctx.vm_start_timeout)
         except HypervisorError as exc:
             desktop_log(log, spec.name).warning("not available: %s", exc.reason)
-            raise DesktopUnavailable(exc.reason) from None
+            raise DesktopUnavailable(f"desktop {spec.name} could not be started: {exc.reason}"
+                                     ) from None
 
     async def endpoint(self, spec: DesktopSpec) -> Endpoint:
         """The console's unix socket, or the guest's own VNC or RDP server."""
