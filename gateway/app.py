@@ -80,6 +80,7 @@ from .tickets import TicketBook
 from .web import (
     admin_pages,
     admin_sessions,
+    admin_vms,
     api,
     api_vms,  # noqa: F401  (its operations join api.API's table)
     client,
@@ -324,10 +325,12 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def _admin_app() -> web.Application:
-    """The admin pages and the live dashboard, for signed-in admins only (its middleware)."""
+    """The admin pages, the live dashboard and the desktop VM pages, for signed-in admins only
+    (its middleware)."""
     admin = web.Application(middlewares=[common.admin_only])
     admin.add_routes(admin_pages.routes)
     admin.add_routes(admin_sessions.routes)
+    admin.add_routes(admin_vms.routes)
     return admin
 
 
