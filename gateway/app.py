@@ -325,8 +325,7 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def _admin_app() -> web.Application:
-    """The admin pages, the live dashboard and the desktop VM pages, for signed-in admins only
-    (its middleware)."""
+    """The admin pages and the live dashboard, for signed-in admins only (its middleware)."""
     admin = web.Application(middlewares=[common.admin_only])
     admin.add_routes(admin_pages.routes)
     admin.add_routes(admin_sessions.routes)
