@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from gateway.errors import ConfigError
 from gateway.providers.base import DesktopProvider, DesktopSpec, ProviderContext
+from gateway.providers.libvirt.provider import LibvirtProvider
 from gateway.providers.local import LocalProvider
 from gateway.providers.static import StaticProvider
 
@@ -14,6 +15,7 @@ __all__ = ["PROVIDERS", "DesktopProvider", "DesktopSpec", "ProviderContext", "ma
 PROVIDERS: dict[str, Callable[[ProviderContext], DesktopProvider]] = {
     "static": StaticProvider,
     "local": LocalProvider,
+    "libvirt": LibvirtProvider,
 }
 
 

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import libvirt
 import pytest
 from hypervisor import (
     BANNER,
@@ -29,10 +30,6 @@ from gateway.providers.libvirt.domain import (
     owned_desktop_id,
     screen_socket,
 )
-
-libvirt = pytest.importorskip("libvirt")
-
-
 
 
 @pytest.fixture
@@ -72,7 +69,7 @@ async def boot(conn: libvirt.virConnect, image: GuestImage, folder: Path,
     try:
         for _ in range(300):  # boots in a few seconds under TCG; bounded at 30 s
             text = serial.read_text(errors="replace") if serial.exists() else ""
-            if "user volume:" in text.split(BANNER, 1)[-1]:
+            if f"root disk: {ROOT_FILE} written" in text.split(BANNER, 1)[-1]:
                 assert await probe_rfb(unix_path=screen / "vnc.sock", timeout=5)
                 return text
             await asyncio.sleep(0.1)
