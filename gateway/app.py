@@ -114,6 +114,9 @@ class Cases:
     access: Access
     sessions: Sessions
     audit_trail: AuditTrail
+    bundles: Bundles
+    vms: DesktopVms
+    providers: Providers
 
 
 def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = None,
