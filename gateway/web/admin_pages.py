@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..audit import AuditKind
 from ..cases.actor import Actor
-from ..cases.catalog import DesktopView, provider_names
+from ..cases.catalog import DesktopView, addable_providers
 from ..errors import BadRequest, GatewayError, NotFound
 from ..keyboards import describe
 from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, VMS
@@ -108,10 +108,9 @@ async def _desktops_page(request: web.Request, *, http_status: int = 200,
     views = await catalog.desktop_views()
     states = await asyncio.gather(*(catalog.state(v.desktop) for v in views))
     rows = [DesktopRow(v, s) for v, s in zip(views, states, strict=True)]
-    # Desktop VMs are made from a bundle on their own page (/admin/vms), not with this form.
     return render(request, "admin_desktops.html", http_status=http_status, error=error,
                   info=None if error else _info(request), rows=rows,
-                  providers=[p for p in provider_names() if p != "libvirt"],
+                  providers=addable_providers(),
                   any_vm=any(r.view.desktop.vm is not None for r in rows),
                   form=dict(form or {}), **FORMATTERS)
 
