@@ -54,7 +54,7 @@ INFO = {
 CREATE_FIELDS = ("name", "bundle", "hypervisor", "mode", "auto_stop_minutes", "policy", "host",
                  "port", *(f"ss_{item}" for item in SELF_SERVICE))
 BUNDLE_FIELDS = ("name", "vcpus", "memory_mib", "root_mib", "user_mib", "base_image", "protocol",
-                 "hourly_rate", "monthly_rate", "kernel", "initrd", "cmdline",
+                 "hourly_rate", "monthly_rate", "kernel", "initrd", "cmdline", "ready_text",
                  *(f"ss_{item}" for item in SELF_SERVICE))
 BUNDLE_DEFAULTS = {"vcpus": "2", "memory_mib": "2048", "root_mib": "20480", "user_mib": "10240",
                    "protocol": "console", "hourly_rate": "0", "monthly_rate": "0"}
@@ -107,7 +107,7 @@ def _bundle_values(form: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {"name": form.get("name", "")}
     for field, words in SIZE_WORDS.items():
         values[field] = parse_int(form.get(field, "") or "0", f"the {words}")
-    for field in ("base_image", "kernel", "initrd", "cmdline"):
+    for field in ("base_image", "kernel", "initrd", "cmdline", "ready_text"):
         values[field] = form.get(field, "").strip()
     values["protocol"] = form.get("protocol", "console")
     values["hourly_rate"] = _rate(form.get("hourly_rate", ""), "hourly rate")
@@ -122,7 +122,8 @@ def _bundle_form(b: Bundle) -> dict[str, str]:
             "root_mib": str(b.root_mib), "user_mib": str(b.user_mib),
             "base_image": b.base_image, "protocol": b.protocol,
             "hourly_rate": f"{b.hourly_rate:g}", "monthly_rate": f"{b.monthly_rate:g}",
-            "kernel": b.kernel, "initrd": b.initrd, "cmdline": b.cmdline}
+            "kernel": b.kernel, "initrd": b.initrd, "cmdline": b.cmdline,
+            "ready_text": b.ready_text}
     form.update({f"ss_{item}": "yes" for item in b.self_service})
     return form
 

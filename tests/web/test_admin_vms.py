@@ -157,11 +157,12 @@ async def test_bundle_round_trip(client: Client, csrf: str) -> None:
     assert f'id="edit-bundle-{bundle}"' in text
 
     resp = await post(client, f"/admin/bundles/{bundle}", csrf,
-                      **bundle_fields(name="medium", vcpus="4", ss_rebuild="yes"))
+                      **bundle_fields(name="medium", vcpus="4", ss_rebuild="yes",
+                                      ready_text="login:"))
     assert resp.status == 303 and resp.headers["Location"] == "/admin/bundles?info=bundle-saved"
     changed = await store.get_bundle(bundle)
     assert changed is not None and changed.name == "medium" and changed.vcpus == 4
-    assert changed.self_service == ("rebuild", "restart")
+    assert changed.self_service == ("rebuild", "restart") and changed.ready_text == "login:"
     assert "4 vCPU" in await page(client, "/admin/bundles")
 
     # In use: deleting it is refused with the use case's reason, and it stays.
@@ -184,7 +185,7 @@ async def test_bundle_round_trip(client: Client, csrf: str) -> None:
 
     details = [e.detail for e in await store.list_audit(kind="admin", limit=20)]
     assert any(d.startswith("bundle small created: 2 vCPU, 2048 MiB") for d in details), details
-    assert any("bundle medium changed: name, vcpus, self_service" in d for d in details), details
+    assert any("bundle medium changed: name, vcpus, self_service, ready_text" in d for d in details), details
     assert any("bundle medium deleted" in d for d in details), details
     assert all("alice" in d for d in details if "bundle" in d)
 
@@ -199,6 +200,7 @@ async def test_bundle_round_trip(client: Client, csrf: str) -> None:
     ({"monthly_rate": "-1"}, "monthly_rate must be a number from 0"),
     ({"name": "  "}, "bundle names are 1-64 printable characters"),
     ({"kernel": "/boot/vmlinuz"}, "a direct kernel boot needs both"),
+    ({"ready_text": "x" * 201}, "the ready text is at most 200 printable characters"),
     ({"ss_reboot_everything": "yes"}, None),  # an unknown checkbox is not a policy: ignored
 ])
 async def test_bad_bundle_forms_answer_4xx_with_the_reason(client: Client, csrf: str,
