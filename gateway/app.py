@@ -80,6 +80,7 @@ from .tickets import TicketBook
 from .web import (
     admin_pages,
     admin_sessions,
+    admin_vms,
     api,
     api_vms,  # noqa: F401  (its operations join api.API's table)
     client,
@@ -331,6 +332,7 @@ def _admin_app() -> web.Application:
     admin = web.Application(middlewares=[common.admin_only])
     admin.add_routes(admin_pages.routes)
     admin.add_routes(admin_sessions.routes)
+    admin.add_routes(admin_vms.routes)
     return admin
 
 
