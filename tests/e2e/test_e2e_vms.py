@@ -251,10 +251,30 @@ def test_auto_stop_stops_the_vm_after_the_session_and_connect_starts_it_again(
         shot_to(page, "vm-progress-restart.png")
         wait_state(page, "connected", 60_000)
         wait_for_text(page, BANNER_SEEN, "vm-console-again.png")
+
+        # Self-service: her bundle lets her restart it (not rebuild it) from the portal.
+        portal = ctx.new_page()
+        portal.goto(f"{vmgw.base_url}/")
+        card = portal.locator(f"[data-desktop-id='{desktop_id}'][data-vm-state]")
+        card.locator("summary").click()
+        assert card.locator("button", has_text="Rebuild").count() == 0
+        shot_to(portal, "vm-portal-self-service.png")
+        card.get_by_role("button", name="Restart").click()
+        portal.wait_for_url(f"{vmgw.base_url}/")
+        wait_until(lambda: vm_state(vmgw, token, desktop_id) == "running", 60,
+                   "the restarted VM to run again", 0.5)
+        refused = portal.request.post(f"{vmgw.base_url}/desktops/{desktop_id}/vm", form={
+            "_csrf": portal.locator("input[name=_csrf]").first.get_attribute("value") or "",
+            "action": "rebuild", "confirm": "cli-vm"})
+        assert refused.status == 403, refused.status
+        assert "ask an administrator" in refused.text()
     finally:
         ctx.close()
     trail = vmgw.cli("audit", "--limit", "200")
     assert "stopped by its running mode (AutoStop)" in trail, trail[-2000:]
+    assert "desktop VM reboot asked (by carol)" in trail, trail[-2000:]
+    assert "desktop VM rebuild refused: not allowed by its self-service policy (by carol)" \
+        in trail, trail[-2000:]
 
 
 def test_the_progress_of_a_start_is_only_for_those_the_desktop_is_assigned_to(
