@@ -317,3 +317,18 @@ async def test_a_start_that_fails_says_why_to_the_admin_and_is_final_for_the_per
     d = await vms.vms.desktop(desktop.id)
     assert d.vm is not None and d.vm.state == "error"
     assert "/nonexistent/vmlinuz" in d.vm.reason
+
+
+async def test_a_stop_asked_while_the_vm_starts_runs_after_the_start_and_stops_it(
+        vms: Cases, image: GuestImage, uri: str) -> None:
+    bundle = await make_bundle(vms, image, ready_text=BANNER)  # its start takes a boot
+    desktop = await vms.vms.create(ADMIN, "vm-start-stop", bundle)
+    starting = asyncio.create_task(vms.vms.power(ADMIN, desktop.id, "start"))
+    await until(lambda: _is(vms, desktop, "starting"), 10)
+    stopped = await vms.vms.power(ADMIN, desktop.id, "stop")  # allowed from starting
+    assert stopped.vm is not None and stopped.vm.state == "stopped"
+    await starting
+    assert await state_of(vms, desktop) == "stopped"
+    await until(lambda: _off(uri, desktop.id), 5)
+    assert await vms.store.vm_runs(0, time.time() + 1, desktop.id) == [] or all(
+        r.ended_at is not None for r in await vms.store.vm_runs(0, time.time() + 1, desktop.id))
