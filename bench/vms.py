@@ -45,7 +45,7 @@ builds the guest once, starts libvirtd unless one answers and stops only what it
 process started here is stopped by its PID; every loop is bounded in count and time.
 
     .venv/bin/python bench/vms.py                    # 5 rounds, 4 windows of 20 s: 4-5 minutes
-    .venv/bin/python bench/vms.py --quick            # 2 rounds, 4 windows of 5 s (CI)
+    .venv/bin/python bench/vms.py --quick            # 2 rounds, 4 windows of 5 s: 2.5 minutes
     .venv/bin/python bench/vms.py --phases click --rounds 9
     .venv/bin/python bench/vms.py --phases reconcile --vms 50 --window 30
 """
