@@ -41,16 +41,48 @@ CMDLINE = "console=tty0 console=ttyS0 quiet"
 AUTO_STOP_SECONDS = 3
 
 
+class Libvirtd:
+    """The test libvirtd, which a test may stop and start again (only one started here: one
+    that already answered belongs to someone else and is never stopped)."""
+
+    def __init__(self, loop_thread: LoopThread) -> None:
+        self.loop_thread = loop_thread
+        self.manager: Any = None
+        self.ours = not _answers()
+        self.uri = ""
+
+    def start(self) -> str:
+        self.manager = hypervisor()
+        self.uri = self.loop_thread.run(self.manager.__aenter__())
+        return self.uri
+
+    def stop(self) -> None:
+        if self.manager is not None:
+            manager, self.manager = self.manager, None
+            self.loop_thread.run(manager.__aexit__(None, None, None))
+
+
+def _answers() -> bool:
+    done = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True,
+                          timeout=30, check=False)
+    return done.returncode == 0
+
+
 @pytest.fixture(scope="module")
-def libvirt_uri(loop_thread: LoopThread) -> Iterator[str]:
+def libvirtd(loop_thread: LoopThread) -> Iterator[Libvirtd]:
     if os.geteuid() != 0:
         pytest.skip("libvirtd's system instance needs root")
-    manager = hypervisor()
-    uri = loop_thread.run(manager.__aenter__())
+    daemon = Libvirtd(loop_thread)
+    daemon.start()
     try:
-        yield uri
+        yield daemon
     finally:
-        loop_thread.run(manager.__aexit__(None, None, None))
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def libvirt_uri(libvirtd: Libvirtd) -> str:
+    return libvirtd.uri
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +324,45 @@ def test_the_progress_of_a_start_is_only_for_those_the_desktop_is_assigned_to(
     finally:
         ctx.close()
 
+
+
+def test_a_stopped_libvirtd_is_a_clear_error_and_the_gateway_keeps_serving(
+        vmgw: Gateway, token: str, browser: Any, libvirtd: Libvirtd) -> None:
+    if not libvirtd.ours:
+        pytest.skip("the libvirtd here is someone else's: it is not stopped")
+    desktop_id = vmgw.desktop_ids["cli-vm"]
+    wait_until(lambda: vm_state(vmgw, token, desktop_id) == "stopped", 40,
+               "AutoStop to stop the VM", 0.5)
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def problem() -> str | None:
+        vms = requests.get(f"{vmgw.base_url}/api/v1/vms", headers=auth, timeout=10).json()["vms"]
+        found: str | None = vms[0]["hypervisor_problem"]
+        return found
+
+    libvirtd.stop()
+    try:
+        said = wait_until(problem, 20, "the gateway to see libvirtd gone", 0.5)
+        assert "libvirt-sock" in said  # libvirt's own words, for the admin
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        try:
+            page = ctx.new_page()
+            sign_in(page, vmgw, vmgw.admin)
+            page.goto(f"{vmgw.base_url}/admin/vms")
+            assert "cannot be reached" in page.inner_text("body")
+            shot_to(page, "vm-admin-libvirtd-gone.png")
+            carol = ctx.browser.new_context(viewport={"width": 1280, "height": 800})
+            page = carol.new_page()
+            sign_in(page, vmgw, vmgw.accounts["carol"])
+            page.goto(f"{vmgw.base_url}/desktops/{desktop_id}")
+            wait_state(page, "disconnected", 30_000)  # a final answer: no retry loop
+            assert "cannot be reached now" in page.locator("#status").inner_text()
+            shot_to(page, "vm-client-libvirtd-gone.png")
+            assert healthy(vmgw.base_url)
+            assert page.goto(f"{vmgw.base_url}/").status == 200  # the portal still answers
+            carol.close()
+        finally:
+            ctx.close()
+    finally:
+        libvirtd.start()
+    wait_until(lambda: problem() is None, 20, "the gateway to reach libvirtd again", 0.5)
