@@ -167,7 +167,7 @@ class DesktopVms:
             protocol=protocol, host=host if bundle.protocol != "console" else "",
             port=port if bundle.protocol != "console" else 0)
         await self._record(actor, d, f"desktop VM created (bundle {bundle.name}, {hypervisor},"
-                                     f" {_mode_words(mode, auto_stop_seconds)})")
+                                     f" {mode_words(mode, auto_stop_seconds)})")
         try:
             await self._provider().create(self._spec(d))
         except HypervisorError as exc:
@@ -238,7 +238,7 @@ class DesktopVms:
         now = self._clock()
         if mode != vm.mode and await self._store.close_vm_run(d.id, now):
             await self._open_run(await self.desktop(d.id), now)  # the rest of the run, re-priced
-        await self._record(actor, d, f"running mode set: {_mode_words(mode, seconds)}")
+        await self._record(actor, d, f"running mode set: {mode_words(mode, seconds)}")
         d = await self.desktop(d.id)
         if mode == ALWAYS_ON and _vm(d).state == VmState.STOPPED:
             self._spawn(d, Action.START, "AlwaysOn")
@@ -545,7 +545,8 @@ def _check_mode(mode: str, auto_stop_seconds: int) -> None:
         raise BadRequest(f"the AutoStop time is 1 to {MAX_AUTO_STOP_SECONDS} seconds")
 
 
-def _mode_words(mode: str, auto_stop_seconds: int) -> str:
+def mode_words(mode: str, auto_stop_seconds: int) -> str:
+    """ "AlwaysOn", or "AutoStop after 60 min" (seconds when it is not whole minutes)."""
     if mode == ALWAYS_ON:
         return "AlwaysOn"
     minutes, seconds = divmod(auto_stop_seconds, 60)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..cases.vms import MAX_AUTO_STOP_SECONDS, POWER, DesktopVms
+from ..cases.vms import MAX_AUTO_STOP_SECONDS, POWER, DesktopVms, mode_words
 from ..model import ALWAYS_ON, AUTO_STOP, SELF_SERVICE, Desktop, DesktopVm
 from ..providers.libvirt.lifecycle import ACTIONS, VmState
 
@@ -51,15 +51,6 @@ def allowed_actions(state: str) -> tuple[str, ...]:
 def mib(n: int) -> str:
     """A size in MiB as people read it: "2 GiB" when whole GiB, else "1536 MiB"."""
     return f"{n // 1024} GiB" if n >= 1024 and n % 1024 == 0 else f"{n} MiB"
-
-
-def mode_words(mode: str, auto_stop_seconds: int) -> str:
-    """ "AlwaysOn", or "AutoStop after 60 min" (seconds when it is not whole minutes)."""
-    if mode == ALWAYS_ON:
-        return "AlwaysOn"
-    minutes, seconds = divmod(auto_stop_seconds, 60)
-    return f"AutoStop after {minutes} min" if not seconds else (
-        f"AutoStop after {auto_stop_seconds} s")
 
 
 @dataclass(frozen=True)
