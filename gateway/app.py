@@ -83,6 +83,7 @@ from .web import (
     admin_pages,
     admin_sessions,
     admin_usage,
+    admin_vms,
     api,
     api_usage,  # noqa: F401  (its operations join api.API's table)
     api_vms,  # noqa: F401  (its operations join api.API's table)
@@ -334,12 +335,13 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def _admin_app() -> web.Application:
-    """The admin pages, the live dashboard and the usage page, for signed-in admins only (its
-    middleware)."""
+    """The admin pages, the live dashboard, the desktop VM pages and the usage page, for
+    signed-in admins only (its middleware)."""
     admin = web.Application(middlewares=[common.admin_only])
     admin.add_routes(admin_pages.routes)
     admin.add_routes(admin_sessions.routes)
     admin.add_routes(admin_usage.routes)
+    admin.add_routes(admin_vms.routes)
     return admin
 
 

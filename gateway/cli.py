@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from . import cli_vms
 from .capacity import AcceptErrorLog, BackoffListener, raise_fd_limit
 from .cases.actor import Actor
-from .cases.catalog import Catalog, provider_names
+from .cases.catalog import Catalog, addable_providers
 from .config import Settings, load_settings, new_secret_key, render_toml
 from .crypto import new_token
 from .errors import BadRequest, GatewayError
@@ -464,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = desk.add_subparsers(dest="desktop_cmd", required=True)
     p = dsub.add_parser("add", help="add a desktop")
     p.add_argument("name")
-    p.add_argument("--provider", choices=provider_names(), required=True)
+    p.add_argument("--provider", choices=addable_providers(), required=True,
+                   help="desktop VMs are made from a bundle: deskgate vm add")
     p.add_argument("--vnc", type=_host_port, metavar="HOST:PORT", help="static: VNC server")
     p.add_argument("--rdp", type=_host_port, metavar="HOST:PORT", help="static: RDP server")
     _rdp_flag_arguments(p)

@@ -34,6 +34,8 @@ _BUNDLE_FLAGS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
     ("--kernel", "kernel", str, "direct kernel boot: the kernel (with --initrd)"),
     ("--initrd", "initrd", str, "direct kernel boot: the initrd"),
     ("--cmdline", "cmdline", str, "direct kernel boot: the kernel command line"),
+    ("--ready-text", "ready_text", str, "what the guest prints on its serial console once it"
+                                        " is ready (a start waits for it)"),
 )
 
 

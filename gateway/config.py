@@ -63,6 +63,9 @@ class HypervisorConfig:
     # write and the gateway read; empty means the runtime dir's "vm-screens".
     socket_dir: str = ""
     qemu_user: str = "libvirt-qemu"  # who QEMU runs as (the owner of the socket folders)
+    # The libvirt network of guests whose screen is a server inside them (vnc/rdp bundles):
+    # the gateway reaches them on it at each desktop's address.
+    network: str = "default"
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ class Settings:
         configs = self.hypervisors or (HypervisorConfig("default"),)
         return {h.name: HypervisorConfig(
             h.name, h.uri, h.domain_type, h.storage_dir or str(self.data_dir / "vms" / h.name),
-            h.socket_dir or str(self.desktop_runtime_dir / "vm-screens" / h.name), h.qemu_user)
+            h.socket_dir or str(self.desktop_runtime_dir / "vm-screens" / h.name), h.qemu_user,
+            h.network)
             for h in configs}
 
     @property

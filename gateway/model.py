@@ -101,6 +101,9 @@ class Bundle:
     kernel: str = ""  # direct kernel boot (kernel and initrd paths); "" boots the disk
     initrd: str = ""
     cmdline: str = ""
+    # What the guest prints on its serial console once it is ready for people (a login prompt,
+    # a banner); "" takes the screen's first answer as ready.
+    ready_text: str = ""
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ def checked_bundle(bundle: Bundle) -> Bundle:
         raise BadRequest("a direct kernel boot needs both the kernel and the initrd")
     if len(bundle.cmdline) > 1024 or not bundle.cmdline.isprintable():
         raise BadRequest("the kernel command line is at most 1024 printable characters")
+    if len(bundle.ready_text) > 200 or not bundle.ready_text.isprintable():
+        raise BadRequest("the ready text is at most 200 printable characters")
     return dataclasses.replace(bundle, name=bundle_name(bundle.name),
                                hourly_rate=float(bundle.hourly_rate),
                                monthly_rate=float(bundle.monthly_rate),

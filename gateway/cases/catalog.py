@@ -30,6 +30,12 @@ def provider_names() -> tuple[str, ...]:
     return tuple(PROVIDERS)
 
 
+def addable_providers() -> tuple[str, ...]:
+    """The providers of desktops added here; a desktop VM (libvirt) is made from a bundle
+    instead (gateway/cases/vms.py)."""
+    return tuple(name for name in PROVIDERS if name != "libvirt")
+
+
 def desktop_name(name: str) -> str:
     """A desktop's name, checked: 1-64 printable characters once trimmed."""
     name = name.strip()

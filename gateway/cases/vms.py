@@ -15,8 +15,9 @@ import contextlib
 import logging
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..audit import Audit, AuditKind
 from ..config import HypervisorConfig
@@ -166,7 +167,7 @@ class DesktopVms:
             protocol=protocol, host=host if bundle.protocol != "console" else "",
             port=port if bundle.protocol != "console" else 0)
         await self._record(actor, d, f"desktop VM created (bundle {bundle.name}, {hypervisor},"
-                                     f" {_mode_words(mode, auto_stop_seconds)})")
+                                     f" {mode_words(mode, auto_stop_seconds)})")
         try:
             await self._provider().create(self._spec(d))
         except HypervisorError as exc:
@@ -237,7 +238,7 @@ class DesktopVms:
         now = self._clock()
         if mode != vm.mode and await self._store.close_vm_run(d.id, now):
             await self._open_run(await self.desktop(d.id), now)  # the rest of the run, re-priced
-        await self._record(actor, d, f"running mode set: {_mode_words(mode, seconds)}")
+        await self._record(actor, d, f"running mode set: {mode_words(mode, seconds)}")
         d = await self.desktop(d.id)
         if mode == ALWAYS_ON and _vm(d).state == VmState.STOPPED:
             self._spawn(d, Action.START, "AlwaysOn")
@@ -325,12 +326,19 @@ class DesktopVms:
 
     def _spawn(self, d: Desktop, action: Action, who: str, *, begun: bool = False) -> \
             asyncio.Task[None]:
-        """Carry out ``action`` in the background (it outlives the request that asked)."""
+        """Carry out ``action`` in the background (it outlives the request that asked). One
+        action at a time per VM on this node: an action already moved into its passing state
+        (``begun``) runs after the one under way; one not yet begun is left to it."""
         running = self._tasks.get(d.id)
-        if running is not None and not running.done():
+        busy = running is not None and not running.done()
+        if busy and not begun:
+            assert running is not None
             return running
-        task = asyncio.create_task(self._carry_out(d, action, who, begun),
-                                   name=f"vm-{d.id}-{action.value}")
+        work = self._carry_out(d, action, who, begun)
+        if busy:
+            assert running is not None
+            work = _after(running, work)
+        task = asyncio.create_task(work, name=f"vm-{d.id}-{action.value}")
         self._tasks[d.id] = task
         task.add_done_callback(lambda t: self._tasks.pop(d.id, None)
                                if self._tasks.get(d.id) is t else None)
@@ -537,7 +545,8 @@ def _check_mode(mode: str, auto_stop_seconds: int) -> None:
         raise BadRequest(f"the AutoStop time is 1 to {MAX_AUTO_STOP_SECONDS} seconds")
 
 
-def _mode_words(mode: str, auto_stop_seconds: int) -> str:
+def mode_words(mode: str, auto_stop_seconds: int) -> str:
+    """ "AlwaysOn", or "AutoStop after 60 min" (seconds when it is not whole minutes)."""
     if mode == ALWAYS_ON:
         return "AlwaysOn"
     minutes, seconds = divmod(auto_stop_seconds, 60)
@@ -548,3 +557,13 @@ def _mode_words(mode: str, auto_stop_seconds: int) -> str:
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("desktop VM check failed", exc_info=task.exception())
+
+
+async def _after(first: asyncio.Task[None], then: Coroutine[Any, Any, None]) -> None:
+    """``then``, once ``first`` has ended (however it ended)."""
+    try:
+        await asyncio.wait([first])
+    except BaseException:
+        then.close()
+        raise
+    await then

@@ -194,6 +194,7 @@ MIGRATIONS: list[list[str]] = [
             kernel TEXT NOT NULL DEFAULT '',
             initrd TEXT NOT NULL DEFAULT '',
             cmdline TEXT NOT NULL DEFAULT '',
+            ready_text TEXT NOT NULL DEFAULT '',
             created_at DOUBLE PRECISION NOT NULL
         )""",
         # A desktop that is a VM: goes with its desktop; a bundle in use cannot be deleted.

@@ -25,7 +25,7 @@ from ..model import Bundle, Desktop, DesktopVm, VmRun
 
 _BUNDLE_FIELDS = ("id", "name", "vcpus", "memory_mib", "root_mib", "user_mib", "base_image",
                   "protocol", "hourly_rate", "monthly_rate", "self_service", "kernel", "initrd",
-                  "cmdline")
+                  "cmdline", "ready_text")
 _BUNDLE_COLUMNS = ", ".join(f"b.{c}" for c in _BUNDLE_FIELDS)
 _VM_FIELDS = ("desktop_id", "hypervisor", "state", "reason", "since", "mode",
               "auto_stop_seconds", "self_service")
@@ -54,10 +54,10 @@ def _policy(text: str) -> tuple[str, ...]:
 
 def _bundle(row: Sequence[Any]) -> Bundle:
     (bid, name, vcpus, memory, root, user, image, protocol, hourly, monthly, policy, kernel,
-     initrd, cmdline) = row
+     initrd, cmdline, ready_text) = row
     return Bundle(int(bid), str(name), int(vcpus), int(memory), int(root), int(user), str(image),
                   str(protocol), float(hourly), float(monthly), _policy(str(policy)),
-                  str(kernel), str(initrd), str(cmdline))
+                  str(kernel), str(initrd), str(cmdline), str(ready_text))
 
 
 def desktop_vm(row: Sequence[Any]) -> DesktopVm | None:
@@ -80,7 +80,8 @@ def _bundle_values(bundle: Bundle) -> tuple[Any, ...]:
     """The bundle's values in the order of ``_BUNDLE_FIELDS[1:]`` (all but its id)."""
     return (bundle.name, bundle.vcpus, bundle.memory_mib, bundle.root_mib, bundle.user_mib,
             bundle.base_image, bundle.protocol, bundle.hourly_rate, bundle.monthly_rate,
-            _policy_text(bundle.self_service), bundle.kernel, bundle.initrd, bundle.cmdline)
+            _policy_text(bundle.self_service), bundle.kernel, bundle.initrd, bundle.cmdline,
+            bundle.ready_text)
 
 
 class VmTables:

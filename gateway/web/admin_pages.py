@@ -23,15 +23,16 @@ from aiohttp import web
 
 from ..audit import AuditKind
 from ..cases.actor import Actor
-from ..cases.catalog import DesktopView, provider_names
+from ..cases.catalog import DesktopView, addable_providers
 from ..errors import BadRequest, GatewayError, NotFound
 from ..keyboards import describe
-from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG
+from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, VMS
 from ..model import AuditEvent, Desktop
 from ..rdp.options import EDITABLE, OPTIONS, ca_names
 from ..textsafe import visible
 from .common import actor, check_form_csrf, redirect, render, signed_in_admin
 from .inputs import parse_int, parse_time, path_id
+from .vm_views import VM_FORMS, VM_INFO, mib, vm_row
 
 log = logging.getLogger("deskgate.web.admin")
 
@@ -55,6 +56,7 @@ INFO = {
     "disabled": "Account disabled; its sessions were ended.",
     "enabled": "Account enabled.",
     "totp-reset": "Second factor reset: the user enrols a new authenticator at the next sign-in.",
+    **{f"vm-{code}": text for code, text in VM_INFO.items()},
 }
 
 
@@ -86,7 +88,8 @@ def size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-FORMATTERS: dict[str, Any] = {"when": when, "size": size, "keyboard": describe, "ca_names": ca_names,
+FORMATTERS: dict[str, Any] = {"when": when, "size": size, "mib": mib, "keyboard": describe,
+                              "ca_names": ca_names,
                               "rdp_fields": [o for o in OPTIONS if o.form is not None],
                               "rdp_editable": [o for o in EDITABLE if o.form is not None]}
 
@@ -107,7 +110,8 @@ async def _desktops_page(request: web.Request, *, http_status: int = 200,
     rows = [DesktopRow(v, s) for v, s in zip(views, states, strict=True)]
     return render(request, "admin_desktops.html", http_status=http_status, error=error,
                   info=None if error else _info(request), rows=rows,
-                  providers=provider_names(),
+                  providers=addable_providers(),
+                  any_vm=any(r.view.desktop.vm is not None for r in rows),
                   form=dict(form or {}), **FORMATTERS)
 
 
@@ -140,10 +144,14 @@ async def desktop_create(request: web.Request) -> web.StreamResponse:
     return redirect(f"/admin/desktops/{desktop.id}?info=created")
 
 
-async def _desktop_page(request: web.Request, desktop_id: int, *, http_status: int = 200,
-                        error: str | None = None, confirm_delete: bool = False) -> web.Response:
+async def render_desktop_page(request: web.Request, desktop_id: int, *, http_status: int = 200,
+                              error: str | None = None,
+                              confirm_delete: bool = False) -> web.Response:
+    """The desktop's page; a desktop VM's shows its VM (state live, power, running mode and
+    self-service) instead of the generic delete."""
     catalog = request.config_dict[CATALOG]
     view = await catalog.desktop_view(desktop_id)
+    vm = vm_row(view.desktop, request.config_dict[VMS])
     users = await request.config_dict[ACCOUNTS].users()
     assigned = set(view.users)
     return render(request, "admin_desktop.html", http_status=http_status, error=error,
@@ -151,7 +159,8 @@ async def _desktop_page(request: web.Request, desktop_id: int, *, http_status: i
                   state=await catalog.state(view.desktop),
                   assigned_users=[u for u in users if u.name in assigned],
                   other_users=[u for u in users if u.name not in assigned],
-                  confirm_delete=confirm_delete, **FORMATTERS)
+                  confirm_delete=confirm_delete and vm is None, vm=vm, vm_forms=VM_FORMS,
+                  **FORMATTERS)
 
 
 async def _desktop_action(request: web.Request, me: Actor, desktop_id: int,
@@ -190,7 +199,7 @@ async def _desktop_action(request: web.Request, me: Actor, desktop_id: int,
 
 @routes.get(r"/desktops/{id:\d+}")
 async def desktop_page(request: web.Request) -> web.StreamResponse:
-    return await _desktop_page(request, _id(request, "desktop"))
+    return await render_desktop_page(request, _id(request, "desktop"))
 
 
 @routes.post(r"/desktops/{id:\d+}")
@@ -204,7 +213,7 @@ async def desktop_change(request: web.Request) -> web.StreamResponse:
     except NotFound:
         raise
     except GatewayError as exc:
-        return await _desktop_page(request, desktop_id, http_status=exc.http_status,
+        return await render_desktop_page(request, desktop_id, http_status=exc.http_status,
                                    error=exc.reason)
     return redirect(f"/admin/desktops/{desktop_id}?info={code}")
 
@@ -216,7 +225,7 @@ async def desktop_delete(request: web.Request) -> web.StreamResponse:
     form = await check_form_csrf(request)
     desktop_id = _id(request, "desktop")
     if form.get("confirm") != "yes":
-        return await _desktop_page(request, desktop_id, confirm_delete=True)
+        return await render_desktop_page(request, desktop_id, confirm_delete=True)
     await request.config_dict[CATALOG].delete_desktop(actor(request, me), desktop_id)
     return redirect("/admin/desktops?info=deleted")
 

@@ -23,12 +23,12 @@ from ..errors import BadRequest, Forbidden, NotFound, Unauthorized
 from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, SESSIONS
 from ..model import Desktop, User
 from .api_schemas import (
+    ADDABLE_PROVIDER,
     ASSIGNMENT,
     AUDIT_EVENT,
     DESKTOP,
     LIVE,
     PROTOCOL,
-    PROVIDER,
     RDP_OPTIONS_BODY,
     SESSION,
     TOKEN,
@@ -221,7 +221,7 @@ def _rdp_body(body: dict[str, Any]) -> dict[str, str] | None:
 
 @API.operation("POST", f"{PREFIX}/desktops", "Add a desktop", tag="desktops", status=201,
                request=obj(("name", "provider"), name=STRING,
-                           provider=PROVIDER,
+                           provider=ADDABLE_PROVIDER,
                            host=STRING, port=INTEGER,
                            protocol=PROTOCOL,
                            rdp=RDP_OPTIONS_BODY, password={**STRING, "writeOnly": True}),

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cases.catalog import DesktopView, provider_names
+from ..cases.catalog import DesktopView, addable_providers, provider_names
 from ..model import ApiToken, AuditEvent, Session, User
 from ..protocols import PROTOCOLS
 from ..rdp.options import OPTIONS
 from .openapi import BOOLEAN, INTEGER, NUMBER, STRING, TIMESTAMP, array, nullable, obj, ref
 
 PROVIDER = {"type": "string", "enum": list(provider_names())}
+# A desktop added through POST /desktops (desktop VMs: POST /vms).
+ADDABLE_PROVIDER = {"type": "string", "enum": list(addable_providers())}
 PROTOCOL = {"type": "string", "enum": list(PROTOCOLS)}
 
 # schemas ------------------------------------------------------------------------------------------

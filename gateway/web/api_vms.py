@@ -16,10 +16,11 @@ from .openapi import BOOLEAN, INTEGER, NUMBER, STRING, TIMESTAMP, array, nullabl
 
 POLICY = array({"type": "string", "enum": list(SELF_SERVICE)})
 _SIZES = {"vcpus": INTEGER, "memory_mib": INTEGER, "root_mib": INTEGER, "user_mib": INTEGER}
-_TEXTS = ("base_image", "kernel", "initrd", "cmdline")
+_TEXTS = ("base_image", "kernel", "initrd", "cmdline", "ready_text")
 BUNDLE = obj(
     ("id", "name", "vcpus", "memory_mib", "root_mib", "user_mib", "base_image", "protocol",
-     "hourly_rate", "monthly_rate", "self_service", "kernel", "initrd", "cmdline"),
+     "hourly_rate", "monthly_rate", "self_service", "kernel", "initrd", "cmdline",
+     "ready_text"),
     id=INTEGER, name=STRING, **_SIZES, base_image=STRING,
     protocol={"type": "string", "enum": list(VM_PROTOCOLS),
               "description": "console: the VM's own screen on a private socket; vnc or rdp: a"
@@ -27,11 +28,14 @@ BUNDLE = obj(
     hourly_rate={**NUMBER, "description": "AutoStop: cost per running hour"},
     monthly_rate={**NUMBER, "description": "AlwaysOn: cost per month"},
     self_service=POLICY, kernel=STRING, initrd=STRING, cmdline=STRING,
+    ready_text={**STRING, "description": "what the guest prints on its serial console once it"
+                                         " is ready; a start waits for it (empty: the screen's"
+                                         " first answer)"},
     desktops={**INTEGER, "description": "desktops made from it"})
-BUNDLE_BODY = obj(name=STRING, **_SIZES, base_image=STRING,
+BUNDLE_BODY = obj((), name=STRING, **_SIZES, base_image=STRING,
                   protocol={"type": "string", "enum": list(VM_PROTOCOLS)},
                   hourly_rate=NUMBER, monthly_rate=NUMBER, self_service=POLICY,
-                  kernel=STRING, initrd=STRING, cmdline=STRING)
+                  kernel=STRING, initrd=STRING, cmdline=STRING, ready_text=STRING)
 VM = obj(
     ("id", "name", "state", "reason", "since", "bundle", "bundle_id", "hypervisor", "mode",
      "auto_stop_seconds", "self_service", "own_self_service", "busy", "hypervisor_problem"),
@@ -55,7 +59,7 @@ def bundle_json(b: Bundle, uses: int | None = None) -> dict[str, Any]:
         "root_mib": b.root_mib, "user_mib": b.user_mib, "base_image": b.base_image,
         "protocol": b.protocol, "hourly_rate": b.hourly_rate, "monthly_rate": b.monthly_rate,
         "self_service": list(b.self_service), "kernel": b.kernel, "initrd": b.initrd,
-        "cmdline": b.cmdline}
+        "cmdline": b.cmdline, "ready_text": b.ready_text}
     if uses is not None:
         out["desktops"] = uses
     return out

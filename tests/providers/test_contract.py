@@ -17,19 +17,26 @@ import contextlib
 import os
 import re
 import shutil
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import libvirt
 import pytest
 from provider_support import pid_gone
 
+from gateway.config import HypervisorConfig
 from gateway.errors import DesktopUnavailable
-from gateway.model import Endpoint, Secret
+from gateway.model import Bundle, DesktopVm, Endpoint, Secret
 from gateway.providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from gateway.providers.local import LocalProvider
 from gateway.proxy.rfb import DesktopHandshake
 from gateway.xdisplay.numbers import free_tcp_port, xvnc_serving
 from gateway.xdisplay.xvnc import XvncDisplay, start_display
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "vms"))
+import hypervisor as hypervisor_support  # noqa: E402 (the test libvirtd and guest, found above)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,6 +79,9 @@ class Harness:
     async def servers(self, spec: DesktopSpec) -> int:
         """How many servers serve ``spec`` right now (a second one would be a double start)."""
         raise NotImplementedError
+
+    async def prepare(self) -> None:
+        """What must run before any test (the fixture awaits it once)."""
 
     async def teardown(self) -> None:
         await self.provider.close()
@@ -194,14 +204,91 @@ class LocalHarness(Harness):
         assert all(pid_gone(pid) for pid in pids)
 
 
+class LibvirtHarness(Harness):
+    """Desktop VMs on a real libvirtd + QEMU (started here unless one already answers) with the
+    tiny test guest of tests/vms/hypervisor.py; every VM a test made is deleted with its
+    volumes in the teardown."""
+
+    name = "libvirt"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.stack = contextlib.AsyncExitStack()
+        self.specs: list[DesktopSpec] = []
+        self.up = False  # libvirtd answers (started here, or someone else's)
+        # Short paths the qemu user can pass through (pytest's own folders are 0700).
+        self.folder = Path(tempfile.mkdtemp(prefix="dg-contract-", dir="/tmp"))  # noqa: S108
+        self.folder.chmod(0o711)
+        self.uri = hypervisor_support.URI
+        super().__init__(data_dir)
+
+    def _context(self, uri: str) -> ProviderContext:
+        config = HypervisorConfig("test", uri, "qemu", str(self.folder / "disks"),
+                                  str(self.folder / "screens"))
+        return ProviderContext(data_dir=self.data_dir, hypervisors={"test": config},
+                               vm_stop_timeout=1.0, vm_start_timeout=40.0)
+
+    def make(self) -> DesktopProvider:
+        return make_provider("libvirt", self._context(self.uri))
+
+    def _spec(self, n: int) -> DesktopSpec:
+        image = hypervisor_support.guest_image()
+        bundle = Bundle(1, "contract", 1, 128, 32, 16, str(image.base), kernel=str(image.kernel),
+                        initrd=str(image.initrd), cmdline="console=tty0 console=ttyS0 quiet",
+                        ready_text=hypervisor_support.BANNER)
+        spec = DesktopSpec(id=900 + n, name=f"contract vm {n}", provider="libvirt",
+                           vm=DesktopVm(900 + n, bundle, "test", "stopped"))
+        self.specs.append(spec)
+        return spec
+
+    async def prepare(self) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("libvirtd's system instance needs root")
+        await self.stack.enter_async_context(hypervisor_support.hypervisor())
+        self.up = True
+
+    async def desktop(self, n: int) -> DesktopSpec:
+        return self._spec(n)
+
+    def absent(self) -> DesktopSpec:
+        return self._spec(90)  # never defined on the hypervisor: no domain, "stopped"
+
+    async def broken(self) -> tuple[DesktopProvider, DesktopSpec, str]:
+        gone = make_provider("libvirt", self._context(
+            "qemu+unix:///system?socket=/nonexistent/libvirt-sock"))
+        self.stack.push_async_callback(gone.close)
+        return gone, self._spec(91), r"/nonexistent/libvirt-sock"
+
+    async def servers(self, spec: DesktopSpec) -> int:
+        conn = libvirt.open(self.uri)
+        try:
+            names = {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+        finally:
+            conn.close()
+        return int(f"deskgate-{spec.id}" in names)
+
+    async def teardown(self) -> None:
+        provider = self.make()
+        try:
+            if self.up:
+                for spec in self.specs:
+                    with contextlib.suppress(Exception):
+                        await provider.delete(spec)  # type: ignore[attr-defined]
+        finally:
+            await provider.close()
+            await self.provider.close()
+            await self.stack.aclose()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 # Every provider the contract runs over; a new provider appends its harness here.
-HARNESSES: list[type[Harness]] = [StaticHarness, LocalHarness]
+HARNESSES: list[type[Harness]] = [StaticHarness, LocalHarness, LibvirtHarness]
 
 
 @pytest.fixture(params=HARNESSES, ids=lambda h: h.name)
 async def harness(request: pytest.FixtureRequest, data_dir: Path) -> AsyncIterator[Harness]:
     h: Harness = request.param(data_dir)
     try:
+        await h.prepare()
         yield h
     finally:
         await h.teardown()

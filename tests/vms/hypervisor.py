@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import grp
 import gzip
+import hashlib
 import os
 import pwd
 import shutil
@@ -46,22 +47,25 @@ INIT = f"""#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# Said on the serial console (/dev/console: the last console= of the command line) and on the
+# VGA screen (tty1), where the shell runs: what a person sees in the browser.
+say() {{ echo "$@"; echo "$@" > /dev/tty1; }}
 for m in {' '.join(m.split('/')[-1] for m in VIRTIO_MODULES)}; do
-  insmod /lib/modules/$m.ko || echo "insmod $m failed"
+  insmod /lib/modules/$m.ko || say "insmod $m failed"
 done
 mkdir -p /mnt/root /home
 for i in $(seq 1 50); do [ -b /dev/vdb ] && break; sleep 0.1; done
 [ -b /dev/vda ] && mount /dev/vda /mnt/root
 if [ -b /dev/vdb ]; then
   mount /dev/vdb /home 2>/dev/null || {{ mke2fs -q /dev/vdb && mount /dev/vdb /home &&
-    echo "user volume formatted" && echo kept > /home/{USER_FILE} && sync; }}
+    say "user volume formatted" && echo kept > /home/{USER_FILE} && sync; }}
 fi
-echo "{BANNER}"
-echo "root disk: $(ls /mnt/root | tr '\\n' ' ')"
-echo "user volume: $(ls /home | tr '\\n' ' ')"
+say "{BANNER}"
+say "root disk: $(ls /mnt/root | tr '\\n' ' ')"
+say "user volume: $(ls /home | tr '\\n' ' ')"
 grep -q " /mnt/root " /proc/mounts && echo written > /mnt/root/{ROOT_FILE} && sync &&
-  echo "root disk: {ROOT_FILE} written"
-exec setsid cttyhack sh
+  say "root disk: {ROOT_FILE} written"
+exec setsid -c sh </dev/tty1 >/dev/tty1 2>&1
 """
 
 
@@ -91,7 +95,8 @@ def _kernel_package() -> str:
 def guest_image() -> GuestImage:
     """The guest, built on first use (about 30 s: one kernel package download)."""
     package = _kernel_package()
-    folder = CACHE / package
+    # Keyed by the kernel and by what the initramfs does: a changed /init makes a new image.
+    folder = CACHE / f"{package}-{hashlib.sha256(INIT.encode()).hexdigest()[:12]}"
     image = GuestImage(folder / "vmlinuz", folder / "initrd.gz", folder / "base.qcow2")
     if all(p.exists() for p in (image.kernel, image.initrd, image.base)):
         return image

@@ -121,3 +121,19 @@ def test_only_deskgates_own_domains_are_taken_as_its_own() -> None:
             DomainSpec(**{"desktop_id": 7, "vcpus": 1, "memory_mib": 64,
                           "root_disk": Path("/r"), "user_volume": Path("/u"),
                           "screen_socket": Path("/s"), **bad})  # type: ignore[arg-type]
+
+
+def test_a_guest_whose_screen_is_a_server_inside_it_gets_a_network_card_and_a_console_one_none(
+        ) -> None:
+    import xml.etree.ElementTree as ET
+
+    base = {"desktop_id": 7, "vcpus": 1, "memory_mib": 64, "root_disk": Path("/r"),
+            "user_volume": Path("/u"), "screen_socket": Path("/s")}
+    console = ET.fromstring(domain_xml(DomainSpec(**base)))  # type: ignore[arg-type]  # noqa: S314
+    assert console.find("devices/interface") is None  # reached only through its socket
+    guest = ET.fromstring(domain_xml(  # noqa: S314 (our own XML)
+        DomainSpec(**base, network="desktops")))  # type: ignore[arg-type]
+    interface = guest.find("devices/interface[@type='network']")
+    assert interface is not None
+    assert interface.find("source").get("network") == "desktops"  # type: ignore[union-attr]
+    assert interface.find("model").get("type") == "virtio"  # type: ignore[union-attr]

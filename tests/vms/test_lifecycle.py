@@ -65,9 +65,11 @@ def test_a_settled_vm_follows_the_hypervisor_and_says_why() -> None:
         S.STOPPED, "the VM stopped outside Deskgate")
     assert step(S.STOPPED, Observed(Seen.RUNNING)) == Step(S.RUNNING, "started outside Deskgate")
     assert step(S.ERROR, Observed(Seen.STOPPED)) == Step(S.STOPPED)
-    for state in SETTLED:
+    for state in SETTLED - {S.ERROR}:
         assert step(state, Observed(Seen.MISSING)) == Step(
             S.ERROR, "the VM was deleted outside Deskgate")
+    # A VM already in error keeps its reason (one whose creation failed has no domain at all).
+    assert step(S.ERROR, Observed(Seen.MISSING)) == Step(S.ERROR)
     assert step(S.RUNNING, Observed(Seen.RUNNING)) == Step(S.RUNNING)
 
 

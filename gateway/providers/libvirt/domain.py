@@ -33,6 +33,9 @@ class DomainSpec:
     cmdline: str = ""
     virt_type: str = "qemu"  # "kvm" where it works; "qemu" is TCG, slower but everywhere
     serial_log: Path | None = None  # the guest's serial console, to a file
+    # A network card on this libvirt network (guests whose screen is a server inside them);
+    # None: no network at all (the console is reached through its socket).
+    network: str | None = None
 
     def __post_init__(self) -> None:
         if self.desktop_id <= 0:
@@ -80,6 +83,10 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(disk, "driver", name="qemu", type="qcow2")
         ET.SubElement(disk, "source", file=str(path))
         ET.SubElement(disk, "target", dev=target, bus="virtio")
+    if spec.network is not None:
+        interface = ET.SubElement(devices, "interface", type="network")
+        ET.SubElement(interface, "source", network=spec.network)
+        ET.SubElement(interface, "model", type="virtio")
     ET.SubElement(devices, "graphics", type="vnc", socket=str(spec.screen_socket))
     if spec.serial_log is not None:
         serial = ET.SubElement(devices, "serial", type="file")

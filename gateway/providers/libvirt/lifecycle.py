@@ -145,6 +145,8 @@ def step(state: VmState, event: Event) -> Step:
             if state is S.CREATING or state is S.DELETING:
                 return Step(state)  # nothing defined yet / going away: the action decides
             if seen is Seen.MISSING:
+                if state is S.ERROR:
+                    return Step(state)  # its reason stays (a creation that failed has no domain)
                 return Step(S.ERROR, "the VM was deleted outside Deskgate")
             if state in PASSING:
                 return Step(state)  # the action in progress decides

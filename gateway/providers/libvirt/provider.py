@@ -134,7 +134,8 @@ class LibvirtProvider:
                 root_disk=files.root, user_volume=files.user, screen_socket=files.screen_socket,
                 kernel=Path(bundle.kernel) if bundle.kernel else None,
                 initrd=Path(bundle.initrd) if bundle.initrd else None, cmdline=bundle.cmdline,
-                virt_type=self.config(hv_name).domain_type, serial_log=files.console_log)
+                virt_type=self.config(hv_name).domain_type, serial_log=files.console_log,
+                network=None if bundle.protocol == "console" else self.config(hv_name).network)
         except ValueError as exc:
             raise HypervisorError(f"bundle {bundle.name}: {exc}") from None
 
@@ -150,7 +151,8 @@ class LibvirtProvider:
             await self.wait_screen(spec, self._ctx.vm_start_timeout)
         except HypervisorError as exc:
             desktop_log(log, spec.name).warning("not available: %s", exc.reason)
-            raise DesktopUnavailable(exc.reason) from None
+            raise DesktopUnavailable(f"desktop {spec.name} could not be started: {exc.reason}"
+                                     ) from None
 
     async def endpoint(self, spec: DesktopSpec) -> Endpoint:
         """The console's unix socket, or the guest's own VNC or RDP server."""
@@ -206,13 +208,15 @@ class LibvirtProvider:
 
     async def wait_screen(self, spec: DesktopSpec, timeout: float) -> None:
         """Until the screen answers: an RFB banner on the console socket, or (a guest's own VNC
-        or RDP server) a TCP connection. Fails early when the VM stops meanwhile."""
+        or RDP server) a TCP connection; and, when its bundle names one, the ready text is on
+        the guest's serial console. Fails early when the VM stops meanwhile."""
         dlog = desktop_log(log, spec.name)
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + CHECK_EVERY
         while True:
             left = deadline - time.monotonic()
-            if await self._screen_answers(spec, max(0.1, min(PROBE_TIMEOUT, left))):
+            if await self._screen_answers(spec, max(0.1, min(PROBE_TIMEOUT, left))) \
+                    and self._ready_text_seen(spec):
                 dlog.info("screen answers")
                 return
             if time.monotonic() >= next_check:
@@ -274,6 +278,8 @@ class LibvirtProvider:
         if running:
             return  # the new definition applies at its next start
         files.screen_socket.unlink(missing_ok=True)  # an earlier run's: QEMU binds a new one
+        # A fresh serial log each run: a start waits for the bundle's ready text in this run's.
+        files.console_log.unlink(missing_ok=True)
         await hv.start(spec.id)
         desktop_log(log, spec.name).info("VM started")
 
@@ -308,6 +314,16 @@ class LibvirtProvider:
         if hard:
             dlog.info("VM powered off: no shutdown within %g s", timeout)
         return hard
+
+    def _ready_text_seen(self, spec: DesktopSpec) -> bool:
+        """The bundle's ready text is in this run's serial console log (or it has none)."""
+        bundle, _ = _bundle_of(spec)
+        if not bundle.ready_text:
+            return True
+        try:
+            return bundle.ready_text.encode() in self.layout(spec).console_log.read_bytes()
+        except FileNotFoundError:
+            return False
 
     async def _screen_answers(self, spec: DesktopSpec, timeout: float) -> bool:
         bundle, _ = _bundle_of(spec)
