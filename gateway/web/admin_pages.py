@@ -329,7 +329,7 @@ async def audit(request: web.Request) -> web.StreamResponse:
 CSV_COLUMNS = ("id", "time", "kind", "user", "desktop", "client_ip", "detail", "row_hash")
 
 
-def _cell(value: str | None) -> str:
+def csv_cell(value: str | None) -> str:
     """Text as a spreadsheet shows it, not runs it: user names and details come from anyone
     who types into the sign-in form, so control characters are shown as escapes (one event, one
     row) and a leading =, +, - or @ is defused with a quote mark."""
@@ -339,8 +339,8 @@ def _cell(value: str | None) -> str:
 
 def csv_row(e: AuditEvent) -> list[str]:
     at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="milliseconds")
-    return [str(e.id), at.replace("+00:00", "Z"), _cell(e.kind), _cell(e.user), _cell(e.desktop),
-            _cell(e.client_ip), _cell(e.detail), e.row_hash or ""]
+    return [str(e.id), at.replace("+00:00", "Z"), csv_cell(e.kind), csv_cell(e.user), csv_cell(e.desktop),
+            csv_cell(e.client_ip), csv_cell(e.detail), e.row_hash or ""]
 
 
 @routes.get("/audit.csv")

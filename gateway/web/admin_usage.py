@@ -15,7 +15,7 @@ from ..cases.usage import PERIOD_RULE, UsageReport
 from ..errors import GatewayError
 from ..keys import USAGE
 from ..model import ALWAYS_ON
-from .admin_pages import _cell as cell
+from .admin_pages import csv_cell as cell
 from .api_usage import DIGITS, period_of
 from .common import render
 
