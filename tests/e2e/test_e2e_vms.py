@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from e2e_support import (
     run_cli,
     shot_to,
     sign_in,
+    signed_in_state,
     stop_pid,
     wait_state,
     wait_until,
@@ -172,6 +174,14 @@ def vm_state(gw: Gateway, token: str, desktop_id: str) -> str:
     assert resp.status_code == 200, resp.text
     state: str = resp.json()["state"]
     return state
+
+
+@pytest.fixture(scope="module")
+def admin_state(vmgw: Gateway, browser: Any) -> dict[str, Any]:
+    """The admin signed in once (a TOTP code is good once: a second sign-in in the same
+    half-minute would be refused as a replay)."""
+    vmgw.accounts["admin"] = vmgw.admin
+    return signed_in_state(browser, vmgw, "admin")
 
 
 @pytest.fixture(scope="module")
@@ -326,8 +336,33 @@ def test_the_progress_of_a_start_is_only_for_those_the_desktop_is_assigned_to(
 
 
 
+def test_the_usage_page_shows_what_the_desktop_vms_ran_and_cost(
+        vmgw: Gateway, token: str, browser: Any, admin_state: dict[str, Any]) -> None:
+    desktop_id = vmgw.desktop_ids["cli-vm"]
+    period = time.strftime("%Y-%m", time.gmtime())
+    api = requests.get(f"{vmgw.base_url}/api/v1/usage", params={"period": period}, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
+    assert api.status_code == 200, api.text
+    ctx = browser.new_context(viewport={"width": 1360, "height": 1100}, storage_state=admin_state)
+    try:
+        page = ctx.new_page()
+        page.goto(f"{vmgw.base_url}/admin/usage?period={period}")
+        row = page.locator(f"tr[data-desktop-id='{desktop_id}']")
+        cells = row.locator("td").all_inner_texts()
+        assert cells[0] == "cli-vm" and "carol" in cells[3], cells
+        assert float(cells[4]) > 0 and float(cells[5]) > 0, cells  # running, connected hours
+        page.locator("#usage-chart-card").wait_for()  # the chart drawn (Chart.js)
+        shot_to(page, "vm-usage.png")
+        page.goto(f"{vmgw.base_url}/admin/vms")
+        shot_to(page, "vm-admin-vms.png")
+        assert page.locator(f"[data-vm-id='{desktop_id}']").count() > 0
+    finally:
+        ctx.close()
+
+
 def test_a_stopped_libvirtd_is_a_clear_error_and_the_gateway_keeps_serving(
-        vmgw: Gateway, token: str, browser: Any, libvirtd: Libvirtd) -> None:
+        vmgw: Gateway, token: str, browser: Any, libvirtd: Libvirtd,
+        admin_state: dict[str, Any]) -> None:
     if not libvirtd.ours:
         pytest.skip("the libvirtd here is someone else's: it is not stopped")
     desktop_id = vmgw.desktop_ids["cli-vm"]
@@ -344,10 +379,10 @@ def test_a_stopped_libvirtd_is_a_clear_error_and_the_gateway_keeps_serving(
     try:
         said = wait_until(problem, 20, "the gateway to see libvirtd gone", 0.5)
         assert "libvirt-sock" in said  # libvirt's own words, for the admin
-        ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800},
+                                  storage_state=admin_state)
         try:
             page = ctx.new_page()
-            sign_in(page, vmgw, vmgw.admin)
             page.goto(f"{vmgw.base_url}/admin/vms")
             assert "cannot be reached" in page.inner_text("body")
             shot_to(page, "vm-admin-libvirtd-gone.png")
