@@ -1,6 +1,8 @@
 """VM bench: desktop VMs through the real gateway on a real libvirtd + QEMU (the tests' tiny
 busybox guest under TCG), each figure beside a baseline measured in the same run.
 
+Over 400 lines as one script, like the other benches: a bench is run and read as one file.
+
 **Phase ``click``: click -> first frame.** One AutoStop desktop VM (``deskgate bundle add`` with
 ``--ready-text`` = the guest's banner, ``deskgate vm add``, ``assign``), one gateway (``deskgate
 serve``), one person signed in once over HTTP (password + TOTP enrolment, as ``bench/relay.py``

@@ -14,6 +14,9 @@
 // records one failed attempt, not one per try. A gateway that does not answer
 // (restarting) is asked GET /healthz every GATEWAY_PROBE_MS, and the client
 // reconnects as soon as it answers, for at most GATEWAY_GIVE_UP_S.
+//
+// Over 400 lines as the one state machine of a connection; what is not about it lives in
+// modules of its own (vm_progress.js: a desktop VM's start).
 
 import RFB from '/novnc/core/rfb.js';
 import {clearStages, watchStart} from '/static/vm_progress.js';
