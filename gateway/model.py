@@ -78,6 +78,7 @@ SELF_SERVICE = ("restart", "rebuild", "mode")
 # A desktop VM's running modes (as WorkSpaces has them): kept running, or stopped when idle.
 ALWAYS_ON, AUTO_STOP = "always_on", "auto_stop"
 RUNNING_MODES = (ALWAYS_ON, AUTO_STOP)
+MODE_NAMES = {ALWAYS_ON: "AlwaysOn", AUTO_STOP: "AutoStop"}  # as people (and WorkSpaces) say them
 # Where a desktop VM's screen is: its VNC console (a private unix socket), or a protocol server
 # inside the guest at the desktop's address.
 VM_PROTOCOLS = ("console", "vnc", "rdp")

@@ -22,7 +22,7 @@ from typing import Any
 from ..audit import Audit, AuditKind
 from ..config import HypervisorConfig
 from ..errors import BadRequest, Conflict, DesktopUnavailable, Forbidden, NotFound
-from ..model import ALWAYS_ON, AUTO_STOP, RUNNING_MODES, Bundle, Desktop, DesktopVm
+from ..model import ALWAYS_ON, AUTO_STOP, MODE_NAMES, RUNNING_MODES, Bundle, Desktop, DesktopVm
 from ..providers import DesktopSpec
 from ..providers.libvirt.hypervisor import HypervisorError, HypervisorUnreachable
 from ..providers.libvirt.lifecycle import (
@@ -200,7 +200,6 @@ class DesktopVms:
         task = self._spawn(d, action, actor.name, begun=True)
         if wait:
             await asyncio.shield(task)
-            return await self.desktop(d.id) if action is not Action.DELETE else d
         return await self.desktop(d.id) if action is not Action.DELETE else d
 
     async def _authorize(self, actor: Actor, d: Desktop, action: Action) -> None:
@@ -380,7 +379,7 @@ class DesktopVms:
             return
         with contextlib.suppress(Conflict):
             await self._move(d, passing, Done(action))
-        if who in ("AlwaysOn", "AutoStop"):
+        if who in MODE_NAMES.values():
             await self._audit.record(AuditKind.VM_STATE, desktop=d.name,
                                      detail=f"desktop VM {ACTIONS[action].done.value} by its"
                                             f" running mode ({who})")
@@ -548,7 +547,7 @@ def _check_mode(mode: str, auto_stop_seconds: int) -> None:
 def mode_words(mode: str, auto_stop_seconds: int) -> str:
     """ "AlwaysOn", or "AutoStop after 60 min" (seconds when it is not whole minutes)."""
     if mode == ALWAYS_ON:
-        return "AlwaysOn"
+        return MODE_NAMES[ALWAYS_ON]
     minutes, seconds = divmod(auto_stop_seconds, 60)
     return f"AutoStop after {minutes} min" if not seconds else (
         f"AutoStop after {auto_stop_seconds} s")

@@ -14,7 +14,7 @@ from aiohttp import web
 from ..cases.usage import PERIOD_RULE, UsageReport
 from ..errors import GatewayError
 from ..keys import USAGE
-from ..model import ALWAYS_ON
+from ..model import MODE_NAMES
 from .admin_pages import csv_cell as cell
 from .api_usage import DIGITS, period_of
 from .common import render
@@ -22,7 +22,7 @@ from .common import render
 routes = web.RouteTableDef()
 
 CSV_COLUMNS = ("date", "desktop", "running_hours", "connected_hours", "mode", "cost")
-MODE_WORDS = {ALWAYS_ON: "AlwaysOn", "auto_stop": "AutoStop"}
+MODE_WORDS = MODE_NAMES
 
 
 def hours(value: float) -> str:

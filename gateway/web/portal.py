@@ -11,12 +11,11 @@ from ..cases.access import NO_SUCH_DESKTOP
 from ..cases.vms import DesktopVms
 from ..errors import GatewayError, NotFound
 from ..keys import ACCESS, VMS
-from ..model import AUTO_STOP, RUNNING_MODES, Desktop, User
+from ..model import AUTO_STOP, MODE_NAMES, RUNNING_MODES, Desktop, User
 from .common import actor, check_form_csrf, client_ip, redirect, render, require_signed_in
 from .inputs import path_id
 
 routes = web.RouteTableDef()
-MODE_WORDS = {"always_on": "AlwaysOn", "auto_stop": "AutoStop"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ async def _render(request: web.Request, user: User, *, error: str | None = None,
     cards = [_card(d, state, vms)
              for d, state in await request.config_dict[ACCESS].desktops_for(user)]
     return render(request, "portal.html", desktops=cards, modes=RUNNING_MODES,
-                  mode_words=MODE_WORDS, error=error, http_status=http_status)
+                  mode_words=MODE_NAMES, error=error, http_status=http_status)
 
 
 @routes.get("/")
