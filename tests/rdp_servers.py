@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from gateway.xdisplay.numbers import display_taken
+
 if TYPE_CHECKING:
     from gateway.rdp.target import RdpTarget
 
@@ -59,7 +61,7 @@ def free_port() -> int:
 
 def free_display(low: int = 100, high: int = 200) -> int:
     for n in range(low, high):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+        if not display_taken(n):
             return n
     raise RuntimeError(f"no free X display in :{low}-:{high}")
 

@@ -68,7 +68,7 @@ from gateway.rdp.freerdp import (
 from gateway.rdp.target import RdpTarget
 from gateway.xdisplay import XvncStartError
 from gateway.xdisplay.files import random_vnc_password
-from gateway.xdisplay.numbers import UNIX_PATH_MAX, X11_UNIX_DIR, free_display, lock_file, pid_alive
+from gateway.xdisplay.numbers import UNIX_PATH_MAX, display_taken, free_display, pid_alive
 from gateway.xdisplay.sysuser import ensure_system_user, first_closed_folder
 from gateway.xdisplay.xvnc import (
     XvncDisplay,
@@ -470,8 +470,7 @@ class RdpBridges:
                     xterm=False,
                 )
             except XvncStartError as e:
-                taken = e.reason.endswith("is in use") or lock_file(number).exists() or (
-                    X11_UNIX_DIR / f"X{number}").exists()  # fmt: skip
+                taken = e.reason.endswith("is in use") or display_taken(number)
                 if not taken:
                     raise
                 candidate = number + 1

@@ -2,7 +2,9 @@
 Xvnc serves a unix socket.
 
 The X displays of a machine are one namespace shared by every X server (local desktops, RDP
-bridges, anything else): a number is free when it has neither a lock file nor an X socket.
+bridges, anything else): a number is free when it has neither a lock file nor an X socket, or
+when both are stale (left by a server that was killed: its PID is gone and nothing answers on
+the socket), as X servers themselves judge a lock file.
 """
 
 from __future__ import annotations
@@ -37,9 +39,48 @@ def free_display(start: int) -> int:
     Another process may take it before Xvnc starts; ``start_display`` retries on that race.
     """
     n = start
-    while n in _STARTING or lock_file(n).exists() or (X11_UNIX_DIR / f"X{n}").exists():
+    while n in _STARTING or display_taken(n):
         n += 1
     return n
+
+
+def display_taken(display: int) -> bool:
+    """True when display ``display`` has a live lock file or an X socket that answers.
+
+    A stale lock file and socket (their server was killed) are removed here when this process
+    may remove them, so that the number is reused instead of leaking; when they cannot be
+    removed (another user's, in sticky /tmp) the number stays taken.
+    """
+    lock, sock = lock_file(display), X11_UNIX_DIR / f"X{display}"
+    if not lock.exists() and not sock.exists():
+        return False
+    try:
+        owner = int(lock.read_text().strip())
+    except FileNotFoundError:
+        owner = None
+    except (OSError, ValueError):
+        return True  # unreadable or being written: someone has it
+    if owner is not None and pid_alive(owner):
+        return True
+    if sock.exists() and _answers(sock):
+        return True
+    try:
+        for stale in (lock, sock):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+    except OSError:
+        return True
+    return False
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
 
 
 def free_tcp_port() -> int:

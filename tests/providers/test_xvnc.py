@@ -12,7 +12,14 @@ from provider_support import needs_xvnc, pid_gone
 from gateway.probe import probe_rfb
 from gateway.xdisplay import XvncStartError
 from gateway.xdisplay.files import read_private_file, read_vnc_password_file
-from gateway.xdisplay.numbers import free_display, free_tcp_port, lock_file, xvnc_serving
+from gateway.xdisplay.numbers import (
+    X11_UNIX_DIR,
+    display_taken,
+    free_display,
+    free_tcp_port,
+    lock_file,
+    xvnc_serving,
+)
 from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
 pytestmark = [needs_xvnc, pytest.mark.timeout(60)]
@@ -110,6 +117,39 @@ async def test_busy_display_is_skipped() -> None:
         ) as b:
             assert b.display > a.display
             assert free_display(a.display) > b.display
+
+
+async def test_lock_left_by_a_killed_server_is_reused() -> None:
+    # A server killed by another program (no stop() of ours) leaves its lock file and socket;
+    # the number is free again instead of leaking, as X servers judge a stale lock.
+    d = await start_display(rfbport=free_tcp_port(), xterm=False, window_manager=False)
+    number, sock = d.display, X11_UNIX_DIR / f"X{d.display}"
+    assert display_taken(number)
+    os.kill(d.xvnc_pid, 9)
+    for _ in range(100):
+        if not d.alive():
+            break
+        await asyncio.sleep(0.05)
+    assert lock_file(number).exists() and sock.exists()
+    assert not display_taken(number)
+    assert not lock_file(number).exists() and not sock.exists()
+    async with await start_display(
+        rfbport=free_tcp_port(), display_base=number, xterm=False, window_manager=False
+    ) as again:
+        assert again.display == number
+    await d.stop()
+
+
+async def test_a_socket_that_answers_keeps_its_number() -> None:
+    # A lock file whose PID is gone does not free a number whose X socket still answers.
+    async with await start_display(rfbport=free_tcp_port(), xterm=False, window_manager=False) as d:
+        lock = lock_file(d.display)
+        real = lock.read_text()
+        lock.write_text(f"{2**22:10d}\n")  # beyond pid_max's default: no such process
+        try:
+            assert display_taken(d.display)
+        finally:
+            lock.write_text(real)
 
 
 async def test_sigkilled_display_cleans_its_lock() -> None:

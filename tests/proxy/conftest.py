@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.xdisplay.numbers import display_taken
+
 XVNC = "/usr/bin/Xvnc"
 VNCPASSWD = "/usr/bin/vncpasswd"
 
@@ -103,7 +105,7 @@ def _free_display() -> int:
     candidates = list(range(40, 100))
     random.shuffle(candidates)  # other test runs on this machine pick from the same range
     for n in candidates:
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+        if not display_taken(n):
             return n
     raise RuntimeError("no free X display in :40-:99")
 
