@@ -32,6 +32,8 @@ class AuditKind(enum.StrEnum):
     VM = "vm"  # a desktop VM's power, mode or policy, changed by an admin or its own user
     VM_STATE = "vm.state"  # what Deskgate saw a desktop VM do, or did by its running mode
     ADMIN_DENIED = "admin.denied"
+    KIOSK = "kiosk"  # a kiosk created, changed, given a pairing code, revoked or deleted
+    KIOSK_DEVICE = "kiosk.device"  # what a kiosk device did: enrolled, started, refused a proof
 
 
 def first_broken_link(rows: list[AuditEvent], prev_hash: str) -> tuple[str | None, str]:

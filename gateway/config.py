@@ -115,6 +115,12 @@ class Settings:
     vm_stop_timeout_seconds: float = 60.0  # an ACPI shutdown, then a hard stop after this long
     vm_start_timeout_seconds: float = 180.0  # a start until the VM's screen answers
     vm_reconcile_seconds: float = 30.0  # how often states are compared with the hypervisors
+    # [kiosks]: enrolled thin clients
+    kiosk_pairing_minutes: float = 10.0  # a pairing code works once, for this long
+    kiosk_heartbeat_seconds: float = 15.0  # a kiosk proves itself this often; offline after 3 missed
+    kiosk_idle_seconds: float = 300.0  # a shared kiosk signs its person out after this long idle
+    kiosk_idle_warning_seconds: float = 30.0  # the countdown shown before that
+    kiosk_credential_rotate_hours: float = 24.0  # a device's credential is replaced this often
     # [metrics]
     metrics_token: Secret = Secret("")
     metrics_host: str = "127.0.0.1"
@@ -188,6 +194,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "rdp": ("rdp_max_bridges", "rdp_grace_seconds", "rdp_store_credentials", "rdp_display_base",
             "rdp_logon_timeout_seconds"),
     "vms": ("vm_stop_timeout_seconds", "vm_start_timeout_seconds", "vm_reconcile_seconds"),
+    "kiosks": ("kiosk_pairing_minutes", "kiosk_heartbeat_seconds", "kiosk_idle_seconds",
+               "kiosk_idle_warning_seconds", "kiosk_credential_rotate_hours"),
     "metrics": ("metrics_token", "metrics_host", "metrics_port"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
@@ -342,6 +350,13 @@ def _check(s: Settings) -> None:
             and 1 <= s.vm_reconcile_seconds <= 3600):
         raise ConfigError("vms: the stop and start timeouts are above 0 and at most 3600 seconds,"
                           " the reconcile interval from 1 to 3600 seconds")
+    if not (0 < s.kiosk_pairing_minutes <= 1440 and 1 <= s.kiosk_heartbeat_seconds <= 600
+            and 10 <= s.kiosk_idle_seconds <= 86400
+            and 0 <= s.kiosk_idle_warning_seconds < s.kiosk_idle_seconds
+            and 0 < s.kiosk_credential_rotate_hours <= 24 * 365):
+        raise ConfigError("kiosks: pairing codes last up to 1440 minutes, heartbeats come every 1"
+                          " to 600 seconds, the idle time is 10 to 86400 seconds with a shorter"
+                          " warning, and credentials rotate within a year")
     if not 0 <= s.metrics_port < 65536:
         raise ConfigError("metrics.metrics_port must be between 0 (off) and 65535")
     for name in ("session_idle_minutes", "session_lifetime_hours", "ticket_ttl_seconds",

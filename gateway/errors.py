@@ -34,6 +34,8 @@ WS_ADMIN_DISCONNECT = 4030
 WS_SIGNED_OUT = 4031
 WS_ACCOUNT_DISABLED = 4032
 WS_SESSION_EXPIRED = 4033  # the web session reached its absolute lifetime
+WS_MOVED = 4034  # the person opened this desktop on another device (or window)
+WS_KIOSK_REVOKED = 4035  # the kiosk this ran on was revoked or changed
 
 
 class GatewayError(Exception):

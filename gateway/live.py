@@ -17,6 +17,7 @@ from typing import Any
 from .errors import (
     WS_ACCOUNT_DISABLED,
     WS_IDLE,
+    WS_MOVED,
     WS_SESSION_EXPIRED,
     WS_SIGNED_OUT,
 )
@@ -27,6 +28,8 @@ ACCOUNT_DISABLED = "your account was disabled"
 SIGNED_OUT = "you were signed out"
 BROWSER_LOST = "the connection to the browser was lost"
 SHUTDOWN = "the gateway is shutting down"
+MOVED = "this desktop moved to another device"
+MOVED_WINDOW = "this desktop moved to another window"
 # What a LiveSession's listeners get once it is no longer live (never sent to a browser).
 ENDED: dict[str, Any] = {"type": "ended"}
 # Throughput figures are averages over windows at least this long (see LiveSession.rates).
@@ -56,6 +59,7 @@ class LiveSession:
     rate_down: float = 0.0  # bytes per second to the browser, over the last window (rates())
     rate_up: float = 0.0
     user_id: int = 0
+    desktop_id: int = 0
     responding: bool = True  # False while the desktop does not answer
     _last_sample: tuple[float, int, int] | None = None
     _listeners: set[asyncio.Queue[dict[str, Any]]] | None = None  # made on the first listen()
@@ -140,6 +144,21 @@ class LiveSessions:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    async def moved(self, live: LiveSession) -> None:
+        """Roaming: ``live`` reached its desktop, so the person's other connections to that
+        desktop end, each told where it went; they do not reconnect by themselves. An admin's
+        watch neither moves nor is moved."""
+        if live.watch_of is not None:
+            return
+        others = [other for other in self
+                  if other is not live and other.watch_of is None and other.end_reason is None
+                  and other.user_id == live.user_id and other.desktop_id == live.desktop_id]
+        for other in others:
+            reason = MOVED_WINDOW if other.web_session_id == live.web_session_id else MOVED
+            log.info("[user=%s session=%s] %s (session %s)", other.user_name, other.session_id,
+                     reason, live.session_id)
+            await other.end(WS_MOVED, reason, final=True)
 
     async def end_for_web_session(self, web_session_id: str, code: int, reason: str) -> None:
         for live in self:

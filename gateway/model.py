@@ -169,6 +169,8 @@ class WebSession:
     user_agent: str
     idp: str | None = None  # the OIDC provider this sign-in came through
     id_token_enc: str | None = None  # encrypted; only for RP-initiated logout's id_token_hint
+    kiosk_id: int | None = None  # signed in on this enrolled kiosk (its policies apply)
+    device: bool = False  # a dedicated kiosk's own session: no idle or lifetime end
 
 
 @dataclass(frozen=True)
@@ -310,3 +312,46 @@ class Admission:
     policy: RelayPolicy
     watch_of: str | None = None  # an admin's view-only watch of this live session
     bridge_key: str | None = None  # RDP: the bridge this connection holds (released at the end)
+
+
+# Kiosks: thin clients enrolled as devices. A shared kiosk is a hot desk anyone signs in on; a
+# dedicated one shows one fixed desktop with nobody signing in.
+SHARED, DEDICATED = "shared", "dedicated"
+KIOSK_MODES = (SHARED, DEDICATED)
+# The account a dedicated kiosk connects as: one per kiosk, never signed in with a password.
+KIOSK_SOURCE = "kiosk"
+
+
+@dataclass(frozen=True)
+class Kiosk:
+    """An enrolled (or to be enrolled) thin client, as the admin pages show it. Its secrets
+    (pairing code, device credential, public key) stay in the store."""
+
+    id: int
+    name: str
+    location: str
+    mode: str  # SHARED or DEDICATED
+    desktop_id: int | None  # dedicated: the desktop it shows
+    input_allowed: bool  # dedicated: whether keys and pointer reach the desktop
+    user_id: int | None  # dedicated: its device account (KIOSK_SOURCE)
+    created_at: float
+    enrolled_at: float | None = None  # paired (it holds a key); None until then
+    revoked_at: float | None = None
+    pair_expires: float | None = None  # a pairing code is waiting until then
+    last_seen: float | None = None
+    last_ip: str = ""
+    user_agent: str = ""
+    current_user: str = ""  # who is signed in on it now (last heartbeat)
+    current_desktop: str = ""  # which desktop it shows now (last heartbeat)
+    desktop_name: str = ""
+
+    @property
+    def enrolled(self) -> bool:
+        return self.enrolled_at is not None and self.revoked_at is None
+
+    def online(self, now: float, window: float) -> bool:
+        return self.enrolled and self.last_seen is not None and now - self.last_seen <= window
+
+    @property
+    def device_user_name(self) -> str:
+        return f"kiosk:{self.id}"

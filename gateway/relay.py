@@ -220,7 +220,8 @@ class Relay:
         self.live = LiveSession(
             session.id, web_session_id, admission.user.name, desktop.name, self.counters,
             self.end, client_ip=client_ip, user_agent=session.user_agent,
-            protocol=desktop.protocol, watch_of=admission.watch_of, user_id=admission.user.id)
+            protocol=desktop.protocol, watch_of=admission.watch_of, user_id=admission.user.id,
+            desktop_id=desktop.id)
 
     def make_browser(self) -> BrowserSocket:
         return BrowserSocket(max_message=MAX_MESSAGE, ping_interval=PING_INTERVAL,
@@ -317,6 +318,8 @@ class Relay:
             session = self.admission.session
             self._deps.metrics.connect_latency(time.time() - session.started_at)
             self._active_write = asyncio.ensure_future(self._deps.records.started(session))
+            # Roaming: the person's connection to this desktop from elsewhere moves here.
+            self._spawn(self._deps.live.moved(self.live))
 
     def _on_rtt(self, ms: float) -> None:
         self.live.rtt_ms = ms

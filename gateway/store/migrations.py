@@ -236,4 +236,51 @@ MIGRATIONS: list[list[str]] = [
         # A desktop's sessions (when it was last used, who was connected when).
         "CREATE INDEX sessions_by_desktop ON sessions(desktop_id, started_at)",
     ],
+    [
+        # Kiosks: enrolled thin clients. Secrets are kept as SHA-256 (pairing code, device
+        # credential and its predecessor during rotation); the device's public key (SPKI, DER,
+        # base64) proves every sign-in and heartbeat.
+        """CREATE TABLE kiosks (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            location TEXT NOT NULL DEFAULT '',
+            mode TEXT NOT NULL,
+            desktop_id INTEGER REFERENCES desktops(id) ON DELETE SET NULL,
+            input_allowed BOOLEAN NOT NULL DEFAULT TRUE,
+            user_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            pair_code_hash TEXT UNIQUE,
+            pair_expires DOUBLE PRECISION,
+            public_key TEXT,
+            cred_hash TEXT UNIQUE,
+            prev_cred_hash TEXT,
+            cred_rotated_at DOUBLE PRECISION,
+            enrolled_at DOUBLE PRECISION,
+            revoked_at DOUBLE PRECISION,
+            last_seen DOUBLE PRECISION,
+            last_ip TEXT NOT NULL DEFAULT '',
+            user_agent TEXT NOT NULL DEFAULT '',
+            person TEXT NOT NULL DEFAULT '',
+            shown_desktop TEXT NOT NULL DEFAULT ''
+        )""",
+        # Challenges a kiosk signs to prove it holds its key: single use, short-lived.
+        """CREATE TABLE kiosk_challenges (
+            kiosk_id INTEGER NOT NULL REFERENCES kiosks(id) ON DELETE CASCADE,
+            nonce_hash TEXT NOT NULL,
+            expires DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (kiosk_id, nonce_hash)
+        )""",
+        # A shared kiosk's sign-in, proven by the device, waiting for the person's password or
+        # identity provider (single use, short-lived).
+        """CREATE TABLE kiosk_grants (
+            grant_hash TEXT PRIMARY KEY,
+            kiosk_id INTEGER NOT NULL REFERENCES kiosks(id) ON DELETE CASCADE,
+            expires DOUBLE PRECISION NOT NULL
+        )""",
+        "ALTER TABLE web_sessions ADD COLUMN kiosk_id INTEGER",
+        # A dedicated kiosk's own session (its device account): no idle or lifetime end; it
+        # ends when the kiosk is revoked, deleted or changed.
+        "ALTER TABLE web_sessions ADD COLUMN device BOOLEAN NOT NULL DEFAULT FALSE",
+        "CREATE INDEX web_sessions_by_kiosk ON web_sessions(kiosk_id)",
+    ],
 ]

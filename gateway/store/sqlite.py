@@ -44,6 +44,7 @@ from ..model import (
 )
 from ..names import name_key
 from .migrations import MIGRATIONS
+from .sqlite_kiosks import KioskTables
 from .sqlite_vms import VM_COLUMNS, VM_JOIN, VmTables, desktop_vm
 
 log = logging.getLogger("deskgate.store")
@@ -62,6 +63,16 @@ _DESKTOP_COLUMNS = ("d.id, d.name, d.provider, d.host, d.port, d.protocol,"
                     " d.password_enc IS NOT NULL, d.maintenance, d.options, " + VM_COLUMNS)
 _DESKTOPS = "desktops d " + VM_JOIN
 _TOKEN_COLUMNS = "id, name, user_id, read_only, created_at, expires_at, last_used"  # noqa: S105
+_WEB_SESSION_COLUMNS = ("id, user_id, state, csrf_token, created_at, last_seen, client_ip,"
+                        " user_agent, idp, id_token_enc, kiosk_id, device")
+
+
+def _web_session(row: Sequence[Any]) -> WebSession:
+    return WebSession(row[0], int(row[1]), WebSessionState(row[2]), row[3], float(row[4]),
+                      float(row[5]), row[6], row[7], row[8], row[9],
+                      None if row[10] is None else int(row[10]), bool(row[11]))
+
+
 _SESSION_COLUMNS = ("id, user_id, desktop_id, web_session_id, state, started_at, ended_at,"
                     " close_reason, close_final, bytes_up, bytes_down, client_ip, user_agent, tries")
 # A session row in one of these states is over: nothing changes it any more, except a retry
@@ -117,7 +128,7 @@ def _busy(sql: str) -> Iterator[None]:
         raise StoreBusy() from None
 
 
-class SQLiteStore(VmTables):
+class SQLiteStore(VmTables, KioskTables):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
@@ -412,18 +423,15 @@ class SQLiteStore(VmTables):
     async def create_web_session(self, ws: WebSession) -> None:
         await self._exec(
             "INSERT INTO web_sessions (id, user_id, state, csrf_token, created_at, last_seen,"
-            " client_ip, user_agent, idp, id_token_enc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " client_ip, user_agent, idp, id_token_enc, kiosk_id, device)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (ws.id, ws.user_id, ws.state.value, ws.csrf_token, ws.created_at, ws.last_seen,
-             ws.client_ip, ws.user_agent, ws.idp, ws.id_token_enc))
+             ws.client_ip, ws.user_agent, ws.idp, ws.id_token_enc, ws.kiosk_id, ws.device))
 
     async def get_web_session(self, ws_id: str) -> WebSession | None:
         row = await self._one(
-            "SELECT id, user_id, state, csrf_token, created_at, last_seen, client_ip, user_agent,"
-            " idp, id_token_enc FROM web_sessions WHERE id = ?", (ws_id,))
-        if not row:
-            return None
-        return WebSession(row[0], int(row[1]), WebSessionState(row[2]), row[3], float(row[4]),
-                          float(row[5]), row[6], row[7], row[8], row[9])
+            f"SELECT {_WEB_SESSION_COLUMNS} FROM web_sessions WHERE id = ?", (ws_id,))
+        return _web_session(row) if row else None
 
     async def set_web_session_state(self, ws_id: str, state: WebSessionState) -> None:
         await self._exec("UPDATE web_sessions SET state = ? WHERE id = ?", (state.value, ws_id))
@@ -436,12 +444,9 @@ class SQLiteStore(VmTables):
         if not ws_ids:
             return {}
         rows = await self._all(
-            "SELECT id, user_id, state, csrf_token, created_at, last_seen, client_ip, user_agent,"
-            " idp, id_token_enc FROM web_sessions WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(ws_ids)),))
-        return {row[0]: WebSession(row[0], int(row[1]), WebSessionState(row[2]), row[3],
-                                   float(row[4]), float(row[5]), row[6], row[7], row[8], row[9])
-                for row in rows}
+            f"SELECT {_WEB_SESSION_COLUMNS} FROM web_sessions"
+            " WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(ws_ids)),))
+        return {row[0]: _web_session(row) for row in rows}
 
     async def touch_web_sessions(self, seen: Mapping[str, float]) -> None:
         """``last_seen`` moved forward (never back) for each web session id: one statement."""
