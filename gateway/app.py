@@ -30,6 +30,7 @@ from .cases.actor import Actor
 from .cases.audit_trail import AuditTrail
 from .cases.bundles import Bundles
 from .cases.catalog import Catalog
+from .cases.kiosks import Kiosks, KioskSettings
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
 from .cases.sso import LOGIN_TTL, SingleSignOn
@@ -50,6 +51,7 @@ from .keys import (
     CAPACITY,
     CATALOG,
     EVENTS,
+    KIOSKS,
     LIVE,
     METRICS,
     PROVIDERS,
@@ -123,6 +125,7 @@ class Cases:
     vms: DesktopVms
     providers: Providers
     usage: Usage
+    kiosks: Kiosks
 
 
 def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = None,
@@ -148,11 +151,12 @@ def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = Non
     vms = DesktopVms(store, audit, providers, VmSettings(
         settings.hypervisor_configs, settings.desktop_geometry, settings.vm_stop_timeout_seconds,
         settings.vm_start_timeout_seconds, settings.vm_reconcile_seconds), may_use=may_use)
+    web_sessions = WebSessions(store, settings)
     return Cases(store, box, audit,
-                 SignIn(store, box, audit, local, TotpFactor(store, box), guard,
-                        WebSessions(store, settings)),
+                 SignIn(store, box, audit, local, TotpFactor(store, box), guard, web_sessions),
                  accounts, catalog, Access(store, audit, catalog), Sessions(store, audit, live),
-                 AuditTrail(store, audit), Bundles(store, audit), vms, providers, Usage(store))
+                 AuditTrail(store, audit), Bundles(store, audit), vms, providers, Usage(store),
+                 Kiosks(store, audit, live, web_sessions, KioskSettings.of(settings)))
 
 
 def provider_context(settings: Settings, store: Store, box: SecretBox, runtime: Path, *,
@@ -229,6 +233,7 @@ async def _use_cases(app: web.Application) -> AsyncIterator[None]:
     app[BUNDLES] = cases.bundles
     app[VMS] = cases.vms
     app[USAGE] = cases.usage
+    app[KIOSKS] = cases.kiosks
     keeper = asyncio.create_task(cases.vms.keep_in_step(), name="desktop VMs in step")
     try:
         yield
@@ -261,7 +266,8 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     app[TICKETS] = TicketBook(settings.ticket_ttl_seconds)
     bridges = app[RDP_BRIDGES]
     app[BROKER] = Broker(app[STORE], app[BOX], app[PROVIDERS], app[TICKETS], app[AUDIT],
-                         settings, app[ACCESS], bridges, ready=app[VMS].ready)
+                         settings, app[ACCESS], bridges, ready=app[VMS].ready,
+                         view_only=app[KIOSKS].view_only)
     app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
                             RelayTimes.of(settings), app[SHUTTING_DOWN],
                             BridgeHooks(bridges.resized, bridges.watch_exit))

@@ -60,7 +60,8 @@ class Broker:
     def __init__(self, store: Store, box: SecretBox, providers: Providers, tickets: TicketBook,
                  audit: Audit, settings: Settings, access: Access,
                  bridges: RdpBridges | None = None,
-                 ready: Callable[[Desktop], Awaitable[None]] | None = None) -> None:
+                 ready: Callable[[Desktop], Awaitable[None]] | None = None,
+                 view_only: Callable[[User], Awaitable[bool]] | None = None) -> None:
         self._store = store
         self._access = access
         self._box = box
@@ -71,6 +72,9 @@ class Broker:
         # Makes a desktop answer before its ticket is minted (desktop VMs: start on connect,
         # gateway/cases/vms.py); by default its provider's ensure_running.
         self._ready = ready or self._ensure_running
+        # Whether this account's connections are view-only whatever the desktop (a dedicated
+        # kiosk without input, gateway/cases/kiosks.py); by default none is.
+        self._view_only = view_only
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
         # One connect at a time per person, so that the open-sessions count cannot be raced.
@@ -233,7 +237,10 @@ class Broker:
 
     async def _admission(self, session: Session, user: User) -> Admission:
         desktop = await self._access.check_access(user, session.desktop_id, session.client_ip)
-        policy = RelayPolicy(max_clipboard_bytes=self._settings.max_clipboard_bytes)
+        view_only = self._view_only is not None and await self._view_only(user)
+        # Enforced by the byte path: no keys, pointer or clipboard from a view-only connection.
+        policy = RelayPolicy(view_only=view_only, clipboard_to_desktop=not view_only,
+                             max_clipboard_bytes=self._settings.max_clipboard_bytes)
         endpoint, key = await self._protocol(desktop).admit(user, desktop)
         return Admission(session, user, desktop, endpoint, policy, bridge_key=key)
 

@@ -17,6 +17,7 @@ from .cases.accounts import Accounts
 from .cases.audit_trail import AuditTrail
 from .cases.bundles import Bundles
 from .cases.catalog import Catalog
+from .cases.kiosks import Kiosks
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
 from .cases.sso import SingleSignOn
@@ -50,6 +51,7 @@ AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 BUNDLES = web.AppKey("bundles", Bundles)
 VMS = web.AppKey("vms", DesktopVms)
 USAGE = web.AppKey("usage", Usage)  # desktop VMs' usage and cost
+KIOSKS = web.AppKey("kiosks", Kiosks)
 EVENTS = web.AppKey("events", EventBus)
 PROVIDERS = web.AppKey("providers", Providers)
 RDP_BRIDGES = web.AppKey("rdp_bridges", RdpBridges)

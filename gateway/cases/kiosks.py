@@ -38,7 +38,15 @@ from ..config import Settings
 from ..crypto import new_token, token_hash
 from ..errors import WS_KIOSK_REVOKED, BadRequest, Conflict, NotFound, TooManyRequests, Unauthorized
 from ..live import LiveSessions
-from ..model import DEDICATED, KIOSK_MODES, KIOSK_SOURCE, SHARED, Kiosk, WebSessionState
+from ..model import (
+    DEDICATED,
+    KIOSK_MODES,
+    KIOSK_SOURCE,
+    SHARED,
+    Kiosk,
+    User,
+    WebSessionState,
+)
 from ..store import Store
 from .actor import Actor
 
@@ -154,6 +162,14 @@ class Kiosks:
         now = self._clock()
         return [(k, k.online(now, self.settings.offline_after))
                 for k in await self._store.list_kiosks()]
+
+    async def view_only(self, user: User) -> bool:
+        """A dedicated kiosk's account whose kiosk does not allow input: its connections are
+        view-only (the relay drops keys, pointer and clipboard)."""
+        if user.source != KIOSK_SOURCE:
+            return False
+        kiosk = next((k for k in await self._store.list_kiosks() if k.user_id == user.id), None)
+        return kiosk is None or not kiosk.input_allowed
 
     async def get(self, kiosk_id: int) -> Kiosk:
         kiosk = await self._store.get_kiosk(kiosk_id)

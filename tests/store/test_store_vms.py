@@ -375,7 +375,7 @@ async def test_a_database_at_schema_10_gets_the_vm_tables_and_keeps_its_data(
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert await store.schema_version() == len(MIGRATIONS) == 11
+        assert await store.schema_version() == len(MIGRATIONS) >= 11
         desktops = await store.list_desktops()
         assert [(d.id, d.name, d.provider, d.host, d.port, d.options, d.vm) for d in desktops] == [
             (2, "demo", "local", "", 0, (), None), (1, "office", "static", "10.0.0.1", 5900,
