@@ -91,6 +91,7 @@ from .web import (
     api_vms,  # noqa: F401  (its operations join api.API's table)
     client,
     common,
+    kiosk,
     login,
     middleware,
     portal,
@@ -381,7 +382,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(middleware.security_headers)
     app.on_response_prepare.append(middleware.remember_prepared)
     install_metrics(app)  # after _state: it counts through the audit writer
-    for module in (login, sso, portal, client):
+    for module in (login, sso, portal, client, kiosk):
         app.add_routes(module.routes)
     app.add_routes(admin_sessions.sockets)  # an admin's watch: a relay websocket like any other
     app.add_subapp("/admin/", _admin_app())

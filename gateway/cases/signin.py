@@ -17,7 +17,7 @@ from ..auth.sessions import WebSessions
 from ..auth.totp import Enrolment, TotpFactor
 from ..crypto import SecretBox
 from ..errors import AccountLocked, AuthenticationFailed, SecondFactorFailed, TooManyRequests
-from ..model import User, WebSession, WebSessionState
+from ..model import Kiosk, User, WebSession, WebSessionState
 from ..store import Store
 from .actor import Actor
 
@@ -46,7 +46,10 @@ class SignIn:
         return None if user is None or user.disabled else user
 
     async def sign_in_password(self, username: str, password: str, ip: str,
-                               user_agent: str) -> tuple[str, WebSession, User]:
+                               user_agent: str, *, kiosk: Kiosk | None = None
+                               ) -> tuple[str, WebSession, User]:
+        """The password step. ``kiosk``: the shared kiosk this happens on (its proven grant was
+        spent); the web session is bound to it."""
         known = await self._store.get_user_by_name(username)
         attempt = await self._reserve(known, ip, AuditKind.SIGNIN_FAILED, username[:64])
         try:
@@ -66,9 +69,11 @@ class SignIn:
             await attempt.passed(signed_in=False)  # the second factor is still to come
         finally:
             attempt.done()  # an error or a cancelled request: the reservation stays a failure
-        cookie, ws = await self.sessions.create(user, WebSessionState.PASSWORD_OK, ip, user_agent)
+        cookie, ws = await self.sessions.create(user, WebSessionState.PASSWORD_OK, ip, user_agent,
+                                                kiosk_id=None if kiosk is None else kiosk.id)
         await self._audit.record(AuditKind.SIGNIN_OK, user=user.name, client_ip=ip,
-                                 detail="password")
+                                 detail="password" + ("" if kiosk is None
+                                                      else f" on kiosk {kiosk.name!r}"))
         return cookie, ws, user
 
     async def _reserve(self, user: User | None, ip: str, failed: AuditKind,

@@ -22,7 +22,7 @@ from ..auth.sessions import WebSessions
 from ..config import OidcProviderConfig
 from ..crypto import SecretBox, token_hash
 from ..errors import AuthenticationFailed, Conflict, NotFound
-from ..model import OidcLogin, User, WebSession, WebSessionState
+from ..model import Kiosk, OidcLogin, User, WebSession, WebSessionState
 from ..store import Store
 
 log = logging.getLogger("deskgate.sso")
@@ -104,10 +104,11 @@ class SingleSignOn:
 
     async def complete(self, provider_id: str, *, state: str, code: str | None,
                        error: str | None, iss: str | None, browser_token: str | None, ip: str,
-                       user_agent: str) -> SsoResult:
+                       user_agent: str, kiosk: Kiosk | None = None) -> SsoResult:
         """Finish a sign-in at ``provider_id``'s own callback. Against mix-up (RFC 9700 4.4): the
         state must have been issued for this provider, and the answer's ``iss`` (RFC 9207) must
-        name it; only then is the code redeemed, at this provider's token endpoint."""
+        name it; only then is the code redeemed, at this provider's token endpoint. ``kiosk``:
+        the shared kiosk this sign-in happens on (its proven grant was spent)."""
         config = self.config(provider_id)
         login = await self._store.take_oidc_login(token_hash(state)) if state else None
         if login is None or time.time() - login.created_at > LOGIN_TTL:
@@ -146,7 +147,7 @@ class SingleSignOn:
         except OidcError as exc:
             await self._fail(config, exc.detail, ip)
             raise
-        return await self._sign_in(config, identity, ip, user_agent)
+        return await self._sign_in(config, identity, ip, user_agent, kiosk)
 
     async def retired_callback(self, ip: str) -> None:
         """The shared callback of older versions: an answer there is refused unread."""
@@ -208,7 +209,7 @@ class SingleSignOn:
         return user
 
     async def _sign_in(self, config: OidcProviderConfig, identity: OidcIdentity, ip: str,
-                       user_agent: str) -> SsoResult:
+                       user_agent: str, kiosk: Kiosk | None = None) -> SsoResult:
         user = await self._provision(config, identity, ip)
         if user.disabled:
             await self._audit.record(AuditKind.SIGNIN_FAILED, user=user.name, client_ip=ip,
@@ -225,11 +226,13 @@ class SingleSignOn:
         state = WebSessionState.AUTHENTICATED if by else WebSessionState.PASSWORD_OK
         cookie, ws = await self._sessions.create(
             user, state, ip, user_agent, idp=config.id,
-            id_token_enc=self._box.encrypt(identity.id_token))
+            id_token_enc=self._box.encrypt(identity.id_token),
+            kiosk_id=None if kiosk is None else kiosk.id)
         await self._audit.record(
             AuditKind.SIGNIN_OK, user=user.name, client_ip=ip,
             detail=f"idp {config.id}; groups: {', '.join(sorted(groups)) or '-'}; second factor: "
-                   f"{by or 'our TOTP follows'}")
+                   f"{by or 'our TOTP follows'}"
+                   + ("" if kiosk is None else f"; on kiosk {kiosk.name!r}"))
         if by:
             await self._audit.record(AuditKind.SECOND_FACTOR_OK, user=user.name, client_ip=ip,
                                      detail=by)

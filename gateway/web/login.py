@@ -18,6 +18,7 @@ from .common import (
     set_session_cookie,
     user_agent,
 )
+from .kiosk import DEVICE_COOKIE
 
 routes = web.RouteTableDef()
 
@@ -27,6 +28,8 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     ws, _ = current(request)
     if ws is not None:
         raise web.HTTPSeeOther("/" if ws.state is WebSessionState.AUTHENTICATED else "/login/totp")
+    if DEVICE_COOKIE in request.cookies:
+        raise web.HTTPSeeOther("/kiosk")  # a kiosk signs people in on its own screen
     return _login_page(request)
 
 
@@ -93,7 +96,8 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
         return await _second_factor_page(request, http_status=exc.http_status, error=exc.reason)
     # Enrolment's new recovery codes are shown by GET /login/recovery (POST, redirect, GET):
     # reloading shows the same codes again, never an error or new codes.
-    response = redirect("/login/recovery" if result.recovery_codes is not None else "/")
+    response = redirect("/login/recovery" if result.recovery_codes is not None
+                        else "/kiosk" if ws.kiosk_id is not None else "/")
     set_session_cookie(request, response, result.cookie)
     return response
 
@@ -136,7 +140,7 @@ async def recovery_saved(request: web.Request) -> web.StreamResponse:
     await check_form_csrf(request)
     ws, _ = await _unsaved_codes(request)
     await request.config_dict[SIGNIN].recovery_codes_saved(ws)
-    return redirect("/")
+    return redirect("/kiosk" if ws.kiosk_id is not None else "/")
 
 
 @routes.post("/logout")

@@ -176,7 +176,9 @@ async def web_session(request: web.Request, handler: Handler) -> web.StreamRespo
     if request.path.startswith(("/static/", "/novnc/")) or request.path == "/healthz":
         return await handler(request)
     services = request.config_dict[SIGNIN]
-    ws = await services.sessions.load(request.cookies.get(COOKIE_NAME))
+    # A kiosk's heartbeat is the device's doing, not the person's: it does not keep them in.
+    ws = await services.sessions.load(request.cookies.get(COOKIE_NAME),
+                                      touch=request.path != "/kiosk/heartbeat")
     if ws is not None:
         user = await load_user(request, ws)
         if user is None:  # disabled or deleted since the session started

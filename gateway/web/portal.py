@@ -54,7 +54,9 @@ async def _render(request: web.Request, user: User, *, error: str | None = None,
 
 @routes.get("/")
 async def portal(request: web.Request) -> web.StreamResponse:
-    _, user = require_signed_in(request)
+    ws, user = require_signed_in(request)
+    if ws.kiosk_id is not None:
+        raise web.HTTPSeeOther("/kiosk")  # a kiosk shows its own full-screen pages
     return await _render(request, user)
 
 

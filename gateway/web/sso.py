@@ -6,9 +6,10 @@ from aiohttp import web
 
 from ..crypto import new_token
 from ..errors import GatewayError
-from ..keys import SETTINGS, SSO
+from ..keys import KIOSKS, SETTINGS, SSO
 from ..model import WebSessionState
 from .common import client_ip, current, redirect, render, set_session_cookie, user_agent
+from .kiosk import clear_grant, kiosk_grant
 
 routes = web.RouteTableDef()
 
@@ -46,7 +47,8 @@ async def start(request: web.Request) -> web.StreamResponse:
 def _failure(request: web.Request, exc: GatewayError) -> web.Response:
     """A page a person understands, with the way back to sign-in; never a stack trace."""
     response = render(request, "error.html", http_status=exc.http_status, status=exc.http_status,
-                      message=exc.reason, retry_url="/login")
+                      message=exc.reason,
+                      retry_url="/kiosk" if kiosk_grant(request) else "/login")
     response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
     return response
 
@@ -64,16 +66,20 @@ async def retired_callback(request: web.Request) -> web.StreamResponse:
 async def callback(request: web.Request) -> web.StreamResponse:
     query = request.query
     iss = query.get("iss")
+    # On a shared kiosk, the device's proven grant (spent here) binds the session to it.
+    kiosk = await request.config_dict[KIOSKS].redeem(kiosk_grant(request))
     try:
         result = await request.config_dict[SSO].complete(
             request.match_info["provider_id"][:32],
             state=query.get("state", "")[:200], code=query.get("code", "")[:2000] or None,
             error=query.get("error", "")[:64] or None, iss=None if iss is None else iss[:512],
             browser_token=request.cookies.get(BROWSER_COOKIE), ip=client_ip(request),
-            user_agent=user_agent(request))
+            user_agent=user_agent(request), kiosk=kiosk)
     except GatewayError as exc:
         return _failure(request, exc)
-    response = redirect("/login/totp" if result.needs_totp else "/")
+    response = redirect("/login/totp" if result.needs_totp else "/kiosk" if kiosk else "/")
     response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
+    if kiosk is not None:
+        clear_grant(response)
     set_session_cookie(request, response, result.cookie)
     return response
