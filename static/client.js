@@ -20,6 +20,7 @@
 
 import RFB from '/novnc/core/rfb.js';
 import {clearStages, watchStart} from '/static/vm_progress.js';
+import {heartbeat, holdThePage, signOut, watchIdle} from '/static/kiosk_device.js';
 
 const BACKOFF_FIRST_S = 1;
 const BACKOFF_MAX_S = 8;
@@ -91,6 +92,15 @@ const csrfToken = root.dataset.csrf;
 const credentialsUrl = root.dataset.credentialsUrl;
 const perUserCredentials = root.dataset.credentials === 'per_user';
 const progressUrl = root.dataset.progressUrl || null; // desktop VMs: start on connect
+// On a kiosk: 'shared' (a person signed in; leaving signs them out) or 'dedicated' (a fixed
+// desktop that reconnects for ever, never asks anyone anything); '' in an ordinary browser.
+const kioskMode = root.dataset.kiosk || '';
+const dedicated = kioskMode === 'dedicated';
+const viewOnly = root.dataset.viewOnly === 'true';
+const giveUpAfterS = dedicated ? Infinity : GIVE_UP_AFTER_S;
+const gatewayGiveUpS = dedicated ? Infinity : GATEWAY_GIVE_UP_S;
+// What ends a kiosk's stay on this page at once: the kiosk was revoked or changed.
+const KIOSK_ENDED = /revoked|changed by an administrator|not enrolled/;
 
 let state = root.dataset.state || 'connecting';
 let rfb = null;
@@ -140,7 +150,7 @@ function hideStatus() {
 }
 
 function goToLogin() {
-    window.location.assign('/login');
+    window.location.assign(kioskMode ? '/kiosk' : '/login');
     throw new Redirecting();
 }
 
@@ -273,8 +283,32 @@ function clearTimers() {
 
 function finish(text, detail = null) {
     clearTimers();
+    if (kioskMode && kioskFinish(text, detail)) {
+        return;
+    }
     setState('disconnected');
     showStatus(text, {detail, final: true});
+}
+
+// A kiosk's connection that ended for good. Revoked or changed: back to the kiosk's start. A
+// dedicated kiosk tries again (for ever, with backoff); a shared kiosk says why for a moment,
+// then signs its person out and clears the screen. True when handled here.
+function kioskFinish(text, detail) {
+    if (KIOSK_ENDED.test(detail || '')) {
+        window.location.replace('/kiosk');
+        return true;
+    }
+    if (dedicated) {
+        failingSince = null;
+        scheduleReconnect(generation, detail || text);
+        return true;
+    }
+    setState('disconnected');
+    showStatus(text, {detail, final: true});
+    reconnectButton.hidden = true;
+    backLink.hidden = true;
+    setTimeout(() => signOut(csrfToken), userDisconnect ? 0 : 4000);
+    return true;
 }
 
 async function connect(gen) {
@@ -314,7 +348,8 @@ async function connect(gen) {
         return;
     }
     rfb.scaleViewport = true;
-    rfb.resizeSession = true;
+    rfb.resizeSession = !viewOnly;
+    rfb.viewOnly = viewOnly; // the gateway drops a view-only connection's input as well
     rfb.clipViewport = false;
     rfb.background = '#1b1f24';
     const own = rfb;
@@ -543,7 +578,7 @@ function scheduleReconnect(gen, reason) {
     if (failingSince === null) {
         failingSince = now;
     }
-    const leftMs = failingSince + GIVE_UP_AFTER_S * 1000 - now;
+    const leftMs = failingSince + giveUpAfterS * 1000 - now;
     if (leftMs < BACKOFF_FIRST_S * 1000) {
         const title = 'The desktop cannot be reached';
         const why = sentence(reason);
@@ -588,7 +623,7 @@ function waitForGateway(gen, reason) {
         if (gen !== generation || state !== 'reconnecting') {
             return;
         }
-        if (Date.now() - gatewayLostAt > GATEWAY_GIVE_UP_S * 1000) {
+        if (Date.now() - gatewayLostAt > gatewayGiveUpS * 1000) {
             finish('The gateway cannot be reached',
                    `It has not answered for ${GATEWAY_GIVE_UP_S} s. Try again later.`);
             root.dataset.gaveUp = 'gateway';
@@ -731,5 +766,34 @@ disconnectButton.addEventListener('click', userDisconnects);
 forgetButton.hidden = !perUserCredentials;
 forgetButton.addEventListener('click', forgetAccount);
 reconnectButton.addEventListener('click', start);
+
+// A kiosk: the menu, its heartbeat, and for a shared kiosk the idle sign-out.
+if (kioskMode) {
+    const menu = document.getElementById('kiosk-menu');
+    const toggle = document.getElementById('kiosk-menu-toggle');
+    toggle.addEventListener('click', () => {
+        menu.hidden = !menu.hidden;
+        toggle.setAttribute('aria-expanded', String(!menu.hidden));
+    });
+    document.getElementById('kiosk-reconnect').addEventListener('click', () => {
+        menu.hidden = true;
+        start();
+    });
+    document.getElementById('kiosk-signout')?.addEventListener('click', () => signOut(csrfToken));
+    holdThePage();
+    heartbeat({
+        csrf: csrfToken,
+        seconds: Number(root.dataset.heartbeatSeconds) || 15,
+        desktopId: Number(root.dataset.desktopId),
+        onRefused: () => window.location.replace('/kiosk'),
+    });
+    if (!dedicated) {
+        watchIdle({
+            idleSeconds: Number(root.dataset.idleSeconds),
+            warningSeconds: Number(root.dataset.idleWarningSeconds),
+            onIdle: () => signOut(csrfToken),
+        });
+    }
+}
 
 start();
