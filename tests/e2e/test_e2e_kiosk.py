@@ -1,0 +1,404 @@
+"""Kiosks in Chromium against a real `deskgate serve` and real Xvnc desktops: enrolment with a
+pairing code, a shared kiosk's sign-in, idle warning and wipe, a copied device cookie, roaming
+between two browsers, a dedicated kiosk through desktop and gateway restarts, and revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+from e2e_support import (
+    ARTIFACTS,
+    REPO,
+    VIEWPORT,
+    Account,
+    Gateway,
+    deskgate_exe,
+    free_port,
+    healthy,
+    private_runtime_dir,
+    run_cli,
+    shot_to,
+    stop_pid,
+    type_into_xterm,
+    wait_for_colour,
+    wait_for_xterm,
+    wait_state,
+    wait_until,
+)
+from pngpixels import is_ansi_blue
+
+from gateway.xdisplay.numbers import xvnc_serving
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+DESKTOP = "Kiosk desktop"
+LOBBY = "Lobby desktop"
+IDLE_SECONDS = 24
+WARNING_SECONDS = 12
+CODE_RE = re.compile(r"\b([A-Z2-9]{4}-[A-Z2-9]{4})\b")
+
+
+@dataclass
+class KioskGateway:
+    """A gateway for the kiosk tests, which the dedicated kiosk's test restarts."""
+
+    gw: Gateway
+    runtime: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.gw.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [deskgate_exe(), "--config", str(self.gw.config), "serve",
+                 "--stop-desktops-on-exit"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                start_new_session=True,
+                env={**os.environ, "DESKGATE_DESKTOPS_RUNTIME_DIR": str(self.runtime),
+                     "DESKGATE_KIOSKS_KIOSK_IDLE_SECONDS": str(IDLE_SECONDS),
+                     "DESKGATE_KIOSKS_KIOSK_IDLE_WARNING_SECONDS": str(WARNING_SECONDS),
+                     "DESKGATE_KIOSKS_KIOSK_HEARTBEAT_SECONDS": "2",
+                     "DESKGATE_KIOSKS_KIOSK_PAIRING_MINUTES": "0.5"})
+        proc = self.proc
+        wait_until(lambda: healthy(self.gw.base_url) or proc.poll() is not None, 30,
+                   "GET /healthz")
+        assert proc.poll() is None, f"serve exited {proc.returncode}:\n{self.gw.log_tail()}"
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(30)
+        self.proc = None
+
+    def desktop_dir(self, name: str) -> Path:
+        return self.runtime / "desktops" / self.gw.desktop_ids[name]
+
+    def xvnc_pids(self, name: str) -> list[int]:
+        return [p.pid for p in xvnc_serving(self.desktop_dir(name) / "vnc.sock")]
+
+    def kiosk(self, *args: str) -> str:
+        return self.gw.cli("kiosk", *args)
+
+    def add_kiosk(self, name: str, *args: str) -> str:
+        """A new kiosk; its pairing code."""
+        out = self.kiosk("add", name, *args)
+        m = CODE_RE.search(out)
+        assert m, f"no pairing code in {out!r}"
+        return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def kg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KioskGateway]:
+    data = tmp_path_factory.mktemp("kiosk")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    out = run_cli("init", "--data", str(data), "--port", str(port), "--public-url", base,
+                  "--no-demo")
+    m = re.search(r"^Password:\s*(\S+)\s*$", out, re.M)
+    assert m, out
+    gw = Gateway(base_url=base, data_dir=data, config=data / "deskgate.toml",
+                 log_path=data / "serve.log", admin=Account("admin", m.group(1)), accounts={},
+                 desktop_ids={}, pid=0)
+    for name in ("kim", "lee"):
+        password = f"{name}-Pw-{os.urandom(4).hex()}"
+        gw.cli("user", "add", name, "--password-stdin", stdin=password + "\n")
+        gw.accounts[name] = Account(name, password)
+    for desktop in (DESKTOP, LOBBY):
+        added = gw.cli("desktop", "add", desktop, "--provider", "local")
+        found = re.search(r"^Desktop\s+(\S+)\s", added, re.M)
+        assert found, added
+        gw.desktop_ids[desktop] = found.group(1)
+    gw.cli("assign", DESKTOP, "kim")
+    gw.cli("assign", DESKTOP, "lee")
+    k = KioskGateway(gw, private_runtime_dir())
+    k.start()
+    try:
+        yield k
+    finally:
+        if k.proc is not None:
+            stop_pid(k.proc)
+        for desktop in (DESKTOP, LOBBY):
+            for pid in k.xvnc_pids(desktop):
+                os.killpg(pid, signal.SIGKILL)
+        print(f"\n--- deskgate serve log (tail) ---\n{gw.log_tail()}")
+        shutil.rmtree(k.runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def contexts(browser: Any) -> Iterator[Any]:
+    made: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        ctx = browser.new_context(viewport=VIEWPORT, **kwargs)
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        ctx.close()
+
+
+def ready(page: Any, what: str, timeout_ms: int = 20_000) -> None:
+    page.wait_for_function(
+        "w => document.getElementById('kiosk')?.dataset.ready === w", arg=what,
+        timeout=timeout_ms)
+
+
+def enrol(page: Any, kg: KioskGateway, code: str) -> None:
+    page.goto(kg.gw.base_url + "/kiosk")
+    ready(page, "pair")
+    page.fill("#pair-code", code.lower().replace("-", " "))  # as a person might type it
+    page.click("#pair-submit")
+
+
+def kiosk_sign_in(page: Any, kg: KioskGateway, account: Account) -> None:
+    """On a shared kiosk's sign-in screen: password, then TOTP (enrolled on first use)."""
+    ready(page, "signin")
+    page.fill("#username", account.name)
+    page.fill("#password", account.password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/login/totp"))
+    if page.locator("#totp-secret").count():
+        secret = page.locator("#totp-secret").text_content()
+        assert secret
+        account.totp_secret = secret
+        page.fill("#totp-code", pyotp.TOTP(secret).now())
+        page.get_by_role("button", name="Confirm").click()
+        page.locator("#continue").wait_for()
+        account.recovery_codes = [c.strip() for c in
+                                  page.locator(".recovery-code").all_text_contents()]
+        page.locator("#continue").click()
+    else:
+        assert account.totp_secret
+        page.fill("#totp-code", account.recovery_codes.pop())
+        page.get_by_role("button", name="Verify").click()
+    ready(page, "desktops")
+
+
+def cookie_names(ctx: Any) -> set[str]:
+    return {c["name"] for c in ctx.cookies()}
+
+
+def post(base: str, path: str, cookies: dict[str, str], body: dict[str, Any]) -> int:
+    req = urllib.request.Request(
+        base + path, method="POST", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json",
+                 "X-CSRF-Token": cookies.get("deskgate_pre", ""),
+                 "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_enrol_with_a_pairing_code_once(kg: KioskGateway, contexts: Any) -> None:
+    code = kg.add_kiosk("Front desk", "--location", "Hall A")
+    page = contexts().new_page()
+    enrol(page, kg, "ZZZZ-ZZZZ")
+    page.locator("#pair-error").wait_for()
+    assert "wrong, used or expired" in page.locator("#pair-error").text_content()
+    page.fill("#pair-code", code)
+    page.click("#pair-submit")
+    ready(page, "signin")
+    assert page.locator("#kiosk-name").text_content() == "Front desk"
+    shot_to(page, "kiosk-signin.png")
+    # The same code in another browser: used.
+    other = contexts().new_page()
+    enrol(other, kg, code)
+    other.locator("#pair-error").wait_for()
+    assert "wrong, used or expired" in other.locator("#pair-error").text_content()
+    # An expired code (codes last 30 s here).
+    late = kg.add_kiosk("Late desk")
+    time.sleep(31)
+    enrol(other, kg, late)
+    other.locator("#pair-error").wait_for()
+    assert "wrong, used or expired" in other.locator("#pair-error").text_content()
+    listing = kg.kiosk("list")
+    assert re.search(r"Front desk.*online", listing), listing
+
+
+def test_shared_kiosk_sign_in_idle_warning_and_wipe(kg: KioskGateway, contexts: Any) -> None:
+    code = kg.add_kiosk("Hot desk 1")
+    ctx = contexts()
+    page = ctx.new_page()
+    enrol(page, kg, code)
+    device = {c["value"] for c in ctx.cookies() if c["name"] == "deskgate_device"}
+    kiosk_sign_in(page, kg, kg.gw.accounts["kim"])
+    assert "deskgate_session" in cookie_names(ctx)
+    page.click(f".desktop-connect[data-desktop-id='{kg.gw.desktop_ids[DESKTOP]}']")
+    wait_state(page, "connected", 45_000)
+    _, box = wait_for_xterm(page, timeout=30)
+    type_into_xterm(page, box, r"printf '\033[44m'; clear")
+    wait_for_colour(page, is_ansi_blue, 100_000, "the xterm to turn blue")
+    page.evaluate("localStorage.setItem('left-behind', 'x'); sessionStorage.setItem('s', 'y')")
+    page.evaluate("document.getElementById('clipboard-text').value = 'secret of kim'")
+    # No input now: the warning with its countdown, then the sign-in screen again.
+    page.locator("#kiosk-idle-warning").wait_for(state="visible",
+                                                 timeout=(IDLE_SECONDS + 5) * 1000)
+    assert int(page.locator("#kiosk-idle-countdown").text_content() or "0") <= WARNING_SECONDS
+    shot_to(page, "kiosk-idle-warning.png")
+    ready(page, "signin", (WARNING_SECONDS + 10) * 1000)
+    shot_to(page, "kiosk-after-idle.png")
+    names = cookie_names(ctx)
+    assert "deskgate_session" not in names
+    # What is left: the device's credential, and the next person's anonymous sign-in form
+    # token and grant (made after the wipe, by the sign-in screen).
+    assert names <= {"deskgate_device", "deskgate_pre", "deskgate_kiosk_grant"}, names
+    assert {c["value"] for c in ctx.cookies() if c["name"] == "deskgate_device"} == device
+    assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+    assert page.locator("#screen").count() == 0  # the desktop's page (and canvas) is gone
+    # The person's session is over on the gateway too.
+    assert "Hot desk 1" in kg.kiosk("list")
+
+
+def test_copied_device_cookie_without_the_key_is_refused(kg: KioskGateway,
+                                                         contexts: Any) -> None:
+    code = kg.add_kiosk("Hot desk 2")
+    ctx = contexts()
+    page = ctx.new_page()
+    enrol(page, kg, code)
+    ready(page, "signin")
+    stolen = [c for c in ctx.cookies() if c["name"] == "deskgate_device"]
+    assert stolen
+    thief = contexts()
+    thief.add_cookies(stolen)
+    page2 = thief.new_page()
+    page2.goto(kg.gw.base_url + "/kiosk")
+    ready(page2, "unproven")
+    assert "does not hold the key" in page2.locator("#kiosk-unproven-reason").text_content()
+    assert "deskgate_kiosk_grant" not in cookie_names(thief)
+    # Straight to the gateway with the cookie and a made-up signature: refused.
+    cookies = {c["name"]: c["value"] for c in thief.cookies()}
+    assert post(kg.gw.base_url, "/kiosk/start", cookies,
+                {"challenge": "x" * 32, "signature": "A" * 88}) == 401
+    # The real device still works.
+    page.reload()
+    ready(page, "signin")
+
+
+def test_roaming_between_two_browsers(kg: KioskGateway, contexts: Any) -> None:
+    lee = kg.gw.accounts["lee"]
+    first, second = contexts().new_page(), contexts().new_page()
+    for page in (first, second):
+        page.goto(kg.gw.base_url + "/login")
+        page.fill("#username", lee.name)
+        page.fill("#password", lee.password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(re.compile(r"/login/totp"))
+        if page.locator("#totp-secret").count():
+            lee.totp_secret = page.locator("#totp-secret").text_content()
+            page.fill("#totp-code", pyotp.TOTP(lee.totp_secret or "").now())
+            page.get_by_role("button", name="Confirm").click()
+            page.locator("#continue").wait_for()
+            lee.recovery_codes = [c.strip() for c in
+                                  page.locator(".recovery-code").all_text_contents()]
+            page.locator("#continue").click()
+        else:
+            page.fill("#totp-code", lee.recovery_codes.pop())
+            page.get_by_role("button", name="Verify").click()
+        page.wait_for_url(kg.gw.base_url + "/")
+    url = f"{kg.gw.base_url}/desktops/{kg.gw.desktop_ids[DESKTOP]}"
+    first.goto(url)
+    wait_state(first, "connected", 45_000)
+    _, box = wait_for_xterm(first, timeout=30)
+    type_into_xterm(first, box, r"printf '\033]2;dg-roam\007\033[44m'; clear")
+    wait_for_colour(first, is_ansi_blue, 100_000, "the xterm to turn blue")
+    second.goto(url)
+    wait_state(second, "connected", 45_000)
+    wait_for_colour(second, is_ansi_blue, 100_000, "the same blue xterm on the second device")
+    wait_state(first, "disconnected", 15_000)
+    text = first.locator("#status").text_content() or ""
+    assert "moved to another device" in text, text
+    shot_to(first, "kiosk-moved.png")
+    time.sleep(4)  # it does not reconnect by itself
+    assert first.evaluate("document.getElementById('deskgate-client').dataset.state") == \
+        "disconnected"
+    assert second.evaluate("document.getElementById('deskgate-client').dataset.state") == \
+        "connected"
+
+
+def test_dedicated_kiosk_comes_back_after_desktop_and_gateway_restarts(
+        kg: KioskGateway, contexts: Any) -> None:
+    code = kg.add_kiosk("Lobby screen", "--mode", "dedicated", "--desktop", LOBBY)
+    page = contexts().new_page()
+    enrol(page, kg, code)
+    page.wait_for_url(re.compile(r"/kiosk/desktops/\d+$"), timeout=20_000)
+    wait_state(page, "connected", 45_000)
+    wait_for_xterm(page, timeout=30)
+    shot_to(page, "kiosk-dedicated.png")
+    # The desktop dies (its X server killed): the kiosk is back by itself.
+    pids = kg.xvnc_pids(LOBBY)
+    assert pids
+    t0 = time.monotonic()
+    os.killpg(pids[0], signal.SIGKILL)
+    wait_until(lambda: not kg.xvnc_pids(LOBBY) or kg.xvnc_pids(LOBBY) != pids, 10,
+               "the desktop to go")
+    wait_until(lambda: kg.xvnc_pids(LOBBY) and kg.xvnc_pids(LOBBY) != pids, 60,
+               "the desktop to start again")
+    wait_state(page, "connected", 60_000)
+    wait_for_xterm(page, timeout=30)
+    desktop_back = time.monotonic() - t0
+    # The gateway restarts: back by itself as well, nobody signing in.
+    t0 = time.monotonic()
+    kg.stop()
+    wait_until(lambda: page.evaluate(
+        "document.getElementById('deskgate-client').dataset.state") != "connected", 15,
+        "the kiosk to notice the gateway went")
+    kg.start()
+    wait_state(page, "connected", 60_000)
+    wait_for_xterm(page, timeout=30)
+    gateway_back = time.monotonic() - t0
+    print(f"dedicated kiosk back after a desktop restart in {desktop_back:.1f} s,"
+          f" after a gateway restart in {gateway_back:.1f} s")
+    (ARTIFACTS / "kiosk-times.txt").write_text(
+        f"desktop restart: {desktop_back:.1f} s\ngateway restart: {gateway_back:.1f} s\n")
+
+
+def test_revocation_ends_the_kiosk_at_once(kg: KioskGateway, contexts: Any) -> None:
+    code = kg.add_kiosk("Revoked screen", "--mode", "dedicated", "--desktop", LOBBY)
+    ctx = contexts()
+    page = ctx.new_page()
+    enrol(page, kg, code)
+    wait_state(page, "connected", 45_000)
+    device = {c["name"]: c["value"] for c in ctx.cookies()}
+    t0 = time.monotonic()
+    asyncio.run(_revoke_through_api(kg, "Revoked screen"))
+    ready(page, "pair", 15_000)
+    cleared = time.monotonic() - t0
+    assert "not enrolled" in (page.locator("#kiosk-error").text_content() or "")
+    shot_to(page, "kiosk-revoked.png")
+    assert post(kg.gw.base_url, "/kiosk/challenge", device, {}) == 401
+    print(f"revocation to a cleared kiosk screen: {cleared:.2f} s")
+    with open(ARTIFACTS / "kiosk-times.txt", "a") as f:
+        f.write(f"revocation to cleared screen: {cleared:.2f} s\n")
+
+
+async def _revoke_through_api(kg: KioskGateway, name: str) -> None:
+    """What the admin page's Revoke does, through the REST API with an admin token."""
+    import aiohttp
+
+    token = kg.gw.cli("token", "create", "admin", "--name", f"revoke-{time.time_ns()}")
+    secret = token.strip().splitlines()[-1].split()[-1]
+    headers = {"Authorization": f"Bearer {secret}"}
+    async with aiohttp.ClientSession(kg.gw.base_url, headers=headers) as http:
+        async with http.get("/api/v1/kiosks") as resp:
+            assert resp.status == 200, await resp.text()
+            kiosks = await resp.json()
+        items = kiosks["kiosks"] if isinstance(kiosks, dict) else kiosks
+        kiosk_id = next(k["id"] for k in items if k["name"] == name)
+        async with http.post(f"/api/v1/kiosks/{kiosk_id}/revoke") as resp:
+            assert resp.status == 200, await resp.text()
