@@ -6,8 +6,21 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.errors import WS_ACCOUNT_DISABLED, WS_IDLE, WS_SESSION_EXPIRED, WS_SIGNED_OUT
-from gateway.live import ACCOUNT_DISABLED, SIGNED_OUT, LiveSession, LiveSessions
+from gateway.errors import (
+    WS_ACCOUNT_DISABLED,
+    WS_IDLE,
+    WS_MOVED,
+    WS_SESSION_EXPIRED,
+    WS_SIGNED_OUT,
+)
+from gateway.live import (
+    ACCOUNT_DISABLED,
+    MOVED,
+    MOVED_WINDOW,
+    SIGNED_OUT,
+    LiveSession,
+    LiveSessions,
+)
 from gateway.model import RelayCounters, WebSession, WebSessionState
 from gateway.store.sqlite import SQLiteStore
 
@@ -93,3 +106,31 @@ async def test_the_keep_alive_never_moves_last_seen_back(store: SQLiteStore) -> 
     assert ws is not None and ws.last_seen == now - 1
     assert await store.get_web_sessions([]) == {}
     assert await store.disabled_or_gone_users({user.id, user.id + 1000}) == {user.id + 1000}
+
+
+async def test_roaming_moves_the_persons_connection_and_leaves_others_alone() -> None:
+    """A person's new connection to a desktop ends their older ones to it (another device or
+    another window, each told so, for good); other people, other desktops and admins'
+    watches stay; many arriving at once end each older one once."""
+    ended: dict[str, tuple[int, str]] = {}
+    lives = LiveSessions()
+
+    def add(n: int, web_session: str, user: int, desktop: int,
+            watch_of: str | None = None) -> LiveSession:
+        live = live_session(n, web_session, user, ended)
+        live.desktop_id, live.watch_of = desktop, watch_of
+        lives.add(live)
+        return live
+
+    old_device = add(1, "w-phone", 7, 3)
+    old_window = add(2, "w-laptop", 7, 3)
+    other_desktop = add(3, "w-phone", 7, 4)
+    other_person = add(4, "w-bob", 8, 3)
+    watch = add(5, "w-admin", 7, 3, watch_of="s4")
+    new = add(6, "w-laptop", 7, 3)
+    await asyncio.gather(*(lives.moved(new) for _ in range(10)))
+    assert ended == {"s1": (WS_MOVED, MOVED), "s2": (WS_MOVED, MOVED_WINDOW)}
+    assert old_device.end_final and old_window.end_final
+    assert all(x.end_reason is None for x in (other_desktop, other_person, watch, new))
+    await lives.moved(watch)  # a watch never moves anyone
+    assert set(ended) == {"s1", "s2"}
