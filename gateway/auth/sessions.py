@@ -26,8 +26,10 @@ def csrf_ok(expected: str | None, supplied: str | None) -> bool:
     """Constant-time comparison; a missing token on either side fails."""
     if not expected or not supplied:
         return False
-    # surrogatepass: a header's bytes that were not UTF-8 compare (unequal) instead of raising.
-    return hmac.compare_digest(expected.encode(), supplied.encode("utf-8", "surrogatepass"))
+    # surrogatepass: a header's or cookie's bytes that were not UTF-8 compare (unequal)
+    # instead of raising.
+    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"),
+                               supplied.encode("utf-8", "surrogatepass"))
 
 
 class WebSessions:

@@ -58,7 +58,7 @@ async def client_page(request: web.Request) -> web.StreamResponse:
     _, user = require_signed_in(request)
     desktop = await request.config_dict[ACCESS].check_access(user, _desktop_id(request),
                                                      client_ip(request))
-    return render(request, "session.html", desktop=desktop,
+    return render(request, "session.html", desktop=desktop, kiosk=None,
                   may_store_credentials=request.config_dict[SETTINGS].rdp_store_credentials)
 
 

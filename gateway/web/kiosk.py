@@ -246,16 +246,21 @@ async def signout(request: web.Request) -> web.StreamResponse:
 async def client_page(request: web.Request) -> web.StreamResponse:
     """The full-screen client on a kiosk: the desktop of the person signed in on it, or a
     dedicated kiosk's own desktop."""
+    try:
+        desktop_id = path_id(request, "desktop_id", "desktop")
+    except NotFound:
+        raise NotFound(NO_SUCH_DESKTOP) from None
+    signed_in, someone = current(request)
+    if signed_in is not None and someone is not None and (
+            signed_in.state is WebSessionState.AUTHENTICATED):
+        # Not theirs, or missing: the one answer, before anything else is looked at.
+        await request.config_dict[ACCESS].check_access(someone, desktop_id, client_ip(request))
     kiosk = await _device(request)
     if kiosk is None:
         raise web.HTTPSeeOther("/kiosk")
     ws, user = _person(request, kiosk)
     if ws is None or user is None or ws.state is not WebSessionState.AUTHENTICATED:
         raise web.HTTPSeeOther("/kiosk")
-    try:
-        desktop_id = path_id(request, "desktop_id", "desktop")
-    except NotFound:
-        raise NotFound(NO_SUCH_DESKTOP) from None
     desktop = await request.config_dict[ACCESS].check_access(user, desktop_id, client_ip(request))
     kiosks = request.config_dict[KIOSKS]
     return render(request, "session.html", desktop=desktop, kiosk=kiosk,
