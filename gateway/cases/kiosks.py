@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -269,6 +270,8 @@ class Kiosks:
         await self._end_sessions(ended, REVOKED)
         if kiosk.user_id is not None:
             await self._store.set_disabled(kiosk.user_id, True)
+            if kiosk.desktop_id is not None:
+                await self._store.unassign(kiosk.desktop_id, kiosk.user_id)
         await self._audit.record(AuditKind.KIOSK, client_ip=actor.client_ip,
                                  detail=actor.by(f"kiosk {kiosk.name!r} deleted"))
 
@@ -333,10 +336,16 @@ class Kiosks:
         self._throttle(ip)
         public_key_of(public_key)  # a malformed key is a 400, and does not spend the code
         credential, now = new_token(), self._clock()
+        # Counted as wrong before the check (and given back when right), so that a burst of
+        # concurrent tries from one address buys no more guesses than the same tries in a row.
+        tries = self._wrong_codes.setdefault(ip, [])
+        tries.append(now)
         kiosk_id = await self._store.pair_kiosk(_code_hash(typed_code), now, public_key,
                                                 token_hash(credential))
-        if kiosk_id is None:
-            self._wrong_codes.setdefault(ip, []).append(now)
+        if kiosk_id is not None:
+            with contextlib.suppress(ValueError):
+                tries.remove(now)
+        else:
             await self._audit.record(AuditKind.KIOSK_DEVICE, client_ip=ip,
                                      detail="pairing refused: wrong, used or expired code")
             raise Unauthorized("this pairing code is wrong, used or expired; ask your"
@@ -430,8 +439,12 @@ class Kiosks:
             user = await self._store.get_user(kiosk.user_id)
             if user is None or user.disabled:
                 raise Unauthorized(NOT_ENROLLED)
-            cookie, _ = await self._sessions.create(user, WebSessionState.AUTHENTICATED, ip,
-                                                    user_agent, kiosk_id=kiosk.id, device=True)
+            cookie, ws = await self._sessions.create(user, WebSessionState.AUTHENTICATED, ip,
+                                                     user_agent, kiosk_id=kiosk.id, device=True)
+            # A revocation that came meanwhile did not see this session: look again.
+            if await self.device(proven.credential) is None:
+                await self._sessions.destroy(ws)
+                raise Unauthorized(NOT_ENROLLED)
             await self._audit.record(AuditKind.KIOSK_DEVICE, user=user.name,
                                      desktop=kiosk.desktop_name or None, client_ip=ip,
                                      detail=f"kiosk {kiosk.name!r} started (dedicated)")

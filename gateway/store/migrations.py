@@ -240,8 +240,9 @@ MIGRATIONS: list[list[str]] = [
         # Kiosks: enrolled thin clients. Secrets are kept as SHA-256 (pairing code, device
         # credential and its predecessor during rotation); the device's public key (SPKI, DER,
         # base64) proves every sign-in and heartbeat.
+        # AUTOINCREMENT: a kiosk's id names its device account (kiosk:<id>), never reused.
         """CREATE TABLE kiosks (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             name TEXT NOT NULL UNIQUE,
             location TEXT NOT NULL DEFAULT '',
             mode TEXT NOT NULL,
