@@ -391,8 +391,10 @@ async def _revoke_through_api(kg: KioskGateway, name: str) -> None:
     """What the admin page's Revoke does, through the REST API with an admin token."""
     import aiohttp
 
-    token = kg.gw.cli("token", "create", "admin", "--name", f"revoke-{time.time_ns()}")
-    secret = token.strip().splitlines()[-1].split()[-1]
+    token = kg.gw.cli("token", "create", f"revoke-{time.time_ns()}", "--admin-user", "admin")
+    found = re.search(r"^Secret:\s*(\S+)", token, re.M)
+    assert found, token
+    secret = found.group(1)
     headers = {"Authorization": f"Bearer {secret}"}
     async with aiohttp.ClientSession(kg.gw.base_url, headers=headers) as http:
         async with http.get("/api/v1/kiosks") as resp:
