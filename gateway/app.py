@@ -82,6 +82,7 @@ from .store.sqlite import SQLiteStore
 from .textsafe import multiline, page_value
 from .tickets import TicketBook
 from .web import (
+    admin_kiosks,
     admin_pages,
     admin_sessions,
     admin_usage,
@@ -342,13 +343,14 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def _admin_app() -> web.Application:
-    """The admin pages, the live dashboard, the desktop VM pages and the usage page, for
+    """The admin pages, the live dashboard, the desktop VM, usage and kiosk pages, for
     signed-in admins only (its middleware)."""
     admin = web.Application(middlewares=[common.admin_only])
     admin.add_routes(admin_pages.routes)
     admin.add_routes(admin_sessions.routes)
     admin.add_routes(admin_usage.routes)
     admin.add_routes(admin_vms.routes)
+    admin.add_routes(admin_kiosks.routes)
     return admin
 
 
