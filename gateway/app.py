@@ -88,6 +88,7 @@ from .web import (
     admin_usage,
     admin_vms,
     api,
+    api_kiosks,  # noqa: F401  (its operations join api.API's table)
     api_usage,  # noqa: F401  (its operations join api.API's table)
     api_vms,  # noqa: F401  (its operations join api.API's table)
     client,
