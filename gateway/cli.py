@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cli_vms
+from . import cli_kiosks, cli_vms
 from .capacity import AcceptErrorLog, BackoffListener, raise_fd_limit
 from .cases.actor import Actor
 from .cases.catalog import Catalog, addable_providers
@@ -517,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     cli_vms.add_commands(sub)
+    cli_kiosks.add_commands(sub)
 
     p = sub.add_parser("audit", help="print the audit trail, or verify its hash chain")
     p.add_argument("audit_cmd", nargs="?", choices=("list", "verify"), default="list",

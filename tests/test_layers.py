@@ -54,7 +54,7 @@ def _offences(layer: tuple[str, ...], forbidden: tuple[str, ...],
                   if _within(imported, forbidden) and not _within(imported, allowed))
 
 
-EDGES = ("gateway.web", "gateway.cli", "gateway.cli_vms", "gateway.app")
+EDGES = ("gateway.web", "gateway.cli", "gateway.cli_vms", "gateway.cli_kiosks", "gateway.app")
 
 
 def test_the_modules_are_found() -> None:

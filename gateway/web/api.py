@@ -6,7 +6,8 @@ documents it (its schemas: gateway/web/api_schemas.py). The API is a sub-applica
 through only for an admin: deny by default.
 
 About 400 lines as one concern: a short handler per operation, each beside its declaration.
-Bundles and desktop VMs declare theirs in the same table from gateway/web/api_vms.py.
+Bundles and desktop VMs declare theirs in the same table from gateway/web/api_vms.py, kiosks
+from gateway/web/api_kiosks.py.
 """
 
 from __future__ import annotations
