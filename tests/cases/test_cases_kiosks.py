@@ -131,8 +131,6 @@ async def test_wrong_codes_are_throttled_per_address(kiosks: Kiosks, clock: Cloc
     assert (await kiosks.pair(code, DeviceKey().public, IP, UA))[0].enrolled
 
 
-@pytest.mark.xfail(reason="the throttle is checked before, and counted after, the store's"
-                          " answer: concurrent wrong codes from one address all get through")
 async def test_concurrent_wrong_codes_are_throttled_too(kiosks: Kiosks,
                                                         store: SQLiteStore) -> None:
     await kiosks.create(CLI, name="Front desk")
@@ -300,8 +298,6 @@ async def test_a_shared_kiosks_grant_dies_with_its_enrolment(kiosks: Kiosks) -> 
     assert await kiosks.redeem(second) is None
 
 
-@pytest.mark.xfail(reason="start() does not look again at the enrolment before it makes the"
-                          " device session: one made after a concurrent revoke survives it")
 async def test_concurrent_revoke_and_start_leave_no_session(kiosks: Kiosks,
                                                             store: SQLiteStore) -> None:
     desktop_id = await lobby(store)
@@ -355,9 +351,6 @@ async def test_a_dedicated_kiosk_has_its_device_account(kiosks: Kiosks,
     assert await kiosks.view_only(user)
 
 
-@pytest.mark.xfail(reason="kiosk ids are reused (INTEGER PRIMARY KEY without AUTOINCREMENT) and"
-                          " a deleted kiosk's device account keeps its desktops: the next"
-                          " dedicated kiosk with that id inherits them")
 async def test_a_new_kiosk_does_not_inherit_a_deleted_ones_desktops(
         kiosks: Kiosks, store: SQLiteStore) -> None:
     old_desktop, new_desktop = await lobby(store), await lobby(store, "Hall")
