@@ -237,6 +237,8 @@ class Kiosks:
         updated = await self._store.update_kiosk(kiosk.id, **fields)
         if updated.mode == DEDICATED:
             updated = await self._device_account(updated)
+        elif kiosk.user_id is not None:
+            await self._store.set_disabled(kiosk.user_id, True)  # until it is dedicated again
         if rules_changed:
             await self._end_sessions(await self._store.kiosk_web_sessions(kiosk.id),
                                      "this kiosk was changed by an administrator", drop=True)
@@ -313,8 +315,8 @@ class Kiosks:
             elif user.source != KIOSK_SOURCE:
                 raise Conflict(f"an account named {name!r} exists and is not this kiosk's")
             user_id = user.id
-            await self._store.set_disabled(user_id, False)
             kiosk = await self._store.update_kiosk(kiosk.id, user_id=user_id)
+        await self._store.set_disabled(user_id, False)  # off while the kiosk was shared
         if kiosk.desktop_id is not None:
             await self._store.assign(kiosk.desktop_id, user_id)
         return kiosk
@@ -340,9 +342,9 @@ class Kiosks:
         # concurrent tries from one address buys no more guesses than the same tries in a row.
         tries = self._wrong_codes.setdefault(ip, [])
         tries.append(now)
-        kiosk_id = await self._store.pair_kiosk(_code_hash(typed_code), now, public_key,
-                                                token_hash(credential))
-        if kiosk_id is not None:
+        paired = await self._store.pair_kiosk(_code_hash(typed_code), now, public_key,
+                                              token_hash(credential))
+        if paired is not None:
             with contextlib.suppress(ValueError):
                 tries.remove(now)
         else:
@@ -350,6 +352,8 @@ class Kiosks:
                                      detail="pairing refused: wrong, used or expired code")
             raise Unauthorized("this pairing code is wrong, used or expired; ask your"
                                " administrator for a new one")
+        kiosk_id, ended = paired
+        await self._end_sessions(ended, REVOKED)
         await self._store.kiosk_seen(kiosk_id, now=now, ip=ip, user_agent=user_agent[:300],
                                      person="", desktop="")
         kiosk = await self.get(kiosk_id)

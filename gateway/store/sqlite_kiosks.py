@@ -97,15 +97,21 @@ class KioskTables:
             (code_hash, expires, kiosk_id)) == 1
 
     async def pair_kiosk(self, code_hash: str, now: float, public_key: str,
-                         cred_hash: str) -> int | None:
+                         cred_hash: str) -> tuple[int, list[str]] | None:
         """Spend a pairing code that has not expired: the kiosk now holds ``public_key`` and the
-        credential, and is enrolled again if it was revoked. Its id, or None (no such code)."""
-        row = await self._one(
-            "UPDATE kiosks SET pair_code_hash = NULL, pair_expires = NULL, public_key = ?,"
-            " cred_hash = ?, prev_cred_hash = NULL, cred_rotated_at = ?, enrolled_at = ?,"
-            " revoked_at = NULL WHERE pair_code_hash = ? AND pair_expires > ? RETURNING id",
-            (public_key, cred_hash, now, now, code_hash, now))
-        return int(row[0]) if row else None
+        credential, and is enrolled again if it was revoked. Every web session of a device
+        enrolled before ends. (Its id, the ids of those web sessions), or None (no such code)."""
+        async with self._write() as db:
+            async with db.execute(
+                    "UPDATE kiosks SET pair_code_hash = NULL, pair_expires = NULL, public_key = ?,"
+                    " cred_hash = ?, prev_cred_hash = NULL, cred_rotated_at = ?, enrolled_at = ?,"
+                    " revoked_at = NULL WHERE pair_code_hash = ? AND pair_expires > ?"
+                    " RETURNING id", (public_key, cred_hash, now, now, code_hash, now)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            # A device enrolled before (this one or another) leaves nothing open behind it.
+            return int(row[0]), await self._end_kiosk_sessions(db, int(row[0]))
 
     async def kiosk_by_credential(self, cred_hash: str, now: float,
                                   grace: float) -> tuple[Kiosk, str, bool] | None:

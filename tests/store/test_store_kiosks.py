@@ -54,7 +54,7 @@ async def test_a_code_is_spent_once_by_one_of_two_stores(store: SQLiteStore,
     assert await store.pair_kiosk("code-1", NOW + 601, "key", "cred") is None  # expired
     won = await asyncio.gather(*(s.pair_kiosk("code-1", NOW, f"key{i}", f"cred{i}")
                                  for i, s in enumerate([store, second] * 10)))
-    assert [w for w in won if w is not None] == [kid]
+    assert [w[0] for w in won if w is not None] == [kid]
     kiosk = await store.get_kiosk(kid)
     assert kiosk is not None and kiosk.enrolled and kiosk.pair_expires is None
 
