@@ -29,7 +29,6 @@ SIGNED_OUT = "you were signed out"
 BROWSER_LOST = "the connection to the browser was lost"
 SHUTDOWN = "the gateway is shutting down"
 MOVED = "this desktop moved to another device"
-MOVED_WINDOW = "this desktop moved to another window"
 # What a LiveSession's listeners get once it is no longer live (never sent to a browser).
 ENDED: dict[str, Any] = {"type": "ended"}
 # Throughput figures are averages over windows at least this long (see LiveSession.rates).
@@ -146,19 +145,20 @@ class LiveSessions:
         return len(self._live)
 
     async def moved(self, live: LiveSession) -> None:
-        """Roaming: ``live`` reached its desktop, so the person's other connections to that
-        desktop end, each told where it went; they do not reconnect by themselves. An admin's
-        watch neither moves nor is moved."""
+        """Roaming: ``live`` reached its desktop, so the person's connections to that desktop
+        from other devices (other sign-ins) end, told where it went; they do not reconnect by
+        themselves. Windows of the same sign-in keep theirs. An admin's watch neither moves nor
+        is moved."""
         if live.watch_of is not None:
             return
         others = [other for other in self
                   if other is not live and other.watch_of is None and other.end_reason is None
-                  and other.user_id == live.user_id and other.desktop_id == live.desktop_id]
+                  and other.user_id == live.user_id and other.desktop_id == live.desktop_id
+                  and other.web_session_id != live.web_session_id]
         for other in others:
-            reason = MOVED_WINDOW if other.web_session_id == live.web_session_id else MOVED
             log.info("[user=%s session=%s] %s (session %s)", other.user_name, other.session_id,
-                     reason, live.session_id)
-            await other.end(WS_MOVED, reason, final=True)
+                     MOVED, live.session_id)
+            await other.end(WS_MOVED, MOVED, final=True)
 
     async def end_for_web_session(self, web_session_id: str, code: int, reason: str) -> None:
         for live in self:

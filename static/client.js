@@ -20,7 +20,7 @@
 
 import RFB from '/novnc/core/rfb.js';
 import {clearStages, watchStart} from '/static/vm_progress.js';
-import {heartbeat, holdThePage, signOut, watchIdle} from '/static/kiosk_device.js';
+import {heartbeat, holdThePage, signOut, signingOutNow, watchIdle} from '/static/kiosk_device.js';
 
 const BACKOFF_FIRST_S = 1;
 const BACKOFF_MAX_S = 8;
@@ -150,7 +150,9 @@ function hideStatus() {
 }
 
 function goToLogin() {
-    window.location.assign(kioskMode ? '/kiosk' : '/login');
+    if (!(kioskMode && signingOutNow())) { // a kiosk's sign-out navigates by itself
+        window.location.assign(kioskMode ? '/kiosk' : '/login');
+    }
     throw new Redirecting();
 }
 
@@ -294,6 +296,9 @@ function finish(text, detail = null) {
 // dedicated kiosk tries again (for ever, with backoff); a shared kiosk says why for a moment,
 // then signs its person out and clears the screen. True when handled here.
 function kioskFinish(text, detail) {
+    if (signingOutNow()) {
+        return true;
+    }
     if (KIOSK_ENDED.test(detail || '')) {
         window.location.replace('/kiosk');
         return true;

@@ -118,6 +118,12 @@ export function wipe() {
 
 let signingOut = false;
 
+// True once signOut started: the page is on its way out, nothing else may send it elsewhere
+// (the identity provider's sign-out must not be skipped).
+export function signingOutNow() {
+    return signingOut;
+}
+
 // The person leaves this kiosk: their session ends on the gateway, the page is wiped and goes
 // back to the kiosk's sign-in (through the identity provider's sign-out when there is one).
 export async function signOut(csrf) {
@@ -125,6 +131,7 @@ export async function signOut(csrf) {
         return;
     }
     signingOut = true;
+    wipe(); // at once: whatever the page does next, nothing of the person stays in it
     let next = '/kiosk';
     try {
         const resp = await postJson('/kiosk/signout', csrf);

@@ -67,11 +67,7 @@ class KioskGateway:
                  "--stop-desktops-on-exit"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                 start_new_session=True,
-                env={**os.environ, "DESKGATE_DESKTOPS_RUNTIME_DIR": str(self.runtime),
-                     "DESKGATE_KIOSKS_KIOSK_IDLE_SECONDS": str(IDLE_SECONDS),
-                     "DESKGATE_KIOSKS_KIOSK_IDLE_WARNING_SECONDS": str(WARNING_SECONDS),
-                     "DESKGATE_KIOSKS_KIOSK_HEARTBEAT_SECONDS": "2",
-                     "DESKGATE_KIOSKS_KIOSK_PAIRING_MINUTES": "0.5"})
+                env={**os.environ, "DESKGATE_DESKTOPS_RUNTIME_DIR": str(self.runtime)})
         proc = self.proc
         wait_until(lambda: healthy(self.gw.base_url) or proc.poll() is not None, 30,
                    "GET /healthz")
@@ -109,6 +105,11 @@ def kg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KioskGateway]:
                   "--no-demo")
     m = re.search(r"^Password:\s*(\S+)\s*$", out, re.M)
     assert m, out
+    # Short kiosk times, for the gateway and the command line alike (pairing codes last 30 s).
+    with open(data / "deskgate.toml", "a") as config:
+        config.write(f"\n[kiosks]\nkiosk_idle_seconds = {IDLE_SECONDS}\n"
+                     f"kiosk_idle_warning_seconds = {WARNING_SECONDS}\n"
+                     "kiosk_heartbeat_seconds = 2\nkiosk_pairing_minutes = 0.5\n")
     gw = Gateway(base_url=base, data_dir=data, config=data / "deskgate.toml",
                  log_path=data / "serve.log", admin=Account("admin", m.group(1)), accounts={},
                  desktop_ids={}, pid=0)
@@ -236,7 +237,9 @@ def test_shared_kiosk_sign_in_idle_warning_and_wipe(kg: KioskGateway, contexts: 
     ctx = contexts()
     page = ctx.new_page()
     enrol(page, kg, code)
+    ready(page, "signin")
     device = {c["value"] for c in ctx.cookies() if c["name"] == "deskgate_device"}
+    assert len(device) == 1
     kiosk_sign_in(page, kg, kg.gw.accounts["kim"])
     assert "deskgate_session" in cookie_names(ctx)
     page.click(f".desktop-connect[data-desktop-id='{kg.gw.desktop_ids[DESKTOP]}']")
@@ -373,6 +376,7 @@ def test_revocation_ends_the_kiosk_at_once(kg: KioskGateway, contexts: Any) -> N
     ctx = contexts()
     page = ctx.new_page()
     enrol(page, kg, code)
+    page.wait_for_url(re.compile(r"/kiosk/desktops/\d+$"), timeout=20_000)
     wait_state(page, "connected", 45_000)
     device = {c["name"]: c["value"] for c in ctx.cookies()}
     t0 = time.monotonic()
