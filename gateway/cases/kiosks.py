@@ -1,5 +1,9 @@
 """Kiosks: thin clients enrolled as devices, and what they may do.
 
+Over 400 lines as one room: a kiosk's life from both sides, the admin's (create, re-pair,
+change, revoke) and the device's (pair, prove, start, heartbeat), which share its secrets and
+the sessions a revocation must end.
+
 An admin creates a kiosk and gets a one-time pairing code. The thin client opens ``/kiosk``,
 types the code, and registers the public half of a key pair its browser made (WebCrypto,
 non-extractable, kept in IndexedDB). It gets a device credential (a cookie) bound to the kiosk
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -34,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from ..audit import Audit, AuditKind
+from ..auth.guard import AddressWindow
 from ..auth.sessions import WebSessions
 from ..config import Settings
 from ..crypto import new_token, token_hash
@@ -155,7 +159,9 @@ class Kiosks:
         self._sessions = sessions
         self.settings = settings
         self._clock = clock
-        self._wrong_codes: dict[str, list[float]] = {}
+        # Wrong pairing codes per address (a sliding window kept in the database), never waiting.
+        self._throttle = AddressWindow(store, "kiosk-pairing", WRONG_CODES_PER_ADDRESS,
+                                       WRONG_CODES_WINDOW, clock, wait=0.0)
 
     # ---- the admin's side ---------------------------------------------------------------------
     async def fleet(self) -> list[tuple[Kiosk, bool]]:
@@ -335,19 +341,24 @@ class Kiosks:
                    user_agent: str) -> tuple[Kiosk, str]:
         """Spend a pairing code: the device's key is registered and it gets its credential.
         A wrong or expired code is Unauthorized; too many wrong ones from one address, 429."""
-        self._throttle(ip)
         public_key_of(public_key)  # a malformed key is a 400, and does not spend the code
+        # Counted as wrong before the check (in the database, so across gateway processes too)
+        # and given back when right: a burst of concurrent tries from one address buys no more
+        # guesses than the same tries one after another.
+        slot = await self._throttle.take(ip)
+        if slot is None:
+            raise TooManyRequests("too many wrong pairing codes from this address; wait a few"
+                                  " minutes")
         credential, now = new_token(), self._clock()
-        # Counted as wrong before the check (and given back when right), so that a burst of
-        # concurrent tries from one address buys no more guesses than the same tries in a row.
-        tries = self._wrong_codes.setdefault(ip, [])
-        tries.append(now)
-        paired = await self._store.pair_kiosk(_code_hash(typed_code), now, public_key,
-                                              token_hash(credential))
-        if paired is not None:
-            with contextlib.suppress(ValueError):
-                tries.remove(now)
-        else:
+        paired = None
+        try:
+            paired = await self._store.pair_kiosk(_code_hash(typed_code), now, public_key,
+                                                  token_hash(credential))
+            if paired is not None:
+                await self._throttle.give_back(slot)
+        finally:
+            self._throttle.settled(ip, gave_back=paired is not None)
+        if paired is None:
             await self._audit.record(AuditKind.KIOSK_DEVICE, client_ip=ip,
                                      detail="pairing refused: wrong, used or expired code")
             raise Unauthorized("this pairing code is wrong, used or expired; ask your"
@@ -360,20 +371,6 @@ class Kiosks:
         await self._audit.record(AuditKind.KIOSK_DEVICE, client_ip=ip,
                                  detail=f"kiosk {kiosk.name!r} enrolled")
         return kiosk, credential
-
-    def _throttle(self, ip: str) -> None:
-        now = self._clock()
-        recent = [t for t in self._wrong_codes.get(ip, []) if now - t < WRONG_CODES_WINDOW]
-        if recent:
-            self._wrong_codes[ip] = recent
-        else:
-            self._wrong_codes.pop(ip, None)
-        if len(self._wrong_codes) > 10000:  # bounded: forget the oldest addresses
-            for old in list(self._wrong_codes)[:5000]:
-                del self._wrong_codes[old]
-        if len(recent) >= WRONG_CODES_PER_ADDRESS:
-            raise TooManyRequests("too many wrong pairing codes from this address; wait a few"
-                                  " minutes")
 
     async def device(self, credential: str | None) -> Kiosk | None:
         """The enrolled kiosk a credential belongs to (no proof: for showing the right page)."""
