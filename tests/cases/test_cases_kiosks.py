@@ -139,6 +139,22 @@ async def test_concurrent_wrong_codes_are_throttled_too(kiosks: Kiosks,
     assert sum(isinstance(e, TooManyRequests) for e in failed) >= 2 * WRONG_CODES_PER_ADDRESS
 
 
+async def test_wrong_codes_are_counted_across_gateway_processes(
+        settings: Settings, kiosks: Kiosks, clock: Clock) -> None:
+    """Two gateways on one database: their wrong codes from one address add up."""
+    other_store = SQLiteStore(settings.database_path)
+    await other_store.open()
+    try:
+        other = make_kiosks(settings, other_store, clock)
+        _, failed = await outcomes(
+            [(kiosks if i % 2 else other).pair("WRNG-CODE", DeviceKey().public, IP, UA)
+             for i in range(2 * WRONG_CODES_PER_ADDRESS)])
+        assert sum(isinstance(e, Unauthorized) for e in failed) == WRONG_CODES_PER_ADDRESS
+        assert sum(isinstance(e, TooManyRequests) for e in failed) == WRONG_CODES_PER_ADDRESS
+    finally:
+        await other_store.close()
+
+
 async def test_one_of_many_concurrent_pairings_wins(kiosks: Kiosks) -> None:
     kiosk, code = await kiosks.create(CLI, name="Front desk")
     keys = [DeviceKey() for _ in range(20)]
