@@ -39,7 +39,8 @@ routes = web.RouteTableDef()
 DEVICE_COOKIE = "deskgate_device"
 GRANT_COOKIE = "deskgate_kiosk_grant"
 DEVICE_COOKIE_DAYS = 400  # browsers keep a cookie at most this long; the credential rotates
-SIGNED_OUT_PERSON = "signed out on the kiosk"
+# What the start page may say after a redirect (fixed texts: a link cannot make it say more).
+START_ERRORS = {"grant": "Sign-in took too long on this screen; try again."}
 
 
 def set_device_cookie(request: web.Request, response: web.StreamResponse, credential: str) -> None:
@@ -100,7 +101,7 @@ async def kiosk_page(request: web.Request) -> web.StreamResponse:
             raise web.HTTPSeeOther(f"/kiosk/desktops/{kiosk.desktop_id}")
         desktops = [d for d, _ in await request.config_dict[ACCESS].desktops_for(user)]
         return _page(request, "desktops", kiosk=kiosk, person=user, desktops=desktops)
-    return _page(request, "start", kiosk=kiosk, error=request.query.get("error", "")[:200] or None)
+    return _page(request, "start", kiosk=kiosk, error=START_ERRORS.get(request.query.get("error", "")))
 
 
 @routes.post("/kiosk/pair")
@@ -113,15 +114,11 @@ async def pair(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "send the pairing code and the device's key"},
                                  status=400)
     kiosk, credential = await request.config_dict[KIOSKS].pair(
-        code, key, client_ip(request), _agent(request))
+        code, key, client_ip(request), user_agent(request))
     response = web.json_response({"kiosk": kiosk.name, "mode": kiosk.mode})
     set_device_cookie(request, response, credential)
     clear_session_cookie(response)  # whoever was signed in in this browser is not any more
     return response
-
-
-def _agent(request: web.Request) -> str:
-    return user_agent(request)
 
 
 @routes.post("/kiosk/challenge")
@@ -139,7 +136,7 @@ async def _prove(request: web.Request) -> tuple[Proven, dict[str, Any]]:
         raise Unauthorized("this device could not prove it holds its key")
     proven = await request.config_dict[KIOSKS].prove(
         request.cookies.get(DEVICE_COOKIE), challenge_text, signature, client_ip(request),
-        _agent(request))
+        user_agent(request))
     return proven, body
 
 
@@ -155,7 +152,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     """A proven device begins: a dedicated kiosk gets its session and goes to its desktop; a
     shared one gets a sign-in grant and shows the sign-in screen."""
     proven, _ = await _prove(request)
-    started = await request.config_dict[KIOSKS].start(proven, client_ip(request), _agent(request))
+    started = await request.config_dict[KIOSKS].start(proven, client_ip(request), user_agent(request))
     kiosk = started.kiosk
     if started.session_cookie is not None:
         response = _answer(request, proven, {"mode": kiosk.mode,
@@ -185,7 +182,7 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
                       if live.web_session_id == ws.id and live.watch_of is None), None)
         desktop = shown.desktop_name if shown is not None else ""
     await request.config_dict[KIOSKS].heartbeat(proven, ip=client_ip(request),
-                                                user_agent=_agent(request), person=person,
+                                                user_agent=user_agent(request), person=person,
                                                 desktop=desktop)
     return _answer(request, proven, {"mode": proven.kiosk.mode, "signed_in": ws is not None})
 
@@ -197,7 +194,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     kiosks = request.config_dict[KIOSKS]
     kiosk = await kiosks.redeem(kiosk_grant(request))
     if kiosk is None:
-        response = redirect("/kiosk?error=" + "Sign-in took too long; try again.".replace(" ", "+"))
+        response = redirect("/kiosk?error=grant")
         clear_grant(response)
         return response
     if not request.config_dict[SETTINGS].local_accounts:
@@ -206,7 +203,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     try:
         cookie, _, _ = await request.config_dict[SIGNIN].sign_in_password(
             form.get("username", "")[:200], form.get("password", "")[:1000], client_ip(request),
-            _agent(request), kiosk=kiosk)
+            user_agent(request), kiosk=kiosk)
     except GatewayError as exc:
         response = _page(request, "start", kiosk=kiosk, http_status=exc.http_status,
                          error=exc.reason)
