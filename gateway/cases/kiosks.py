@@ -440,6 +440,10 @@ class Kiosks:
             user = await self._store.get_user(kiosk.user_id)
             if user is None or user.disabled:
                 raise Unauthorized(NOT_ENROLLED)
+            # The kiosk starting again (its page reloaded): its earlier sessions, which have no
+            # idle or lifetime end, go, so that they cannot pile up.
+            await self._end_sessions(await self._store.kiosk_web_sessions(kiosk.id),
+                                     "this kiosk started again", drop=True)
             cookie, ws = await self._sessions.create(user, WebSessionState.AUTHENTICATED, ip,
                                                      user_agent, kiosk_id=kiosk.id, device=True)
             # A revocation that came meanwhile did not see this session: look again.

@@ -209,3 +209,8 @@ async def test_a_dedicated_kiosk_gets_its_own_session_and_desktop(client: Client
     assert ws.device and ws.kiosk_id == kiosk_id
     sessions = client.server.app[KIOSKS]._sessions  # noqa: SLF001 - the expiry rule itself
     assert sessions.expiry(ws, time.time() + 400 * 86400) is None  # no idle, no lifetime end
+    # Started again: one session still, the new one.
+    device.csrf = csrf_of(page)
+    assert (await device.proven("/kiosk/start")).status == 200
+    [again] = await store.kiosk_web_sessions(kiosk_id)
+    assert again != ws_id
