@@ -44,6 +44,10 @@ def _login_page(request: web.Request, *, http_status: int = 200,
 @routes.post("/login")
 async def login_submit(request: web.Request) -> web.StreamResponse:
     form = await check_form_csrf(request)
+    if DEVICE_COOKIE in request.cookies:
+        # An enrolled kiosk signs people in through its own screen (POST /kiosk/login), so
+        # that their session is bound to it and ends when they leave.
+        raise web.HTTPSeeOther("/kiosk")
     if not request.config_dict[SETTINGS].local_accounts:
         return _login_page(request, http_status=403, error="local accounts are turned off here")
     username = form.get("username", "")[:200]

@@ -9,7 +9,7 @@ from ..errors import GatewayError
 from ..keys import KIOSKS, SETTINGS, SSO
 from ..model import WebSessionState
 from .common import client_ip, current, redirect, render, set_session_cookie, user_agent
-from .kiosk import clear_grant, kiosk_grant
+from .kiosk import DEVICE_COOKIE, clear_grant, kiosk_grant
 
 routes = web.RouteTableDef()
 
@@ -31,6 +31,10 @@ async def start(request: web.Request) -> web.StreamResponse:
     ws, _ = current(request)
     if ws is not None and ws.state is WebSessionState.AUTHENTICATED:
         raise web.HTTPSeeOther("/")
+    if DEVICE_COOKIE in request.cookies and not kiosk_grant(request):
+        # On an enrolled kiosk, only from its sign-in screen (which holds a fresh grant): the
+        # session must be bound to the kiosk.
+        raise web.HTTPSeeOther("/kiosk")
     browser = new_token()
     try:
         url = await request.config_dict[SSO].begin(request.match_info["provider_id"][:32], browser,

@@ -101,6 +101,9 @@ async def test_pair_start_sign_in_and_sign_out_on_a_shared_kiosk(client: Client)
     assert len(sessions) == 1
     resp = await client.get("/", allow_redirects=False)  # a kiosk keeps to its own pages
     assert resp.headers["Location"] == "/kiosk"
+    for path in ("/login", "/login/oidc/any"):  # not around the kiosk's own sign-in either
+        resp = await client.get(path, allow_redirects=False)
+        assert resp.status == 303 and resp.headers["Location"] in ("/kiosk", "/"), path
     page = await device.page()
     assert "Hello, alice" in page and 'id="kiosk-signout"' in page
     # Sign out: the session ends, every cookie but the device's goes.
@@ -111,6 +114,14 @@ async def test_pair_start_sign_in_and_sign_out_on_a_shared_kiosk(client: Client)
     assert not cookie(client, "deskgate_session") and not cookie(client, GRANT_COOKIE)
     audit = [e.detail for e in await store.list_audit(limit=50)]
     assert "password on kiosk 'Front desk'" in audit
+    # The ordinary sign-in cannot be used on an enrolled kiosk: no session unbound to it.
+    page = await device.page()
+    resp = await client.post("/login", allow_redirects=False, data={
+        "username": "alice", "password": PASSWORD, "_csrf": csrf_of(page)})
+    assert resp.status == 303 and resp.headers["Location"] == "/kiosk"
+    resp = await client.get("/login/oidc/any", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/kiosk"
+    assert not cookie(client, "deskgate_session")
 
 
 async def test_a_grant_is_spent_once(client: Client) -> None:
