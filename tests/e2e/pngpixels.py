@@ -69,3 +69,13 @@ def bounding_box(img: Image, pred: Callable[[Pixel], bool], box: Box | None = No
         return None
     xs, ys = [x for x, _ in hits], [y for _, y in hits]
     return min(xs), min(ys), max(xs) + step, max(ys) + step
+
+
+def near(colour: Pixel, slack: int = 16) -> Callable[[Pixel], bool]:
+    return lambda p: all(abs(a - b) <= slack for a, b in zip(p, colour, strict=True))
+
+
+def is_ansi_magenta(p: Pixel) -> bool:
+    """xterm's ANSI magenta background (205, 0, 205)."""
+    r, g, b = p
+    return r > 170 and b > 170 and g < 60

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,12 @@ from e2e_support import (
     free_port,
     healthy,
     run_cli,
+    shot,
+    shot_to,
     stop_pid,
     wait_until,
 )
+from pngpixels import count, is_white
 from rdp_servers import RdpServer, free_display, pid_alive, pids_of_uid
 
 GRACE_SECONDS = 2.0
@@ -208,3 +212,31 @@ def type_with_shift(page: Any, text: str, delay_ms: float = 15) -> None:
             page.keyboard.up("Shift")
         if delay_ms:
             page.wait_for_timeout(delay_ms)
+
+
+def connect_posts(page: Any) -> list[float]:
+    """Times of every POST .../connect the page makes (a retry loop shows up here)."""
+    posts: list[float] = []
+    page.on("request", lambda r: posts.append(time.monotonic())
+            if r.method == "POST" and r.url.endswith("/connect") else None)  # fmt: skip
+    return posts
+
+
+def wait_keys_arrive(page: Any, area: tuple[int, int, int, int], timeout: float = 20) -> None:
+    """A fresh xrdp session drops the first keys for a moment after its xterm shows: type a
+    harmless '#' until white text grows in the xterm, then erase the line (Ctrl+U)."""
+    def white() -> int:
+        return count(shot(page), is_white, area, step=2)
+
+    before = white()
+    deadline = time.monotonic() + timeout
+    while True:
+        page.keyboard.type("#")
+        try:
+            wait_until(lambda: white() > before, 1.5, "typed text", 0.2)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                shot_to(page, "failed-rdp-keys.png")
+                raise AssertionError(f"no typed key reached the remote xterm in {timeout} s") from None
+    page.keyboard.press("Control+U")

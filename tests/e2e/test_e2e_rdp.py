@@ -22,17 +22,19 @@ from typing import Any
 import pytest
 import rdp_servers
 from e2e_support import Watched, screen_box, shot, shot_to, sign_in, wait_for_colour, wait_state, wait_until
-from pngpixels import Pixel, count, is_ansi_blue, is_white
+from pngpixels import Pixel, count, is_ansi_blue, is_ansi_magenta, is_white, near
 from rdp_e2e_support import (
     GRACE_SECONDS,
     LOGON_TIMEOUT_SECONDS,
     RdpGateway,
     bridge_displays,
     bridge_processes,
+    connect_posts,
     ps_args,
     rdp_gateway,
     remote_display_env,
     type_with_shift,
+    wait_keys_arrive,
     x_tool,
 )
 from rdp_servers import RdpServer, free_port, needs_rdp
@@ -47,10 +49,6 @@ pytestmark = [pytest.mark.e2e, needs_rdp, pytest.mark.timeout(240)]
 FAILURE_WITHIN = 10.0  # "a clear message within a few seconds" (measured: about 0.5-3 s)
 # Every RDP password used in this module: none may show up in the gateway's log.
 PASSWORDS: list[str] = []
-
-
-def near(colour: Pixel, slack: int = 16) -> Callable[[Pixel], bool]:
-    return lambda p: all(abs(a - b) <= slack for a, b in zip(p, colour, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -107,34 +105,6 @@ def assert_not_received(w: Watched, secret: str) -> None:
     assert w.ws_frames, "no websocket frames were recorded"
     for frame in w.ws_frames:
         assert needle not in frame, "the RDP password appears in a websocket frame"
-
-
-def connect_posts(page: Any) -> list[float]:
-    """Times of every POST .../connect the page makes (a retry loop shows up here)."""
-    posts: list[float] = []
-    page.on("request", lambda r: posts.append(time.monotonic())
-            if r.method == "POST" and r.url.endswith("/connect") else None)  # fmt: skip
-    return posts
-
-
-def wait_keys_arrive(page: Any, area: tuple[int, int, int, int], timeout: float = 20) -> None:
-    """A fresh xrdp session drops the first keys for a moment after its xterm shows: type a
-    harmless '#' until white text grows in the xterm, then erase the line (Ctrl+U)."""
-    def white() -> int:
-        return count(shot(page), is_white, area, step=2)
-
-    before = white()
-    deadline = time.monotonic() + timeout
-    while True:
-        page.keyboard.type("#")
-        try:
-            wait_until(lambda: white() > before, 1.5, "typed text", 0.2)
-            break
-        except AssertionError:
-            if time.monotonic() > deadline:
-                shot_to(page, "failed-rdp-keys.png")
-                raise AssertionError(f"no typed key reached the remote xterm in {timeout} s") from None
-    page.keyboard.press("Control+U")
 
 
 # -- 1. xrdp (Xvnc sessions, TLS, pinned certificate) -------------------------------------------
@@ -649,12 +619,6 @@ def test_xrdp_over_tls_per_user_wrong_password_is_forgotten_and_asked_again(
 # -- 3c. a reload resumes the same bridge; the wheel reaches the remote desktop --------------------
 
 RESUME_GRACE_SECONDS = 15.0  # room for a page reload (the module's gateway has 2 s)
-
-
-def is_ansi_magenta(p: Pixel) -> bool:
-    """xterm's ANSI magenta background (205, 0, 205)."""
-    r, g, b = p
-    return r > 170 and b > 170 and g < 60
 
 
 def is_ansi_red(p: Pixel) -> bool:

@@ -21,21 +21,22 @@ from e2e_support import (
     Account,
     Watched,
     screen_box,
-    shot,
     shot_to,
     sign_in,
     wait_for_colour,
     wait_state,
     wait_until,
 )
-from pngpixels import Pixel, count, is_ansi_blue, is_white
+from pngpixels import is_ansi_blue, is_ansi_magenta, near
 from rdp_e2e_support import (
     GRACE_SECONDS,
     RdpGateway,
     bridge_processes,
+    connect_posts,
     rdp_gateway,
     remote_display_env,
     type_with_shift,
+    wait_keys_arrive,
     x_tool,
 )
 from rdp_servers import RdpServer, needs_rdp
@@ -55,16 +56,6 @@ def rdpgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RdpGateway]:
         yield g
 
 
-def near(colour: Pixel, slack: int = 16) -> Callable[[Pixel], bool]:
-    return lambda p: all(abs(a - b) <= slack for a, b in zip(p, colour, strict=True))
-
-
-def is_ansi_magenta(p: Pixel) -> bool:
-    """xterm's ANSI magenta background (205, 0, 205)."""
-    r, g, b = p
-    return r > 170 and b > 170 and g < 60
-
-
 def sign_in_again(page: Any, rdpgw: RdpGateway, account: Account) -> None:
     """A second sign-in of an enrolled account, with a recovery code (the TOTP code of the
     first sign-in cannot be used again within its 30 s)."""
@@ -81,34 +72,6 @@ def sign_in_again(page: Any, rdpgw: RdpGateway, account: Account) -> None:
 def state_of(page: Any) -> str:
     state: str = page.evaluate("() => document.getElementById('deskgate-client').dataset.state")
     return state
-
-
-def connect_posts(page: Any) -> list[float]:
-    """Times of every POST .../connect the page makes (a reconnect shows up here)."""
-    posts: list[float] = []
-    page.on("request", lambda r: posts.append(time.monotonic())
-            if r.method == "POST" and r.url.endswith("/connect") else None)  # fmt: skip
-    return posts
-
-
-def wait_keys_arrive(page: Any, area: tuple[int, int, int, int], timeout: float = 20) -> None:
-    """A fresh xrdp session drops the first keys for a moment after its xterm shows: type a
-    harmless '#' until white text grows in the xterm, then erase the line (Ctrl+U)."""
-    def white() -> int:
-        return count(shot(page), is_white, area, step=2)
-
-    before = white()
-    deadline = time.monotonic() + timeout
-    while True:
-        page.keyboard.type("#")
-        try:
-            wait_until(lambda: white() > before, 1.5, "typed text", 0.2)
-            break
-        except AssertionError:
-            if time.monotonic() > deadline:
-                shot_to(page, "failed-rdp-roaming-keys.png")
-                raise AssertionError(f"no typed key reached the remote xterm in {timeout} s") from None
-    page.keyboard.press("Control+U")
 
 
 def remote_titles(remote: dict[str, str]) -> list[str]:
