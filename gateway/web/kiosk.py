@@ -44,7 +44,10 @@ START_ERRORS = {"grant": "Sign-in took too long on this screen; try again."}
 
 
 def set_device_cookie(request: web.Request, response: web.StreamResponse, credential: str) -> None:
-    response.set_cookie(DEVICE_COOKIE, credential, httponly=True, samesite="Strict",
+    # Lax, not Strict: the identity provider's sign-out (on another site) sends the kiosk back
+    # to /login, which must see this cookie to show the kiosk's sign-in screen rather than the
+    # ordinary sign-in page. The cookie opens nothing by itself (every use is a signed POST).
+    response.set_cookie(DEVICE_COOKIE, credential, httponly=True, samesite="Lax",
                         secure=request.config_dict[SETTINGS].cookie_secure, path="/",
                         max_age=DEVICE_COOKIE_DAYS * 86400)
 

@@ -87,11 +87,15 @@ def user_claims(sub: str, groups: list[str], **extra: Any) -> dict[str, Any]:
     return {"sub": sub, "preferred_username": sub, "email": f"{sub}@example.org", "groups": groups, **extra}
 
 
-def start_mock_idp(workdir: Path, users: list[dict[str, Any]]) -> MockIdP:
+def start_mock_idp(workdir: Path, users: list[dict[str, Any]], *,
+                   public_host: str = "127.0.0.1") -> MockIdP:
+    """The provider listens on 127.0.0.1; ``public_host`` is the name it is reached by (and its
+    issuer's): ``localhost`` puts it on another site than a gateway at 127.0.0.1, as an
+    organisation's identity provider usually is (SameSite cookies then behave as in production)."""
     if not OIDC_MOCK.exists():
         pytest.skip(f"{OIDC_MOCK} is missing: run `make oidc-mock`")
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{public_host}:{port}"
     args = [str(OIDC_MOCK), "--host", "127.0.0.1", "--port", str(port)]
     for claims in users:
         args += ["--user-claims", json.dumps(claims)]
