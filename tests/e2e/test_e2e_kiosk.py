@@ -1,6 +1,7 @@
 """Kiosks in Chromium against a real `deskgate serve` and real Xvnc desktops: enrolment with a
 pairing code, a shared kiosk's sign-in, idle warning and wipe, a copied device cookie, roaming
-between two browsers, a dedicated kiosk through desktop and gateway restarts, and revocation."""
+between two browsers, a dedicated kiosk through desktop and gateway restarts, the admin's fleet
+page, revocation from that page, and a view-only dedicated kiosk."""
 
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ from e2e_support import (
     healthy,
     private_runtime_dir,
     run_cli,
+    screen_box,
+    shot,
     shot_to,
+    sign_in,
     stop_pid,
     type_into_xterm,
     wait_for_colour,
@@ -38,7 +42,7 @@ from e2e_support import (
     wait_state,
     wait_until,
 )
-from pngpixels import is_ansi_blue
+from pngpixels import count, is_ansi_blue
 
 from gateway.xdisplay.numbers import xvnc_serving
 
@@ -46,6 +50,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 DESKTOP = "Kiosk desktop"
 LOBBY = "Lobby desktop"
+WALL = "Wall desktop"  # the view-only kiosk's alone, so typing there cannot reach another test
+DESKTOPS = (DESKTOP, LOBBY, WALL)
 IDLE_SECONDS = 24
 WARNING_SECONDS = 12
 CODE_RE = re.compile(r"\b([A-Z2-9]{4}-[A-Z2-9]{4})\b")
@@ -112,17 +118,18 @@ def kg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KioskGateway]:
     gw = Gateway(base_url=base, data_dir=data, config=data / "deskgate.toml",
                  log_path=data / "serve.log", admin=Account("admin", m.group(1)), accounts={},
                  desktop_ids={}, pid=0)
-    for name in ("kim", "lee"):
+    for name in ("kim", "lee", "pat"):
         password = f"{name}-Pw-{os.urandom(4).hex()}"
         gw.cli("user", "add", name, "--password-stdin", stdin=password + "\n")
         gw.accounts[name] = Account(name, password)
-    for desktop in (DESKTOP, LOBBY):
+    for desktop in DESKTOPS:
         added = gw.cli("desktop", "add", desktop, "--provider", "local")
         found = re.search(r"^Desktop\s+(\S+)\s", added, re.M)
         assert found, added
         gw.desktop_ids[desktop] = found.group(1)
     gw.cli("assign", DESKTOP, "kim")
     gw.cli("assign", DESKTOP, "lee")
+    gw.cli("assign", DESKTOP, "pat")
     k = KioskGateway(gw, private_runtime_dir())
     k.start()
     try:
@@ -130,7 +137,7 @@ def kg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KioskGateway]:
     finally:
         if k.proc is not None:
             stop_pid(k.proc)
-        for desktop in (DESKTOP, LOBBY):
+        for desktop in DESKTOPS:
             for pid in k.xvnc_pids(desktop):
                 os.killpg(pid, signal.SIGKILL)
         print(f"\n--- deskgate serve log (tail) ---\n{gw.log_tail()}")
@@ -149,6 +156,47 @@ def contexts(browser: Any) -> Iterator[Any]:
     yield make
     for ctx in made:
         ctx.close()
+
+
+@pytest.fixture(scope="module")
+def admin_state(kg: KioskGateway, browser: Any) -> dict[str, Any]:
+    """The module gateway's admin, signed in once through /login (password, then TOTP enrolment):
+    a TOTP code is good once in its 30 s, so the tests share this browser state."""
+    ctx = browser.new_context(viewport=VIEWPORT)
+    try:
+        sign_in(ctx.new_page(), kg.gw, kg.gw.admin)
+        state: dict[str, Any] = ctx.storage_state()
+        return state
+    finally:
+        ctx.close()
+
+
+def fleet_page(kg: KioskGateway, contexts: Any, admin_state: dict[str, Any]) -> Any:
+    page = contexts(storage_state=admin_state).new_page()
+    page.goto(kg.gw.base_url + "/admin/kiosks")
+    page.locator("#kiosks-table").wait_for()
+    return page
+
+
+def fleet_id(page: Any, name: str) -> str:
+    """The id of the kiosk named ``name`` on the fleet page."""
+    row = page.locator("tr[data-kiosk-part='row']",
+                       has=page.locator("td[data-col='name']", has_text=re.compile(
+                           f"^{re.escape(name)}$")))
+    kiosk_id = row.get_attribute("data-kiosk-id")
+    assert kiosk_id, f"no row for kiosk {name!r}"
+    return str(kiosk_id)
+
+
+def fleet_shows(page: Any, kiosk_id: str, part: str, value: str, timeout_ms: int = 15_000) -> None:
+    """Waits until the fleet page's ``part`` of the kiosk shows ``value`` (the state part: its
+    data-state; the others: their text), as the page's event stream updates it."""
+    page.wait_for_function(
+        """([id, part, value]) => {
+            const el = document.querySelector(
+                `[data-kiosk-id="${id}"][data-kiosk-part="${part}"]`);
+            return !!el && (part === 'state' ? el.dataset.state : el.textContent.trim()) === value;
+        }""", arg=[kiosk_id, part, value], timeout=timeout_ms)
 
 
 def ready(page: Any, what: str, timeout_ms: int = 20_000) -> None:
@@ -370,7 +418,41 @@ def test_dedicated_kiosk_comes_back_after_desktop_and_gateway_restarts(
         f"desktop restart: {desktop_back:.1f} s\ngateway restart: {gateway_back:.1f} s\n")
 
 
-def test_revocation_ends_the_kiosk_at_once(kg: KioskGateway, contexts: Any) -> None:
+def test_fleet_page_shows_each_kiosk_live(kg: KioskGateway, contexts: Any,
+                                          admin_state: dict[str, Any]) -> None:
+    lobby = contexts().new_page()
+    enrol(lobby, kg, kg.add_kiosk("Lobby display", "--mode", "dedicated", "--desktop", LOBBY))
+    lobby.wait_for_url(re.compile(r"/kiosk/desktops/\d+$"), timeout=20_000)
+    wait_state(lobby, "connected", 45_000)
+    person = contexts().new_page()
+    enrol(person, kg, kg.add_kiosk("Hot desk 3", "--location", "Hall B"))
+    kiosk_sign_in(person, kg, kg.gw.accounts["pat"])
+    person.click(f".desktop-connect[data-desktop-id='{kg.gw.desktop_ids[DESKTOP]}']")
+    wait_state(person, "connected", 45_000)
+    person.mouse.move(20, 300)  # input: the idle countdown starts over
+    page = fleet_page(kg, contexts, admin_state)
+    shared, dedicated = fleet_id(page, "Hot desk 3"), fleet_id(page, "Lobby display")
+    for kiosk_id, who, desktop in ((shared, "pat", DESKTOP), (dedicated, "", LOBBY)):
+        fleet_shows(page, kiosk_id, "state", "online")
+        fleet_shows(page, kiosk_id, "current_user", who)
+        fleet_shows(page, kiosk_id, "current_desktop", desktop)
+    row = page.locator(f"#kiosk-{shared}")
+    assert row.locator("[data-col='location']").text_content() == "Hall B"
+    assert row.locator("[data-col='mode']").text_content() == "shared"
+    assert page.locator(f"#kiosk-{dedicated} [data-col='input']").text_content() == "allowed"
+    page.locator("#kiosk-stream-state").wait_for(state="visible")
+    assert page.locator("#kiosk-stream-state").text_content() == "live"
+    shot_to(page, "kiosk-fleet.png")
+    # The person signs out on the kiosk: the page says nobody is on it, live.
+    person.click("#kiosk-menu-toggle")
+    person.click("#kiosk-signout")
+    ready(person, "signin")
+    fleet_shows(page, shared, "current_user", "")
+    fleet_shows(page, shared, "state", "online")
+
+
+def test_revocation_from_the_fleet_page_ends_the_kiosk_at_once(
+        kg: KioskGateway, contexts: Any, admin_state: dict[str, Any]) -> None:
     code = kg.add_kiosk("Revoked screen", "--mode", "dedicated", "--desktop", LOBBY)
     ctx = contexts()
     page = ctx.new_page()
@@ -378,31 +460,59 @@ def test_revocation_ends_the_kiosk_at_once(kg: KioskGateway, contexts: Any) -> N
     page.wait_for_url(re.compile(r"/kiosk/desktops/\d+$"), timeout=20_000)
     wait_state(page, "connected", 45_000)
     device = {c["name"]: c["value"] for c in ctx.cookies()}
+    admin = fleet_page(kg, contexts, admin_state)
+    kiosk_id = fleet_id(admin, "Revoked screen")
+    fleet_shows(admin, kiosk_id, "state", "online")
+    admin.locator(f"#kiosk-confirm-{kiosk_id} > summary").click()
+    # The wrong name: refused, nothing revoked.
+    admin.fill(f"#confirm-revoke-{kiosk_id}", "Revoked")
+    admin.click(f"#kiosk-confirm-{kiosk_id} [data-kiosk-action='revoke']")
+    admin.locator(".error", has_text="type its name").wait_for()
+    assert page.evaluate("document.getElementById('deskgate-client').dataset.state") == \
+        "connected"
+    admin.fill(f"#confirm-revoke-{kiosk_id}", "Revoked screen")
     t0 = time.monotonic()
-    _revoke_through_api(kg, "Revoked screen")
+    admin.click(f"#kiosk-confirm-{kiosk_id} [data-kiosk-action='revoke']")
     ready(page, "pair", 15_000)
     cleared = time.monotonic() - t0
     assert "not enrolled" in (page.locator("#kiosk-error").text_content() or "")
     shot_to(page, "kiosk-revoked.png")
+    admin.wait_for_url(re.compile(r"info=kiosk-revoked$"))
+    fleet_shows(admin, kiosk_id, "state", "revoked")
     assert post(kg.gw.base_url, "/kiosk/challenge", device, {}) == 401
-    print(f"revocation to a cleared kiosk screen: {cleared:.2f} s")
+    print(f"revocation on the fleet page to a cleared kiosk screen: {cleared:.2f} s")
     with open(ARTIFACTS / "kiosk-times.txt", "a") as f:
-        f.write(f"revocation to cleared screen: {cleared:.2f} s\n")
+        f.write(f"revocation (fleet page click) to cleared screen: {cleared:.2f} s\n")
 
 
-def _revoke_through_api(kg: KioskGateway, name: str) -> None:
-    """What the admin page's Revoke does, through the REST API with an admin token."""
-    token = kg.gw.cli("token", "create", f"revoke-{time.time_ns()}", "--admin-user", "admin")
-    found = re.search(r"^Secret:\s*(\S+)", token, re.M)
-    assert found, token
-    headers = {"Authorization": f"Bearer {found.group(1)}", "Accept": "application/json"}
-    listing = urllib.request.Request(  # noqa: S310 - loopback
-        kg.gw.base_url + "/api/v1/kiosks", headers=headers)
-    with urllib.request.urlopen(listing, timeout=10) as resp:  # noqa: S310 - loopback
-        kiosks = json.loads(resp.read())
-    items = kiosks["kiosks"] if isinstance(kiosks, dict) else kiosks
-    kiosk_id = next(k["id"] for k in items if k["name"] == name)
-    revoke = urllib.request.Request(  # noqa: S310 - loopback
-        f"{kg.gw.base_url}/api/v1/kiosks/{kiosk_id}/revoke", method="POST", headers=headers)
-    with urllib.request.urlopen(revoke, timeout=10) as resp:  # noqa: S310 - loopback
-        assert resp.status == 200
+def most_blue(page: Any, seconds: float) -> int:
+    """The most ANSI-blue pixels the desktop area showed in screenshots over ``seconds``."""
+    area = screen_box(page)
+    most, ends = 0, time.monotonic() + seconds
+    while time.monotonic() < ends:
+        most = max(most, count(shot(page), is_ansi_blue, area, step=4))
+        time.sleep(0.3)
+    return most
+
+
+def test_view_only_dedicated_kiosk_sends_no_input(kg: KioskGateway, contexts: Any) -> None:
+    code = kg.add_kiosk("Wall screen", "--mode", "dedicated", "--desktop", WALL, "--view-only")
+    page = contexts().new_page()
+    enrol(page, kg, code)
+    page.wait_for_url(re.compile(r"/kiosk/desktops/\d+$"), timeout=20_000)
+    wait_state(page, "connected", 45_000)
+    assert page.locator("#deskgate-client").get_attribute("data-view-only") == "true"
+    _, box = wait_for_xterm(page, timeout=30)
+    type_into_xterm(page, box, r"printf '\033[44m'; clear")
+    blue = most_blue(page, 5)
+    shot_to(page, "kiosk-view-only.png")
+    assert blue < 5_000, f"{blue} blue pixels: keys reached a view-only kiosk's desktop"
+    # The same keys once the admin allows input: the kiosk starts over, and they do arrive.
+    kg.kiosk("set", "Wall screen", "--input")
+    page.wait_for_function(
+        "() => document.getElementById('deskgate-client')?.dataset.viewOnly === 'false'",
+        timeout=30_000)
+    wait_state(page, "connected", 45_000)
+    _, box = wait_for_xterm(page, timeout=30)
+    type_into_xterm(page, box, r"printf '\033[44m'; clear")
+    wait_for_colour(page, is_ansi_blue, 100_000, "the xterm to turn blue once input is allowed")
