@@ -30,7 +30,7 @@ def kiosk_line(k: Kiosk, online: bool, now: float) -> str:
         shows += "" if k.input_allowed else " view-only"
     seen = (time.strftime(" seen %Y-%m-%d %H:%M:%S UTC", time.gmtime(k.last_seen))
             + (f" from {k.last_ip}" if k.last_ip else "")) if k.last_seen is not None else ""
-    who = f" [{k.current_user}]" if k.current_user else ""
+    who = f" [{k.current_user}]" if k.current_user and online else ""
     return (f"{k.id:4d}  {k.name:20s} {k.mode:9s} {state_words(k, kiosk_state(k, online, now), now)}"
             f"{shows}{seen}{who}{'  @ ' + k.location if k.location else ''}")
 

@@ -430,6 +430,10 @@ class Kiosks:
                                      user_agent=user_agent[:300], person=person[:200],
                                      desktop=desktop[:200])
 
+    async def person_left(self, kiosk_id: int) -> None:
+        """The person signed out on the kiosk: the fleet shows nobody on it any more."""
+        await self._store.kiosk_person_left(kiosk_id)
+
     async def start(self, proven: Proven, ip: str, user_agent: str) -> Started:
         """A proven kiosk begins: a dedicated one gets its device session (on its own
         account); a shared one a grant for the next person's sign-in."""

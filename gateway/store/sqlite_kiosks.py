@@ -180,6 +180,10 @@ class KioskTables:
             "UPDATE kiosks SET last_seen = ?, last_ip = ?, user_agent = ?, person = ?,"
             " shown_desktop = ? WHERE id = ?", (now, ip, user_agent, person, desktop, kiosk_id))
 
+    async def kiosk_person_left(self, kiosk_id: int) -> None:
+        await self._exec("UPDATE kiosks SET person = '', shown_desktop = '' WHERE id = ?",
+                         (kiosk_id,))
+
     async def kiosk_web_sessions(self, kiosk_id: int) -> list[str]:
         rows = await self._all("SELECT id FROM web_sessions WHERE kiosk_id = ?", (kiosk_id,))
         return [str(r[0]) for r in rows]

@@ -228,6 +228,8 @@ async def signout(request: web.Request) -> web.StreamResponse:
     next_url = "/kiosk"
     if ws is not None and user is not None and not ws.device:
         await request.config_dict[SIGNIN].sign_out(actor(request, user), ws)
+        if ws.kiosk_id is not None:
+            await request.config_dict[KIOSKS].person_left(ws.kiosk_id)
         await request.config_dict[LIVE].end_for_web_session(ws.id, WS_SIGNED_OUT,
                                                             "you signed out")
         login_url = request.config_dict[SETTINGS].public_url.rstrip("/") + "/login"

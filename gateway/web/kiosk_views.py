@@ -58,8 +58,10 @@ def kiosk_json(kiosk: Kiosk, online: bool, now: float) -> dict[str, Any]:
             "created_at": kiosk.created_at, "enrolled_at": kiosk.enrolled_at,
             "revoked_at": kiosk.revoked_at, "pairing_until": pairing_until(kiosk, now),
             "last_seen": kiosk.last_seen, "last_ip": kiosk.last_ip,
-            "user_agent": kiosk.user_agent, "current_user": kiosk.current_user,
-            "current_desktop": kiosk.current_desktop}
+            "user_agent": kiosk.user_agent,
+            # Who is on it and what it shows are known only while it reports them.
+            "current_user": kiosk.current_user if online else "",
+            "current_desktop": kiosk.current_desktop if online else ""}
 
 
 async def fleet_json(kiosks: Kiosks, now: float) -> list[dict[str, Any]]:

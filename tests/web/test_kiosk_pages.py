@@ -106,10 +106,14 @@ async def test_pair_start_sign_in_and_sign_out_on_a_shared_kiosk(client: Client)
         assert resp.status == 303 and resp.headers["Location"] in ("/kiosk", "/"), path
     page = await device.page()
     assert "Hello, alice" in page and 'id="kiosk-signout"' in page
+    assert (await device.proven("/kiosk/heartbeat")).status == 200
+    assert (await client.server.app[KIOSKS].get(1)).current_user == "alice"
     # Sign out: the session ends, every cookie but the device's goes.
     resp = await device.post("/kiosk/signout")
     assert resp.status == 200 and (await resp.json())["next"] == "/kiosk"
     assert not await store.kiosk_web_sessions(1)
+    kiosk = await client.server.app[KIOSKS].get(1)
+    assert kiosk.current_user == "" and kiosk.current_desktop == ""
     assert cookie(client, DEVICE_COOKIE)
     assert not cookie(client, "deskgate_session") and not cookie(client, GRANT_COOKIE)
     audit = [e.detail for e in await store.list_audit(limit=50)]
