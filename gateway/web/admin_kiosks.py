@@ -39,8 +39,7 @@ STREAM_SECONDS = 30 * 60.0  # then the stream ends and the browser opens a new o
 CODE_COOKIE = "deskgate_kiosk_code"
 CODE_COOKIE_PATH = "/admin/kiosks"
 CODE_COOKIE_SECONDS = 120  # the 303 is followed at once; a code not shown by then is lost
-MODE_WORDS = {SHARED: "Shared: people sign in on it",
-              DEDICATED: "Dedicated: shows one desktop, nobody signs in"}
+MODE_WORDS = {SHARED: "Shared (hot desk)", DEDICATED: "Dedicated (one desktop)"}
 
 INFO = {
     "kiosk-created": "Kiosk created. Pair it now with the code below.",
