@@ -355,3 +355,19 @@ class Kiosk:
     @property
     def device_user_name(self) -> str:
         return f"kiosk:{self.id}"
+
+
+@dataclass(frozen=True)
+class SshHostRecord:
+    """A host the gateway reaches over SSH, as stored (its private key stays encrypted in the
+    store). ``host_key``: the pinned known_hosts line(s); '' while a first-use key is awaited."""
+
+    id: int
+    name: str
+    address: str
+    port: int
+    user: str
+    host_key: str
+    policy: str  # "pinned" or "tofu"
+    jump_id: int | None
+    created_at: float

@@ -263,6 +263,15 @@ class SshConnections:
         except (OSError, asyncssh.Error) as exc:
             raise SshError(f"{host.name}: {exc}") from None
 
+    async def drop(self, name: str) -> None:
+        """Close the host's connection (its settings changed): the next use makes it again."""
+        link = self._links.get(name)
+        self._forget(name)
+        self.health.pop(name, None)
+        if link is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.conn.wait_closed(), 5)
+
     def connected(self, name: str) -> bool:
         link = self._links.get(name)
         return link is not None and not _closing(link.conn)

@@ -45,6 +45,7 @@ from ..model import (
 from ..names import name_key
 from .migrations import MIGRATIONS
 from .sqlite_kiosks import KioskTables
+from .sqlite_ssh import SshTables
 from .sqlite_vms import VM_COLUMNS, VM_JOIN, VmTables, desktop_vm
 
 log = logging.getLogger("deskgate.store")
@@ -128,7 +129,7 @@ def _busy(sql: str) -> Iterator[None]:
         raise StoreBusy() from None
 
 
-class SQLiteStore(VmTables, KioskTables):
+class SQLiteStore(VmTables, KioskTables, SshTables):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None

@@ -1,0 +1,192 @@
+"""Hosts the gateway reaches over SSH: desktop hosts, jump hosts, remote hypervisors.
+
+An admin adds a host with its address, account, the gateway's private key for it (stored
+encrypted) and its host key: pinned (a known_hosts line) or trusted on first use (recorded at
+the first connection, then pinned). A key that changes is refused and audited; the admin confirms
+the new one with ``pin``. A host may be reached through another (its jump host), never in a loop.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import asyncssh
+
+from ..audit import Audit, AuditKind
+from ..crypto import SecretBox
+from ..errors import BadRequest, Conflict, NotFound
+from ..model import Secret, SshHostRecord
+from ..ssh.connections import (
+    HOST_KEY_POLICIES,
+    PINNED,
+    Health,
+    SshConnections,
+    SshHost,
+    known_hosts_text,
+)
+from ..store import Store
+from .actor import Actor
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")  # also a file name (its forwards' sockets)
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")  # a host name, IPv4 or IPv6 address
+
+
+def _check_key(private_key: str) -> None:
+    try:
+        asyncssh.import_private_key(private_key)
+    except (asyncssh.KeyImportError, ValueError, TypeError):
+        raise BadRequest("the private key cannot be read (an OpenSSH or PEM private key,"
+                         " without a passphrase)") from None
+
+
+def _check_host_key(record_like: SshHost) -> None:
+    text = known_hosts_text(record_like)
+    if not text:
+        raise BadRequest("a pinned host needs its host key (a known_hosts line, or the key"
+                         " itself: ssh-ed25519 AAAA...)")
+    try:
+        asyncssh.import_known_hosts(text)
+    except (ValueError, asyncssh.KeyImportError):
+        raise BadRequest("the host key is not a known_hosts line or a public key") from None
+
+
+class SshHosts:
+    def __init__(self, store: Store, box: SecretBox, audit: Audit,
+                 connections: SshConnections | None = None) -> None:
+        self._store = store
+        self._box = box
+        self._audit = audit
+        self.connections = connections
+
+    async def hosts(self) -> list[tuple[SshHostRecord, Health]]:
+        health = self.connections.health if self.connections is not None else {}
+        return [(h, health.get(h.name, Health())) for h in await self._store.list_ssh_hosts()]
+
+    async def get(self, ref: int | str) -> SshHostRecord:
+        host = (await self._store.get_ssh_host(ref) if isinstance(ref, int)
+                else await self._store.get_ssh_host_by_name(ref))
+        if host is None:
+            raise NotFound("no such SSH host")
+        return host
+
+    async def add(self, actor: Actor, *, name: str, address: str, user: str, private_key: str,
+                  port: int = 22, host_key: str = "", policy: str = PINNED,
+                  jump: str | None = None) -> SshHostRecord:
+        actor.require_admin()
+        jump_id = (await self.get(jump)).id if jump else None
+        self._check(name, address, port, user, policy)
+        _check_key(private_key)
+        if host_key or policy == PINNED:
+            _check_host_key(SshHost(name, address, port, user, host_key=host_key))
+        record = await self._store.create_ssh_host(
+            name=name, address=address, port=port, user=user,
+            key_enc=self._box.encrypt(private_key), host_key=host_key.strip(), policy=policy,
+            jump_id=jump_id, created_at=time.time())
+        await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip, detail=actor.by(
+            f"SSH host {name} added ({user}@{address}:{port}, host key {policy}"
+            f"{', through ' + jump if jump else ''})"))
+        return record
+
+    async def update(self, actor: Actor, host_id: int, *, address: str | None = None,
+                     port: int | None = None, user: str | None = None,
+                     private_key: str | None = None, host_key: str | None = None,
+                     policy: str | None = None, jump: str | None = None,
+                     no_jump: bool = False) -> SshHostRecord:
+        actor.require_admin()
+        old = await self.get(host_id)
+        fields: dict[str, object] = {}
+        new = {"address": address or old.address, "port": port or old.port,
+               "user": user or old.user, "policy": policy or old.policy}
+        self._check(old.name, str(new["address"]), int(str(new["port"])), str(new["user"]),
+                    str(new["policy"]))
+        for key, column in (("address", "address"), ("port", "port"), ("user", "user_name"),
+                            ("policy", "policy")):
+            if new[key] != getattr(old, key):
+                fields[column] = new[key]
+        if private_key is not None:
+            _check_key(private_key)
+            fields["key_enc"] = self._box.encrypt(private_key)
+        if host_key is not None:
+            if host_key.strip():
+                _check_host_key(SshHost(old.name, str(new["address"]), int(str(new["port"])),
+                                        host_key=host_key))
+            fields["host_key"] = host_key.strip()
+        if jump:
+            target = await self.get(jump)
+            await self._no_loop(old.id, target)
+            fields["jump_id"] = target.id
+        elif no_jump:
+            fields["jump_id"] = None
+        record = await self._store.update_ssh_host(old.id, **fields)
+        if self.connections is not None:
+            await self.connections.drop(old.name)  # made again with the new settings
+        await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip, detail=actor.by(
+            f"SSH host {old.name} changed: {', '.join(sorted(fields)) or 'nothing'}"))
+        return record
+
+    async def pin(self, actor: Actor, host_id: int, host_key: str) -> SshHostRecord:
+        """An admin confirms a host's (new) key: it is pinned from now on."""
+        return await self.update(actor, host_id, host_key=host_key, policy=PINNED)
+
+    async def remove(self, actor: Actor, host_id: int) -> None:
+        actor.require_admin()
+        host = await self.get(host_id)
+        if not await self._store.delete_ssh_host(host.id):
+            raise NotFound("no such SSH host")
+        if self.connections is not None:
+            await self.connections.drop(host.name)
+        await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip,
+                                 detail=actor.by(f"SSH host {host.name} removed"))
+
+    async def spec(self, ref: int | str, _seen: frozenset[int] = frozenset()) -> SshHost:
+        """How to reach the host (its key decrypted, its jump hosts' too)."""
+        record = await self.get(ref)
+        if record.id in _seen:
+            raise Conflict(f"the SSH host {record.name} is reached through itself")
+        enc = await self._store.get_ssh_host_key_enc(record.id)
+        assert enc is not None
+        jump = (await self.spec(record.jump_id, _seen | {record.id})
+                if record.jump_id is not None else None)
+        return SshHost(record.name, record.address, record.port, record.user,
+                       Secret(self._box.decrypt(enc).reveal()), record.host_key, record.policy,
+                       jump)
+
+    # ---- what the connections report --------------------------------------------------------
+    async def first_key(self, host: SshHost, line: str) -> None:
+        """A host trusted on first use showed its key: it is pinned (once)."""
+        record = await self._store.get_ssh_host_by_name(host.name)
+        if record is not None and await self._store.record_ssh_host_key(record.id, line):
+            await self._audit.record(AuditKind.SSH_HOST_KEY,
+                                     detail=f"SSH host {host.name}: key trusted on first use"
+                                            f" and pinned: {line.split()[-2]} {line.split()[-1][:24]}…")
+
+    async def key_changed(self, host: SshHost, offered: str) -> None:
+        await self._audit.record(AuditKind.SSH_HOST_KEY,
+                                 detail=f"SSH host {host.name}: host key changed, connection"
+                                        f" refused (offered {offered[:40] or 'unknown'}…)")
+
+    # ---- checks -------------------------------------------------------------------------------
+    @staticmethod
+    def _check(name: str, address: str, port: int, user: str, policy: str) -> None:
+        if not NAME_RE.match(name):
+            raise BadRequest("an SSH host's name is 1-32 of a-z, 0-9, '.', '_', '-'")
+        if not ADDRESS_RE.match(address):
+            raise BadRequest("the address is a host name or an IP address")
+        if not 0 < port < 65536:
+            raise BadRequest("the port is 1-65535")
+        if not USER_RE.match(user):
+            raise BadRequest("the account is a POSIX user name")
+        if policy not in HOST_KEY_POLICIES:
+            raise BadRequest(f"the host key policy is one of {', '.join(HOST_KEY_POLICIES)}")
+
+    async def _no_loop(self, host_id: int, jump: SshHostRecord) -> None:
+        seen, at = {host_id}, jump
+        while True:
+            if at.id in seen:
+                raise Conflict("that jump host is reached through this host: a loop")
+            seen.add(at.id)
+            if at.jump_id is None:
+                return
+            at = await self.get(at.jump_id)
