@@ -33,6 +33,7 @@ from .cases.catalog import Catalog
 from .cases.kiosks import Kiosks, KioskSettings
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
+from .cases.ssh_hosts import SshHosts
 from .cases.sso import LOGIN_TTL, SingleSignOn
 from .cases.usage import Usage
 from .cases.vms import DesktopVms, VmSettings
@@ -62,6 +63,7 @@ from .keys import (
     SETTINGS,
     SHUTTING_DOWN,
     SIGNIN,
+    SSH_HOSTS,
     SSO,
     STORE,
     TEMPLATES,
@@ -77,6 +79,7 @@ from .providers import ProviderContext
 from .providers.registry import Providers, stored_passwords
 from .rdp.bridges import RdpBridges
 from .relay import BridgeHooks, RelayDeps, RelayTimes
+from .ssh.connections import SshConnections
 from .store import Store
 from .store.sqlite import SQLiteStore
 from .textsafe import multiline, page_value
@@ -129,10 +132,12 @@ class Cases:
     providers: Providers
     usage: Usage
     kiosks: Kiosks
+    ssh_hosts: SshHosts
 
 
 def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = None,
-                providers: Providers | None = None, live: LiveSessions | None = None) -> Cases:
+                providers: Providers | None = None, live: LiveSessions | None = None,
+                ssh: SshConnections | None = None) -> Cases:
     """The use cases on ``store``. Without ``providers`` and ``live`` (the command line), a
     provider is made only when a change needs one, and no session is live here."""
     box = SecretBox(settings.secret_key) if box is None else box
@@ -159,7 +164,18 @@ def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = Non
                  SignIn(store, box, audit, local, TotpFactor(store, box), guard, web_sessions),
                  accounts, catalog, Access(store, audit, catalog), Sessions(store, audit, live),
                  AuditTrail(store, audit), Bundles(store, audit), vms, providers, Usage(store),
-                 Kiosks(store, audit, live, web_sessions, KioskSettings.of(settings)))
+                 Kiosks(store, audit, live, web_sessions, KioskSettings.of(settings)),
+                 ssh_hosts(store, box, audit, ssh))
+
+
+def ssh_hosts(store: Store, box: SecretBox, audit: Audit,
+              ssh: SshConnections | None) -> SshHosts:
+    """The SSH hosts; their connections (a serving gateway's) report first-use and changed
+    host keys to them."""
+    hosts = SshHosts(store, box, audit, ssh)
+    if ssh is not None:
+        ssh.on_first_key, ssh.on_key_changed = hosts.first_key, hosts.key_changed
+    return hosts
 
 
 def provider_context(settings: Settings, store: Store, box: SecretBox, runtime: Path, *,
@@ -224,8 +240,9 @@ async def _desktop_providers(app: web.Application) -> AsyncIterator[None]:
 
 async def _use_cases(app: web.Application) -> AsyncIterator[None]:
     """The use cases, one object per area (gateway/cases/)."""
+    ssh = SshConnections(prepare_runtime_dir(app[SETTINGS]))
     cases = build_cases(app[SETTINGS], app[STORE], box=app[BOX], providers=app[PROVIDERS],
-                        live=app[LIVE])
+                        live=app[LIVE], ssh=ssh)
     app[AUDIT] = cases.audit
     app[SIGNIN] = cases.signin
     app[ACCOUNTS] = cases.accounts
@@ -237,6 +254,7 @@ async def _use_cases(app: web.Application) -> AsyncIterator[None]:
     app[VMS] = cases.vms
     app[USAGE] = cases.usage
     app[KIOSKS] = cases.kiosks
+    app[SSH_HOSTS] = cases.ssh_hosts
     keeper = asyncio.create_task(cases.vms.keep_in_step(), name="desktop VMs in step")
     try:
         yield
@@ -245,6 +263,7 @@ async def _use_cases(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
         await cases.vms.close()
+        await ssh.close()
 
 
 async def _rdp_bridges(app: web.Application) -> AsyncIterator[None]:
@@ -270,7 +289,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     bridges = app[RDP_BRIDGES]
     app[BROKER] = Broker(app[STORE], app[BOX], app[PROVIDERS], app[TICKETS], app[AUDIT],
                          settings, app[ACCESS], bridges, ready=app[VMS].ready,
-                         view_only=app[KIOSKS].view_only)
+                         view_only=app[KIOSKS].view_only, reach=app[SSH_HOSTS].reach)
     app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
                             RelayTimes.of(settings), app[SHUTTING_DOWN],
                             BridgeHooks(bridges.resized, bridges.watch_exit))

@@ -61,7 +61,8 @@ class Broker:
                  audit: Audit, settings: Settings, access: Access,
                  bridges: RdpBridges | None = None,
                  ready: Callable[[Desktop], Awaitable[None]] | None = None,
-                 view_only: Callable[[User], Awaitable[bool]] | None = None) -> None:
+                 view_only: Callable[[User], Awaitable[bool]] | None = None,
+                 reach: Callable[[Desktop, Endpoint], Awaitable[Endpoint]] | None = None) -> None:
         self._store = store
         self._access = access
         self._box = box
@@ -75,6 +76,9 @@ class Broker:
         # Whether this account's connections are view-only whatever the desktop (a dedicated
         # kiosk without input, gateway/cases/kiosks.py); by default none is.
         self._view_only = view_only
+        # How the gateway reaches a provider's endpoint (through an SSH host for a desktop behind
+        # a jump host, gateway/cases/ssh_hosts.py); by default directly.
+        self._reach = reach
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
         # One connect at a time per person, so that the open-sessions count cannot be raced.
@@ -107,7 +111,8 @@ class Broker:
 
     async def _provider_endpoint(self, desktop: Desktop) -> Endpoint:
         """Where the desktop's provider says it listens (with its password decrypted)."""
-        return await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
+        endpoint = await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
+        return endpoint if self._reach is None else await self._reach(desktop, endpoint)
 
     async def _ensure_running(self, desktop: Desktop) -> None:
         await self._providers.get(desktop.provider).ensure_running(

@@ -178,7 +178,10 @@ class Catalog:
     # changes ---------------------------------------------------------------------------------
     async def add_desktop(self, actor: Actor, name: str, provider: str, *, host: str = "",
                           port: int = 0, password: str | None = None, protocol: str = "vnc",
-                          options: Mapping[str, str] | None = None) -> Desktop:
+                          options: Mapping[str, str] | None = None,
+                          via: str | None = None) -> Desktop:
+        """``via``: the SSH host (a jump host) through which a static desktop's address is
+        reached; the address is then as that host sees it."""
         actor.require_admin()
         name = desktop_name(name)
         names = provider_names()
@@ -192,6 +195,12 @@ class Catalog:
         if provider == "static" and not (host and 0 < port < 65536):
             raise BadRequest(f"a static desktop needs --{protocol} HOST:PORT")
         checked = rdp_options(options or {}) if protocol == "rdp" else {}
+        if via:
+            if provider != "static" or protocol != "vnc":
+                raise BadRequest("a jump host is for static VNC desktops")
+            if await self._store.get_ssh_host_by_name(via) is None:
+                raise NotFound(f"no SSH host named {via!r}")
+            checked["via"] = via
         if checked.get("credentials") == "per_user" and password:
             raise BadRequest("a per-user RDP desktop has no shared password: each person"
                              " enters their own account")
@@ -200,6 +209,7 @@ class Catalog:
                                                    checked)
         extra = (f", certificates: {checked['cert_policy']}, credentials:"
                  f" {checked['credentials']}" if protocol == "rdp" else "")
+        extra += f", through SSH host {via}" if via else ""
         await self._record(actor, f"desktop created ({provider}, {protocol}{extra})",
                            desktop=name)
         return desktop

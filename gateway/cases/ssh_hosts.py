@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
 import asyncssh
 
 from ..audit import Audit, AuditKind
 from ..crypto import SecretBox
 from ..errors import BadRequest, Conflict, NotFound
-from ..model import Secret, SshHostRecord
+from ..model import Desktop, Endpoint, Secret, SshHostRecord
 from ..ssh.connections import (
     HOST_KEY_POLICIES,
     PINNED,
     Health,
     SshConnections,
+    SshError,
     SshHost,
     known_hosts_text,
 )
@@ -133,6 +135,9 @@ class SshHosts:
     async def remove(self, actor: Actor, host_id: int) -> None:
         actor.require_admin()
         host = await self.get(host_id)
+        users = await self.used_by(host.name)
+        if users:
+            raise Conflict(f"{', '.join(users)} go through {host.name}; change them first")
         if not await self._store.delete_ssh_host(host.id):
             raise NotFound("no such SSH host")
         if self.connections is not None:
@@ -152,6 +157,28 @@ class SshHosts:
         return SshHost(record.name, record.address, record.port, record.user,
                        Secret(self._box.decrypt(enc).reveal()), record.host_key, record.policy,
                        jump)
+
+    async def reach(self, desktop: Desktop, endpoint: Endpoint) -> Endpoint:
+        """The endpoint as this node reaches it: a desktop behind an SSH host (its ``via``
+        option) through a private unix socket forwarding over that host's connection."""
+        via = desktop.option("via")
+        if not via:
+            return endpoint
+        if self.connections is None:
+            raise SshError("this gateway process does not reach desktops over SSH")
+        host = await self.spec(via)
+        if endpoint.unix_path:
+            path = await self.connections.local_path(host, dest_path=endpoint.unix_path)
+        else:
+            path = await self.connections.local_path(host, endpoint.host, endpoint.port)
+        return replace(endpoint, host="", port=0, unix_path=str(path))
+
+    async def used_by(self, name: str) -> list[str]:
+        """The desktops and hosts that go through SSH host ``name``."""
+        record = await self.get(name)
+        hosts = [h.name for h in await self._store.list_ssh_hosts() if h.jump_id == record.id]
+        desktops = [d.name for d in await self._store.list_desktops() if d.option("via") == name]
+        return desktops + hosts
 
     # ---- what the connections report --------------------------------------------------------
     async def first_key(self, host: SshHost, line: str) -> None:

@@ -129,8 +129,8 @@ class SshConnections:
                  keepalive: float = KEEPALIVE_SECONDS,
                  connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self._dir = runtime_dir
-        self._on_first_key = on_first_key
-        self._on_key_changed = on_key_changed
+        self.on_first_key = on_first_key
+        self.on_key_changed = on_key_changed
         self._keepalive = keepalive
         self._timeout = connect_timeout
         self._links: dict[str, _Link] = {}
@@ -183,8 +183,8 @@ class SshConnections:
             health.move(KEY_CHANGED, "the host offered a key that is not the pinned one")
             log.warning("[ssh=%s] host key changed: refused (offered %s)", host.name,
                         pinning.offered or "?")
-            if self._on_key_changed is not None:
-                await self._on_key_changed(host, pinning.offered)
+            if self.on_key_changed is not None:
+                await self.on_key_changed(host, pinning.offered)
             raise HostKeyChanged(host, pinning.offered) from None
         except asyncssh.PermissionDenied:
             health.move(DOWN, "the host refused the gateway's key")
@@ -197,9 +197,9 @@ class SshConnections:
             raise SshError(f"{host.name} cannot be reached over SSH") from None
         if trust_first:
             offered = conn.get_server_host_key()
-            if offered is not None and self._on_first_key is not None:
+            if offered is not None and self.on_first_key is not None:
                 line = _known_hosts_line(host, offered.export_public_key("openssh").decode().strip())
-                await self._on_first_key(host, line)
+                await self.on_first_key(host, line)
         health.connects += 1
         health.move(CONNECTED)
         log.info("[ssh=%s] connected to %s", host.name, host.where)
