@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cli_kiosks, cli_vms
+from . import cli_kiosks, cli_ssh, cli_vms
 from .capacity import AcceptErrorLog, BackoffListener, raise_fd_limit
 from .cases.actor import Actor
 from .cases.catalog import Catalog, addable_providers
@@ -258,9 +258,11 @@ def cmd_desktop(args: argparse.Namespace) -> int:
             options = _rdp_flags(args)
             desktop = await catalog.add_desktop(
                 CLI, args.name, args.provider, host=host, port=port, password=password,
-                protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None)
+                protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None,
+                via=args.via)
             print(f"Desktop {desktop.id} {desktop.name}")
-            await _warn_if_silent(catalog, desktop)
+            if not args.via:  # behind a jump host, its address is not this host's to probe
+                await _warn_if_silent(catalog, desktop)
         elif args.desktop_cmd == "remove":
             desktop = await catalog.desktop_named(args.name)
             await catalog.delete_desktop(CLI, desktop.id)
@@ -471,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     _rdp_flag_arguments(p)
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")
+    p.add_argument("--via", metavar="SSH_HOST",
+                   help="static VNC: reach HOST:PORT through this SSH host (as it sees it)")
     dsub.add_parser("list", help="list desktops")
     p = dsub.add_parser("remove", help="remove a desktop with its assignments (its past"
                                        " sessions stay in the history)")
@@ -518,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_vms.add_commands(sub)
     cli_kiosks.add_commands(sub)
+    cli_ssh.add_commands(sub)
 
     p = sub.add_parser("audit", help="print the audit trail, or verify its hash chain")
     p.add_argument("audit_cmd", nargs="?", choices=("list", "verify"), default="list",

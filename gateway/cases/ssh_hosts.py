@@ -12,8 +12,6 @@ import re
 import time
 from dataclasses import replace
 
-import asyncssh
-
 from ..audit import Audit, AuditKind
 from ..crypto import SecretBox
 from ..errors import BadRequest, Conflict, NotFound
@@ -27,6 +25,7 @@ from ..ssh.connections import (
     SshHost,
     known_hosts_text,
 )
+from ..ssh.sshlib import asyncssh
 from ..store import Store
 from .actor import Actor
 
@@ -44,14 +43,22 @@ def _check_key(private_key: str) -> None:
 
 
 def _check_host_key(record_like: SshHost) -> None:
+    """Each line: hosts, key type, key (a known_hosts line; no markers, no hashed names needed)
+    whose key is a public key asyncssh reads."""
     text = known_hosts_text(record_like)
     if not text:
         raise BadRequest("a pinned host needs its host key (a known_hosts line, or the key"
                          " itself: ssh-ed25519 AAAA...)")
-    try:
-        asyncssh.import_known_hosts(text)
-    except (ValueError, asyncssh.KeyImportError):
-        raise BadRequest("the host key is not a known_hosts line or a public key") from None
+    for line in text.splitlines():
+        parts = line.split()
+        try:
+            if len(parts) < 3 or line.startswith("@"):
+                raise ValueError(line)
+            asyncssh.import_public_key(f"{parts[1]} {parts[2]}")
+            asyncssh.import_known_hosts(line + "\n")
+        except (ValueError, asyncssh.KeyImportError):
+            raise BadRequest("the host key is not a known_hosts line or a public key"
+                             " (ssh-ed25519 AAAA...)") from None
 
 
 class SshHosts:

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from ..errors import DesktopUnavailable
 from ..model import Secret
+from .sshlib import asyncssh
 
 log = logging.getLogger("deskgate.ssh")
 
