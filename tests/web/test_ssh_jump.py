@@ -14,6 +14,7 @@ from sshhosts import needs_desktops, needs_ssh_hosts, ssh_host, start_xvnc_in
 from websupport import CLI, app_client, base_url, connect, rfb_handshake, sign_in
 
 from gateway.config import Settings
+from gateway.model import Secret
 from gateway.keys import CATALOG, SSH_HOSTS, STORE
 
 __all__ = ["ssh_host"]  # a fixture, used by name
@@ -24,7 +25,8 @@ pytestmark = [needs_ssh_hosts, needs_desktops, pytest.mark.timeout(120)]
 @pytest.fixture
 async def client(settings: Settings, ssh_host) -> AsyncIterator[aiohttp.ClientSession]:  # type: ignore[no-untyped-def]
     desktop = start_xvnc_in(ssh_host, xterm=False, window_manager=False, unix=False)
-    async with await app_client(settings, {"alice": False, "bob": False}) as c:
+    async with await app_client(settings, {"alice": False, "bob": False},
+                                metrics_token=Secret("metrics-token-ssh")) as c:
         app = c.server.app
         await app[SSH_HOSTS].add(CLI, name="bastion", address=ssh_host.address,
                                  port=ssh_host.port, user=ssh_host.user,
@@ -57,6 +59,10 @@ async def test_a_desktop_behind_a_jump_host_through_one_ssh_connection(client) -
         assert host.connections() == 1  # both sessions on the one SSH connection
         health = dict((h.name, state) for h, state in await client.server.app[SSH_HOSTS].hosts())
         assert health["bastion"].state == "connected"
+        metrics = await (await client.get("/metrics", headers={
+            "Authorization": "Bearer metrics-token-ssh"})).text()
+        assert 'deskgate_ssh_host_up{host="bastion"} 1.0' in metrics
+        assert 'deskgate_ssh_host_state{host="bastion",state="connected"} 1.0' in metrics
     finally:
         for ws in sockets:
             await ws.close()
