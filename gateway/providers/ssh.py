@@ -45,7 +45,8 @@ DISPLAY_BASE = 20
 SshReach = Callable[[str], Awaitable[tuple[SshConnections, SshHost]]]
 
 # $1: action (status | start | stop | password), $2: desktop id, $3: geometry, $4: display base.
-# Output: one line "running <display> <socket>" / "stopped" / "password <base64>" / "stopped";
+# Output: one line "started|running <display> <socket> <Xvnc pid>" / "stopped" /
+# "password <base64 of the vncpasswd file> <Xvnc pid>";
 # a failure: "deskgate: <reason>" on stderr and exit 1 (the reason is shown to the user).
 _SCRIPT = r"""
 set -u
@@ -96,11 +97,12 @@ stop_all() {
 }
 case $action in
 status)
-  if running; then echo "running $(cat "$dir/display" 2>/dev/null) $sock"; else echo stopped; fi
+  running || { echo stopped; exit 0; }
+  echo "running $(cat "$dir/display" 2>/dev/null) $sock $(pidof_ xvnc)"
   exit 0;;
 password)
   running || { echo stopped; exit 0; }
-  echo "password $(base64 < "$dir/vnc.passwd" | tr -d '\n')"
+  echo "password $(base64 < "$dir/vnc.passwd" | tr -d '\n') $(pidof_ xvnc)"
   exit 0;;
 stop)
   [ -d "$dir" ] || { echo stopped; exit 0; }
@@ -124,7 +126,7 @@ exec 9>"$dir/lock"
 command -v flock >/dev/null 2>&1 && { flock -w 20 9 || fail "the desktop is busy"; }
 if running; then
   cat > /dev/null  # the unused password
-  echo "running $(cat "$dir/display") $sock"; exit 0
+  echo "running $(cat "$dir/display") $sock $(pidof_ xvnc)"; exit 0
 fi
 stop_all  # what is left of an earlier run
 vncpasswd -f > "$dir/vnc.passwd" || fail "vncpasswd failed"
@@ -161,9 +163,10 @@ export DISPLAY=":$n" XAUTHORITY="$dir/Xauthority"
 cd "$HOME" 2>/dev/null || cd /
 setsid openbox </dev/null >"$dir/openbox.log" 2>&1 9>&- &
 echo $! > "$dir/openbox.pid"
+p=$(pidof_ xvnc)
 setsid xterm -geometry 80x24+10+10 </dev/null >"$dir/xterm.log" 2>&1 9>&- &
 echo $! > "$dir/xterm.pid"
-echo "started $n $sock"
+echo "started $n $sock $p"
 """
 
 
@@ -174,22 +177,31 @@ class SshProvider:
         self._ctx = ctx
         self._locks: dict[int, asyncio.Lock] = {}
         self._sockets: dict[int, str] = {}  # desktop id -> its socket's path on the host
-        self._passwords: dict[int, Secret] = {}
+        # desktop id -> (its Xvnc's pid on the host, its password): a new Xvnc, a new password
+        self._passwords: dict[int, tuple[str, Secret]] = {}
 
     async def _reach(self, spec: DesktopSpec) -> tuple[SshConnections, SshHost]:
         if not spec.via:
-            raise DesktopUnavailable("this desktop names no SSH host (option via)")
+            raise DesktopUnavailable(f"desktop {spec.name} names no SSH host (option via)")
         if self._ctx.ssh is None:
-            raise DesktopUnavailable("this gateway process does not reach desktops over SSH")
-        return await self._ctx.ssh(spec.via)
+            raise DesktopUnavailable(f"desktop {spec.name}: this gateway process does not"
+                                     " reach desktops over SSH")
+        try:
+            return await self._ctx.ssh(spec.via)
+        except DesktopUnavailable as exc:
+            raise _named(spec, exc) from None
 
     async def _script(self, spec: DesktopSpec, action: str, *,
                       stdin: str | None = None) -> tuple[SshConnections, SshHost, list[str]]:
+        """The script's ``action`` on the desktop's host; its last output line, split."""
         ssh, host = await self._reach(spec)
         geometry = spec.geometry if GEOMETRY_RE.match(spec.geometry) else "1280x800"
-        done = await ssh.run(host, ["sh", "-c", _SCRIPT, "deskgate", action, str(spec.id),
-                                    geometry, str(self._ctx.display_base or DISPLAY_BASE)],
-                             timeout=COMMAND_TIMEOUT, stdin=stdin if stdin is not None else "")
+        try:
+            done = await ssh.run(host, ["sh", "-c", _SCRIPT, "deskgate", action, str(spec.id),
+                                        geometry, str(self._ctx.display_base or DISPLAY_BASE)],
+                                 timeout=COMMAND_TIMEOUT, stdin=stdin if stdin is not None else "")
+        except SshError as exc:
+            raise _named(spec, exc) from None
         out = str(done.stdout or "").strip().splitlines()
         if done.exit_status != 0 or not out:
             err = str(done.stderr or "").strip().splitlines()
@@ -197,80 +209,101 @@ class SshProvider:
             desktop_log(log, spec.name).warning("on %s: %s exited %s: %s", host.name, action,
                                                 done.exit_status, " | ".join(err)[-400:])
             raise DesktopUnavailable(
-                f"the desktop on {host.name} could not {action}"
+                f"desktop {spec.name} could not {action} on {host.name}"
                 + (f": {reason}" if reason else ""))
         return ssh, host, out[-1].split()
 
     def _lock(self, desktop_id: int) -> asyncio.Lock:
         return self._locks.setdefault(desktop_id, asyncio.Lock())
 
+    def _seen(self, spec: DesktopSpec, words: list[str]) -> None:
+        """A "started"/"running" line: where the socket is; a cached password of another Xvnc
+        (the desktop was restarted meanwhile) is dropped."""
+        if len(words) < 4:
+            raise DesktopUnavailable(f"desktop {spec.name}: its host answered unexpectedly")
+        self._sockets[spec.id] = words[2]
+        cached = self._passwords.get(spec.id)
+        if cached is not None and cached[0] != words[3]:
+            del self._passwords[spec.id]
+
     async def ensure_running(self, spec: DesktopSpec) -> None:
         async with self._lock(spec.id):
             password = random_vnc_password()
             ssh, host, words = await self._script(spec, "start", stdin=password + "\n")
+            if words[0] not in ("started", "running"):
+                raise DesktopUnavailable(f"desktop {spec.name} did not start on {host.name}")
+            self._seen(spec, words)
             if words[0] == "started":
-                self._passwords[spec.id] = Secret(password)
+                self._passwords[spec.id] = (words[3], Secret(password))
                 desktop_log(log, spec.name).info("started on %s, display :%s", host.name,
                                                  words[1])
-            elif words[0] == "running":
-                self._passwords.pop(spec.id, None)  # read back on first use
-            else:
-                raise DesktopUnavailable(f"the desktop on {host.name} did not start")
-            self._sockets[spec.id] = words[2]
             await self._wait_ready(spec, ssh, host, words[2])
 
     async def _wait_ready(self, spec: DesktopSpec, ssh: SshConnections, host: SshHost,
                           remote: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
-            path = await ssh.local_path(host, dest_path=remote)
+            try:
+                path = await ssh.local_path(host, dest_path=remote)
+            except SshError as exc:
+                raise _named(spec, exc) from None
             if await probe_rfb(unix_path=path, timeout=2.0):
                 return
             if time.monotonic() > deadline:
-                raise DesktopUnavailable(f"the desktop on {host.name} did not answer within"
-                                         f" {READY_TIMEOUT:g} s")
+                raise DesktopUnavailable(f"desktop {spec.name} did not answer on {host.name}"
+                                         f" within {READY_TIMEOUT:g} s")
             await asyncio.sleep(0.2)
 
     async def endpoint(self, spec: DesktopSpec) -> Endpoint:
         ssh, host = await self._reach(spec)
         remote = self._sockets.get(spec.id)
-        password = self._passwords.get(spec.id)
-        if remote is None or password is None:
+        cached = self._passwords.get(spec.id)
+        if remote is None or cached is None:
+            _, _, status = await self._script(spec, "status")
+            if status[0] != "running":
+                self.forget(spec.id)
+                raise DesktopUnavailable(f"desktop {spec.name} is not running on {host.name}")
+            self._seen(spec, status)
+            remote = status[2]
+            cached = self._passwords.get(spec.id)
+        if cached is None:
             _, _, words = await self._script(spec, "password")
-            if words[0] != "password" or len(words) < 2:
-                raise DesktopUnavailable(f"the desktop on {host.name} is not running")
+            if words[0] != "password" or len(words) < 3:
+                raise DesktopUnavailable(f"desktop {spec.name} is not running on {host.name}")
             try:
                 password = decode_vnc_password(base64.b64decode(words[1], validate=True))
             except (ValueError, binascii.Error):
-                raise DesktopUnavailable(f"the desktop on {host.name} has no readable"
-                                         " password") from None
-            self._passwords[spec.id] = password
-            if remote is None:
-                _, _, status = await self._script(spec, "status")
-                if status[0] != "running":
-                    raise DesktopUnavailable(f"the desktop on {host.name} is not running")
-                remote = self._sockets[spec.id] = status[2]
-        path = await ssh.local_path(host, dest_path=remote)
-        return Endpoint(host="", port=0, unix_path=str(path), password=password)
+                raise DesktopUnavailable(f"desktop {spec.name} has no readable password on"
+                                         f" {host.name}") from None
+            cached = self._passwords[spec.id] = (words[2], password)
+        try:
+            path = await ssh.local_path(host, dest_path=remote)
+        except SshError as exc:
+            raise _named(spec, exc) from None
+        return Endpoint(host="", port=0, unix_path=str(path), password=cached[1])
 
     async def state(self, spec: DesktopSpec) -> str:
         try:
             _, _, words = await self._script(spec, "status")
         except DesktopUnavailable:
             return "unknown"
-        if words[0] == "running":
-            self._sockets[spec.id] = words[2]
+        if words[0] == "running" and len(words) >= 4:
+            self._seen(spec, words)
             return "running"
         self.forget(spec.id)
         return "stopped"
 
     async def stop(self, spec: DesktopSpec) -> None:
         async with self._lock(spec.id):
-            _, host, _ = await self._script(spec, "stop")
+            ssh, host, _ = await self._script(spec, "stop")
+            remote = self._sockets.get(spec.id)
             self.forget(spec.id)
+            if remote is not None:
+                await ssh.close_path(host, dest_path=remote)  # nothing answers here any more
             desktop_log(log, spec.name).info("stopped on %s", host.name)
 
     def forget(self, desktop_id: int) -> None:
+        """What is cached about the desktop (its socket, its password) is asked again."""
         self._sockets.pop(desktop_id, None)
         self._passwords.pop(desktop_id, None)
 
@@ -281,5 +314,8 @@ class SshProvider:
         self._passwords.clear()
 
 
-__all__ = ["SshError", "SshProvider", "SshReach"]
-
+def _named(spec: DesktopSpec, exc: DesktopUnavailable) -> DesktopUnavailable:
+    """``exc`` with the desktop's name in its reason (a changed host key stays final)."""
+    named = DesktopUnavailable(f"desktop {spec.name}: {exc.reason}")
+    named.final = exc.final
+    return named

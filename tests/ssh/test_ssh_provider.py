@@ -168,6 +168,7 @@ async def test_start_reach_take_over_and_stop(ssh_hosts, ssh: SshConnections,  #
                                  password=Secret("wrong123")))
 
     await provider.stop(d)
+    assert not Path(endpoint.unix_path).exists()  # its forward is gone too: refused here
     assert not [p for p, c in xvnc_processes(host).items() if "/deskgate/101/" in c]
     assert await provider.state(d) == "stopped"
     left = host.exec("ls", "-A", folder, user=host.user, check=False).stdout.split()
@@ -222,7 +223,8 @@ async def test_host_down_is_unavailable_and_unknown(ssh_hosts, ssh: SshConnectio
     try:
         provider = provider_for(ssh, host, tmp=tmp_path)
         d = desktop(301, host)
-        with pytest.raises(DesktopUnavailable, match=f"{host.name} cannot be reached over SSH"):
+        with pytest.raises(DesktopUnavailable,
+                           match=f"^desktop remote301: {host.name} cannot be reached over SSH$"):
             await provider.ensure_running(d)
         assert await provider.state(d) == "unknown"
         with pytest.raises(DesktopUnavailable):
@@ -239,3 +241,21 @@ async def test_no_via_and_no_ssh_are_clear(tmp_path: Path) -> None:
     assert await provider.state(d) == "unknown"
     with pytest.raises(DesktopUnavailable, match="names no SSH host"):
         await provider.ensure_running(DesktopSpec(id=1, name="x", provider="ssh"))
+
+
+async def test_runtime_folder_under_run_user(ssh_hosts, ssh: SshConnections,  # type: ignore[no-untyped-def]
+                                             tmp_path: Path) -> None:
+    """With /run/user/<uid> there (no XDG_RUNTIME_DIR over SSH without PAM), the desktop's
+    folder is <it>/deskgate/<id>; else ~/.cache/deskgate/<id> (the other tests)."""
+    host = ssh_hosts(1)
+    runtime = host.runtime_dir()
+    provider = provider_for(ssh, host, tmp=tmp_path)
+    d = desktop(401, host)
+    try:
+        await provider.ensure_running(d)
+        _, cmd = xvnc_of(host, 401)
+        assert f"-rfbunixpath {runtime}/deskgate/401/vnc.sock " in cmd
+        assert await vnc_login(await provider.endpoint(d)) == "1024x768"
+    finally:
+        await provider.stop(d)
+    assert await provider.state(d) == "stopped"
