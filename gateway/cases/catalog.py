@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..audit import Audit, AuditKind
 from ..crypto import SecretBox
-from ..errors import BadRequest, GatewayError, NotFound
+from ..errors import BadRequest, DesktopUnavailable, GatewayError, NotFound
 from ..live import LiveSessions
 from ..model import Desktop, Secret, User
 from ..protocols import BRIDGED, PROTOCOLS
@@ -279,10 +279,17 @@ class Catalog:
         if d.vm is not None:
             raise BadRequest("a desktop VM is deleted with its volumes by its power action"
                              " delete, confirmed by typing its name")
-        await self._providers.get(d.provider).stop(self._spec(d))
+        left = ""
+        try:
+            await self._providers.get(d.provider).stop(self._spec(d))
+        except DesktopUnavailable as exc:
+            if d.provider != "ssh":
+                raise
+            # A host that is gone for good must not keep its desktops in the catalog.
+            left = f" (not stopped on its SSH host: {exc.reason})"
         if not await self._store.delete_desktop(d.id):
             raise NotFound("no such desktop")  # removed by someone else meanwhile: one record
-        await self._record(actor, "desktop deleted", desktop=d.name)
+        await self._record(actor, "desktop deleted" + left, desktop=d.name)
 
     async def assign(self, actor: Actor, desktop_id: int, *, user_id: int | None = None,
                      user_ref: str | None = None, group: str | None = None,
