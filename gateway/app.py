@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from .cases.usage import Usage
 from .cases.vms import DesktopVms, VmSettings
 from .config import Settings
 from .crypto import SecretBox
-from .errors import WS_GOING_AWAY, ConfigError
+from .errors import WS_GOING_AWAY, ConfigError, DesktopUnavailable, NotFound
 from .events import EventBus
 from .keys import (
     ACCESS,
@@ -63,6 +63,7 @@ from .keys import (
     SETTINGS,
     SHUTTING_DOWN,
     SIGNIN,
+    SSH_CONNECTIONS,
     SSH_HOSTS,
     SSO,
     STORE,
@@ -79,7 +80,7 @@ from .providers import ProviderContext
 from .providers.registry import Providers, stored_passwords
 from .rdp.bridges import RdpBridges
 from .relay import BridgeHooks, RelayDeps, RelayTimes
-from .ssh.connections import SshConnections
+from .ssh.connections import SshConnections, SshHost
 from .store import Store
 from .store.sqlite import SQLiteStore
 from .textsafe import multiline, page_value
@@ -179,13 +180,29 @@ def ssh_hosts(store: Store, box: SecretBox, audit: Audit,
 
 
 def provider_context(settings: Settings, store: Store, box: SecretBox, runtime: Path, *,
-                     stop_on_exit: bool = False) -> ProviderContext:
-    """What every desktop provider of this process is given."""
+                     stop_on_exit: bool = False,
+                     ssh: SshConnections | None = None) -> ProviderContext:
+    """What every desktop provider of this process is given; with ``ssh``, desktops are
+    started on SSH hosts (provider "ssh") over those connections."""
     return ProviderContext(runtime, settings.run_as_user, settings.display_base,
                            stop_on_exit=stop_on_exit, credentials=stored_passwords(store, box),
                            hypervisors=settings.hypervisor_configs,
                            vm_stop_timeout=settings.vm_stop_timeout_seconds,
-                           vm_start_timeout=settings.vm_start_timeout_seconds)
+                           vm_start_timeout=settings.vm_start_timeout_seconds,
+                           ssh=ssh_reach(store, box, ssh) if ssh is not None else None)
+
+
+def ssh_reach(store: Store, box: SecretBox, ssh: SshConnections,
+              ) -> Callable[[str], Awaitable[tuple[SshConnections, SshHost]]]:
+    """An SSH host's connections and spec by its name, for the "ssh" desktop provider."""
+    hosts = SshHosts(store, box, Audit(store), ssh)
+
+    async def reach(name: str) -> tuple[SshConnections, SshHost]:
+        try:
+            return ssh, await hosts.spec(name)
+        except NotFound:
+            raise DesktopUnavailable(f"the SSH host {name} of this desktop is gone") from None
+    return reach
 
 
 def prepare_runtime_dir(settings: Settings) -> Path:
@@ -227,22 +244,26 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _desktop_providers(app: web.Application) -> AsyncIterator[None]:
     """The desktop providers; local desktops left running by the previous run are taken over."""
     settings = app[SETTINGS]
-    providers = Providers(provider_context(settings, app[STORE], app[BOX],
-                                           prepare_runtime_dir(settings),
-                                           stop_on_exit=settings.stop_desktops_on_exit))
-    await providers.recover()
-    app[PROVIDERS] = providers
+    runtime = prepare_runtime_dir(settings)
+    # The SSH connections of this process (desktops on SSH hosts, desktops behind jump hosts).
+    ssh = SshConnections(runtime)
+    app[SSH_CONNECTIONS] = ssh
+    providers = Providers(provider_context(settings, app[STORE], app[BOX], runtime,
+                                           stop_on_exit=settings.stop_desktops_on_exit,
+                                           ssh=ssh))
     try:
+        await providers.recover()
+        app[PROVIDERS] = providers
         yield
     finally:
         await providers.close()
+        await ssh.close()
 
 
 async def _use_cases(app: web.Application) -> AsyncIterator[None]:
     """The use cases, one object per area (gateway/cases/)."""
-    ssh = SshConnections(prepare_runtime_dir(app[SETTINGS]))
     cases = build_cases(app[SETTINGS], app[STORE], box=app[BOX], providers=app[PROVIDERS],
-                        live=app[LIVE], ssh=ssh)
+                        live=app[LIVE], ssh=app[SSH_CONNECTIONS])
     app[AUDIT] = cases.audit
     app[SIGNIN] = cases.signin
     app[ACCOUNTS] = cases.accounts
@@ -263,7 +284,6 @@ async def _use_cases(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
         await cases.vms.close()
-        await ssh.close()
 
 
 async def _rdp_bridges(app: web.Application) -> AsyncIterator[None]:

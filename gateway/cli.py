@@ -14,7 +14,9 @@ import asyncio
 import dataclasses
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -67,16 +69,28 @@ def _read_text(path: str | None) -> str | None:
 async def _with_cases(settings: Settings, action: Callable[[Cases], Awaitable[int]]) -> int:
     """Run one command's ``action`` on the use cases over the configured database. No session
     is live in this process; a provider is made only if a change needs it."""
-    from .app import build_cases
+    from .app import build_cases, provider_context
+    from .crypto import SecretBox
+    from .providers.registry import Providers
+    from .ssh.connections import SshConnections
 
     store = SQLiteStore(settings.database_path)
     await store.open()
-    cases = build_cases(settings, store)
+    box = SecretBox(settings.secret_key)
+    # Desktops on SSH hosts are stopped (a removed desktop) over this process's own connections;
+    # their forwards' sockets live in a private folder of its own.
+    forwards = Path(tempfile.mkdtemp(prefix="deskgate-cli-"))
+    ssh = SshConnections(forwards)
+    providers = Providers(provider_context(settings, store, box, settings.desktop_runtime_dir,
+                                           ssh=ssh))
+    cases = build_cases(settings, store, box=box, providers=providers, ssh=ssh)
     try:
         return await action(cases)
     finally:
         await cases.vms.close()
         await cases.providers.close()
+        await ssh.close()
+        shutil.rmtree(forwards, ignore_errors=True)
         await store.close()
 
 
@@ -271,7 +285,9 @@ def cmd_desktop(args: argparse.Namespace) -> int:
             await _set_desktop(catalog, args, password)
         else:
             for d in await catalog.desktops():
-                where = f"{d.host}:{d.port}" if d.provider == "static" else "on this host"
+                where = (f"{d.host}:{d.port}" if d.provider == "static"
+                         else f"on SSH host {d.option('via')}" if d.provider == "ssh"
+                         else "on this host")
                 if d.protocol == "rdp" and d.option("credentials") == "per_user":
                     where += (f" as each user (credentials=per_user), certificates:"
                               f" {d.option('cert_policy')}")
@@ -474,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")
     p.add_argument("--via", metavar="SSH_HOST",
-                   help="static VNC: reach HOST:PORT through this SSH host (as it sees it)")
+                   help="static VNC: reach HOST:PORT through this SSH host (as it sees it);"
+                        " ssh: the SSH host the desktop is started on")
     dsub.add_parser("list", help="list desktops")
     p = dsub.add_parser("remove", help="remove a desktop with its assignments (its past"
                                        " sessions stay in the history)")

@@ -31,6 +31,7 @@ from .live import LiveSessions
 from .providers.registry import Providers
 from .rdp.bridges import RdpBridges
 from .relay import RelayDeps
+from .ssh.connections import SshConnections
 from .store import Store
 from .tickets import TicketBook
 
@@ -54,6 +55,7 @@ VMS = web.AppKey("vms", DesktopVms)
 USAGE = web.AppKey("usage", Usage)  # desktop VMs' usage and cost
 KIOSKS = web.AppKey("kiosks", Kiosks)
 SSH_HOSTS = web.AppKey("ssh_hosts", SshHosts)
+SSH_CONNECTIONS = web.AppKey("ssh_connections", SshConnections)
 EVENTS = web.AppKey("events", EventBus)
 PROVIDERS = web.AppKey("providers", Providers)
 RDP_BRIDGES = web.AppKey("rdp_bridges", RdpBridges)

@@ -82,3 +82,23 @@ def test_a_key_that_cannot_be_read_is_refused(config: Path, tmp_path: Path) -> N
     proc = deskgate("ssh", "add", "h1", "--address", "10.0.0.5", "--user", "gw", "--key-file",
                     str(bad), "--trust-on-first-use", config=config, ok=False)
     assert "private key cannot be read" in proc.stderr
+
+
+def test_a_desktop_started_on_an_ssh_host(config: Path, keys: tuple[Path, str]) -> None:
+    """Provider ssh: the desktop names its SSH host (--via, required), speaks VNC only."""
+    key_file, host_key = keys
+    deskgate("ssh", "add", "box", "--address", "10.231.9.2", "--user", "gw", "--key-file",
+             str(key_file), "--host-key", host_key, config=config)
+    refused = deskgate("desktop", "add", "Far", "--provider", "ssh", config=config, ok=False)
+    assert "--via" in refused.stderr and "Traceback" not in refused.stderr
+    refused = deskgate("desktop", "add", "Far", "--provider", "ssh", "--via", "nowhere",
+                       config=config, ok=False)
+    assert "nowhere" in refused.stderr
+    refused = deskgate("desktop", "add", "Far", "--provider", "ssh", "--via", "box",
+                       "--rdp", "10.0.0.9:3389", config=config, ok=False)
+    assert "Traceback" not in refused.stderr
+    deskgate("desktop", "add", "Far", "--provider", "ssh", "--via", "box", config=config)
+    assert "on SSH host box" in deskgate("desktop", "list", config=config).stdout
+    assert "Far" in deskgate("ssh", "remove", "box", config=config, ok=False).stderr
+    deskgate("desktop", "remove", "Far", config=config)
+    deskgate("ssh", "remove", "box", config=config)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..audit import Audit, AuditKind
 from ..crypto import SecretBox
-from ..errors import BadRequest, GatewayError, NotFound
+from ..errors import BadRequest, DesktopUnavailable, GatewayError, NotFound
 from ..live import LiveSessions
 from ..model import Desktop, Secret, User
 from ..protocols import BRIDGED, PROTOCOLS
@@ -181,7 +181,8 @@ class Catalog:
                           options: Mapping[str, str] | None = None,
                           via: str | None = None) -> Desktop:
         """``via``: the SSH host (a jump host) through which a static desktop's address is
-        reached; the address is then as that host sees it."""
+        reached (the address is then as that host sees it), or, for provider "ssh", the host
+        the desktop is started on."""
         actor.require_admin()
         name = desktop_name(name)
         names = provider_names()
@@ -194,9 +195,11 @@ class Catalog:
             raise BadRequest("protocol is vnc, or rdp for a static desktop")
         if provider == "static" and not (host and 0 < port < 65536):
             raise BadRequest(f"a static desktop needs --{protocol} HOST:PORT")
+        if provider == "ssh" and not via:
+            raise BadRequest("a desktop started over SSH names its SSH host (--via HOST)")
         checked = rdp_options(options or {}) if protocol == "rdp" else {}
         if via:
-            if provider != "static" or protocol != "vnc":
+            if provider not in ("static", "ssh") or protocol != "vnc":
                 raise BadRequest("a jump host is for static VNC desktops")
             if await self._store.get_ssh_host_by_name(via) is None:
                 raise NotFound(f"no SSH host named {via!r}")
@@ -209,7 +212,8 @@ class Catalog:
                                                    checked)
         extra = (f", certificates: {checked['cert_policy']}, credentials:"
                  f" {checked['credentials']}" if protocol == "rdp" else "")
-        extra += f", through SSH host {via}" if via else ""
+        extra += (f", on SSH host {via}" if provider == "ssh"
+                  else f", through SSH host {via}" if via else "")
         await self._record(actor, f"desktop created ({provider}, {protocol}{extra})",
                            desktop=name)
         return desktop
@@ -275,10 +279,17 @@ class Catalog:
         if d.vm is not None:
             raise BadRequest("a desktop VM is deleted with its volumes by its power action"
                              " delete, confirmed by typing its name")
-        await self._providers.get(d.provider).stop(self._spec(d))
+        left = ""
+        try:
+            await self._providers.get(d.provider).stop(self._spec(d))
+        except DesktopUnavailable as exc:
+            if d.provider != "ssh":
+                raise
+            # A host that is gone for good must not keep its desktops in the catalog.
+            left = f" (not stopped on its SSH host: {exc.reason})"
         if not await self._store.delete_desktop(d.id):
             raise NotFound("no such desktop")  # removed by someone else meanwhile: one record
-        await self._record(actor, "desktop deleted", desktop=d.name)
+        await self._record(actor, "desktop deleted" + left, desktop=d.name)
 
     async def assign(self, actor: Actor, desktop_id: int, *, user_id: int | None = None,
                      user_ref: str | None = None, group: str | None = None,

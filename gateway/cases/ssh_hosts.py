@@ -169,7 +169,7 @@ class SshHosts:
         """The endpoint as this node reaches it: a desktop behind an SSH host (its ``via``
         option) through a private unix socket forwarding over that host's connection."""
         via = desktop.option("via")
-        if not via:
+        if not via or desktop.provider == "ssh":  # that provider forwards its own socket
             return endpoint
         if self.connections is None:
             raise SshError("this gateway process does not reach desktops over SSH")

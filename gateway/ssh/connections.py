@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import shlex
 import time
 from collections.abc import Awaitable, Callable
@@ -134,6 +136,8 @@ class SshConnections:
         self._timeout = connect_timeout
         self._links: dict[str, _Link] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._forward_locks: dict[str, asyncio.Lock] = {}
+        self._serial = itertools.count(1)
         self.health: dict[str, Health] = {}
         self._closed = False
 
@@ -231,24 +235,40 @@ class SshConnections:
                          dest_path: str = "") -> Path:
         """A private unix socket here that forwards to ``dest_host:dest_port`` (as the host
         sees it) or to the unix socket ``dest_path`` on the host, through its connection."""
-        conn = await self.connection(host)
-        link = self._links[host.name]
         key = (dest_path, dest_host, dest_port)
-        found = link.listeners.get(key)
+        # One listener per destination, also for callers that come at the same time.
+        async with self._forward_locks.setdefault(host.name, asyncio.Lock()):
+            conn = await self.connection(host)
+            link = self._links[host.name]
+            found = link.listeners.get(key)
+            if found is not None:
+                return found[0]
+            folder = self._dir / "ssh"
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Unique in this process (a closed listener's name is never given again) and
+            # beside another process's listeners in the same folder.
+            path = folder / f"{host.name}-{os.getpid()}-{next(self._serial)}.sock"
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            if dest_path:
+                listener = await conn.forward_local_path(str(path), dest_path)
+            else:
+                listener = await conn.forward_local_path_to_port(str(path), dest_host, dest_port)
+            path.chmod(0o600)
+            link.listeners[key] = (path, listener)
+            return path
+
+    async def close_path(self, host: SshHost, dest_host: str = "", dest_port: int = 0,
+                         dest_path: str = "") -> None:
+        """Remove the local socket ``local_path`` made for that destination (a desktop that
+        stopped): connections to it are refused from now on, not forwarded to nothing."""
+        link = self._links.get(host.name)
+        found = link.listeners.pop((dest_path, dest_host, dest_port), None) if link else None
         if found is not None:
-            return found[0]
-        folder = self._dir / "ssh"
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = folder / f"{host.name}-{len(link.listeners)}-{int(time.time() * 1000) % 100000}.sock"
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        if dest_path:
-            listener = await conn.forward_local_path(str(path), dest_path)
-        else:
-            listener = await conn.forward_local_path_to_port(str(path), dest_host, dest_port)
-        path.chmod(0o600)
-        link.listeners[key] = (path, listener)
-        return path
+            path, listener = found
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     async def run(self, host: SshHost, argv: list[str], *, timeout: float = 30.0,
                   stdin: str | None = None) -> asyncssh.SSHCompletedProcess:
