@@ -89,10 +89,12 @@ from .web import (
     admin_kiosks,
     admin_pages,
     admin_sessions,
+    admin_ssh,
     admin_usage,
     admin_vms,
     api,
     api_kiosks,  # noqa: F401  (its operations join api.API's table)
+    api_ssh,  # noqa: F401  (its operations join api.API's table)
     api_usage,  # noqa: F401  (its operations join api.API's table)
     api_vms,  # noqa: F401  (its operations join api.API's table)
     client,
@@ -383,7 +385,7 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def _admin_app() -> web.Application:
-    """The admin pages, the live dashboard, the desktop VM, usage and kiosk pages, for
+    """The admin pages, the live dashboard, the desktop VM, usage, kiosk and SSH host pages, for
     signed-in admins only (its middleware)."""
     admin = web.Application(middlewares=[common.admin_only])
     admin.add_routes(admin_pages.routes)
@@ -391,6 +393,7 @@ def _admin_app() -> web.Application:
     admin.add_routes(admin_usage.routes)
     admin.add_routes(admin_vms.routes)
     admin.add_routes(admin_kiosks.routes)
+    admin.add_routes(admin_ssh.routes)
     return admin
 
 

@@ -106,8 +106,11 @@ class SshHosts:
         actor.require_admin()
         old = await self.get(host_id)
         fields: dict[str, object] = {}
-        new = {"address": address or old.address, "port": port or old.port,
-               "user": user or old.user, "policy": policy or old.policy}
+        # None keeps a field; anything given is checked (an empty address or port 0 is refused).
+        new = {"address": old.address if address is None else address,
+               "port": old.port if port is None else port,
+               "user": old.user if user is None else user,
+               "policy": old.policy if policy is None else policy}
         self._check(old.name, str(new["address"]), int(str(new["port"])), str(new["user"]),
                     str(new["policy"]))
         for key, column in (("address", "address"), ("port", "port"), ("user", "user_name"),
@@ -122,6 +125,9 @@ class SshHosts:
                 _check_host_key(SshHost(old.name, str(new["address"]), int(str(new["port"])),
                                         host_key=host_key))
             fields["host_key"] = host_key.strip()
+        if new["policy"] == PINNED and not (old.host_key if host_key is None else host_key.strip()):
+            raise BadRequest("a pinned host needs its host key (a known_hosts line, or the key"
+                             " itself: ssh-ed25519 AAAA...)")
         if jump:
             target = await self.get(jump)
             await self._no_loop(old.id, target)

@@ -26,12 +26,13 @@ from ..cases.actor import Actor
 from ..cases.catalog import DesktopView, addable_providers
 from ..errors import BadRequest, GatewayError, NotFound
 from ..keyboards import describe
-from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, VMS
+from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, SSH_HOSTS, VMS
 from ..model import AuditEvent, Desktop
 from ..rdp.options import EDITABLE, OPTIONS, ca_names
 from ..textsafe import visible
 from .common import actor, check_form_csrf, redirect, render, signed_in_admin
 from .inputs import parse_int, parse_time, path_id
+from .ssh_views import hosts_json
 from .vm_views import VM_FORMS, VM_INFO, mib, vm_row
 
 log = logging.getLogger("deskgate.web.admin")
@@ -112,6 +113,7 @@ async def _desktops_page(request: web.Request, *, http_status: int = 200,
                   info=None if error else _info(request), rows=rows,
                   providers=addable_providers(),
                   any_vm=any(r.view.desktop.vm is not None for r in rows),
+                  ssh_hosts=await hosts_json(request.config_dict[SSH_HOSTS]),
                   form=dict(form or {}), **FORMATTERS)
 
 

@@ -14,8 +14,8 @@ from sshhosts import needs_desktops, needs_ssh_hosts, ssh_host, start_xvnc_in
 from websupport import CLI, app_client, base_url, connect, rfb_handshake, sign_in
 
 from gateway.config import Settings
-from gateway.model import Secret
 from gateway.keys import CATALOG, SSH_HOSTS, STORE
+from gateway.model import Secret
 
 __all__ = ["ssh_host"]  # a fixture, used by name
 
