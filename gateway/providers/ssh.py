@@ -164,7 +164,10 @@ cd "$HOME" 2>/dev/null || cd /
 setsid openbox </dev/null >"$dir/openbox.log" 2>&1 9>&- &
 echo $! > "$dir/openbox.pid"
 p=$(pidof_ xvnc)
-setsid xterm -geometry 80x24+10+10 </dev/null >"$dir/xterm.log" 2>&1 9>&- &
+# The same terminal as a local desktop's: dark text on white, a big font when one is installed.
+if fc-list 2>/dev/null | grep -qi mono; then font="-fa Monospace -fs 14"; else font="-fn 10x20"; fi
+# shellcheck disable=SC2086
+setsid xterm $font -geometry 80x24+10+10 -bg white -fg black </dev/null >"$dir/xterm.log" 2>&1 9>&- &
 echo $! > "$dir/xterm.pid"
 echo "started $n $sock $p"
 """

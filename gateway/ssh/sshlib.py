@@ -7,6 +7,7 @@ it. Deskgate never uses DSA keys.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 with warnings.catch_warnings():
@@ -14,3 +15,7 @@ with warnings.catch_warnings():
     import asyncssh
 
 __all__ = ["asyncssh"]
+
+# asyncssh logs every connection and command at INFO (a command's whole text): only its
+# warnings reach the gateway's log.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
