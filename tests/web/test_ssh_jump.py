@@ -5,6 +5,7 @@ shares one SSH connection; a changed host key is refused, audited, and the perso
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import AsyncIterator
 
@@ -86,3 +87,30 @@ async def test_a_changed_host_key_is_refused_and_audited(client) -> None:  # typ
     assert hosts["bastion"].state == "key_changed"
     audit = [e.detail for e in await client.server.app[STORE].list_audit(limit=20)]
     assert any("host key changed" in d for d in audit), audit
+
+
+async def test_twenty_sessions_at_once_share_one_ssh_connection(settings: Settings,
+                                                                ssh_host) -> None:  # type: ignore[no-untyped-def]
+    """20 connections through the gateway at the same moment, to a desktop behind the jump
+    host: every one reaches it, and the host sees one SSH connection."""
+    desktop = start_xvnc_in(ssh_host, xterm=False, window_manager=False, unix=False)
+    ssh_host.set_syncookies(False)  # Xvnc's backlog of 5 (see sshhosts.set_syncookies)
+    async with await app_client(settings, {"alice": False}, max_sessions_per_user=25) as c:
+        app = c.server.app
+        await app[SSH_HOSTS].add(CLI, name="bastion", address=ssh_host.address,
+                                 port=ssh_host.port, user=ssh_host.user,
+                                 private_key=ssh_host.client_key,
+                                 host_key=ssh_host.host_key_line)
+        behind = await app[CATALOG].add_desktop(CLI, "Behind", "static", host="127.0.0.1",
+                                                port=desktop.port or 0, via="bastion")
+        await app[CATALOG].assign(CLI, behind.id, user_ref="alice")
+        csrf = await sign_in(c, "alice")
+        conns = await asyncio.gather(*(connect(c, csrf, behind.id) for _ in range(20)))
+        sockets = await asyncio.gather(*(c.ws_connect(conn["ws_url"], origin=base_url(c))
+                                         for conn in conns))
+        try:
+            inits = await asyncio.gather(*(rfb_handshake(ws) for ws in sockets))
+            assert all(struct.unpack(">HH", init[:4]) == (1024, 768) for init in inits)
+            assert ssh_host.connections() == 1
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
