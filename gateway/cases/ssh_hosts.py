@@ -124,19 +124,22 @@ class SshHosts:
             if host_key.strip():
                 _check_host_key(SshHost(old.name, str(new["address"]), int(str(new["port"])),
                                         host_key=host_key))
-            fields["host_key"] = host_key.strip()
+            if host_key.strip() != old.host_key:
+                fields["host_key"] = host_key.strip()
         if new["policy"] == PINNED and not (old.host_key if host_key is None else host_key.strip()):
             raise BadRequest("a pinned host needs its host key (a known_hosts line, or the key"
                              " itself: ssh-ed25519 AAAA...)")
         if jump:
             target = await self.get(jump)
             await self._no_loop(old.id, target)
-            fields["jump_id"] = target.id
-        elif no_jump:
+            if target.id != old.jump_id:
+                fields["jump_id"] = target.id
+        elif no_jump and old.jump_id is not None:
             fields["jump_id"] = None
         record = await self._store.update_ssh_host(old.id, **fields)
-        if self.connections is not None:
-            await self.connections.drop(old.name)  # made again with the new settings
+        if fields and self.connections is not None:
+            # Made again with the new settings (its sessions end); nothing changed: kept.
+            await self.connections.drop(old.name)
         await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip, detail=actor.by(
             f"SSH host {old.name} changed: {', '.join(sorted(fields)) or 'nothing'}"))
         return record

@@ -64,6 +64,10 @@ async def test_a_desktop_behind_a_jump_host_through_one_ssh_connection(client) -
             "Authorization": "Bearer metrics-token-ssh"})).text()
         assert 'deskgate_ssh_host_up{host="bastion"} 1.0' in metrics
         assert 'deskgate_ssh_host_state{host="bastion",state="connected"} 1.0' in metrics
+        # Pinning the key it already has changes nothing: the connection and sessions stay.
+        hosts = client.server.app[SSH_HOSTS]
+        await hosts.pin(CLI, (await hosts.get("bastion")).id, host.host_key_line)
+        assert hosts.connections.connected("bastion") and host.connections() == 1
     finally:
         for ws in sockets:
             await ws.close()
