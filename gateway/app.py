@@ -311,7 +311,8 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     bridges = app[RDP_BRIDGES]
     app[BROKER] = Broker(app[STORE], app[BOX], app[PROVIDERS], app[TICKETS], app[AUDIT],
                          settings, app[ACCESS], bridges, ready=app[VMS].ready,
-                         view_only=app[KIOSKS].view_only, reach=app[SSH_HOSTS].reach)
+                         view_only=app[KIOSKS].view_only, reach=app[SSH_HOSTS].reach,
+                         lost=app[SSH_HOSTS].lost)
     app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
                             RelayTimes.of(settings), app[SHUTTING_DOWN],
                             BridgeHooks(bridges.resized, bridges.watch_exit))

@@ -62,7 +62,8 @@ class Broker:
                  bridges: RdpBridges | None = None,
                  ready: Callable[[Desktop], Awaitable[None]] | None = None,
                  view_only: Callable[[User], Awaitable[bool]] | None = None,
-                 reach: Callable[[Desktop, Endpoint], Awaitable[Endpoint]] | None = None) -> None:
+                 reach: Callable[[Desktop, Endpoint], Awaitable[Endpoint]] | None = None,
+                 lost: Callable[[Desktop, GatewayError], GatewayError] | None = None) -> None:
         self._store = store
         self._access = access
         self._box = box
@@ -79,6 +80,9 @@ class Broker:
         # How the gateway reaches a provider's endpoint (through an SSH host for a desktop behind
         # a jump host, gateway/cases/ssh_hosts.py); by default directly.
         self._reach = reach
+        # Why a desktop's connection ended, when the way to it knows better than the byte path
+        # (its SSH host's connection was lost); by default what the byte path said.
+        self._lost = lost
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
         # One connect at a time per person, so that the open-sessions count cannot be raced.
@@ -321,6 +325,9 @@ class Broker:
             AuditKind.CONNECT, user=user, desktop=desktop, client_ip=session.client_ip,
             detail=f"session {session.id}"
                    + (f" (after {session.tries} tries)" if session.tries > 1 else ""))
+
+    def upstream_lost(self, admission: Admission, exc: GatewayError) -> GatewayError:
+        return exc if self._lost is None else self._lost(admission.desktop, exc)
 
     def unreachable(self, desktop_id: int) -> None:
         self._providers.unreachable(desktop_id)

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from ..audit import Audit, AuditKind
 from ..crypto import SecretBox
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import BadRequest, Conflict, GatewayError, NotFound
 from ..model import Desktop, Endpoint, Secret, SshHostRecord
 from ..ssh.connections import (
     HOST_KEY_POLICIES,
@@ -188,6 +188,14 @@ class SshHosts:
         else:
             path = await self.connections.local_path(host, endpoint.host, endpoint.port)
         return replace(endpoint, host="", port=0, unix_path=str(path))
+
+    def lost(self, desktop: Desktop, exc: GatewayError) -> GatewayError:
+        """A desktop's connection ended: when its SSH host's connection is gone too, that is
+        what the person is told (and they may retry); otherwise the desktop closed it."""
+        via = desktop.option("via")
+        if via and self.connections is not None and not self.connections.connected(via):
+            return SshError(f"the connection to {via}, the SSH host of this desktop, was lost")
+        return exc
 
     async def used_by(self, name: str) -> list[str]:
         """The desktops and hosts that go through SSH host ``name``."""

@@ -129,8 +129,8 @@ def test_desktops_over_ssh_typing_and_sshd_gone_and_back(gw, browser: Any) -> No
             "() => document.getElementById('deskgate-client').dataset.state") != "connected",
             20, "the page to notice the desktop went")
         page.wait_for_function(
-            "() => /reach|Reconnect|Trying/.test(document.getElementById('status').textContent)",
-            timeout=30_000)
+            "() => /SSH host of this desktop, was lost/.test("
+            "document.getElementById('status').textContent)", timeout=30_000)
         shot_to(page, "ssh-desktop-sshd-gone.png")
         assert other.evaluate(
             "() => document.getElementById('deskgate-client').dataset.state") == "connected"
