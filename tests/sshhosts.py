@@ -238,6 +238,9 @@ class SshHost:
     veth: str
     sshd_pid: int | None = None
     desktops: list[NsDesktop] = field(default_factory=list)
+    # A host on a private network behind another (its jump host): its only link goes into that
+    # host's namespace, so this machine has no route to it.
+    behind: SshHost | None = None
     _sshd: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _account: _Account | None = field(default=None, repr=False)
     _netns_created: bool = field(default=False, repr=False)
@@ -304,12 +307,20 @@ class SshHost:
                 tail = self.log.read_text(errors="replace")[-600:] if self.log.exists() else ""
                 raise RuntimeError(f"{self.name}: sshd exited {self._sshd.returncode}: {tail}")
             with contextlib.suppress(OSError):
-                if ssh_banner(self.address, self.port, timeout=1.0).startswith("SSH-2.0-"):
+                if self._greets():
                     return
             if time.monotonic() > deadline:
                 self.stop_sshd()
                 raise RuntimeError(f"{self.name}: sshd did not answer on {self.address}:{self.port}")
             time.sleep(0.05)
+
+    def _greets(self) -> bool:
+        """sshd's banner, read from this machine, or from the jump host for a hidden host."""
+        if self.behind is None:
+            return ssh_banner(self.address, self.port, timeout=1.0).startswith("SSH-2.0-")
+        script = f"exec 3<>/dev/tcp/{self.address}/{self.port} && head -c 8 <&3"
+        done = self.behind.exec("timeout", "2", "bash", "-c", script, check=False, timeout=5)
+        return done.stdout.startswith("SSH-2.0-")
 
     def stop_sshd(self, timeout: float = STEP_TIMEOUT) -> None:
         """SIGTERM sshd's listener by its PID and reap it (accepted connections live on)."""
@@ -372,7 +383,7 @@ def _subnet_in_use(index: int) -> bool:
 
 
 def start_ssh_host(index: int, tmp: Path, *, user: str = DEFAULT_USER, port: int | None = None,
-                   name: str | None = None) -> SshHost:
+                   name: str | None = None, behind: SshHost | None = None) -> SshHost:
     """Host ``index`` (1-254): namespace, veth pair on 10.231.<index>.0/24, account ``user``,
     keys, sshd on 10.231.<index>.2:``port`` (2200 + index by default), answering when returned.
 
@@ -392,7 +403,7 @@ def start_ssh_host(index: int, tmp: Path, *, user: str = DEFAULT_USER, port: int
         name=name or f"host{index}", netns=f"dgssh-{pid}-{index}",
         address=f"{NET_PREFIX}.{index}.2", gateway_address=f"{NET_PREFIX}.{index}.1",
         port=port or 2200 + index, user=user, client_key="", client_public="", host_key_line="",
-        workdir=workdir, index=index, veth=f"dgs{pid % 1000}-{index}",
+        workdir=workdir, index=index, veth=f"dgs{pid % 1000}-{index}", behind=behind,
     )  # fmt: skip
     try:
         host._account = _acquire_account(user)
@@ -400,8 +411,13 @@ def start_ssh_host(index: int, tmp: Path, *, user: str = DEFAULT_USER, port: int
         _run(["ip", "netns", "add", host.netns])
         host._netns_created = True
         _run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns])
-        _run(["ip", "addr", "add", f"{host.gateway_address}/24", "dev", host.veth])
-        _run(["ip", "link", "set", host.veth, "up"])
+        if behind is None:
+            _run(["ip", "addr", "add", f"{host.gateway_address}/24", "dev", host.veth])
+            _run(["ip", "link", "set", host.veth, "up"])
+        else:  # the outer end in the jump host's namespace: no route from this machine
+            _run(["ip", "link", "set", host.veth, "netns", behind.netns])
+            behind.exec("ip", "addr", "add", f"{host.gateway_address}/24", "dev", host.veth)
+            behind.exec("ip", "link", "set", host.veth, "up")
         host.exec("ip", "link", "set", "lo", "up")
         host.exec("ip", "addr", "add", f"{host.address}/24", "dev", "eth0")
         host.exec("ip", "link", "set", "eth0", "up")
@@ -495,7 +511,8 @@ def cleanup_ssh_host(host: SshHost) -> None:
                 return
             time.sleep(0.05)
 
-    step("veth", drop_veth)
+    if host.behind is None:  # else the pair went with the namespaces
+        step("veth", drop_veth)
     account, host._account = host._account, None
     if account is not None:
         step("account", lambda: _release_account(account))
@@ -724,11 +741,12 @@ def short_tmp() -> Path:
     return path
 
 
-def _start_indexed(tmp: Path, name: str | None = None) -> SshHost:
+def _start_indexed(tmp: Path, name: str | None = None,
+                   behind: SshHost | None = None) -> SshHost:
     index = free_index()
     _INDICES_IN_USE.add(index)
     try:
-        return start_ssh_host(index, tmp, name=name)
+        return start_ssh_host(index, tmp, name=name, behind=behind)
     except BaseException:
         _INDICES_IN_USE.discard(index)
         raise
@@ -763,17 +781,19 @@ def ssh_host() -> Iterator[SshHost]:
 
 
 @pytest.fixture(scope="module")
-def ssh_hosts() -> Iterator[Callable[[int], SshHost]]:
+def ssh_hosts() -> Iterator[Callable[..., SshHost]]:
     """``ssh_hosts(n)``: host number n (1, 2, ...) of this module, started on first use; all
     are cleaned up after the module's last test."""
     tmp = short_tmp()
     hosts: dict[int, SshHost] = {}
 
-    def get(n: int) -> SshHost:
+    def get(n: int, behind: int | None = None) -> SshHost:
+        """Host n; ``behind``: the number of the host it is reachable through, only."""
         if n < 1:
             raise ValueError("hosts are numbered from 1")
         if n not in hosts:
-            hosts[n] = _start_indexed(tmp, name=f"host{n}")
+            jump = get(behind) if behind is not None else None
+            hosts[n] = _start_indexed(tmp, name=f"host{n}", behind=jump)
         return hosts[n]
 
     try:

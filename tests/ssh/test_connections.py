@@ -163,3 +163,24 @@ async def test_sshd_gone_then_back(ssh_hosts, ssh: SshConnections) -> None:  # t
     path = await ssh.local_path(spec(host), dest_path=str(desktop.unix_path))
     assert await banner(path) == RFB_BANNER
     assert ssh.health[host.name].state == CONNECTED and ssh.health[host.name].connects == 2
+
+
+async def test_a_host_reachable_only_through_its_jump_host(
+        ssh_hosts, ssh: SshConnections) -> None:  # type: ignore[no-untyped-def]
+    jump = ssh_hosts(3)
+    hidden = ssh_hosts(4, behind=3)
+    desktop = start_xvnc_in(hidden, xterm=False, window_manager=False)
+    assert desktop.port is not None
+    # This machine is not on its network: no address of this machine is on that /24 (nothing
+    # is sent to it from here: without a link, it would go out by the default route).
+    subnet = hidden.address.rsplit(".", 1)[0] + "."
+    addresses = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout
+    assert subnet not in addresses
+    assert subnet in jump.exec("ip", "-o", "-4", "addr", "show").stdout
+    through = spec(hidden, jump=spec(jump))
+    done = await ssh.run(through, ["id", "-un"])
+    assert str(done.stdout).strip() == hidden.user
+    path = await ssh.local_path(through, "127.0.0.1", desktop.port)
+    assert await banner(path) == RFB_BANNER
+    assert jump.connections() == 1 and hidden.connections() == 1
