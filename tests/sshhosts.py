@@ -6,6 +6,12 @@ fixtures (``ssh_host``, ``ssh_hosts``) from anywhere under tests/: ``tests/`` is
 because ``tests/conftest.py`` has no package around it. A test module that uses the fixtures
 imports them by name (``from sshhosts import ssh_host``) or lists ``pytest_plugins``.
 
+Over 400 lines as one harness: a host's network, account, sshd and desktops are made and undone
+together, and a failure halfway must undo what was made.
+
+A host made ``behind`` another is linked into that host's namespace instead: this machine has
+no route to it, only its jump host does.
+
 Host ``i`` is the namespace ``dgssh-<pid>-<i>``, joined to this machine by a veth pair: the
 machine's side (``dgs<pid%1000>-<i>``) is 10.231.<i>.1/24, the host's side (``eth0`` inside)
 is 10.231.<i>.2/24. The namespace has no default route and forwarding is not touched, so the
