@@ -789,7 +789,6 @@ if (kioskMode) {
     heartbeat({
         csrf: csrfToken,
         seconds: Number(root.dataset.heartbeatSeconds) || 15,
-        desktopId: Number(root.dataset.desktopId),
         onRefused: () => window.location.replace('/kiosk'),
     });
     if (!dedicated) {

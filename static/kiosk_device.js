@@ -206,12 +206,12 @@ export function watchIdle({idleSeconds, warningSeconds, onIdle}) {
 // Every ``seconds``: prove this device is alive and who it shows. ``onRefused``: the gateway
 // no longer knows it (revoked) or it cannot prove itself. A gateway that is away is not a
 // refusal: the next beat tries again.
-export function heartbeat({csrf, seconds, desktopId = null, onRefused}) {
+export function heartbeat({csrf, seconds, onRefused}) {
     const beat = async () => {
         const wasActive = active;
         active = false;
         try {
-            const resp = await prove('/kiosk/heartbeat', csrf, {active: wasActive, desktop_id: desktopId});
+            const resp = await prove('/kiosk/heartbeat', csrf, {active: wasActive});
             if (resp.status === 401 || resp.status === 403) {
                 onRefused();
                 return;

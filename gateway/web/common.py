@@ -118,6 +118,15 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
     response.del_cookie(COOKIE_NAME, path="/")
 
 
+# Binds a single sign-on start to the browser that made it (login CSRF, state injection:
+# gateway/web/sso.py); a kiosk's sign-out clears it too.
+SSO_BROWSER_COOKIE = "deskgate_oidc"
+
+
+def clear_sso_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(SSO_BROWSER_COOKIE, path="/login/oidc/")
+
+
 async def load_user(request: web.Request, ws: WebSession) -> User | None:
     """The web session's account, or None when it was disabled or deleted since."""
     return await request.config_dict[SIGNIN].user_of(ws)

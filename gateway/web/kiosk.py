@@ -25,6 +25,7 @@ from .common import (
     check_csrf,
     check_form_csrf,
     clear_session_cookie,
+    clear_sso_cookie,
     client_ip,
     current,
     redirect,
@@ -172,8 +173,9 @@ async def start(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/kiosk/heartbeat")
 async def heartbeat(request: web.Request) -> web.StreamResponse:
-    """``{"challenge", "signature", "active", "desktop_id"}``: the device is alive (and proves
-    it); ``active``: its person gave input since the last heartbeat (keeps their session)."""
+    """``{"challenge", "signature", "active"}``: the device is alive (and proves it);
+    ``active``: its person gave input since the last heartbeat (keeps their session). Who is
+    on it and which desktop it shows come from their web session and its live relay here."""
     proven, body = await _prove(request)
     ws, user = _person(request, proven.kiosk)
     person = desktop = ""
@@ -239,7 +241,7 @@ async def signout(request: web.Request) -> web.StreamResponse:
         clear_session_cookie(response)
     for name in (PRE_COOKIE_NAME, GRANT_COOKIE):
         response.del_cookie(name, path="/")
-    response.del_cookie("deskgate_oidc", path="/login/oidc/")
+    clear_sso_cookie(response)
     response.headers["Clear-Site-Data"] = '"cache"'
     return response
 

@@ -8,13 +8,20 @@ from ..crypto import new_token
 from ..errors import GatewayError
 from ..keys import KIOSKS, SETTINGS, SSO
 from ..model import WebSessionState
-from .common import client_ip, current, redirect, render, set_session_cookie, user_agent
+from .common import (
+    SSO_BROWSER_COOKIE,
+    clear_sso_cookie,
+    client_ip,
+    current,
+    redirect,
+    render,
+    set_session_cookie,
+    user_agent,
+)
 from .kiosk import DEVICE_COOKIE, clear_grant, kiosk_grant
 
 routes = web.RouteTableDef()
 
-# Binds a pre-login record to the browser that started it (login CSRF, state injection).
-BROWSER_COOKIE = "deskgate_oidc"
 # Older versions shared one callback between all providers (open to mix-up): refused now.
 RETIRED_CALLBACK_PATH = "/login/oidc/callback"
 
@@ -42,7 +49,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     except GatewayError as exc:
         return _failure(request, exc)
     response = redirect(url)
-    response.set_cookie(BROWSER_COOKIE, browser, httponly=True, samesite="Lax",
+    response.set_cookie(SSO_BROWSER_COOKIE, browser, httponly=True, samesite="Lax",
                         secure=request.config_dict[SETTINGS].cookie_secure, path="/login/oidc/",
                         max_age=600)
     return response
@@ -53,7 +60,7 @@ def _failure(request: web.Request, exc: GatewayError) -> web.Response:
     response = render(request, "error.html", http_status=exc.http_status, status=exc.http_status,
                       message=exc.reason,
                       retry_url="/kiosk" if kiosk_grant(request) else "/login")
-    response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
+    clear_sso_cookie(response)
     return response
 
 
@@ -77,12 +84,12 @@ async def callback(request: web.Request) -> web.StreamResponse:
             request.match_info["provider_id"][:32],
             state=query.get("state", "")[:200], code=query.get("code", "")[:2000] or None,
             error=query.get("error", "")[:64] or None, iss=None if iss is None else iss[:512],
-            browser_token=request.cookies.get(BROWSER_COOKIE), ip=client_ip(request),
+            browser_token=request.cookies.get(SSO_BROWSER_COOKIE), ip=client_ip(request),
             user_agent=user_agent(request), kiosk=kiosk)
     except GatewayError as exc:
         return _failure(request, exc)
     response = redirect("/login/totp" if result.needs_totp else "/kiosk" if kiosk else "/")
-    response.del_cookie(BROWSER_COOKIE, path="/login/oidc/")
+    clear_sso_cookie(response)
     if kiosk is not None:
         clear_grant(response)
     set_session_cookie(request, response, result.cookie)

@@ -42,10 +42,9 @@ from gateway.xdisplay.numbers import (
     _STARTING,
     GEOMETRY_RE,
     UNIX_PATH_MAX,
-    X11_UNIX_DIR,
+    display_taken,
     ensure_x11_unix_dir,
     free_display,
-    lock_file,
     pid_alive,
     xvnc_serving,
 )
@@ -171,17 +170,9 @@ class XvncDisplay:
             if p is not None:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
-        # Xvnc removes its lock and X socket on SIGTERM; after SIGKILL they stay behind.
-        lock = lock_file(self.display)
-        try:
-            owner = int(lock.read_text().strip())
-        except (OSError, ValueError):
-            owner = -1
-        if owner == self.xvnc_pid and not pid_alive(owner):
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-            with contextlib.suppress(FileNotFoundError):
-                (X11_UNIX_DIR / f"X{self.display}").unlink()
+        # Xvnc removes its lock and X socket on SIGTERM; after SIGKILL they stay behind, and
+        # are removed as any stale lock is (the number is free again).
+        display_taken(self.display)
         if self._owns_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
