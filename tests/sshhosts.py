@@ -435,6 +435,8 @@ def start_ssh_host(index: int, tmp: Path, *, user: str = DEFAULT_USER, port: int
         host.client_key = (keys / "id_ed25519").read_text()
         host.client_public = (keys / "id_ed25519.pub").read_text().strip()
         host.host_key_line = _make_host_key(host.host_key, host.address, host.port)
+        if user == "root":
+            (workdir / "root-home").mkdir(mode=0o700)
         authorized = workdir / "authorized_keys"
         authorized.mkdir(mode=0o755)
         (authorized / user).write_text(host.client_public + "\n")
@@ -451,7 +453,8 @@ def start_ssh_host(index: int, tmp: Path, *, user: str = DEFAULT_USER, port: int
                 "PubkeyAuthentication yes",
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
-                "PermitRootLogin no",
+                # root only for a host that logs in as root (a hypervisor's machine), by key
+                f"PermitRootLogin {'prohibit-password' if user == 'root' else 'no'}",
                 f"AllowUsers {user}",
                 "UsePAM no",
                 "AllowTcpForwarding yes",
@@ -465,6 +468,9 @@ def start_ssh_host(index: int, tmp: Path, *, user: str = DEFAULT_USER, port: int
                 "ClientAliveInterval 0",
                 "LogLevel VERBOSE",
                 "Subsystem sftp internal-sftp",
+                # root's own dotfiles on this machine are not the host's: its sessions start in
+                # an empty home (bash reads ~/.bashrc for commands run over SSH)
+                *([f"SetEnv HOME={workdir / 'root-home'}"] if user == "root" else []),
                 "",
             ])
         )  # fmt: skip
