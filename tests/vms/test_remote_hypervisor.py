@@ -16,19 +16,24 @@ import json
 import os
 import re
 import shutil
+import struct
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import libvirt
 import pytest
 import pytest_asyncio
 from hypervisor import BANNER, GuestImage, guest_image, hypervisor
 from sshhosts import SshHost, cleanup_ssh_host, free_index, short_tmp, start_ssh_host
+from web.websupport import CLI, app_client, base_url, connect, rfb_handshake, sign_in
 
-from gateway.config import HypervisorConfig, load_settings, remote_libvirt_socket
+from gateway.config import HypervisorConfig, Settings, load_settings, remote_libvirt_socket
 from gateway.errors import ConfigError
+from gateway.keys import BUNDLES, CATALOG, SSH_CONNECTIONS, SSH_HOSTS, VMS
+from gateway.model import Bundle
 
 MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 
@@ -120,10 +125,10 @@ def given_for(host: SshHost, image: GuestImage, folder: Path, runtime: Path) -> 
                      "host_key": host.host_key_line}}
 
 
-def domain_state(uri: str) -> int | None:
+def domain_state(uri: str, desktop_id: int = DESKTOP_ID) -> int | None:
     conn = libvirt.open(uri)
     try:
-        return int(conn.lookupByName(f"deskgate-{DESKTOP_ID}").state()[0])
+        return int(conn.lookupByName(f"deskgate-{desktop_id}").state()[0])
     except libvirt.libvirtError:
         return None
     finally:
@@ -220,3 +225,49 @@ def test_the_config_of_a_hypervisor_through_ssh(tmp_path: Path) -> None:
         load('via = "hv-host"\nuri = "qemu:///session"\nstorage_dir = "/srv/vms"\n'
              'socket_dir = "/run/dg"')
 
+
+
+@MODULE_LOOP
+async def test_a_person_works_in_a_vm_on_the_far_hypervisor_through_the_gateway(
+        uri: str, far_host: SshHost, folder: Path, settings: Settings) -> None:
+    """The whole way: an SSH host added as an admin would, a VM made on the far hypervisor,
+    a person's connect starts it and the relay reaches its screen through the SSH host."""
+    image = guest_image()
+    config = HypervisorConfig("far", "qemu:///system", "qemu", str(folder / "web-disks"),
+                              str(folder / "web-screens"), "libvirt-qemu", via=far_host.name)
+    made = None
+    async with await app_client(settings, {"alice": False}, hypervisors=(config,),
+                                vm_stop_timeout_seconds=1.0, vm_start_timeout_seconds=60.0,
+                                vm_reconcile_seconds=3600.0) as client:
+        app = client.server.app
+        await app[SSH_HOSTS].add(CLI, name=far_host.name, address=far_host.address,
+                                 port=far_host.port, user="root",
+                                 private_key=far_host.client_key,
+                                 host_key=far_host.host_key_line)
+        bundle = await app[BUNDLES].create(CLI, Bundle(
+            0, "tiny", 1, 128, 32, 16, str(image.base), kernel=str(image.kernel),
+            initrd=str(image.initrd), cmdline="console=tty0 console=ttyS0 quiet",
+            ready_text=BANNER))
+        made = await app[VMS].create(CLI, "Far VM", bundle, hypervisor="far")
+        assert made.vm is not None and made.vm.state == "stopped", made.vm
+        await app[CATALOG].assign(CLI, made.id, user_ref="alice")
+        try:
+            browser = aiohttp.ClientSession(base_url(client),
+                                            cookie_jar=aiohttp.CookieJar(unsafe=True))
+            async with browser:
+                csrf = await sign_in(browser, "alice", base=base_url(client))
+                conn = await connect(browser, csrf, made.id, base=base_url(client))
+                ws = await browser.ws_connect(base_url(client) + conn["ws_url"],
+                                              origin=base_url(client))
+                init = await rfb_handshake(ws)
+                width, height = struct.unpack(">HH", init[:4])
+                assert width > 0 and height > 0  # the guest's VGA console
+                await ws.close()
+            assert domain_state(uri, made.id) == libvirt.VIR_DOMAIN_RUNNING
+            health = app[SSH_CONNECTIONS].health[far_host.name]
+            assert health.connects == 1 and far_host.connections() == 1
+        finally:
+            provider = app[VMS]._provider()
+            with contextlib.suppress(Exception):
+                await provider.delete(app[VMS]._spec(made))
+    assert domain_state(uri, made.id) is None
