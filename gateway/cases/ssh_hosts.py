@@ -151,11 +151,13 @@ class SshHosts:
     async def remove(self, actor: Actor, host_id: int) -> None:
         actor.require_admin()
         host = await self.get(host_id)
-        users = await self.used_by(host.name)
+        # The check and the deletion are one step in the store: a desktop added through the
+        # host meanwhile either stops this or is refused.
+        users = await self._store.delete_ssh_host(host.id)
+        if users is None:
+            raise NotFound("no such SSH host")  # removed by someone else meanwhile
         if users:
             raise Conflict(f"{', '.join(users)} go through {host.name}; change them first")
-        if not await self._store.delete_ssh_host(host.id):
-            raise NotFound("no such SSH host")
         if self.connections is not None:
             await self.connections.drop(host.name)
         await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip,

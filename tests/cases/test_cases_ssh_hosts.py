@@ -1,0 +1,113 @@
+"""The SSH hosts use case on the store (no sshd: the connections are a recorder): a host removed
+while desktops are added through it from another process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from casesupport import CLI, PASSWORD, admin_actor
+
+from gateway.app import Cases, build_cases
+from gateway.cases.actor import Actor
+from gateway.cases.ssh_hosts import SshHosts
+from gateway.config import Settings
+from gateway.errors import Conflict, NotFound
+from gateway.ssh.connections import TOFU, Health
+from gateway.ssh.sshlib import asyncssh
+from gateway.store.sqlite import SQLiteStore
+
+
+def private_key() -> str:
+    return asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+
+
+class Recorder:
+    """The connections' side the use case talks to: which hosts it dropped."""
+
+    def __init__(self) -> None:
+        self.health: dict[str, Health] = {}
+        self.dropped: list[str] = []
+
+    async def drop(self, name: str) -> None:
+        self.dropped.append(name)
+
+    def take(self) -> list[str]:
+        dropped, self.dropped = self.dropped, []
+        return dropped
+
+
+async def _root(cases: Cases) -> Actor:
+    root, _ = await cases.accounts.add_user(CLI, "root", admin=True, password=PASSWORD)
+    return admin_actor(root)
+
+
+def _hosts(cases: Cases, recorder: Recorder) -> SshHosts:
+    return SshHosts(cases.store, cases.box, cases.audit, recorder)  # type: ignore[arg-type]
+
+
+async def test_removes_and_adds_at_once_leave_no_desktop_without_its_host(
+        cases: Cases, settings: Settings) -> None:
+    """20 calls in flight per host, removes through this process and desktop adds through
+    another (the command line's store on the same database), in several orders."""
+    me = await _root(cases)
+    hosts = _hosts(cases, Recorder())
+    other_store = SQLiteStore(settings.database_path)
+    await other_store.open()
+    other = build_cases(settings, other_store)
+    outcomes: set[bool] = set()
+    try:
+        for round_ in range(10):
+            name = f"h{round_}"
+            host = await hosts.add(me, name=name, address="192.0.2.9", user="desk",
+                                   private_key=private_key(), policy=TOFU)
+
+            async def add(i: int, delay: float, name: str = name) -> str:
+                await asyncio.sleep(delay)  # some before the removals' checks, some after
+                desktop = f"{name}-d{i}"
+                provider = "ssh" if i % 2 else "static"  # started on it, or behind it
+                await other.catalog.add_desktop(
+                    me, desktop, provider, host="10.0.0.5" if provider == "static" else "",
+                    port=5901 if provider == "static" else 0, via=name)
+                return "added"
+
+            async def remove(host_id: int = host.id) -> str:
+                await hosts.remove(me, host_id)
+                return "removed"
+
+            # Odd rounds: the adds start a little later, so that a removal may win.
+            calls = [add(i, 0.005 * (round_ % 2) + ((i * 7 + round_) % 5) * 0.003)
+                     if (i * (round_ + 1)) % 3 else remove() for i in range(20)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            for result in results:
+                if isinstance(result, NotFound):
+                    # An add after the removal, or a second removal.
+                    assert result.reason in (f"no SSH host named {name!r}", "no such SSH host")
+                elif isinstance(result, Conflict):
+                    users, _, tail = result.reason.partition(" go through ")
+                    assert tail == f"{name}; change them first", result.reason
+                    assert all(u.startswith(f"{name}-d") for u in users.split(", "))
+                else:
+                    assert result in ("added", "removed"), result
+            assert results.count("removed") <= 1
+            names = {h.name for h, _ in await hosts.hosts()}
+            through = [d for d in await cases.catalog.desktops() if d.option("via") == name]
+            assert (name in names) != ("removed" in results)
+            assert len(through) == results.count("added")
+            assert not through or name in names  # no desktop names a host that is gone
+            outcomes.add("removed" in results)
+            # Each refusal once more, on its own: what the person is told.
+            if name in names:
+                with pytest.raises(Conflict) as refused:
+                    await hosts.remove(me, host.id)
+                listed = ", ".join(sorted(d.name for d in through))
+                assert refused.value.reason == f"{listed} go through {name}; change them first"
+            else:
+                with pytest.raises(NotFound) as refused:
+                    await other.catalog.add_desktop(me, "late", "ssh", via=name)
+                assert refused.value.reason == f"no SSH host named {name!r}"
+        assert outcomes == {True, False}  # some hosts were removed, some kept
+        every = {h.name for h, _ in await hosts.hosts()}
+        assert all(d.option("via") in every for d in await cases.catalog.desktops())
+    finally:
+        await other_store.close()
