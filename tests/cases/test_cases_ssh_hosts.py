@@ -1,25 +1,32 @@
 """The SSH hosts use case on the store (no sshd: the connections are a recorder): a host removed
-while desktops are added through it from another process."""
+while desktops are added through it from another process, and which changes make a host's
+connection again."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from casesupport import CLI, PASSWORD, admin_actor
+from casesupport import CLI, PASSWORD, admin_actor, audit_mark, audit_since
 
 from gateway.app import Cases, build_cases
 from gateway.cases.actor import Actor
 from gateway.cases.ssh_hosts import SshHosts
 from gateway.config import Settings
 from gateway.errors import Conflict, NotFound
-from gateway.ssh.connections import TOFU, Health
+from gateway.ssh.connections import PINNED, TOFU, Health
 from gateway.ssh.sshlib import asyncssh
 from gateway.store.sqlite import SQLiteStore
 
 
 def private_key() -> str:
     return asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+
+
+def public_key() -> str:
+    """A host key as a host shows it: ``ssh-ed25519 AAAA...``."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    return key.export_public_key().decode().strip()
 
 
 class Recorder:
@@ -111,3 +118,54 @@ async def test_removes_and_adds_at_once_leave_no_desktop_without_its_host(
         assert all(d.option("via") in every for d in await cases.catalog.desktops())
     finally:
         await other_store.close()
+
+
+async def test_only_a_change_of_how_a_host_is_reached_makes_its_connection_again(
+        cases: Cases) -> None:
+    me = await _root(cases)
+    recorder = Recorder()
+    hosts = _hosts(cases, recorder)
+    key, host_key = private_key(), public_key()
+    bastion = await hosts.add(me, name="bastion", address="192.0.2.1", user="desk",
+                              private_key=private_key(), policy=TOFU)
+    lab = await hosts.add(me, name="lab", address="192.0.2.9", user="desk", private_key=key,
+                          host_key=host_key)
+    inner = await hosts.add(me, name="inner", address="10.0.0.2", user="desk",
+                            private_key=private_key(), policy=TOFU, jump="lab")
+    await hosts.add(me, name="deep", address="10.0.1.2", user="desk",
+                    private_key=private_key(), policy=TOFU, jump="inner")
+
+    # Nothing that changes the connection: kept.
+    same_key_other_format = asyncssh.import_private_key(key).export_private_key(
+        "pkcs8-pem").decode()
+    mark = await audit_mark(cases.store)
+    for change in ({}, {"address": "192.0.2.9", "port": 22, "user": "desk"},
+                   {"private_key": key}, {"private_key": same_key_other_format},
+                   {"host_key": host_key}, {"host_key": f"192.0.2.9 {host_key}"},
+                   {"host_key": f"{host_key} admin@laptop"}):
+        await hosts.update(me, lab.id, **change)  # type: ignore[arg-type]
+        assert recorder.take() == [], change
+    assert {r.detail for r in await audit_since(cases.store, mark)} == {
+        "SSH host lab changed: nothing (by root)"}
+    # The policy alone (the key it is checked against stays the same): kept.
+    await hosts.update(me, inner.id, host_key=f"10.0.0.2 {host_key}")
+    recorder.take()
+    await hosts.pin(me, inner.id, host_key)  # tofu with this key learnt -> pinned to it
+    assert recorder.take() == [] and (await hosts.get("inner")).policy == PINNED
+
+    # Each change of how it is reached: made again, with the hosts reached through it.
+    for change in ({"address": "192.0.2.10"}, {"port": 2222}, {"user": "other"},
+                   {"private_key": private_key()}, {"host_key": public_key()},
+                   {"jump": "bastion"}):
+        mark = await audit_mark(cases.store)
+        await hosts.update(me, lab.id, **change)  # type: ignore[arg-type]
+        assert sorted(recorder.take()) == ["deep", "inner", "lab"], change
+        [row] = await audit_since(cases.store, mark)
+        assert row.detail != "SSH host lab changed: nothing (by root)"
+    await hosts.update(me, lab.id, no_jump=True)
+    assert sorted(recorder.take()) == ["deep", "inner", "lab"]
+    await hosts.update(me, bastion.id, address="192.0.2.2")
+    assert recorder.take() == ["bastion"]  # nothing goes through it any more
+    with pytest.raises(NotFound):
+        await hosts.update(me, 999, address="192.0.2.3")
+    assert recorder.take() == []
