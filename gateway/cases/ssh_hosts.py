@@ -19,6 +19,7 @@ from ..model import Desktop, Endpoint, Secret, SshHostRecord
 from ..ssh.connections import (
     HOST_KEY_POLICIES,
     PINNED,
+    TOFU,
     Health,
     SshConnections,
     SshError,
@@ -68,6 +69,21 @@ def _host_keys(address: str, port: int, host_key: str) -> set[tuple[str, ...]]:
     return {tuple(line.split()[:3]) for line in text.splitlines()}
 
 
+def _key_text(host_key: str) -> str:
+    """A pinned key for the audit: its type and fingerprint (``SHA256:…``, as ``ssh-keygen -l``
+    prints it), from its first line."""
+    for line in host_key.splitlines():
+        parts = line.split()
+        for kind, blob in zip(parts, parts[1:], strict=False):
+            if kind.startswith(("ssh-", "ecdsa-", "sk-")):
+                try:
+                    key = asyncssh.import_public_key(f"{kind} {blob}")
+                except (asyncssh.KeyImportError, ValueError):
+                    return kind
+                return f"{kind} {key.get_fingerprint('sha256')}"
+    return "?"
+
+
 class SshHosts:
     def __init__(self, store: Store, box: SecretBox, audit: Audit,
                  connections: SshConnections | None = None) -> None:
@@ -114,7 +130,10 @@ class SshHosts:
         hosts reached through it, are made again only when how it is reached changed: its
         address, port, account, private key (another key, not the same one again), jump host
         or the keys it is checked against; a change of policy alone keeps them.
-"""
+
+        Switching a pinned host to trust on first use forgets its pinned key (unless a key
+        is given with it): the next connection records the key the host shows, which is what
+        an admin means by it (a host that was reinstalled and shows a new key)."""
         actor.require_admin()
         old = await self.get(host_id)
         fields: dict[str, object] = {}
@@ -133,6 +152,9 @@ class SshHosts:
             _check_key(private_key)
             if not await self._same_key(old.id, private_key):
                 fields["key_enc"] = self._box.encrypt(private_key)
+        if host_key is None and new["policy"] == TOFU and old.policy != TOFU:
+            host_key = ""  # trusted on first use from now on: learnt afresh
+        forgotten = old.host_key if host_key is not None and not host_key.strip() else ""
         if host_key is not None:
             if host_key.strip():
                 _check_host_key(SshHost(old.name, str(new["address"]), int(str(new["port"])),
@@ -155,8 +177,12 @@ class SshHosts:
             # Made again with the new settings (their sessions end); else kept.
             for name in [old.name, *await self._through(old.id)]:
                 await self.connections.drop(name)
-        await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip, detail=actor.by(
-            f"SSH host {old.name} changed: {', '.join(sorted(fields)) or 'nothing'}"))
+        detail = f"SSH host {old.name} changed: {', '.join(sorted(fields)) or 'nothing'}"
+        if forgotten:
+            detail += (f"; its pinned key ({_key_text(forgotten)}) is forgotten: the next"
+                       " connection records the key the host shows")
+        await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip,
+                                 detail=actor.by(detail))
         return record
 
     async def _same_key(self, host_id: int, private_key: str) -> bool:

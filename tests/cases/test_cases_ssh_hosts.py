@@ -1,6 +1,6 @@
 """The SSH hosts use case on the store (no sshd: the connections are a recorder): a host removed
-while desktops are added through it from another process, and which changes make a host's
-connection again."""
+while desktops are added through it from another process, a pinned host switched to trust on
+first use, and which changes make a host's connection again."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gateway.cases.actor import Actor
 from gateway.cases.ssh_hosts import SshHosts
 from gateway.config import Settings
 from gateway.errors import Conflict, NotFound
-from gateway.ssh.connections import PINNED, TOFU, Health
+from gateway.ssh.connections import PINNED, TOFU, Health, SshHost
 from gateway.ssh.sshlib import asyncssh
 from gateway.store.sqlite import SQLiteStore
 
@@ -27,6 +27,11 @@ def public_key() -> str:
     """A host key as a host shows it: ``ssh-ed25519 AAAA...``."""
     key = asyncssh.generate_private_key("ssh-ed25519")
     return key.export_public_key().decode().strip()
+
+
+def fingerprint(line: str) -> str:
+    kind, blob = line.split()[-2:]
+    return str(asyncssh.import_public_key(f"{kind} {blob}").get_fingerprint("sha256"))
 
 
 class Recorder:
@@ -118,6 +123,45 @@ async def test_removes_and_adds_at_once_leave_no_desktop_without_its_host(
         assert all(d.option("via") in every for d in await cases.catalog.desktops())
     finally:
         await other_store.close()
+
+
+async def test_switching_to_trust_on_first_use_forgets_the_pinned_key(cases: Cases) -> None:
+    me = await _root(cases)
+    recorder = Recorder()
+    hosts = _hosts(cases, recorder)
+    old_key = public_key()
+    host = await hosts.add(me, name="lab", address="192.0.2.9", user="desk",
+                           private_key=private_key(), host_key=old_key)
+    assert host.policy == PINNED
+
+    mark = await audit_mark(cases.store)
+    switched = await hosts.update(me, host.id, policy=TOFU)
+    assert (switched.policy, switched.host_key) == (TOFU, "")
+    assert recorder.take() == ["lab"]  # connected again: the next connection learns the key
+    [row] = await audit_since(cases.store, mark)
+    assert row.detail == (
+        f"SSH host lab changed: host_key, policy; its pinned key (ssh-ed25519"
+        f" {fingerprint(old_key)}) is forgotten: the next connection records the key the host"
+        " shows (by root)")
+
+    # The next connection's key is recorded (once) and audited.
+    new_line = f"[192.0.2.9]:22 {public_key()}"
+    mark = await audit_mark(cases.store)
+    await hosts.first_key(SshHost("lab", "192.0.2.9", policy=TOFU), new_line)
+    await hosts.first_key(SshHost("lab", "192.0.2.9", policy=TOFU), f"[192.0.2.9]:22 {old_key}")
+    assert (await hosts.get("lab")).host_key == new_line
+    [row] = await audit_since(cases.store, mark)
+    assert row.kind == "ssh.host_key" and "key trusted on first use and pinned" in row.detail
+
+    # Already trusted on first use (with its key learnt): asking for it again keeps the key.
+    again = await hosts.update(me, host.id, policy=TOFU)
+    assert again.host_key == new_line and recorder.take() == []
+    # Switched with a key given: that key is the one kept.
+    await hosts.pin(me, host.id, old_key)
+    recorder.take()
+    given = public_key()
+    kept = await hosts.update(me, host.id, policy=TOFU, host_key=given)
+    assert (kept.policy, kept.host_key) == (TOFU, given) and recorder.take() == ["lab"]
 
 
 async def test_only_a_change_of_how_a_host_is_reached_makes_its_connection_again(
