@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,6 +94,7 @@ async def bench(args: argparse.Namespace) -> int:
     tmp = short_tmp()
     host = _start_indexed(tmp, name="benchhost")
     fake = gw = None
+    folder = Path(tempfile.mkdtemp(prefix="deskgate-bench-ssh-"))  # the gateway's data
     try:
         fake = subprocess.Popen(
             ["ip", "netns", "exec", host.netns, sys.executable,
@@ -104,8 +106,7 @@ async def bench(args: argparse.Namespace) -> int:
         if not line.isdigit():
             raise RuntimeError(f"the fake desktop did not start: {line!r}")
         port = int(line)
-        gw = _Gateway(Path(tempfile.mkdtemp(prefix="deskgate-bench-ssh-")) / "data",
-                           relay.free_port())
+        gw = _Gateway(folder / "data", relay.free_port())
         config = gw.config
         relay.cli(None, "init", "--data", str(gw.data), "--port", str(gw.port), "--no-demo")
         people = [f"p{rnd}{path}" for rnd in range(1, args.rounds + 1)
@@ -131,6 +132,10 @@ async def bench(args: argparse.Namespace) -> int:
         if "start" in args.phases:
             ssh_start.report_start(await ssh_start.start_phase(args, gw, host, ids["remote"]))
         return 0
+    except Exception:
+        if gw is not None:  # its data folder goes with the run: what it logged is shown here
+            print(gw.log_tail(), file=sys.stderr)
+        raise
     finally:
         if gw is not None:
             gw.stop()
@@ -139,6 +144,7 @@ async def bench(args: argparse.Namespace) -> int:
                 fake.stdin.close()
             relay.stop(fake, 5)
         _cleanup_all([host], tmp)
+        shutil.rmtree(folder, ignore_errors=True)  # its database and the host's private key
 
 
 async def relay_phase(args: argparse.Namespace, gw: _Gateway, host: SshHost,

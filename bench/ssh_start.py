@@ -133,9 +133,6 @@ async def start_phase(args: argparse.Namespace, gw: Any, host: NsHost,
             took = await stop_desktop(host, desktop_id, folder)
             await click("stopped", rnd, took)
         return clicks
-    except Exception:
-        print(gw.log_tail())
-        raise
     finally:
         await person.close()
         shutil.rmtree(folder, ignore_errors=True)
