@@ -51,6 +51,7 @@ import ssh_start  # noqa: E402 - bench/ssh_start.py: the phase start
 from sshhosts import SshHost, _cleanup_all, _start_indexed, short_tmp  # noqa: E402
 
 PHASES = ("relay", "start")
+BENCH_USER = "dgbench"  # the SSH host's account, made and deleted by this run
 
 
 class _Gateway(relay.Gateway):
@@ -92,7 +93,9 @@ def add_desktop(config: Path, name: str, people: list[str], *args: str) -> int:
 
 async def bench(args: argparse.Namespace) -> int:
     tmp = short_tmp()
-    host = _start_indexed(tmp, name="benchhost")
+    # An account of its own: the tests' (dgssh) may be ended, runtime folder and processes,
+    # by a test run beside this one when its last host goes.
+    host = _start_indexed(tmp, name="benchhost", user=BENCH_USER)
     fake = gw = None
     folder = Path(tempfile.mkdtemp(prefix="deskgate-bench-ssh-"))  # the gateway's data
     try:
