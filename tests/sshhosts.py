@@ -753,12 +753,12 @@ def short_tmp() -> Path:
     return path
 
 
-def _start_indexed(tmp: Path, name: str | None = None,
-                   behind: SshHost | None = None) -> SshHost:
+def _start_indexed(tmp: Path, name: str | None = None, behind: SshHost | None = None,
+                   user: str = DEFAULT_USER) -> SshHost:
     index = free_index()
     _INDICES_IN_USE.add(index)
     try:
-        return start_ssh_host(index, tmp, name=name, behind=behind)
+        return start_ssh_host(index, tmp, user=user, name=name, behind=behind)
     except BaseException:
         _INDICES_IN_USE.discard(index)
         raise

@@ -19,6 +19,7 @@ from ..model import Desktop, Endpoint, Secret, SshHostRecord
 from ..ssh.connections import (
     HOST_KEY_POLICIES,
     PINNED,
+    TOFU,
     Health,
     SshConnections,
     SshError,
@@ -59,6 +60,28 @@ def _check_host_key(record_like: SshHost) -> None:
         except (ValueError, asyncssh.KeyImportError):
             raise BadRequest("the host key is not a known_hosts line or a public key"
                              " (ssh-ed25519 AAAA...)") from None
+
+
+def _host_keys(address: str, port: int, host_key: str) -> set[tuple[str, ...]]:
+    """The keys a connection is checked against: (hosts, type, key) of each known_hosts line,
+    without comments (a bare key stands for the host's address and port)."""
+    text = known_hosts_text(SshHost("", address, port, host_key=host_key))
+    return {tuple(line.split()[:3]) for line in text.splitlines()}
+
+
+def _key_text(host_key: str) -> str:
+    """A pinned key for the audit: its type and fingerprint (``SHA256:…``, as ``ssh-keygen -l``
+    prints it), from its first line."""
+    for line in host_key.splitlines():
+        parts = line.split()
+        for kind, blob in zip(parts, parts[1:], strict=False):
+            if kind.startswith(("ssh-", "ecdsa-", "sk-")):
+                try:
+                    key = asyncssh.import_public_key(f"{kind} {blob}")
+                except (asyncssh.KeyImportError, ValueError):
+                    return kind
+                return f"{kind} {key.get_fingerprint('sha256')}"
+    return "?"
 
 
 class SshHosts:
@@ -103,6 +126,14 @@ class SshHosts:
                      private_key: str | None = None, host_key: str | None = None,
                      policy: str | None = None, jump: str | None = None,
                      no_jump: bool = False) -> SshHostRecord:
+        """Change what is given (None keeps a field). The host's connection, and those of the
+        hosts reached through it, are made again only when how it is reached changed: its
+        address, port, account, private key (another key, not the same one again), jump host
+        or the keys it is checked against; a change of policy alone keeps them.
+
+        Switching a pinned host to trust on first use forgets its pinned key (unless a key
+        is given with it): the next connection records the key the host shows, which is what
+        an admin means by it (a host that was reinstalled and shows a new key)."""
         actor.require_admin()
         old = await self.get(host_id)
         fields: dict[str, object] = {}
@@ -119,12 +150,17 @@ class SshHosts:
                 fields[column] = new[key]
         if private_key is not None:
             _check_key(private_key)
-            fields["key_enc"] = self._box.encrypt(private_key)
+            if not await self._same_key(old.id, private_key):
+                fields["key_enc"] = self._box.encrypt(private_key)
+        if host_key is None and new["policy"] == TOFU and old.policy != TOFU:
+            host_key = ""  # trusted on first use from now on: learnt afresh
+        forgotten = old.host_key if host_key is not None and not host_key.strip() else ""
         if host_key is not None:
             if host_key.strip():
                 _check_host_key(SshHost(old.name, str(new["address"]), int(str(new["port"])),
                                         host_key=host_key))
-            if host_key.strip() != old.host_key:
+            if _host_keys(old.address, old.port, host_key) != _host_keys(
+                    old.address, old.port, old.host_key):
                 fields["host_key"] = host_key.strip()
         if new["policy"] == PINNED and not (old.host_key if host_key is None else host_key.strip()):
             raise BadRequest("a pinned host needs its host key (a known_hosts line, or the key"
@@ -137,12 +173,41 @@ class SshHosts:
         elif no_jump and old.jump_id is not None:
             fields["jump_id"] = None
         record = await self._store.update_ssh_host(old.id, **fields)
-        if fields and self.connections is not None:
-            # Made again with the new settings (its sessions end); nothing changed: kept.
-            await self.connections.drop(old.name)
-        await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip, detail=actor.by(
-            f"SSH host {old.name} changed: {', '.join(sorted(fields)) or 'nothing'}"))
+        if set(fields) - {"policy"} and self.connections is not None:
+            # Made again with the new settings (their sessions end); else kept.
+            for name in [old.name, *await self._through(old.id)]:
+                await self.connections.drop(name)
+        detail = f"SSH host {old.name} changed: {', '.join(sorted(fields)) or 'nothing'}"
+        if forgotten:
+            detail += (f"; its pinned key ({_key_text(forgotten)}) is forgotten: the next"
+                       " connection records the key the host shows")
+        await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip,
+                                 detail=actor.by(detail))
         return record
+
+    async def _same_key(self, host_id: int, private_key: str) -> bool:
+        """Whether ``private_key`` is the key already stored for the host (its public half)."""
+        enc = await self._store.get_ssh_host_key_enc(host_id)
+        if enc is None:
+            return False
+        try:
+            stored = asyncssh.import_private_key(self._box.decrypt(enc).reveal())
+        except (asyncssh.KeyImportError, ValueError, TypeError):
+            return False
+        given = asyncssh.import_private_key(private_key)
+        return bool(stored.public_data == given.public_data)
+
+    async def _through(self, host_id: int) -> list[str]:
+        """The hosts reached through this one, at any depth (their connections ride on its)."""
+        hosts = await self._store.list_ssh_hosts()
+        out, todo = [], [host_id]
+        while todo:
+            at = todo.pop()
+            for h in hosts:
+                if h.jump_id == at and h.name not in out:
+                    out.append(h.name)
+                    todo.append(h.id)
+        return out
 
     async def pin(self, actor: Actor, host_id: int, host_key: str) -> SshHostRecord:
         """An admin confirms a host's (new) key: it is pinned from now on."""
@@ -151,11 +216,13 @@ class SshHosts:
     async def remove(self, actor: Actor, host_id: int) -> None:
         actor.require_admin()
         host = await self.get(host_id)
-        users = await self.used_by(host.name)
+        # The check and the deletion are one step in the store: a desktop added through the
+        # host meanwhile either stops this or is refused.
+        users = await self._store.delete_ssh_host(host.id)
+        if users is None:
+            raise NotFound("no such SSH host")  # removed by someone else meanwhile
         if users:
             raise Conflict(f"{', '.join(users)} go through {host.name}; change them first")
-        if not await self._store.delete_ssh_host(host.id):
-            raise NotFound("no such SSH host")
         if self.connections is not None:
             await self.connections.drop(host.name)
         await self._audit.record(AuditKind.SSH, client_ip=actor.client_ip,

@@ -1,6 +1,7 @@
 """The SQLite store's SSH hosts (a mixin of :class:`gateway.store.sqlite.SQLiteStore`; see
-``sqlite_vms.py`` for the helpers). The private key is stored encrypted (the caller encrypts);
-a host another host jumps through cannot be deleted (the reference refuses it)."""
+``sqlite_vms.py`` for the helpers). The private key is stored encrypted (the caller encrypts).
+A host that a desktop or another host goes through is not deleted: desktops name their host
+in their options (no foreign key), so the check and the deletion are one transaction."""
 
 from __future__ import annotations
 
@@ -80,8 +81,25 @@ class SshTables:
         return await self._exec("UPDATE ssh_hosts SET host_key = ? WHERE id = ? AND host_key = ''",
                                 (line, host_id)) == 1
 
-    async def delete_ssh_host(self, host_id: int) -> bool:
-        try:
-            return await self._exec("DELETE FROM ssh_hosts WHERE id = ?", (host_id,)) == 1
-        except aiosqlite.IntegrityError as exc:
-            raise Conflict("another SSH host goes through this one; change it first") from exc
+    async def delete_ssh_host(self, host_id: int) -> list[str] | None:
+        """Delete the host unless something goes through it, in one transaction: a desktop
+        whose option ``via`` names it (a static desktop behind it, or one started on it) or a
+        host that jumps through it. A desktop added through it at the same moment is either
+        in before (and refuses this) or refused (``create_desktop``): none is left naming a
+        host that is gone. Returns what goes through it, desktops first, by name ([] when it
+        was deleted); None when there is no such host."""
+        async with self._write() as db:
+            async with db.execute("SELECT name FROM ssh_hosts WHERE id = ?", (host_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            async with db.execute(
+                "SELECT name FROM desktops WHERE CASE WHEN json_valid(options)"
+                " THEN json_extract(options, '$.via') END = ? ORDER BY name", (row[0],)) as cur:
+                users = [str(r[0]) for r in await cur.fetchall()]
+            async with db.execute("SELECT name FROM ssh_hosts WHERE jump_id = ? ORDER BY name",
+                                  (host_id,)) as cur:
+                users += [str(r[0]) for r in await cur.fetchall()]
+            if not users:
+                await db.execute("DELETE FROM ssh_hosts WHERE id = ?", (host_id,))
+            return users

@@ -93,7 +93,8 @@ async def get_ssh_host(request: web.Request) -> web.StreamResponse:
 
 
 @API.operation("PATCH", f"{PREFIX}/ssh-hosts/{{id}}",
-               "Change an SSH host (only the fields given); its connection is made again",
+               "Change an SSH host (only the fields given); its connection is made again when"
+               " how it is reached changed; policy tofu forgets a pinned key given no other",
                tag="ssh", request=obj((), **CHANGE_BODY), response=ref("SshHost"))
 async def update_ssh_host(request: web.Request) -> web.StreamResponse:
     body = await _body(request, set(CHANGE_BODY))
