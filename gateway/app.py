@@ -168,14 +168,15 @@ def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = Non
                  accounts, catalog, Access(store, audit, catalog), Sessions(store, audit, live),
                  AuditTrail(store, audit), Bundles(store, audit), vms, providers, Usage(store),
                  Kiosks(store, audit, live, web_sessions, KioskSettings.of(settings)),
-                 ssh_hosts(store, box, audit, ssh))
+                 ssh_hosts(settings, store, box, audit, ssh))
 
 
-def ssh_hosts(store: Store, box: SecretBox, audit: Audit,
+def ssh_hosts(settings: Settings, store: Store, box: SecretBox, audit: Audit,
               ssh: SshConnections | None) -> SshHosts:
     """The SSH hosts; their connections (a serving gateway's) report first-use and changed
     host keys to them."""
-    hosts = SshHosts(store, box, audit, ssh)
+    hosts = SshHosts(store, box, audit, ssh, hypervisors={
+        h.name: h.via for h in settings.hypervisor_configs.values() if h.via})
     if ssh is not None:
         ssh.on_first_key, ssh.on_key_changed = hosts.first_key, hosts.key_changed
     return hosts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 
 from ..audit import Audit, AuditKind
@@ -86,11 +87,14 @@ def _key_text(host_key: str) -> str:
 
 class SshHosts:
     def __init__(self, store: Store, box: SecretBox, audit: Audit,
-                 connections: SshConnections | None = None) -> None:
+                 connections: SshConnections | None = None, *,
+                 hypervisors: Mapping[str, str] | None = None) -> None:
         self._store = store
         self._box = box
         self._audit = audit
         self.connections = connections
+        # The configured hypervisors reached through an SSH host: name -> the host's name.
+        self._hypervisors = dict(hypervisors or {})
 
     async def hosts(self) -> list[tuple[SshHostRecord, Health]]:
         health = self.connections.health if self.connections is not None else {}
@@ -216,6 +220,10 @@ class SshHosts:
     async def remove(self, actor: Actor, host_id: int) -> None:
         actor.require_admin()
         host = await self.get(host_id)
+        configured = sorted(hv for hv, via in self._hypervisors.items() if via == host.name)
+        if configured:
+            raise Conflict(f"hypervisor {', '.join(configured)} (in the configuration) goes"
+                           f" through {host.name}; change the configuration first")
         # The check and the deletion are one step in the store: a desktop added through the
         # host meanwhile either stops this or is refused.
         users = await self._store.delete_ssh_host(host.id)

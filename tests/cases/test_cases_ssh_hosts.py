@@ -5,6 +5,7 @@ first use, and which changes make a host's connection again."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from casesupport import CLI, PASSWORD, admin_actor, audit_mark, audit_since
@@ -12,7 +13,7 @@ from casesupport import CLI, PASSWORD, admin_actor, audit_mark, audit_since
 from gateway.app import Cases, build_cases
 from gateway.cases.actor import Actor
 from gateway.cases.ssh_hosts import SshHosts
-from gateway.config import Settings
+from gateway.config import HypervisorConfig, Settings
 from gateway.errors import Conflict, NotFound
 from gateway.ssh.connections import PINNED, TOFU, Health, SshHost
 from gateway.ssh.sshlib import asyncssh
@@ -213,3 +214,16 @@ async def test_only_a_change_of_how_a_host_is_reached_makes_its_connection_again
     with pytest.raises(NotFound):
         await hosts.update(me, 999, address="192.0.2.3")
     assert recorder.take() == []
+
+
+async def test_a_host_a_configured_hypervisor_goes_through_is_not_removed(
+        settings: Settings, store: SQLiteStore) -> None:
+    far = HypervisorConfig("rack2", "qemu:///system", storage_dir="/srv/vms",
+                           socket_dir="/run/dg-screens", via="rack2-ssh")
+    cases = build_cases(dataclasses.replace(settings, hypervisors=(far,)), store)
+    host = await cases.ssh_hosts.add(CLI, name="rack2-ssh", address="10.0.2.5", user="root",
+                                     private_key=private_key(), host_key=public_key())
+    with pytest.raises(Conflict, match=r"hypervisor rack2 \(in the configuration\) goes through"
+                                       " rack2-ssh; change the configuration first"):
+        await cases.ssh_hosts.remove(CLI, host.id)
+    assert [h.name for h, _ in await cases.ssh_hosts.hosts()] == ["rack2-ssh"]

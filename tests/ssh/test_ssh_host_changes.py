@@ -16,6 +16,7 @@ from sshhosts import needs_ssh_hosts, ssh_host
 from gateway.app import Cases, ssh_hosts
 from gateway.cases.actor import Actor
 from gateway.cases.ssh_hosts import SshHosts
+from gateway.config import Settings
 from gateway.ssh.connections import CONNECTED, KEY_CHANGED, TOFU, HostKeyChanged, SshConnections
 from gateway.ssh.sshlib import asyncssh
 
@@ -26,9 +27,9 @@ CLI = Actor.cli()
 
 
 @pytest.fixture
-async def hosts(cases: Cases, tmp_path: Path) -> AsyncIterator[SshHosts]:
+async def hosts(cases: Cases, settings: Settings, tmp_path: Path) -> AsyncIterator[SshHosts]:
     connections = SshConnections(tmp_path, keepalive=1.0, connect_timeout=5.0)
-    yield ssh_hosts(cases.store, cases.box, cases.audit, connections)
+    yield ssh_hosts(settings, cases.store, cases.box, cases.audit, connections)
     await connections.close()
 
 
