@@ -199,8 +199,8 @@ class Catalog:
             raise BadRequest("a desktop started over SSH names its SSH host (--via HOST)")
         checked = rdp_options(options or {}) if protocol == "rdp" else {}
         if via:
-            if provider not in ("static", "ssh") or protocol != "vnc":
-                raise BadRequest("a jump host is for static VNC desktops")
+            if provider not in ("static", "ssh"):
+                raise BadRequest("only a static desktop is reached through a jump host")
             if await self._store.get_ssh_host_by_name(via) is None:
                 raise NotFound(f"no SSH host named {via!r}")
             checked["via"] = via
