@@ -5,7 +5,8 @@ connection, and a person's websocket shows the remote xterm's colour.
 
 The certificate is still checked, and fails closed: a pinned fingerprint, a CA-issued
 certificate for the desktop's configured host name (not the socket's path), a certificate
-trusted on first use remembered under that name.
+trusted on first use remembered under that name. A changed jump host takes effect for new
+connections while the open session goes on; without one, the server cannot be reached.
 
 xrdp gives one client per session: the tests connect one at a time and wait for each bridge to
 stop (a short grace period) before the next."""
@@ -258,6 +259,41 @@ async def test_certificates_are_checked_through_the_jump_host(
     store = gateway.runtime / "rdp" / "freerdp-tofu" / "freerdp" / "known_hosts2"  # type: ignore[attr-defined]
     assert [line.split()[:2] for line in store.read_text().splitlines()] == [
         ["127.0.0.1", str(server.port)]]
+
+
+async def test_a_changed_jump_host_is_taken_by_new_connections(
+        gateway: Client, behind: tuple[SshHost, RdpServer]) -> None:
+    host, server = behind
+    app = gateway.server.app
+    did = await add_rdp(gateway, server, "Moving", cert_fingerprint=server.certificate_sha256())
+    csrf = await sign_in(gateway, "alice")
+    screen, _ = await open_screen(gateway, await connect(gateway, csrf, did))
+    try:
+        await screen.shows(server.colour)
+        await app[CATALOG].update_desktop(CLI, did, via="bastion2")
+        # The open session goes on, on its way through bastion.
+        await screen.shows(server.colour)
+        assert host.connections() == 1 and not app[SSH_HOSTS].connections.connected("bastion2")
+    finally:
+        await screen.ws.close()
+    await no_bridges(gateway)
+    screen, _ = await open_screen(gateway, await connect(gateway, csrf, did))
+    try:
+        await screen.shows(server.colour)
+        args = xfreerdp_args(gateway.runtime)  # type: ignore[attr-defined]
+        [where] = [a[3:] for a in args if a.startswith("/v:")]
+        assert Path(where).name.startswith("bastion2-")
+        assert app[SSH_HOSTS].connections.connected("bastion2") and host.connections() == 2
+    finally:
+        await screen.ws.close()
+    await no_bridges(gateway)
+    # No jump host: this machine tries the address itself, where nothing answers.
+    await app[CATALOG].update_desktop(CLI, did, via="")
+    status, body = await try_connect(gateway, csrf, did)
+    assert (status, body["error"]) == (503, "desktop Moving is not answering"), body
+    audit = [e.detail for e in await app[STORE].list_audit(limit=50, desktop="Moving")]
+    assert "desktop changed: through SSH host bastion2 (by the command line)" in audit
+    assert "desktop changed: no jump host (by the command line)" in audit
 
 
 async def test_a_server_the_jump_host_cannot_reach_is_unreachable_not_a_refused_account(
