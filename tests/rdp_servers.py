@@ -15,6 +15,9 @@ test runs can have their own sesman on their own ports at once.
 ``start_xrdp(netns=...)`` runs xrdp, its session manager and so its sessions in a network
 namespace (a host of tests/sshhosts.py), listening on that namespace's own loopback: this machine
 reaches it only through the host's sshd.
+
+Over 400 lines as one harness: each server's account, configuration, processes and teardown are
+made and undone together.
 """
 
 from __future__ import annotations
