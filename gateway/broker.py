@@ -26,6 +26,7 @@ from .model import (
     Admission,
     Desktop,
     Endpoint,
+    Reach,
     RelayPolicy,
     Session,
     SessionState,
@@ -62,7 +63,7 @@ class Broker:
                  bridges: RdpBridges | None = None,
                  ready: Callable[[Desktop], Awaitable[None]] | None = None,
                  view_only: Callable[[User], Awaitable[bool]] | None = None,
-                 reach: Callable[[Desktop, Endpoint], Awaitable[Endpoint]] | None = None,
+                 reach: Reach | None = None,
                  lost: Callable[[Desktop, GatewayError], GatewayError] | None = None) -> None:
         self._store = store
         self._access = access
@@ -90,7 +91,8 @@ class Broker:
         # What differs by protocol (gateway/protocols.py): never a branch on it here.
         self._protocols = protocol_map(
             endpoint=self._provider_endpoint, bridges=bridges, store=store, box=box, audit=audit,
-            store_credentials=settings.rdp_store_credentials, check_access=access.check_access)
+            store_credentials=settings.rdp_store_credentials, check_access=access.check_access,
+            reach=reach)
         rdp = self._protocols["rdp"]
         assert isinstance(rdp, RdpProtocol)
         self._rdp = rdp

@@ -288,6 +288,8 @@ def cmd_desktop(args: argparse.Namespace) -> int:
                 where = (f"{d.host}:{d.port}" if d.provider == "static"
                          else f"on SSH host {d.option('via')}" if d.provider == "ssh"
                          else "on this host")
+                if d.provider == "static" and d.option("via"):
+                    where += f" through SSH host {d.option('via')}"
                 if d.protocol == "rdp" and d.option("credentials") == "per_user":
                     where += (f" as each user (credentials=per_user), certificates:"
                               f" {d.option('cert_policy')}")
@@ -328,16 +330,19 @@ async def _set_desktop(catalog: Catalog, args: argparse.Namespace,
             raise BadRequest(f"{desktop.name} is a {desktop.protocol.upper()} desktop:"
                              f" give --{desktop.protocol} HOST:PORT")
     rdp = _rdp_flags(args)
+    if args.via and args.no_via:
+        raise BadRequest("give --via SSH_HOST or --no-via, not both")
+    via = "" if args.no_via else args.via
     if (address is None and password is None and not args.clear_password and args.rename is None
-            and not rdp):
+            and not rdp and via is None):
         raise BadRequest("nothing to change: give --vnc/--rdp HOST:PORT, --password-stdin,"
-                         " --clear-password, --rename NEW or RDP options")
+                         " --clear-password, --rename NEW, --via/--no-via or RDP options")
     host, port = address if address is not None else (None, None)
     changed = await catalog.update_desktop(
         CLI, desktop.id, name=args.rename, host=host, port=port, password=password,
-        clear_password=args.clear_password, rdp=rdp or None)
+        clear_password=args.clear_password, rdp=rdp or None, via=via)
     print(f"Desktop {changed.name} changed")
-    if address is not None:
+    if address is not None and not changed.option("via"):  # else not this host's to probe
         await _warn_if_silent(catalog, changed)
 
 
@@ -490,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")
     p.add_argument("--via", metavar="SSH_HOST",
-                   help="static VNC: reach HOST:PORT through this SSH host (as it sees it);"
+                   help="static: reach HOST:PORT through this SSH host (as it sees it);"
                         " ssh: the SSH host the desktop is started on")
     dsub.add_parser("list", help="list desktops")
     p = dsub.add_parser("remove", help="remove a desktop with its assignments (its past"
@@ -506,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a new VNC or RDP password on stdin (stored encrypted)")
     p.add_argument("--clear-password", action="store_true", help="forget the stored password")
     p.add_argument("--rename", metavar="NEW", help="a new name")
+    p.add_argument("--via", metavar="SSH_HOST",
+                   help="static: reach the address through this SSH host from now on")
+    p.add_argument("--no-via", action="store_true",
+                   help="static: reach the address directly from now on")
     _rdp_flag_arguments(p)
     desk.set_defaults(func=cmd_desktop)
 

@@ -6,6 +6,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class Secret:
@@ -260,6 +261,15 @@ class Endpoint:
     unix_path: str | None = None
     password: Secret | None = None
     protocol: str = "vnc"
+
+
+class Reach(Protocol):
+    """How this node reaches a desktop's endpoint (through an SSH host for a desktop behind a
+    jump host: gateway/cases/ssh_hosts.py); ``owner``: the uid of the processes that connect
+    to it when they are not the gateway's own (an RDP bridge's)."""
+
+    async def __call__(self, desktop: Desktop, endpoint: Endpoint, *,
+                       owner: int | None = None) -> Endpoint: ...
 
 
 @dataclass

@@ -102,3 +102,34 @@ def test_a_desktop_started_on_an_ssh_host(config: Path, keys: tuple[Path, str]) 
     assert "Far" in deskgate("ssh", "remove", "box", config=config, ok=False).stderr
     deskgate("desktop", "remove", "Far", config=config)
     deskgate("ssh", "remove", "box", config=config)
+
+
+def test_an_rdp_desktop_behind_a_jump_host_and_its_jump_host_changed(
+        config: Path, keys: tuple[Path, str]) -> None:
+    """A static RDP desktop goes through an SSH host (--via) like a VNC one; ``desktop set``
+    changes or takes away its jump host, checked like ``add``."""
+    key_file, host_key = keys
+    for name in ("bastion", "other"):
+        deskgate("ssh", "add", name, "--address", "10.231.9.2", "--user", "gw", "--key-file",
+                 str(key_file), "--host-key", host_key, config=config)
+    deskgate("desktop", "add", "Win", "--provider", "static", "--rdp", "10.9.0.4:3389",
+             "--user", "svc", "--via", "bastion", config=config)
+    assert "10.9.0.4:3389 through SSH host bastion as svc" in deskgate(
+        "desktop", "list", config=config).stdout
+    deskgate("desktop", "set", "Win", "--via", "other", config=config)
+    assert "through SSH host other" in deskgate("desktop", "list", config=config).stdout
+    refused = deskgate("desktop", "set", "Win", "--via", "nowhere", config=config, ok=False)
+    assert "no SSH host named 'nowhere'" in refused.stderr and "Traceback" not in refused.stderr
+    refused = deskgate("desktop", "set", "Win", "--via", "other", "--no-via", config=config,
+                       ok=False)
+    assert "not both" in refused.stderr
+    deskgate("desktop", "add", "Here", "--provider", "local", config=config)
+    refused = deskgate("desktop", "set", "Here", "--via", "other", config=config, ok=False)
+    assert "only a static desktop" in refused.stderr
+    assert "Win" in deskgate("ssh", "remove", "other", config=config, ok=False).stderr
+    deskgate("desktop", "set", "Win", "--no-via", config=config)
+    listed = deskgate("desktop", "list", config=config).stdout
+    assert "10.9.0.4:3389 as svc" in listed and "through" not in listed
+    deskgate("ssh", "remove", "other", config=config)
+    audit = deskgate("audit", config=config).stdout
+    assert "through SSH host other" in audit and "no jump host" in audit

@@ -123,6 +123,8 @@ class Catalog:
         self._live = live
         self._accounts = accounts
         self._geometry = geometry
+        # One change at a time per desktop: a change reads the desktop and writes it whole.
+        self._changing: dict[int, asyncio.Lock] = {}
 
     async def _record(self, actor: Actor, detail: str, *, desktop: str,
                       user: str | None = None) -> None:
@@ -199,9 +201,10 @@ class Catalog:
             raise BadRequest("a desktop started over SSH names its SSH host (--via HOST)")
         checked = rdp_options(options or {}) if protocol == "rdp" else {}
         if via:
-            if provider not in ("static", "ssh") or protocol != "vnc":
-                raise BadRequest("a jump host is for static VNC desktops")
-            checked["via"] = via  # the store makes it only while that host exists
+            if provider not in ("static", "ssh"):
+                raise BadRequest("only a static desktop is reached through a jump host")
+            checked["via"] = await self._ssh_host(via)  # and the store makes it only while
+            # that host exists
         if checked.get("credentials") == "per_user" and password:
             raise BadRequest("a per-user RDP desktop has no shared password: each person"
                              " enters their own account")
@@ -216,27 +219,56 @@ class Catalog:
                            desktop=name)
         return desktop
 
+    async def _ssh_host(self, via: str) -> str:
+        """The name of an SSH host that exists (a desktop's ``via``), else NotFound."""
+        via = via.strip()
+        if await self._store.get_ssh_host_by_name(via) is None:
+            raise NotFound(f"no SSH host named {via!r}")
+        return via
+
     async def update_desktop(self, actor: Actor, desktop_id: int, *, name: str | None = None,
                              host: str | None = None, port: int | None = None,
                              password: str | None = None, clear_password: bool = False,
                              maintenance: bool | None = None,
-                             rdp: Mapping[str, str] | None = None) -> Desktop:
+                             rdp: Mapping[str, str] | None = None,
+                             via: str | None = None) -> Desktop:
         """Change what is given; a password is write-only (set or cleared, never shown).
 
         ``rdp`` changes RDP options (merged with the current ones and checked again); switching
         to per-user credentials drops the shared account's password, which nobody uses then.
+        ``via`` sets a static desktop's jump host (an SSH host's name), or "" takes it away:
+        the sessions open now keep their way, new connections take the new one.
         """
         actor.require_admin()
-        d = await self.desktop(desktop_id)
+        async with self._changing.setdefault(desktop_id, asyncio.Lock()):
+            return await self._update(actor, await self.desktop(desktop_id), name=name,
+                                      host=host, port=port, password=password,
+                                      clear_password=clear_password, maintenance=maintenance,
+                                      rdp=rdp, via=via)
+
+    async def _update(self, actor: Actor, d: Desktop, *, name: str | None, host: str | None,
+                      port: int | None, password: str | None, clear_password: bool,
+                      maintenance: bool | None, rdp: Mapping[str, str] | None,
+                      via: str | None) -> Desktop:
+        # The RDP options, and the jump host kept beside them (checked here, not by rdp_options)
+        current = {k: v for k, v in d.options if k != "via"}
+        new_via = d.option("via") if via is None else via.strip()
+        if via is not None:
+            if d.provider != "static":
+                raise BadRequest("only a static desktop is reached through a jump host"
+                                 + (f"; this one is started on SSH host {d.option('via')}"
+                                    if d.provider == "ssh" else ""))
+            if new_via:
+                new_via = await self._ssh_host(new_via)
         new_options = None
         if rdp:
             if d.protocol != "rdp":
                 raise BadRequest("only RDP desktops have RDP options")
-            base = dict(d.options)
+            base = dict(current)
             if ({"cert_fingerprint", "cert_ca"} & set(rdp)) and "cert_policy" not in rdp:
                 base.pop("cert_policy", None)  # a new pin or CA chooses its own policy
             new_options = rdp_options({**base, **rdp})
-        credentials = (new_options or dict(d.options)).get("credentials")
+        credentials = (new_options or current).get("credentials")
         if password and d.protocol == "rdp" and credentials == "per_user":
             raise BadRequest("a per-user RDP desktop has no shared password: each person"
                              " enters their own account")
@@ -250,11 +282,15 @@ class Catalog:
         changes = [k for k, v in (("name", name), ("host", host), ("port", port),
                                   ("maintenance", maintenance)) if v is not None]
         changed = {k: v for k, v in (new_options or {}).items() if v != d.option(k)}
+        if changed or new_via != d.option("via"):
+            await self._store.set_desktop_options(
+                d.id, {**(new_options or current), **({"via": new_via} if new_via else {})})
         if new_options is not None and changed:
-            await self._store.set_desktop_options(d.id, new_options)
             changes.append("RDP " + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
             if new_options["credentials"] == "per_user" and d.has_password and not password:
                 clear_password = True
+        if new_via != d.option("via"):
+            changes.append(f"through SSH host {new_via}" if new_via else "no jump host")
         if password:
             await self._store.set_desktop_password(d.id, self._box.encrypt(password))
             changes.append("password set")

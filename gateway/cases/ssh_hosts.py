@@ -249,19 +249,26 @@ class SshHosts:
                        Secret(self._box.decrypt(enc).reveal()), record.host_key, record.policy,
                        jump)
 
-    async def reach(self, desktop: Desktop, endpoint: Endpoint) -> Endpoint:
+    async def reach(self, desktop: Desktop, endpoint: Endpoint, *,
+                    owner: int | None = None) -> Endpoint:
         """The endpoint as this node reaches it: a desktop behind an SSH host (its ``via``
-        option) through a private unix socket forwarding over that host's connection."""
+        option) through a private unix socket forwarding over that host's connection, for this
+        process or for the processes of account ``owner`` (an RDP bridge's)."""
         via = desktop.option("via")
         if not via or desktop.provider == "ssh":  # that provider forwards its own socket
             return endpoint
         if self.connections is None:
             raise SshError("this gateway process does not reach desktops over SSH")
-        host = await self.spec(via)
+        try:
+            host = await self.spec(via)
+        except NotFound:
+            raise SshError(f"the SSH host {via} of this desktop is gone") from None
         if endpoint.unix_path:
-            path = await self.connections.local_path(host, dest_path=endpoint.unix_path)
+            path = await self.connections.local_path(host, dest_path=endpoint.unix_path,
+                                                     owner=owner)
         else:
-            path = await self.connections.local_path(host, endpoint.host, endpoint.port)
+            path = await self.connections.local_path(host, endpoint.host, endpoint.port,
+                                                     owner=owner)
         return replace(endpoint, host="", port=0, unix_path=str(path))
 
     def lost(self, desktop: Desktop, exc: GatewayError) -> GatewayError:

@@ -10,7 +10,9 @@ What rides on a connection:
   made to it through the host's SSH connection to ``dest`` (a TCP address as the host sees it,
   direct-tcpip, or a unix socket on the host, direct-streamlocal). The byte path connects to that
   socket like to any local desktop, so it does not change; every session to the same place
-  shares the listener and the SSH connection (one channel each).
+  shares the listener and the SSH connection (one channel each). A socket for processes of
+  another account (``owner``: the RDP bridges' xfreerdp) is that account's, in a folder of its
+  own; the gateway's own are in a folder only it may enter.
 - ``run(host, argv)``: a command on the host (start or probe a desktop).
 
 Host keys are pinned: given as a known_hosts line, or trusted on first use and then recorded
@@ -25,6 +27,7 @@ import contextlib
 import itertools
 import logging
 import os
+import pwd
 import shlex
 import time
 from collections.abc import Awaitable, Callable
@@ -121,7 +124,8 @@ def _known_hosts_line(host: SshHost, key_line: str) -> str:
 @dataclass
 class _Link:
     conn: asyncssh.SSHClientConnection
-    listeners: dict[tuple[str, str, int], tuple[Path, asyncssh.SSHListener]] = field(
+    # by (dest_path, dest_host, dest_port, owner)
+    listeners: dict[tuple[str, str, int, int | None], tuple[Path, asyncssh.SSHListener]] = field(
         default_factory=dict)
 
 
@@ -237,10 +241,11 @@ class SshConnections:
 
     # ---- what rides on them -------------------------------------------------------------------
     async def local_path(self, host: SshHost, dest_host: str = "", dest_port: int = 0,
-                         dest_path: str = "") -> Path:
+                         dest_path: str = "", *, owner: int | None = None) -> Path:
         """A private unix socket here that forwards to ``dest_host:dest_port`` (as the host
-        sees it) or to the unix socket ``dest_path`` on the host, through its connection."""
-        key = (dest_path, dest_host, dest_port)
+        sees it) or to the unix socket ``dest_path`` on the host, through its connection;
+        ``owner``: the uid whose processes connect to it (None: this process)."""
+        key = (dest_path, dest_host, dest_port, owner)
         # One listener per destination, also for callers that come at the same time.
         async with self._forward_locks.setdefault(host.name, asyncio.Lock()):
             conn = await self.connection(host)
@@ -248,8 +253,7 @@ class SshConnections:
             found = link.listeners.get(key)
             if found is not None:
                 return found[0]
-            folder = self._dir / "ssh"
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder = self._folder(owner)
             # Unique in this process (a closed listener's name is never given again) and
             # beside another process's listeners in the same folder.
             path = folder / f"{host.name}-{os.getpid()}-{next(self._serial)}.sock"
@@ -260,15 +264,31 @@ class SshConnections:
             else:
                 listener = await conn.forward_local_path_to_port(str(path), dest_host, dest_port)
             path.chmod(0o600)
+            if owner is not None:
+                os.chown(path, owner, -1)
             link.listeners[key] = (path, listener)
             return path
 
+    def _folder(self, owner: int | None) -> Path:
+        """Where the sockets for ``owner`` are made: ``ssh`` (the gateway's), ``ssh-<uid>``
+        (that account's), each 0700."""
+        if owner is None:
+            folder = self._dir / "ssh"
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return folder
+        folder = self._dir / f"ssh-{owner}"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(folder, owner, pwd.getpwuid(owner).pw_gid)
+        folder.chmod(0o700)
+        return folder
+
     async def close_path(self, host: SshHost, dest_host: str = "", dest_port: int = 0,
-                         dest_path: str = "") -> None:
+                         dest_path: str = "", *, owner: int | None = None) -> None:
         """Remove the local socket ``local_path`` made for that destination (a desktop that
         stopped): connections to it are refused from now on, not forwarded to nothing."""
         link = self._links.get(host.name)
-        found = link.listeners.pop((dest_path, dest_host, dest_port), None) if link else None
+        found = (link.listeners.pop((dest_path, dest_host, dest_port, owner), None) if link
+                 else None)
         if found is not None:
             path, listener = found
             listener.close()
