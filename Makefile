@@ -15,12 +15,14 @@ PORT   ?= 8080
 RUN_PACKAGES  := python3-venv python3-dev g++ pkg-config libicu-dev tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
                  xdotool fonts-dejavu-core freerdp2-x11
 # Real parts the tests drive: a browser, clipboard tools, OCR to read text off screenshots,
-# a plain TCP relay as the benchmark's baseline, and real RDP servers (xrdp, FreeRDP's shadow
-# server on Xvfb) with what they need.
+# a plain TCP relay as the benchmark's baseline, real RDP servers (xrdp, FreeRDP's shadow
+# server on Xvfb) with what they need, and sshd for hosts in network namespaces. Services that
+# packages would start at installation (xrdp, ssh) are not started: the tests start their own.
 TEST_PACKAGES := chromium xclip socat tesseract-ocr xrdp xorgxrdp freerdp2-shadow-x11 winpr-utils \
                  xvfb twm xfonts-base openssl \
                  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
-                 qemu-utils busybox-static cpio libvirt-dev pkg-config
+                 qemu-utils busybox-static cpio libvirt-dev pkg-config \
+                 openssh-server iproute2
 
 .PHONY: run test lint typecheck pytest bench browser-deps oidc-mock system-packages test-packages clean
 
@@ -59,6 +61,10 @@ define apt_install
 	    exit 1; \
 	  fi; \
 	  echo "Installing Debian packages:$$missing ..."; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
+	    trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	  fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq -o=Dpkg::Use-Pty=0 --no-install-recommends $$missing >/dev/null \
 	    || exit 1; \

@@ -170,7 +170,9 @@ async def fake_server_main(max_seconds: float) -> None:
             writer.close()
 
     raise_fd_limit()
-    server = await asyncio.start_server(handle, HOST, 0, backlog=4096)
+    # bench/ssh.py runs it in a network namespace, reachable on the namespace's address too.
+    bind = os.environ.get("DESKGATE_BENCH_BIND", HOST)
+    server = await asyncio.start_server(handle, bind, 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     print(port, flush=True)
     loop = asyncio.get_running_loop()

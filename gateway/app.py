@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +33,13 @@ from .cases.catalog import Catalog
 from .cases.kiosks import Kiosks, KioskSettings
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
+from .cases.ssh_hosts import SshHosts
 from .cases.sso import LOGIN_TTL, SingleSignOn
 from .cases.usage import Usage
 from .cases.vms import DesktopVms, VmSettings
 from .config import Settings
 from .crypto import SecretBox
-from .errors import WS_GOING_AWAY, ConfigError
+from .errors import WS_GOING_AWAY, ConfigError, DesktopUnavailable, NotFound
 from .events import EventBus
 from .keys import (
     ACCESS,
@@ -62,6 +63,8 @@ from .keys import (
     SETTINGS,
     SHUTTING_DOWN,
     SIGNIN,
+    SSH_CONNECTIONS,
+    SSH_HOSTS,
     SSO,
     STORE,
     TEMPLATES,
@@ -77,6 +80,7 @@ from .providers import ProviderContext
 from .providers.registry import Providers, stored_passwords
 from .rdp.bridges import RdpBridges
 from .relay import BridgeHooks, RelayDeps, RelayTimes
+from .ssh.connections import SshConnections, SshHost
 from .store import Store
 from .store.sqlite import SQLiteStore
 from .textsafe import multiline, page_value
@@ -85,10 +89,12 @@ from .web import (
     admin_kiosks,
     admin_pages,
     admin_sessions,
+    admin_ssh,
     admin_usage,
     admin_vms,
     api,
     api_kiosks,  # noqa: F401  (its operations join api.API's table)
+    api_ssh,  # noqa: F401  (its operations join api.API's table)
     api_usage,  # noqa: F401  (its operations join api.API's table)
     api_vms,  # noqa: F401  (its operations join api.API's table)
     client,
@@ -129,10 +135,12 @@ class Cases:
     providers: Providers
     usage: Usage
     kiosks: Kiosks
+    ssh_hosts: SshHosts
 
 
 def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = None,
-                providers: Providers | None = None, live: LiveSessions | None = None) -> Cases:
+                providers: Providers | None = None, live: LiveSessions | None = None,
+                ssh: SshConnections | None = None) -> Cases:
     """The use cases on ``store``. Without ``providers`` and ``live`` (the command line), a
     provider is made only when a change needs one, and no session is live here."""
     box = SecretBox(settings.secret_key) if box is None else box
@@ -159,17 +167,45 @@ def build_cases(settings: Settings, store: Store, *, box: SecretBox | None = Non
                  SignIn(store, box, audit, local, TotpFactor(store, box), guard, web_sessions),
                  accounts, catalog, Access(store, audit, catalog), Sessions(store, audit, live),
                  AuditTrail(store, audit), Bundles(store, audit), vms, providers, Usage(store),
-                 Kiosks(store, audit, live, web_sessions, KioskSettings.of(settings)))
+                 Kiosks(store, audit, live, web_sessions, KioskSettings.of(settings)),
+                 ssh_hosts(settings, store, box, audit, ssh))
+
+
+def ssh_hosts(settings: Settings, store: Store, box: SecretBox, audit: Audit,
+              ssh: SshConnections | None) -> SshHosts:
+    """The SSH hosts; their connections (a serving gateway's) report first-use and changed
+    host keys to them."""
+    hosts = SshHosts(store, box, audit, ssh, hypervisors={
+        h.name: h.via for h in settings.hypervisor_configs.values() if h.via})
+    if ssh is not None:
+        ssh.on_first_key, ssh.on_key_changed = hosts.first_key, hosts.key_changed
+    return hosts
 
 
 def provider_context(settings: Settings, store: Store, box: SecretBox, runtime: Path, *,
-                     stop_on_exit: bool = False) -> ProviderContext:
-    """What every desktop provider of this process is given."""
+                     stop_on_exit: bool = False,
+                     ssh: SshConnections | None = None) -> ProviderContext:
+    """What every desktop provider of this process is given; with ``ssh``, desktops are
+    started on SSH hosts (provider "ssh") over those connections."""
     return ProviderContext(runtime, settings.run_as_user, settings.display_base,
                            stop_on_exit=stop_on_exit, credentials=stored_passwords(store, box),
                            hypervisors=settings.hypervisor_configs,
                            vm_stop_timeout=settings.vm_stop_timeout_seconds,
-                           vm_start_timeout=settings.vm_start_timeout_seconds)
+                           vm_start_timeout=settings.vm_start_timeout_seconds,
+                           ssh=ssh_reach(store, box, ssh) if ssh is not None else None)
+
+
+def ssh_reach(store: Store, box: SecretBox, ssh: SshConnections,
+              ) -> Callable[[str], Awaitable[tuple[SshConnections, SshHost]]]:
+    """An SSH host's connections and spec by its name, for the "ssh" desktop provider."""
+    hosts = SshHosts(store, box, Audit(store), ssh)
+
+    async def reach(name: str) -> tuple[SshConnections, SshHost]:
+        try:
+            return ssh, await hosts.spec(name)
+        except NotFound:
+            raise DesktopUnavailable(f"the SSH host {name} of this desktop is gone") from None
+    return reach
 
 
 def prepare_runtime_dir(settings: Settings) -> Path:
@@ -211,21 +247,26 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _desktop_providers(app: web.Application) -> AsyncIterator[None]:
     """The desktop providers; local desktops left running by the previous run are taken over."""
     settings = app[SETTINGS]
-    providers = Providers(provider_context(settings, app[STORE], app[BOX],
-                                           prepare_runtime_dir(settings),
-                                           stop_on_exit=settings.stop_desktops_on_exit))
-    await providers.recover()
-    app[PROVIDERS] = providers
+    runtime = prepare_runtime_dir(settings)
+    # The SSH connections of this process (desktops on SSH hosts, desktops behind jump hosts).
+    ssh = SshConnections(runtime)
+    app[SSH_CONNECTIONS] = ssh
+    providers = Providers(provider_context(settings, app[STORE], app[BOX], runtime,
+                                           stop_on_exit=settings.stop_desktops_on_exit,
+                                           ssh=ssh))
     try:
+        await providers.recover()
+        app[PROVIDERS] = providers
         yield
     finally:
         await providers.close()
+        await ssh.close()
 
 
 async def _use_cases(app: web.Application) -> AsyncIterator[None]:
     """The use cases, one object per area (gateway/cases/)."""
     cases = build_cases(app[SETTINGS], app[STORE], box=app[BOX], providers=app[PROVIDERS],
-                        live=app[LIVE])
+                        live=app[LIVE], ssh=app[SSH_CONNECTIONS])
     app[AUDIT] = cases.audit
     app[SIGNIN] = cases.signin
     app[ACCOUNTS] = cases.accounts
@@ -237,6 +278,7 @@ async def _use_cases(app: web.Application) -> AsyncIterator[None]:
     app[VMS] = cases.vms
     app[USAGE] = cases.usage
     app[KIOSKS] = cases.kiosks
+    app[SSH_HOSTS] = cases.ssh_hosts
     keeper = asyncio.create_task(cases.vms.keep_in_step(), name="desktop VMs in step")
     try:
         yield
@@ -270,7 +312,8 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     bridges = app[RDP_BRIDGES]
     app[BROKER] = Broker(app[STORE], app[BOX], app[PROVIDERS], app[TICKETS], app[AUDIT],
                          settings, app[ACCESS], bridges, ready=app[VMS].ready,
-                         view_only=app[KIOSKS].view_only)
+                         view_only=app[KIOSKS].view_only, reach=app[SSH_HOSTS].reach,
+                         lost=app[SSH_HOSTS].lost)
     app[RELAYS] = RelayDeps(app[LIVE], app[BROKER], app[METRICS], app[EVENTS],
                             RelayTimes.of(settings), app[SHUTTING_DOWN],
                             BridgeHooks(bridges.resized, bridges.watch_exit))
@@ -344,7 +387,7 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def _admin_app() -> web.Application:
-    """The admin pages, the live dashboard, the desktop VM, usage and kiosk pages, for
+    """The admin pages, the live dashboard, the desktop VM, usage, kiosk and SSH host pages, for
     signed-in admins only (its middleware)."""
     admin = web.Application(middlewares=[common.admin_only])
     admin.add_routes(admin_pages.routes)
@@ -352,6 +395,7 @@ def _admin_app() -> web.Application:
     admin.add_routes(admin_usage.routes)
     admin.add_routes(admin_vms.routes)
     admin.add_routes(admin_kiosks.routes)
+    admin.add_routes(admin_ssh.routes)
     return admin
 
 

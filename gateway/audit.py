@@ -34,6 +34,8 @@ class AuditKind(enum.StrEnum):
     ADMIN_DENIED = "admin.denied"
     KIOSK = "kiosk"  # a kiosk created, changed, given a pairing code, revoked or deleted
     KIOSK_DEVICE = "kiosk.device"  # what a kiosk device did: enrolled, started, refused a proof
+    SSH = "ssh"  # an SSH host added, changed, pinned or removed
+    SSH_HOST_KEY = "ssh.host_key"  # a host key trusted on first use, or a changed one refused
 
 
 def first_broken_link(rows: list[AuditEvent], prev_hash: str) -> tuple[str | None, str]:

@@ -26,6 +26,7 @@ from .model import (
     Admission,
     Desktop,
     Endpoint,
+    Reach,
     RelayPolicy,
     Session,
     SessionState,
@@ -61,7 +62,9 @@ class Broker:
                  audit: Audit, settings: Settings, access: Access,
                  bridges: RdpBridges | None = None,
                  ready: Callable[[Desktop], Awaitable[None]] | None = None,
-                 view_only: Callable[[User], Awaitable[bool]] | None = None) -> None:
+                 view_only: Callable[[User], Awaitable[bool]] | None = None,
+                 reach: Reach | None = None,
+                 lost: Callable[[Desktop, GatewayError], GatewayError] | None = None) -> None:
         self._store = store
         self._access = access
         self._box = box
@@ -75,6 +78,12 @@ class Broker:
         # Whether this account's connections are view-only whatever the desktop (a dedicated
         # kiosk without input, gateway/cases/kiosks.py); by default none is.
         self._view_only = view_only
+        # How the gateway reaches a provider's endpoint (through an SSH host for a desktop behind
+        # a jump host, gateway/cases/ssh_hosts.py); by default directly.
+        self._reach = reach
+        # Why a desktop's connection ended, when the way to it knows better than the byte path
+        # (its SSH host's connection was lost); by default what the byte path said.
+        self._lost = lost
         # Watch tickets minted, by watch id (watches are not stored: they are not sessions).
         self._watches: dict[str, _PendingWatch] = {}
         # One connect at a time per person, so that the open-sessions count cannot be raced.
@@ -82,7 +91,8 @@ class Broker:
         # What differs by protocol (gateway/protocols.py): never a branch on it here.
         self._protocols = protocol_map(
             endpoint=self._provider_endpoint, bridges=bridges, store=store, box=box, audit=audit,
-            store_credentials=settings.rdp_store_credentials, check_access=access.check_access)
+            store_credentials=settings.rdp_store_credentials, check_access=access.check_access,
+            reach=reach)
         rdp = self._protocols["rdp"]
         assert isinstance(rdp, RdpProtocol)
         self._rdp = rdp
@@ -107,7 +117,8 @@ class Broker:
 
     async def _provider_endpoint(self, desktop: Desktop) -> Endpoint:
         """Where the desktop's provider says it listens (with its password decrypted)."""
-        return await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
+        endpoint = await self._providers.get(desktop.provider).endpoint(await self.spec(desktop))
+        return endpoint if self._reach is None else await self._reach(desktop, endpoint)
 
     async def _ensure_running(self, desktop: Desktop) -> None:
         await self._providers.get(desktop.provider).ensure_running(
@@ -316,6 +327,9 @@ class Broker:
             AuditKind.CONNECT, user=user, desktop=desktop, client_ip=session.client_ip,
             detail=f"session {session.id}"
                    + (f" (after {session.tries} tries)" if session.tries > 1 else ""))
+
+    def upstream_lost(self, admission: Admission, exc: GatewayError) -> GatewayError:
+        return exc if self._lost is None else self._lost(admission.desktop, exc)
 
     def unreachable(self, desktop_id: int) -> None:
         self._providers.unreachable(desktop_id)

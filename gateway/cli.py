@@ -14,14 +14,16 @@ import asyncio
 import dataclasses
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cli_kiosks, cli_vms
+from . import cli_kiosks, cli_ssh, cli_vms
 from .capacity import AcceptErrorLog, BackoffListener, raise_fd_limit
 from .cases.actor import Actor
 from .cases.catalog import Catalog, addable_providers
@@ -67,16 +69,28 @@ def _read_text(path: str | None) -> str | None:
 async def _with_cases(settings: Settings, action: Callable[[Cases], Awaitable[int]]) -> int:
     """Run one command's ``action`` on the use cases over the configured database. No session
     is live in this process; a provider is made only if a change needs it."""
-    from .app import build_cases
+    from .app import build_cases, provider_context
+    from .crypto import SecretBox
+    from .providers.registry import Providers
+    from .ssh.connections import SshConnections
 
     store = SQLiteStore(settings.database_path)
     await store.open()
-    cases = build_cases(settings, store)
+    box = SecretBox(settings.secret_key)
+    # Desktops on SSH hosts are stopped (a removed desktop) over this process's own connections;
+    # their forwards' sockets live in a private folder of its own.
+    forwards = Path(tempfile.mkdtemp(prefix="deskgate-cli-"))
+    ssh = SshConnections(forwards)
+    providers = Providers(provider_context(settings, store, box, settings.desktop_runtime_dir,
+                                           ssh=ssh))
+    cases = build_cases(settings, store, box=box, providers=providers, ssh=ssh)
     try:
         return await action(cases)
     finally:
         await cases.vms.close()
         await cases.providers.close()
+        await ssh.close()
+        shutil.rmtree(forwards, ignore_errors=True)
         await store.close()
 
 
@@ -258,9 +272,11 @@ def cmd_desktop(args: argparse.Namespace) -> int:
             options = _rdp_flags(args)
             desktop = await catalog.add_desktop(
                 CLI, args.name, args.provider, host=host, port=port, password=password,
-                protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None)
+                protocol="rdp" if args.rdp else "vnc", options=options if args.rdp else None,
+                via=args.via)
             print(f"Desktop {desktop.id} {desktop.name}")
-            await _warn_if_silent(catalog, desktop)
+            if not args.via:  # behind a jump host, its address is not this host's to probe
+                await _warn_if_silent(catalog, desktop)
         elif args.desktop_cmd == "remove":
             desktop = await catalog.desktop_named(args.name)
             await catalog.delete_desktop(CLI, desktop.id)
@@ -269,7 +285,11 @@ def cmd_desktop(args: argparse.Namespace) -> int:
             await _set_desktop(catalog, args, password)
         else:
             for d in await catalog.desktops():
-                where = f"{d.host}:{d.port}" if d.provider == "static" else "on this host"
+                where = (f"{d.host}:{d.port}" if d.provider == "static"
+                         else f"on SSH host {d.option('via')}" if d.provider == "ssh"
+                         else "on this host")
+                if d.provider == "static" and d.option("via"):
+                    where += f" through SSH host {d.option('via')}"
                 if d.protocol == "rdp" and d.option("credentials") == "per_user":
                     where += (f" as each user (credentials=per_user), certificates:"
                               f" {d.option('cert_policy')}")
@@ -310,16 +330,19 @@ async def _set_desktop(catalog: Catalog, args: argparse.Namespace,
             raise BadRequest(f"{desktop.name} is a {desktop.protocol.upper()} desktop:"
                              f" give --{desktop.protocol} HOST:PORT")
     rdp = _rdp_flags(args)
+    if args.via and args.no_via:
+        raise BadRequest("give --via SSH_HOST or --no-via, not both")
+    via = "" if args.no_via else args.via
     if (address is None and password is None and not args.clear_password and args.rename is None
-            and not rdp):
+            and not rdp and via is None):
         raise BadRequest("nothing to change: give --vnc/--rdp HOST:PORT, --password-stdin,"
-                         " --clear-password, --rename NEW or RDP options")
+                         " --clear-password, --rename NEW, --via/--no-via or RDP options")
     host, port = address if address is not None else (None, None)
     changed = await catalog.update_desktop(
         CLI, desktop.id, name=args.rename, host=host, port=port, password=password,
-        clear_password=args.clear_password, rdp=rdp or None)
+        clear_password=args.clear_password, rdp=rdp or None, via=via)
     print(f"Desktop {changed.name} changed")
-    if address is not None:
+    if address is not None and not changed.option("via"):  # else not this host's to probe
         await _warn_if_silent(catalog, changed)
 
 
@@ -471,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     _rdp_flag_arguments(p)
     p.add_argument("--password-stdin", action="store_true",
                    help="static: the VNC or RDP password on stdin")
+    p.add_argument("--via", metavar="SSH_HOST",
+                   help="static: reach HOST:PORT through this SSH host (as it sees it);"
+                        " ssh: the SSH host the desktop is started on")
     dsub.add_parser("list", help="list desktops")
     p = dsub.add_parser("remove", help="remove a desktop with its assignments (its past"
                                        " sessions stay in the history)")
@@ -485,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a new VNC or RDP password on stdin (stored encrypted)")
     p.add_argument("--clear-password", action="store_true", help="forget the stored password")
     p.add_argument("--rename", metavar="NEW", help="a new name")
+    p.add_argument("--via", metavar="SSH_HOST",
+                   help="static: reach the address through this SSH host from now on")
+    p.add_argument("--no-via", action="store_true",
+                   help="static: reach the address directly from now on")
     _rdp_flag_arguments(p)
     desk.set_defaults(func=cmd_desktop)
 
@@ -518,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_vms.add_commands(sub)
     cli_kiosks.add_commands(sub)
+    cli_ssh.add_commands(sub)
 
     p = sub.add_parser("audit", help="print the audit trail, or verify its hash chain")
     p.add_argument("audit_cmd", nargs="?", choices=("list", "verify"), default="list",

@@ -8,6 +8,7 @@ Every key lives in a section of the TOML file; the environment variable for ``[s
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import secrets
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigError
 from .model import Secret
@@ -66,6 +67,11 @@ class HypervisorConfig:
     # The libvirt network of guests whose screen is a server inside them (vnc/rdp bundles):
     # the gateway reaches them on it at each desktop's address.
     network: str = "default"
+    # A hypervisor on another machine: the name of the SSH host (``deskgate ssh add``) it is
+    # reached through. ``uri`` is then as that machine sees it (qemu:///system, or
+    # qemu:///system?socket=PATH), storage_dir and socket_dir are paths there, and libvirt's
+    # socket and the VMs' screens are forwarded through that host's SSH connection.
+    via: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,10 +141,9 @@ class Settings:
     def hypervisor_configs(self) -> dict[str, HypervisorConfig]:
         """The hypervisors by name, with each one's folders filled in."""
         configs = self.hypervisors or (HypervisorConfig("default"),)
-        return {h.name: HypervisorConfig(
-            h.name, h.uri, h.domain_type, h.storage_dir or str(self.data_dir / "vms" / h.name),
-            h.socket_dir or str(self.desktop_runtime_dir / "vm-screens" / h.name), h.qemu_user,
-            h.network)
+        return {h.name: dataclasses.replace(
+            h, storage_dir=h.storage_dir or str(self.data_dir / "vms" / h.name),
+            socket_dir=h.socket_dir or str(self.desktop_runtime_dir / "vm-screens" / h.name))
             for h in configs}
 
     @property
@@ -315,6 +320,14 @@ def _hypervisors(path: Path, tables: dict[str, Any]) -> tuple[HypervisorConfig, 
         for key in ("storage_dir", "socket_dir"):
             if getattr(config, key) and not Path(getattr(config, key)).is_absolute():
                 raise ConfigError(f"{where}: {key} must be an absolute path")
+        if config.via:
+            if not (config.storage_dir and config.socket_dir):
+                raise ConfigError(f"{where}: a hypervisor reached through SSH names its"
+                                  " storage_dir and socket_dir (paths on that machine)")
+            try:
+                remote_libvirt_socket(config.uri)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         found.append(config)
     return tuple(found)
 
@@ -389,3 +402,21 @@ def render_toml(values: Mapping[str, Any]) -> str:
                 text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
             lines.append(f"{key} = {text}")
     return "\n".join(lines) + "\n"
+
+
+LIBVIRT_SOCKET = "/var/run/libvirt/libvirt-sock"
+
+
+def remote_libvirt_socket(uri: str) -> str:
+    """The path of libvirtd's socket on a hypervisor reached through SSH, from its URI as that
+    machine sees it (qemu:///system, optionally with ?socket=PATH); ValueError otherwise."""
+    parts = urlsplit(uri)
+    query = parse_qs(parts.query)
+    if parts.scheme not in ("qemu", "qemu+unix") or parts.netloc or parts.path != "/system" \
+            or set(query) - {"socket"}:
+        raise ValueError("a hypervisor reached through SSH has the uri qemu:///system (or"
+                         " qemu:///system?socket=PATH)")
+    socket = query.get("socket", [LIBVIRT_SOCKET])[-1]
+    if not socket.startswith("/"):
+        raise ValueError("the socket of a hypervisor reached through SSH is an absolute path")
+    return socket

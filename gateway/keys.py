@@ -20,6 +20,7 @@ from .cases.catalog import Catalog
 from .cases.kiosks import Kiosks
 from .cases.sessions import Sessions
 from .cases.signin import SignIn
+from .cases.ssh_hosts import SshHosts
 from .cases.sso import SingleSignOn
 from .cases.usage import Usage
 from .cases.vms import DesktopVms
@@ -30,6 +31,7 @@ from .live import LiveSessions
 from .providers.registry import Providers
 from .rdp.bridges import RdpBridges
 from .relay import RelayDeps
+from .ssh.connections import SshConnections
 from .store import Store
 from .tickets import TicketBook
 
@@ -52,6 +54,8 @@ BUNDLES = web.AppKey("bundles", Bundles)
 VMS = web.AppKey("vms", DesktopVms)
 USAGE = web.AppKey("usage", Usage)  # desktop VMs' usage and cost
 KIOSKS = web.AppKey("kiosks", Kiosks)
+SSH_HOSTS = web.AppKey("ssh_hosts", SshHosts)
+SSH_CONNECTIONS = web.AppKey("ssh_connections", SshConnections)
 EVENTS = web.AppKey("events", EventBus)
 PROVIDERS = web.AppKey("providers", Providers)
 RDP_BRIDGES = web.AppKey("rdp_bridges", RdpBridges)

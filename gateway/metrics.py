@@ -55,12 +55,24 @@ from .errors import (
     WS_UPSTREAM_CLOSED,
     WS_UPSTREAM_UNREACHABLE,
 )
-from .keys import AUDIT, BROKER, CAPACITY, CATALOG, LIVE, METRICS, SETTINGS, STORE, USAGE
+from .keys import (
+    AUDIT,
+    BROKER,
+    CAPACITY,
+    CATALOG,
+    LIVE,
+    METRICS,
+    SETTINGS,
+    SSH_HOSTS,
+    STORE,
+    USAGE,
+)
 from .listen import address, bind
 from .live import BROWSER_LOST, LiveSessions
 from .model import Desktop
 from .providers.libvirt.lifecycle import VmState
 from .rdp.bridges import RdpBridges
+from .ssh.connections import SshConnections
 
 log = logging.getLogger("deskgate.metrics")
 
@@ -141,6 +153,26 @@ class _LiveCollector(Collector):
                                     "CPU time used by the running RDP bridges")
             cpu.add_metric([], cpu_seconds)
             yield cpu
+        if m.ssh is not None:
+            yield from _ssh_figures(m.ssh)
+
+
+def _ssh_figures(ssh: SshConnections) -> Iterable[Any]:
+    """Each SSH host's health as this node sees it: up (its connection is live), its state
+    as one word, and how many times its connection was made."""
+    up = GaugeMetricFamily("deskgate_ssh_host_up", "1 while this node's SSH connection to the"
+                           " host is live", labels=["host"])
+    state = GaugeMetricFamily("deskgate_ssh_host_state", "The host's SSH state (1 for the"
+                              " current one)", labels=["host", "state"])
+    connects = CounterMetricFamily("deskgate_ssh_host_connects", "SSH connections made to the"
+                                   " host (a reconnect counts)", labels=["host"])
+    for name, health in sorted(ssh.health.items()):
+        up.add_metric([name], 1 if ssh.connected(name) else 0)
+        state.add_metric([name, health.state], 1)
+        connects.add_metric([name], health.connects)
+    yield up
+    yield state
+    yield connects
 
 
 def _capacity_figures(capacity: Capacity) -> Iterable[Any]:
@@ -171,6 +203,7 @@ class Metrics:
         self.live = live
         self.capacity: Capacity | None = None
         self.bridges: RdpBridges | None = None  # set once the app's state is open
+        self.ssh: SshConnections | None = None  # the SSH hosts' connections, likewise
         self.registry = CollectorRegistry()
         self.closed_bytes_up = 0
         self.closed_bytes_down = 0
@@ -307,6 +340,7 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     Runs after the state context (it needs the audit writer and the catalog)."""
     metrics = app[METRICS]
     metrics.bridges = app[BROKER].bridges
+    metrics.ssh = app[SSH_HOSTS].connections
     undo = app[AUDIT].listen(metrics.audit_event)
     settings = app[SETTINGS]
     runner: web.AppRunner | None = None

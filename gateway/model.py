@@ -6,6 +6,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class Secret:
@@ -262,6 +263,15 @@ class Endpoint:
     protocol: str = "vnc"
 
 
+class Reach(Protocol):
+    """How this node reaches a desktop's endpoint (through an SSH host for a desktop behind a
+    jump host: gateway/cases/ssh_hosts.py); ``owner``: the uid of the processes that connect
+    to it when they are not the gateway's own (an RDP bridge's)."""
+
+    async def __call__(self, desktop: Desktop, endpoint: Endpoint, *,
+                       owner: int | None = None) -> Endpoint: ...
+
+
 @dataclass
 class RelayCounters:
     """Live figures of one relayed connection, updated by the byte path."""
@@ -355,3 +365,19 @@ class Kiosk:
     @property
     def device_user_name(self) -> str:
         return f"kiosk:{self.id}"
+
+
+@dataclass(frozen=True)
+class SshHostRecord:
+    """A host the gateway reaches over SSH, as stored (its private key stays encrypted in the
+    store). ``host_key``: the pinned known_hosts line(s); '' while a first-use key is awaited."""
+
+    id: int
+    name: str
+    address: str
+    port: int
+    user: str
+    host_key: str
+    policy: str  # "pinned" or "tofu"
+    jump_id: int | None
+    created_at: float

@@ -24,7 +24,7 @@ from typing import Protocol
 from gateway.audit import Audit
 from gateway.crypto import SecretBox
 from gateway.errors import DesktopUnavailable
-from gateway.model import Desktop, Endpoint, User
+from gateway.model import Desktop, Endpoint, Reach, User
 from gateway.rdp.accounts import CheckAccess
 from gateway.rdp.adapter import RdpProtocol
 from gateway.rdp.bridges import RdpBridges
@@ -81,15 +81,16 @@ class VncProtocol:
 def protocol_map(*, endpoint: Callable[[Desktop], Awaitable[Endpoint]],
                  bridges: RdpBridges | None, store: Store, box: SecretBox, audit: Audit,
                  store_credentials: bool, check_access: CheckAccess,
-                 ) -> dict[str, DesktopProtocol]:
+                 reach: Reach | None = None) -> dict[str, DesktopProtocol]:
     """Every protocol's adapter, by the name a desktop's ``protocol`` holds.
 
-    ``endpoint``: a VNC desktop's endpoint from its provider; the rest is RDP's (its bridges,
-    and what a person's own account needs)."""
+    ``endpoint``: a VNC desktop's endpoint from its provider (reached through its jump host,
+    if any); the rest is RDP's (its bridges, what a person's own account needs, and ``reach``:
+    how its bridges reach a server behind a jump host)."""
     adapters: dict[str, DesktopProtocol] = {
         "vnc": VncProtocol(endpoint),
         "rdp": RdpProtocol(bridges, store, box, audit, store_credentials=store_credentials,
-                           check_access=check_access),
+                           check_access=check_access, reach=reach),
     }
     assert tuple(adapters) == PROTOCOLS
     return adapters

@@ -53,6 +53,7 @@ from .errors import (
     DesktopUnavailable,
     GatewayError,
     UpstreamAuthFailed,
+    UpstreamClosed,
 )
 from .events import EventBus
 from .live import BROWSER_LOST, SHUTDOWN, LiveSession, LiveSessions
@@ -153,6 +154,7 @@ class SessionRecords(Protocol):
     async def finish(self, admission: Admission, reason: str, *, final: bool, bytes_up: int,
                      bytes_down: int, client_ip: str) -> None: ...
     def unreachable(self, desktop_id: int) -> None: ...
+    def upstream_lost(self, admission: Admission, exc: GatewayError) -> GatewayError: ...
 
 
 class RelayMetrics(Protocol):
@@ -286,6 +288,8 @@ class Relay:
                 ending = LOST
             raise
         except GatewayError as exc:
+            if isinstance(exc, UpstreamClosed):
+                exc = deps.records.upstream_lost(admission, exc)  # what the person is told
             ending = Ending.of(exc)
             if isinstance(exc, DesktopUnavailable) and not isinstance(exc, UpstreamAuthFailed):
                 deps.records.unreachable(admission.desktop.id)

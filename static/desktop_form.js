@@ -2,8 +2,9 @@
 // protocol.
 //
 // Each field names when it applies in data-show: "static" (host, port, protocol), "password"
-// (static VNC, or RDP with a shared account), "rdp", "rdp-shared" (RDP with a shared account)
-// and "local". Fields that do not apply are hidden and disabled, so they are not sent either.
+// (static VNC, or RDP with a shared account), "rdp", "rdp-shared" (RDP with a shared account),
+// "via" (the SSH host: a static desktop's jump host, or the host an ssh desktop runs on) and
+// "local". Fields that do not apply are hidden and disabled, so they are not sent either.
 // Without script every field shows with its "(static only)" / "(RDP only)" note, and the server
 // ignores what does not apply.
 
@@ -25,6 +26,8 @@ function applies(show) {
         return isStatic;
     case 'local':
         return provider.value === 'local';
+    case 'via':
+        return isStatic || provider.value === 'ssh';
     case 'password':
         return isStatic && (!rdp || shared);
     case 'rdp':

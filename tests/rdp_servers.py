@@ -11,6 +11,13 @@ namespaces) and Debian's xrdp, xorgxrdp, freerdp2-shadow-x11, winpr-utils, xvfb 
 xrdp reads the session manager's port from /etc/xrdp/sesman.ini whatever ``-c`` says, so each
 server runs in a private mount namespace where our copy is bind-mounted over that file: several
 test runs can have their own sesman on their own ports at once.
+
+``start_xrdp(netns=...)`` runs xrdp, its session manager and so its sessions in a network
+namespace (a host of tests/sshhosts.py), listening on that namespace's own loopback: this machine
+reaches it only through the host's sshd.
+
+Over 400 lines as one harness: each server's account, configuration, processes and teardown are
+made and undone together.
 """
 
 from __future__ import annotations
@@ -66,7 +73,11 @@ def free_display(low: int = 100, high: int = 200) -> int:
     raise RuntimeError(f"no free X display in :{low}-:{high}")
 
 
-def listening(port: int, hosts: tuple[str, ...] = ("127.0.0.1",)) -> bool:
+def listening(port: int, hosts: tuple[str, ...] = ("127.0.0.1",), netns: str | None = None) -> bool:
+    if netns is not None:  # a socket listening on that port, as the namespace's kernel sees it
+        out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Hltn", f"( sport = :{port} )"],
+                             capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+        return bool(out.strip())
     for host in hosts:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return True
@@ -78,13 +89,14 @@ def wait_listening(
     procs: list[subprocess.Popen[bytes]],
     timeout: float = 15.0,
     hosts: tuple[str, ...] = ("127.0.0.1",),
+    netns: str | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
                 raise RuntimeError(f"{p.args!r} exited {p.returncode} before listening on {port}")
-        if listening(port, hosts):
+        if listening(port, hosts, netns):
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
@@ -137,7 +149,8 @@ class RdpServer:
     security: str = "negotiate"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     uid: int | None = None  # xrdp: the test account, whose processes teardown kills
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # as seen from inside ``netns`` when it runs in one
+    netns: str | None = None
     _owns_workdir: bool = False
 
     @property
@@ -285,10 +298,12 @@ def make_test_ca(folder: Path, common_name: str = "127.0.0.1") -> tuple[Path, Pa
     return ca, cert, key
 
 
-def start_xrdp(workdir: Path | None = None, *, colour: tuple[int, int, int] = XRDP_COLOUR) -> RdpServer:
+def start_xrdp(workdir: Path | None = None, *, colour: tuple[int, int, int] = XRDP_COLOUR,
+               netns: str | None = None) -> RdpServer:
     """xrdp + xrdp-sesman on 127.0.0.1:<free port>, Xvnc sessions, a fresh local account whose
     ~/.xsession is a maximised xterm with background ``colour``. TLS or RDP security, no NLA;
-    the TLS certificate (CN 127.0.0.1) is issued by a CA of its own (``ca_pem``)."""
+    the TLS certificate (CN 127.0.0.1) is issued by a CA of its own (``ca_pem``). With
+    ``netns``: all of it inside that network namespace, on its own 127.0.0.1."""
     owns = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="dg-xrdp-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -298,8 +313,9 @@ def start_xrdp(workdir: Path | None = None, *, colour: tuple[int, int, int] = XR
     entry = pwd.getpwnam(username)
     server = RdpServer(
         kind="xrdp", port=free_port(), username=username, password=password, colour=colour,
-        workdir=workdir, uid=entry.pw_uid, _owns_workdir=owns,
+        workdir=workdir, uid=entry.pw_uid, netns=netns, _owns_workdir=owns,
     )  # fmt: skip
+    inside = ["ip", "netns", "exec", netns] if netns is not None else []  # it execs: same PID
     try:
         subprocess.run(
             ["chpasswd"], input=f"{username}:{password}\n".encode(), check=True, capture_output=True
@@ -337,18 +353,18 @@ def start_xrdp(workdir: Path | None = None, *, colour: tuple[int, int, int] = XR
 
         with open(workdir / "sesman.out", "wb") as out:
             sesman = subprocess.Popen(
-                _in_private_mounts(sesman_path, ["xrdp-sesman", "-n", "-c", str(sesman_path)]),
+                inside + _in_private_mounts(sesman_path, ["xrdp-sesman", "-n", "-c", str(sesman_path)]),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         server.procs.append(sesman)
-        wait_listening(sesman_port, [sesman], hosts=("127.0.0.1", "::1"))
+        wait_listening(sesman_port, [sesman], hosts=("127.0.0.1", "::1"), netns=netns)
         with open(workdir / "xrdp.out", "wb") as out:
             xrdp = subprocess.Popen(
-                _in_private_mounts(sesman_path, ["xrdp", "-n", "-c", str(workdir / "xrdp.ini")]),
+                inside + _in_private_mounts(sesman_path, ["xrdp", "-n", "-c", str(workdir / "xrdp.ini")]),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         server.procs.append(xrdp)
-        wait_listening(server.port, [xrdp])
+        wait_listening(server.port, [xrdp], netns=netns)
     except BaseException:
         server.stop()
         raise

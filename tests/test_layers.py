@@ -54,7 +54,8 @@ def _offences(layer: tuple[str, ...], forbidden: tuple[str, ...],
                   if _within(imported, forbidden) and not _within(imported, allowed))
 
 
-EDGES = ("gateway.web", "gateway.cli", "gateway.cli_vms", "gateway.cli_kiosks", "gateway.app")
+EDGES = ("gateway.web", "gateway.cli", "gateway.cli_vms", "gateway.cli_kiosks", "gateway.cli_ssh",
+         "gateway.app")
 
 
 def test_the_modules_are_found() -> None:

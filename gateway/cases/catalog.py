@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..audit import Audit, AuditKind
 from ..crypto import SecretBox
-from ..errors import BadRequest, GatewayError, NotFound
+from ..errors import BadRequest, DesktopUnavailable, GatewayError, NotFound
 from ..live import LiveSessions
 from ..model import Desktop, Secret, User
 from ..protocols import BRIDGED, PROTOCOLS
@@ -123,6 +123,8 @@ class Catalog:
         self._live = live
         self._accounts = accounts
         self._geometry = geometry
+        # One change at a time per desktop: a change reads the desktop and writes it whole.
+        self._changing: dict[int, asyncio.Lock] = {}
 
     async def _record(self, actor: Actor, detail: str, *, desktop: str,
                       user: str | None = None) -> None:
@@ -178,7 +180,11 @@ class Catalog:
     # changes ---------------------------------------------------------------------------------
     async def add_desktop(self, actor: Actor, name: str, provider: str, *, host: str = "",
                           port: int = 0, password: str | None = None, protocol: str = "vnc",
-                          options: Mapping[str, str] | None = None) -> Desktop:
+                          options: Mapping[str, str] | None = None,
+                          via: str | None = None) -> Desktop:
+        """``via``: the SSH host (a jump host) through which a static desktop's address is
+        reached (the address is then as that host sees it), or, for provider "ssh", the host
+        the desktop is started on."""
         actor.require_admin()
         name = desktop_name(name)
         names = provider_names()
@@ -191,7 +197,14 @@ class Catalog:
             raise BadRequest("protocol is vnc, or rdp for a static desktop")
         if provider == "static" and not (host and 0 < port < 65536):
             raise BadRequest(f"a static desktop needs --{protocol} HOST:PORT")
+        if provider == "ssh" and not via:
+            raise BadRequest("a desktop started over SSH names its SSH host (--via HOST)")
         checked = rdp_options(options or {}) if protocol == "rdp" else {}
+        if via:
+            if provider not in ("static", "ssh"):
+                raise BadRequest("only a static desktop is reached through a jump host")
+            checked["via"] = await self._ssh_host(via)  # and the store makes it only while
+            # that host exists
         if checked.get("credentials") == "per_user" and password:
             raise BadRequest("a per-user RDP desktop has no shared password: each person"
                              " enters their own account")
@@ -200,31 +213,62 @@ class Catalog:
                                                    checked)
         extra = (f", certificates: {checked['cert_policy']}, credentials:"
                  f" {checked['credentials']}" if protocol == "rdp" else "")
+        extra += (f", on SSH host {via}" if provider == "ssh"
+                  else f", through SSH host {via}" if via else "")
         await self._record(actor, f"desktop created ({provider}, {protocol}{extra})",
                            desktop=name)
         return desktop
+
+    async def _ssh_host(self, via: str) -> str:
+        """The name of an SSH host that exists (a desktop's ``via``), else NotFound."""
+        via = via.strip()
+        if await self._store.get_ssh_host_by_name(via) is None:
+            raise NotFound(f"no SSH host named {via!r}")
+        return via
 
     async def update_desktop(self, actor: Actor, desktop_id: int, *, name: str | None = None,
                              host: str | None = None, port: int | None = None,
                              password: str | None = None, clear_password: bool = False,
                              maintenance: bool | None = None,
-                             rdp: Mapping[str, str] | None = None) -> Desktop:
+                             rdp: Mapping[str, str] | None = None,
+                             via: str | None = None) -> Desktop:
         """Change what is given; a password is write-only (set or cleared, never shown).
 
         ``rdp`` changes RDP options (merged with the current ones and checked again); switching
         to per-user credentials drops the shared account's password, which nobody uses then.
+        ``via`` sets a static desktop's jump host (an SSH host's name), or "" takes it away:
+        the sessions open now keep their way, new connections take the new one.
         """
         actor.require_admin()
-        d = await self.desktop(desktop_id)
+        async with self._changing.setdefault(desktop_id, asyncio.Lock()):
+            return await self._update(actor, await self.desktop(desktop_id), name=name,
+                                      host=host, port=port, password=password,
+                                      clear_password=clear_password, maintenance=maintenance,
+                                      rdp=rdp, via=via)
+
+    async def _update(self, actor: Actor, d: Desktop, *, name: str | None, host: str | None,
+                      port: int | None, password: str | None, clear_password: bool,
+                      maintenance: bool | None, rdp: Mapping[str, str] | None,
+                      via: str | None) -> Desktop:
+        # The RDP options, and the jump host kept beside them (checked here, not by rdp_options)
+        current = {k: v for k, v in d.options if k != "via"}
+        new_via = d.option("via") if via is None else via.strip()
+        if via is not None:
+            if d.provider != "static":
+                raise BadRequest("only a static desktop is reached through a jump host"
+                                 + (f"; this one is started on SSH host {d.option('via')}"
+                                    if d.provider == "ssh" else ""))
+            if new_via:
+                new_via = await self._ssh_host(new_via)
         new_options = None
         if rdp:
             if d.protocol != "rdp":
                 raise BadRequest("only RDP desktops have RDP options")
-            base = dict(d.options)
+            base = dict(current)
             if ({"cert_fingerprint", "cert_ca"} & set(rdp)) and "cert_policy" not in rdp:
                 base.pop("cert_policy", None)  # a new pin or CA chooses its own policy
             new_options = rdp_options({**base, **rdp})
-        credentials = (new_options or dict(d.options)).get("credentials")
+        credentials = (new_options or current).get("credentials")
         if password and d.protocol == "rdp" and credentials == "per_user":
             raise BadRequest("a per-user RDP desktop has no shared password: each person"
                              " enters their own account")
@@ -238,11 +282,15 @@ class Catalog:
         changes = [k for k, v in (("name", name), ("host", host), ("port", port),
                                   ("maintenance", maintenance)) if v is not None]
         changed = {k: v for k, v in (new_options or {}).items() if v != d.option(k)}
+        if changed or new_via != d.option("via"):
+            await self._store.set_desktop_options(
+                d.id, {**(new_options or current), **({"via": new_via} if new_via else {})})
         if new_options is not None and changed:
-            await self._store.set_desktop_options(d.id, new_options)
             changes.append("RDP " + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
             if new_options["credentials"] == "per_user" and d.has_password and not password:
                 clear_password = True
+        if new_via != d.option("via"):
+            changes.append(f"through SSH host {new_via}" if new_via else "no jump host")
         if password:
             await self._store.set_desktop_password(d.id, self._box.encrypt(password))
             changes.append("password set")
@@ -265,10 +313,17 @@ class Catalog:
         if d.vm is not None:
             raise BadRequest("a desktop VM is deleted with its volumes by its power action"
                              " delete, confirmed by typing its name")
-        await self._providers.get(d.provider).stop(self._spec(d))
+        left = ""
+        try:
+            await self._providers.get(d.provider).stop(self._spec(d))
+        except DesktopUnavailable as exc:
+            if d.provider != "ssh":
+                raise
+            # A host that is gone for good must not keep its desktops in the catalog.
+            left = f" (not stopped on its SSH host: {exc.reason})"
         if not await self._store.delete_desktop(d.id):
             raise NotFound("no such desktop")  # removed by someone else meanwhile: one record
-        await self._record(actor, "desktop deleted", desktop=d.name)
+        await self._record(actor, "desktop deleted" + left, desktop=d.name)
 
     async def assign(self, actor: Actor, desktop_id: int, *, user_id: int | None = None,
                      user_ref: str | None = None, group: str | None = None,

@@ -8,6 +8,7 @@ from gateway.errors import ConfigError
 from gateway.providers.base import DesktopProvider, DesktopSpec, ProviderContext
 from gateway.providers.libvirt.provider import LibvirtProvider
 from gateway.providers.local import LocalProvider
+from gateway.providers.ssh import SshProvider
 from gateway.providers.static import StaticProvider
 
 __all__ = ["PROVIDERS", "DesktopProvider", "DesktopSpec", "ProviderContext", "make_provider"]
@@ -16,6 +17,7 @@ PROVIDERS: dict[str, Callable[[ProviderContext], DesktopProvider]] = {
     "static": StaticProvider,
     "local": LocalProvider,
     "libvirt": LibvirtProvider,
+    "ssh": SshProvider,
 }
 
 

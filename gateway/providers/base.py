@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 from gateway.config import HypervisorConfig
 from gateway.logs import TaggedLog
 from gateway.model import DesktopVm, Endpoint, Secret
+from gateway.ssh.connections import SshConnections, SshHost
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,14 @@ class DesktopSpec:
 
     id: int
     name: str
-    provider: str  # "static" | "local" | "libvirt"
+    provider: str  # "static" | "local" | "libvirt" | "ssh"
     host: str = ""  # static: VNC host
     port: int = 0  # static: VNC port
     password: Secret | None = None  # static: the desktop's VNC password, already decrypted
     geometry: str = "1280x800"
     protocol: str = "vnc"  # static: "vnc" (banner checked) or another TCP protocol (connect only)
     vm: DesktopVm | None = None  # libvirt: the VM (bundle, hypervisor, state)
+    via: str = ""  # ssh: the SSH host the desktop is started on (the desktop option ``via``)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class ProviderContext:
     hypervisors: Mapping[str, HypervisorConfig] = field(default_factory=dict)
     vm_stop_timeout: float = 60.0
     vm_start_timeout: float = 180.0
+    # ssh: an SSH host's connections and spec by the host's name (SshHosts.spec);
+    # None: this process starts no desktops over SSH.
+    ssh: Callable[[str], Awaitable[tuple[SshConnections, SshHost]]] | None = None
 
 
 class DesktopProvider(Protocol):

@@ -95,4 +95,5 @@ def desktop_spec(desktop: Desktop, geometry: str, password: Secret | None = None
     """A desktop as its provider sees it; ``password`` only where the provider connects."""
     return DesktopSpec(id=desktop.id, name=desktop.name, provider=desktop.provider,
                        host=desktop.host, port=desktop.port, password=password,
-                       geometry=geometry, protocol=desktop.protocol, vm=desktop.vm)
+                       geometry=geometry, protocol=desktop.protocol, vm=desktop.vm,
+                       via=desktop.option("via"))

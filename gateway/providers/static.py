@@ -14,7 +14,8 @@ Probes are bounded and cached: one probe per desktop at a time (concurrent asks 
 ``MAX_PROBES`` at once for the whole gateway, each answer reused for ``PROBE_TTL`` seconds —
 the portal never opens a connection per page view. Other protocols (RDP) get a TCP connect check
 under the same rules. A live session to a desktop means running without any probe (the broker
-tells ``Providers``).
+tells ``Providers``). A desktop behind a jump host (``spec.via``) is not this host's to probe: its
+address is as that host sees it; its state is "unknown" and its session's own start tells.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ class StaticProvider:
                                banner_required=spec.protocol == "vnc")
 
     async def ensure_running(self, spec: DesktopSpec) -> None:
-        if spec.protocol == "vnc":
-            return  # the session's own handshake tells, with the reason
+        if spec.protocol == "vnc" or spec.via:
+            return  # the session's own handshake (or bridge) tells, with the reason
         if not await self._answers_tcp(spec):
             desktop_log(log, spec.name).warning("not answering at %s:%d", spec.host or "?", spec.port)
             raise DesktopUnavailable(f"desktop {spec.name} is not answering")
@@ -79,7 +80,7 @@ class StaticProvider:
 
     async def state(self, spec: DesktopSpec) -> str:
         """"running", "stopped" or "unknown", from a cached or shared probe (see above)."""
-        if spec.protocol == "vnc" and self._ctx.credentials is None:
+        if (spec.protocol == "vnc" and self._ctx.credentials is None) or spec.via:
             return "unknown"
         key = (spec.host, spec.port, spec.protocol)
         cached = self._answers.get(spec.id)

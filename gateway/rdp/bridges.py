@@ -61,8 +61,8 @@ from gateway.rdp.freerdp import (
     SignIn,
     exit_reason,
     output_line,
+    server_reachable,
     start_failure,
-    tcp_reachable,
     xfreerdp_argv,
 )
 from gateway.rdp.target import RdpTarget
@@ -166,6 +166,12 @@ class RdpBridges:
 
     def __len__(self) -> int:
         return len(self._bridges)
+
+    async def account(self) -> int | None:
+        """The uid the bridges' processes run as (None: the gateway's own), for what they must
+        open, such as a jump host's socket to their server."""
+        user = await self._desktop_user()
+        return None if user is None else user.pw_uid
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -432,9 +438,10 @@ class RdpBridges:
             await self._stop(bridge)
             raise
         bridge.blog.info(
-            "connected to %s:%d as %s on display :%d in %.2f s (Xvnc %.2f s); pids %s",
+            "connected to %s:%d%s as %s on display :%d in %.2f s (Xvnc %.2f s); pids %s",
             target.host,
             target.port,
+            f" through {target.unix_path}" if target.unix_path else "",
             target.username,
             display.display,
             time.monotonic() - t0,
@@ -531,7 +538,7 @@ class RdpBridges:
                     continue
                 if now > deadline:
                     bridge.blog.warning("no xfreerdp window within %g s", self._connect_timeout)
-                    if not await tcp_reachable(target.host, target.port):
+                    if not await server_reachable(target):
                         raise BridgeError(REASON_UNREACHABLE, "unreachable")
                     raise BridgeError(REASON_TIMEOUT, "timeout")
             sign_in.changed.clear()

@@ -18,6 +18,18 @@ the window refuses too (the server shows its own sign-in screen): both as refuse
 
 FreeRDP 2.11 exits 147 both for a closed port and for a refused NLA login; a TCP probe of the
 server tells them apart (``start_failure``).
+
+Behind a jump host (``RdpTarget.unix_path``): FreeRDP 2 connects to a unix socket when the ``/v:``
+host begins with "/" (libfreerdp/core/tcp.c, ``freerdp_tcp_connect``). Its certificate checks
+would then use that path as the host name (a CA-issued certificate never matches it, and
+trusted-on-first-use entries would follow the socket's name), so ``/cert:name:HOST`` names the
+desktop's configured host instead and ``/port:`` its port: the CA policy checks the
+certificate against that name, and the first-use store keeps ``HOST PORT`` as for a direct
+connection. A pinned fingerprint is checked before any name (libfreerdp/crypto/tls.c). What
+still sees the path: the TLS SNI (which RDP servers do not rely on) and the Kerberos service
+name of NLA (TERMSRV/<path>: NLA falls back to NTLM). The socket accepts every connection and
+closes it when the jump host cannot reach the server, so reachability through it is an RDP
+server's answer to a connection request (``reachable``), not an accepted connection.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.keyboards import klid
-from gateway.probe import probe_rfb
+from gateway.probe import probe_rdp, probe_rfb
 from gateway.rdp.errors import (
     REASON_CERTIFICATE,
     REASON_CLOSED_AT_SIGN_IN,
@@ -139,16 +151,21 @@ def xfreerdp_argv(target: RdpTarget) -> list[str]:
     argv.append("/log-filters:" + ",".join(f"{tag}:DEBUG" for tag in _LOGON_LOG_TAGS))
     if target.security != "negotiate":
         argv.append(f"/sec:{target.security}")
+    # Through a jump host's socket: the desktop's host name and port are what its certificate
+    # is checked and remembered against (see the module text).
+    name = f",name:{target.host.strip('[]')}" if target.unix_path else ""
+    if target.unix_path:
+        argv.append(f"/port:{target.port}")
     if target.cert_policy == "ignore":
         argv.append("/cert:ignore")
     elif target.cert_policy == "ca":
-        argv.append("/cert:deny")  # trusted: issued by cert_ca for this host name, else refused
+        argv.append(f"/cert:deny{name}")  # trusted: issued by cert_ca for this host name, else refused
     elif target.cert_policy == "tofu":
-        argv.append("/cert:tofu,deny")  # deny: a changed certificate ends it, no prompt
+        argv.append(f"/cert:tofu,deny{name}")  # deny: a changed certificate ends it, no prompt
     else:
         fp = target.normalized_fingerprint
         pairs = ":".join(fp[i : i + 2] for i in range(0, len(fp), 2))
-        argv.append(f"/cert:deny,fingerprint:sha256:{pairs}")
+        argv.append(f"/cert:deny,fingerprint:sha256:{pairs}{name}")
     if target.password is not None:
         argv.append("/from-stdin:force")
     return argv
@@ -171,7 +188,7 @@ async def start_failure(code: int, output: Sequence[str], target: RdpTarget,
     if code in (_EXIT_TRANSPORT_FAILED, _EXIT_CONN_FAILED, _EXIT_CONNECT_FAILED):
         # FreeRDP 2.11 says the same for a closed port and a refused NLA login; without NLA
         # an open port that dropped the connection has not refused the account.
-        reachable = await tcp_reachable(target.host, target.port)
+        reachable = await server_reachable(target)
         if not reachable:
             return REASON_UNREACHABLE, "unreachable", reachable
         if nla or target.security == "nla":
@@ -194,6 +211,14 @@ def exit_reason(code: int) -> str:
 async def tcp_reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
     """True when a TCP connection to host:port opens within ``timeout``."""
     return await probe_rfb(host=host.strip("[]"), port=port, timeout=timeout, banner_required=False)
+
+
+async def server_reachable(target: RdpTarget, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when the target's server is there: a TCP connection opens, or, through a jump
+    host's socket, an RDP server answers a connection request (see the module text)."""
+    if target.unix_path:
+        return await probe_rdp(target.unix_path, timeout=timeout)
+    return await tcp_reachable(target.host, target.port, timeout)
 
 
 def output_line(raw: bytes) -> str:

@@ -1,5 +1,9 @@
 """An RDP server and the account a bridge signs in with (``RdpTarget``), checked when made.
 
+A server behind a jump host is reached through ``unix_path``, a local unix socket that forwards
+to it over that host's SSH connection; ``host`` and ``port`` stay its address as the jump host
+sees it, and the host is the name its certificate is checked against.
+
 ``SECURITY_MODES`` and ``CERT_POLICIES`` are what the bridge accepts, and so what an admin may
 choose (``gateway.rdp.options`` offers them).
 """
@@ -18,6 +22,7 @@ SECURITY_MODES = ("negotiate", "nla", "tls", "rdp")
 CERT_POLICIES = ("ignore", "tofu", "fingerprint", "ca")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})$")
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+UNIX_PATH_MAX = 107  # sockaddr_un.sun_path, without its terminating NUL
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class RdpTarget:
     cert_fingerprint: str = ""  # fingerprint policy: SHA-256 of the server certificate (hex, colons optional)
     cert_ca: str = ""  # ca policy: the PEM certificate(s) of the CA(s) that issue the server's
     keyboard_layout: int = DEFAULT_LAYOUT  # the KLID announced to the server (xfreerdp /kbd:)
+    unix_path: str = ""  # behind a jump host: the local socket that forwards to host:port
 
     def __post_init__(self) -> None:
         if not _valid_host(self.host):
@@ -57,13 +63,20 @@ class RdpTarget:
             raise ValueError("RdpTarget: the ca policy needs cert_ca (PEM)")
         if not 0 < self.keyboard_layout <= 0xFFFFFFFF:
             raise ValueError("RdpTarget: keyboard_layout must be a keyboard layout id")
+        # FreeRDP takes a /v: value that starts with "/" as a unix socket, up to a ":" (a port)
+        if self.unix_path and not (self.unix_path.startswith("/") and len(
+                self.unix_path.encode()) <= UNIX_PATH_MAX and not any(
+                c in self.unix_path for c in ":[],\0")):
+            raise ValueError("RdpTarget: unix_path must be an absolute socket path without ':'")
 
     @property
     def normalized_fingerprint(self) -> str:
         return re.sub(r"[\s:]", "", self.cert_fingerprint).lower()
 
     def server_argument(self) -> str:
-        """``/v:`` value; IPv6 literals in brackets."""
+        """``/v:`` value; IPv6 literals in brackets; the socket behind a jump host."""
+        if self.unix_path:
+            return f"/v:{self.unix_path}"
         host = self.host.strip("[]")
         with contextlib.suppress(ValueError):
             if ipaddress.ip_address(host).version == 6:

@@ -284,4 +284,21 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE web_sessions ADD COLUMN device BOOLEAN NOT NULL DEFAULT FALSE",
         "CREATE INDEX web_sessions_by_kiosk ON web_sessions(kiosk_id)",
     ],
+    [
+        # Hosts reached over SSH: desktop hosts, jump hosts, remote hypervisors. The private key
+        # is encrypted with the gateway's key; host_key holds the pinned known_hosts line(s)
+        # ('' until a first-use key is recorded).
+        """CREATE TABLE ssh_hosts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            address TEXT NOT NULL,
+            port INTEGER NOT NULL DEFAULT 22,
+            user_name TEXT NOT NULL,
+            key_enc TEXT NOT NULL,
+            host_key TEXT NOT NULL DEFAULT '',
+            policy TEXT NOT NULL DEFAULT 'pinned',
+            jump_id INTEGER REFERENCES ssh_hosts(id),
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]

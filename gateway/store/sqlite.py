@@ -28,7 +28,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..errors import Conflict, StoreBusy
+from ..errors import Conflict, NotFound, StoreBusy
 from ..model import (
     AUDIT_GENESIS,
     ApiToken,
@@ -45,6 +45,7 @@ from ..model import (
 from ..names import name_key
 from .migrations import MIGRATIONS
 from .sqlite_kiosks import KioskTables
+from .sqlite_ssh import SshTables
 from .sqlite_vms import VM_COLUMNS, VM_JOIN, VmTables, desktop_vm
 
 log = logging.getLogger("deskgate.store")
@@ -128,7 +129,7 @@ def _busy(sql: str) -> Iterator[None]:
         raise StoreBusy() from None
 
 
-class SQLiteStore(VmTables, KioskTables):
+class SQLiteStore(VmTables, KioskTables, SshTables):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
@@ -486,15 +487,24 @@ class SQLiteStore(VmTables, KioskTables):
     async def create_desktop(self, name: str, provider: str, host: str, port: int,
                              password_enc: str | None, protocol: str = "vnc",
                              options: Mapping[str, str] | None = None) -> Desktop:
+        """A new desktop. One that goes through an SSH host (the option ``via``) is made only
+        while that host exists, in the same statement: a removal of the host cannot slip in
+        between (see ``delete_ssh_host``). NotFound when it does not exist."""
+        options = dict(options or {})
+        via = options.get("via") or None
         try:
-            await self._exec(
+            row = await self._write_one(
                 "INSERT INTO desktops (name, provider, host, port, password_enc, created_at,"
-                " protocol, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " protocol, options) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
+                " WHERE ? IS NULL OR EXISTS (SELECT 1 FROM ssh_hosts WHERE name = ?)"
+                " RETURNING id",
                 (name, provider, host, port, password_enc, time.time(), protocol,
-                 json.dumps(dict(options or {}), sort_keys=True)))
+                 json.dumps(options, sort_keys=True), via, via))
         except aiosqlite.IntegrityError as exc:
             raise Conflict(f"desktop {name!r} already exists") from exc
-        desktop = await self.get_desktop_by_name(name)
+        if row is None:
+            raise NotFound(f"no SSH host named {via!r}")
+        desktop = await self.get_desktop(int(row[0]))
         assert desktop is not None
         return desktop
 

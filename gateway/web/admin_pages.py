@@ -26,12 +26,13 @@ from ..cases.actor import Actor
 from ..cases.catalog import DesktopView, addable_providers
 from ..errors import BadRequest, GatewayError, NotFound
 from ..keyboards import describe
-from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, VMS
+from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, SSH_HOSTS, VMS
 from ..model import AuditEvent, Desktop
 from ..rdp.options import EDITABLE, OPTIONS, ca_names
 from ..textsafe import visible
 from .common import actor, check_form_csrf, redirect, render, signed_in_admin
 from .inputs import parse_int, parse_time, path_id
+from .ssh_views import hosts_json, jump_name
 from .vm_views import VM_FORMS, VM_INFO, mib, vm_row
 
 log = logging.getLogger("deskgate.web.admin")
@@ -112,6 +113,7 @@ async def _desktops_page(request: web.Request, *, http_status: int = 200,
                   info=None if error else _info(request), rows=rows,
                   providers=addable_providers(),
                   any_vm=any(r.view.desktop.vm is not None for r in rows),
+                  ssh_hosts=await hosts_json(request.config_dict[SSH_HOSTS]),
                   form=dict(form or {}), **FORMATTERS)
 
 
@@ -124,20 +126,22 @@ async def desktops(request: web.Request) -> web.StreamResponse:
 async def desktop_create(request: web.Request) -> web.StreamResponse:
     _, me = signed_in_admin(request)
     form = await check_form_csrf(request)
-    fields = ("name", "provider", "host", "port", "protocol",
+    fields = ("name", "provider", "host", "port", "protocol", "via",
               *(o.form_name for o in OPTIONS if o.form is not None))
     kept = {k: form.get(k, "") for k in fields}  # never the password
     try:
         static = form.get("provider") == "static"
         rdp = static and form.get("protocol") == "rdp"
         options = {k[4:]: v for k, v in kept.items() if k.startswith("rdp_") and v} if rdp else None
+        via = (await jump_name(request.config_dict[SSH_HOSTS], kept["via"].strip())
+               if static or form.get("provider") == "ssh" else None)
         desktop = await request.config_dict[CATALOG].add_desktop(
             actor(request, me), form.get("name", ""), form.get("provider", ""),
             host=form.get("host", "").strip() if static else "",
             port=_int(form.get("port", ""), "port") if static else 0,
             password=(form.get("password") or None) if static else None,
             protocol="rdp" if rdp else "vnc",
-            options=options)
+            options=options, via=via)
     except GatewayError as exc:
         return await _desktops_page(request, http_status=exc.http_status, error=exc.reason,
                                     form=kept)
@@ -160,6 +164,8 @@ async def render_desktop_page(request: web.Request, desktop_id: int, *, http_sta
                   assigned_users=[u for u in users if u.name in assigned],
                   other_users=[u for u in users if u.name not in assigned],
                   confirm_delete=confirm_delete and vm is None, vm=vm, vm_forms=VM_FORMS,
+                  ssh_host_names=[h.name for h, _ in
+                                  await request.config_dict[SSH_HOSTS].hosts()],
                   **FORMATTERS)
 
 
@@ -174,13 +180,18 @@ async def _desktop_action(request: web.Request, me: Actor, desktop_id: int,
         password, clear = form.get("password", ""), form.get("clear_password") == "yes"
         if password and clear:
             raise BadRequest("give a new password or clear it, not both")
+        # The jump host's field is on a static desktop's form only: absent, it is kept (and
+        # for another desktop the use case refuses it).
+        via = (await jump_name(request.config_dict[SSH_HOSTS], form["via"].strip()) or ""
+               if "via" in form else None)
         await catalog.update_desktop(
             me, desktop_id, name=form.get("name", ""),
             host=form.get("host", "") if static else None,
             port=_int(form.get("port", ""), "port") if static else None,
             password=password or None, clear_password=clear,
             maintenance=form.get("maintenance") == "yes",
-            rdp={o.name: form[o.form_name] for o in EDITABLE if o.form_name in form} or None)
+            rdp={o.name: form[o.form_name] for o in EDITABLE if o.form_name in form} or None,
+            via=via)
         return "saved"
     if action == "assign":
         remove = form.get("op") == "remove"

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..cases.actor import Actor
 from ..cases.catalog import DesktopView
 from ..errors import BadRequest, Forbidden, NotFound, Unauthorized
-from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, SESSIONS
+from ..keys import ACCOUNTS, AUDIT_TRAIL, CATALOG, SESSIONS, SSH_HOSTS
 from ..model import Desktop, User
 from .api_schemas import (
     ADDABLE_PROVIDER,
@@ -35,6 +35,7 @@ from .api_schemas import (
     TOKEN,
     USER,
     USER_DETAIL,
+    VIA,
     audit_json,
     desktop_json,
     session_json,
@@ -57,6 +58,7 @@ from .openapi import (
     obj,
     ref,
 )
+from .ssh_views import jump_name
 
 PREFIX = "/api/v1"
 API_ADMIN = web.RequestKey("api_admin", User)
@@ -224,19 +226,20 @@ def _rdp_body(body: dict[str, Any]) -> dict[str, str] | None:
                request=obj(("name", "provider"), name=STRING,
                            provider=ADDABLE_PROVIDER,
                            host=STRING, port=INTEGER,
-                           protocol=PROTOCOL,
+                           protocol=PROTOCOL, via=VIA,
                            rdp=RDP_OPTIONS_BODY, password={**STRING, "writeOnly": True}),
                response=ref("Desktop"))
 async def create_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "provider", "host", "port", "password", "protocol",
-                                 "rdp"})
+                                 "rdp", "via"})
     rdp = _rdp_body(body)
     desktop: Desktop = await request.config_dict[CATALOG].add_desktop(
         _admin(request), _typed(body, "name", str, required=True),
         _typed(body, "provider", str, required=True),
         host=_typed(body, "host", str) or "", port=_typed(body, "port", int) or 0,
         password=_typed(body, "password", str) or None,
-        protocol=_typed(body, "protocol", str) or "vnc", options=rdp)
+        protocol=_typed(body, "protocol", str) or "vnc", options=rdp,
+        via=await jump_name(request.config_dict[SSH_HOSTS], _typed(body, "via", str)))
     view = await request.config_dict[CATALOG].desktop_view(desktop.id)
     return web.json_response(await _desktop_out(request, view), status=201)
 
@@ -252,17 +255,20 @@ async def get_desktop(request: web.Request) -> web.StreamResponse:
                tag="desktops", response=ref("Desktop"),
                request=obj(name=STRING, host=STRING, port=INTEGER,
                            password={**STRING, "writeOnly": True}, clear_password=BOOLEAN,
-                           maintenance=BOOLEAN, rdp=RDP_OPTIONS_BODY))
+                           maintenance=BOOLEAN, rdp=RDP_OPTIONS_BODY, via=VIA))
 async def update_desktop(request: web.Request) -> web.StreamResponse:
     body = await _body(request, {"name", "host", "port", "password", "clear_password",
-                                 "maintenance", "rdp"})
+                                 "maintenance", "rdp", "via"})
     desktop_id = _id(request)
+    via = _typed(body, "via", str)
+    if via is not None or "via" in body:  # null or "": no jump host
+        via = await jump_name(request.config_dict[SSH_HOSTS], via) or ""
     await request.config_dict[CATALOG].update_desktop(
         _admin(request), desktop_id, name=_typed(body, "name", str),
         host=_typed(body, "host", str), port=_typed(body, "port", int),
         password=_typed(body, "password", str), clear_password=bool(
             _typed(body, "clear_password", bool)), maintenance=_typed(body, "maintenance", bool),
-        rdp=_rdp_body(body))
+        rdp=_rdp_body(body), via=via)
     view = await request.config_dict[CATALOG].desktop_view(desktop_id)
     return web.json_response(await _desktop_out(request, view))
 

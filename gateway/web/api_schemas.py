@@ -26,6 +26,9 @@ DESKTOP = obj(
     has_password={**BOOLEAN, "description": "the password itself is write-only"},
     maintenance=BOOLEAN, users=array(STRING), groups=array(STRING),
     state={**STRING, "description": "running, stopped or unknown"},
+    via={"type": ["string", "null"], "description": "the SSH host a static desktop is reached"
+         " through (its address is as that host sees it), or the one an ssh desktop is"
+         " started on; null: none"},
     rdp={"type": ["object", "null"], "description": "RDP options (null for VNC)",
          "properties": {o.name: o.schema() for o in OPTIONS}, "additionalProperties": STRING})
 # One RDP option table (gateway/rdp/options.py) describes what is accepted.
@@ -60,6 +63,10 @@ AUDIT_EVENT = obj(("id", "at", "kind", "detail"),
                    desktop=nullable(STRING), client_ip=nullable(STRING), detail=STRING)
 
 ASSIGNMENT = {**obj(user_id=INTEGER, group=STRING), "description": "exactly one of the two"}
+# A static desktop's jump host, as given to POST and PATCH.
+VIA = {"type": ["string", "null"], "description": "static desktops: the name of the SSH host"
+       " (a jump host) the desktop's address is reached through, as that host sees it; on"
+       " PATCH, null or \"\" takes it away. ssh desktops: the SSH host they are started on."}
 
 
 # output: explicit builders, never a secret --------------------------------------------------------
@@ -68,7 +75,9 @@ def desktop_json(view: DesktopView, state: str) -> dict[str, Any]:
     return {"id": d.id, "name": d.name, "provider": d.provider, "host": d.host, "port": d.port,
             "protocol": d.protocol, "has_password": d.has_password, "maintenance": d.maintenance,
             "users": view.users, "groups": view.groups, "state": state,
-            "rdp": ({"credentials": "shared", "keyboard_layout": "", **dict(d.options)}
+            "via": d.option("via") or None,
+            "rdp": ({"credentials": "shared", "keyboard_layout": "",
+                     **{k: v for k, v in d.options if k != "via"}}
                     if d.protocol == "rdp" else None)}
 
 

@@ -110,7 +110,11 @@ def read_vnc_password_file(path: Path, owner: int | None = None) -> Secret:
     """The password in a ``vncpasswd -f`` file (to take over a display started by an earlier
     gateway run), read as ``read_private_file`` does; ``OSError``/``ValueError`` when
     unreadable or malformed."""
-    raw = read_private_file(path, 64, owner)
+    return decode_vnc_password(read_private_file(path, 64, owner))
+
+
+def decode_vnc_password(raw: bytes) -> Secret:
+    """The password in the bytes of a ``vncpasswd -f`` file; ``ValueError`` when malformed."""
     if len(raw) < 8:
         raise ValueError("not a VNC password file")
     decryptor = Cipher(TripleDES(_VNCPASSWD_KEY * 3), modes.ECB()).decryptor()  # noqa: S305

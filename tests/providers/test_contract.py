@@ -24,6 +24,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+import sshhosts
 from provider_support import pid_gone
 
 from gateway.config import HypervisorConfig
@@ -32,6 +33,7 @@ from gateway.model import Bundle, DesktopVm, Endpoint, Secret
 from gateway.providers import DesktopProvider, DesktopSpec, ProviderContext, make_provider
 from gateway.providers.local import LocalProvider
 from gateway.proxy.rfb import DesktopHandshake
+from gateway.ssh.connections import SshConnections, SshHost
 from gateway.xdisplay.numbers import free_tcp_port, xvnc_serving
 from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
@@ -280,8 +282,83 @@ class LibvirtHarness(Harness):
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class SshHarness(Harness):
+    """Desktops started by the provider on a real SSH host: a network namespace with its own
+    sshd and account (tests/sshhosts.py), started for the test and cleaned up (every process
+    in it ended by PID) in the teardown."""
+
+    name = "ssh"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.host: sshhosts.SshHost | None = None
+        self.tmp: Path | None = None
+        self.connections = SshConnections(data_dir, keepalive=1.0, connect_timeout=5.0)
+        self.specs: dict[str, SshHost] = {}
+        super().__init__(data_dir)
+
+    def make(self) -> DesktopProvider:
+        async def reach(name: str) -> tuple[SshConnections, SshHost]:
+            if name not in self.specs:
+                raise DesktopUnavailable(f"no SSH host {name}")
+            return self.connections, self.specs[name]
+
+        return make_provider("ssh", ProviderContext(data_dir=self.data_dir, ssh=reach))
+
+    async def prepare(self) -> None:
+        if os.geteuid() != 0 or not Path(sshhosts.SSHD).is_file():
+            pytest.skip("SSH hosts in namespaces need root and sshd")
+        require_xvnc()
+        self.tmp = sshhosts.short_tmp()
+        self.host = sshhosts._start_indexed(self.tmp)
+        h = self.host
+        self.specs[h.name] = SshHost(h.name, h.address, h.port, h.user, Secret(h.client_key),
+                                     h.host_key_line)
+        # A host nothing answers on: the namespace's address, a closed port.
+        self.specs["gone"] = SshHost("gone", h.address, 1, h.user, Secret(h.client_key),
+                                     h.host_key_line)
+
+    def _spec(self, n: int, via: str = "") -> DesktopSpec:
+        assert self.host is not None
+        return DesktopSpec(id=800 + n, name=f"ssh {n}", provider="ssh", geometry="1024x768",
+                           via=via or self.host.name)
+
+    async def desktop(self, n: int) -> DesktopSpec:
+        return self._spec(n)
+
+    def absent(self) -> DesktopSpec:
+        return self._spec(90)
+
+    async def broken(self) -> tuple[DesktopProvider, DesktopSpec, str]:
+        return self.provider, self._spec(91, via="gone"), r"gone cannot be reached over SSH"
+
+    async def servers(self, spec: DesktopSpec) -> int:
+        assert self.host is not None
+        pids = sshhosts._run(["ip", "netns", "pids", self.host.netns]).stdout.split()
+        mark = f"/deskgate/{spec.id}".encode()
+        count = 0
+        for pid in pids:
+            proc = Path("/proc") / pid
+            with contextlib.suppress(OSError):
+                if (proc / "comm").read_text().strip() in ("Xvnc", "Xtigervnc") and any(
+                        e.startswith(b"DESKGATE_DESKTOP=") and e.endswith(mark)
+                        for e in (proc / "environ").read_bytes().split(b"\0")):
+                    count += 1
+        return count
+
+    async def teardown(self) -> None:
+        try:
+            await self.provider.close()
+            await self.connections.close()
+        finally:
+            if self.host is not None:
+                assert self.tmp is not None
+                sshhosts._cleanup_all([self.host], self.tmp)  # ends every process it holds
+            elif self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 # Every provider the contract runs over; a new provider appends its harness here.
-HARNESSES: list[type[Harness]] = [StaticHarness, LocalHarness, LibvirtHarness]
+HARNESSES: list[type[Harness]] = [StaticHarness, LocalHarness, LibvirtHarness, SshHarness]
 
 
 @pytest.fixture(params=HARNESSES, ids=lambda h: h.name)

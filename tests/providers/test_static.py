@@ -24,7 +24,7 @@ def static(port: int, password: Secret | None = None) -> DesktopSpec:
 
 
 def test_registry(tmp_path: Path) -> None:
-    assert set(PROVIDERS) == {"static", "local", "libvirt"}
+    assert set(PROVIDERS) == {"static", "local", "libvirt", "ssh"}
     with pytest.raises(ConfigError, match="unknown desktop provider"):
         make_provider("nope", ProviderContext(data_dir=tmp_path))
 

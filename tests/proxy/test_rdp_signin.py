@@ -3,13 +3,18 @@
 The xrdp and FreeRDP-shadow lines were recorded from the real servers of tests/rdp_servers.py
 (xfreerdp with the bridge's ``/log-filters``); the Windows ones (Save Session Info PDUs) follow
 FreeRDP's format strings in libfreerdp2 (``LogonInfoV2: SessionId: 0x%08X UserName: [%s] Domain:
-[%s]``, ``LogonErrorInfo: Data: 0x%08X Type: 0x%08X``). No server runs here.
+[%s]``, ``LogonErrorInfo: Data: 0x%08X Type: 0x%08X``). No server runs here (a jump host's
+socket is played by unix sockets of the test's own).
 """
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
+from gateway.probe import RDP_CONNECTION_REQUEST, probe_rdp
 from gateway.rdp.freerdp import SignIn, xfreerdp_argv
 from gateway.rdp.target import RdpTarget
 
@@ -91,3 +96,64 @@ def test_xfreerdp_runs_line_buffered_with_the_sign_in_tags() -> None:
     [filters] = [a for a in argv if a.startswith("/log-filters:")]
     assert filters == ("/log-filters:com.freerdp.core.nego:DEBUG,com.freerdp.core.info:DEBUG,"
                        "com.freerdp.channels.cliprdr.client:DEBUG,com.freerdp.channels.rdpdr.client:DEBUG")
+
+
+def test_behind_a_jump_host_xfreerdp_opens_its_socket_and_checks_the_desktops_name() -> None:
+    """Through a jump host's socket: ``/v:`` is the socket, ``/port:`` and ``/cert:...name:`` the
+    desktop's own port and host, which the certificate is checked and remembered against."""
+    sock = "/run/deskgate/ssh-998/bastion-1-1.sock"
+    fp = "ab" * 32
+    pairs = ":".join(["ab"] * 32)
+    for policy, extra, cert in (
+        ("fingerprint", {"cert_fingerprint": fp}, f"/cert:deny,fingerprint:sha256:{pairs},name:win.corp"),
+        ("ca", {"cert_ca": "-----BEGIN CERTIFICATE-----"}, "/cert:deny,name:win.corp"),
+        ("tofu", {}, "/cert:tofu,deny,name:win.corp"),
+        ("ignore", {}, "/cert:ignore"),
+    ):
+        argv = xfreerdp_argv(RdpTarget("win.corp", 3390, "alice", cert_policy=policy, unix_path=sock,
+                                       **extra))  # type: ignore[arg-type]
+        assert argv[4:6] == [f"/v:{sock}", "/u:alice"]
+        assert "/port:3390" in argv
+        assert [a for a in argv if a.startswith("/cert:")] == [cert]
+    # A direct target keeps host:port in /v: and no name of its own.
+    argv = xfreerdp_argv(RdpTarget("win.corp", 3390, "alice", cert_policy="tofu"))
+    assert "/v:win.corp:3390" in argv and "/cert:tofu,deny" in argv
+    assert not [a for a in argv if a.startswith("/port:")]
+
+
+@pytest.mark.parametrize("path", ["relative.sock", "/tmp/a:b.sock", "/tmp/x,name:evil.sock",
+                                  "/tmp/" + "x" * 120])
+def test_a_socket_path_freerdp_would_read_otherwise_is_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="unix_path"):
+        RdpTarget("win.corp", 3389, "alice", unix_path=path)
+
+
+async def test_probe_rdp_needs_an_rdp_answer_not_an_accepted_connection(tmp_path: Path) -> None:
+    """A jump host's socket accepts every connection; one it cannot forward is closed."""
+    seen: list[bytes] = []
+
+    async def rdp_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readexactly(len(RDP_CONNECTION_REQUEST)))
+        writer.write(bytes.fromhex("030000130ed000001234000201080001000000"))  # a Confirm
+        await writer.drain()
+        writer.close()
+
+    async def closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    servers = [await asyncio.start_unix_server(handler, str(tmp_path / f"{name}.sock"))
+               for name, handler in (("rdp", rdp_server), ("closed", closed), ("silent", silent))]
+    try:
+        assert await probe_rdp(tmp_path / "rdp.sock", timeout=2)
+        assert seen == [RDP_CONNECTION_REQUEST]
+        assert not await probe_rdp(tmp_path / "closed.sock", timeout=2)
+        assert not await probe_rdp(tmp_path / "silent.sock", timeout=0.3)
+        assert not await probe_rdp(tmp_path / "none.sock", timeout=2)
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -188,20 +188,45 @@ class _Worker:
 
 
 class Hypervisor:
-    """One hypervisor (libvirt URI): its connection and the operations on Deskgate's domains."""
+    """One hypervisor (libvirt URI): its connection and the operations on Deskgate's domains.
 
-    def __init__(self, uri: str, *, call_timeout: float = CALL_TIMEOUT) -> None:
+    ``route``, for a hypervisor reached through an SSH host, gives before each call the URI
+    that reaches it from here (libvirt's socket forwarded through that host's connection); a
+    new route (the SSH connection was made again) means a new libvirt connection. ``uri`` is
+    then only the name in messages.
+    """
+
+    def __init__(self, uri: str, *, call_timeout: float = CALL_TIMEOUT,
+                 route: Callable[[], Awaitable[str]] | None = None) -> None:
         self.uri = uri
         self._call_timeout = call_timeout
+        self._route = route
         self._worker: _Worker | None = None
         self._closed = False
 
     async def _call(self, op: Callable[[Any], T]) -> T:
-        """``op(connection)`` on the worker thread, within the time bound."""
+        """``op(connection)`` on the worker thread, within the time bound. Through an SSH host,
+        a call that found libvirt unreachable is made once more when the route changed
+        meanwhile (the SSH connection was made again)."""
         if self._closed:
             raise HypervisorError("the connection to the hypervisor is closed")
+        uri = await self._uri()
+        try:
+            return await self._call_at(uri, op)
+        except HypervisorUnreachable:
+            if self._route is None or await self._uri() == uri:
+                raise
+        return await self._call_at(await self._uri(), op)
+
+    async def _uri(self) -> str:
+        return self.uri if self._route is None else await self._route()
+
+    async def _call_at(self, uri: str, op: Callable[[Any], T]) -> T:
+        if self._worker is not None and self._worker.uri != uri:
+            old, self._worker = self._worker, None
+            old.abandon()
         if self._worker is None:
-            self._worker = _Worker(self.uri)
+            self._worker = _Worker(uri)
         worker = self._worker
         future = asyncio.get_running_loop().run_in_executor(worker.executor, worker.run, op)
         try:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pwd
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +30,8 @@ from gateway.errors import ConfigError, DesktopUnavailable
 from gateway.model import Bundle, Endpoint
 from gateway.probe import probe_rfb
 from gateway.providers.base import DesktopSpec, ProviderContext, desktop_log
-from gateway.providers.libvirt import volumes
 from gateway.providers.libvirt.domain import DomainSpec, domain_name, domain_xml
+from gateway.providers.libvirt.hostfiles import LocalFiles, SshFiles, vm_files
 from gateway.providers.libvirt.hypervisor import (
     CALL_TIMEOUT,
     Hypervisor,
@@ -42,7 +40,6 @@ from gateway.providers.libvirt.hypervisor import (
 )
 from gateway.providers.libvirt.lifecycle import Seen
 from gateway.xdisplay.numbers import UNIX_PATH_MAX
-from gateway.xdisplay.sysuser import first_closed_folder
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +96,7 @@ class LibvirtProvider:
         self._ctx = ctx
         self._call_timeout = call_timeout
         self._hypervisors: dict[str, Hypervisor] = {}
+        self._files: dict[str, LocalFiles | SshFiles] = {}
         self._locks: dict[int, asyncio.Lock] = {}
 
     # -- where things are --------------------------------------------------------------------
@@ -114,14 +112,28 @@ class LibvirtProvider:
         config = self.config(name)
         hv = self._hypervisors.get(name)
         if hv is None:
-            hv = self._hypervisors[name] = Hypervisor(config.uri, call_timeout=self._call_timeout)
+            files = self.files(name)
+            route = files.libvirt_uri if isinstance(files, SshFiles) else None
+            where = f"{config.uri} on SSH host {config.via}" if config.via else config.uri
+            hv = self._hypervisors[name] = Hypervisor(where, call_timeout=self._call_timeout,
+                                                      route=route)
         return hv
+
+    def files(self, name: str) -> LocalFiles | SshFiles:
+        """Where hypervisor ``name``'s VM files are: this machine, or its SSH host's."""
+        found = self._files.get(name)
+        if found is None:
+            found = self._files[name] = vm_files(self.config(name), self._ctx.ssh)
+        return found
 
     def layout(self, spec: DesktopSpec) -> Layout:
         return layout(self.config(_bundle_of(spec)[1]), spec.id)
 
     def _hv(self, spec: DesktopSpec) -> Hypervisor:
         return self.hypervisor(_bundle_of(spec)[1])
+
+    def _files_of(self, spec: DesktopSpec) -> LocalFiles | SshFiles:
+        return self.files(_bundle_of(spec)[1])
 
     def _lock(self, desktop_id: int) -> asyncio.Lock:
         return self._locks.setdefault(desktop_id, asyncio.Lock())
@@ -159,8 +171,8 @@ class LibvirtProvider:
         try:
             bundle, _ = _bundle_of(spec)
             if bundle.protocol == "console":
-                return Endpoint(unix_path=str(self.layout(spec).screen_socket),
-                                password=spec.password, protocol="vnc")
+                screen = await self._files_of(spec).screen(self.layout(spec).screen_socket)
+                return Endpoint(unix_path=str(screen), password=spec.password, protocol="vnc")
         except HypervisorError as exc:
             raise DesktopUnavailable(exc.reason) from None
         return Endpoint(host=spec.host, port=spec.port, password=spec.password,
@@ -216,7 +228,7 @@ class LibvirtProvider:
         while True:
             left = deadline - time.monotonic()
             if await self._screen_answers(spec, max(0.1, min(PROBE_TIMEOUT, left))) \
-                    and self._ready_text_seen(spec):
+                    and await self._ready_text_seen(spec):
                 dlog.info("screen answers")
                 return
             if time.monotonic() >= next_check:
@@ -251,18 +263,14 @@ class LibvirtProvider:
     async def delete(self, spec: DesktopSpec) -> None:
         """Power off and undefine the domain, then remove its disks, log and screen folder."""
         async with self._lock(spec.id):
-            hv, files = self._hv(spec), self.layout(spec)
+            hv, files, where = self._hv(spec), self.layout(spec), self._files_of(spec)
             await hv.destroy(spec.id)
             await hv.undefine(spec.id)
-            volumes.remove(files.root, files.user, files.console_log)
-            try:
-                files.folder.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # files someone else put there: left alone
-                desktop_log(log, spec.name).warning("%s not removed: %s", files.folder,
-                                                    exc.strerror)
-            shutil.rmtree(files.screen_dir, ignore_errors=True)
+            await where.forget_screen(files.screen_socket)
+            left = await where.remove((files.root, files.user, files.console_log), files.folder,
+                                      files.screen_dir)
+            if left:  # files someone else put there: left alone
+                desktop_log(log, spec.name).warning("%s", left)
             desktop_log(log, spec.name).info("VM deleted")
 
     async def observe(self, hypervisor_name: str) -> dict[int, Observation]:
@@ -277,9 +285,9 @@ class LibvirtProvider:
         files = await self._define(spec, fresh_root=False)
         if running:
             return  # the new definition applies at its next start
-        files.screen_socket.unlink(missing_ok=True)  # an earlier run's: QEMU binds a new one
-        # A fresh serial log each run: a start waits for the bundle's ready text in this run's.
-        files.console_log.unlink(missing_ok=True)
+        # An earlier run's screen socket (QEMU binds a new one) and serial log: a start waits
+        # for the bundle's ready text in this run's.
+        await self._files_of(spec).new_run(files.screen_socket, files.console_log)
         await hv.start(spec.id)
         desktop_log(log, spec.name).info("VM started")
 
@@ -290,12 +298,11 @@ class LibvirtProvider:
         config = self.config(hv_name)
         files = layout(config, spec.id)
         domain = self._domain(spec, files)
-        qemu = _qemu_user(config)
-        _make_storage(files.folder, qemu)
-        _make_screen_dir(files.screen_dir, qemu)
-        if fresh_root or not files.root.exists():
-            await volumes.create_overlay(files.root, Path(bundle.base_image), bundle.root_mib)
-        await volumes.create_blank(files.user, bundle.user_mib)
+        where = self.files(hv_name)
+        await where.prepare(files.folder, files.screen_dir)
+        await where.root_disk(files.root, Path(bundle.base_image), bundle.root_mib,
+                              fresh=fresh_root)
+        await where.user_volume(files.user, bundle.user_mib)
         await self._hv(spec).define(domain_xml(domain))
         return files
 
@@ -315,20 +322,19 @@ class LibvirtProvider:
             dlog.info("VM powered off: no shutdown within %g s", timeout)
         return hard
 
-    def _ready_text_seen(self, spec: DesktopSpec) -> bool:
+    async def _ready_text_seen(self, spec: DesktopSpec) -> bool:
         """The bundle's ready text is in this run's serial console log (or it has none)."""
         bundle, _ = _bundle_of(spec)
         if not bundle.ready_text:
             return True
-        try:
-            return bundle.ready_text.encode() in self.layout(spec).console_log.read_bytes()
-        except FileNotFoundError:
-            return False
+        return await self._files_of(spec).console_has(self.layout(spec).console_log,
+                                                       bundle.ready_text)
 
     async def _screen_answers(self, spec: DesktopSpec, timeout: float) -> bool:
         bundle, _ = _bundle_of(spec)
         if bundle.protocol == "console":
-            return await probe_rfb(unix_path=self.layout(spec).screen_socket, timeout=timeout)
+            screen = await self._files_of(spec).screen(self.layout(spec).screen_socket)
+            return await probe_rfb(unix_path=screen, timeout=timeout)
         if not spec.host or not 0 < spec.port < 65536:
             raise HypervisorError(f"desktop {spec.name} has no address for its {bundle.protocol}"
                                   " server")
@@ -344,42 +350,3 @@ def _bundle_of(spec: DesktopSpec) -> tuple[Bundle, str]:
     if spec.vm is None:
         raise HypervisorError(f"desktop {spec.name} is not a VM")
     return spec.vm.bundle, spec.vm.hypervisor
-
-
-def _qemu_user(config: HypervisorConfig) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(config.qemu_user)
-    except KeyError:
-        raise HypervisorError(f"hypervisor {config.name}: there is no user {config.qemu_user} "
-                              "(its qemu_user) on this host") from None
-
-
-def _make_storage(folder: Path, qemu: pwd.struct_passwd) -> None:
-    """The desktop's disk folder, which the qemu user must be able to pass through."""
-    try:
-        folder.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-        folder.mkdir(mode=0o711, exist_ok=True)
-    except OSError as exc:
-        raise HypervisorError(f"cannot make {folder}: {exc.strerror}") from None
-    _reachable(folder, qemu)
-
-
-def _make_screen_dir(folder: Path, qemu: pwd.struct_passwd) -> None:
-    """The screen socket's folder: the qemu user's to write, the gateway's group's to read;
-    its parent (socket_dir) lets others through but not list."""
-    try:
-        folder.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-        folder.parent.chmod(0o711)
-        folder.mkdir(mode=0o750, exist_ok=True)
-        os.chown(folder, qemu.pw_uid, os.getegid())
-        folder.chmod(0o750)
-    except OSError as exc:
-        raise HypervisorError(f"cannot prepare {folder}: {exc.strerror}") from None
-    _reachable(folder.parent, qemu)
-
-
-def _reachable(folder: Path, qemu: pwd.struct_passwd) -> None:
-    closed = first_closed_folder(folder, qemu)
-    if closed is not None:
-        raise HypervisorError(f"the qemu user {qemu.pw_name} cannot pass through {closed}: "
-                              "give it search permission (chmod o+x) or choose another folder")

@@ -7,7 +7,8 @@ error's reason. A disk is made under a temporary name and then moved into place,
 interrupted qemu-img never leaves a half-made disk under the real name, and an existing user
 volume is never replaced.
 
-The files are made on the gateway's host: the hypervisor is this host's, or shares the paths.
+These make the files on the gateway's own machine (``hostfiles.LocalFiles``); on a hypervisor
+reached through SSH the same steps run there (``hostfiles.SshFiles``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def check_base(base: Path) -> None:
 async def create_overlay(path: Path, base: Path, size_mib: int) -> None:
     """A fresh root disk at ``path`` (replacing the one there): a qcow2 overlay on ``base``."""
     check_base(base)
-    temp = _temp(path)
+    temp = temp_name(path)
     try:
         try:
             await _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
@@ -59,7 +60,7 @@ async def create_blank(path: Path, size_mib: int) -> bool:
     existing volume is never replaced, even by a concurrent call."""
     if path.exists():
         return False
-    temp = _temp(path)
+    temp = temp_name(path)
     try:
         await _qemu_img("create", "-q", "-f", "qcow2", str(temp), f"{size_mib}M",
                         made=(temp, path))
@@ -79,10 +80,10 @@ def remove(*paths: Path) -> None:
     """Remove these files (and the temporary files of unfinished ones), if they are there."""
     for path in paths:
         path.unlink(missing_ok=True)
-        _temp(path).unlink(missing_ok=True)
+        temp_name(path).unlink(missing_ok=True)
 
 
-def _temp(path: Path) -> Path:
+def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.new")
 
 

@@ -1,0 +1,1 @@
+"""Reaching hosts over SSH (asyncssh): shared connections, host-key pinning, forwards."""
