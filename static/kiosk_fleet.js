@@ -12,39 +12,11 @@
 //
 // A kiosk that is no longer listed was deleted: its row says so.
 
-const EVENTS_URL = '/admin/kiosks/events';
-const STATE_CLASS = /^state-/;
-
-const streamState = document.getElementById('kiosk-stream-state');
-const newNote = document.getElementById('kiosk-new-note');
-
-function setStream(text, ok) {
-    if (!streamState) {
-        return;
-    }
-    streamState.hidden = false;
-    streamState.textContent = text;
-    streamState.classList.toggle('tag-ok', ok);
-    streamState.classList.toggle('tag-warn', !ok);
-}
+import {followRows, setText, setStateClass, when} from './live_rows.js';
 
 function gone(id) {
     return {id, state: 'deleted', state_text: 'deleted', last_seen: null, last_ip: '',
         current_user: '', current_desktop: ''};
-}
-
-function setText(el, text) {
-    if (el.textContent !== text) {
-        el.textContent = text;
-    }
-}
-
-// As the page writes it: 2025-01-31 13:45:07, UTC.
-function when(at) {
-    if (at === null || at === undefined) {
-        return '';
-    }
-    return new Date(at * 1000).toISOString().slice(0, 19).replace('T', ' ');
 }
 
 function updateElement(el, kiosk) {
@@ -52,12 +24,7 @@ function updateElement(el, kiosk) {
     switch (el.dataset.kioskPart) {
     case 'state':
         setText(el, kiosk.state_text);
-        for (const name of [...el.classList]) {
-            if (STATE_CLASS.test(name)) {
-                el.classList.remove(name);
-            }
-        }
-        el.classList.add(`state-${kiosk.state}`);
+        setStateClass(el, kiosk.state);
         break;
     case 'last_seen':
         el.dataset.at = kiosk.last_seen === null ? '' : String(kiosk.last_seen);
@@ -73,36 +40,14 @@ function updateElement(el, kiosk) {
     }
 }
 
-function apply(data) {
-    const byId = new Map(data.kiosks.map((k) => [String(k.id), k]));
-    const onPage = new Set();
-    for (const el of document.querySelectorAll('[data-kiosk-part]')) {
-        const id = el.dataset.kioskId;
-        onPage.add(id);
-        updateElement(el, byId.get(id) || gone(id));
-    }
-    if (newNote) {
-        newNote.hidden = [...byId.keys()].every((id) => onPage.has(id));
-    }
-    setStream('live', true);
-}
-
-let events = null;
-
-function listen() {
-    events = new EventSource(EVENTS_URL);
-    events.addEventListener('kiosks', (e) => {
-        try {
-            apply(JSON.parse(e.data));
-        } catch (err) {
-            setStream('not live', false);
-            throw err;
-        }
-    });
-    events.addEventListener('error', () => setStream('reconnecting…', false));
-}
-
-if (document.getElementById('kiosks-table') || newNote) {
-    window.addEventListener('pagehide', () => events && events.close());
-    listen();
-}
+followRows({
+    url: '/admin/kiosks/events',
+    event: 'kiosks',
+    list: 'kiosks',
+    marked: '[data-kiosk-part]',
+    idKey: 'kioskId',
+    update: updateElement,
+    gone,
+    streamState: 'kiosk-stream-state',
+    newNote: 'kiosk-new-note',
+});

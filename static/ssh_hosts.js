@@ -12,38 +12,10 @@
 //
 // A host that is no longer listed was removed: its badge says so.
 
-const EVENTS_URL = '/admin/ssh/events';
-const STATE_CLASS = /^state-/;
-
-const streamState = document.getElementById('ssh-stream-state');
-const newNote = document.getElementById('ssh-new-note');
-
-function setStream(text, ok) {
-    if (!streamState) {
-        return;
-    }
-    streamState.hidden = false;
-    streamState.textContent = text;
-    streamState.classList.toggle('tag-ok', ok);
-    streamState.classList.toggle('tag-warn', !ok);
-}
+import {followRows, setText, setStateClass, when} from './live_rows.js';
 
 function gone(id) {
     return {id, state: 'removed', state_text: 'removed', reason: '', since: null, connects: 0};
-}
-
-function setText(el, text) {
-    if (el.textContent !== text) {
-        el.textContent = text;
-    }
-}
-
-// As the page writes it: 2025-01-31 13:45:07, UTC.
-function when(at) {
-    if (at === null || at === undefined) {
-        return '';
-    }
-    return new Date(at * 1000).toISOString().slice(0, 19).replace('T', ' ');
 }
 
 function updateElement(el, host) {
@@ -51,12 +23,7 @@ function updateElement(el, host) {
     switch (el.dataset.sshHostPart) {
     case 'state':
         setText(el, host.state_text);
-        for (const name of [...el.classList]) {
-            if (STATE_CLASS.test(name)) {
-                el.classList.remove(name);
-            }
-        }
-        el.classList.add(`state-${host.state}`);
+        setStateClass(el, host.state);
         break;
     case 'since':
         el.dataset.at = host.since === null ? '' : String(host.since);
@@ -73,36 +40,14 @@ function updateElement(el, host) {
     }
 }
 
-function apply(data) {
-    const byId = new Map(data.ssh_hosts.map((h) => [String(h.id), h]));
-    const onPage = new Set();
-    for (const el of document.querySelectorAll('[data-ssh-host-part]')) {
-        const id = el.dataset.sshHostId;
-        onPage.add(id);
-        updateElement(el, byId.get(id) || gone(id));
-    }
-    if (newNote) {
-        newNote.hidden = [...byId.keys()].every((id) => onPage.has(id));
-    }
-    setStream('live', true);
-}
-
-let events = null;
-
-function listen() {
-    events = new EventSource(EVENTS_URL);
-    events.addEventListener('ssh_hosts', (e) => {
-        try {
-            apply(JSON.parse(e.data));
-        } catch (err) {
-            setStream('not live', false);
-            throw err;
-        }
-    });
-    events.addEventListener('error', () => setStream('reconnecting…', false));
-}
-
-if (document.querySelector('[data-ssh-host-part]') || newNote) {
-    window.addEventListener('pagehide', () => events && events.close());
-    listen();
-}
+followRows({
+    url: '/admin/ssh/events',
+    event: 'ssh_hosts',
+    list: 'ssh_hosts',
+    marked: '[data-ssh-host-part]',
+    idKey: 'sshHostId',
+    update: updateElement,
+    gone,
+    streamState: 'ssh-stream-state',
+    newNote: 'ssh-new-note',
+});

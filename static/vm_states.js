@@ -14,31 +14,11 @@
 // Every marked element also carries data-vm-state (for styling). A VM that is no longer listed
 // was deleted: its elements say so and its buttons are disabled.
 
-const EVENTS_URL = '/admin/vms/events';
-const STATE_CLASS = /^state-/;
-
-const streamState = document.getElementById('vm-stream-state');
-const newNote = document.getElementById('vm-new-note');
-
-function setStream(text, ok) {
-    if (!streamState) {
-        return;
-    }
-    streamState.hidden = false;
-    streamState.textContent = text;
-    streamState.classList.toggle('tag-ok', ok);
-    streamState.classList.toggle('tag-warn', !ok);
-}
+import {followRows, setText, setStateClass} from './live_rows.js';
 
 function gone(id) {
     return {id, state: 'deleted', reason: '', busy: false, mode_text: null,
         hypervisor_problem: null, actions: []};
-}
-
-function setText(el, text) {
-    if (el.textContent !== text) {
-        el.textContent = text;
-    }
 }
 
 function updateElement(el, vm) {
@@ -53,12 +33,7 @@ function updateElement(el, vm) {
     switch (el.dataset.vmPart) {
     case 'state':
         setText(el, vm.state);
-        for (const name of [...el.classList]) {
-            if (STATE_CLASS.test(name)) {
-                el.classList.remove(name);
-            }
-        }
-        el.classList.add(`state-${vm.state}`);
+        setStateClass(el, vm.state);
         break;
     case 'reason':
         setText(el, vm.reason || '');
@@ -81,37 +56,14 @@ function updateElement(el, vm) {
     }
 }
 
-function apply(data) {
-    const byId = new Map(data.vms.map((vm) => [String(vm.id), vm]));
-    const onPage = new Set();
-    for (const el of document.querySelectorAll('[data-vm-id]')) {
-        const id = el.dataset.vmId;
-        onPage.add(id);
-        updateElement(el, byId.get(id) || gone(id));
-    }
-    // A VM made or removed elsewhere: the VM list (which shows them all) offers a reload.
-    if (newNote) {
-        newNote.hidden = [...byId.keys()].every((id) => onPage.has(id));
-    }
-    setStream('live', true);
-}
-
-let events = null;
-
-function listen() {
-    events = new EventSource(EVENTS_URL);
-    events.addEventListener('vms', (e) => {
-        try {
-            apply(JSON.parse(e.data));
-        } catch (err) {
-            setStream('not live', false);
-            throw err;
-        }
-    });
-    events.addEventListener('error', () => setStream('reconnecting…', false));
-}
-
-if (document.querySelector('[data-vm-id]') || newNote) {
-    window.addEventListener('pagehide', () => events && events.close());
-    listen();
-}
+followRows({
+    url: '/admin/vms/events',
+    event: 'vms',
+    list: 'vms',
+    marked: '[data-vm-id]',
+    idKey: 'vmId',
+    update: updateElement,
+    gone,
+    streamState: 'vm-stream-state',
+    newNote: 'vm-new-note',
+});

@@ -14,8 +14,6 @@ clears. A reload, another tab or another admin never sees it again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -30,12 +28,10 @@ from .admin_pages import FORMATTERS
 from .common import actor, check_form_csrf, current, redirect, render, signed_in_admin
 from .inputs import parse_int, path_id
 from .kiosk_views import clock_time, fleet_json
-from .sse import EventStream
+from .sse import follow
 
 routes = web.RouteTableDef()
 
-POLL_SECONDS = 1.0  # how often the event stream looks at the kiosks
-STREAM_SECONDS = 30 * 60.0  # then the stream ends and the browser opens a new one
 CODE_COOKIE = "deskgate_kiosk_code"
 CODE_COOKIE_PATH = "/admin/kiosks"
 CODE_COOKIE_SECONDS = 120  # the 303 is followed at once; a code not shown by then is lost
@@ -228,23 +224,8 @@ async def kiosk_events(request: web.Request) -> web.StreamResponse:
     until the browser leaves, the gateway shuts down or ``STREAM_SECONDS`` passed."""
     app = request.config_dict
     kiosks, shutting_down = app[KIOSKS], app[SHUTTING_DOWN]
-    stream = await EventStream.open(request)
-    ends = time.monotonic() + STREAM_SECONDS
-    last: list[dict[str, Any]] | None = None
-    try:
-        while True:
-            data = await fleet_json(kiosks, time.time())
-            if data != last:
-                await stream.send({"kiosks": data}, event="kiosks")
-                last = data
-            else:
-                await stream.heartbeat()
-            if not stream.open_for(shutting_down) or time.monotonic() >= ends:
-                break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_SECONDS):
-                    await shutting_down.wait()
-    except ConnectionError:
-        pass  # the admin closed the page
-    return stream.response
+    async def look() -> dict[str, Any]:
+        return {"kiosks": await fleet_json(kiosks, time.time())}
+
+    return await follow(request, "kiosks", look, shutting_down)
 

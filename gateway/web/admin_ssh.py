@@ -11,9 +11,6 @@ re-rendered after an error.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,13 +22,11 @@ from ..ssh.connections import HOST_KEY_POLICIES, PINNED
 from .admin_pages import FORMATTERS
 from .common import actor, check_form_csrf, redirect, render, signed_in_admin
 from .inputs import parse_int, path_id
-from .sse import EventStream
+from .sse import follow
 from .ssh_views import hosts_json, jump_name
 
 routes = web.RouteTableDef()
 
-POLL_SECONDS = 1.0  # how often the event stream looks at the hosts' health
-STREAM_SECONDS = 30 * 60.0  # then the stream ends and the browser opens a new one
 
 INFO = {
     "ssh-added": "SSH host added. Its private key is stored encrypted and never shown again.",
@@ -139,22 +134,7 @@ async def ssh_events(request: web.Request) -> web.StreamResponse:
     until the browser leaves, the gateway shuts down or ``STREAM_SECONDS`` passed."""
     app = request.config_dict
     hosts, shutting_down = app[SSH_HOSTS], app[SHUTTING_DOWN]
-    stream = await EventStream.open(request)
-    ends = time.monotonic() + STREAM_SECONDS
-    last: list[dict[str, Any]] | None = None
-    try:
-        while True:
-            data = await hosts_json(hosts)
-            if data != last:
-                await stream.send({"ssh_hosts": data}, event="ssh_hosts")
-                last = data
-            else:
-                await stream.heartbeat()
-            if not stream.open_for(shutting_down) or time.monotonic() >= ends:
-                break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_SECONDS):
-                    await shutting_down.wait()
-    except ConnectionError:
-        pass  # the admin closed the page
-    return stream.response
+    async def look() -> dict[str, Any]:
+        return {"ssh_hosts": await hosts_json(hosts)}
+
+    return await follow(request, "ssh_hosts", look, shutting_down)

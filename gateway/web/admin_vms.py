@@ -11,9 +11,7 @@ the background): the page shows the VM's passing state live through ``GET /admin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +24,7 @@ from ..model import AUTO_STOP, SELF_SERVICE, VM_PROTOCOLS, Bundle
 from .admin_pages import FORMATTERS, render_desktop_page
 from .common import actor, check_form_csrf, redirect, render, signed_in_admin
 from .inputs import parse_int, path_id
-from .sse import EventStream
+from .sse import follow
 from .vm_views import (
     DEFAULT_AUTO_STOP_MINUTES,
     MAX_AUTO_STOP_MINUTES,
@@ -38,8 +36,6 @@ from .vm_views import (
 
 routes = web.RouteTableDef()
 
-POLL_SECONDS = 1.0  # how often the event stream looks at the VMs' states
-STREAM_SECONDS = 30 * 60.0  # then the stream ends and the browser opens a new one
 MAX_RATE_CHARS = 32
 
 INFO = {
@@ -231,25 +227,10 @@ async def vm_events(request: web.Request) -> web.StreamResponse:
     EventSource then opens a new stream)."""
     app = request.config_dict
     vms, shutting_down = app[VMS], app[SHUTTING_DOWN]
-    stream = await EventStream.open(request)
-    ends = time.monotonic() + STREAM_SECONDS
-    last: dict[str, Any] | None = None
-    try:
-        while True:
-            data = await snapshot(vms)
-            if data != last:
-                await stream.send(data, event="vms")
-                last = data
-            else:
-                await stream.heartbeat()
-            if not stream.open_for(shutting_down) or time.monotonic() >= ends:
-                break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_SECONDS):
-                    await shutting_down.wait()
-    except ConnectionError:
-        pass  # the admin closed the page
-    return stream.response
+    async def look() -> dict[str, Any]:
+        return await snapshot(vms)
+
+    return await follow(request, "vms", look, shutting_down)
 
 
 # bundles ---------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +15,8 @@ from ..textsafe import visible_data
 
 # A comment line at least this often, so that proxies keep the stream open.
 HEARTBEAT_SECONDS = 10.0
+POLL_SECONDS = 1.0  # how often a followed snapshot is looked at
+STREAM_SECONDS = 30 * 60.0  # then a followed stream ends and the browser opens a new one
 
 
 class EventStream:
@@ -53,3 +57,31 @@ class EventStream:
     async def _write(self, text: str) -> None:
         await self.response.write(text.encode())
         self._last_write = time.monotonic()
+
+
+async def follow(request: web.Request, event: str,
+                 look: Callable[[], Awaitable[dict[str, Any]]],
+                 shutting_down: asyncio.Event) -> web.StreamResponse:
+    """A stream of ``look()``: at once, then again whenever it changed (looked at every
+    ``POLL_SECONDS``; a heartbeat otherwise), as events named ``event``, until the browser
+    leaves, the gateway shuts down or ``STREAM_SECONDS`` passed (the browser's EventSource then
+    opens a new stream)."""
+    stream = await EventStream.open(request)
+    ends = time.monotonic() + STREAM_SECONDS
+    last: dict[str, Any] | None = None
+    try:
+        while True:
+            data = await look()
+            if data != last:
+                await stream.send(data, event=event)
+                last = data
+            else:
+                await stream.heartbeat()
+            if not stream.open_for(shutting_down) or time.monotonic() >= ends:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await shutting_down.wait()
+    except ConnectionError:
+        pass  # the admin closed the page
+    return stream.response

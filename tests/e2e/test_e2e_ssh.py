@@ -102,10 +102,24 @@ def gw(tmp_path_factory: pytest.TempPathFactory, ssh_hosts) -> Iterator[tuple[Ga
         shutil.rmtree(runtime, ignore_errors=True)
 
 
+def host_state(admin: Any, host_id: int) -> str:
+    """What the admin's /admin/ssh page shows of a host's state now (kept live by its script)."""
+    return str(admin.evaluate(
+        "(id) => document.querySelector(`[data-ssh-host-id=\"${id}\"]"
+        "[data-ssh-host-part=\"state\"]`).dataset.state", host_id))
+
+
 def test_desktops_over_ssh_typing_and_sshd_gone_and_back(gw, browser: Any) -> None:  # type: ignore[no-untyped-def]
     gateway, (host1, host2) = gw
     ctx = browser.new_context(viewport=VIEWPORT)
+    admin_ctx = browser.new_context(viewport=VIEWPORT)
     try:
+        admin = admin_ctx.new_page()
+        sign_in(admin, gateway, gateway.admin)
+        admin.goto(f"{gateway.base_url}/admin/ssh")
+        admin.wait_for_function(
+            "() => document.getElementById('ssh-stream-state').textContent === 'live'",
+            timeout=10_000)
         page = ctx.new_page()
         sign_in(page, gateway, gateway.accounts["sam"])
         other = ctx.new_page()
@@ -134,6 +148,10 @@ def test_desktops_over_ssh_typing_and_sshd_gone_and_back(gw, browser: Any) -> No
         shot_to(page, "ssh-desktop-sshd-gone.png")
         assert other.evaluate(
             "() => document.getElementById('deskgate-client').dataset.state") == "connected"
+        # The admin's page, without a reload: host1 down, host2 still connected.
+        wait_until(lambda: host_state(admin, 1) == "down", 20, "/admin/ssh to show host1 down")
+        assert host_state(admin, 2) == "connected"
+        shot_to(admin, "ssh-admin-host-down.png")
         # sshd back: the same desktop (its X session kept running on the host) is back.
         host1.start_sshd()
         if page.evaluate("() => document.getElementById('deskgate-client').dataset.state"
@@ -142,5 +160,8 @@ def test_desktops_over_ssh_typing_and_sshd_gone_and_back(gw, browser: Any) -> No
         wait_state(page, "connected", 60_000)
         wait_for_colour(page, is_ansi_blue, 100_000, "the same blue xterm after sshd is back")
         shot_to(page, "ssh-desktop-back.png")
+        wait_until(lambda: host_state(admin, 1) == "connected", 20,
+                   "/admin/ssh to show host1 connected again")
     finally:
         ctx.close()
+        admin_ctx.close()

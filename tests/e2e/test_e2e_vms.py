@@ -385,6 +385,12 @@ def test_a_stopped_libvirtd_is_a_clear_error_and_the_gateway_keeps_serving(
             page = ctx.new_page()
             page.goto(f"{vmgw.base_url}/admin/vms")
             assert "cannot be reached" in page.inner_text("body")
+            # The page follows the VMs' states live, libvirt's problem included.
+            page.wait_for_function(
+                "() => document.getElementById('vm-stream-state').textContent === 'live'",
+                timeout=10_000)
+            assert page.locator(f"[data-vm-id='{desktop_id}'][data-vm-part='problem']"
+                                ).first.is_visible()
             shot_to(page, "vm-admin-libvirtd-gone.png")
             carol = ctx.browser.new_context(viewport={"width": 1280, "height": 800})
             page = carol.new_page()
