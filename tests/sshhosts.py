@@ -19,7 +19,7 @@ host can reach nothing but this machine's 10.231.<i>.1, and this machine reaches
 host's sshd there (a desktop listens on the namespace's own loopback, or on a unix socket).
 
 Every process is started by us and stopped by its PID (``ip netns exec`` and ``setpriv`` exec
-the program, so the PID we hold is the server's own). The host account (``dgssh``) is created
+the program, so the PID we hold is the server's own). The host account (``dgssh<pid>``, one per test process) is created
 when missing and deleted only by the harness that created it, once no host of this process
 uses it. Needs root, iproute2 (ip, ss), util-linux (runuser, setpriv), OpenSSH's sshd and
 ssh-keygen; the desktops also need TigerVNC's Xvnc and vncpasswd, openbox, xterm, xprop and
@@ -62,7 +62,8 @@ from gateway.xdisplay.numbers import UNIX_PATH_MAX, free_display, lock_file
 from gateway.xdisplay.xvnc import xterm_font_args
 
 NET_PREFIX = "10.231"
-DEFAULT_USER = "dgssh"
+# One per test process: a run that ends its account ends nothing of a run beside it.
+DEFAULT_USER = f"dgssh{os.getpid()}"
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")
 STEP_TIMEOUT = 10.0  # one command, one server coming up, one process stopping
