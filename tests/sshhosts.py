@@ -19,11 +19,11 @@ host can reach nothing but this machine's 10.231.<i>.1, and this machine reaches
 host's sshd there (a desktop listens on the namespace's own loopback, or on a unix socket).
 
 Every process is started by us and stopped by its PID (``ip netns exec`` and ``setpriv`` exec
-the program, so the PID we hold is the server's own). The host account (``dgssh<pid>``, one per test process) is created
-when missing and deleted only by the harness that created it, once no host of this process
-uses it. Needs root, iproute2 (ip, ss), util-linux (runuser, setpriv), OpenSSH's sshd and
-ssh-keygen; the desktops also need TigerVNC's Xvnc and vncpasswd, openbox, xterm, xprop and
-xdotool.
+the program, so the PID we hold is the server's own). The host account (``dgssh<pid>``, one
+per test process) is created when missing and deleted only by the harness that created it,
+once no host of this process uses it. Needs root, iproute2 (ip, ss), util-linux (runuser,
+setpriv), OpenSSH's sshd and ssh-keygen; the desktops also need TigerVNC's Xvnc and vncpasswd,
+openbox, xterm, xprop and xdotool.
 
 Quirks worth knowing:
 
