@@ -1,4 +1,8 @@
-"""create_app(settings): wiring only. Every stateful piece is opened and closed by a cleanup_ctx."""
+"""create_app(settings): wiring only. Every stateful piece is opened and closed by a cleanup_ctx.
+
+Over 400 lines as one concern: the composition root, where the use cases, providers, SSH
+connections and web handlers are built and joined; none of them builds another.
+"""
 
 from __future__ import annotations
 
