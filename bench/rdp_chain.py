@@ -308,7 +308,7 @@ def main() -> None:
         def run_client(display: int, flags: list[str], tag: str, rfb_path: str | None,
                        xvnc_pid: int | None) -> None:
             nonlocal session_display
-            p = xfreerdp(server, display, flags, work / f"xfreerdp-{tag}.log")
+            p = xfreerdp(server, display, flags, work / ("xfreerdp-" + "".join(c if c.isalnum() else "_" for c in tag) + ".log"))
             started.append(p)
             try:
                 t = first_damage(f":{display}", p)
@@ -367,6 +367,8 @@ def main() -> None:
                     wait_display(n)
                     flags = BRIDGE_FLAGS + shlex.split(v)
                     run_client(n, flags, f"bridge[{v or '-'}][{xv or '-'}]", str(sock), xvnc.pid)
+                except (RuntimeError, OSError, EOFError) as e:
+                    out(f"bridge[{v or '-'}][{xv or '-'}] failed: {e}")
                 finally:
                     stop_group(xvnc)
                     started.remove(xvnc)
