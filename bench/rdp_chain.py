@@ -336,7 +336,7 @@ def main() -> None:
                 out(f"{tag:40s} source {r_src.screens_per_s:6.1f}  drawn {r_dst.screens_per_s:6.1f} "
                     f"screens/s  cpu[{cpus}]  flags={' '.join(flags)}")  # fmt: skip
                 if rfb_path:
-                    for enc in args.encodings.split(","):
+                    for enc in filter(None, args.encodings.split(",")):
                         rfb = Rfb(rfb_path, ENCODINGS[enc])
                         c = Cpu(groups)
                         sps, ups, mbs = rfb.measure(args.seconds)
