@@ -52,8 +52,8 @@ import json
 import mmap
 import os
 import pwd
-import shutil
 import re
+import shutil
 import statistics
 import struct
 import subprocess
@@ -89,8 +89,21 @@ SETTLE = 2.0
 def flood_xterm(width: int, height: int) -> list[str]:
     """The source: an xterm over the whole screen (no window manager), printing as fast as it can."""
     cols, rows = (width - 4) // 10, (height - 4) // 20
-    return ["xterm", "-fn", "10x20", "-b", "2", "-bg", "#203040", "-fg", "white",
-            "-geometry", f"{cols}x{rows}+0+0", "-e", "base64 -w 100 /dev/urandom"]  # fmt: skip
+    return [
+        "xterm",
+        "-fn",
+        "10x20",
+        "-b",
+        "2",
+        "-bg",
+        "#203040",
+        "-fg",
+        "white",
+        "-geometry",
+        f"{cols}x{rows}+0+0",
+        "-e",
+        "base64 -w 100 /dev/urandom",
+    ]
 
 
 # --- CPU of groups of processes ---------------------------------------------------------------
@@ -105,8 +118,9 @@ class Cpu:
 
     def end(self) -> dict[str, float]:
         dt = time.monotonic() - self.t0
-        used = {k: sum(max(0.0, cpu(p) - self.start[k][p]) for p in pids) / dt
-                for k, pids in self.groups.items()}  # fmt: skip
+        used = {
+            k: sum(max(0.0, cpu(p) - self.start[k][p]) for p in pids) / dt for k, pids in self.groups.items()
+        }
         used["machine"] = (machine_busy() - self.busy0) / dt
         return used
 
@@ -160,15 +174,21 @@ class Figures:
     clicks: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, path: str, what: str) -> float:
-        values = [getattr(r, what) if what in ("source", "drawn") else r.cpu.get(what, 0.0)
-                  for r in self.rounds if r.path == path]  # fmt: skip
+        values = [
+            getattr(r, what) if what in ("source", "drawn") else r.cpu.get(what, 0.0)
+            for r in self.rounds
+            if r.path == path
+        ]
         return statistics.median(values) if values else float("nan")
 
 
 def show_round(r: Round) -> None:
     cpus = "  ".join(f"{k} {v:.2f}" for k, v in r.cpu.items())
-    print(f"  {r.path:7s} source {r.source:5.1f}  drawn {r.drawn:5.1f} full screens/s  {r.extra}"
-          f"\n          CPU (cores): {cpus}", flush=True)  # fmt: skip
+    print(
+        f"  {r.path:7s} source {r.source:5.1f}  drawn {r.drawn:5.1f} full screens/s  {r.extra}"
+        f"\n          CPU (cores): {cpus}",
+        flush=True,
+    )
 
 
 # --- the parts --------------------------------------------------------------------------------
@@ -217,11 +237,19 @@ class ScreenChanges:
         self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
         order = ">" if struct.unpack_from(">I", self.map, 4)[0] == 7 else "<"  # XWD_FILE_VERSION
         head = struct.unpack_from(order + "25I", self.map, 0)
-        header_size, width, height, bits, line, ncolors = head[0], head[4], head[5], head[11], head[12], head[19]
+        header_size, width, height, bits, line, ncolors = (
+            head[0],
+            head[4],
+            head[5],
+            head[11],
+            head[12],
+            head[19],
+        )
         if bits != 32:
             raise RuntimeError(f"Xvfb framebuffer of {bits} bits per pixel")
-        rows = np.frombuffer(self.map, dtype=np.uint32, count=line // 4 * height,
-                             offset=header_size + 12 * ncolors).reshape(height, line // 4)  # fmt: skip
+        rows = np.frombuffer(
+            self.map, dtype=np.uint32, count=line // 4 * height, offset=header_size + 12 * ncolors
+        ).reshape(height, line // 4)
         self.pixels = rows[:, :width]
         self.area = width * height
 
@@ -299,8 +327,9 @@ class Lab:
         """Navigate to the desktop's page; wait for the first full frame. Returns ms from the
         navigation start to it."""
         self.page.goto(self.urls[path])
-        self.page.wait_for_function("() => window.__deskgateDrawn.read().firstFrame !== null",
-                                    timeout=timeout * 1000)  # fmt: skip
+        self.page.wait_for_function(
+            "() => window.__deskgateDrawn.read().firstFrame !== null", timeout=timeout * 1000
+        )
         return float(self.page.evaluate("() => window.__deskgateDrawn.read().firstFrame"))
 
     def close_page(self) -> None:
@@ -316,7 +345,9 @@ class Lab:
         display = env["DISPLAY"] if env else f":{self.vnc_display}"
         source = SourceRate(display, self.args.seconds, env)
         groups: dict[str, Callable[[], list[int]]] = {
-            "gateway": lambda: [self.rdp.proc.pid], "chromium": chromium_pids}
+            "gateway": lambda: [self.rdp.proc.pid],
+            "chromium": chromium_pids,
+        }
         if path == "rdp":
             groups = {"bridge": self.bridge, **groups, "xrdp+session": self.xrdp_side}
         else:
@@ -340,32 +371,58 @@ class Lab:
         area = got["width"] * got["height"]
         per_s = area * got["seconds"]
         changed, drawn = (got["changed"] / per_s, got["drawn"] / per_s) if area else (0.0, 0.0)
-        extra = (f"[drawn {drawn:.1f}]" + (f" [into the bridge's display {inner.rate:.1f}]" if inner else "")
-                 + f" [{got['width']}x{got['height']}, {got['frames'] / got['seconds']:.0f} animation frames/s,"
-                 f" {got['changedFrames'] / got['seconds']:.0f} with change, {got['draws'] / got['seconds']:.0f} draws/s]")
+        extra = (
+            f"[drawn {drawn:.1f}]"
+            + (f" [into the bridge's display {inner.rate:.1f}]" if inner else "")
+            + f" [{got['width']}x{got['height']}, {got['frames'] / got['seconds']:.0f} animation frames/s,"
+            f" {got['changedFrames'] / got['seconds']:.0f} with change,"
+            f" {got['draws'] / got['seconds']:.0f} draws/s]"
+        )
         return Round(path, source.rate, changed, extra, used)
 
     def native_round(self) -> Round:
         n = free_display(300, 400)
         fbdir = Path(tempfile.mkdtemp(prefix="fb-", dir=self.work))
-        xvfb = spawn(["Xvfb", f":{n}", "-screen", "0", f"{self.width}x{self.height}x24", "-nolisten", "tcp",
-                      "-fbdir", str(fbdir)], self.work / "xvfb.log")  # fmt: skip
+        xvfb = spawn(
+            [
+                "Xvfb",
+                f":{n}",
+                "-screen",
+                "0",
+                f"{self.width}x{self.height}x24",
+                "-nolisten",
+                "tcp",
+                "-fbdir",
+                str(fbdir),
+            ],
+            self.work / "xvfb.log",
+        )
         self.started.append(xvfb)
         client = None
         try:
             wait_display(n)
-            argv = xfreerdp_argv(self.server.target(  # as the gateway's bridge connects
-                security="tls", cert_policy="fingerprint", cert_fingerprint=self.server.certificate_sha256()))
-            client = spawn(argv, self.work / "native.log", {"DISPLAY": f":{n}", "HOME": str(self.work)},
-                           stdin=(self.server.password + "\n").encode())  # fmt: skip
+            argv = xfreerdp_argv(
+                self.server.target(  # as the gateway's bridge connects
+                    security="tls",
+                    cert_policy="fingerprint",
+                    cert_fingerprint=self.server.certificate_sha256(),
+                )
+            )
+            client = spawn(
+                argv,
+                self.work / "native.log",
+                {"DISPLAY": f":{n}", "HOME": str(self.work)},
+                stdin=(self.server.password + "\n").encode(),
+            )
             self.started.append(client)
             first_damage(f":{n}", client)
             time.sleep(SETTLE)
             env = self.session_env()
             source = SourceRate(env["DISPLAY"], self.args.seconds, env)
             native_pids = [client.pid, *descendants(client.pid)]
-            meter = Cpu({"xfreerdp": lambda: native_pids, "Xvfb": lambda: [xvfb.pid],
-                         "xrdp+session": self.xrdp_side})  # fmt: skip
+            meter = Cpu(
+                {"xfreerdp": lambda: native_pids, "Xvfb": lambda: [xvfb.pid], "xrdp+session": self.xrdp_side}
+            )
             drawn = SourceRate(f":{n}", self.args.seconds)
             screen = ScreenChanges(fbdir / "Xvfb_screen0")
             source.start()
@@ -375,8 +432,13 @@ class Lab:
             screen.close()
             drawn.join()
             source.join()
-            return Round("native", source.rate, changed, f"[drawn {drawn.rate:.1f}] [{self.width}x{self.height} Xvfb]",
-                         used)  # fmt: skip
+            return Round(
+                "native",
+                source.rate,
+                changed,
+                f"[drawn {drawn.rate:.1f}] [{self.width}x{self.height} Xvfb]",
+                used,
+            )
         finally:
             if client is not None:
                 stop_group(client)
@@ -392,12 +454,29 @@ def source_argv(args: argparse.Namespace, flood_script: Path, width: int, height
     return ["python3", str(flood_script), "--fps", f"{args.fps:g}"]
 
 
-def start_vnc_desktop(lab_work: Path, width: int, height: int, source: list[str]
-                      ) -> tuple[int, int, list[subprocess.Popen[bytes]]]:
+def start_vnc_desktop(
+    lab_work: Path, width: int, height: int, source: list[str]
+) -> tuple[int, int, list[subprocess.Popen[bytes]]]:
     n, port = free_display(300, 400), free_port()
-    xvnc = spawn(["Xvnc", f":{n}", "-geometry", f"{width}x{height}", "-depth", "24", "-nolisten", "tcp",
-                  "-rfbport", str(port), "-localhost", "-SecurityTypes", "None", "-AlwaysShared"],
-                 lab_work / "vnc-desktop.log")  # fmt: skip
+    xvnc = spawn(
+        [
+            "Xvnc",
+            f":{n}",
+            "-geometry",
+            f"{width}x{height}",
+            "-depth",
+            "24",
+            "-nolisten",
+            "tcp",
+            "-rfbport",
+            str(port),
+            "-localhost",
+            "-SecurityTypes",
+            "None",
+            "-AlwaysShared",
+        ],
+        lab_work / "vnc-desktop.log",
+    )
     wait_display(n)
     term = spawn(source, lab_work / "vnc-source.log", {"DISPLAY": f":{n}"})
     return n, port, [xvnc, term]
@@ -416,18 +495,32 @@ def run(args: argparse.Namespace) -> Figures:
         home = Path(entry.pw_dir)
         shutil.copy(BENCH / "screen_flood.py", home / "screen_flood.py")
         os.chown(home / "screen_flood.py", entry.pw_uid, entry.pw_gid)
-        (home / ".xsession").write_text("#!/bin/sh\nexec " + " ".join(
-            f"'{a}'" for a in source_argv(args, home / "screen_flood.py", width, height)) + "\n")  # fmt: skip
-        vnc_display, vnc_port, vnc_procs = start_vnc_desktop(work, width, height, source_argv(
-            args, BENCH / "screen_flood.py", width, height))  # fmt: skip
+        (home / ".xsession").write_text(
+            "#!/bin/sh\nexec "
+            + " ".join(f"'{a}'" for a in source_argv(args, home / "screen_flood.py", width, height))
+            + "\n"
+        )
+        vnc_display, vnc_port, vnc_procs = start_vnc_desktop(
+            work, width, height, source_argv(args, BENCH / "screen_flood.py", width, height)
+        )
         lab = Lab(args, work, width, height, server, vnc_display, started=list(vnc_procs))
         with rdp_gateway(work / "gateway", ("bench",), grace=0.0, log_level="INFO") as rdp:
             lab.rdp = rdp
             gw = rdp.gw
-            rdp_id = rdp.add_rdp_desktop("rdp flood", server.port, server.username, server.password,
-                                         "--security", "tls", "--cert-fingerprint",
-                                         server.certificate_sha256(), assign=("bench",))  # fmt: skip
-            out = gw.cli("desktop", "add", "vnc flood", "--provider", "static", "--vnc", f"127.0.0.1:{vnc_port}")
+            rdp_id = rdp.add_rdp_desktop(
+                "rdp flood",
+                server.port,
+                server.username,
+                server.password,
+                "--security",
+                "tls",
+                "--cert-fingerprint",
+                server.certificate_sha256(),
+                assign=("bench",),
+            )
+            out = gw.cli(
+                "desktop", "add", "vnc flood", "--provider", "static", "--vnc", f"127.0.0.1:{vnc_port}"
+            )
             match = re.search(r"^Desktop\s+(\S+)\s", out, re.M)
             assert match, f"no 'Desktop <id>' in {out!r}"
             vnc_id = match.group(1)
@@ -449,8 +542,11 @@ def run(args: argparse.Namespace) -> Figures:
             assert box is not None
             lab.page.set_viewport_size({"width": width, "height": height + round(box["y"])})
             lab.close_page()
-            print(f"RDP bench at {width}x{height}: {args.rounds} round(s) of {args.seconds:g} s; "
-                  f"first the RDP session's own first connect", flush=True)  # fmt: skip
+            print(
+                f"RDP bench at {width}x{height}: {args.rounds} round(s) of {args.seconds:g} s; "
+                f"first the RDP session's own first connect",
+                flush=True,
+            )
             ms = lab.open("rdp", timeout=90)
             print(f"  first connect (new xrdp session): {ms / 1000:.2f} s to the first full frame")
             lab.close_page()
@@ -482,8 +578,9 @@ def run(args: argparse.Namespace) -> Figures:
         server.stop()
     report(figures, width, height)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"rounds": [r.__dict__ for r in figures.rounds], "clicks": figures.clicks}, indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps({"rounds": [r.__dict__ for r in figures.rounds], "clicks": figures.clicks}, indent=2)
+        )
     return figures
 
 
@@ -492,14 +589,18 @@ def report(f: Figures, width: int, height: int) -> None:
     print(f"\n== medians at {width}x{height} (full screens/s; CPU in cores) ==")
     for path in ("native", "rdp", "vnc"):
         cpus = sorted({k for r in f.rounds if r.path == path for k in r.cpu})
-        print(f"  {path:7s} source {f.median(path, 'source'):5.1f}  drawn {f.median(path, 'drawn'):5.1f}  "
-              + "  ".join(f"{k} {f.median(path, k):.2f}" for k in cpus))  # fmt: skip
+        print(
+            f"  {path:7s} source {f.median(path, 'source'):5.1f}  drawn {f.median(path, 'drawn'):5.1f}  "
+            + "  ".join(f"{k} {f.median(path, k):.2f}" for k in cpus)
+        )
     if f.rounds:
         print(f"  RDP in the browser / native client: {rdp / native:.2f}x   RDP / VNC: {rdp / vnc:.2f}x")
     for path, values in f.clicks.items():
         if values:
-            print(f"  click to first frame, {path}: p50 {statistics.median(values):.2f} s  "
-                  f"min {min(values):.2f}  max {max(values):.2f}  (n={len(values)})")  # fmt: skip
+            print(
+                f"  click to first frame, {path}: p50 {statistics.median(values):.2f} s  "
+                f"min {min(values):.2f}  max {max(values):.2f}  (n={len(values)})"
+            )
 
 
 def main() -> None:
@@ -510,11 +611,16 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s, 3 clicks")
     ap.add_argument("--paths", default="native,rdp,vnc", help="which of native,rdp,vnc to measure")
-    ap.add_argument("--desktop-nice", type=int, default=0,
-                    help="run the desktops' own processes at this nice level")
-    ap.add_argument("--source", choices=("screen", "terminal"), default="screen",
-                    help="screen: every pixel changes every frame (bench/screen_flood.py); terminal: "
-                         "an xterm printing base64 as fast as it can")
+    ap.add_argument(
+        "--desktop-nice", type=int, default=0, help="run the desktops' own processes at this nice level"
+    )
+    ap.add_argument(
+        "--source",
+        choices=("screen", "terminal"),
+        default="screen",
+        help="screen: every pixel changes every frame (bench/screen_flood.py); terminal: "
+        "an xterm printing base64 as fast as it can",
+    )
     ap.add_argument("--fps", type=float, default=60.0, help="frames per second of the screen source")
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()

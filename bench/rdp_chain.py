@@ -100,7 +100,9 @@ class Rfb:
         self.read(16)
         self.read(struct.unpack(">I", self.read(4))[0])
         self.sock.sendall(b"\x00\x00\x00\x00" + PIXEL_FORMAT)
-        self.sock.sendall(struct.pack(">BxH", 2, len(encodings)) + b"".join(struct.pack(">i", e) for e in encodings))
+        self.sock.sendall(
+            struct.pack(">BxH", 2, len(encodings)) + b"".join(struct.pack(">i", e) for e in encodings)
+        )
         self.request(False)
         self.bytes = 0
 
@@ -207,11 +209,18 @@ class Rfb:
 
 
 # --- processes ----------------------------------------------------------------------------------
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        p = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                             env={**os.environ, **(env or {})})  # fmt: skip
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
     if stdin is not None:
         assert p.stdin is not None
         p.stdin.write(stdin)
@@ -222,7 +231,7 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, stdin: 
 def wait_display(n: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if Path(f"/tmp/.X11-unix/X{n}").exists():
+        if Path(f"/tmp/.X11-unix/X{n}").exists():  # noqa: S108 - the X server's socket
             with contextlib.suppress(RuntimeError):
                 DamageCounter(f":{n}").close()
                 return
@@ -257,8 +266,14 @@ def first_damage(display: str, proc: subprocess.Popen[bytes], timeout: float = 2
 
 
 def xfreerdp(server, display: int, flags: list[str], log: Path) -> subprocess.Popen[bytes]:  # noqa: ANN001
-    argv = ["xfreerdp", f"/v:127.0.0.1:{server.port}", f"/u:{server.username}", "/cert:ignore",
-            *flags, "/from-stdin:force"]  # fmt: skip
+    argv = [
+        "xfreerdp",
+        f"/v:127.0.0.1:{server.port}",
+        f"/u:{server.username}",
+        "/cert:ignore",
+        *flags,
+        "/from-stdin:force",
+    ]
     return spawn(argv, log, {"DISPLAY": f":{display}"}, stdin=(server.password + "\n").encode())
 
 
@@ -286,11 +301,15 @@ def main() -> None:
 
         entry = pwd.getpwnam(server.username)
         xs = Path(entry.pw_dir) / ".xsession"
-        xs.write_text("#!/bin/sh\nexec xterm -fn 10x20 -bg '#2a7a3b' -fg white -maximized "
-                      "-e sh -c 'base64 -w 100 /dev/urandom'\n")  # fmt: skip
+        xs.write_text(
+            "#!/bin/sh\nexec xterm -fn 10x20 -bg '#2a7a3b' -fg white -maximized "
+            "-e sh -c 'base64 -w 100 /dev/urandom'\n"
+        )
         # native first: it creates the session (at WxH) and is the reference
         n_native = free_display(300, 400)
-        xvfb = spawn(["Xvfb", f":{n_native}", "-screen", "0", f"{w}x{h}x24", "-nolisten", "tcp"], work / "xvfb.log")
+        xvfb = spawn(
+            ["Xvfb", f":{n_native}", "-screen", "0", f"{w}x{h}x24", "-nolisten", "tcp"], work / "xvfb.log"
+        )
         started.append(xvfb)
         wait_display(n_native)
         session_display = None
@@ -305,10 +324,16 @@ def main() -> None:
         def xrdp_pids() -> list[int]:
             return [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if comm(p) == "xrdp"]
 
-        def run_client(display: int, flags: list[str], tag: str, rfb_path: str | None,
-                       xvnc_pid: int | None) -> None:
+        def run_client(
+            display: int, flags: list[str], tag: str, rfb_path: str | None, xvnc_pid: int | None
+        ) -> None:
             nonlocal session_display
-            p = xfreerdp(server, display, flags, work / ("xfreerdp-" + "".join(c if c.isalnum() else "_" for c in tag) + ".log"))
+            p = xfreerdp(
+                server,
+                display,
+                flags,
+                work / ("xfreerdp-" + "".join(c if c.isalnum() else "_" for c in tag) + ".log"),
+            )
             started.append(p)
             try:
                 t = first_damage(f":{display}", p)
@@ -323,18 +348,18 @@ def main() -> None:
                 groups = {"xfreerdp": [p.pid], "xrdp": xrdp_pids(), "sessXvnc": spids}
                 if xvnc_pid:
                     groups["bridgeXvnc"] = [xvnc_pid]
-                c = Cpu(groups)
                 r_src = src.measure(args.seconds)
                 src.close()
-                c_src = c.end()
                 dst = DamageCounter(f":{display}")
                 c = Cpu(groups)
                 r_dst = dst.measure(args.seconds)
                 c_dst = c.end()
                 dst.close()
                 cpus = " ".join(f"{k}={v:.2f}" for k, v in c_dst.items())
-                out(f"{tag:40s} source {r_src.screens_per_s:6.1f}  drawn {r_dst.screens_per_s:6.1f} "
-                    f"screens/s  cpu[{cpus}]  flags={' '.join(flags)}")  # fmt: skip
+                out(
+                    f"{tag:40s} source {r_src.screens_per_s:6.1f}  drawn {r_dst.screens_per_s:6.1f} "
+                    f"screens/s  cpu[{cpus}]  flags={' '.join(flags)}"
+                )
                 if rfb_path:
                     for enc in filter(None, args.encodings.split(",")):
                         rfb = Rfb(rfb_path, ENCODINGS[enc])
@@ -343,8 +368,10 @@ def main() -> None:
                         cc = c.end()
                         rfb.close()
                         cpus = " ".join(f"{k}={v:.2f}" for k, v in cc.items())
-                        out(f"{tag:40s} rfb-{enc:5s} {sps:6.1f} screens/s {ups:6.1f} updates/s "
-                            f"{mbs:6.1f} MB/s  cpu[{cpus}]")  # fmt: skip
+                        out(
+                            f"{tag:40s} rfb-{enc:5s} {sps:6.1f} screens/s {ups:6.1f} updates/s "
+                            f"{mbs:6.1f} MB/s  cpu[{cpus}]"
+                        )
             finally:
                 stop_group(p)
                 started.remove(p)
@@ -358,9 +385,27 @@ def main() -> None:
             for v in variants if xv == "" else [""]:
                 n = free_display(300, 400)
                 sock = work / f"bridge{n}.sock"
-                xargv = ["Xvnc", f":{n}", "-geometry", f"{w}x{h}", "-depth", "24", "-nolisten", "tcp",
-                         "-AlwaysShared", "-rfbport", "-1", "-rfbunixpath", str(sock), "-rfbunixmode",
-                         "0600", "-UseBlacklist=0", "-SecurityTypes", "None", *shlex.split(xv)]  # fmt: skip
+                xargv = [
+                    "Xvnc",
+                    f":{n}",
+                    "-geometry",
+                    f"{w}x{h}",
+                    "-depth",
+                    "24",
+                    "-nolisten",
+                    "tcp",
+                    "-AlwaysShared",
+                    "-rfbport",
+                    "-1",
+                    "-rfbunixpath",
+                    str(sock),
+                    "-rfbunixmode",
+                    "0600",
+                    "-UseBlacklist=0",
+                    "-SecurityTypes",
+                    "None",
+                    *shlex.split(xv),
+                ]
                 xvnc = spawn(xargv, work / f"xvnc{n}.log")
                 started.append(xvnc)
                 try:

@@ -34,8 +34,12 @@ X_DAMAGE_NOTIFY = 0
 
 
 class XRectangle(ctypes.Structure):
-    _fields_ = [("x", ctypes.c_short), ("y", ctypes.c_short),
-                ("width", ctypes.c_ushort), ("height", ctypes.c_ushort)]  # fmt: skip
+    _fields_ = [
+        ("x", ctypes.c_short),
+        ("y", ctypes.c_short),
+        ("width", ctypes.c_ushort),
+        ("height", ctypes.c_ushort),
+    ]
 
 
 class XDamageNotifyEvent(ctypes.Structure):
@@ -70,7 +74,11 @@ _X11.XNextEvent.argtypes = [ctypes.c_void_p, ctypes.POINTER(XEvent)]
 _X11.XConnectionNumber.argtypes = [ctypes.c_void_p]
 _X11.XFlush.argtypes = [ctypes.c_void_p]
 _X11.XCloseDisplay.argtypes = [ctypes.c_void_p]
-_XD.XDamageQueryExtension.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+_XD.XDamageQueryExtension.argtypes = [
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.POINTER(ctypes.c_int),
+]
 _XD.XDamageCreate.restype = ctypes.c_ulong
 _XD.XDamageCreate.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
 _XD.XDamageDestroy.argtypes = [ctypes.c_void_p, ctypes.c_ulong]
@@ -80,7 +88,11 @@ _XF.XFixesCreateRegion.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_in
 _XF.XFixesDestroyRegion.argtypes = [ctypes.c_void_p, ctypes.c_ulong]
 _XF.XFixesFetchRegion.restype = ctypes.POINTER(XRectangle)
 _XF.XFixesFetchRegion.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.POINTER(ctypes.c_int)]
-_XF.XFixesQueryExtension.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+_XF.XFixesQueryExtension.argtypes = [
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.POINTER(ctypes.c_int),
+]
 _X11.XFree.argtypes = [ctypes.c_void_p]
 
 
@@ -102,8 +114,10 @@ class Rate:
         return self.rects / self.seconds if self.seconds else 0.0
 
     def __str__(self) -> str:
-        return (f"{self.screens_per_s:7.1f} full screens/s  ({self.mode}, {self.rects_per_s:7.0f} rects/s, "
-                f"{self.width}x{self.height}, {self.seconds:.1f} s)")  # fmt: skip
+        return (
+            f"{self.screens_per_s:7.1f} full screens/s  ({self.mode}, {self.rects_per_s:7.0f} rects/s, "
+            f"{self.width}x{self.height}, {self.seconds:.1f} s)"
+        )
 
 
 class DamageCounter:
@@ -194,8 +208,10 @@ class DamageCounter:
             p, r = self.poll()
             pixels, rects, tick_px, tick_rects = pixels + p, rects + r, tick_px + p, tick_rects + r
             if each and now - tick_at >= each:
-                print(Rate(now - tick_at, tick_px, tick_rects, self.width, self.height, self.mode),
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    Rate(now - tick_at, tick_px, tick_rects, self.width, self.height, self.mode),
+                    file=sys.stderr,
+                )
                 tick_at, tick_px, tick_rects = now, 0, 0
         return Rate(time.monotonic() - start, pixels, rects, self.width, self.height, self.mode)
 
