@@ -1,32 +1,40 @@
 """RDP bench: how smooth an RDP desktop is in the browser, next to a VNC desktop and a native
 RDP client, under the same full-screen change, in one run.
 
-The change: an xterm (10x20 font) filling the screen, printing ``base64 -w 100 /dev/urandom`` as
-fast as it can. The same on both desktops:
+The change (``--source``), the same on every desktop:
+
+- ``screen`` (default): bench/screen_flood.py paints the whole screen 60 times a second
+  (``--fps``) with new pixels, every pixel different from the frame before; nothing on the
+  screen is copied, so no protocol can send a frame as a scroll;
+- ``terminal``: an xterm (10x20 font) over the whole screen printing ``base64 /dev/urandom`` as
+  fast as it can (it scrolls: most of each screen is redrawn, few of its pixels change).
+
+The desktops:
 
 - **RDP**: a real xrdp 0.9 session (tests/rdp_servers.py ``start_xrdp``) whose ``.xsession`` is
-  that xterm; reached through a real ``deskgate serve`` (RDP bridge: xfreerdp inside a private
+  the source; reached through a real ``deskgate serve`` (RDP bridge: xfreerdp inside a private
   Xvnc) by headless Chromium on the desktop's page;
-- **VNC**: a TigerVNC Xvnc running that xterm, added as a static VNC desktop of the same gateway,
-  opened in the same Chromium;
-- **native**: ``xfreerdp`` on an Xvfb against the same xrdp session, with the bridge's own
-  command line (``gateway.rdp.freerdp.xfreerdp_argv``): what a person with a native client gets.
+- **VNC**: a TigerVNC Xvnc running the source, a static VNC desktop of the same gateway, opened
+  in the same Chromium;
+- **native**: ``xfreerdp`` on an Xvfb against the same xrdp session, with the bridge's own command
+  line (``gateway.rdp.freerdp.xfreerdp_argv``): what a person with a native client gets.
 
-Counted, in rounds that take turns (native, RDP, VNC; then RDP, VNC, native; ...), for
-``--seconds`` each after 2 s of settling:
+Counted in rounds that take turns (native, RDP, VNC; then RDP, VNC, native; ...), ``--seconds``
+each after 2 s of settling:
 
 - **source**: full screens/s drawn on the desktop's own X display (the xrdp session's Xvnc or the
-  VNC desktop's), from X DAMAGE (bench/xdamage.py): the union of what was drawn, polled at 60 Hz;
-- **in the browser**: full screens/s drawn on the canvas = the union of the rectangles noVNC drew
-  between two animation frames, summed, per second, divided by the canvas area
-  (bench/page_counter.js, added to the page before its own scripts); the animation frames per
-  second and how many of them had something new;
-- **native**: the same DAMAGE union at 60 Hz on the native client's Xvfb. xfreerdp repaints whole
-  regions (XPutImage), so this counts pixels it drew whether they changed or not: if anything
-  it flatters the native client, not the gateway;
-- **CPU** (fraction of one core over the window, from /proc): the bridge (its xfreerdp + Xvnc),
-  the gateway process, Chromium (all its processes), the desktop server side (xrdp + the
-  session's Xvnc, or the VNC desktop's Xvnc) and, for native, xfreerdp + Xvfb.
+  VNC desktop's), from X DAMAGE (bench/xdamage.py), the union of what was drawn polled at 60 Hz;
+- **changed** (the headline): in the browser, the pixels of noVNC's canvas whose value differs
+  from the previous animation frame, per second, divided by the canvas area
+  (bench/page_counter.js, added to the page before its own scripts; see there); for the native
+  client, the same on its Xvfb's framebuffer (``-fbdir``) read 60 times a second. A pixel sent
+  again with the same value does not count, so resending unchanged areas cannot raise it;
+- **drawn**: what was drawn whether it changed or not (the union of noVNC's rectangles per
+  animation frame; DAMAGE on the native client's Xvfb), and for RDP what the bridge's xfreerdp
+  drew into the bridge's Xvnc (DAMAGE there): where frames go missing;
+- **CPU** (cores, from /proc, over the window): the bridge (its xfreerdp + Xvnc), the gateway
+  process, Chromium (all its processes), xrdp with the session's processes or the VNC
+  desktop's Xvnc, the native client and its Xvfb, and the whole machine (/proc/stat).
 
 Then **click to first frame**, ``--clicks`` times for each desktop, taking turns: from the
 navigation to the desktop's page (what the Connect link does; ``performance.timeOrigin``) to the
@@ -34,14 +42,16 @@ moment the pixels noVNC has drawn cover the whole canvas. The gateway's bridge g
 here and each click waits until the previous click's bridge has stopped, so every RDP click
 starts a bridge (the xrdp session itself stays, as a person's remote session does).
 
-Every figure is printed (medians over the rounds; each round as it happens); none is asserted.
-Needs root, xrdp, freerdp2-x11, Xvnc, Xvfb, xterm and Chromium (`make test` installs them).
-Every process started here is stopped by its PID, and the xrdp test account is removed.
+Everything runs on this machine: on 2 cores the browser, the gateway, the bridge, xrdp and the
+source share the CPU, which a real deployment spreads over three machines. Every figure is
+printed (medians over the rounds; each round as it happens); none is asserted. Needs root, xrdp,
+freerdp2-x11, Xvnc, Xvfb, xterm, numpy and Chromium (`make test` installs them). Every process
+started here is stopped by its PID, and the xrdp test account is removed.
 
-    .venv/bin/python bench/rdp.py                    # 1024x768, 3 rounds of 5 s, 20 clicks: ~4 min
+    .venv/bin/python bench/rdp.py                    # 1024x768, 3 rounds of 5 s, 20 clicks: ~5 min
     .venv/bin/python bench/rdp.py --quick            # 1 round of 2 s, 3 clicks
-    .venv/bin/python bench/rdp.py --rounds 5 --seconds 8 --size 1280x800
-    .venv/bin/python bench/rdp.py --json figures.json
+    .venv/bin/python bench/rdp.py --source terminal --rounds 5 --seconds 8 --size 1280x800
+    .venv/bin/python bench/rdp.py --paths rdp --clicks 0 --json figures.json
 """
 
 from __future__ import annotations
