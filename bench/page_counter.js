@@ -17,7 +17,7 @@
     const state = {
         ctx: null, w: 0, h: 0, prev: null, mask: null, seen: null, seenCount: 0,
         rects: [], changed: 0, drawn: 0, frames: 0, changedFrames: 0, draws: 0,
-        start: performance.now(), firstFrame: null, reading: false,
+        start: performance.now(), firstFrame: null, firstDraw: null, reading: false,
     };
     function note(ctx, x, y, w, h) {
         const c = ctx.canvas;
@@ -35,6 +35,9 @@
             state.rects = [];
         }
         state.draws++;
+        if (state.firstDraw === null) {
+            state.firstDraw = performance.now();
+        }
         state.rects.push(x | 0, y | 0, Math.ceil(w), Math.ceil(h));
     }
     // Marks the rectangles in ``mask`` (cleared first when ``fresh``): the newly marked count
@@ -153,7 +156,7 @@
                 seconds: (performance.now() - state.start) / 1000,
                 changed: state.changed, drawn: state.drawn, frames: state.frames,
                 changedFrames: state.changedFrames, draws: state.draws, width: state.w,
-                height: state.h, firstFrame: state.firstFrame,
+                height: state.h, firstFrame: state.firstFrame, firstDraw: state.firstDraw,
             };
         },
     };

@@ -94,6 +94,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 COUNTER_JS = (BENCH / "page_counter.js").read_text()
 POLL_HZ = 60.0  # X DAMAGE polls per second: the browser's animation frame rate
 SETTLE = 2.0
+GRACE = 0.0  # the bridges' grace time: each click starts a bridge (a connect still hands its own over)
 
 
 def flood_xterm(width: int, height: int) -> list[str]:
@@ -297,6 +298,7 @@ class Lab:
     rdp: Any = None  # rdp_e2e_support.RdpGateway
     page: Any = None
     urls: dict[str, str] = field(default_factory=dict)
+    steps: list[tuple[float | None, float | None, float]] = field(default_factory=list)
 
     def session_env(self) -> dict[str, str]:
         env = remote_display_env(self.server)
@@ -340,7 +342,16 @@ class Lab:
         self.page.wait_for_function(
             "() => window.__deskgateDrawn.read().firstFrame !== null", timeout=timeout * 1000
         )
-        return float(self.page.evaluate("() => window.__deskgateDrawn.read().firstFrame"))
+        got = self.page.evaluate(
+            """() => {
+                const posts = performance.getEntriesByType("resource")
+                    .filter(e => e.name.endsWith("/connect"));
+                const d = window.__deskgateDrawn.read();
+                return [d.firstFrame, d.firstDraw, posts.length ? posts[posts.length - 1].responseEnd : null];
+            }"""
+        )
+        self.steps.append((got[2], got[1], got[0]))
+        return float(got[0])
 
     def close_page(self) -> None:
         self.page.goto("about:blank")
@@ -514,7 +525,7 @@ def run(args: argparse.Namespace) -> Figures:
             work, width, height, source_argv(args, BENCH / "screen_flood.py", width, height)
         )
         lab = Lab(args, work, width, height, server, vnc_display, started=list(vnc_procs))
-        with rdp_gateway(work / "gateway", ("bench",), grace=0.0, log_level="INFO") as rdp:
+        with rdp_gateway(work / "gateway", ("bench",), grace=GRACE, log_level="INFO") as rdp:
             lab.rdp = rdp
             gw = rdp.gw
             rdp_id = rdp.add_rdp_desktop(
@@ -576,6 +587,9 @@ def run(args: argparse.Namespace) -> Figures:
             for _ in range(args.clicks):
                 for path in (p for p in ("rdp", "vnc") if p in args.paths.split(",")):
                     figures.clicks[path].append(lab.open(path) / 1000)
+                    posted, drawn, full = lab.steps[-1]
+                    print(f"  {path}: connect answered {(posted or 0) / 1000:.2f} s, first draw "
+                          f"{(drawn or 0) / 1000:.2f} s, whole canvas {full / 1000:.2f} s", flush=True)
                     lab.close_page()
             ctx.close()
             browser.close()

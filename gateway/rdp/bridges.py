@@ -149,6 +149,7 @@ class RdpBridges:
         display_base: int = 60,
         connect_timeout: float = CONNECT_TIMEOUT,
         logon_timeout: float = LOGON_TIMEOUT,
+        handover_seconds: float = 30.0,
     ) -> None:
         if os.geteuid() == 0 and run_as_user is None:
             raise ConfigError("the RDP bridge needs run_as_user when the gateway runs as root")
@@ -156,6 +157,7 @@ class RdpBridges:
         self._run_as_user = run_as_user if os.geteuid() == 0 else None
         self._max = max_bridges
         self._grace = grace_seconds
+        self._handover = handover_seconds  # a connect's bridge waits this long for its ticket
         self._display_base = display_base
         self._displays_starting: set[int] = set()  # display numbers this gateway's bridges are taking
         self._connect_timeout = connect_timeout
@@ -230,18 +232,22 @@ class RdpBridges:
         bridge.blog.info("%s (%d client(s))", how, bridge.clients)
         return bridge.endpoint
 
-    def release(self, key: str) -> None:
-        """One client left; with none left the bridge stops after ``grace_seconds``."""
+    def release(self, key: str, *, handover: bool = False) -> None:
+        """One client left; with none left the bridge stops after ``grace_seconds``. With
+        ``handover`` (a connect that started it for a ticket's holder) after at least
+        ``handover_seconds``, whatever the grace time: the browser's websocket acquires it next,
+        and a bridge stopped in between would be started a second time."""
         bridge = self._bridges.get(key)
         if bridge is None or bridge.stopping:
             return
         bridge.clients = max(0, bridge.clients - 1)
         if bridge.clients > 0 or bridge.grace is not None:
             return
-        bridge.blog.info("released: stopping in %g s unless reconnected", self._grace)
+        wait = max(self._grace, self._handover) if handover else self._grace
+        bridge.blog.info("released: stopping in %g s unless reconnected", wait)
         loop = asyncio.get_running_loop()
         bridge.grace = loop.call_later(
-            max(0.0, self._grace), lambda: self._in_background(self._expire(key, bridge))
+            max(0.0, wait), lambda: self._in_background(self._expire(key, bridge))
         )
 
     async def resized(self, key: str, width: int, height: int) -> None:
