@@ -16,11 +16,14 @@
 (() => {
     const state = {
         ctx: null, w: 0, h: 0, prev: null, mask: null, seen: null, seenCount: 0,
-        rects: [], changed: 0, drawn: 0, frames: 0, changedFrames: 0, draws: 0,
+        rects: [], changed: 0, drawn: 0, frames: 0, changedFrames: 0, draws: 0, flips: 0,
         start: performance.now(), firstFrame: null, firstDraw: null, reading: false,
     };
     function note(ctx, x, y, w, h) {
         const c = ctx.canvas;
+        if (c.isConnected && c.width >= 64) {
+            state.flips++; // noVNC copies its back buffer to the visible canvas: once per update
+        }
         if (state.reading || c.isConnected || c.width < 64 || c.height < 64) {
             return; // the visible canvas (its flips copy what is counted here), a cursor, or us
         }
@@ -148,14 +151,14 @@
 
     window.__deskgateDrawn = {
         reset() {
-            state.changed = state.drawn = state.frames = state.changedFrames = state.draws = 0;
+            state.changed = state.drawn = state.frames = state.changedFrames = state.draws = state.flips = 0;
             state.start = performance.now();
         },
         read() {
             return {
                 seconds: (performance.now() - state.start) / 1000,
                 changed: state.changed, drawn: state.drawn, frames: state.frames,
-                changedFrames: state.changedFrames, draws: state.draws, width: state.w,
+                changedFrames: state.changedFrames, draws: state.draws, flips: state.flips, width: state.w,
                 height: state.h, firstFrame: state.firstFrame, firstDraw: state.firstDraw,
             };
         },

@@ -57,6 +57,7 @@ started here is stopped by its PID, and the xrdp test account is removed.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import mmap
@@ -161,8 +162,19 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def chromium_pids() -> list[int]:
-    return [p for p in descendants(os.getpid()) if "chrom" in comm(p)]
+def chromium_pids(kind: str = "") -> list[int]:
+    """Chromium's processes; ``kind``: only its renderers, its GPU process, or the rest."""
+    found = []
+    for pid in descendants(os.getpid()):
+        if "chrom" not in comm(pid):
+            continue
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            role = "renderer" if b"--type=renderer" in argv else "other"
+            role = "gpu" if b"--type=gpu-process" in argv else role
+            if kind in ("", role):
+                found.append(pid)
+    return found
 
 
 def named(names: tuple[str, ...]) -> list[int]:
@@ -191,6 +203,21 @@ class Figures:
             if r.path == path
         ]
         return statistics.median(values) if values else float("nan")
+
+
+def show_profile(path: str, profile: dict[str, Any]) -> None:
+    """The page's JavaScript functions by self time (a CDP CPU profile of the window)."""
+    samples = collections.Counter(profile.get("samples", []))
+    total = sum(samples.values()) or 1
+    by_name: collections.Counter[str] = collections.Counter()
+    for node in profile["nodes"]:
+        frame = node["callFrame"]
+        where = frame["url"].rsplit("/", 1)[-1]
+        name = f"{frame['functionName'] or '(anonymous)'} {where}:{frame['lineNumber']}"
+        by_name[name] += samples[node["id"]]
+    print(f"  {path}: the page's time by function (self, {total} samples)")
+    for name, n in by_name.most_common(14):
+        print(f"    {100 * n / total:5.1f}%  {name}")
 
 
 def show_round(r: Round) -> None:
@@ -368,6 +395,9 @@ class Lab:
         groups: dict[str, Callable[[], list[int]]] = {
             "gateway": lambda: [self.rdp.proc.pid],
             "chromium": chromium_pids,
+            "(renderer": lambda: chromium_pids("renderer"),
+            "gpu": lambda: chromium_pids("gpu"),
+            "other)": lambda: chromium_pids("other"),
         }
         if path == "rdp":
             groups = {"bridge": self.bridge, **groups, "xrdp+session": self.xrdp_side}
@@ -379,12 +409,20 @@ class Lab:
             inner = SourceRate(bridge_display, self.args.seconds, bridge_env)
         meter = Cpu(groups)
         self.page.evaluate("() => window.__deskgateDrawn.reset()")
+        cdp = None
+        if self.args.js_profile:
+            cdp = self.page.context.new_cdp_session(self.page)
+            cdp.send("Profiler.enable")
+            cdp.send("Profiler.start")
         source.start()
         if inner:
             inner.start()
         time.sleep(self.args.seconds)
         got = self.page.evaluate("() => window.__deskgateDrawn.read()")
         used = meter.end()
+        if cdp is not None:
+            show_profile(path, cdp.send("Profiler.stop")["profile"])
+            cdp.detach()
         source.join()
         if inner:
             inner.join()
@@ -397,7 +435,7 @@ class Lab:
             + (f" [into the bridge's display {inner.rate:.1f}]" if inner else "")
             + f" [{got['width']}x{got['height']}, {got['frames'] / got['seconds']:.0f} animation frames/s,"
             f" {got['changedFrames'] / got['seconds']:.0f} with change,"
-            f" {got['draws'] / got['seconds']:.0f} draws/s]"
+            f" {got['draws'] / got['seconds']:.0f} draws/s, {got['flips'] / got['seconds']:.0f} updates/s]"
         )
         return Round(path, source.rate, changed, extra, used)
 
@@ -646,6 +684,7 @@ def main() -> None:
         "an xterm printing base64 as fast as it can",
     )
     ap.add_argument("--fps", type=float, default=60.0, help="frames per second of the screen source")
+    ap.add_argument("--js-profile", action="store_true", help="print the page's JavaScript profile per round")
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
     if args.quick:
