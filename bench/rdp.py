@@ -626,8 +626,11 @@ def run(args: argparse.Namespace) -> Figures:
                 for path in (p for p in ("rdp", "vnc") if p in args.paths.split(",")):
                     figures.clicks[path].append(lab.open(path) / 1000)
                     posted, drawn, full = lab.steps[-1]
-                    print(f"  {path}: connect answered {(posted or 0) / 1000:.2f} s, first draw "
-                          f"{(drawn or 0) / 1000:.2f} s, whole canvas {full / 1000:.2f} s", flush=True)
+                    print(
+                        f"  {path}: connect answered {(posted or 0) / 1000:.2f} s, first draw "
+                        f"{(drawn or 0) / 1000:.2f} s, whole canvas {full / 1000:.2f} s",
+                        flush=True,
+                    )
                     lab.close_page()
             ctx.close()
             browser.close()
