@@ -223,7 +223,7 @@ def show_profile(path: str, profile: dict[str, Any]) -> None:
 def show_round(r: Round) -> None:
     cpus = "  ".join(f"{k} {v:.2f}" for k, v in r.cpu.items())
     print(
-        f"  {r.path:7s} source {r.source:5.1f}  drawn {r.drawn:5.1f} full screens/s  {r.extra}"
+        f"  {r.path:7s} source {r.source:5.1f}  changed {r.drawn:5.1f} full screens/s  {r.extra}"
         f"\n          CPU (cores): {cpus}",
         flush=True,
     )
@@ -653,9 +653,9 @@ def report(f: Figures, width: int, height: int) -> None:
     native, rdp, vnc = (f.median(p, "drawn") for p in ("native", "rdp", "vnc"))
     print(f"\n== medians at {width}x{height} (full screens/s; CPU in cores) ==")
     for path in ("native", "rdp", "vnc"):
-        cpus = sorted({k for r in f.rounds if r.path == path for k in r.cpu})
+        cpus = list(dict.fromkeys(k for r in f.rounds if r.path == path for k in r.cpu))
         print(
-            f"  {path:7s} source {f.median(path, 'source'):5.1f}  drawn {f.median(path, 'drawn'):5.1f}  "
+            f"  {path:7s} source {f.median(path, 'source'):5.1f}  changed {f.median(path, 'drawn'):5.1f}  "
             + "  ".join(f"{k} {f.median(path, k):.2f}" for k in cpus)
         )
     if f.rounds:
