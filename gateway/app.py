@@ -301,7 +301,8 @@ async def _rdp_bridges(app: web.Application) -> AsyncIterator[None]:
                          max_bridges=settings.rdp_max_bridges,
                          grace_seconds=settings.rdp_grace_seconds,
                          display_base=settings.rdp_display_base,
-                         logon_timeout=settings.rdp_logon_timeout_seconds)
+                         logon_timeout=settings.rdp_logon_timeout_seconds,
+                         handover_seconds=settings.ticket_ttl_seconds)
     app[RDP_BRIDGES] = bridges
     try:
         yield

@@ -79,8 +79,8 @@ class RdpProtocol:
                                   height)
             self.accounts.signed_in(user.id, desktop.id)
             # The ticket's holder acquires it again at admission; until then (and if the
-            # ticket is never used) the bridge runs on the reconnect grace timer.
-            bridges.release(key)
+            # ticket is never used) the bridge waits for it (at least the ticket's lifetime).
+            bridges.release(key, handover=True)
 
         return start
 

@@ -8,11 +8,14 @@ that socket as an ``Endpoint``.
 - Credentials reach FreeRDP on stdin (``/from-stdin:force``), never on its command line, in its
   environment or in a log line. Every process runs as ``run_as_user`` when the gateway is root,
   with a private HOME (0700) removed when the bridge stops.
-- ``acquire`` returns once ``xfreerdp`` has mapped its window, is still running a moment later,
-  and the server has confirmed that the account is signed in (see "Sign-in" below), or raises
-  ``BridgeError`` with a reason for the person (wrong credentials, unreachable, certificate
-  refused, busy). FreeRDP 2.11 exits 147 both for a closed port and for a refused NLA login; a
-  TCP probe of the server tells them apart.
+- ``acquire`` returns once ``xfreerdp`` has mapped its window and the server has confirmed that
+  the account is signed in (see "Sign-in" in ``gateway.rdp.freerdp``): at once when the session
+  itself says so (that comes after the window, so an xfreerdp that ends with its window never
+  gets that far); with NLA alone (checked before any window) once the window has stayed up with
+  a running ``xfreerdp`` for ``SETTLE_SECONDS``. Otherwise it raises ``BridgeError`` with a
+  reason for the person (wrong credentials, unreachable, certificate refused, busy). FreeRDP
+  2.11 exits 147 both for a closed port and for a refused NLA login; a TCP probe of the server
+  tells them apart.
 - ``release`` starts a grace period: a browser that reconnects within it gets the same bridge and
   so the same remote session. ``watch_exit`` reports an ``xfreerdp`` that ended on its own.
 - Processes are stopped by PID (their process groups: TERM, wait, KILL) and reaped.
@@ -82,7 +85,7 @@ log = logging.getLogger(__name__)
 
 
 CONNECT_TIMEOUT = 30.0  # start of xfreerdp to its window mapped
-SETTLE_SECONDS = 0.4  # the window must stay with a running xfreerdp this long
+SETTLE_SECONDS = 0.4  # NLA alone: the window must stay with a running xfreerdp this long
 LOGON_TIMEOUT = 15.0  # the window up to the server's sign-in confirmation (see "Sign-in")
 STOP_TIMEOUT = 5.0
 OUTPUT_LINES = 80  # xfreerdp output kept per bridge for classifying its exit
@@ -146,6 +149,7 @@ class RdpBridges:
         display_base: int = 60,
         connect_timeout: float = CONNECT_TIMEOUT,
         logon_timeout: float = LOGON_TIMEOUT,
+        handover_seconds: float = 30.0,
     ) -> None:
         if os.geteuid() == 0 and run_as_user is None:
             raise ConfigError("the RDP bridge needs run_as_user when the gateway runs as root")
@@ -153,6 +157,7 @@ class RdpBridges:
         self._run_as_user = run_as_user if os.geteuid() == 0 else None
         self._max = max_bridges
         self._grace = grace_seconds
+        self._handover = handover_seconds  # a connect's bridge waits this long for its ticket
         self._display_base = display_base
         self._displays_starting: set[int] = set()  # display numbers this gateway's bridges are taking
         self._connect_timeout = connect_timeout
@@ -227,18 +232,22 @@ class RdpBridges:
         bridge.blog.info("%s (%d client(s))", how, bridge.clients)
         return bridge.endpoint
 
-    def release(self, key: str) -> None:
-        """One client left; with none left the bridge stops after ``grace_seconds``."""
+    def release(self, key: str, *, handover: bool = False) -> None:
+        """One client left; with none left the bridge stops after ``grace_seconds``. With
+        ``handover`` (a connect that started it for a ticket's holder) after at least
+        ``handover_seconds``, whatever the grace time: the browser's websocket acquires it next,
+        and a bridge stopped in between would be started a second time."""
         bridge = self._bridges.get(key)
         if bridge is None or bridge.stopping:
             return
         bridge.clients = max(0, bridge.clients - 1)
         if bridge.clients > 0 or bridge.grace is not None:
             return
-        bridge.blog.info("released: stopping in %g s unless reconnected", self._grace)
+        wait = max(self._grace, self._handover) if handover else self._grace
+        bridge.blog.info("released: stopping in %g s unless reconnected", wait)
         loop = asyncio.get_running_loop()
         bridge.grace = loop.call_later(
-            max(0.0, self._grace), lambda: self._in_background(self._expire(key, bridge))
+            max(0.0, wait), lambda: self._in_background(self._expire(key, bridge))
         )
 
     async def resized(self, key: str, width: int, height: int) -> None:
@@ -526,8 +535,10 @@ class RdpBridges:
             if sign_in.refused:
                 self._refuse_sign_in(bridge, sign_in.refused)
             now = time.monotonic()
+            if seen_at is not None and sign_in.confirmed:
+                break  # the session itself: it comes after the window (see the module text)
             if seen_at is not None and now - seen_at >= SETTLE_SECONDS:
-                if sign_in.nla or sign_in.confirmed:
+                if sign_in.nla:
                     break
                 if now - seen_at >= self._logon_timeout:
                     self._refuse_sign_in(bridge, f"no sign-in signal within {self._logon_timeout:g} s of"

@@ -63,8 +63,9 @@ class RdpGateway:
 
 
 @contextlib.contextmanager
-def rdp_gateway(data: Path, users: tuple[str, ...], grace: float = GRACE_SECONDS) -> Iterator[RdpGateway]:
-    """``deskgate init`` + ``serve`` (DEBUG log) with ``[rdp] rdp_grace_seconds`` = ``grace``,
+def rdp_gateway(data: Path, users: tuple[str, ...], grace: float = GRACE_SECONDS,
+                log_level: str = "DEBUG") -> Iterator[RdpGateway]:
+    """``deskgate init`` + ``serve`` (``log_level``) with ``[rdp] rdp_grace_seconds`` = ``grace``,
     ``rdp_logon_timeout_seconds`` = ``LOGON_TIMEOUT_SECONDS``, ``rdp_display_base`` a free X
     display from :500 up, and a private ``[desktops] runtime_dir`` the unprivileged bridge user
     can traverse."""
@@ -84,7 +85,7 @@ def rdp_gateway(data: Path, users: tuple[str, ...], grace: float = GRACE_SECONDS
     log_path = data / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [deskgate_exe(), "--config", str(config), "--log-level", "DEBUG", "serve"],
+            [deskgate_exe(), "--config", str(config), "--log-level", log_level, "serve"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             start_new_session=True,
         )  # fmt: skip

@@ -465,6 +465,29 @@ async def test_same_key_reuses_the_bridge_until_the_grace_period_ends(
     assert len(bridges) == 0
 
 
+async def test_a_connect_hands_its_bridge_to_the_ticket_even_with_no_grace_time(
+    rdp_runtime_dir: Path, shadow_server: RdpServer
+) -> None:
+    """The connect starts the bridge and releases it for the ticket's holder: with a grace time
+    of 0 it must still wait for the websocket, or every click would start two bridges."""
+    b = RdpBridges(rdp_runtime_dir, run_as_user=BRIDGE_USER if os.geteuid() == 0 else None,
+                   grace_seconds=0.0, handover_seconds=5.0)  # fmt: skip
+    try:
+        target = shadow_server.target()
+        first = await b.acquire("k", target, 800, 600)
+        pids = b.stats()[0]["pids"]
+        b.release("k", handover=True)
+        await asyncio.sleep(1.0)
+        assert all(pid_alive(p) for p in pids) and len(b) == 1
+        assert await b.acquire("k", target, 800, 600) == first  # the websocket: the same bridge
+        assert b.stats()[0]["pids"] == pids
+        b.release("k")  # the person leaves: no grace time
+        await wait_gone(pids, 8)
+        assert len(b) == 0
+    finally:
+        await b.close()
+
+
 async def test_attach_joins_a_running_bridge_and_never_starts_one(
     bridges: RdpBridges, shadow_server: RdpServer
 ) -> None:

@@ -43,7 +43,7 @@ class FakeBridges:
         self.live.add(key)
         return Endpoint(host="127.0.0.1", port=1)
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, *, handover: bool = False) -> None:
         pass
 
     def running(self, key: str) -> bool:

@@ -42,6 +42,7 @@ pytestmark = [needs_ssh_hosts, needs_rdp, pytest.mark.timeout(300)]
 
 BRIDGE_USER = "deskgate-desktop"  # Settings.run_as_user's default
 GRACE = 1.5  # seconds a released bridge waits for its browser
+TICKET_SECONDS = 3  # and a connect's bridge for its ticket's holder (at least the grace time)
 SAMPLE = (200, 600)  # a pixel of the remote xterm's background, below its text
 
 
@@ -66,6 +67,7 @@ async def gateway(settings: Settings, behind: tuple[SshHost, RdpServer]) -> Asyn
     try:
         async with await app_client(settings, {"root": True, "alice": False},
                                     runtime_dir=str(runtime), rdp_grace_seconds=GRACE,
+                                    ticket_ttl_seconds=TICKET_SECONDS,
                                     rdp_display_base=free_display(300, 400)) as c:
             for name in ("bastion", "bastion2"):
                 await c.server.app[SSH_HOSTS].add(
@@ -94,7 +96,7 @@ async def try_connect(client: Client, csrf: str, desktop_id: int) -> tuple[int, 
     return resp.status, await resp.json()
 
 
-async def no_bridges(client: Client, timeout: float = GRACE + 10) -> None:
+async def no_bridges(client: Client, timeout: float = TICKET_SECONDS + 10) -> None:
     """Every bridge of the app has stopped (its grace period over)."""
     bridges = client.server.app[RDP_BRIDGES]
     deadline = time.monotonic() + timeout
@@ -254,7 +256,7 @@ async def test_certificates_are_checked_through_the_jump_host(
     for did in (by_ca, tofu):
         status, body = await try_connect(gateway, csrf, did)  # the bridge signed in
         assert status == 200, body
-        await no_bridges(gateway)  # its ticket unused: it stops after its grace period
+        await no_bridges(gateway)  # its ticket unused: it stops when the ticket would expire
     # Trusted on first use under the desktop's host and port, not the socket's path.
     store = gateway.runtime / "rdp" / "freerdp-tofu" / "freerdp" / "known_hosts2"  # type: ignore[attr-defined]
     assert [line.split()[:2] for line in store.read_text().splitlines()] == [
