@@ -70,7 +70,9 @@ async def test_removes_and_adds_at_once_leave_no_desktop_without_its_host(
     other = build_cases(settings, other_store)
     outcomes: set[bool] = set()
     try:
-        for round_ in range(10):
+        # Rounds 0-9 race; in round 10 the removal goes first and in round 11 the adds do, so
+        # that both outcomes are checked whatever the machine's load makes of the races.
+        for round_ in range(12):
             name = f"h{round_}"
             host = await hosts.add(me, name=name, address="192.0.2.9", user="desk",
                                    private_key=private_key(), policy=TOFU)
@@ -84,13 +86,17 @@ async def test_removes_and_adds_at_once_leave_no_desktop_without_its_host(
                     port=5901 if provider == "static" else 0, via=name)
                 return "added"
 
-            async def remove(host_id: int = host.id) -> str:
+            async def remove(delay: float, host_id: int = host.id) -> str:
+                await asyncio.sleep(delay)
                 await hosts.remove(me, host_id)
                 return "removed"
 
             # Odd rounds: the adds start a little later, so that a removal may win.
-            calls = [add(i, 0.005 * (round_ % 2) + ((i * 7 + round_) % 5) * 0.003)
-                     if (i * (round_ + 1)) % 3 else remove() for i in range(20)]
+            add_delay = 0.5 if round_ == 10 else 0.005 * (round_ % 2)
+            remove_delay = 0.5 if round_ == 11 else 0.0
+            removes = [(i % 3 if round_ >= 10 else (i * (round_ + 1)) % 3) == 0 for i in range(20)]
+            calls = [remove(remove_delay) if removes[i]
+                     else add(i, add_delay + ((i * 7 + round_) % 5) * 0.003) for i in range(20)]
             results = await asyncio.gather(*calls, return_exceptions=True)
             for result in results:
                 if isinstance(result, NotFound):
