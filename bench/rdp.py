@@ -52,6 +52,12 @@ started here is stopped by its PID, and the xrdp test account is removed.
     .venv/bin/python bench/rdp.py --quick            # 1 round of 2 s, 3 clicks
     .venv/bin/python bench/rdp.py --source terminal --rounds 5 --seconds 8 --size 1280x800
     .venv/bin/python bench/rdp.py --paths rdp --clicks 0 --json figures.json
+
+One module (over 400 lines): the three paths share one lab (the xrdp session, the VNC desktop,
+the gateway, the browser) and one round structure, and each figure is only comparable because
+they are measured by the same code in the same run. What it reuses: bench/rdp_chain.py (processes,
+CPU, the first paint), bench/xdamage.py, bench/relay.py (the process tree), tests/ (the servers,
+the gateway, the sign-in).
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,15 +89,15 @@ for extra in (str(BENCH), str(REPO / "tests"), str(REPO / "tests" / "e2e"), str(
     if extra not in sys.path:
         sys.path.insert(0, extra)
 
+import relay as rb  # noqa: E402 - bench/relay.py: the process tree
 from e2e_support import CHROMIUM, CHROMIUM_ARGS, sign_in  # noqa: E402 - tests/e2e/
-from rdp_chain import comm, cpu, first_damage, spawn, wait_display  # noqa: E402 - bench/
+from rdp_chain import Cpu, comm, first_damage, named, spawn, wait_display  # noqa: E402 - bench/
 from rdp_e2e_support import bridge_processes, rdp_gateway, remote_display_env  # noqa: E402
 from rdp_servers import RdpServer, free_display, free_port, pids_of_uid, start_xrdp, stop_group  # noqa: E402
 from xdamage import DamageCounter  # noqa: E402 - bench/
 
 from gateway.rdp.freerdp import xfreerdp_argv  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 COUNTER_JS = (BENCH / "page_counter.js").read_text()
 POLL_HZ = 60.0  # X DAMAGE polls per second: the browser's animation frame rate
 SETTLE = 2.0
@@ -118,48 +124,9 @@ def flood_xterm(width: int, height: int) -> list[str]:
     ]
 
 
-# --- CPU of groups of processes ---------------------------------------------------------------
-class Cpu:
-    """CPU seconds per wall second of named groups of processes, over a window."""
-
-    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
-        self.groups = {k: f() for k, f in groups.items()}
-        self.t0 = time.monotonic()
-        self.busy0 = machine_busy()
-        self.start = {k: {p: cpu(p) for p in pids} for k, pids in self.groups.items()}
-
-    def end(self) -> dict[str, float]:
-        dt = time.monotonic() - self.t0
-        used = {
-            k: sum(max(0.0, cpu(p) - self.start[k][p]) for p in pids) / dt for k, pids in self.groups.items()
-        }
-        used["machine"] = (machine_busy() - self.busy0) / dt
-        return used
-
-
-def machine_busy() -> float:
-    """CPU seconds every core of the machine has spent busy (not idle or waiting), /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
-
-
-def all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
+# --- processes -------------------------------------------------------------------------------
 def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid in all_pids():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    return rb.process_tree(root)[1:]  # [0] is root itself
 
 
 def chromium_pids(kind: str = "") -> list[int]:
@@ -177,16 +144,12 @@ def chromium_pids(kind: str = "") -> list[int]:
     return found
 
 
-def named(names: tuple[str, ...]) -> list[int]:
-    return [p for p in all_pids() if comm(p) in names]
-
-
 # --- the figures ------------------------------------------------------------------------------
 @dataclass
 class Round:
     path: str
     source: float  # full screens/s on the desktop's own display
-    drawn: float  # full screens/s in the browser (or on the native client's Xvfb)
+    changed: float  # full screens/s of changed pixels in the browser (or on the native client's Xvfb)
     extra: str  # animation frames, draws
     cpu: dict[str, float]
 
@@ -198,7 +161,7 @@ class Figures:
 
     def median(self, path: str, what: str) -> float:
         values = [
-            getattr(r, what) if what in ("source", "drawn") else r.cpu.get(what, 0.0)
+            getattr(r, what) if what in ("source", "changed") else r.cpu.get(what, 0.0)
             for r in self.rounds
             if r.path == path
         ]
@@ -223,7 +186,7 @@ def show_profile(path: str, profile: dict[str, Any]) -> None:
 def show_round(r: Round) -> None:
     cpus = "  ".join(f"{k} {v:.2f}" for k, v in r.cpu.items())
     print(
-        f"  {r.path:7s} source {r.source:5.1f}  changed {r.drawn:5.1f} full screens/s  {r.extra}"
+        f"  {r.path:7s} source {r.source:5.1f}  changed {r.changed:5.1f} full screens/s  {r.extra}"
         f"\n          CPU (cores): {cpus}",
         flush=True,
     )
@@ -392,21 +355,20 @@ class Lab:
         env = self.session_env() if path == "rdp" else None
         display = env["DISPLAY"] if env else f":{self.vnc_display}"
         source = SourceRate(display, self.args.seconds, env)
-        groups: dict[str, Callable[[], list[int]]] = {
-            "gateway": lambda: [self.rdp.proc.pid],
-            "chromium": chromium_pids,
-            "(renderer": lambda: chromium_pids("renderer"),
-            "gpu": lambda: chromium_pids("gpu"),
-            "other)": lambda: chromium_pids("other"),
+        groups = {
+            "gateway": [self.rdp.proc.pid],
+            "chromium": chromium_pids(),
+            "(renderer": chromium_pids("renderer"),
+            "gpu": chromium_pids("gpu"),
+            "other)": chromium_pids("other"),
         }
-        if path == "rdp":
-            groups = {"bridge": self.bridge, **groups, "xrdp+session": self.xrdp_side}
-        else:
-            groups["desktop Xvnc"] = lambda: [self.started[0].pid]
         inner = None
         if path == "rdp":
+            groups = {"bridge": self.bridge(), **groups, "xrdp+session": self.xrdp_side()}
             bridge_display, bridge_env = self.bridge_display()
             inner = SourceRate(bridge_display, self.args.seconds, bridge_env)
+        else:
+            groups["desktop Xvnc"] = [self.started[0].pid]
         meter = Cpu(groups)
         self.page.evaluate("() => window.__deskgateDrawn.reset()")
         cdp = None
@@ -479,9 +441,7 @@ class Lab:
             env = self.session_env()
             source = SourceRate(env["DISPLAY"], self.args.seconds, env)
             native_pids = [client.pid, *descendants(client.pid)]
-            meter = Cpu(
-                {"xfreerdp": lambda: native_pids, "Xvfb": lambda: [xvfb.pid], "xrdp+session": self.xrdp_side}
-            )
+            meter = Cpu({"xfreerdp": native_pids, "Xvfb": [xvfb.pid], "xrdp+session": self.xrdp_side()})
             drawn = SourceRate(f":{n}", self.args.seconds)
             screen = ScreenChanges(fbdir / "Xvfb_screen0")
             source.start()
@@ -650,12 +610,12 @@ def run(args: argparse.Namespace) -> Figures:
 
 
 def report(f: Figures, width: int, height: int) -> None:
-    native, rdp, vnc = (f.median(p, "drawn") for p in ("native", "rdp", "vnc"))
+    native, rdp, vnc = (f.median(p, "changed") for p in ("native", "rdp", "vnc"))
     print(f"\n== medians at {width}x{height} (full screens/s; CPU in cores) ==")
     for path in ("native", "rdp", "vnc"):
         cpus = list(dict.fromkeys(k for r in f.rounds if r.path == path for k in r.cpu))
         print(
-            f"  {path:7s} source {f.median(path, 'source'):5.1f}  changed {f.median(path, 'drawn'):5.1f}  "
+            f"  {path:7s} source {f.median(path, 'source'):5.1f}  changed {f.median(path, 'changed'):5.1f}  "
             + "  ".join(f"{k} {f.median(path, k):.2f}" for k in cpus)
         )
     if f.rounds:

@@ -17,6 +17,10 @@ other against the same running session, at WxH (default 1024x768), with bench/xd
     python bench/rdp_chain.py --variant "/gfx" --variant "/network:lan" --xvnc-arg "-FrameRate=120"
 
 Every process started here is stopped by its PID; the xrdp account is removed.
+
+One module (just over 400 lines): the hops are measured in one run against one session, with a
+minimal RFB reader of its own (it counts rectangles, it does not decode them). bench/rdp.py uses
+its process and CPU helpers.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ for extra in (str(BENCH), str(REPO / "tests"), str(REPO)):
     if extra not in sys.path:
         sys.path.insert(0, extra)
 
+import relay as rb  # noqa: E402 - bench/relay.py: /proc figures
 from rdp_servers import free_display, pids_of_uid, start_xrdp, stop_group  # noqa: E402
 from xdamage import DamageCounter  # noqa: E402
 
@@ -53,29 +58,47 @@ ENCODINGS = {
 
 
 def cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a live process; 0 once it is gone."""
     try:
-        s = Path(f"/proc/{pid}/stat").read_text()
-        f = s[s.rindex(")") + 2 :].split()
-        return (int(f[11]) + int(f[12])) / CLK_TCK
+        return rb.ProcStat.of(pid).cpu
     except (OSError, ValueError, IndexError):
         return 0.0
 
 
+def machine_busy() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle or waiting), /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
 class Cpu:
+    """CPU seconds per wall second of named groups of processes over a window, and of the
+    whole machine (``machine``)."""
+
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = groups
         self.t0 = time.monotonic()
-        self.start = {k: sum(cpu(p) for p in v) for k, v in groups.items()}
+        self.busy0 = machine_busy()
+        self.start = {k: {p: cpu(p) for p in pids} for k, pids in groups.items()}
 
     def end(self) -> dict[str, float]:
         dt = time.monotonic() - self.t0
-        return {k: (sum(cpu(p) for p in v) - self.start[k]) / dt for k, v in self.groups.items()}
+        used = {
+            k: sum(max(0.0, cpu(p) - self.start[k][p]) for p in pids) / dt for k, pids in self.groups.items()
+        }
+        used["machine"] = (machine_busy() - self.busy0) / dt
+        return used
 
 
 def comm(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/comm").read_text().strip()
     return ""
+
+
+def named(names: tuple[str, ...]) -> list[int]:
+    """Live processes whose command name is one of ``names``."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and comm(int(p)) in names]
 
 
 # --- a minimal RFB reader ---------------------------------------------------------------------
@@ -321,9 +344,6 @@ def main() -> None:
                     return int(cmd[1].decode().lstrip(":")), [pid]
             raise RuntimeError("no session Xvnc")
 
-        def xrdp_pids() -> list[int]:
-            return [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if comm(p) == "xrdp"]
-
         def run_client(
             display: int, flags: list[str], tag: str, rfb_path: str | None, xvnc_pid: int | None
         ) -> None:
@@ -345,7 +365,7 @@ def main() -> None:
                 os.environ["XAUTHORITY"] = env_auth
                 src = DamageCounter(f":{sd}")
                 os.environ.pop("XAUTHORITY")
-                groups = {"xfreerdp": [p.pid], "xrdp": xrdp_pids(), "sessXvnc": spids}
+                groups = {"xfreerdp": [p.pid], "xrdp": named(("xrdp",)), "sessXvnc": spids}
                 if xvnc_pid:
                     groups["bridgeXvnc"] = [xvnc_pid]
                 r_src = src.measure(args.seconds)
