@@ -488,6 +488,38 @@ async def test_a_connect_hands_its_bridge_to_the_ticket_even_with_no_grace_time(
         await b.close()
 
 
+async def test_connects_at_once_each_hand_their_bridge_over_with_no_grace_time(
+    rdp_runtime_dir: Path, shadow_server: RdpServer
+) -> None:
+    """Three people click at the same moment, one of them twice: every connect's bridge waits
+    for its ticket, the double click shares one bridge, and the websockets find them all."""
+    b = RdpBridges(rdp_runtime_dir, run_as_user=BRIDGE_USER if os.geteuid() == 0 else None,
+                   grace_seconds=0.0, handover_seconds=5.0)  # fmt: skip
+    keys = ["a", "b", "c", "a"]
+    target = shadow_server.target()
+
+    async def connect(key: str) -> object:
+        endpoint = await b.acquire(key, target, 800, 600)
+        b.release(key, handover=True)
+        return endpoint
+
+    try:
+        endpoints = await asyncio.gather(*(connect(k) for k in keys))
+        assert endpoints[0] == endpoints[3] and len({id(e) for e in endpoints[:3]}) == 3
+        await asyncio.sleep(1.0)
+        stats = {s["key"]: s["pids"] for s in b.stats()}
+        assert sorted(stats) == ["a", "b", "c"] and all(pid_alive(p) for ps in stats.values() for p in ps)
+        again = await asyncio.gather(*(b.acquire(k, target, 800, 600) for k in ("a", "b", "c")))
+        assert again == endpoints[:3]  # the websockets: the same bridges
+        assert {s["key"]: s["pids"] for s in b.stats()} == stats
+        for key in ("a", "b", "c"):
+            b.release(key)
+        await wait_gone([p for ps in stats.values() for p in ps], 10)
+        assert len(b) == 0
+    finally:
+        await b.close()
+
+
 async def test_attach_joins_a_running_bridge_and_never_starts_one(
     bridges: RdpBridges, shadow_server: RdpServer
 ) -> None:
