@@ -10,10 +10,11 @@ DATA   ?= data
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-# The gateway, its local demo desktop, and the RDP bridge (FreeRDP's client inside a private Xvnc);
+# The gateway, its local demo desktop, and the RDP bridge (FreeRDP 3's client, installed by
+# freerdp3 below, inside a private Xvnc);
 # PyICU (Unicode look-alike user names) is built against Debian's ICU: python3-dev g++ pkg-config libicu-dev.
 RUN_PACKAGES  := python3-venv python3-dev g++ pkg-config libicu-dev tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils \
-                 xdotool fonts-dejavu-core freerdp2-x11
+                 xdotool fonts-dejavu-core
 # Real parts the tests drive: a browser, clipboard tools, OCR to read text off screenshots,
 # a plain TCP relay as the benchmark's baseline, real RDP servers (xrdp, FreeRDP's shadow
 # server on Xvfb) with what they need, and sshd for hosts in network namespaces. Services that
@@ -24,7 +25,7 @@ TEST_PACKAGES := chromium xclip socat tesseract-ocr xrdp xorgxrdp freerdp2-shado
                  qemu-utils busybox-static cpio libvirt-dev pkg-config \
                  openssh-server iproute2
 
-.PHONY: run test lint typecheck pytest bench browser-deps oidc-mock system-packages test-packages clean
+.PHONY: run test lint typecheck pytest bench browser-deps oidc-mock system-packages test-packages freerdp3 clean
 
 # Installing stays quiet (its full output goes to $(VENV)/install.log, shown when it fails), so
 # the last thing printed before the server starts is the first admin's name and password.
@@ -73,6 +74,27 @@ endef
 
 system-packages:
 	$(call apt_install,$(RUN_PACKAGES))
+	@$(MAKE) --no-print-directory freerdp3
+
+# FreeRDP 3 (freerdp3-x11) for the RDP bridge: Debian 13 has it; Debian 12 has it in its own
+# backports, which this adds as an apt source (only what is asked for comes from there).
+BACKPORTS_LIST := /etc/apt/sources.list.d/deskgate-bookworm-backports.list
+freerdp3:
+	@if ! dpkg -s freerdp3-x11 >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "Run as root first: make freerdp3 (FreeRDP 3; on Debian 12 from bookworm-backports)"; \
+	    exit 1; \
+	  fi; \
+	  target=""; \
+	  if [ "$$(. /etc/os-release && echo "$$VERSION_CODENAME")" = bookworm ]; then \
+	    echo "deb http://deb.debian.org/debian bookworm-backports main" > $(BACKPORTS_LIST); \
+	    target="-t bookworm-backports"; \
+	  fi; \
+	  echo "Installing FreeRDP 3 (freerdp3-x11) ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq -o=Dpkg::Use-Pty=0 --no-install-recommends $$target freerdp3-x11 >/dev/null \
+	    || exit 1; \
+	fi
 
 test-packages:
 	$(call apt_install,$(TEST_PACKAGES))

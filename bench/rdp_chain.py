@@ -47,6 +47,8 @@ import relay as rb  # noqa: E402 - bench/relay.py: /proc figures
 from rdp_servers import free_display, pids_of_uid, start_xrdp, stop_group  # noqa: E402
 from xdamage import DamageCounter  # noqa: E402
 
+from gateway.rdp.freerdp import XFREERDP  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BRIDGE_FLAGS = ["/f", "/dynamic-resolution", "/bpp:24"]
 PIXEL_FORMAT = bytes([32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0])
@@ -290,7 +292,7 @@ def first_damage(display: str, proc: subprocess.Popen[bytes], timeout: float = 2
 
 def xfreerdp(server, display: int, flags: list[str], log: Path) -> subprocess.Popen[bytes]:  # noqa: ANN001
     argv = [
-        "xfreerdp",
+        XFREERDP,
         f"/v:127.0.0.1:{server.port}",
         f"/u:{server.username}",
         "/cert:ignore",

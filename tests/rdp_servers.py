@@ -54,8 +54,8 @@ needs_rdp = pytest.mark.skipif(
     or any(
         shutil.which(t) is None for t in ("xrdp", "xrdp-sesman", "freerdp-shadow-cli", "winpr-hash", "Xvfb")
     )
-    or shutil.which("xfreerdp") is None,
-    reason="needs root, xrdp, freerdp2-shadow-x11, freerdp2-x11, winpr-utils and Xvfb",
+    or shutil.which("xfreerdp3") is None,
+    reason="needs root, xrdp, freerdp2-shadow-x11, freerdp3-x11, winpr-utils and Xvfb",
 )
 
 

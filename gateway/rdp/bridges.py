@@ -14,7 +14,7 @@ that socket as an ``Endpoint``.
   gets that far); with NLA alone (checked before any window) once the window has stayed up with
   a running ``xfreerdp`` for ``SETTLE_SECONDS``. Otherwise it raises ``BridgeError`` with a
   reason for the person (wrong credentials, unreachable, certificate refused, busy). FreeRDP
-  2.11 exits 147 both for a closed port and for a refused NLA login; a TCP probe of the server
+  exits 147 both for a closed port and for a refused NLA login; a TCP probe of the server
   tells them apart.
 - ``release`` starts a grace period: a browser that reconnects within it gets the same bridge and
   so the same remote session. ``watch_exit`` reports an ``xfreerdp`` that ended on its own.

@@ -145,7 +145,7 @@ def bridge_processes(runtime_dir: Path) -> dict[int, str]:
             comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if comm not in ("xfreerdp", "Xvnc") or not pid_alive(pid):
+        if comm not in ("xfreerdp3", "Xvnc") or not pid_alive(pid):
             continue
         if marker in _proc_text(pid):
             with contextlib.suppress(OSError):

@@ -133,7 +133,7 @@ def test_xrdp_desktop_type_clipboard_resize(
     # The password: not on any command line while the session runs.
     assert xrdp_server.password not in ps_args()
     bridges = bridge_processes(rdpgw.runtime_dir)
-    assert {c.split()[0].rsplit("/", 1)[-1] for c in bridges.values()} == {"xfreerdp", "Xvnc"}, bridges
+    assert {c.split()[0].rsplit("/", 1)[-1] for c in bridges.values()} == {"xfreerdp3", "Xvnc"}, bridges
 
     # Keys, shifted characters included (typed with Shift held, as on a keyboard): the command
     # only turns the xterm blue when every character arrived (the remote shell checks a digest).
@@ -661,7 +661,7 @@ def test_reconnect_resumes_the_same_remote_session(
     wait_for_colour(page, is_ansi_magenta, most, "the remote xterm to turn magenta", timeout=20)
     shot_to(page, "rdp-resume-before-reload.png")
     before = bridge_processes(rdpgw.runtime_dir)
-    assert {c.split()[0].rsplit("/", 1)[-1] for c in before.values()} == {"xfreerdp", "Xvnc"}, before
+    assert {c.split()[0].rsplit("/", 1)[-1] for c in before.values()} == {"xfreerdp3", "Xvnc"}, before
 
     # Reload: the browser's connection ends and a new one starts, well inside the grace time.
     t0 = time.monotonic()
@@ -825,7 +825,7 @@ def test_german_layout_on_xrdp_altgr_dead_keys_ctrl_alt_del(
     wait_for_colour(page, lambda p: not is_white(p), int(0.5 * (area[2] - area[0]) * (area[3] - area[1])),
                     "the remote xterm", timeout=40)  # fmt: skip
     bridges = bridge_processes(rdpgw.runtime_dir)
-    assert any("/kbd:0x00000407" in c and "/cert:deny" in c for c in bridges.values()), bridges
+    assert any("/kbd:layout:0x00000407" in c and "/cert:deny" in c for c in bridges.values()), bridges
     remote = remote_display_env(xrdp_server)
     assert remote is not None, "the xrdp session's Xvnc was not found"
     log = tmp_path / "keys.txt"

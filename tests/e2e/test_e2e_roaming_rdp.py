@@ -82,7 +82,7 @@ def remote_titles(remote: dict[str, str]) -> list[str]:
 
 def xfreerdp_pids(rdpgw: RdpGateway) -> list[int]:
     return sorted(pid for pid, argv in bridge_processes(rdpgw.runtime_dir).items()
-                  if argv.split()[0].rsplit("/", 1)[-1] == "xfreerdp")  # fmt: skip
+                  if argv.split()[0].rsplit("/", 1)[-1] == "xfreerdp3")  # fmt: skip
 
 
 def test_rdp_desktop_moves_to_another_device_with_its_running_session(
@@ -134,7 +134,7 @@ def test_rdp_desktop_moves_to_another_device_with_its_running_session(
     shot_to(first, "rdp-roaming-first-before.png")
 
     before = bridge_processes(rdpgw.runtime_dir)
-    assert {argv.split()[0].rsplit("/", 1)[-1] for argv in before.values()} == {"xfreerdp", "Xvnc"}, before
+    assert {argv.split()[0].rsplit("/", 1)[-1] for argv in before.values()} == {"xfreerdp3", "Xvnc"}, before
     xfreerdp_before = xfreerdp_pids(rdpgw)
     assert len(xfreerdp_before) == 1, before
     started_lines = len(re.findall(r"xfreerdp pid \d+", rdpgw.log_text()))

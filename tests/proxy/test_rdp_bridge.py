@@ -143,7 +143,7 @@ def bridge_processes(runtime_dir: Path) -> list[int]:
     return found
 
 
-BRIDGE_COMMANDS = ("Xvnc", "xfreerdp", "xdotool", "vncpasswd")
+BRIDGE_COMMANDS = ("Xvnc", "xfreerdp3", "xdotool", "vncpasswd")
 
 
 def zombie_children() -> list[str]:

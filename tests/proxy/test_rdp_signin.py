@@ -1,10 +1,11 @@
-"""The RDP bridge's sign-in signals, read from FreeRDP 2.11's log lines.
+"""The RDP bridge's sign-in signals, read from FreeRDP 3's log lines.
 
 The xrdp and FreeRDP-shadow lines were recorded from the real servers of tests/rdp_servers.py
-(xfreerdp with the bridge's ``/log-filters``); the Windows ones (Save Session Info PDUs) follow
-FreeRDP's format strings in libfreerdp2 (``LogonInfoV2: SessionId: 0x%08X UserName: [%s] Domain:
-[%s]``, ``LogonErrorInfo: Data: 0x%08X Type: 0x%08X``). No server runs here (a jump host's
-socket is played by unix sockets of the test's own).
+(xfreerdp3 3.10 with the bridge's ``/log-filters``); the Windows ones (Save Session Info PDUs)
+follow FreeRDP's format strings in libfreerdp3 (``LogonInfoV2: SessionId: 0x%08X UserName: [%s]
+Domain: [%s]``, ``LogonErrorInfo: Data: 0x%08X Type: 0x%08X``), with the function name wlog
+puts before each message. No server runs here (a jump host's socket is played by unix sockets
+of the test's own).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from gateway.probe import RDP_CONNECTION_REQUEST, probe_rdp
 from gateway.rdp.freerdp import SignIn, xfreerdp_argv
 from gateway.rdp.target import RdpTarget
 
-P = "[18:59:07:416] [24113:24126] "
+P = "[14:39:56:006] [15074:00003aec] "
+NEGO = P + "[DEBUG][com.freerdp.core.nego] - [nego_connect]: "
+CLIPRDR = P + "[DEBUG][com.freerdp.channels.cliprdr.client] - [cliprdr_order_recv]: "
+MONITOR_READY = "msgType: CB_MONITOR_READY [0x0001] (1), msgFlags: NONE|[0x0000] dataLen: 0"
+TLS = "Negotiated [SSL][0x00000001] security"
+
+
+def info(function: str, msg: str) -> str:
+    return P + f"[DEBUG][com.freerdp.core.info] - [{function}]: {msg}"
 
 
 def read(*lines: str) -> SignIn:
@@ -29,60 +38,64 @@ def read(*lines: str) -> SignIn:
 
 
 def test_xrdp_session_clipboard_confirms() -> None:
-    s = read(P + "[DEBUG][com.freerdp.core.nego] - Negotiated TLS security",
-             P + "[DEBUG][com.freerdp.channels.cliprdr.client] - ServerCapabilities",
-             P + "[DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady")
+    s = read(NEGO + TLS,
+             CLIPRDR + "msgType: CB_CLIP_CAPS [0x0007] (7), msgFlags: NONE|[0x0000] dataLen: 16",
+             CLIPRDR + MONITOR_READY)
     assert (s.nla, s.confirmed, s.refused) == (False, "the session's clipboard channel is ready", "")
     assert s.changed.is_set()
 
 
 def test_xrdp_login_dialog_says_nothing() -> None:
     """What xfreerdp printed while xrdp showed "login failed": no signal at all."""
-    s = read(P + "[DEBUG][com.freerdp.core.nego] - Negotiated TLS security",
-             P + "[DEBUG][com.freerdp.core.info] - Client Info Packet Flags = INFO_MOUSE|INFO_AUTOLOGON",
-             P + "[INFO][com.freerdp.gdi] - Local framebuffer format  PIXEL_FORMAT_BGRX32",
-             P + "[INFO][com.freerdp.channels.rdpsnd.client] - [static] Loaded fake backend for rdpsnd")
+    s = read(NEGO + TLS,
+             info("rdp_write_info_packet", "Client Info Packet Flags = INFO_MOUSE|INFO_AUTOLOGON"),
+             P + "[INFO][com.freerdp.gdi] - [gdi_init_primary]: Local framebuffer format "
+                 " PIXEL_FORMAT_BGRX32",
+             P + "[INFO][com.freerdp.channels.rdpsnd.client] - [rdpsnd_load_device_plugin]: [static] Loaded "
+                 "fake backend for rdpsnd")  # fmt: skip
     assert (s.nla, s.confirmed, s.refused) == (False, "", "")
     assert not s.changed.is_set()
 
 
-def test_nla_is_noted() -> None:
-    assert read(P + "[DEBUG][com.freerdp.core.nego] - Negotiated NLA security").nla
+@pytest.mark.parametrize("protocols", ["HYBRID", "HYBRID_EX", "SSL|HYBRID"])
+def test_nla_is_noted(protocols: str) -> None:
+    assert read(NEGO + f"Negotiated [{protocols}][0x00000002] security").nla
+    assert not read(NEGO + TLS).nla
 
 
 @pytest.mark.parametrize("line", [
-    "[DEBUG][com.freerdp.core.info] - LogonInfoV2: SessionId: 0x00000002 UserName: [alice] Domain: [CORP]",
-    "[DEBUG][com.freerdp.core.info] - LogonInfoV1: SessionId: 0x00000002 UserName: [alice] Domain: [CORP]",
-    "[DEBUG][com.freerdp.core.info] - LogonPlainNotify",
-    "[DEBUG][com.freerdp.channels.rdpdr.client] - [RDPDR] transition from RDPDR_CHANNEL_STATE_READY"
-    " to RDPDR_CHANNEL_STATE_USER_LOGGEDON",
+    info("rdp_recv_logon_info_v2", "LogonInfoV2: SessionId: 0x00000002 UserName: [alice] Domain: [CORP]"),
+    info("rdp_recv_logon_info_v1", "LogonInfoV1: SessionId: 0x00000002 UserName: [alice] Domain: [CORP]"),
+    info("rdp_recv_logon_plain_notify", "LogonPlainNotify"),
+    P + "[DEBUG][com.freerdp.channels.rdpdr.client] - [rdpdr_state_advance]: [RDPDR] transition from "
+        "RDPDR_CHANNEL_STATE_READY to RDPDR_CHANNEL_STATE_USER_LOGGEDON",
 ])
 def test_windows_logon_notifications_confirm(line: str) -> None:
-    assert read(P + line).confirmed
+    assert read(line).confirmed
 
 
 @pytest.mark.parametrize("kind,refused", [(0, True), (1, True), (2, True), (3, False)])
 def test_logon_errors_refuse_but_warnings_do_not(kind: int, refused: bool) -> None:
-    s = read(P + f"[DEBUG][com.freerdp.core.info] - LogonErrorInfo: Data: 0xFFFFFFFE Type: 0x{kind:08X}")
+    s = read(info("rdp_recv_logon_error_info", f"LogonErrorInfo: Data: 0xFFFFFFFE Type: 0x{kind:08X}"))
     assert bool(s.refused) is refused and not s.confirmed
 
 
 def test_the_first_verdict_stands() -> None:
     refused_first = read(
-        P + "[DEBUG][com.freerdp.core.info] - LogonErrorInfo: Data: 0x00000000 Type: 0x00000000",
-        P + "[DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady",
+        info("rdp_recv_logon_error_info", "LogonErrorInfo: Data: 0x00000000 Type: 0x00000000"),
+        CLIPRDR + MONITOR_READY,
     )
     assert refused_first.refused and not refused_first.confirmed
 
 
 @pytest.mark.parametrize("line", [
     # a signal's words elsewhere in a line (say, a user name a server sends back) are not a signal
-    P + "[DEBUG][com.freerdp.core.info] - LogonInfoV2: SessionId: 0x1 UserName: "
-        "[x] [DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady",
-    "MonitorReady",
-    "Password: MonitorReady",
-    P + "[DEBUG][com.freerdp.channels.rdpsnd.client] - MonitorReady",
-    P + "[DEBUG][com.freerdp.channels.cliprdr.client] - MonitorReady soon",
+    info("rdp_recv_logon_info_v2", "LogonInfoV2: SessionId: 0x1 UserName: [x] " + CLIPRDR + MONITOR_READY),
+    "[cliprdr_order_recv]: " + MONITOR_READY,
+    "Password: " + CLIPRDR + MONITOR_READY,
+    P + "[DEBUG][com.freerdp.channels.rdpsnd.client] - [cliprdr_order_recv]: " + MONITOR_READY,
+    CLIPRDR + "msgType: CB_MONITOR_READYX",
+    P + "[DEBUG][com.freerdp.channels.cliprdr.client] - " + MONITOR_READY,
 ])
 def test_only_a_whole_line_of_the_right_tag_counts(line: str) -> None:
     s = read(line)
@@ -92,7 +105,8 @@ def test_only_a_whole_line_of_the_right_tag_counts(line: str) -> None:
 
 def test_xfreerdp_runs_line_buffered_with_the_sign_in_tags() -> None:
     argv = xfreerdp_argv(RdpTarget("127.0.0.1", 3389, "alice"))
-    assert argv[:4] == ["stdbuf", "-oL", "-eL", "xfreerdp"]
+    assert argv[:4] == ["stdbuf", "-oL", "-eL", "xfreerdp3"]
+    assert "/kbd:layout:0x00000409" in argv and "/clipboard:files-to:off" in argv
     [filters] = [a for a in argv if a.startswith("/log-filters:")]
     assert filters == ("/log-filters:com.freerdp.core.nego:DEBUG,com.freerdp.core.info:DEBUG,"
                        "com.freerdp.channels.cliprdr.client:DEBUG,com.freerdp.channels.rdpdr.client:DEBUG")

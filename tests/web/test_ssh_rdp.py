@@ -114,7 +114,7 @@ def xfreerdp_args(runtime: Path) -> list[str]:
                 args = (entry / "cmdline").read_bytes().decode().split("\0")
             except OSError:
                 continue
-            if args[0] == "xfreerdp" and str(runtime) in (entry / "environ").read_text(
+            if args[0] == "xfreerdp3" and str(runtime) in (entry / "environ").read_text(
                     errors="replace"):
                 found.append(args)
     assert len(found) == 1, found
