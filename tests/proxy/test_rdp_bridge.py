@@ -583,25 +583,23 @@ async def test_resized_follows_set_desktop_size(
 
 
 async def test_tofu_trusts_the_first_certificate_and_refuses_a_changed_one(
-    bridges: RdpBridges, shadow_server: RdpServer, rdp_runtime_dir: Path
+    bridges: RdpBridges, shadow_server: RdpServer, rdp_runtime_dir: Path, tmp_path: Path
 ) -> None:
     target = shadow_server.target(cert_policy="tofu")
     await bridges.acquire("tofu", target, 800, 600)
     pids = bridges.stats()[0]["pids"]
     bridges.release("tofu")
     await wait_gone(pids, 8)
-    [store] = list(rdp_runtime_dir.glob("freerdp-tofu/freerdp/known_hosts2"))
-    line = next(
-        ln for ln in store.read_text().splitlines() if ln.startswith(f"127.0.0.1 {shadow_server.port} ")
-    )
-    fingerprint = line.split(" ")[2]
-    assert len(fingerprint.split(":")) == 32
+    # FreeRDP 3 keeps the certificate it trusted, per host and port
+    [store] = list(rdp_runtime_dir.glob("freerdp-tofu/freerdp/server/*.pem"))
+    assert store.name == f"127.0.0.1_{shadow_server.port}.pem"
+    assert "BEGIN CERTIFICATE" in store.read_text()
     # the same certificate is trusted again
     await bridges.acquire("tofu", target, 800, 600)
     await bridges.close()
     # a server that now shows another certificate is refused
-    forged = ("00" if not fingerprint.startswith("00") else "11") + fingerprint[2:]
-    store.write_text(store.read_text().replace(fingerprint, forged))
+    _ca, other, _key = make_test_ca(tmp_path / "other")
+    store.write_text(other.read_text())
     again = RdpBridges(rdp_runtime_dir, run_as_user=BRIDGE_USER if os.geteuid() == 0 else None)
     try:
         with pytest.raises(BridgeError, match="certificate was refused"):

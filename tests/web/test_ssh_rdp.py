@@ -258,9 +258,8 @@ async def test_certificates_are_checked_through_the_jump_host(
         assert status == 200, body
         await no_bridges(gateway)  # its ticket unused: it stops when the ticket would expire
     # Trusted on first use under the desktop's host and port, not the socket's path.
-    store = gateway.runtime / "rdp" / "freerdp-tofu" / "freerdp" / "known_hosts2"  # type: ignore[attr-defined]
-    assert [line.split()[:2] for line in store.read_text().splitlines()] == [
-        ["127.0.0.1", str(server.port)]]
+    store = gateway.runtime / "rdp" / "freerdp-tofu" / "freerdp" / "server"  # type: ignore[attr-defined]
+    assert [p.name for p in store.iterdir()] == [f"127.0.0.1_{server.port}.pem"]
 
 
 async def test_a_changed_jump_host_is_taken_by_new_connections(
