@@ -302,7 +302,8 @@ async def _rdp_bridges(app: web.Application) -> AsyncIterator[None]:
                          grace_seconds=settings.rdp_grace_seconds,
                          display_base=settings.rdp_display_base,
                          logon_timeout=settings.rdp_logon_timeout_seconds,
-                         handover_seconds=settings.ticket_ttl_seconds)
+                         handover_seconds=settings.ticket_ttl_seconds,
+                         max_clipboard_bytes=settings.max_clipboard_bytes)
     app[RDP_BRIDGES] = bridges
     try:
         yield

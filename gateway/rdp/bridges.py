@@ -40,6 +40,7 @@ import logging
 import os
 import pwd
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -150,6 +151,7 @@ class RdpBridges:
         connect_timeout: float = CONNECT_TIMEOUT,
         logon_timeout: float = LOGON_TIMEOUT,
         handover_seconds: float = 30.0,
+        max_clipboard_bytes: int = 1 << 20,
     ) -> None:
         if os.geteuid() == 0 and run_as_user is None:
             raise ConfigError("the RDP bridge needs run_as_user when the gateway runs as root")
@@ -162,6 +164,7 @@ class RdpBridges:
         self._displays_starting: set[int] = set()  # display numbers this gateway's bridges are taking
         self._connect_timeout = connect_timeout
         self._logon_timeout = logon_timeout
+        self._max_clipboard = max_clipboard_bytes
         self._bridges: dict[str, _Bridge] = {}
         self._starting: set[str] = set()
         self._locks: dict[str, _KeyLock] = {}
@@ -502,6 +505,7 @@ class RdpBridges:
             extra_env["XDG_CONFIG_HOME"] = str(self._tofu_store(user))
         elif target.cert_policy == "ca":
             extra_env.update(self._trust_only(bridge.folder, target.cert_ca))
+        await self._start_clipboard(bridge, user, home)
         argv = xfreerdp_argv(target)
         proc = await spawn_on_display(
             bridge.display,
@@ -557,6 +561,26 @@ class RdpBridges:
                 await asyncio.wait_for(sign_in.changed.wait(), 0.1)
         bridge.blog.info("signed in: %s", "NLA" if sign_in.nla else sign_in.confirmed)
         bridge.tasks.append(asyncio.ensure_future(self._watch(bridge, proc)))
+
+    async def _start_clipboard(self, bridge: _Bridge, user: pwd.struct_passwd | None, home: Path) -> None:
+        """The go-between of xfreerdp's and Xvnc's clipboards (``gateway.rdp.clipboard``), before
+        xfreerdp so that it sees xfreerdp's first copy. Started as the gateway's user (which can
+        run this Python), it turns into the desktop user once the display is open."""
+        argv = [sys.executable, "-m", "gateway.rdp.clipboard", "--max-bytes", str(self._max_clipboard)]
+        if user is not None:
+            argv += ["--uid", str(user.pw_uid), "--gid", str(user.pw_gid)]
+        package_root = str(Path(__file__).resolve().parents[2])
+        proc = await spawn_on_display(bridge.display, argv, home=home,
+                                      extra_env={"PYTHONPATH": package_root},
+                                      stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        bridge.blog.info("clipboard pid %d", proc.pid)
+        bridge.tasks.append(asyncio.ensure_future(self._log_clipboard(bridge, proc)))
+
+    @staticmethod
+    async def _log_clipboard(bridge: _Bridge, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while raw := await proc.stderr.readline():
+            bridge.blog.info("clipboard: %s", raw.decode(errors="replace").rstrip())
 
     @staticmethod
     def _refuse_sign_in(bridge: _Bridge, why: str) -> None:

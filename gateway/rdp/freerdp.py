@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 from gateway.keyboards import klid
 from gateway.probe import probe_rdp, probe_rfb
+from gateway.rdp.clipboard import RDP_SELECTION
 from gateway.rdp.errors import (
     REASON_CERTIFICATE,
     REASON_CLOSED_AT_SIGN_IN,
@@ -164,7 +165,7 @@ def xfreerdp_argv(target: RdpTarget) -> list[str]:
     # The browser sends scancodes; the server maps them with this layout (not the bridge's).
     argv += ["/f", "/dynamic-resolution", "/bpp:24", f"/kbd:layout:{klid(target.keyboard_layout)}"]
     # Text only over the clipboard: the gateway carries no files (FreeRDP 3 would offer them).
-    argv.append("/clipboard:files-to:off")
+    argv.append(f"/clipboard:use-selection:{RDP_SELECTION},files-to:off")
     argv.append("/log-filters:" + ",".join(f"{tag}:DEBUG" for tag in _LOGON_LOG_TAGS))
     if target.security != "negotiate":
         argv.append(f"/sec:{target.security}")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import socket
 import stat as stat_mod
 import struct
 from pathlib import Path
@@ -30,21 +31,25 @@ def random_vnc_password() -> str:
 
 
 def write_xauthority(path: Path, display: int, owner: tuple[int, int] | None = None) -> None:
-    """An Xauthority file with one fresh MIT-MAGIC-COOKIE-1 for ``display`` (mode 0600)."""
+    """An Xauthority file with one fresh MIT-MAGIC-COOKIE-1 for ``display`` (mode 0600): as an
+    entry for this host's local connections (what ``xauth add`` writes; the one python-xlib
+    looks for) and as a wildcard entry (any address), both with the same cookie."""
 
     def field_(b: bytes) -> bytes:
         return struct.pack(">H", len(b)) + b
 
-    family_wild = 0xFFFF
-    entry = (
-        struct.pack(">H", family_wild)
-        + field_(b"")
+    family_local, family_wild = 256, 0xFFFF
+    cookie = secrets.token_bytes(16)
+    entries = b"".join(
+        struct.pack(">H", family)
+        + field_(address)
         + field_(str(display).encode())
         + field_(b"MIT-MAGIC-COOKIE-1")
-        + field_(secrets.token_bytes(16))
+        + field_(cookie)
+        for family, address in ((family_local, socket.gethostname().encode()), (family_wild, b""))
     )
     with os.fdopen(create_private_file(path, owner), "wb") as f:
-        f.write(entry)
+        f.write(entries)
 
 
 def create_private_file(path: Path, owner: tuple[int, int] | None = None) -> int:
