@@ -192,6 +192,10 @@ def uid_of(pid: int) -> int:
     raise AssertionError("no Uid line")
 
 
+def comm_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def private_bytes(pid: int) -> int:
     total = 0
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -260,7 +264,10 @@ async def test_xrdp_session_through_the_bridge(
 
     [stats] = bridges.stats()
     pids = stats["pids"]
-    assert stats["key"] == "xrdp-1" and stats["clients"] == 1 and len(pids) == 2
+    # Xvnc, the clipboard go-between (gateway.rdp.clipboard), xfreerdp3
+    assert stats["key"] == "xrdp-1" and stats["clients"] == 1 and len(pids) == 3
+    assert comm_of(pids[0]) == "Xvnc" and comm_of(pids[2]) == "xfreerdp3"
+    assert comm_of(pids[1]).startswith("python")
     assert stats["rss_bytes"] > 0 and stats["started_at"] <= time.time()
     assert_secret_hidden(pids, xrdp_server.password)
     if os.geteuid() == 0:
@@ -271,7 +278,8 @@ async def test_xrdp_session_through_the_bridge(
     print(
         f"\nxrdp: acquire {connected:.2f} s, first remote pixels +{first_pixels:.2f} s; "
         f"Xvnc private {private_bytes(pids[0]) / 2**20:.1f} MiB, "
-        f"xfreerdp private {private_bytes(pids[1]) / 2**20:.1f} MiB, rss {stats['rss_bytes'] / 2**20:.0f} MiB"
+        f"clipboard private {private_bytes(pids[1]) / 2**20:.1f} MiB, "
+        f"xfreerdp private {private_bytes(pids[2]) / 2**20:.1f} MiB, rss {stats['rss_bytes'] / 2**20:.0f} MiB"
     )
 
     await relay.close()
@@ -402,7 +410,7 @@ async def test_ca_policy_trusts_that_ca_for_the_host_name_and_nothing_else(
     folder = Path(endpoint.unix_path).parent
     assert (folder / "trusted-ca.pem").read_text() == xrdp_server.ca_pem
     [stats] = bridges.stats()
-    cmdline = Path(f"/proc/{stats['pids'][1]}/cmdline").read_bytes().split(b"\0")
+    cmdline = Path(f"/proc/{stats['pids'][-1]}/cmdline").read_bytes().split(b"\0")
     assert b"/cert:deny" in cmdline and not any(a.startswith(b"/cert:ignore") for a in cmdline)
     bridges.release("ca")
     await wait_gone(stats["pids"], 8)

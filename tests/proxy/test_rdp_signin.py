@@ -106,7 +106,7 @@ def test_only_a_whole_line_of_the_right_tag_counts(line: str) -> None:
 def test_xfreerdp_runs_line_buffered_with_the_sign_in_tags() -> None:
     argv = xfreerdp_argv(RdpTarget("127.0.0.1", 3389, "alice"))
     assert argv[:4] == ["stdbuf", "-oL", "-eL", "xfreerdp3"]
-    assert "/kbd:layout:0x00000409" in argv and "/clipboard:files-to:off" in argv
+    assert "/kbd:layout:0x00000409" in argv and "/clipboard:use-selection:DESKGATE_RDP,files-to:off" in argv
     [filters] = [a for a in argv if a.startswith("/log-filters:")]
     assert filters == ("/log-filters:com.freerdp.core.nego:DEBUG,com.freerdp.core.info:DEBUG,"
                        "com.freerdp.channels.cliprdr.client:DEBUG,com.freerdp.channels.rdpdr.client:DEBUG")
