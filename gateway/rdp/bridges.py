@@ -18,6 +18,8 @@ that socket as an ``Endpoint``.
   tells them apart.
 - ``release`` starts a grace period: a browser that reconnects within it gets the same bridge and
   so the same remote session. ``watch_exit`` reports an ``xfreerdp`` that ended on its own.
+- The clipboard goes between xfreerdp and the Xvnc through a small go-between on the display
+  (``gateway.rdp.clipboard``), started before xfreerdp; it is one of the bridge's processes.
 - Processes are stopped by PID (their process groups: TERM, wait, KILL) and reaped.
 - X displays: from ``display_base`` (``[rdp] rdp_display_base``) up, the first number with no lock
   file or X socket that no other bridge start of this gateway holds; a number another X server
