@@ -71,6 +71,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
@@ -317,6 +318,18 @@ class Lab:
         assert self.server.uid is not None
         vnc = [self.started[0].pid, self.started[1].pid, *descendants(self.started[1].pid)]
         return named(("xrdp", "xrdp-sesman")) + pids_of_uid(self.server.uid) + vnc
+
+    def sources(self) -> list[int]:
+        """The processes that change the desktops' screens (not their X servers or xrdp)."""
+        assert self.server.uid is not None
+        painting = ("python3", "xterm", "base64", "sh", "bash", "cat", "head", "tr")
+        rdp = [p for p in pids_of_uid(self.server.uid) if comm(p) in painting]
+        return rdp + [self.started[1].pid, *descendants(self.started[1].pid)]
+
+    def pause_sources(self, paused: bool) -> None:
+        for pid in self.sources():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
     def renice(self, level: int) -> None:
         for pid in self.desktop_side():
@@ -580,7 +593,13 @@ def run(args: argparse.Namespace) -> Figures:
                     figures.rounds.append(r)
                     show_round(r)
 
-            print(f"click to first frame, {args.clicks} clicks each (taking turns)", flush=True)
+            still = args.clicks_on == "still"
+            print(
+                f"click to first frame, {args.clicks} clicks each (taking turns), on desktops "
+                + ("whose sources are paused" if still else "whose sources keep painting"),
+                flush=True,
+            )
+            lab.pause_sources(still)
             figures.clicks = {"rdp": [], "vnc": []}
             for _ in range(args.clicks):
                 for path in (p for p in ("rdp", "vnc") if p in args.paths.split(",")):
@@ -592,6 +611,7 @@ def run(args: argparse.Namespace) -> Figures:
                         flush=True,
                     )
                     lab.close_page()
+            lab.pause_sources(False)
             ctx.close()
             browser.close()
     finally:
@@ -634,6 +654,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="measuring window per round and path")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument(
+        "--clicks-on",
+        choices=("busy", "still"),
+        default="busy",
+        help="busy: the sources keep painting during the clicks (on this machine's cores); "
+        "still: they are paused (SIGSTOP) for the clicks, as a desktop on its own machine costs "
+        "this one nothing",
+    )
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s, 3 clicks")
     ap.add_argument("--paths", default="native,rdp,vnc", help="which of native,rdp,vnc to measure")
     ap.add_argument(
