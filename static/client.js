@@ -186,13 +186,6 @@ function postJson(url, body) {
     });
 }
 
-// The first try's request, sent by first_ticket.js while this module loaded (once; null after).
-function takeFirstTicket() {
-    const early = window.deskgateFirstTicket || null;
-    window.deskgateFirstTicket = null;
-    return early;
-}
-
 // Step 1: a fresh session ticket from the gateway. ``retryOf``: the previous try's session.
 async function requestTicket(retryOf) {
     let resp;
@@ -213,7 +206,7 @@ async function requestTicket(retryOf) {
             })
             : null;
         try {
-            resp = await (retryOf ? null : takeFirstTicket()) ?? await postJson(connectUrl, body);
+            resp = await postJson(connectUrl, body);
         } finally {
             endWatch?.(resp && resp.ok ? 'connecting' : null);
         }
