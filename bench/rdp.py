@@ -45,7 +45,7 @@ starts a bridge (the xrdp session itself stays, as a person's remote session doe
 Everything runs on this machine: on 2 cores the browser, the gateway, the bridge, xrdp and the
 source share the CPU, which a real deployment spreads over three machines. Every figure is
 printed (medians over the rounds; each round as it happens); none is asserted. Needs root, xrdp,
-freerdp2-x11, Xvnc, Xvfb, xterm, numpy and Chromium (`make test` installs them). Every process
+freerdp3-x11, Xvnc, Xvfb, xterm, numpy and Chromium (`make test` installs them). Every process
 started here is stopped by its PID, and the xrdp test account is removed.
 
     .venv/bin/python bench/rdp.py                    # 1024x768, 3 rounds of 5 s, 20 clicks: ~5 min
@@ -299,7 +299,9 @@ class Lab:
 
     def xrdp_side(self) -> list[int]:
         assert self.server.uid is not None
-        return named(("xrdp", "xrdp-sesman")) + [p for p in pids_of_uid(self.server.uid) if comm(p) == "Xvnc"]
+        return named(("xrdp", "xrdp-sesman")) + [
+            p for p in pids_of_uid(self.server.uid) if comm(p) in ("Xvnc", "Xorg")
+        ]
 
     def bridge(self) -> list[int]:
         return list(bridge_processes(self.rdp.runtime_dir))
@@ -519,7 +521,7 @@ def run(args: argparse.Namespace) -> Figures:
     work = Path(tempfile.mkdtemp(prefix="dg-bench-rdp-"))
     os.chmod(work, 0o755)  # noqa: S103 - the native client's HOME is private below; Xvfb logs only
     figures = Figures()
-    server = start_xrdp(work / "xrdp")
+    server = start_xrdp(work / "xrdp", session=args.xrdp_session)
     lab: Lab | None = None
     pw = None
     try:
@@ -654,6 +656,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="measuring window per round and path")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument(
+        "--xrdp-session",
+        choices=("Xvnc", "Xorg"),
+        default="Xvnc",
+        help="the xrdp session's X server: Xvnc, or Xorg with xorgxrdp",
+    )
     ap.add_argument(
         "--clicks-on",
         choices=("busy", "still"),

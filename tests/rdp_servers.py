@@ -299,8 +299,9 @@ def make_test_ca(folder: Path, common_name: str = "127.0.0.1") -> tuple[Path, Pa
 
 
 def start_xrdp(workdir: Path | None = None, *, colour: tuple[int, int, int] = XRDP_COLOUR,
-               netns: str | None = None) -> RdpServer:
-    """xrdp + xrdp-sesman on 127.0.0.1:<free port>, Xvnc sessions, a fresh local account whose
+               netns: str | None = None, session: str = "Xvnc") -> RdpServer:
+    """xrdp + xrdp-sesman on 127.0.0.1:<free port>, ``session`` sessions (xrdp.ini's section:
+    "Xvnc", or "Xorg" for xorgxrdp), a fresh local account whose
     ~/.xsession is a maximised xterm with background ``colour``. TLS or RDP security, no NLA;
     the TLS certificate (CN 127.0.0.1) is issued by a CA of its own (``ca_pem``). With
     ``netns``: all of it inside that network namespace, on its own 127.0.0.1."""
@@ -333,7 +334,7 @@ def start_xrdp(workdir: Path | None = None, *, colour: tuple[int, int, int] = XR
         xrdp_ini = _set_ini(
             Path("/etc/xrdp/xrdp.ini").read_text(), "Globals", "port", f"tcp://127.0.0.1:{server.port}"
         )
-        xrdp_ini = _set_ini(xrdp_ini, "Globals", "autorun", "Xvnc")
+        xrdp_ini = _set_ini(xrdp_ini, "Globals", "autorun", session)
         _ca, cert, key = make_test_ca(workdir / "tls")
         xrdp_ini = _set_ini(xrdp_ini, "Globals", "certificate", str(cert))
         xrdp_ini = _set_ini(xrdp_ini, "Globals", "key_file", str(key))

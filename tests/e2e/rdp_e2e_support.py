@@ -163,7 +163,8 @@ def ps_args() -> str:
 
 
 def remote_display_env(server: RdpServer) -> dict[str, str] | None:
-    """DISPLAY/XAUTHORITY of the xrdp session's Xvnc (run by the test account), or None."""
+    """DISPLAY/XAUTHORITY of the xrdp session's X server (Xvnc, or Xorg with xorgxrdp; run by
+    the test account), or None."""
     if server.uid is None:
         return None
     for pid in pids_of_uid(server.uid):
@@ -171,7 +172,7 @@ def remote_display_env(server: RdpServer) -> dict[str, str] | None:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if not argv or not argv[0].endswith("Xvnc"):
+        if not argv or not argv[0].endswith(("Xvnc", "Xorg")):
             continue
         display = next((a for a in argv[1:] if re.fullmatch(r":\d+", a)), None)
         if display is None:
