@@ -1,11 +1,14 @@
 # Deskgate gateway image. Data (configuration, database, secrets) lives in the volume /data.
 FROM debian:12-slim
 
-RUN apt-get update \
+# FreeRDP 3 (the RDP bridge's client) comes from Debian 12's own backports.
+RUN echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/bookworm-backports.list \
+ && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       python3 python3-venv python3-dev g++ pkg-config libicu-dev npm ca-certificates \
       tigervnc-standalone-server tigervnc-tools openbox xterm x11-utils xdotool fonts-dejavu-core \
-      freerdp2-x11 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -t bookworm-backports \
+      freerdp3-x11 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/deskgate

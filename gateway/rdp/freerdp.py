@@ -2,9 +2,9 @@
 what they mean for the person, and the sign-in signals in its log.
 
 FreeRDP 3 rather than 2: measured against the same xrdp, FreeRDP 2.11 took 1.3 s from its start
-to the remote screen, FreeRDP 3.10 0.4 s. FreeRDP 2 benchmarks its image routines for 0.3 s at
-every start and steps through the connection sequence with a fixed 100 ms sleep whenever the
-server's answer is not already there (about ten of them); FreeRDP 3 does neither.
+to the remote screen, FreeRDP 3.10 0.4 s. FreeRDP 2 steps through the connection sequence with a
+fixed 100 ms sleep whenever the server's answer is not already there (about ten of them);
+FreeRDP 3 does not. Both still benchmark their image routines for 0.3 s at every start.
 
 Sign-in: without NLA a server that refuses the account does not end the connection, it shows its
 own sign-in screen (xrdp: a "login failed" dialog naming the account, then its login form; Windows:
