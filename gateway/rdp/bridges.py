@@ -64,6 +64,7 @@ from gateway.rdp.errors import (
     BridgeError,
 )
 from gateway.rdp.freerdp import (
+    RDP_SELECTION,
     SignIn,
     exit_reason,
     output_line,
@@ -568,7 +569,8 @@ class RdpBridges:
         """The go-between of xfreerdp's and Xvnc's clipboards (``gateway.rdp.clipboard``), before
         xfreerdp so that it sees xfreerdp's first copy. Started as the gateway's user (which can
         run this Python), it turns into the desktop user once the display is open."""
-        argv = [sys.executable, "-m", "gateway.rdp.clipboard", "--max-bytes", str(self._max_clipboard)]
+        argv = [sys.executable, "-m", "gateway.rdp.clipboard", "--selection", RDP_SELECTION,
+                "--max-bytes", str(self._max_clipboard)]
         if user is not None:
             argv += ["--uid", str(user.pw_uid), "--gid", str(user.pw_gid)]
         package_root = str(Path(__file__).resolve().parents[2])

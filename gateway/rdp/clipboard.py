@@ -1,12 +1,13 @@
 """The clipboard between an RDP bridge's xfreerdp and its Xvnc: a small X client on the bridge's
 display that passes text between two selections.
 
-- xfreerdp keeps the remote desktop's clipboard in its own selection (``RDP_SELECTION``, set with
-  ``/clipboard:use-selection:``), Xvnc the browser's in CLIPBOARD.
-- Text copied on the remote desktop: xfreerdp takes ``RDP_SELECTION``; the go-between reads it
-  and takes CLIPBOARD with that text, which Xvnc then offers the browser.
+- xfreerdp keeps the remote desktop's clipboard in its own selection (``--selection``: the one
+  ``gateway.rdp.freerdp`` gives it with ``/clipboard:use-selection:``), Xvnc the browser's in
+  CLIPBOARD.
+- Text copied on the remote desktop: xfreerdp takes its selection; the go-between reads it and
+  takes CLIPBOARD with that text, which Xvnc then offers the browser.
 - Text pasted from the browser: Xvnc takes CLIPBOARD; the go-between reads it and takes
-  ``RDP_SELECTION``, which xfreerdp then announces to the server.
+  xfreerdp's selection, which xfreerdp then announces to the server.
 
 Why not let Xvnc and xfreerdp share CLIPBOARD directly: FreeRDP 3.8 to 3.16 (Debian 12's
 backports have 3.10) answer the first request for a new remote clipboard with its first character
@@ -20,7 +21,8 @@ Text only (UTF8_STRING, with STRING and TEXT for older requestors), at most ``--
 pastes something stale). Larger answers than one X request can carry go out with INCR. The
 clipboard's content is never logged, only its size. Runs until the display goes away.
 
-Usage: ``python -m gateway.rdp.clipboard --max-bytes N [--uid U --gid G]`` with DISPLAY (and
+Usage: ``python -m gateway.rdp.clipboard --selection NAME --max-bytes N [--uid U --gid G]`` with
+DISPLAY (and
 XAUTHORITY) set. The bridge starts it as the gateway's user, which can run the gateway's own
 Python wherever it is installed; with ``--uid``/``--gid`` it becomes the bridge's desktop user
 (no supplementary groups) once the display is open, before it reads any clipboard.
@@ -34,7 +36,6 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,6 @@ from Xlib import X, Xatom, display, error
 from Xlib.ext import xfixes
 from Xlib.protocol import event as xevent
 
-RDP_SELECTION = "DESKGATE_RDP"
 FETCH_PROPERTY = "DESKGATE_CLIPBOARD"
 FETCH_TIMEOUT = 5.0
 INCR_CHUNK = 64 * 1024  # well below the 256 KiB an X request can carry without BIG-REQUESTS
@@ -61,11 +61,11 @@ class _Outgoing:
 
 
 class ClipboardBridge:
-    def __init__(self, d: display.Display, max_bytes: int) -> None:
+    def __init__(self, d: display.Display, rdp_selection: str, max_bytes: int) -> None:
         self.d = d
         self.max_bytes = max_bytes
         atom = d.intern_atom
-        self.clipboard, self.rdp = atom("CLIPBOARD"), atom(RDP_SELECTION)
+        self.clipboard, self.rdp = atom("CLIPBOARD"), atom(rdp_selection)
         self.targets, self.utf8, self.text_atom = atom("TARGETS"), atom("UTF8_STRING"), atom("TEXT")
         self.incr, self.fetch_prop = atom("INCR"), atom(FETCH_PROPERTY)
         screen = d.screen()
@@ -83,11 +83,11 @@ class ClipboardBridge:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+    def run(self) -> None:
         # A side that took its selection before we watched: passed on as if seen now.
         for sel in (self.rdp, self.clipboard):
             self._owner_changed(sel, self.d.get_selection_owner(sel))
-        while not stop():
+        while True:
             ev = self.later.pop(0) if self.later else self._next_event(0.5)
             if ev is not None:
                 self._handle(ev, during_fetch=False)
@@ -115,8 +115,7 @@ class ClipboardBridge:
     # -- a side took its selection: pass its text to the other side --------------------------------
 
     def _owner_changed(self, selection: int, owner: Any) -> None:
-        owner_id = owner.id if hasattr(owner, "id") else int(owner)
-        if owner_id in (X.NONE, self.win.id):
+        if _window_id(owner) in (X.NONE, self.win.id):
             return
         other = self.clipboard if selection == self.rdp else self.rdp
         side = "remote desktop" if selection == self.rdp else "browser"
@@ -132,7 +131,7 @@ class ClipboardBridge:
         self.held[other] = text
         self.win.set_selection_owner(other, X.CurrentTime)
         self.d.flush()
-        if getattr(self.d.get_selection_owner(other), "id", X.NONE) != self.win.id:
+        if _window_id(self.d.get_selection_owner(other)) != self.win.id:
             self.held.pop(other, None)
             log.warning("could not take the clipboard for the %s's text", side)
             return
@@ -249,12 +248,18 @@ class ClipboardBridge:
         self.d.flush()
 
 
+def _window_id(window: Any) -> int:
+    """python-xlib gives a window object, or X.NONE (0) for no window."""
+    return int(getattr(window, "id", window))
+
+
 def _bytes(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gateway.rdp.clipboard", description=__doc__.split("\n")[0])
+    ap.add_argument("--selection", required=True, help="xfreerdp's selection for the remote clipboard")
     ap.add_argument("--max-bytes", type=int, default=1 << 20)
     ap.add_argument("--uid", type=int)
     ap.add_argument("--gid", type=int)
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     # Errors of requests that expect no reply (a requestor that went away): logged, not fatal.
     d.set_error_handler(lambda err, *_: log.info("X error: %s", type(err).__name__))
     try:
-        ClipboardBridge(d, args.max_bytes).run()
+        ClipboardBridge(d, args.selection, args.max_bytes).run()
     except (error.ConnectionClosedError, BrokenPipeError, ConnectionResetError):
         return 0  # the display went away: the bridge is stopping
     return 0

@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 
 from gateway.keyboards import klid
 from gateway.probe import probe_rdp, probe_rfb
-from gateway.rdp.clipboard import RDP_SELECTION
 from gateway.rdp.errors import (
     REASON_CERTIFICATE,
     REASON_CLOSED_AT_SIGN_IN,
@@ -60,6 +59,10 @@ from gateway.rdp.errors import (
 from gateway.rdp.target import RdpTarget
 
 PROBE_TIMEOUT = 3.0
+
+# The X selection xfreerdp keeps the remote clipboard in (not CLIPBOARD, which is Xvnc's): the
+# bridge's clipboard go-between (``gateway.rdp.clipboard``) passes text between the two.
+RDP_SELECTION = "DESKGATE_RDP"
 
 XFREERDP = "xfreerdp3"  # Debian's freerdp3-x11 (Debian 12: bookworm-backports)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from x_selection import own, read
 
-from gateway.rdp.clipboard import RDP_SELECTION
+from gateway.rdp.freerdp import RDP_SELECTION
 from gateway.xdisplay.numbers import free_display
 from gateway.xdisplay.xvnc import XvncDisplay, start_display
 
@@ -41,8 +41,8 @@ def keeper(xvnc: XvncDisplay) -> Iterator[Keeper]:
 
     def start(*args: str) -> subprocess.Popen[str]:
         env = xvnc.env() | {"PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.rdp.clipboard", *args], env=env,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        argv = [sys.executable, "-m", "gateway.rdp.clipboard", "--selection", RDP_SELECTION, *args]
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
         started.append(proc)
         time.sleep(0.5)  # connected and watching (a later owner change is seen as it happens)
         return proc
